@@ -1,0 +1,7 @@
+//! entra-sync's own tables. All are named `entra_sync_*` and created by the `migration` crate.
+
+pub mod audit_log;
+pub mod delta_link;
+pub mod managed_membership;
+pub mod managed_role;
+pub mod subscription;

@@ -1,0 +1,28 @@
+//! entra-sync's own schema: every table is named `entra_sync_*`, including the migration
+//! bookkeeping table. LiteLLM's tables come from LiteLLM's migrations; nothing here creates, alters
+//! or drops them.
+
+use sea_orm_migration::prelude::*;
+
+mod m20261128_000001_create_sync_tables;
+
+pub use sea_orm_migration::MigratorTrait;
+pub use sea_orm_migration::sea_orm;
+
+/// The name of the table that records which of entra-sync's migrations ran.
+pub const MIGRATION_TABLE: &str = "entra_sync_migrations";
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261128_000001_create_sync_tables::Migration)]
+    }
+
+    // sea-orm's default, `seaql_migrations`, would put a table outside the `entra_sync_*` namespace
+    // into LiteLLM's database.
+    fn migration_table_name() -> DynIden {
+        Alias::new(MIGRATION_TABLE).into_iden()
+    }
+}

@@ -1,0 +1,79 @@
+//! `entra-sync-migrate`: applies or reverts entra-sync's own tables in LiteLLM's database.
+//!
+//! Deliberately smaller than sea-orm-migration's bundled CLI: its `fresh` and `reset` commands
+//! drop every table in the database, which here would be LiteLLM's.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use migration::{Migrator, MigratorTrait, sea_orm::Database};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "entra-sync-migrate", version, about)]
+struct Cli {
+    /// LiteLLM's PostgreSQL database.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "ENTRA_SYNC_LOG_JSON", default_value_t = false)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply every pending migration.
+    Up,
+    /// Revert the most recent migrations (one unless told otherwise).
+    Down {
+        /// How many migrations to revert.
+        #[arg(short = 'n', long, default_value_t = 1, conflicts_with = "all")]
+        steps: u32,
+        /// Revert every applied migration, dropping all of entra-sync's tables.
+        #[arg(long)]
+        all: bool,
+    },
+    /// List the migrations and whether each is applied.
+    Status,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr);
+    if cli.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let db = Database::connect(cli.database_url.as_str())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to DATABASE_URL: {e}"))?;
+    match cli.command {
+        Command::Up => Migrator::up(&db, None).await?,
+        Command::Down { steps, all } => Migrator::down(&db, (!all).then_some(steps)).await?,
+        Command::Status => {
+            for migration in Migrator::get_migration_with_status(&db).await? {
+                #[allow(clippy::print_stdout)] // the command's output
+                {
+                    println!("{}\t{}", migration.status(), migration.name());
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! The test harness: real PostgreSQL with LiteLLM's real schema.
+//!
+//! LiteLLM's schema is built once per machine and LiteLLM version from the migrations in the pinned
+//! `litellm-proxy-extras` wheel (downloaded with pip at test time, cached under `target/`, never
+//! committed) into a template database. Each test then gets its own database cloned from that
+//! template, so tests run in parallel and never see each other's rows.
+//!
+//! Test support code: it panics with one clear sentence when something it needs is missing.
+#![allow(clippy::expect_used, clippy::panic)]
+
+mod litellm_schema;
+mod postgres;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+
+pub use litellm_schema::LITELLM_PROXY_EXTRAS_VERSION;
+pub use postgres::server_url;
+
+/// A database of its own for one test, dropped when the value is dropped (set
+/// `ENTRA_SYNC_KEEP_TEST_DB=1` to keep it for a look after a failure).
+#[derive(Debug)]
+pub struct TestDatabase {
+    name: String,
+    url: String,
+    conn: DatabaseConnection,
+}
+
+impl TestDatabase {
+    /// A fresh database holding LiteLLM's schema and entra-sync's own tables.
+    pub async fn new() -> Self {
+        let db = Self::litellm_only().await;
+        Migrator::up(&db.conn, None)
+            .await
+            .expect("entra-sync's migrations failed on a fresh LiteLLM database");
+        db
+    }
+
+    /// A fresh database holding LiteLLM's schema only, as LiteLLM's own migrations leave it.
+    pub async fn litellm_only() -> Self {
+        let template = litellm_schema::template_database();
+        let name = postgres::create_database_from(template);
+        let url = postgres::database_url(&name);
+        let conn = connect(&url).await;
+        Self { name, url, conn }
+    }
+
+    pub fn conn(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Opens another, independent pool on the same database (for concurrency tests).
+    pub async fn connect_again(&self) -> DatabaseConnection {
+        connect(&self.url).await
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if std::env::var_os("ENTRA_SYNC_KEEP_TEST_DB").is_none() {
+            postgres::drop_database(&self.name);
+        }
+    }
+}
+
+async fn connect(url: &str) -> DatabaseConnection {
+    let mut options = ConnectOptions::new(url);
+    options.max_connections(8).sqlx_logging(false);
+    Database::connect(options)
+        .await
+        .expect("cannot connect to a freshly created test database")
+}

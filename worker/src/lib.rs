@@ -1,0 +1,11 @@
+//! entra-sync's worker: turns what Entra says about groups, members and app roles into LiteLLM's
+//! teams, memberships and user roles.
+
+pub mod budget;
+pub mod directory;
+pub mod error;
+pub mod litellm_config;
+pub mod roles;
+pub mod store;
+
+pub use error::{Error, Result};

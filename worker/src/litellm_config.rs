@@ -1,0 +1,432 @@
+//! The parts of LiteLLM's own config.yaml that shape what entra-sync writes:
+//! `litellm_settings.default_team_params`, `default_internal_user_params`, `timezone` and
+//! `budget_reset_time`. Values may be LiteLLM's `os.environ/NAME` references.
+
+use std::path::Path;
+
+use chrono::NaiveTime;
+use serde_json::{Map, Value};
+
+use crate::budget::{BudgetDuration, ResetClock};
+use crate::error::{Error, Result};
+use crate::roles::LiteLlmRole;
+
+/// Field values for teams entra-sync creates (LiteLLM's `default_team_params`). Applied only when a
+/// team is created; later edits by an admin are never overwritten.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TeamDefaults {
+    pub max_budget: Option<f64>,
+    pub soft_budget: Option<f64>,
+    pub budget_duration: Option<BudgetDuration>,
+    /// Empty means all models, as in LiteLLM.
+    pub models: Vec<String>,
+    pub tpm_limit: Option<i64>,
+    pub rpm_limit: Option<i64>,
+    pub tpd_limit: Option<i64>,
+    pub max_parallel_requests: Option<i32>,
+    pub team_member_permissions: Option<Vec<String>>,
+    pub organization_id: Option<String>,
+    pub access_group_ids: Option<Vec<String>>,
+    pub policies: Option<Vec<String>>,
+    pub default_team_member_models: Option<Vec<String>>,
+    pub metadata: Option<Map<String, Value>>,
+    pub model_max_budget: Option<Map<String, Value>>,
+    pub blocked: Option<bool>,
+}
+
+/// Field values for users entra-sync creates (LiteLLM's `default_internal_user_params`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UserDefaults {
+    pub user_role: Option<LiteLlmRole>,
+    pub max_budget: Option<f64>,
+    pub budget_duration: Option<BudgetDuration>,
+    pub models: Vec<String>,
+}
+
+/// What entra-sync takes from LiteLLM's config.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LiteLlmSettings {
+    pub team_defaults: TeamDefaults,
+    pub user_defaults: UserDefaults,
+    pub reset_clock: ResetClock,
+}
+
+impl LiteLlmSettings {
+    /// Reads LiteLLM's config.yaml. `env` resolves `os.environ/NAME` references; pass
+    /// `|name| std::env::var(name).ok()` in production.
+    pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            path: path.display().to_string(),
+            key: "(file)".into(),
+            problem: format!("cannot be read: {e}"),
+        })?;
+        Self::parse(&text, &path.display().to_string(), env)
+    }
+
+    /// Parses the text of LiteLLM's config.yaml; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        let document: Value = serde_saphyr::from_str(text).map_err(|e| Error::Config {
+            path: origin.into(),
+            key: "(file)".into(),
+            problem: format!("is not valid YAML: {e}"),
+        })?;
+        let reader = Reader { origin, env };
+        let root = match &document {
+            Value::Null => Map::new(),
+            Value::Object(map) => map.clone(),
+            _ => return Err(reader.error("(file)", "must be a mapping of sections")),
+        };
+        let settings = reader.section(root.get("litellm_settings"), "litellm_settings")?;
+
+        let timezone = match reader.string(settings.get("timezone"), "litellm_settings.timezone")? {
+            None => chrono_tz::Tz::UTC,
+            Some(name) => name.parse().map_err(|_| {
+                reader.error(
+                    "litellm_settings.timezone",
+                    &format!("{name:?} is not an IANA time zone (e.g. Europe/Berlin, UTC)"),
+                )
+            })?,
+        };
+        let reset_time = match reader.string(
+            settings.get("budget_reset_time"),
+            "litellm_settings.budget_reset_time",
+        )? {
+            None => NaiveTime::MIN,
+            Some(text) => NaiveTime::parse_from_str(&text, "%H:%M").map_err(|_| {
+                reader.error(
+                    "litellm_settings.budget_reset_time",
+                    &format!("{text:?} is not a time of day as HH:MM"),
+                )
+            })?,
+        };
+
+        Ok(Self {
+            team_defaults: reader.team_defaults(settings.get("default_team_params"))?,
+            user_defaults: reader.user_defaults(settings.get("default_internal_user_params"))?,
+            reset_clock: ResetClock {
+                timezone,
+                reset_time,
+            },
+        })
+    }
+}
+
+/// Reads typed values out of the YAML tree, resolving `os.environ/` references and naming the
+/// full key in every error.
+struct Reader<'a> {
+    origin: &'a str,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+const ENV_PREFIX: &str = "os.environ/";
+
+impl Reader<'_> {
+    fn error(&self, key: &str, problem: &str) -> Error {
+        Error::Config {
+            path: self.origin.into(),
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+
+    /// Replaces an `os.environ/NAME` string with the variable's value.
+    fn resolve(&self, value: Option<&Value>, key: &str) -> Result<Option<Value>> {
+        match value {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) if text.starts_with(ENV_PREFIX) => {
+                let name = &text[ENV_PREFIX.len()..];
+                (self.env)(name)
+                    .map(|resolved| Some(Value::String(resolved)))
+                    .ok_or_else(|| {
+                        self.error(key, &format!("refers to environment variable {name}, which is not set"))
+                    })
+            }
+            Some(other) => Ok(Some(other.clone())),
+        }
+    }
+
+    fn section(&self, value: Option<&Value>, key: &str) -> Result<Map<String, Value>> {
+        match self.resolve(value, key)? {
+            None => Ok(Map::new()),
+            Some(Value::Object(map)) => Ok(map),
+            Some(_) => Err(self.error(key, "must be a mapping")),
+        }
+    }
+
+    fn string(&self, value: Option<&Value>, key: &str) -> Result<Option<String>> {
+        match self.resolve(value, key)? {
+            None => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text)),
+            Some(Value::Number(number)) => Ok(Some(number.to_string())),
+            Some(_) => Err(self.error(key, "must be a string")),
+        }
+    }
+
+    fn float(&self, value: Option<&Value>, key: &str) -> Result<Option<f64>> {
+        match self.resolve(value, key)? {
+            None => Ok(None),
+            Some(Value::Number(number)) => Ok(number.as_f64()),
+            Some(Value::String(text)) => text
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| self.error(key, &format!("{text:?} is not a number"))),
+            Some(_) => Err(self.error(key, "must be a number")),
+        }
+    }
+
+    fn integer(&self, value: Option<&Value>, key: &str) -> Result<Option<i64>> {
+        match self.resolve(value, key)? {
+            None => Ok(None),
+            Some(Value::Number(number)) => number
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| self.error(key, &format!("{number} is not a whole number"))),
+            Some(Value::String(text)) => text
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| self.error(key, &format!("{text:?} is not a whole number"))),
+            Some(_) => Err(self.error(key, "must be a whole number")),
+        }
+    }
+
+    fn boolean(&self, value: Option<&Value>, key: &str) -> Result<Option<bool>> {
+        match self.resolve(value, key)? {
+            None => Ok(None),
+            Some(Value::Bool(flag)) => Ok(Some(flag)),
+            Some(Value::String(text)) => match text.trim().to_ascii_lowercase().as_str() {
+                "true" => Ok(Some(true)),
+                "false" => Ok(Some(false)),
+                _ => Err(self.error(key, &format!("{text:?} is not true or false"))),
+            },
+            Some(_) => Err(self.error(key, "must be true or false")),
+        }
+    }
+
+    fn strings(&self, value: Option<&Value>, key: &str) -> Result<Option<Vec<String>>> {
+        match self.resolve(value, key)? {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    self.string(Some(item), &format!("{key}[{i}]"))?
+                        .ok_or_else(|| self.error(&format!("{key}[{i}]"), "must be a string"))
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
+            Some(_) => Err(self.error(key, "must be a list of strings")),
+        }
+    }
+
+    fn object(&self, value: Option<&Value>, key: &str) -> Result<Option<Map<String, Value>>> {
+        match self.resolve(value, key)? {
+            None => Ok(None),
+            Some(Value::Object(map)) => Ok(Some(map)),
+            Some(_) => Err(self.error(key, "must be a mapping")),
+        }
+    }
+
+    fn duration(&self, value: Option<&Value>, key: &str) -> Result<Option<BudgetDuration>> {
+        self.string(value, key)?
+            .map(|text| BudgetDuration::parse(&text).map_err(|problem| self.error(key, &problem)))
+            .transpose()
+    }
+
+    fn team_defaults(&self, value: Option<&Value>) -> Result<TeamDefaults> {
+        const KEY: &str = "litellm_settings.default_team_params";
+        let params = self.section(value, KEY)?;
+        let key = |name: &str| format!("{KEY}.{name}");
+        let known = [
+            "max_budget", "soft_budget", "budget_duration", "models", "tpm_limit", "rpm_limit",
+            "tpd_limit", "max_parallel_requests", "team_member_permissions", "organization_id",
+            "access_group_ids", "policies", "default_team_member_models", "metadata",
+            "model_max_budget", "blocked",
+        ];
+        warn_unknown(&params, &known, KEY);
+        let max_parallel_requests = self
+            .integer(params.get("max_parallel_requests"), &key("max_parallel_requests"))?
+            .map(|n| {
+                i32::try_from(n).map_err(|_| self.error(&key("max_parallel_requests"), "is too large"))
+            })
+            .transpose()?;
+        Ok(TeamDefaults {
+            max_budget: self.float(params.get("max_budget"), &key("max_budget"))?,
+            soft_budget: self.float(params.get("soft_budget"), &key("soft_budget"))?,
+            budget_duration: self.duration(params.get("budget_duration"), &key("budget_duration"))?,
+            models: self.strings(params.get("models"), &key("models"))?.unwrap_or_default(),
+            tpm_limit: self.integer(params.get("tpm_limit"), &key("tpm_limit"))?,
+            rpm_limit: self.integer(params.get("rpm_limit"), &key("rpm_limit"))?,
+            tpd_limit: self.integer(params.get("tpd_limit"), &key("tpd_limit"))?,
+            max_parallel_requests,
+            team_member_permissions: self
+                .strings(params.get("team_member_permissions"), &key("team_member_permissions"))?,
+            organization_id: self.string(params.get("organization_id"), &key("organization_id"))?,
+            access_group_ids: self.strings(params.get("access_group_ids"), &key("access_group_ids"))?,
+            policies: self.strings(params.get("policies"), &key("policies"))?,
+            default_team_member_models: self.strings(
+                params.get("default_team_member_models"),
+                &key("default_team_member_models"),
+            )?,
+            metadata: self.object(params.get("metadata"), &key("metadata"))?,
+            model_max_budget: self.object(params.get("model_max_budget"), &key("model_max_budget"))?,
+            blocked: self.boolean(params.get("blocked"), &key("blocked"))?,
+        })
+    }
+
+    fn user_defaults(&self, value: Option<&Value>) -> Result<UserDefaults> {
+        const KEY: &str = "litellm_settings.default_internal_user_params";
+        let params = self.section(value, KEY)?;
+        let key = |name: &str| format!("{KEY}.{name}");
+        warn_unknown(&params, &["user_role", "max_budget", "budget_duration", "models"], KEY);
+        let user_role = self
+            .string(params.get("user_role"), &key("user_role"))?
+            .map(|value| {
+                LiteLlmRole::from_app_role_value(&value).ok_or_else(|| {
+                    self.error(
+                        &key("user_role"),
+                        &format!(
+                            "{value:?} is not one of proxy_admin, proxy_admin_viewer, org_admin, \
+                             internal_user, internal_user_viewer"
+                        ),
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(UserDefaults {
+            user_role,
+            max_budget: self.float(params.get("max_budget"), &key("max_budget"))?,
+            budget_duration: self.duration(params.get("budget_duration"), &key("budget_duration"))?,
+            models: self.strings(params.get("models"), &key("models"))?.unwrap_or_default(),
+        })
+    }
+}
+
+/// LiteLLM accepts more team fields than entra-sync writes; say which ones are ignored rather than
+/// refuse a config LiteLLM itself accepts.
+fn warn_unknown(params: &Map<String, Value>, known: &[&str], section: &str) {
+    for name in params.keys().filter(|name| !known.contains(&name.as_str())) {
+        tracing::warn!(setting = %format!("{section}.{name}"), "ignored: entra-sync does not set this field");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn parse(text: &str) -> Result<LiteLlmSettings> {
+        LiteLlmSettings::parse(text, "config.yaml", &no_env)
+    }
+
+    #[test]
+    fn reads_defaults_timezone_and_reset_time() {
+        let settings = parse(
+            r#"
+model_list: []
+litellm_settings:
+  timezone: Europe/Berlin
+  budget_reset_time: "06:30"
+  default_team_params:
+    max_budget: 100
+    budget_duration: 30d
+    models: ["gpt-4o", "gpt-4o-mini"]
+    tpm_limit: 1000
+    rpm_limit: 10
+    team_member_permissions: ["/key/generate"]
+    metadata: {cost_center: "42"}
+  default_internal_user_params:
+    user_role: Internal_User
+    max_budget: 5.5
+    budget_duration: 1d
+    models: ["gpt-4o-mini"]
+"#,
+        )
+        .unwrap();
+        let team = &settings.team_defaults;
+        assert_eq!(team.max_budget, Some(100.0));
+        assert_eq!(team.budget_duration, Some(BudgetDuration::Days(30)));
+        assert_eq!(team.models, ["gpt-4o", "gpt-4o-mini"]);
+        assert_eq!(team.tpm_limit, Some(1000));
+        assert_eq!(team.team_member_permissions.as_deref(), Some(&["/key/generate".to_owned()][..]));
+        assert_eq!(team.metadata.as_ref().unwrap()["cost_center"], "42");
+        let user = &settings.user_defaults;
+        assert_eq!(user.user_role, Some(LiteLlmRole::InternalUser));
+        assert_eq!(user.max_budget, Some(5.5));
+        assert_eq!(settings.reset_clock.timezone, chrono_tz::Europe::Berlin);
+        assert_eq!(settings.reset_clock.reset_time, NaiveTime::from_hms_opt(6, 30, 0).unwrap());
+    }
+
+    #[test]
+    fn empty_or_missing_sections_give_litellm_defaults() {
+        assert_eq!(parse("").unwrap(), LiteLlmSettings::default());
+        assert_eq!(parse("general_settings: {}\n").unwrap(), LiteLlmSettings::default());
+        assert_eq!(parse("litellm_settings:\n").unwrap(), LiteLlmSettings::default());
+    }
+
+    #[test]
+    fn resolves_os_environ_references() {
+        let env = |name: &str| match name {
+            "TEAM_BUDGET" => Some("250".to_owned()),
+            "TEAM_MODEL" => Some("claude".to_owned()),
+            "TZ_NAME" => Some("Asia/Kolkata".to_owned()),
+            _ => None,
+        };
+        let settings = LiteLlmSettings::parse(
+            "litellm_settings:\n  timezone: os.environ/TZ_NAME\n  default_team_params:\n    max_budget: os.environ/TEAM_BUDGET\n    models: [os.environ/TEAM_MODEL]\n",
+            "config.yaml",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(settings.team_defaults.max_budget, Some(250.0));
+        assert_eq!(settings.team_defaults.models, ["claude"]);
+        assert_eq!(settings.reset_clock.timezone, chrono_tz::Asia::Kolkata);
+    }
+
+    fn error_text(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = error_text("litellm_settings:\n  default_team_params:\n    budget_duration: 30x\n");
+        assert!(e.contains("litellm_settings.default_team_params.budget_duration"), "{e}");
+        assert!(e.contains("30x"), "{e}");
+
+        let e = error_text("litellm_settings:\n  default_team_params:\n    max_budget: lots\n");
+        assert!(e.contains("default_team_params.max_budget"), "{e}");
+
+        let e = error_text("litellm_settings:\n  default_team_params:\n    models: gpt-4\n");
+        assert!(e.contains("default_team_params.models"), "{e}");
+
+        let e = error_text("litellm_settings:\n  default_internal_user_params:\n    user_role: root\n");
+        assert!(e.contains("default_internal_user_params.user_role"), "{e}");
+
+        let e = error_text("litellm_settings:\n  timezone: Mars/Olympus\n");
+        assert!(e.contains("litellm_settings.timezone"), "{e}");
+
+        let e = error_text("litellm_settings:\n  budget_reset_time: noon\n");
+        assert!(e.contains("litellm_settings.budget_reset_time"), "{e}");
+
+        let e = error_text("litellm_settings:\n  default_team_params:\n    max_budget: os.environ/MISSING\n");
+        assert!(e.contains("MISSING") && e.contains("default_team_params.max_budget"), "{e}");
+    }
+
+    #[test]
+    fn malformed_yaml_is_an_error_not_a_panic() {
+        for text in ["litellm_settings: [\n", "- a\n- b\n", "litellm_settings: 3\n", "\t:\n  - {"] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.starts_with("LiteLLM config config.yaml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn unreadable_file_names_the_path() {
+        let e = LiteLlmSettings::load(Path::new("/nonexistent/litellm.yaml"), &no_env).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/litellm.yaml"), "{e}");
+    }
+}

@@ -1,0 +1,74 @@
+//! The changes the store makes to LiteLLM's tables: returned by every operation (planned ones in a
+//! dry run) and written to `entra_sync_audit_log` when applied.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseTransaction};
+use serde::Serialize;
+
+use super::sql::stmt;
+use crate::error::Result;
+
+/// One change to LiteLLM's tables. Serialised with a `kind` tag; `team_id` and `user_id` are
+/// LiteLLM's ids (for users made by LiteLLM's SCIM, `user_id` may be a UPN).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    TeamCreated {
+        team_id: String,
+        team_alias: String,
+    },
+    TeamRenamed {
+        team_id: String,
+        from: Option<String>,
+        to: String,
+    },
+    UserCreated {
+        user_id: String,
+        user_email: Option<String>,
+        user_role: String,
+    },
+    /// An existing LiteLLM user (found by email) was given its Entra object id as `sso_user_id`.
+    UserLinked {
+        user_id: String,
+        sso_user_id: String,
+    },
+    /// The user became a full member: `members_with_roles`, the user's `teams` and the
+    /// `"LiteLLM_TeamMembership"` row (any that were missing).
+    MemberAdded {
+        team_id: String,
+        user_id: String,
+    },
+    /// Every trace of the membership was removed (keys are left alone).
+    MemberRemoved {
+        team_id: String,
+        user_id: String,
+    },
+    RoleChanged {
+        user_id: String,
+        from: Option<String>,
+        to: String,
+    },
+}
+
+/// Appends the changes to the audit log, in one statement.
+pub(super) async fn record(
+    txn: &DatabaseTransaction,
+    changes: &[Change],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let detail = serde_json::to_value(changes).map_err(|e| {
+        sea_orm::DbErr::Custom(format!("cannot serialise changes for the audit log: {e}"))
+    })?;
+    txn.execute_raw(stmt(
+        r#"INSERT INTO entra_sync_audit_log (recorded_at, kind, team_id, user_id, detail)
+           SELECT $1, c->>'kind', c->>'team_id', c->>'user_id', c
+           FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS x(c, n)
+           ORDER BY n"#,
+        [now.into(), detail.into()],
+    ))
+    .await?;
+    Ok(())
+}

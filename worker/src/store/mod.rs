@@ -1,0 +1,240 @@
+//! The store: the only writer of LiteLLM's tables.
+//!
+//! Each operation applies one intention in one transaction, taking LiteLLM's own locks in
+//! LiteLLM's order (`pg_advisory_xact_lock(hashtext(team_id))`, then the user rows
+//! `ORDER BY user_id COLLATE "C" FOR UPDATE`), and returns the [`Change`]s it made, which are also
+//! written to the audit log. Operations are idempotent: applying the same intention again finds
+//! nothing to change and writes nothing. In a dry run the same plan is computed under the same
+//! locks, then rolled back, so it lists exactly what a real run would change.
+
+mod change;
+mod members;
+mod roles;
+mod sql;
+mod teams;
+mod users;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use entity::{GroupId, UserId};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
+
+pub use change::Change;
+
+use crate::directory::EntraUser;
+use crate::error::Result;
+use crate::litellm_config::LiteLlmSettings;
+
+/// Which members a removal may take out of a team.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RemovalMode {
+    /// Only memberships entra-sync created; members an admin added by hand stay.
+    #[default]
+    Managed,
+    /// Every member who is not in the Entra group.
+    Mirror,
+}
+
+/// When an operation happens, and whether it may write.
+#[derive(Clone, Copy, Debug)]
+pub struct ApplyOptions {
+    pub now: DateTime<Utc>,
+    pub dry_run: bool,
+}
+
+impl ApplyOptions {
+    pub fn commit(now: DateTime<Utc>) -> Self {
+        Self {
+            now,
+            dry_run: false,
+        }
+    }
+
+    pub fn dry_run(now: DateTime<Utc>) -> Self {
+        Self { now, dry_run: true }
+    }
+}
+
+/// The intentions the worker applies to LiteLLM's tables.
+pub trait LiteLlmWriter {
+    /// Creates the team for a group, or brings its alias up to date.
+    fn ensure_team(
+        &self,
+        group: &GroupId,
+        display_name: &str,
+        options: ApplyOptions,
+    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+
+    /// Creates the LiteLLM user for an Entra user, or links an existing one found by email.
+    fn ensure_user(
+        &self,
+        user: &EntraUser,
+        options: ApplyOptions,
+    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+
+    /// Makes the users full members of the group's team (creating users as needed).
+    fn add_members(
+        &self,
+        group: &GroupId,
+        members: &[EntraUser],
+        options: ApplyOptions,
+    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+
+    /// Takes the users out of the group's team (in `Managed` mode, only memberships entra-sync
+    /// created).
+    fn remove_members(
+        &self,
+        group: &GroupId,
+        members: &[UserId],
+        options: ApplyOptions,
+    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+
+    /// Makes the team's membership equal the group's full member list: adds the missing, removes
+    /// the others (in `Managed` mode, only memberships entra-sync created).
+    fn replace_members(
+        &self,
+        group: &GroupId,
+        members: &[EntraUser],
+        options: ApplyOptions,
+    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+
+    /// Sets the user's role from their Entra app-role values: the most privileged valid one wins;
+    /// none valid leaves the role as it is.
+    fn set_role(
+        &self,
+        user: &UserId,
+        role_values: &[String],
+        options: ApplyOptions,
+    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+}
+
+/// The PostgreSQL store, writing LiteLLM's tables through SeaORM.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+    settings: Arc<LiteLlmSettings>,
+    removal_mode: RemovalMode,
+}
+
+impl Store {
+    pub fn new(db: DatabaseConnection, settings: LiteLlmSettings, removal_mode: RemovalMode) -> Self {
+        Self {
+            db,
+            settings: Arc::new(settings),
+            removal_mode,
+        }
+    }
+
+    /// Ends an operation's transaction: a dry run rolls back; otherwise the changes are written to
+    /// the audit log and everything commits together.
+    async fn finish(
+        &self,
+        txn: DatabaseTransaction,
+        changes: Vec<Change>,
+        options: ApplyOptions,
+    ) -> Result<Vec<Change>> {
+        if options.dry_run {
+            txn.rollback().await?;
+        } else {
+            change::record(&txn, &changes, options.now).await?;
+            txn.commit().await?;
+        }
+        Ok(changes)
+    }
+
+    async fn membership(
+        &self,
+        group: &GroupId,
+        joining: &[EntraUser],
+        leaving: members::Leaving<'_>,
+        options: ApplyOptions,
+    ) -> Result<Vec<Change>> {
+        let txn = self.db.begin().await?;
+        let request = members::Request {
+            group,
+            joining,
+            leaving,
+            mode: self.removal_mode,
+        };
+        let changes =
+            members::apply(&txn, request, &self.settings, options.now, options.dry_run).await?;
+        self.finish(txn, changes, options).await
+    }
+}
+
+impl LiteLlmWriter for Store {
+    #[tracing::instrument(skip(self), err)]
+    async fn ensure_team(
+        &self,
+        group: &GroupId,
+        display_name: &str,
+        options: ApplyOptions,
+    ) -> Result<Vec<Change>> {
+        let txn = self.db.begin().await?;
+        let changes = teams::ensure(
+            &txn,
+            group,
+            display_name,
+            &self.settings,
+            options.now,
+            options.dry_run,
+        )
+        .await?;
+        self.finish(txn, changes, options).await
+    }
+
+    #[tracing::instrument(skip(self, user), fields(user = %user.id), err)]
+    async fn ensure_user(&self, user: &EntraUser, options: ApplyOptions) -> Result<Vec<Change>> {
+        let txn = self.db.begin().await?;
+        let changes =
+            users::ensure(&txn, user, &self.settings, options.now, options.dry_run).await?;
+        self.finish(txn, changes, options).await
+    }
+
+    #[tracing::instrument(skip(self, members), fields(members = members.len()), err)]
+    async fn add_members(
+        &self,
+        group: &GroupId,
+        members: &[EntraUser],
+        options: ApplyOptions,
+    ) -> Result<Vec<Change>> {
+        self.membership(group, members, members::Leaving::Nobody, options)
+            .await
+    }
+
+    #[tracing::instrument(skip(self, members), fields(members = members.len()), err)]
+    async fn remove_members(
+        &self,
+        group: &GroupId,
+        members: &[UserId],
+        options: ApplyOptions,
+    ) -> Result<Vec<Change>> {
+        self.membership(group, &[], members::Leaving::These(members), options)
+            .await
+    }
+
+    #[tracing::instrument(skip(self, members), fields(members = members.len()), err)]
+    async fn replace_members(
+        &self,
+        group: &GroupId,
+        members: &[EntraUser],
+        options: ApplyOptions,
+    ) -> Result<Vec<Change>> {
+        self.membership(group, members, members::Leaving::EveryoneElse, options)
+            .await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn set_role(
+        &self,
+        user: &UserId,
+        role_values: &[String],
+        options: ApplyOptions,
+    ) -> Result<Vec<Change>> {
+        let txn = self.db.begin().await?;
+        let changes = roles::set(&txn, user, role_values, options.now, options.dry_run).await?;
+        self.finish(txn, changes, options).await
+    }
+}

@@ -1,0 +1,32 @@
+//! Small helpers for the raw statements the store runs, and LiteLLM's locks.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, Statement, Value};
+
+use crate::error::Result;
+
+pub(super) fn stmt(sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+/// A text[] parameter.
+pub(super) fn text_array<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> Value {
+    Value::from(items.into_iter().map(|s| s.as_ref().to_owned()).collect::<Vec<String>>())
+}
+
+/// `now` as LiteLLM stores timestamps: UTC without time zone, millisecond precision.
+pub(super) fn litellm_timestamp(now: DateTime<Utc>) -> NaiveDateTime {
+    let naive = now.naive_utc();
+    naive - chrono::Duration::nanoseconds(i64::from(now.timestamp_subsec_nanos() % 1_000_000))
+}
+
+/// LiteLLM's team lock: every writer of a team's membership takes it first, so that our writes and
+/// LiteLLM's serialize instead of losing each other's changes.
+pub(super) async fn lock_team(txn: &DatabaseTransaction, team_id: &str) -> Result<()> {
+    txn.execute_raw(stmt(
+        "SELECT pg_advisory_xact_lock(hashtext($1))",
+        [team_id.into()],
+    ))
+    .await?;
+    Ok(())
+}

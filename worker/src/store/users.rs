@@ -1,0 +1,266 @@
+//! Finding LiteLLM users for Entra users, and creating or linking them.
+//!
+//! A user is found by `user_id` = object id, then `sso_user_id` = object id, then lower-cased email
+//! (users made by LiteLLM's SCIM have `user_id` = UPN). A user found by email gets its
+//! `sso_user_id` set, so the next lookup finds it by id.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult};
+use serde_json::json;
+
+use super::change::Change;
+use super::sql::{litellm_timestamp, stmt, text_array};
+use crate::directory::EntraUser;
+use crate::error::{Error, Result};
+use crate::litellm_config::LiteLlmSettings;
+use crate::roles::LiteLlmRole;
+
+/// The columns of a LiteLLM user the store decides on.
+#[derive(Clone, Debug, FromQueryResult)]
+pub(super) struct UserRow {
+    pub user_id: String,
+    pub sso_user_id: Option<String>,
+    pub user_email: Option<String>,
+    pub user_role: Option<String>,
+    pub teams: Option<Vec<String>>,
+}
+
+impl UserRow {
+    pub fn in_team(&self, team_id: &str) -> bool {
+        self.teams
+            .as_ref()
+            .is_some_and(|teams| teams.iter().any(|t| t == team_id))
+    }
+}
+
+/// Locks and reads every user that may match: by id (`ids` as `user_id` or `sso_user_id`) or by
+/// lower-cased email. Rows are locked in LiteLLM's order, `user_id COLLATE "C"`, and returned in it.
+pub(super) async fn lock_candidates(
+    txn: &DatabaseTransaction,
+    ids: &[String],
+    emails: &[String],
+) -> Result<Vec<UserRow>> {
+    if ids.is_empty() && emails.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(UserRow::find_by_statement(stmt(
+        r#"SELECT user_id, sso_user_id, user_email, user_role, teams
+           FROM "LiteLLM_UserTable"
+           WHERE user_id = ANY($1) OR sso_user_id = ANY($1) OR lower(user_email) = ANY($2)
+           ORDER BY user_id COLLATE "C"
+           FOR UPDATE"#,
+        [text_array(ids), text_array(emails)],
+    ))
+    .all(txn)
+    .await?)
+}
+
+/// How an Entra user maps onto LiteLLM's user table.
+#[derive(Clone, Debug)]
+pub(super) enum Match {
+    /// An existing row; `link` when it was found by email and needs its `sso_user_id`.
+    Existing { row: usize, link: bool },
+    New,
+}
+
+/// The locked candidate rows, indexed for matching.
+pub(super) struct Candidates {
+    pub rows: Vec<UserRow>,
+    by_id: HashMap<String, usize>,
+    by_sso: HashMap<String, usize>,
+    by_email: HashMap<String, Vec<usize>>,
+    claimed: HashSet<usize>,
+}
+
+impl Candidates {
+    pub fn new(rows: Vec<UserRow>) -> Self {
+        let mut by_id = HashMap::with_capacity(rows.len());
+        let mut by_sso = HashMap::new();
+        let mut by_email: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, row) in rows.iter().enumerate() {
+            by_id.insert(row.user_id.clone(), i);
+            if let Some(sso) = &row.sso_user_id {
+                by_sso.insert(sso.clone(), i);
+            }
+            if let Some(email) = &row.user_email {
+                by_email.entry(email.to_lowercase()).or_default().push(i);
+            }
+        }
+        Self {
+            rows,
+            by_id,
+            by_sso,
+            by_email,
+            claimed: HashSet::new(),
+        }
+    }
+
+    /// The row of a LiteLLM user whose `user_id` or `sso_user_id` is this object id.
+    pub fn by_object_id(&self, id: &str) -> Option<usize> {
+        self.by_id.get(id).or_else(|| self.by_sso.get(id)).copied()
+    }
+
+    pub fn by_user_id(&self, user_id: &str) -> Option<&UserRow> {
+        self.by_id.get(user_id).map(|&i| &self.rows[i])
+    }
+
+    /// Matches an Entra user. An email match only takes a row that belongs to no other Entra
+    /// user (no `sso_user_id`) and that no earlier user of the same batch took; among several,
+    /// the first in LiteLLM's lock order, so the choice is deterministic.
+    pub fn find(&mut self, user: &EntraUser) -> Match {
+        if let Some(row) = self.by_object_id(user.id.as_str()) {
+            self.claimed.insert(row);
+            return Match::Existing { row, link: false };
+        }
+        let by_email = user.email().and_then(|email| {
+            self.by_email.get(&email).and_then(|rows| {
+                rows.iter()
+                    .copied()
+                    .find(|&i| self.rows[i].sso_user_id.is_none() && !self.claimed.contains(&i))
+            })
+        });
+        match by_email {
+            Some(row) => {
+                self.claimed.insert(row);
+                Match::Existing { row, link: true }
+            }
+            None => Match::New,
+        }
+    }
+}
+
+/// A user row to create.
+#[derive(Clone, Debug)]
+pub(super) struct NewUser {
+    pub user_id: String,
+    pub user_email: Option<String>,
+    pub user_alias: Option<String>,
+}
+
+impl NewUser {
+    pub fn from_entra(user: &EntraUser) -> Self {
+        Self {
+            user_id: user.id.to_string(),
+            user_email: user.email(),
+            user_alias: user.display_name.clone(),
+        }
+    }
+
+    pub fn change(&self, settings: &LiteLlmSettings) -> Change {
+        Change::UserCreated {
+            user_id: self.user_id.clone(),
+            user_email: self.user_email.clone(),
+            user_role: new_user_role(settings).as_str().to_owned(),
+        }
+    }
+}
+
+fn new_user_role(settings: &LiteLlmSettings) -> LiteLlmRole {
+    settings
+        .user_defaults
+        .user_role
+        .unwrap_or(LiteLlmRole::DEFAULT_FOR_NEW_USER)
+}
+
+/// Creates users as LiteLLM's Microsoft sign-in does: `user_id` = `sso_user_id` = object id,
+/// `metadata.auth_provider` = microsoft, `default_internal_user_params` applied, and `teams` set.
+pub(super) async fn create(
+    txn: &DatabaseTransaction,
+    users: &[NewUser],
+    teams: &[&str],
+    settings: &LiteLlmSettings,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    let defaults = &settings.user_defaults;
+    let rows: Vec<_> = users
+        .iter()
+        .map(|u| json!({"user_id": u.user_id, "user_email": u.user_email, "user_alias": u.user_alias}))
+        .collect();
+    let reset_at = defaults
+        .budget_duration
+        .map(|duration| settings.reset_clock.next_reset(duration, now));
+    let result = txn
+        .execute_raw(stmt(
+            r#"INSERT INTO "LiteLLM_UserTable"
+                 (user_id, sso_user_id, user_email, user_alias, user_role, teams, models, max_budget,
+                  budget_duration, budget_reset_at, metadata, created_at, updated_at)
+               SELECT x.user_id, x.user_id, x.user_email, x.user_alias, $2, $3, $4, $5, $6, $7,
+                      '{"auth_provider": "microsoft"}'::jsonb, $8, $8
+               FROM jsonb_to_recordset($1::jsonb) AS x(user_id text, user_email text, user_alias text)
+               ON CONFLICT DO NOTHING"#,
+            [
+                serde_json::Value::Array(rows).into(),
+                new_user_role(settings).as_str().into(),
+                text_array(teams),
+                text_array(&defaults.models),
+                defaults.max_budget.into(),
+                defaults.budget_duration.map(|d| d.to_string()).into(),
+                reset_at.into(),
+                litellm_timestamp(now).into(),
+            ],
+        ))
+        .await?;
+    if result.rows_affected() != users.len() as u64 {
+        return Err(Error::ConcurrentChange(
+            "a user being created appeared meanwhile (LiteLLM's own sign-in?)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Sets `sso_user_id` on users found by email: (LiteLLM user_id, Entra object id) pairs.
+pub(super) async fn link(
+    txn: &DatabaseTransaction,
+    links: &[(String, String)],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if links.is_empty() {
+        return Ok(());
+    }
+    let (user_ids, object_ids): (Vec<_>, Vec<_>) = links.iter().cloned().unzip();
+    txn.execute_raw(stmt(
+        r#"UPDATE "LiteLLM_UserTable" AS u SET sso_user_id = x.object_id, updated_at = $3
+           FROM unnest($1::text[], $2::text[]) AS x(user_id, object_id)
+           WHERE u.user_id = x.user_id AND u.sso_user_id IS NULL"#,
+        [text_array(user_ids), text_array(object_ids), litellm_timestamp(now).into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Ensures one user exists (created or linked), outside of any team.
+pub(super) async fn ensure(
+    txn: &DatabaseTransaction,
+    user: &EntraUser,
+    settings: &LiteLlmSettings,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<Vec<Change>> {
+    let emails: Vec<String> = user.email().into_iter().collect();
+    let mut candidates = Candidates::new(lock_candidates(txn, &[user.id.to_string()], &emails).await?);
+    match candidates.find(user) {
+        Match::Existing { link: false, .. } => Ok(Vec::new()),
+        Match::Existing { row, link: true } => {
+            let user_id = candidates.rows[row].user_id.clone();
+            if !dry_run {
+                link(txn, &[(user_id.clone(), user.id.to_string())], now).await?;
+            }
+            Ok(vec![Change::UserLinked {
+                user_id,
+                sso_user_id: user.id.to_string(),
+            }])
+        }
+        Match::New => {
+            let new = NewUser::from_entra(user);
+            if !dry_run {
+                create(txn, std::slice::from_ref(&new), &[], settings, now).await?;
+            }
+            Ok(vec![new.change(settings)])
+        }
+    }
+}
