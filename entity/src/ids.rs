@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 /// An id that is not an Entra object id (a GUID).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{value:?} is not an Entra object id (a GUID such as 0f8fad5b-d9cb-469f-a165-70867728950e)")]
+#[error(
+    "{value:?} is not an Entra object id (a GUID such as 0f8fad5b-d9cb-469f-a165-70867728950e)"
+)]
 pub struct InvalidObjectId {
     value: String,
 }

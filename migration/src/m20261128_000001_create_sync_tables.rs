@@ -71,10 +71,27 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(EntraSyncSubscriptions::Table)
-                    .col(ColumnDef::new(EntraSyncSubscriptions::Id).text().not_null().primary_key())
-                    .col(ColumnDef::new(EntraSyncSubscriptions::Resource).text().not_null())
-                    .col(ColumnDef::new(EntraSyncSubscriptions::ChangeType).text().not_null())
-                    .col(ColumnDef::new(EntraSyncSubscriptions::NotificationUrl).text().not_null())
+                    .col(
+                        ColumnDef::new(EntraSyncSubscriptions::Id)
+                            .text()
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(EntraSyncSubscriptions::Resource)
+                            .text()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(EntraSyncSubscriptions::ChangeType)
+                            .text()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(EntraSyncSubscriptions::NotificationUrl)
+                            .text()
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(EntraSyncSubscriptions::LifecycleNotificationUrl).text())
                     .col(
                         ColumnDef::new(EntraSyncSubscriptions::ExpiresAt)
@@ -91,8 +108,17 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(EntraSyncDeltaLinks::Table)
-                    .col(ColumnDef::new(EntraSyncDeltaLinks::Resource).text().not_null().primary_key())
-                    .col(ColumnDef::new(EntraSyncDeltaLinks::DeltaLink).text().not_null())
+                    .col(
+                        ColumnDef::new(EntraSyncDeltaLinks::Resource)
+                            .text()
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(EntraSyncDeltaLinks::DeltaLink)
+                            .text()
+                            .not_null(),
+                    )
                     .col(timestamptz(EntraSyncDeltaLinks::UpdatedAt))
                     .to_owned(),
             )
@@ -102,9 +128,21 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(EntraSyncManagedMemberships::Table)
-                    .col(ColumnDef::new(EntraSyncManagedMemberships::GroupId).text().not_null())
-                    .col(ColumnDef::new(EntraSyncManagedMemberships::UserId).text().not_null())
-                    .col(ColumnDef::new(EntraSyncManagedMemberships::EntraUserId).text().not_null())
+                    .col(
+                        ColumnDef::new(EntraSyncManagedMemberships::GroupId)
+                            .text()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(EntraSyncManagedMemberships::UserId)
+                            .text()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(EntraSyncManagedMemberships::EntraUserId)
+                            .text()
+                            .not_null(),
+                    )
                     .col(timestamptz(EntraSyncManagedMemberships::CreatedAt))
                     .primary_key(
                         Index::create()
@@ -129,9 +167,22 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(EntraSyncManagedRoles::Table)
-                    .col(ColumnDef::new(EntraSyncManagedRoles::UserId).text().not_null().primary_key())
-                    .col(ColumnDef::new(EntraSyncManagedRoles::EntraUserId).text().not_null())
-                    .col(ColumnDef::new(EntraSyncManagedRoles::Role).text().not_null())
+                    .col(
+                        ColumnDef::new(EntraSyncManagedRoles::UserId)
+                            .text()
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(EntraSyncManagedRoles::EntraUserId)
+                            .text()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(EntraSyncManagedRoles::Role)
+                            .text()
+                            .not_null(),
+                    )
                     .col(timestamptz(EntraSyncManagedRoles::UpdatedAt))
                     .to_owned(),
             )
@@ -152,7 +203,11 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(EntraSyncAuditLog::Kind).text().not_null())
                     .col(ColumnDef::new(EntraSyncAuditLog::TeamId).text())
                     .col(ColumnDef::new(EntraSyncAuditLog::UserId).text())
-                    .col(ColumnDef::new(EntraSyncAuditLog::Detail).json_binary().not_null())
+                    .col(
+                        ColumnDef::new(EntraSyncAuditLog::Detail)
+                            .json_binary()
+                            .not_null(),
+                    )
                     .to_owned(),
             )
             .await?;

@@ -54,7 +54,9 @@ impl BudgetDuration {
             "d" => Ok(Self::Days(value)),
             "w" => Ok(Self::Weeks(value)),
             "mo" if value == 1 => Ok(Self::Month),
-            "mo" => Err(format!("{text:?}: LiteLLM supports monthly budgets of 1mo only")),
+            "mo" => Err(format!(
+                "{text:?}: LiteLLM supports monthly budgets of 1mo only"
+            )),
             _ => Err(invalid()),
         }
     }
@@ -127,21 +129,27 @@ impl ResetClock {
             BudgetDuration::Minutes(n) => next_multiple(local, n, 60),
             BudgetDuration::Seconds(n) => next_multiple(local, n, 1),
         };
-        truncate_to_millis(self.to_utc(next_local))
+        truncate_to_millis(self.local_to_utc(next_local))
     }
 
     /// Local wall-clock time to UTC. An ambiguous time (clocks going back) takes the earlier
     /// instant; a time in a gap (clocks going forward) is read with the offset in force before the
     /// gap, as Python's zoneinfo does for LiteLLM (02:30 in a 02:00-03:00 gap becomes 03:30).
-    fn to_utc(&self, local: NaiveDateTime) -> NaiveDateTime {
+    fn local_to_utc(&self, local: NaiveDateTime) -> NaiveDateTime {
         use chrono::Offset as _;
         if let Some(instant) = self.timezone.from_local_datetime(&local).earliest() {
             return instant.naive_utc();
         }
         // Gaps last at most a few hours; three hours earlier is before this one.
         let before_gap = local - chrono::Duration::hours(3);
-        match self.timezone.offset_from_local_datetime(&before_gap).earliest() {
-            Some(offset) => local - chrono::Duration::seconds(i64::from(offset.fix().local_minus_utc())),
+        match self
+            .timezone
+            .offset_from_local_datetime(&before_gap)
+            .earliest()
+        {
+            Some(offset) => {
+                local - chrono::Duration::seconds(i64::from(offset.fix().local_minus_utc()))
+            }
             None => local,
         }
     }
@@ -161,7 +169,9 @@ fn next_multiple(local: NaiveDateTime, n: u32, unit_seconds: u32) -> NaiveDateTi
     let day = add_days(local.date(), next_units / units_per_day);
     let seconds = (next_units % units_per_day) * u64::from(unit_seconds);
     let seconds = u32::try_from(seconds).unwrap_or(0);
-    day.and_time(NaiveTime::from_num_seconds_from_midnight_opt(seconds, 0).unwrap_or(NaiveTime::MIN))
+    day.and_time(
+        NaiveTime::from_num_seconds_from_midnight_opt(seconds, 0).unwrap_or(NaiveTime::MIN),
+    )
 }
 
 fn truncate_to_millis(value: NaiveDateTime) -> NaiveDateTime {
@@ -174,7 +184,9 @@ mod tests {
     use super::*;
 
     fn utc(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     fn naive(text: &str) -> NaiveDateTime {
@@ -197,96 +209,192 @@ mod tests {
         assert_eq!(BudgetDuration::parse("30d"), Ok(BudgetDuration::Days(30)));
         assert_eq!(BudgetDuration::parse("1mo"), Ok(BudgetDuration::Month));
         assert_eq!(BudgetDuration::parse("2w"), Ok(BudgetDuration::Weeks(2)));
-        assert_eq!(BudgetDuration::parse("45m"), Ok(BudgetDuration::Minutes(45)));
-        assert_eq!(BudgetDuration::parse("Monthly"), Ok(BudgetDuration::Days(30)));
-        assert_eq!(BudgetDuration::parse("daily"), Ok(BudgetDuration::Hours(24)));
+        assert_eq!(
+            BudgetDuration::parse("45m"),
+            Ok(BudgetDuration::Minutes(45))
+        );
+        assert_eq!(
+            BudgetDuration::parse("Monthly"),
+            Ok(BudgetDuration::Days(30))
+        );
+        assert_eq!(
+            BudgetDuration::parse("daily"),
+            Ok(BudgetDuration::Hours(24))
+        );
         assert_eq!(BudgetDuration::parse("weekly").unwrap().to_string(), "7d");
         for bad in ["", "d", "30", "30x", "2mo", "-1d", "1.5h", "30 days"] {
-            assert!(BudgetDuration::parse(bad).is_err(), "{bad} should be refused");
+            assert!(
+                BudgetDuration::parse(bad).is_err(),
+                "{bad} should be refused"
+            );
         }
     }
 
     #[test]
     fn one_day_is_next_midnight_in_utc() {
         let c = ResetClock::default();
-        assert_eq!(reset(c, "1d", "2026-11-28T13:45:10Z"), naive("2026-11-29 00:00:00"));
+        assert_eq!(
+            reset(c, "1d", "2026-11-28T13:45:10Z"),
+            naive("2026-11-29 00:00:00")
+        );
         // Exactly at midnight: the next one, as LiteLLM does.
-        assert_eq!(reset(c, "1d", "2026-11-28T00:00:00Z"), naive("2026-11-29 00:00:00"));
+        assert_eq!(
+            reset(c, "1d", "2026-11-28T00:00:00Z"),
+            naive("2026-11-29 00:00:00")
+        );
     }
 
     #[test]
     fn one_day_uses_the_reset_time_of_day() {
         let c = clock("UTC", "09:30");
-        assert_eq!(reset(c, "1d", "2026-11-28T08:00:00Z"), naive("2026-11-28 09:30:00"));
-        assert_eq!(reset(c, "1d", "2026-11-28T10:00:00Z"), naive("2026-11-29 09:30:00"));
+        assert_eq!(
+            reset(c, "1d", "2026-11-28T08:00:00Z"),
+            naive("2026-11-28 09:30:00")
+        );
+        assert_eq!(
+            reset(c, "1d", "2026-11-28T10:00:00Z"),
+            naive("2026-11-29 09:30:00")
+        );
     }
 
     #[test]
     fn one_day_in_a_time_zone_is_local_midnight_stored_as_utc() {
         // 2026-11-28 20:00 in New York (UTC-5) is 2026-11-29 01:00 UTC.
         let c = clock("America/New_York", "00:00");
-        assert_eq!(reset(c, "1d", "2026-11-29T01:00:00Z"), naive("2026-11-29 05:00:00"));
+        assert_eq!(
+            reset(c, "1d", "2026-11-29T01:00:00Z"),
+            naive("2026-11-29 05:00:00")
+        );
         let c = clock("Asia/Kolkata", "00:00");
-        assert_eq!(reset(c, "1d", "2026-11-28T20:00:00Z"), naive("2026-11-29 18:30:00"));
+        assert_eq!(
+            reset(c, "1d", "2026-11-28T20:00:00Z"),
+            naive("2026-11-29 18:30:00")
+        );
     }
 
     #[test]
     fn seven_days_is_next_monday_even_on_a_monday() {
         let c = ResetClock::default();
         // 2026-11-28 is a Saturday.
-        assert_eq!(reset(c, "7d", "2026-11-28T12:00:00Z"), naive("2026-11-30 00:00:00"));
-        assert_eq!(reset(c, "weekly", "2026-11-28T12:00:00Z"), naive("2026-11-30 00:00:00"));
-        assert_eq!(reset(c, "1w", "2026-11-30T00:00:00Z"), naive("2026-12-07 00:00:00"));
+        assert_eq!(
+            reset(c, "7d", "2026-11-28T12:00:00Z"),
+            naive("2026-11-30 00:00:00")
+        );
+        assert_eq!(
+            reset(c, "weekly", "2026-11-28T12:00:00Z"),
+            naive("2026-11-30 00:00:00")
+        );
+        assert_eq!(
+            reset(c, "1w", "2026-11-30T00:00:00Z"),
+            naive("2026-12-07 00:00:00")
+        );
         let c = clock("Europe/Berlin", "06:00");
-        assert_eq!(reset(c, "7d", "2026-11-29T23:30:00Z"), naive("2026-12-07 05:00:00"));
+        assert_eq!(
+            reset(c, "7d", "2026-11-29T23:30:00Z"),
+            naive("2026-12-07 05:00:00")
+        );
     }
 
     #[test]
     fn thirty_days_and_one_month_are_the_first_of_next_month() {
         let c = ResetClock::default();
-        assert_eq!(reset(c, "30d", "2026-11-28T12:00:00Z"), naive("2026-12-01 00:00:00"));
-        assert_eq!(reset(c, "1mo", "2026-12-31T23:59:59Z"), naive("2027-01-01 00:00:00"));
-        assert_eq!(reset(c, "monthly", "2026-01-31T10:00:00Z"), naive("2026-02-01 00:00:00"));
+        assert_eq!(
+            reset(c, "30d", "2026-11-28T12:00:00Z"),
+            naive("2026-12-01 00:00:00")
+        );
+        assert_eq!(
+            reset(c, "1mo", "2026-12-31T23:59:59Z"),
+            naive("2027-01-01 00:00:00")
+        );
+        assert_eq!(
+            reset(c, "monthly", "2026-01-31T10:00:00Z"),
+            naive("2026-02-01 00:00:00")
+        );
         // In Tokyo (UTC+9) it is already December 1st.
         let c = clock("Asia/Tokyo", "00:00");
-        assert_eq!(reset(c, "30d", "2026-11-30T16:00:00Z"), naive("2026-12-31 15:00:00"));
+        assert_eq!(
+            reset(c, "30d", "2026-11-30T16:00:00Z"),
+            naive("2026-12-31 15:00:00")
+        );
     }
 
     #[test]
     fn other_day_counts_are_today_plus_n() {
         let c = ResetClock::default();
-        assert_eq!(reset(c, "10d", "2026-11-28T12:00:00Z"), naive("2026-12-08 00:00:00"));
-        assert_eq!(reset(c, "2w", "2026-11-28T12:00:00Z"), naive("2026-12-12 00:00:00"));
+        assert_eq!(
+            reset(c, "10d", "2026-11-28T12:00:00Z"),
+            naive("2026-12-08 00:00:00")
+        );
+        assert_eq!(
+            reset(c, "2w", "2026-11-28T12:00:00Z"),
+            naive("2026-12-12 00:00:00")
+        );
         let c = clock("UTC", "12:00");
-        assert_eq!(reset(c, "3d", "2026-11-28T18:00:00Z"), naive("2026-12-01 12:00:00"));
+        assert_eq!(
+            reset(c, "3d", "2026-11-28T18:00:00Z"),
+            naive("2026-12-01 12:00:00")
+        );
     }
 
     #[test]
     fn hours_minutes_seconds_are_the_next_multiple() {
         let c = ResetClock::default();
-        assert_eq!(reset(c, "1h", "2026-11-28T13:45:10Z"), naive("2026-11-28 14:00:00"));
-        assert_eq!(reset(c, "1h", "2026-11-28T13:00:00Z"), naive("2026-11-28 14:00:00"));
-        assert_eq!(reset(c, "6h", "2026-11-28T13:45:10Z"), naive("2026-11-28 18:00:00"));
-        assert_eq!(reset(c, "5h", "2026-11-28T22:30:00Z"), naive("2026-11-29 01:00:00"));
-        assert_eq!(reset(c, "daily", "2026-11-28T22:30:00Z"), naive("2026-11-29 00:00:00"));
-        assert_eq!(reset(c, "15m", "2026-11-28T13:45:10Z"), naive("2026-11-28 14:00:00"));
-        assert_eq!(reset(c, "15m", "2026-11-28T23:50:00Z"), naive("2026-11-29 00:00:00"));
-        assert_eq!(reset(c, "30s", "2026-11-28T13:45:10Z"), naive("2026-11-28 13:45:30"));
+        assert_eq!(
+            reset(c, "1h", "2026-11-28T13:45:10Z"),
+            naive("2026-11-28 14:00:00")
+        );
+        assert_eq!(
+            reset(c, "1h", "2026-11-28T13:00:00Z"),
+            naive("2026-11-28 14:00:00")
+        );
+        assert_eq!(
+            reset(c, "6h", "2026-11-28T13:45:10Z"),
+            naive("2026-11-28 18:00:00")
+        );
+        assert_eq!(
+            reset(c, "5h", "2026-11-28T22:30:00Z"),
+            naive("2026-11-29 01:00:00")
+        );
+        assert_eq!(
+            reset(c, "daily", "2026-11-28T22:30:00Z"),
+            naive("2026-11-29 00:00:00")
+        );
+        assert_eq!(
+            reset(c, "15m", "2026-11-28T13:45:10Z"),
+            naive("2026-11-28 14:00:00")
+        );
+        assert_eq!(
+            reset(c, "15m", "2026-11-28T23:50:00Z"),
+            naive("2026-11-29 00:00:00")
+        );
+        assert_eq!(
+            reset(c, "30s", "2026-11-28T13:45:10Z"),
+            naive("2026-11-28 13:45:30")
+        );
         let c = clock("Asia/Kolkata", "00:00");
         // 13:45:10 UTC is 19:15:10 in India; the next 6-hour mark there is 00:00 (18:30 UTC).
-        assert_eq!(reset(c, "6h", "2026-11-28T13:45:10Z"), naive("2026-11-28 18:30:00"));
+        assert_eq!(
+            reset(c, "6h", "2026-11-28T13:45:10Z"),
+            naive("2026-11-28 18:30:00")
+        );
     }
 
     #[test]
     fn zero_is_now() {
         let c = ResetClock::default();
-        assert_eq!(reset(c, "0d", "2026-11-28T13:45:10.123456Z"), naive("2026-11-28 13:45:10") + chrono::Duration::milliseconds(123));
+        assert_eq!(
+            reset(c, "0d", "2026-11-28T13:45:10.123456Z"),
+            naive("2026-11-28 13:45:10") + chrono::Duration::milliseconds(123)
+        );
     }
 
     #[test]
     fn daylight_saving_gap_moves_forward() {
         // Europe/Berlin skips 02:00-03:00 on 2027-03-28; a 02:30 reset time that day is 03:30 CEST.
         let c = clock("Europe/Berlin", "02:30");
-        assert_eq!(reset(c, "1d", "2027-03-27T12:00:00Z"), naive("2027-03-28 01:30:00"));
+        assert_eq!(
+            reset(c, "1d", "2027-03-27T12:00:00Z"),
+            naive("2027-03-28 01:30:00")
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! teams, memberships and user roles.
 
 pub mod budget;
+pub mod config;
 pub mod directory;
 pub mod error;
 pub mod litellm_config;

@@ -138,7 +138,10 @@ impl Reader<'_> {
                 (self.env)(name)
                     .map(|resolved| Some(Value::String(resolved)))
                     .ok_or_else(|| {
-                        self.error(key, &format!("refers to environment variable {name}, which is not set"))
+                        self.error(
+                            key,
+                            &format!("refers to environment variable {name}, which is not set"),
+                        )
                     })
             }
             Some(other) => Ok(Some(other.clone())),
@@ -239,38 +242,61 @@ impl Reader<'_> {
         let params = self.section(value, KEY)?;
         let key = |name: &str| format!("{KEY}.{name}");
         let known = [
-            "max_budget", "soft_budget", "budget_duration", "models", "tpm_limit", "rpm_limit",
-            "tpd_limit", "max_parallel_requests", "team_member_permissions", "organization_id",
-            "access_group_ids", "policies", "default_team_member_models", "metadata",
-            "model_max_budget", "blocked",
+            "max_budget",
+            "soft_budget",
+            "budget_duration",
+            "models",
+            "tpm_limit",
+            "rpm_limit",
+            "tpd_limit",
+            "max_parallel_requests",
+            "team_member_permissions",
+            "organization_id",
+            "access_group_ids",
+            "policies",
+            "default_team_member_models",
+            "metadata",
+            "model_max_budget",
+            "blocked",
         ];
         warn_unknown(&params, &known, KEY);
         let max_parallel_requests = self
-            .integer(params.get("max_parallel_requests"), &key("max_parallel_requests"))?
+            .integer(
+                params.get("max_parallel_requests"),
+                &key("max_parallel_requests"),
+            )?
             .map(|n| {
-                i32::try_from(n).map_err(|_| self.error(&key("max_parallel_requests"), "is too large"))
+                i32::try_from(n)
+                    .map_err(|_| self.error(&key("max_parallel_requests"), "is too large"))
             })
             .transpose()?;
         Ok(TeamDefaults {
             max_budget: self.float(params.get("max_budget"), &key("max_budget"))?,
             soft_budget: self.float(params.get("soft_budget"), &key("soft_budget"))?,
-            budget_duration: self.duration(params.get("budget_duration"), &key("budget_duration"))?,
-            models: self.strings(params.get("models"), &key("models"))?.unwrap_or_default(),
+            budget_duration: self
+                .duration(params.get("budget_duration"), &key("budget_duration"))?,
+            models: self
+                .strings(params.get("models"), &key("models"))?
+                .unwrap_or_default(),
             tpm_limit: self.integer(params.get("tpm_limit"), &key("tpm_limit"))?,
             rpm_limit: self.integer(params.get("rpm_limit"), &key("rpm_limit"))?,
             tpd_limit: self.integer(params.get("tpd_limit"), &key("tpd_limit"))?,
             max_parallel_requests,
-            team_member_permissions: self
-                .strings(params.get("team_member_permissions"), &key("team_member_permissions"))?,
+            team_member_permissions: self.strings(
+                params.get("team_member_permissions"),
+                &key("team_member_permissions"),
+            )?,
             organization_id: self.string(params.get("organization_id"), &key("organization_id"))?,
-            access_group_ids: self.strings(params.get("access_group_ids"), &key("access_group_ids"))?,
+            access_group_ids: self
+                .strings(params.get("access_group_ids"), &key("access_group_ids"))?,
             policies: self.strings(params.get("policies"), &key("policies"))?,
             default_team_member_models: self.strings(
                 params.get("default_team_member_models"),
                 &key("default_team_member_models"),
             )?,
             metadata: self.object(params.get("metadata"), &key("metadata"))?,
-            model_max_budget: self.object(params.get("model_max_budget"), &key("model_max_budget"))?,
+            model_max_budget: self
+                .object(params.get("model_max_budget"), &key("model_max_budget"))?,
             blocked: self.boolean(params.get("blocked"), &key("blocked"))?,
         })
     }
@@ -279,7 +305,11 @@ impl Reader<'_> {
         const KEY: &str = "litellm_settings.default_internal_user_params";
         let params = self.section(value, KEY)?;
         let key = |name: &str| format!("{KEY}.{name}");
-        warn_unknown(&params, &["user_role", "max_budget", "budget_duration", "models"], KEY);
+        warn_unknown(
+            &params,
+            &["user_role", "max_budget", "budget_duration", "models"],
+            KEY,
+        );
         let user_role = self
             .string(params.get("user_role"), &key("user_role"))?
             .map(|value| {
@@ -297,8 +327,11 @@ impl Reader<'_> {
         Ok(UserDefaults {
             user_role,
             max_budget: self.float(params.get("max_budget"), &key("max_budget"))?,
-            budget_duration: self.duration(params.get("budget_duration"), &key("budget_duration"))?,
-            models: self.strings(params.get("models"), &key("models"))?.unwrap_or_default(),
+            budget_duration: self
+                .duration(params.get("budget_duration"), &key("budget_duration"))?,
+            models: self
+                .strings(params.get("models"), &key("models"))?
+                .unwrap_or_default(),
         })
     }
 }
@@ -352,20 +385,32 @@ litellm_settings:
         assert_eq!(team.budget_duration, Some(BudgetDuration::Days(30)));
         assert_eq!(team.models, ["gpt-4o", "gpt-4o-mini"]);
         assert_eq!(team.tpm_limit, Some(1000));
-        assert_eq!(team.team_member_permissions.as_deref(), Some(&["/key/generate".to_owned()][..]));
+        assert_eq!(
+            team.team_member_permissions.as_deref(),
+            Some(&["/key/generate".to_owned()][..])
+        );
         assert_eq!(team.metadata.as_ref().unwrap()["cost_center"], "42");
         let user = &settings.user_defaults;
         assert_eq!(user.user_role, Some(LiteLlmRole::InternalUser));
         assert_eq!(user.max_budget, Some(5.5));
         assert_eq!(settings.reset_clock.timezone, chrono_tz::Europe::Berlin);
-        assert_eq!(settings.reset_clock.reset_time, NaiveTime::from_hms_opt(6, 30, 0).unwrap());
+        assert_eq!(
+            settings.reset_clock.reset_time,
+            NaiveTime::from_hms_opt(6, 30, 0).unwrap()
+        );
     }
 
     #[test]
     fn empty_or_missing_sections_give_litellm_defaults() {
         assert_eq!(parse("").unwrap(), LiteLlmSettings::default());
-        assert_eq!(parse("general_settings: {}\n").unwrap(), LiteLlmSettings::default());
-        assert_eq!(parse("litellm_settings:\n").unwrap(), LiteLlmSettings::default());
+        assert_eq!(
+            parse("general_settings: {}\n").unwrap(),
+            LiteLlmSettings::default()
+        );
+        assert_eq!(
+            parse("litellm_settings:\n").unwrap(),
+            LiteLlmSettings::default()
+        );
     }
 
     #[test]
@@ -394,7 +439,10 @@ litellm_settings:
     #[test]
     fn errors_name_the_key() {
         let e = error_text("litellm_settings:\n  default_team_params:\n    budget_duration: 30x\n");
-        assert!(e.contains("litellm_settings.default_team_params.budget_duration"), "{e}");
+        assert!(
+            e.contains("litellm_settings.default_team_params.budget_duration"),
+            "{e}"
+        );
         assert!(e.contains("30x"), "{e}");
 
         let e = error_text("litellm_settings:\n  default_team_params:\n    max_budget: lots\n");
@@ -403,7 +451,8 @@ litellm_settings:
         let e = error_text("litellm_settings:\n  default_team_params:\n    models: gpt-4\n");
         assert!(e.contains("default_team_params.models"), "{e}");
 
-        let e = error_text("litellm_settings:\n  default_internal_user_params:\n    user_role: root\n");
+        let e =
+            error_text("litellm_settings:\n  default_internal_user_params:\n    user_role: root\n");
         assert!(e.contains("default_internal_user_params.user_role"), "{e}");
 
         let e = error_text("litellm_settings:\n  timezone: Mars/Olympus\n");
@@ -412,13 +461,23 @@ litellm_settings:
         let e = error_text("litellm_settings:\n  budget_reset_time: noon\n");
         assert!(e.contains("litellm_settings.budget_reset_time"), "{e}");
 
-        let e = error_text("litellm_settings:\n  default_team_params:\n    max_budget: os.environ/MISSING\n");
-        assert!(e.contains("MISSING") && e.contains("default_team_params.max_budget"), "{e}");
+        let e = error_text(
+            "litellm_settings:\n  default_team_params:\n    max_budget: os.environ/MISSING\n",
+        );
+        assert!(
+            e.contains("MISSING") && e.contains("default_team_params.max_budget"),
+            "{e}"
+        );
     }
 
     #[test]
     fn malformed_yaml_is_an_error_not_a_panic() {
-        for text in ["litellm_settings: [\n", "- a\n- b\n", "litellm_settings: 3\n", "\t:\n  - {"] {
+        for text in [
+            "litellm_settings: [\n",
+            "- a\n- b\n",
+            "litellm_settings: 3\n",
+            "\t:\n  - {",
+        ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.starts_with("LiteLLM config config.yaml"), "{e}");
         }

@@ -81,7 +81,10 @@ mod tests {
 
     #[test]
     fn no_valid_value_is_none() {
-        assert_eq!(LiteLlmRole::highest(["customer", "team", "Reader", ""]), None);
+        assert_eq!(
+            LiteLlmRole::highest(["customer", "team", "Reader", ""]),
+            None
+        );
         assert_eq!(LiteLlmRole::highest([]), None);
     }
 }

@@ -57,9 +57,19 @@ fn download_migrations(cache: &Path) -> PathBuf {
     }
     let wheels = cache.join("wheel");
     let out = Command::new("python3")
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-q",
+            "-d",
+        ])
         .arg(&wheels)
-        .arg(format!("litellm-proxy-extras=={LITELLM_PROXY_EXTRAS_VERSION}"))
+        .arg(format!(
+            "litellm-proxy-extras=={LITELLM_PROXY_EXTRAS_VERSION}"
+        ))
         .output()
         .expect("python3 could not be run: install Python 3 with pip to fetch LiteLLM's schema");
     if !out.status.success() {
@@ -98,7 +108,9 @@ fn download_migrations(cache: &Path) -> PathBuf {
 /// template's name so that no process ever sees a half-built template.
 fn build_template(name: &str, migrations: &Path) {
     let building = format!("{name}_building");
-    postgres::admin(&format!("drop database if exists \"{building}\" with (force)"));
+    postgres::admin(&format!(
+        "drop database if exists \"{building}\" with (force)"
+    ));
     postgres::admin(&format!("create database \"{building}\""));
     let mut folders: Vec<PathBuf> = fs::read_dir(migrations)
         .expect("cannot read LiteLLM's migrations folder")
@@ -115,5 +127,7 @@ fn build_template(name: &str, migrations: &Path) {
     for folder in &folders {
         postgres::run_file(&building, &folder.join("migration.sql"));
     }
-    postgres::admin(&format!("alter database \"{building}\" rename to \"{name}\""));
+    postgres::admin(&format!(
+        "alter database \"{building}\" rename to \"{name}\""
+    ));
 }

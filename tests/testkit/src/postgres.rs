@@ -83,7 +83,9 @@ pub fn run_file(database: &str, file: &std::path::Path) {
 }
 
 pub fn database_exists(name: &str) -> bool {
-    admin(&format!("select 1 from pg_database where datname = '{name}'")) == "1"
+    admin(&format!(
+        "select 1 from pg_database where datname = '{name}'"
+    )) == "1"
 }
 
 /// Creates a new database for one test as a copy of `template`.

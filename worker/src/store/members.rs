@@ -14,10 +14,10 @@ use entity::{GroupId, UserId};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult};
 use serde_json::{Value, json};
 
+use super::RemovalMode;
 use super::change::Change;
 use super::sql::{litellm_timestamp, lock_team, stmt, text_array};
 use super::users::{self, Candidates, Match, NewUser};
-use super::RemovalMode;
 use crate::directory::EntraUser;
 use crate::error::{Error, Result};
 use crate::litellm_config::LiteLlmSettings;
@@ -189,7 +189,15 @@ pub(super) async fn apply(
     }
 
     if !dry_run {
-        execute(txn, &plan, &team_id, team.member_budget_id.as_deref(), settings, now).await?;
+        execute(
+            txn,
+            &plan,
+            &team_id,
+            team.member_budget_id.as_deref(),
+            settings,
+            now,
+        )
+        .await?;
     }
     Ok(plan.changes)
 }
@@ -230,7 +238,11 @@ fn plan_join(
                     sso_user_id: user.id.to_string(),
                 });
             }
-            (row.user_id.clone(), row.user_email.clone(), row.in_team(team_id))
+            (
+                row.user_id.clone(),
+                row.user_email.clone(),
+                row.in_team(team_id),
+            )
         }
     };
     let has_entry = team.entries.contains(&user_id);
@@ -249,7 +261,8 @@ fn plan_join(
         }));
         // Only a membership entra-sync established is entra-sync's to remove later.
         if !team.managed.contains_key(&user_id) {
-            plan.mark_managed.push((user_id.clone(), user.id.to_string()));
+            plan.mark_managed
+                .push((user_id.clone(), user.id.to_string()));
         }
     }
     if !(in_teams && has_row && has_entry) {
@@ -312,7 +325,11 @@ async fn execute(
             r#"UPDATE "LiteLLM_UserTable"
                SET teams = array_append(coalesce(teams, '{}'), $1), updated_at = $3
                WHERE user_id = ANY($2) AND NOT ($1 = ANY(coalesce(teams, '{}')))"#,
-            [team_id.into(), text_array(&plan.add_team_to_user), stamp.into()],
+            [
+                team_id.into(),
+                text_array(&plan.add_team_to_user),
+                stamp.into(),
+            ],
         ))
         .await?;
     }
@@ -320,7 +337,11 @@ async fn execute(
         txn.execute_raw(stmt(
             r#"UPDATE "LiteLLM_UserTable" SET teams = array_remove(teams, $1), updated_at = $3
                WHERE user_id = ANY($2) AND $1 = ANY(teams)"#,
-            [team_id.into(), text_array(&plan.remove_team_from_user), stamp.into()],
+            [
+                team_id.into(),
+                text_array(&plan.remove_team_from_user),
+                stamp.into(),
+            ],
         ))
         .await?;
     }
@@ -329,7 +350,11 @@ async fn execute(
             r#"INSERT INTO "LiteLLM_TeamMembership" (user_id, team_id, budget_id)
                SELECT user_id, $1, $3 FROM unnest($2::text[]) AS user_id
                ON CONFLICT (user_id, team_id) DO NOTHING"#,
-            [team_id.into(), text_array(&plan.insert_rows), member_budget_id.into()],
+            [
+                team_id.into(),
+                text_array(&plan.insert_rows),
+                member_budget_id.into(),
+            ],
         ))
         .await?;
     }

@@ -28,7 +28,7 @@ use crate::error::Result;
 use crate::litellm_config::LiteLlmSettings;
 
 /// Which members a removal may take out of a team.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum RemovalMode {
     /// Only memberships entra-sync created; members an admin added by hand stay.
     #[default]
@@ -119,7 +119,11 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(db: DatabaseConnection, settings: LiteLlmSettings, removal_mode: RemovalMode) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        settings: LiteLlmSettings,
+        removal_mode: RemovalMode,
+    ) -> Self {
         Self {
             db,
             settings: Arc::new(settings),

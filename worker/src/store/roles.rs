@@ -19,9 +19,8 @@ pub(super) async fn set(
     now: DateTime<Utc>,
     dry_run: bool,
 ) -> Result<Vec<Change>> {
-    let candidates = users::Candidates::new(
-        users::lock_candidates(txn, &[user.to_string()], &[]).await?,
-    );
+    let candidates =
+        users::Candidates::new(users::lock_candidates(txn, &[user.to_string()], &[]).await?);
     let row = candidates
         .by_object_id(user.as_str())
         .map(|row| &candidates.rows[row])
@@ -43,7 +42,11 @@ pub(super) async fn set(
     if !changes.is_empty() {
         txn.execute_raw(stmt(
             r#"UPDATE "LiteLLM_UserTable" SET user_role = $2, updated_at = $3 WHERE user_id = $1"#,
-            [row.user_id.clone().into(), role.as_str().into(), litellm_timestamp(now).into()],
+            [
+                row.user_id.clone().into(),
+                role.as_str().into(),
+                litellm_timestamp(now).into(),
+            ],
         ))
         .await?;
     }

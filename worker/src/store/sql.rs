@@ -11,7 +11,12 @@ pub(super) fn stmt(sql: &str, values: impl IntoIterator<Item = Value>) -> Statem
 
 /// A text[] parameter.
 pub(super) fn text_array<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> Value {
-    Value::from(items.into_iter().map(|s| s.as_ref().to_owned()).collect::<Vec<String>>())
+    Value::from(
+        items
+            .into_iter()
+            .map(|s| s.as_ref().to_owned())
+            .collect::<Vec<String>>(),
+    )
 }
 
 /// `now` as LiteLLM stores timestamps: UTC without time zone, millisecond precision.

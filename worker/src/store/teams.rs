@@ -33,7 +33,11 @@ pub(super) async fn ensure(
                 txn.execute_raw(stmt(
                     r#"UPDATE "LiteLLM_TeamTable" SET team_alias = $2, updated_at = $3
                        WHERE team_id = $1"#,
-                    [team_id.clone().into(), display_name.into(), litellm_timestamp(now).into()],
+                    [
+                        team_id.clone().into(),
+                        display_name.into(),
+                        litellm_timestamp(now).into(),
+                    ],
                 ))
                 .await?;
             }
@@ -46,7 +50,11 @@ pub(super) async fn ensure(
         None => {
             if !dry_run {
                 team::Entity::insert(new_team(&team_id, display_name, settings, now))
-                    .on_conflict(OnConflict::column(team::Column::TeamId).do_nothing().to_owned())
+                    .on_conflict(
+                        OnConflict::column(team::Column::TeamId)
+                            .do_nothing()
+                            .to_owned(),
+                    )
                     .exec_without_returning(txn)
                     .await?;
             }

@@ -61,7 +61,10 @@ pub(super) async fn lock_candidates(
 #[derive(Clone, Debug)]
 pub(super) enum Match {
     /// An existing row; `link` when it was found by email and needs its `sso_user_id`.
-    Existing { row: usize, link: bool },
+    Existing {
+        row: usize,
+        link: bool,
+    },
     New,
 }
 
@@ -227,7 +230,11 @@ pub(super) async fn link(
         r#"UPDATE "LiteLLM_UserTable" AS u SET sso_user_id = x.object_id, updated_at = $3
            FROM unnest($1::text[], $2::text[]) AS x(user_id, object_id)
            WHERE u.user_id = x.user_id AND u.sso_user_id IS NULL"#,
-        [text_array(user_ids), text_array(object_ids), litellm_timestamp(now).into()],
+        [
+            text_array(user_ids),
+            text_array(object_ids),
+            litellm_timestamp(now).into(),
+        ],
     ))
     .await?;
     Ok(())
@@ -242,7 +249,8 @@ pub(super) async fn ensure(
     dry_run: bool,
 ) -> Result<Vec<Change>> {
     let emails: Vec<String> = user.email().into_iter().collect();
-    let mut candidates = Candidates::new(lock_candidates(txn, &[user.id.to_string()], &emails).await?);
+    let mut candidates =
+        Candidates::new(lock_candidates(txn, &[user.id.to_string()], &emails).await?);
     match candidates.find(user) {
         Match::Existing { link: false, .. } => Ok(Vec::new()),
         Match::Existing { row, link: true } => {

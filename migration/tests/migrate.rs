@@ -1,0 +1,109 @@
+//! `entra-sync-migrate` on a database holding LiteLLM's real schema: up, down and up again work,
+//! and LiteLLM's own schema is byte-identical throughout.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
+use std::process::Command;
+
+use entra_sync_testkit::TestDatabase;
+
+fn migrate(db: &TestDatabase, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_entra-sync-migrate"))
+        .args(args)
+        .env("DATABASE_URL", db.url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("entra-sync-migrate runs");
+    assert!(
+        out.status.success(),
+        "entra-sync-migrate {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The schema without entra-sync's tables, as pg_dump prints it (minus the per-run random key of
+/// its `\restrict` lines).
+fn litellm_schema(db: &TestDatabase) -> String {
+    let out = Command::new("pg_dump")
+        .args([
+            "--schema-only",
+            "--no-owner",
+            "--exclude-table=entra_sync_*",
+            "-d",
+        ])
+        .arg(db.url())
+        .output()
+        .expect("pg_dump runs (PostgreSQL's client tools)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| !line.starts_with("\\restrict") && !line.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn entra_sync_tables(db: &TestDatabase) -> Vec<String> {
+    let out = Command::new("psql")
+        .args(["-X", "-A", "-t", "-d"])
+        .arg(db.url())
+        .args([
+            "-c",
+            "select table_name from information_schema.tables where table_schema = 'public' \
+             and (table_name like 'entra_sync%' or table_name like 'seaql%') order by 1",
+        ])
+        .output()
+        .expect("psql runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn up_down_up_leaves_litellm_schema_byte_identical() {
+    let db = TestDatabase::litellm_only().await;
+    let original = litellm_schema(&db);
+    assert!(original.contains("\"LiteLLM_TeamTable\""));
+
+    migrate(&db, &["up"]);
+    assert_eq!(
+        entra_sync_tables(&db),
+        [
+            "entra_sync_audit_log",
+            "entra_sync_delta_links",
+            "entra_sync_managed_memberships",
+            "entra_sync_managed_roles",
+            "entra_sync_migrations",
+            "entra_sync_subscriptions",
+        ]
+    );
+    assert_eq!(
+        litellm_schema(&db),
+        original,
+        "`up` changed LiteLLM's schema"
+    );
+    let status = migrate(&db, &["status"]);
+    assert!(
+        status.starts_with("Applied\tm20261128_000001_create_sync_tables"),
+        "{status}"
+    );
+
+    migrate(&db, &["down"]);
+    assert_eq!(entra_sync_tables(&db), ["entra_sync_migrations"]);
+    assert_eq!(
+        litellm_schema(&db),
+        original,
+        "`down` changed LiteLLM's schema"
+    );
+    assert!(migrate(&db, &["status"]).starts_with("Pending"));
+
+    migrate(&db, &["up"]);
+    assert_eq!(entra_sync_tables(&db).len(), 6);
+    assert_eq!(litellm_schema(&db), original);
+    // Up again with nothing pending is a no-op.
+    migrate(&db, &["up"]);
+}

@@ -1,0 +1,839 @@
+//! The store against LiteLLM's real schema: every operation, its effects in both directions,
+//! idempotence, dry runs, the audit log, and LiteLLM's locks.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
+mod common;
+
+use common::*;
+use entra_sync_testkit::TestDatabase;
+use worker::directory::EntraUser;
+use worker::roles::LiteLlmRole;
+use worker::store::{Change, LiteLlmWriter, RemovalMode};
+
+const TEAM_DEFAULTS: &str = r#"
+litellm_settings:
+  default_team_params:
+    max_budget: 100
+    budget_duration: 30d
+    models: ["gpt-4o", "gpt-4o-mini"]
+    tpm_limit: 5000
+    rpm_limit: 50
+    team_member_permissions: ["/key/generate", "/key/info"]
+    metadata: {source: entra}
+  default_internal_user_params:
+    user_role: internal_user
+    max_budget: 10
+    budget_duration: 7d
+    models: ["gpt-4o-mini"]
+"#;
+
+#[tokio::test]
+async fn ensure_team_creates_the_team_with_litellm_defaults() {
+    let db = TestDatabase::new().await;
+    let store = store(&db, settings(TEAM_DEFAULTS), RemovalMode::Managed);
+    let g = group(1);
+
+    let changes = store
+        .ensure_team(&g, "Production LLM Evals", commit())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        changes,
+        [Change::TeamCreated {
+            team_id: g.to_string(),
+            team_alias: "Production LLM Evals".into()
+        }]
+    );
+    let team = team_row(db.conn(), &g).await;
+    assert_eq!(team.team_alias.as_deref(), Some("Production LLM Evals"));
+    assert_eq!(team.max_budget, Some(100.0));
+    assert_eq!(team.budget_duration.as_deref(), Some("30d"));
+    // 30d resets on the 1st of next month at midnight UTC.
+    assert_eq!(team.budget_reset_at, Some(naive("2026-12-01 00:00:00")));
+    assert_eq!(
+        team.models.as_deref(),
+        Some(&["gpt-4o".to_owned(), "gpt-4o-mini".to_owned()][..])
+    );
+    assert_eq!((team.tpm_limit, team.rpm_limit), (Some(5000), Some(50)));
+    assert_eq!(
+        team.team_member_permissions.as_deref(),
+        Some(&["/key/generate".to_owned(), "/key/info".to_owned()][..])
+    );
+    assert_eq!(team.metadata, serde_json::json!({"source": "entra"}));
+    assert_eq!(team.members_with_roles, serde_json::json!([]));
+    assert_eq!(team.spend, 0.0);
+    assert!(!team.blocked);
+    assert_eq!(team.created_at, naive("2026-11-28 12:00:00"));
+    assert_eq!(team.updated_at, naive("2026-11-28 12:00:00"));
+}
+
+#[tokio::test]
+async fn budget_reset_follows_litellm_timezone_and_reset_time() {
+    let db = TestDatabase::new().await;
+    let yaml = "litellm_settings:\n  timezone: America/New_York\n  budget_reset_time: \"09:00\"\n  default_team_params:\n    budget_duration: 1d\n  default_internal_user_params:\n    budget_duration: 7d\n";
+    let store = store(&db, settings(yaml), RemovalMode::Managed);
+    store.ensure_team(&group(1), "T", commit()).await.unwrap();
+    store.ensure_user(&entra_user(1), commit()).await.unwrap();
+
+    // 12:00 UTC is 07:00 in New York: today's 09:00 reset (14:00 UTC) is still ahead.
+    let team = team_row(db.conn(), &group(1)).await;
+    assert_eq!(team.budget_reset_at, Some(naive("2026-11-28 14:00:00")));
+    // 7d: next Monday (2026-11-30) at 09:00 New York time.
+    let user = user_row(db.conn(), user_id(1).as_str()).await;
+    assert_eq!(user.budget_reset_at, Some(naive("2026-11-30 14:00:00")));
+    assert_eq!(user.budget_duration.as_deref(), Some("7d"));
+}
+
+#[tokio::test]
+async fn ensure_team_on_an_existing_team_only_updates_the_alias() {
+    let db = TestDatabase::new().await;
+    let store = store(&db, settings(TEAM_DEFAULTS), RemovalMode::Managed);
+    let g = group(1);
+    store.ensure_team(&g, "Old name", commit()).await.unwrap();
+    // An admin edits the budget and models in LiteLLM; the team spends money.
+    execute(
+        db.conn(),
+        &format!(
+            r#"UPDATE "LiteLLM_TeamTable" SET max_budget = 999, models = ARRAY['claude'],
+               spend = 12.5, budget_duration = '1d' WHERE team_id = '{g}'"#
+        ),
+    )
+    .await;
+
+    let changes = store.ensure_team(&g, "New name", commit()).await.unwrap();
+
+    assert_eq!(
+        changes,
+        [Change::TeamRenamed {
+            team_id: g.to_string(),
+            from: Some("Old name".into()),
+            to: "New name".into()
+        }]
+    );
+    let team = team_row(db.conn(), &g).await;
+    assert_eq!(team.team_alias.as_deref(), Some("New name"));
+    assert_eq!(team.max_budget, Some(999.0));
+    assert_eq!(team.models.as_deref(), Some(&["claude".to_owned()][..]));
+    assert_eq!(team.spend, 12.5);
+    assert_eq!(team.budget_duration.as_deref(), Some("1d"));
+
+    let before = snapshot(db.conn(), true).await;
+    assert!(
+        store
+            .ensure_team(&g, "New name", commit())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(snapshot(db.conn(), true).await, before);
+}
+
+#[tokio::test]
+async fn ensure_user_creates_users_as_litellm_sign_in_does() {
+    let db = TestDatabase::new().await;
+    let store = store(&db, settings(TEAM_DEFAULTS), RemovalMode::Managed);
+    let alice = entra_user(1);
+
+    let changes = store.ensure_user(&alice, commit()).await.unwrap();
+
+    assert_eq!(
+        changes,
+        [Change::UserCreated {
+            user_id: alice.id.to_string(),
+            user_email: Some("user1@contoso.com".into()),
+            user_role: "internal_user".into()
+        }]
+    );
+    let row = user_row(db.conn(), alice.id.as_str()).await;
+    assert_eq!(row.sso_user_id.as_deref(), Some(alice.id.as_str()));
+    assert_eq!(row.user_email.as_deref(), Some("user1@contoso.com"));
+    assert_eq!(row.user_alias.as_deref(), Some("User 1"));
+    assert_eq!(row.user_role.as_deref(), Some("internal_user"));
+    assert_eq!(row.models.as_deref(), Some(&["gpt-4o-mini".to_owned()][..]));
+    assert_eq!(row.max_budget, Some(10.0));
+    assert_eq!(
+        row.metadata,
+        serde_json::json!({"auth_provider": "microsoft"})
+    );
+    assert_eq!(row.teams.as_deref(), Some(&[][..]));
+    assert!(
+        store
+            .ensure_user(&alice, commit())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_new_user_without_configured_role_is_internal_user_viewer() {
+    let db = TestDatabase::new().await;
+    let store = plain_store(&db);
+    store.ensure_user(&entra_user(1), commit()).await.unwrap();
+    let row = user_row(db.conn(), user_id(1).as_str()).await;
+    assert_eq!(row.user_role.as_deref(), Some("internal_user_viewer"));
+    assert_eq!(row.max_budget, None);
+    assert_eq!(row.budget_reset_at, None);
+}
+
+#[tokio::test]
+async fn a_scim_user_is_matched_by_email_and_given_its_sso_user_id() {
+    let db = TestDatabase::new().await;
+    let store = plain_store(&db);
+    let g = group(1);
+    store.ensure_team(&g, "Team", commit()).await.unwrap();
+    // LiteLLM's SCIM made this user with user_id = UPN and a mixed-case email.
+    execute(
+        db.conn(),
+        r#"INSERT INTO "LiteLLM_UserTable" (user_id, user_email, user_role, metadata, spend)
+           VALUES ('user1@contoso.com', 'USER1@contoso.com', 'internal_user', '{"scim": true}', 3.5)"#,
+    )
+    .await;
+    let alice = entra_user(1);
+
+    let changes = store
+        .add_members(&g, std::slice::from_ref(&alice), commit())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        changes,
+        [
+            Change::UserLinked {
+                user_id: "user1@contoso.com".into(),
+                sso_user_id: alice.id.to_string()
+            },
+            Change::MemberAdded {
+                team_id: g.to_string(),
+                user_id: "user1@contoso.com".into()
+            }
+        ]
+    );
+    let row = user_row(db.conn(), "user1@contoso.com").await;
+    assert_eq!(row.sso_user_id.as_deref(), Some(alice.id.as_str()));
+    assert_eq!(row.teams.as_deref(), Some(&[g.to_string()][..]));
+    assert_eq!(row.spend, 3.5);
+    assert_eq!(row.metadata, serde_json::json!({"scim": true}));
+    assert_eq!(
+        scalar_i64(db.conn(), r#"SELECT count(*) FROM "LiteLLM_UserTable""#).await,
+        1
+    );
+    assert_eq!(entry_ids(db.conn(), &g).await, ["user1@contoso.com"]);
+    assert_eq!(
+        membership_rows(db.conn(), &g).await[0].user_id,
+        "user1@contoso.com"
+    );
+
+    // From now on the user is found by sso_user_id: removal works on the Entra id.
+    store
+        .remove_members(&g, std::slice::from_ref(&alice.id), commit())
+        .await
+        .unwrap();
+    assert!(entry_ids(db.conn(), &g).await.is_empty());
+}
+
+#[tokio::test]
+async fn add_members_writes_every_trace_of_membership() {
+    let db = TestDatabase::new().await;
+    let store = plain_store(&db);
+    let g = group(1);
+    store.ensure_team(&g, "Team", commit()).await.unwrap();
+    // The team gives members a per-member budget through its metadata, as LiteLLM does.
+    execute(
+        db.conn(),
+        &format!(
+            r#"INSERT INTO "LiteLLM_BudgetTable" (budget_id, max_budget, created_by, updated_by)
+               VALUES ('member-budget', 5, 'admin', 'admin');
+               UPDATE "LiteLLM_TeamTable" SET metadata = '{{"team_member_budget_id": "member-budget"}}'
+               WHERE team_id = '{g}'"#
+        ),
+    )
+    .await;
+    let members = users(1..4);
+
+    let changes = store.add_members(&g, &members, commit()).await.unwrap();
+
+    assert_eq!(
+        changes
+            .iter()
+            .filter(|c| matches!(c, Change::UserCreated { .. }))
+            .count(),
+        3
+    );
+    assert_eq!(
+        changes
+            .iter()
+            .filter(|c| matches!(c, Change::MemberAdded { .. }))
+            .count(),
+        3
+    );
+    let team = team_row(db.conn(), &g).await;
+    assert_eq!(
+        team.members_with_roles,
+        serde_json::json!([
+            {"user_id": user_id(1).to_string(), "user_email": "user1@contoso.com", "role": "user"},
+            {"user_id": user_id(2).to_string(), "user_email": "user2@contoso.com", "role": "user"},
+            {"user_id": user_id(3).to_string(), "user_email": "user3@contoso.com", "role": "user"},
+        ])
+    );
+    for member in &members {
+        let row = user_row(db.conn(), member.id.as_str()).await;
+        assert_eq!(row.teams.as_deref(), Some(&[g.to_string()][..]));
+    }
+    let rows = membership_rows(db.conn(), &g).await;
+    assert_eq!(rows.len(), 3);
+    assert!(
+        rows.iter()
+            .all(|r| r.budget_id.as_deref() == Some("member-budget") && r.spend == 0.0)
+    );
+    assert_eq!(
+        scalar_i64(
+            db.conn(),
+            "SELECT count(*) FROM entra_sync_managed_memberships"
+        )
+        .await,
+        3
+    );
+}
+
+#[tokio::test]
+async fn add_members_keeps_existing_entries_and_reads_the_empty_object_default() {
+    let db = TestDatabase::new().await;
+    let store = plain_store(&db);
+    let g = group(1);
+    // A team LiteLLM made itself: members_with_roles keeps its column default `{}`.
+    execute(
+        db.conn(),
+        &format!(r#"INSERT INTO "LiteLLM_TeamTable" (team_id, team_alias) VALUES ('{g}', 'Team')"#),
+    )
+    .await;
+    assert_eq!(
+        team_row(db.conn(), &g).await.members_with_roles,
+        serde_json::json!({})
+    );
+    add_member_by_hand(db.conn(), &g, "boss", "admin").await;
+
+    store.add_members(&g, &users(1..2), commit()).await.unwrap();
+
+    let team = team_row(db.conn(), &g).await;
+    assert_eq!(team.members_with_roles[0]["user_id"], "boss");
+    assert_eq!(team.members_with_roles[0]["role"], "admin");
+    assert_eq!(
+        team.members_with_roles[1]["user_id"],
+        user_id(1).to_string()
+    );
+    assert_eq!(team.members_with_roles.as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_partial_membership_is_completed() {
+    let db = TestDatabase::new().await;
+    let store = plain_store(&db);
+    let g = group(1);
+    store.ensure_team(&g, "Team", commit()).await.unwrap();
+    store.add_members(&g, &users(1..2), commit()).await.unwrap();
+    // Something deleted the membership row and the team from the user's list.
+    execute(
+        db.conn(),
+        &format!(
+            r#"DELETE FROM "LiteLLM_TeamMembership";
+               UPDATE "LiteLLM_UserTable" SET teams = NULL WHERE user_id = '{}'"#,
+            user_id(1)
+        ),
+    )
+    .await;
+
+    let changes = store.add_members(&g, &users(1..2), commit()).await.unwrap();
+
+    assert_eq!(
+        changes,
+        [Change::MemberAdded {
+            team_id: g.to_string(),
+            user_id: user_id(1).to_string()
+        }]
+    );
+    assert_eq!(membership_rows(db.conn(), &g).await.len(), 1);
+    let row = user_row(db.conn(), user_id(1).as_str()).await;
+    assert_eq!(row.teams.as_deref(), Some(&[g.to_string()][..]));
+    assert_eq!(entry_ids(db.conn(), &g).await.len(), 1);
+}
+
+#[tokio::test]
+async fn add_members_requires_the_team() {
+    let db = TestDatabase::new().await;
+    let store = plain_store(&db);
+    let err = store
+        .add_members(&group(1), &users(1..2), commit())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, worker::Error::TeamNotFound(_)), "{err}");
+    assert_eq!(
+        scalar_i64(db.conn(), r#"SELECT count(*) FROM "LiteLLM_UserTable""#).await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn remove_members_undoes_every_trace_and_leaves_spend_elsewhere() {
+    let db = TestDatabase::new().await;
+    let store = plain_store(&db);
+    let (g, other) = (group(1), group(2));
+    store.ensure_team(&g, "Team", commit()).await.unwrap();
+    store.ensure_team(&other, "Other", commit()).await.unwrap();
+    store.add_members(&g, &users(1..3), commit()).await.unwrap();
+    store
+        .add_members(&other, &users(1..2), commit())
+        .await
+        .unwrap();
+    execute(
+        db.conn(),
+        r#"UPDATE "LiteLLM_UserTable" SET spend = 7; UPDATE "LiteLLM_TeamTable" SET spend = 8;
+           UPDATE "LiteLLM_TeamMembership" SET spend = 9, total_spend = 10"#,
+    )
+    .await;
+
+    let changes = store
+        .remove_members(&g, &[user_id(1)], commit())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        changes,
+        [Change::MemberRemoved {
+            team_id: g.to_string(),
+            user_id: user_id(1).to_string()
+        }]
+    );
+    assert_eq!(entry_ids(db.conn(), &g).await, [user_id(2).to_string()]);
+    let row = user_row(db.conn(), user_id(1).as_str()).await;
+    assert_eq!(row.teams.as_deref(), Some(&[other.to_string()][..]));
+    assert_eq!(row.spend, 7.0);
+    let rows = membership_rows(db.conn(), &g).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].spend, rows[0].total_spend), (9.0, 10.0));
+    assert_eq!(team_row(db.conn(), &g).await.spend, 8.0);
+    // The other team's membership is untouched.
+    assert_eq!(entry_ids(db.conn(), &other).await, [user_id(1).to_string()]);
+    assert_eq!(membership_rows(db.conn(), &other).await.len(), 1);
+    assert_eq!(
+        scalar_i64(
+            db.conn(),
+            "SELECT count(*) FROM entra_sync_managed_memberships"
+        )
+        .await,
+        2
+    );
+    // Removing again changes nothing.
+    assert!(
+        store
+            .remove_members(&g, &[user_id(1)], commit())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn managed_mode_keeps_a_manual_member_and_mirror_mode_removes_it() {
+    let db = TestDatabase::new().await;
+    let managed = plain_store(&db);
+    let mirror = store(&db, Default::default(), RemovalMode::Mirror);
+    let g = group(1);
+    managed.ensure_team(&g, "Team", commit()).await.unwrap();
+    managed
+        .add_members(&g, &users(1..3), commit())
+        .await
+        .unwrap();
+    // An admin added user 3 by hand, and user 3 is in the Entra group too.
+    let hand_made = user_id(3).to_string();
+    add_member_by_hand(db.conn(), &g, &hand_made, "user").await;
+    add_member_by_hand(db.conn(), &g, "contractor", "admin").await;
+
+    // Entra now says the group holds user 2 only.
+    let changes = managed
+        .replace_members(&g, &users(2..3), commit())
+        .await
+        .unwrap();
+    assert_eq!(
+        changes,
+        [Change::MemberRemoved {
+            team_id: g.to_string(),
+            user_id: user_id(1).to_string()
+        }]
+    );
+    assert_eq!(
+        entry_ids(db.conn(), &g).await,
+        [
+            user_id(2).to_string(),
+            hand_made.clone(),
+            "contractor".into()
+        ]
+    );
+    // An explicit removal in managed mode leaves the hand-made membership as well.
+    assert!(
+        managed
+            .remove_members(&g, &[user_id(3)], commit())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let changes = mirror
+        .replace_members(&g, &users(2..3), commit())
+        .await
+        .unwrap();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(entry_ids(db.conn(), &g).await, [user_id(2).to_string()]);
+    assert_eq!(membership_rows(db.conn(), &g).await.len(), 1);
+    let contractor = user_row(db.conn(), "contractor").await;
+    assert_eq!(contractor.teams.as_deref(), Some(&[][..]));
+}
+
+#[tokio::test]
+async fn mirror_mode_removes_a_manual_member_named_explicitly() {
+    let db = TestDatabase::new().await;
+    let mirror = store(&db, Default::default(), RemovalMode::Mirror);
+    let g = group(1);
+    mirror.ensure_team(&g, "Team", commit()).await.unwrap();
+    mirror.ensure_user(&entra_user(1), commit()).await.unwrap();
+    add_member_by_hand(db.conn(), &g, user_id(1).as_str(), "user").await;
+
+    let changes = mirror
+        .remove_members(&g, &[user_id(1)], commit())
+        .await
+        .unwrap();
+
+    assert_eq!(changes.len(), 1);
+    assert!(entry_ids(db.conn(), &g).await.is_empty());
+    assert!(membership_rows(db.conn(), &g).await.is_empty());
+}
+
+#[tokio::test]
+async fn set_role_takes_the_highest_valid_role_case_insensitively() {
+    let db = TestDatabase::new().await;
+    let store = plain_store(&db);
+    let alice = entra_user(1);
+    store.ensure_user(&alice, commit()).await.unwrap();
+    let role_of = || async { user_row(db.conn(), alice.id.as_str()).await.user_role };
+
+    let values = ["Internal_User", "PROXY_ADMIN_VIEWER", "Reader"].map(String::from);
+    let changes = store.set_role(&alice.id, &values, commit()).await.unwrap();
+    assert_eq!(
+        changes,
+        [Change::RoleChanged {
+            user_id: alice.id.to_string(),
+            from: Some("internal_user_viewer".into()),
+            to: "proxy_admin_viewer".into()
+        }]
+    );
+    assert_eq!(role_of().await.as_deref(), Some("proxy_admin_viewer"));
+    assert_eq!(
+        scalar_i64(
+            db.conn(),
+            "SELECT count(*) FROM entra_sync_managed_roles WHERE role = 'proxy_admin_viewer'"
+        )
+        .await,
+        1
+    );
+
+    // No valid value: unchanged.
+    assert!(
+        store
+            .set_role(&alice.id, &["Reader".into()], commit())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .set_role(&alice.id, &[], commit())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(role_of().await.as_deref(), Some("proxy_admin_viewer"));
+
+    // The same role again: nothing to do.
+    let values = ["proxy_admin_viewer".to_owned()];
+    assert!(
+        store
+            .set_role(&alice.id, &values, commit())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let values = ["org_admin", "Proxy_Admin"].map(String::from);
+    store.set_role(&alice.id, &values, commit()).await.unwrap();
+    assert_eq!(
+        role_of().await.as_deref(),
+        Some(LiteLlmRole::ProxyAdmin.as_str())
+    );
+}
+
+#[tokio::test]
+async fn set_role_of_an_unknown_user_is_an_error_that_changes_nothing() {
+    let db = TestDatabase::new().await;
+    let store = plain_store(&db);
+    let err = store
+        .set_role(&user_id(9), &["proxy_admin".into()], commit())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, worker::Error::UserNotFound(_)), "{err}");
+    assert_eq!(
+        scalar_i64(db.conn(), "SELECT count(*) FROM entra_sync_managed_roles").await,
+        0
+    );
+}
+
+/// One of everything, as the worker would apply it, on top of `setup`.
+async fn scenario(store: &impl LiteLlmWriter) -> Vec<Change> {
+    let mut all = Vec::new();
+    all.extend(
+        store
+            .ensure_team(&group(1), "Engineering", commit())
+            .await
+            .unwrap(),
+    );
+    all.extend(
+        store
+            .ensure_team(&group(2), "Research", commit())
+            .await
+            .unwrap(),
+    );
+    all.extend(
+        store
+            .add_members(&group(1), &users(3..8), commit())
+            .await
+            .unwrap(),
+    );
+    all.extend(
+        store
+            .remove_members(&group(1), &[user_id(2)], commit())
+            .await
+            .unwrap(),
+    );
+    all.extend(
+        store
+            .replace_members(&group(2), &users(5..10), commit())
+            .await
+            .unwrap(),
+    );
+    all.extend(store.ensure_user(&entra_user(20), commit()).await.unwrap());
+    all.extend(
+        store
+            .set_role(&user_id(3), &["PROXY_ADMIN".into()], commit())
+            .await
+            .unwrap(),
+    );
+    all
+}
+
+async fn setup(store: &impl LiteLlmWriter) {
+    store.ensure_team(&group(1), "Eng", commit()).await.unwrap();
+    store
+        .ensure_team(&group(2), "Research", commit())
+        .await
+        .unwrap();
+    store
+        .add_members(&group(1), &users(1..4), commit())
+        .await
+        .unwrap();
+    store
+        .add_members(&group(2), &users(1..7), commit())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn applying_everything_twice_changes_nothing_the_second_time() {
+    let db = TestDatabase::new().await;
+    let store = store(&db, settings(TEAM_DEFAULTS), RemovalMode::Managed);
+    setup(&store).await;
+
+    let first = scenario(&store).await;
+    let after_first = snapshot(db.conn(), true).await;
+    let second = scenario(&store).await;
+
+    assert!(!first.is_empty());
+    assert_eq!(second, [], "second application changed something");
+    assert_eq!(snapshot(db.conn(), true).await, after_first);
+}
+
+#[tokio::test]
+async fn every_applied_change_is_in_the_audit_log() {
+    let db = TestDatabase::new().await;
+    let store = plain_store(&db);
+
+    let changes = scenario(&store).await;
+
+    let logged = scalar_i64(db.conn(), "SELECT count(*) FROM entra_sync_audit_log").await;
+    assert_eq!(logged, changes.len() as i64);
+    let expected = serde_json::to_value(&changes).unwrap();
+    let row = sea_orm::ConnectionTrait::query_one_raw(
+        db.conn(),
+        sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT jsonb_agg(detail ORDER BY id)::text FROM entra_sync_audit_log",
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let logged: serde_json::Value =
+        serde_json::from_str(&row.try_get_by_index::<String>(0).unwrap()).unwrap();
+    assert_eq!(logged, expected);
+    assert_eq!(
+        scalar_i64(
+            db.conn(),
+            "SELECT count(*) FROM entra_sync_audit_log WHERE kind = 'member_added' AND team_id IS NOT NULL AND user_id IS NOT NULL"
+        )
+        .await,
+        changes.iter().filter(|c| matches!(c, Change::MemberAdded { .. })).count() as i64
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_writes_nothing_and_lists_what_a_real_run_then_does() {
+    let db = TestDatabase::new().await;
+    let store = store(&db, settings(TEAM_DEFAULTS), RemovalMode::Managed);
+    store
+        .ensure_team(&group(1), "Engineering", commit())
+        .await
+        .unwrap();
+    store
+        .add_members(&group(1), &users(1..4), commit())
+        .await
+        .unwrap();
+    execute(
+        db.conn(),
+        r#"INSERT INTO "LiteLLM_UserTable" (user_id, user_email, metadata) VALUES ('scim@x', 'user7@contoso.com', '{}')"#,
+    )
+    .await;
+    let before = snapshot(db.conn(), true).await;
+    let wanted = users(2..8);
+
+    let planned_team = store
+        .ensure_team(&group(1), "Platform", dry_run())
+        .await
+        .unwrap();
+    let planned_new_team = store
+        .ensure_team(&group(2), "New", dry_run())
+        .await
+        .unwrap();
+    let planned_members = store
+        .replace_members(&group(1), &wanted, dry_run())
+        .await
+        .unwrap();
+    let planned_role = store
+        .set_role(&user_id(2), &["org_admin".into()], dry_run())
+        .await
+        .unwrap();
+    let planned_user = store.ensure_user(&entra_user(30), dry_run()).await.unwrap();
+
+    assert_eq!(
+        snapshot(db.conn(), true).await,
+        before,
+        "a dry run wrote something"
+    );
+    assert_eq!(planned_team.len(), 1);
+    assert_eq!(planned_new_team.len(), 1);
+    assert!(
+        planned_members
+            .iter()
+            .any(|c| matches!(c, Change::UserLinked { .. }))
+    );
+    assert!(
+        planned_members
+            .iter()
+            .any(|c| matches!(c, Change::MemberRemoved { .. }))
+    );
+    assert_eq!(planned_role.len(), 1);
+    assert_eq!(planned_user.len(), 1);
+
+    assert_eq!(
+        store
+            .ensure_team(&group(1), "Platform", commit())
+            .await
+            .unwrap(),
+        planned_team
+    );
+    assert_eq!(
+        store.ensure_team(&group(2), "New", commit()).await.unwrap(),
+        planned_new_team
+    );
+    assert_eq!(
+        store
+            .replace_members(&group(1), &wanted, commit())
+            .await
+            .unwrap(),
+        planned_members
+    );
+    assert_eq!(
+        store
+            .set_role(&user_id(2), &["org_admin".into()], commit())
+            .await
+            .unwrap(),
+        planned_role
+    );
+    assert_eq!(
+        store.ensure_user(&entra_user(30), commit()).await.unwrap(),
+        planned_user
+    );
+}
+
+#[tokio::test]
+async fn duplicate_members_in_one_request_are_added_once() {
+    let db = TestDatabase::new().await;
+    let store = plain_store(&db);
+    store
+        .ensure_team(&group(1), "Team", commit())
+        .await
+        .unwrap();
+    let alice = entra_user(1);
+    let mut shouting = alice.clone();
+    shouting.user_principal_name = Some("USER1@CONTOSO.COM".into());
+
+    store
+        .add_members(&group(1), &[alice.clone(), shouting, alice], commit())
+        .await
+        .unwrap();
+
+    assert_eq!(entry_ids(db.conn(), &group(1)).await.len(), 1);
+    assert_eq!(
+        scalar_i64(db.conn(), r#"SELECT count(*) FROM "LiteLLM_UserTable""#).await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn two_users_sharing_an_email_do_not_take_the_same_row() {
+    let db = TestDatabase::new().await;
+    let store = plain_store(&db);
+    store
+        .ensure_team(&group(1), "Team", commit())
+        .await
+        .unwrap();
+    execute(
+        db.conn(),
+        r#"INSERT INTO "LiteLLM_UserTable" (user_id, user_email, metadata) VALUES ('scim', 'shared@contoso.com', '{}')"#,
+    )
+    .await;
+    let shared = |n| EntraUser {
+        user_principal_name: Some("shared@contoso.com".into()),
+        ..entra_user(n)
+    };
+
+    store
+        .add_members(&group(1), &[shared(1), shared(2)], commit())
+        .await
+        .unwrap();
+
+    let scim = user_row(db.conn(), "scim").await;
+    assert_eq!(scim.sso_user_id.as_deref(), Some(user_id(1).as_str()));
+    // The second Entra user gets a row of its own.
+    let second = user_row(db.conn(), user_id(2).as_str()).await;
+    assert_eq!(second.sso_user_id.as_deref(), Some(user_id(2).as_str()));
+    assert_eq!(entry_ids(db.conn(), &group(1)).await.len(), 2);
+}
