@@ -671,7 +671,7 @@ async fn every_applied_change_is_in_the_audit_log() {
     let logged = scalar_i64(db.conn(), "SELECT count(*) FROM entra_sync_audit_log").await;
     assert_eq!(logged, changes.len() as i64);
     let expected = serde_json::to_value(&changes).unwrap();
-    let row = sea_orm::ConnectionTrait::query_one_raw(
+    let row = sea_orm::ConnectionTrait::query_one(
         db.conn(),
         sea_orm::Statement::from_string(
             sea_orm::DbBackend::Postgres,
@@ -836,4 +836,74 @@ async fn two_users_sharing_an_email_do_not_take_the_same_row() {
     let second = user_row(db.conn(), user_id(2).as_str()).await;
     assert_eq!(second.sso_user_id.as_deref(), Some(user_id(2).as_str()));
     assert_eq!(entry_ids(db.conn(), &group(1)).await.len(), 2);
+}
+
+#[tokio::test]
+async fn removal_cleans_up_after_a_user_row_deleted_by_an_admin() {
+    let db = TestDatabase::new().await;
+    let store = plain_store(&db);
+    let g = group(1);
+    store.ensure_team(&g, "Team", commit()).await.unwrap();
+    store.add_members(&g, &users(1..3), commit()).await.unwrap();
+    execute(
+        db.conn(),
+        &format!(
+            r#"DELETE FROM "LiteLLM_UserTable" WHERE user_id = '{}'"#,
+            user_id(1)
+        ),
+    )
+    .await;
+
+    let changes = store
+        .remove_members(&g, &[user_id(1)], commit())
+        .await
+        .unwrap();
+
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(entry_ids(db.conn(), &g).await, [user_id(2).to_string()]);
+    assert_eq!(membership_rows(db.conn(), &g).await.len(), 1);
+    assert_eq!(
+        scalar_i64(
+            db.conn(),
+            "SELECT count(*) FROM entra_sync_managed_memberships"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_bulk_sync_leaves_litellm_tables_analysed() {
+    let db = TestDatabase::new().await;
+    let store = plain_store(&db);
+    store
+        .ensure_team(&group(1), "Everyone", commit())
+        .await
+        .unwrap();
+
+    store
+        .add_members(&group(1), &users(0..1200), commit())
+        .await
+        .unwrap();
+
+    // Statistics reach pg_stat_user_tables when the analysing session reports them.
+    let mut analysed = 0;
+    for _ in 0..100 {
+        analysed = scalar_i64(
+            db.conn(),
+            r#"SELECT count(*) FROM pg_stat_user_tables
+               WHERE relname IN ('LiteLLM_UserTable', 'LiteLLM_TeamMembership')
+                 AND last_analyze IS NOT NULL"#,
+        )
+        .await;
+        if analysed == 2 {
+            break;
+        }
+        execute(db.conn(), "SELECT pg_stat_clear_snapshot()").await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        analysed, 2,
+        "1,200 new users and memberships were not followed by ANALYZE"
+    );
 }

@@ -54,7 +54,7 @@ async fn membership_changes_wait_for_litellm_team_lock() {
     let litellm = db.connect_again().await;
     let litellm_txn = litellm.begin().await.unwrap();
     litellm_txn
-        .execute_raw(Statement::from_sql_and_values(
+        .execute(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT pg_advisory_xact_lock(hashtext($1))",
             [g.to_string().into()],

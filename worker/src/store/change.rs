@@ -62,7 +62,7 @@ pub(super) async fn record(
     let detail = serde_json::to_value(changes).map_err(|e| {
         sea_orm::DbErr::Custom(format!("cannot serialise changes for the audit log: {e}"))
     })?;
-    txn.execute_raw(stmt(
+    txn.execute(stmt(
         r#"INSERT INTO entra_sync_audit_log (recorded_at, kind, team_id, user_id, detail)
            SELECT $1, c->>'kind', c->>'team_id', c->>'user_id', c
            FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS x(c, n)

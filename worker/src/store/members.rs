@@ -44,7 +44,8 @@ pub(super) struct Request<'a> {
 struct TeamState {
     /// Users with an entry in `members_with_roles`.
     entries: HashSet<String>,
-    /// Users with a `"LiteLLM_TeamMembership"` row.
+    /// Users with a `"LiteLLM_TeamMembership"` row, among those this request looks at
+    /// (see [`load_membership_rows`]).
     rows: HashSet<String>,
     /// Memberships entra-sync created: LiteLLM user id -> Entra object id.
     managed: HashMap<String, String>,
@@ -87,15 +88,6 @@ async fn load_team(txn: &DatabaseTransaction, team_id: &str) -> Result<TeamState
             .collect(),
         _ => HashSet::new(),
     };
-    let rows = UserIdRow::find_by_statement(stmt(
-        r#"SELECT user_id FROM "LiteLLM_TeamMembership" WHERE team_id = $1"#,
-        [team_id.into()],
-    ))
-    .all(txn)
-    .await?
-    .into_iter()
-    .map(|row| row.user_id)
-    .collect();
     let managed = ManagedRow::find_by_statement(stmt(
         "SELECT user_id, entra_user_id FROM entra_sync_managed_memberships WHERE group_id = $1",
         [team_id.into()],
@@ -107,10 +99,32 @@ async fn load_team(txn: &DatabaseTransaction, team_id: &str) -> Result<TeamState
     .collect();
     Ok(TeamState {
         entries,
-        rows,
+        rows: HashSet::new(),
         managed,
         member_budget_id: team.member_budget_id,
     })
+}
+
+/// Which of these users have a `"LiteLLM_TeamMembership"` row in the team. LiteLLM's table is
+/// keyed `(user_id, team_id)` with no index on `team_id`, so the lookup names the users: a scan
+/// for one team would read every membership of every team.
+async fn load_membership_rows(
+    txn: &DatabaseTransaction,
+    team_id: &str,
+    user_ids: &[&str],
+) -> Result<HashSet<String>> {
+    if user_ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    Ok(UserIdRow::find_by_statement(stmt(
+        r#"SELECT user_id FROM "LiteLLM_TeamMembership" WHERE team_id = $1 AND user_id = ANY($2)"#,
+        [team_id.into(), text_array(user_ids)],
+    ))
+    .all(txn)
+    .await?
+    .into_iter()
+    .map(|row| row.user_id)
+    .collect())
 }
 
 /// Everything one request will write, decided before anything is written (a dry run stops here).
@@ -155,6 +169,14 @@ pub(super) async fn apply(
     }
     let emails: Vec<String> = joining.iter().filter_map(|u| u.email()).collect();
     let mut candidates = Candidates::new(users::lock_candidates(txn, &ids, &emails).await?);
+    let mut team = team;
+    let mut looked_at: HashSet<&str> = candidates.rows.iter().map(|r| r.user_id.as_str()).collect();
+    looked_at.extend(team.managed.keys().map(String::as_str));
+    if matches!(request.leaving, Leaving::EveryoneElse) {
+        looked_at.extend(team.entries.iter().map(String::as_str));
+    }
+    let looked_at: Vec<&str> = looked_at.into_iter().collect();
+    team.rows = load_membership_rows(txn, &team_id, &looked_at).await?;
 
     let mut plan = Plan::default();
     let mut staying = HashSet::new();
@@ -162,12 +184,22 @@ pub(super) async fn apply(
         let user_id = plan_join(&mut plan, &mut candidates, &team, &team_id, user, settings);
         staying.insert(user_id);
     }
+    let managed_by_entra_id: HashMap<&str, &String> = team
+        .managed
+        .iter()
+        .map(|(user_id, entra_id)| (entra_id.as_str(), user_id))
+        .collect();
     let leaving: Vec<String> = match request.leaving {
         Leaving::Nobody => Vec::new(),
         Leaving::These(leaving) => leaving
             .iter()
-            .filter_map(|id| candidates.by_object_id(id.as_str()))
-            .map(|row| candidates.rows[row].user_id.clone())
+            .filter_map(|id| {
+                candidates
+                    .by_object_id(id.as_str())
+                    .map(|row| candidates.rows[row].user_id.clone())
+                    // The user row may be gone (an admin deleted it) while traces remain.
+                    .or_else(|| managed_by_entra_id.get(id.as_str()).map(|u| (*u).clone()))
+            })
             .filter(|user_id| !staying.contains(user_id))
             .collect(),
         Leaving::EveryoneElse => current_members(&team)
@@ -202,12 +234,13 @@ pub(super) async fn apply(
     Ok(plan.changes)
 }
 
-/// Every user with any trace of membership in the team.
+/// The team's members: everyone in `members_with_roles` (what LiteLLM shows as the team's
+/// members) and every membership entra-sync created. A bare `"LiteLLM_TeamMembership"` row of
+/// someone in neither is LiteLLM's spend record and is left alone.
 fn current_members(team: &TeamState) -> impl Iterator<Item = &String> {
     let mut seen = HashSet::new();
     team.entries
         .iter()
-        .chain(&team.rows)
         .chain(team.managed.keys())
         .filter(move |user_id| seen.insert(*user_id))
 }
@@ -321,7 +354,7 @@ async fn execute(
     users::create(txn, &plan.create, &[team_id], settings, now).await?;
     users::link(txn, &plan.link, now).await?;
     if !plan.add_team_to_user.is_empty() {
-        txn.execute_raw(stmt(
+        txn.execute(stmt(
             r#"UPDATE "LiteLLM_UserTable"
                SET teams = array_append(coalesce(teams, '{}'), $1), updated_at = $3
                WHERE user_id = ANY($2) AND NOT ($1 = ANY(coalesce(teams, '{}')))"#,
@@ -334,7 +367,7 @@ async fn execute(
         .await?;
     }
     if !plan.remove_team_from_user.is_empty() {
-        txn.execute_raw(stmt(
+        txn.execute(stmt(
             r#"UPDATE "LiteLLM_UserTable" SET teams = array_remove(teams, $1), updated_at = $3
                WHERE user_id = ANY($2) AND $1 = ANY(teams)"#,
             [
@@ -346,7 +379,7 @@ async fn execute(
         .await?;
     }
     if !plan.insert_rows.is_empty() {
-        txn.execute_raw(stmt(
+        txn.execute(stmt(
             r#"INSERT INTO "LiteLLM_TeamMembership" (user_id, team_id, budget_id)
                SELECT user_id, $1, $3 FROM unnest($2::text[]) AS user_id
                ON CONFLICT (user_id, team_id) DO NOTHING"#,
@@ -359,7 +392,7 @@ async fn execute(
         .await?;
     }
     if !plan.delete_rows.is_empty() {
-        txn.execute_raw(stmt(
+        txn.execute(stmt(
             r#"DELETE FROM "LiteLLM_TeamMembership" WHERE team_id = $1 AND user_id = ANY($2)"#,
             [team_id.into(), text_array(&plan.delete_rows)],
         ))
@@ -369,7 +402,7 @@ async fn execute(
         // Keeps every other entry, its order and its role; drops the leaving users' entries and
         // appends the joining ones (a `{}` default counts as an empty list). NOT IN over a
         // subquery is hashed, so this stays linear for large teams.
-        txn.execute_raw(stmt(
+        txn.execute(stmt(
             r#"UPDATE "LiteLLM_TeamTable"
                SET members_with_roles = (
                      SELECT coalesce(jsonb_agg(entry ORDER BY position), '[]'::jsonb)
@@ -393,7 +426,7 @@ async fn execute(
     }
     if !plan.mark_managed.is_empty() {
         let (user_ids, entra_ids): (Vec<_>, Vec<_>) = plan.mark_managed.iter().cloned().unzip();
-        txn.execute_raw(stmt(
+        txn.execute(stmt(
             r#"INSERT INTO entra_sync_managed_memberships (group_id, user_id, entra_user_id, created_at)
                SELECT $1, x.user_id, x.entra_user_id, $4
                FROM unnest($2::text[], $3::text[]) AS x(user_id, entra_user_id)
@@ -403,7 +436,7 @@ async fn execute(
         .await?;
     }
     if !plan.unmark_managed.is_empty() {
-        txn.execute_raw(stmt(
+        txn.execute(stmt(
             "DELETE FROM entra_sync_managed_memberships WHERE group_id = $1 AND user_id = ANY($2)",
             [team_id.into(), text_array(&plan.unmark_managed)],
         ))

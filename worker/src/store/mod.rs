@@ -11,6 +11,7 @@ mod change;
 mod members;
 mod roles;
 mod sql;
+mod statistics;
 mod teams;
 mod users;
 
@@ -116,6 +117,7 @@ pub struct Store {
     db: DatabaseConnection,
     settings: Arc<LiteLlmSettings>,
     removal_mode: RemovalMode,
+    statistics: Arc<statistics::Statistics>,
 }
 
 impl Store {
@@ -128,6 +130,7 @@ impl Store {
             db,
             settings: Arc::new(settings),
             removal_mode,
+            statistics: Arc::new(statistics::Statistics::new()),
         }
     }
 
@@ -144,6 +147,7 @@ impl Store {
         } else {
             change::record(&txn, &changes, options.now).await?;
             txn.commit().await?;
+            self.statistics.after_commit(&self.db, &changes).await;
         }
         Ok(changes)
     }

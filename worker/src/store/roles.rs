@@ -40,7 +40,7 @@ pub(super) async fn set(
         return Ok(changes);
     }
     if !changes.is_empty() {
-        txn.execute_raw(stmt(
+        txn.execute(stmt(
             r#"UPDATE "LiteLLM_UserTable" SET user_role = $2, updated_at = $3 WHERE user_id = $1"#,
             [
                 row.user_id.clone().into(),
@@ -50,7 +50,7 @@ pub(super) async fn set(
         ))
         .await?;
     }
-    txn.execute_raw(stmt(
+    txn.execute(stmt(
         r#"INSERT INTO entra_sync_managed_roles (user_id, entra_user_id, role, updated_at)
            VALUES ($1, $2, $3, $4)
            ON CONFLICT (user_id) DO UPDATE

@@ -28,7 +28,7 @@ pub(super) fn litellm_timestamp(now: DateTime<Utc>) -> NaiveDateTime {
 /// LiteLLM's team lock: every writer of a team's membership takes it first, so that our writes and
 /// LiteLLM's serialize instead of losing each other's changes.
 pub(super) async fn lock_team(txn: &DatabaseTransaction, team_id: &str) -> Result<()> {
-    txn.execute_raw(stmt(
+    txn.execute(stmt(
         "SELECT pg_advisory_xact_lock(hashtext($1))",
         [team_id.into()],
     ))

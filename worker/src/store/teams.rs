@@ -30,7 +30,7 @@ pub(super) async fn ensure(
         Some(team) if team.team_alias.as_deref() == Some(display_name) => Ok(Vec::new()),
         Some(team) => {
             if !dry_run {
-                txn.execute_raw(stmt(
+                txn.execute(stmt(
                     r#"UPDATE "LiteLLM_TeamTable" SET team_alias = $2, updated_at = $3
                        WHERE team_id = $1"#,
                     [

@@ -188,7 +188,7 @@ pub(super) async fn create(
         .budget_duration
         .map(|duration| settings.reset_clock.next_reset(duration, now));
     let result = txn
-        .execute_raw(stmt(
+        .execute(stmt(
             r#"INSERT INTO "LiteLLM_UserTable"
                  (user_id, sso_user_id, user_email, user_alias, user_role, teams, models, max_budget,
                   budget_duration, budget_reset_at, metadata, created_at, updated_at)
@@ -226,7 +226,7 @@ pub(super) async fn link(
         return Ok(());
     }
     let (user_ids, object_ids): (Vec<_>, Vec<_>) = links.iter().cloned().unzip();
-    txn.execute_raw(stmt(
+    txn.execute(stmt(
         r#"UPDATE "LiteLLM_UserTable" AS u SET sso_user_id = x.object_id, updated_at = $3
            FROM unnest($1::text[], $2::text[]) AS x(user_id, object_id)
            WHERE u.user_id = x.user_id AND u.sso_user_id IS NULL"#,

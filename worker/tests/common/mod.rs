@@ -109,7 +109,7 @@ pub async fn execute(db: &DatabaseConnection, sql: &str) {
 }
 
 pub async fn scalar_i64(db: &DatabaseConnection, sql: &str) -> i64 {
-    db.query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+    db.query_one(Statement::from_string(DbBackend::Postgres, sql))
         .await
         .unwrap()
         .unwrap()
@@ -131,7 +131,7 @@ pub async fn snapshot(db: &DatabaseConnection, with_audit: bool) -> String {
             .push("(SELECT coalesce(jsonb_agg(a ORDER BY id), '[]') FROM entra_sync_audit_log a)");
     }
     let sql = format!("SELECT jsonb_build_array({})::text", tables.join(", "));
-    db.query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+    db.query_one(Statement::from_string(DbBackend::Postgres, sql))
         .await
         .unwrap()
         .unwrap()

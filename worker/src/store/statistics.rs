@@ -1,0 +1,127 @@
+//! Fresh planner statistics for LiteLLM's user and membership tables during bulk syncs.
+//!
+//! A first sync turns a nearly empty LiteLLM database into one with thousands of users and
+//! memberships within seconds, long before autovacuum analyses the tables. With the statistics of
+//! an empty table, PostgreSQL plans the store's key lookups as sequential scans, which makes every
+//! team cost milliseconds more per thousand rows. So, like any bulk loader, the store runs ANALYZE
+//! once a table has grown by a fifth (at least 1,000 rows) since it last did.
+
+use std::sync::Mutex;
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult};
+
+use super::change::Change;
+use super::sql::stmt;
+
+const MIN_GROWTH: u64 = 1_000;
+
+#[derive(Debug)]
+struct Table {
+    name: &'static str,
+    grown: u64,
+    threshold: u64,
+}
+
+#[derive(Debug)]
+pub(super) struct Statistics {
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// LiteLLM's user table, then its membership table.
+    tables: [Table; 2],
+    /// Set when ANALYZE is refused (the role does not own LiteLLM's tables): autovacuum then has
+    /// to do it, and the store stops asking.
+    disabled: bool,
+}
+
+#[derive(FromQueryResult)]
+struct Reltuples {
+    rows: i64,
+}
+
+impl Statistics {
+    pub fn new() -> Self {
+        let table = |name| Table {
+            name,
+            grown: 0,
+            threshold: MIN_GROWTH,
+        };
+        Self {
+            state: Mutex::new(State {
+                tables: [
+                    table("\"LiteLLM_UserTable\""),
+                    table("\"LiteLLM_TeamMembership\""),
+                ],
+                disabled: false,
+            }),
+        }
+    }
+
+    /// Counts committed growth and analyses the tables that grew past their threshold.
+    pub async fn after_commit(&self, db: &DatabaseConnection, changes: &[Change]) {
+        let users = changes
+            .iter()
+            .filter(|c| matches!(c, Change::UserCreated { .. }))
+            .count() as u64;
+        let memberships = changes
+            .iter()
+            .filter(|c| matches!(c, Change::MemberAdded { .. }))
+            .count() as u64;
+        if users == 0 && memberships == 0 {
+            return;
+        }
+        let due: Vec<&'static str> = {
+            let Ok(mut state) = self.state.lock() else {
+                return;
+            };
+            if state.disabled {
+                return;
+            }
+            state.tables[0].grown += users;
+            state.tables[1].grown += memberships;
+            state
+                .tables
+                .iter_mut()
+                .filter(|t| t.grown >= t.threshold)
+                .map(|t| {
+                    t.grown = 0;
+                    t.name
+                })
+                .collect()
+        };
+        for table in due {
+            match analyze(db, table).await {
+                Ok(rows) => {
+                    if let Ok(mut state) = self.state.lock() {
+                        let threshold = (rows / 5).max(MIN_GROWTH);
+                        for t in state.tables.iter_mut().filter(|t| t.name == table) {
+                            t.threshold = threshold;
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, table, "cannot ANALYZE; leaving statistics to autovacuum");
+                    if let Ok(mut state) = self.state.lock() {
+                        state.disabled = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Analyses one table and returns its row count estimate.
+async fn analyze(db: &DatabaseConnection, table: &str) -> Result<u64, sea_orm::DbErr> {
+    db.execute_unprepared(&format!("ANALYZE {table}")).await?;
+    let rows = Reltuples::find_by_statement(stmt(
+        "SELECT reltuples::bigint AS rows FROM pg_class WHERE oid = $1::regclass",
+        [table.into()],
+    ))
+    .one(db)
+    .await?
+    .map_or(0, |r| u64::try_from(r.rows).unwrap_or(0));
+    tracing::debug!(table, rows, "analysed");
+    Ok(rows)
+}
