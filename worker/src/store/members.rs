@@ -152,7 +152,7 @@ pub(super) async fn apply(
 ) -> Result<Vec<Change>> {
     let team_id = request.group.to_string();
     lock_team(txn, &team_id).await?;
-    let team = load_team(txn, &team_id).await?;
+    let mut team = load_team(txn, &team_id).await?;
 
     // Lock every user this request may touch, in one statement and in LiteLLM's order.
     let mut joining_seen = HashSet::new();
@@ -169,7 +169,6 @@ pub(super) async fn apply(
     }
     let emails: Vec<String> = joining.iter().filter_map(|u| u.email()).collect();
     let mut candidates = Candidates::new(users::lock_candidates(txn, &ids, &emails).await?);
-    let mut team = team;
     let mut looked_at: HashSet<&str> = candidates.rows.iter().map(|r| r.user_id.as_str()).collect();
     looked_at.extend(team.managed.keys().map(String::as_str));
     if matches!(request.leaving, Leaving::EveryoneElse) {
@@ -184,42 +183,9 @@ pub(super) async fn apply(
         let user_id = plan_join(&mut plan, &mut candidates, &team, &team_id, user, settings);
         staying.insert(user_id);
     }
-    let managed_by_entra_id: HashMap<&str, &String> = team
-        .managed
-        .iter()
-        .map(|(user_id, entra_id)| (entra_id.as_str(), user_id))
-        .collect();
-    let leaving: Vec<String> = match request.leaving {
-        Leaving::Nobody => Vec::new(),
-        Leaving::These(leaving) => leaving
-            .iter()
-            .filter_map(|id| {
-                candidates
-                    .by_object_id(id.as_str())
-                    .map(|row| candidates.rows[row].user_id.clone())
-                    // The user row may be gone (an admin deleted it) while traces remain.
-                    .or_else(|| managed_by_entra_id.get(id.as_str()).map(|u| (*u).clone()))
-            })
-            .filter(|user_id| !staying.contains(user_id))
-            .collect(),
-        Leaving::EveryoneElse => current_members(&team)
-            .filter(|user_id| !staying.contains(*user_id))
-            .cloned()
-            .collect(),
-    };
-    let mut leaving: Vec<String> = leaving
-        .into_iter()
-        .filter(|user_id| match request.mode {
-            RemovalMode::Managed => team.managed.contains_key(user_id),
-            RemovalMode::Mirror => true,
-        })
-        .collect();
-    leaving.sort();
-    leaving.dedup();
-    for user_id in leaving {
+    for user_id in leaving_users(&request, &candidates, &team, &staying) {
         plan_leave(&mut plan, &candidates, &team, &team_id, user_id);
     }
-
     if !dry_run {
         execute(
             txn,
@@ -232,6 +198,46 @@ pub(super) async fn apply(
         .await?;
     }
     Ok(plan.changes)
+}
+
+/// The LiteLLM user ids to take out of the team, sorted, after the removal mode's filter.
+fn leaving_users(
+    request: &Request<'_>,
+    candidates: &Candidates,
+    team: &TeamState,
+    staying: &HashSet<String>,
+) -> Vec<String> {
+    let mut leaving: Vec<String> = match request.leaving {
+        Leaving::Nobody => Vec::new(),
+        Leaving::These(leaving) => {
+            let managed_by_entra_id: HashMap<&str, &String> = team
+                .managed
+                .iter()
+                .map(|(user_id, entra_id)| (entra_id.as_str(), user_id))
+                .collect();
+            leaving
+                .iter()
+                .filter_map(|id| {
+                    candidates
+                        .by_object_id(id.as_str())
+                        .map(|row| candidates.rows[row].user_id.clone())
+                        // The user row may be gone (an admin deleted it) while traces remain.
+                        .or_else(|| managed_by_entra_id.get(id.as_str()).map(|u| (*u).clone()))
+                })
+                .collect()
+        }
+        Leaving::EveryoneElse => current_members(team).cloned().collect(),
+    };
+    leaving.retain(|user_id| {
+        !staying.contains(user_id)
+            && match request.mode {
+                RemovalMode::Managed => team.managed.contains_key(user_id),
+                RemovalMode::Mirror => true,
+            }
+    });
+    leaving.sort();
+    leaving.dedup();
+    leaving
 }
 
 /// The team's members: everyone in `members_with_roles` (what LiteLLM shows as the team's
