@@ -287,14 +287,7 @@ async fn add_members_writes_every_trace_of_membership() {
         rows.iter()
             .all(|r| r.budget_id.as_deref() == Some("member-budget") && r.spend == 0.0)
     );
-    assert_eq!(
-        scalar_i64(
-            db.conn(),
-            "SELECT count(*) FROM entra_sync_managed_memberships"
-        )
-        .await,
-        3
-    );
+    assert_eq!(managed_memberships(db.conn()).await, 3);
 }
 
 #[tokio::test]
@@ -416,14 +409,7 @@ async fn remove_members_undoes_every_trace_and_leaves_spend_elsewhere() {
     // The other team's membership is untouched.
     assert_eq!(entry_ids(db.conn(), &other).await, [user_id(1).to_string()]);
     assert_eq!(membership_rows(db.conn(), &other).await.len(), 1);
-    assert_eq!(
-        scalar_i64(
-            db.conn(),
-            "SELECT count(*) FROM entra_sync_managed_memberships"
-        )
-        .await,
-        2
-    );
+    assert_eq!(managed_memberships(db.conn()).await, 2);
     // Removing again changes nothing.
     assert!(
         store
@@ -862,14 +848,7 @@ async fn removal_cleans_up_after_a_user_row_deleted_by_an_admin() {
     assert_eq!(changes.len(), 1, "{changes:?}");
     assert_eq!(entry_ids(db.conn(), &g).await, [user_id(2).to_string()]);
     assert_eq!(membership_rows(db.conn(), &g).await.len(), 1);
-    assert_eq!(
-        scalar_i64(
-            db.conn(),
-            "SELECT count(*) FROM entra_sync_managed_memberships"
-        )
-        .await,
-        1
-    );
+    assert_eq!(managed_memberships(db.conn()).await, 1);
 }
 
 #[tokio::test]

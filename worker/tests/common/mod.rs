@@ -117,6 +117,10 @@ pub async fn scalar_i64(db: &DatabaseConnection, sql: &str) -> i64 {
         .unwrap()
 }
 
+pub async fn managed_memberships(db: &DatabaseConnection) -> i64 {
+    scalar_i64(db, "SELECT count(*) FROM entra_sync_managed_memberships").await
+}
+
 /// Every row of the tables entra-sync writes, as one JSON text, for before/after comparisons.
 pub async fn snapshot(db: &DatabaseConnection, with_audit: bool) -> String {
     let mut tables = vec![
