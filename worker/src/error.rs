@@ -17,6 +17,29 @@ pub enum Error {
     TeamNotFound(String),
     #[error("user {0} does not exist in LiteLLM")]
     UserNotFound(String),
+    /// A setting is missing or wrong; the message names it.
+    #[error("configuration: {0}")]
+    Settings(String),
+    /// The credential could not be used (unreadable file, bad key, refused by the token endpoint).
+    #[error("credential: {0}")]
+    Credential(String),
+    /// Graph answered with an error that retrying does not fix; `code` and `message` are Graph's.
+    #[error("Graph {endpoint}: {status} {code}: {message}")]
+    Graph {
+        endpoint: &'static str,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// Graph could not be reached, or kept failing until the retry budget ran out.
+    #[error("Graph {endpoint} unavailable: {reason}")]
+    GraphUnavailable {
+        endpoint: &'static str,
+        reason: String,
+    },
+    /// The stored delta token expired (Graph keeps them 7 days): a full resync is needed.
+    #[error("the delta token expired: a full resync is needed")]
+    DeltaExpired,
     /// Another writer changed the same rows between our read and our write; nothing was applied
     /// and applying the same intention again is safe.
     #[error("{0} changed concurrently; nothing was applied and the change can be retried")]

@@ -5,6 +5,7 @@ pub mod budget;
 pub mod config;
 pub mod directory;
 pub mod error;
+pub mod graph;
 pub mod litellm_config;
 pub mod roles;
 pub mod store;

@@ -1,0 +1,501 @@
+//! Graph v1.0 as far as entra-sync uses it, with Graph's JSON shapes, paging and errors.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::state::{Inner, lock};
+use crate::tenant::{DeltaError, DeltaGroup, PrincipalType, Tenant};
+use crate::{admin, auth, faults, notifications};
+
+pub(crate) fn router(inner: Arc<Inner>) -> Router {
+    let served = Router::new()
+        .route("/{tenant}/oauth2/v2.0/token", post(auth::token))
+        .route("/v1.0/{*rest}", any(dispatch))
+        .layer(middleware::from_fn_with_state(
+            inner.clone(),
+            faults::middleware,
+        ));
+    served.merge(admin::router()).with_state(inner)
+}
+
+/// Graph's error body.
+pub(crate) fn graph_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = json!({
+        "error": {
+            "code": code,
+            "message": message,
+            "innerError": {
+                "date": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string(),
+                "request-id": Uuid::new_v4(),
+                "client-request-id": Uuid::new_v4(),
+            }
+        }
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+fn not_found(what: &str) -> Response {
+    graph_error(
+        StatusCode::NOT_FOUND,
+        "Request_ResourceNotFound",
+        &format!(
+            "Resource '{what}' does not exist or one of its queried reference-property objects are not present."
+        ),
+    )
+}
+
+fn bad_request(message: &str) -> Response {
+    graph_error(StatusCode::BAD_REQUEST, "Request_BadRequest", message)
+}
+
+async fn dispatch(
+    State(inner): State<Arc<Inner>>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !auth::authorised(&inner, &headers) {
+        return graph_error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "Access token is empty, invalid or expired.",
+        );
+    }
+    let path = uri.path().trim_start_matches("/v1.0/");
+    let segments: Vec<&str> = path.split('/').collect();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["groups", "delta"]) => groups_delta(&inner, &query),
+        (&Method::GET, ["groups", id, "members"]) => members(&inner, id, false, &query),
+        (&Method::GET, ["groups", id, "transitiveMembers"]) => members(&inner, id, true, &query),
+        (&Method::POST, ["directoryObjects", "getByIds"]) => get_by_ids(&inner, &body),
+        (&Method::GET, [sp]) if sp.starts_with("servicePrincipals") => {
+            service_principal(&inner, sp)
+        }
+        (&Method::GET, ["servicePrincipals", id]) => service_principal(&inner, id),
+        (&Method::GET, [sp, "appRoleAssignedTo"]) => assigned_to(&inner, sp, &query),
+        (&Method::GET, ["servicePrincipals", id, "appRoleAssignedTo"]) => {
+            assigned_to(&inner, id, &query)
+        }
+        (&Method::POST, ["subscriptions"]) => notifications::create(&inner, &body).await,
+        (&Method::GET, ["subscriptions"]) => notifications::list(&inner),
+        (&Method::GET, ["subscriptions", id]) => notifications::get(&inner, id),
+        (&Method::PATCH, ["subscriptions", id]) => notifications::renew(&inner, id, &body),
+        (&Method::DELETE, ["subscriptions", id]) => notifications::delete(&inner, id),
+        (&Method::POST, ["subscriptions", id, "reauthorize"]) => {
+            notifications::reauthorize(&inner, id)
+        }
+        _ => graph_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("Resource not found for the segment '{path}'."),
+        ),
+    }
+}
+
+// ---- groups delta ----
+
+/// A delta round being paged through.
+pub(crate) struct DeltaSession {
+    groups: Vec<DeltaGroup>,
+    group: usize,
+    offset: usize,
+    /// The tenant version the round ends at: its deltaLink's token.
+    version: u64,
+    with_members: bool,
+}
+
+fn encode_token(version: u64, with_members: bool) -> String {
+    format!("{}{version:x}", if with_members { "m" } else { "p" })
+}
+
+fn decode_token(token: &str) -> Option<(u64, bool)> {
+    let with_members = match token.chars().next()? {
+        'm' => true,
+        'p' => false,
+        _ => return None,
+    };
+    u64::from_str_radix(&token[1..], 16)
+        .ok()
+        .map(|v| (v, with_members))
+}
+
+fn parse_id_filter(filter: &str) -> Result<HashSet<Uuid>, Response> {
+    let ids: Result<HashSet<Uuid>, ()> = filter
+        .split(" or ")
+        .map(|clause| {
+            clause
+                .trim()
+                .strip_prefix("id eq '")
+                .and_then(|rest| rest.strip_suffix('\''))
+                .and_then(|id| Uuid::parse_str(id).ok())
+                .ok_or(())
+        })
+        .collect();
+    let ids = ids.map_err(|()| {
+        graph_error(
+            StatusCode::BAD_REQUEST,
+            "Request_UnsupportedQuery",
+            "Unsupported query: delta supports only $filter=id eq '...' joined by 'or'.",
+        )
+    })?;
+    if ids.len() > 50 {
+        return Err(graph_error(
+            StatusCode::BAD_REQUEST,
+            "Request_UnsupportedQuery",
+            "Too many ids in $filter: at most 50.",
+        ));
+    }
+    Ok(ids)
+}
+
+fn groups_delta(inner: &Inner, query: &HashMap<String, String>) -> Response {
+    if let Some(skiptoken) = query.get("$skiptoken") {
+        return delta_page(inner, skiptoken);
+    }
+    let tenant = lock(&inner.tenant);
+    let (since, with_members) = match query.get("$deltatoken").map(String::as_str) {
+        Some("latest") => {
+            let with_members = query
+                .get("$select")
+                .is_some_and(|s| s.split(',').any(|f| f.trim() == "members"));
+            return json_ok(json!({
+                "@odata.context": format!("{}/v1.0/$metadata#groups", inner.base_url),
+                "@odata.deltaLink": delta_link(inner, tenant.version(), with_members),
+                "value": [],
+            }));
+        }
+        Some(token) => match decode_token(token) {
+            Some((version, with_members)) => (Some(version), with_members),
+            None => return bad_request("Invalid delta token."),
+        },
+        None => (
+            None,
+            query
+                .get("$select")
+                .is_some_and(|s| s.split(',').any(|f| f.trim() == "members")),
+        ),
+    };
+    let only = match query.get("$filter") {
+        Some(filter) => match parse_id_filter(filter) {
+            Ok(ids) => Some(ids),
+            Err(response) => return response,
+        },
+        None => None,
+    };
+    let groups = match tenant.delta(since, only.as_ref()) {
+        Ok(groups) => groups,
+        Err(DeltaError::Expired) => {
+            return graph_error(
+                StatusCode::GONE,
+                "syncStateNotFound",
+                "The sync state generation is not found. Delta tokens expire: restart the sync.",
+            );
+        }
+    };
+    let session = DeltaSession {
+        groups,
+        group: 0,
+        offset: 0,
+        version: tenant.version(),
+        with_members,
+    };
+    drop(tenant);
+    let id = Uuid::new_v4().simple().to_string();
+    lock(&inner.delta_sessions).insert(id.clone(), session);
+    delta_page(inner, &id)
+}
+
+fn delta_link(inner: &Inner, version: u64, with_members: bool) -> String {
+    format!(
+        "{}/v1.0/groups/delta?$deltatoken={}",
+        inner.base_url,
+        encode_token(version, with_members)
+    )
+}
+
+fn delta_page(inner: &Inner, session_id: &str) -> Response {
+    let (page_size, per_object) = {
+        let config = lock(&inner.config);
+        (
+            config.page_size.max(1),
+            config.delta_members_per_object.max(1),
+        )
+    };
+    let mut sessions = lock(&inner.delta_sessions);
+    let Some(session) = sessions.get_mut(session_id) else {
+        return bad_request("Invalid or expired $skiptoken.");
+    };
+    let mut value = Vec::new();
+    while value.len() < page_size && session.group < session.groups.len() {
+        let group = &session.groups[session.group];
+        let first = session.offset == 0;
+        let mut object = json!({ "id": group.id });
+        if let Some(reason) = group.removed {
+            object["@removed"] = json!({ "reason": reason });
+            session.group += 1;
+            value.push(object);
+            continue;
+        }
+        if first {
+            object["displayName"] = json!(group.display_name);
+            object["description"] = json!(group.description);
+        }
+        let total = group.members_added.len() + group.members_removed.len();
+        let end = (session.offset + per_object).min(total);
+        if session.with_members {
+            let tenant = lock(&inner.tenant);
+            let odata_type = |id: &Uuid| {
+                if tenant.is_group(*id) {
+                    "#microsoft.graph.group"
+                } else {
+                    "#microsoft.graph.user"
+                }
+            };
+            let entries: Vec<Value> = (session.offset..end)
+                .map(|i| {
+                    if i < group.members_added.len() {
+                        let id = &group.members_added[i];
+                        json!({ "@odata.type": odata_type(id), "id": id })
+                    } else {
+                        let id = &group.members_removed[i - group.members_added.len()];
+                        json!({
+                            "@odata.type": odata_type(id),
+                            "id": id,
+                            "@removed": { "reason": "deleted" },
+                        })
+                    }
+                })
+                .collect();
+            object["members@delta"] = Value::Array(entries);
+        }
+        if end >= total || !session.with_members {
+            session.group += 1;
+            session.offset = 0;
+        } else {
+            session.offset = end;
+        }
+        value.push(object);
+    }
+    let mut page = json!({
+        "@odata.context": format!("{}/v1.0/$metadata#groups(displayName,description,members)", inner.base_url),
+        "value": value,
+    });
+    if session.group < session.groups.len() {
+        page["@odata.nextLink"] = json!(format!(
+            "{}/v1.0/groups/delta?$skiptoken={session_id}",
+            inner.base_url
+        ));
+    } else {
+        page["@odata.deltaLink"] = json!(delta_link(inner, session.version, session.with_members));
+        sessions.remove(session_id);
+    }
+    json_ok(page)
+}
+
+fn json_ok(value: Value) -> Response {
+    (StatusCode::OK, axum::Json(value)).into_response()
+}
+
+// ---- members, objects ----
+
+pub(crate) fn directory_object(tenant: &Tenant, id: Uuid) -> Option<Value> {
+    if let Some(user) = tenant.users.get(&id) {
+        return Some(json!({
+            "@odata.type": "#microsoft.graph.user",
+            "id": user.id,
+            "displayName": user.display_name,
+            "mail": user.mail,
+            "userPrincipalName": user.user_principal_name,
+            "accountEnabled": user.account_enabled,
+        }));
+    }
+    tenant.groups.get(&id).map(|group| {
+        json!({
+            "@odata.type": "#microsoft.graph.group",
+            "id": group.id,
+            "displayName": group.display_name,
+            "description": group.description,
+        })
+    })
+}
+
+/// Pages through a list with `$top` and an offset `$skiptoken`.
+fn paged(
+    inner: &Inner,
+    path: &str,
+    query: &HashMap<String, String>,
+    items: Vec<Value>,
+) -> Response {
+    let max = lock(&inner.config).page_size.max(1);
+    let top = query
+        .get("$top")
+        .and_then(|t| t.parse::<usize>().ok())
+        .unwrap_or(100)
+        .clamp(1, 999)
+        .min(max);
+    let offset = query
+        .get("$skiptoken")
+        .and_then(|t| t.parse::<usize>().ok())
+        .unwrap_or(0);
+    let end = (offset + top).min(items.len());
+    let value: Vec<Value> = items
+        .get(offset..end)
+        .map(<[Value]>::to_vec)
+        .unwrap_or_default();
+    let mut page = json!({ "value": value });
+    if end < items.len() {
+        let mut next = format!("{}/v1.0/{path}?$top={top}&$skiptoken={end}", inner.base_url);
+        if let Some(select) = query.get("$select") {
+            next.push_str(&format!("&$select={select}"));
+        }
+        page["@odata.nextLink"] = json!(next);
+    }
+    json_ok(page)
+}
+
+fn members(inner: &Inner, id: &str, transitive: bool, query: &HashMap<String, String>) -> Response {
+    let Ok(group) = Uuid::parse_str(id) else {
+        return bad_request(&format!("Invalid object identifier '{id}'."));
+    };
+    let items = {
+        let tenant = lock(&inner.tenant);
+        let Some(ids) = tenant.members_of(group, transitive) else {
+            return not_found(id);
+        };
+        ids.into_iter()
+            .filter_map(|member| directory_object(&tenant, member))
+            .collect()
+    };
+    let kind = if transitive {
+        "transitiveMembers"
+    } else {
+        "members"
+    };
+    paged(inner, &format!("groups/{id}/{kind}"), query, items)
+}
+
+fn get_by_ids(inner: &Inner, body: &[u8]) -> Response {
+    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+        return bad_request("Invalid JSON body.");
+    };
+    let Some(ids) = request["ids"].as_array() else {
+        return bad_request("The 'ids' parameter is required.");
+    };
+    if ids.len() > 1000 {
+        return bad_request("Too many ids: at most 1000 per request.");
+    }
+    let types: Vec<String> = request["types"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .filter_map(|v| v.as_str())
+                .map(str::to_lowercase)
+                .collect()
+        })
+        .unwrap_or_default();
+    let tenant = lock(&inner.tenant);
+    let value: Vec<Value> = ids
+        .iter()
+        .filter_map(|id| id.as_str().and_then(|id| Uuid::parse_str(id).ok()))
+        .filter_map(|id| directory_object(&tenant, id))
+        .filter(|object| {
+            let kind = object["@odata.type"]
+                .as_str()
+                .unwrap_or_default()
+                .trim_start_matches("#microsoft.graph.");
+            types.is_empty() || types.iter().any(|t| t == kind)
+        })
+        .collect();
+    json_ok(json!({ "value": value }))
+}
+
+// ---- the enterprise app ----
+
+/// Resolves `servicePrincipals(appId='...')` or a bare object id to the app, if it is ours.
+fn resolve_app<'a>(tenant: &'a Tenant, segment: &str) -> Option<&'a crate::tenant::App> {
+    let app = &tenant.app;
+    let matches = if let Some(rest) = segment.strip_prefix("servicePrincipals(appId='") {
+        rest.strip_suffix("')")
+            .and_then(|id| Uuid::parse_str(id).ok())
+            == Some(app.app_id)
+    } else {
+        Uuid::parse_str(segment).ok() == Some(app.service_principal_id)
+    };
+    matches.then_some(app)
+}
+
+fn service_principal(inner: &Inner, segment: &str) -> Response {
+    let tenant = lock(&inner.tenant);
+    let Some(app) = resolve_app(&tenant, segment) else {
+        return not_found(segment);
+    };
+    let roles: Vec<Value> = app
+        .app_roles
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "value": r.value,
+                "displayName": r.display_name,
+                "isEnabled": r.is_enabled,
+                "allowedMemberTypes": ["User"],
+                "description": r.display_name,
+            })
+        })
+        .collect();
+    json_ok(json!({
+        "id": app.service_principal_id,
+        "appId": app.app_id,
+        "displayName": app.display_name,
+        "appRoles": roles,
+    }))
+}
+
+fn assigned_to(inner: &Inner, segment: &str, query: &HashMap<String, String>) -> Response {
+    let (items, path) = {
+        let tenant = lock(&inner.tenant);
+        let Some(app) = resolve_app(&tenant, segment) else {
+            return not_found(segment);
+        };
+        let items: Vec<Value> = app
+            .assignments
+            .iter()
+            .map(|a| {
+                json!({
+                    "id": a.id,
+                    "principalId": a.principal_id,
+                    "principalType": match a.principal_type {
+                        PrincipalType::User => "User",
+                        PrincipalType::Group => "Group",
+                        PrincipalType::ServicePrincipal => "ServicePrincipal",
+                    },
+                    "principalDisplayName": tenant.display_name_of(a.principal_id),
+                    "appRoleId": a.app_role_id,
+                    "resourceId": app.service_principal_id,
+                    "resourceDisplayName": app.display_name,
+                    "createdDateTime": "2026-01-01T00:00:00Z",
+                })
+            })
+            .collect();
+        (
+            items,
+            format!(
+                "servicePrincipals/{}/appRoleAssignedTo",
+                app.service_principal_id
+            ),
+        )
+    };
+    paged(inner, &path, query, items)
+}

@@ -1,0 +1,541 @@
+//! The simulated Entra tenant: users, groups and their members, the enterprise app with its app
+//! roles and assignments, and a change log from which delta queries are answered.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    pub id: Uuid,
+    pub display_name: String,
+    pub user_principal_name: String,
+    #[serde(default)]
+    pub mail: Option<String>,
+    #[serde(default = "enabled")]
+    pub account_enabled: bool,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Group {
+    pub id: Uuid,
+    pub display_name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Direct members: users or other groups.
+    #[serde(default)]
+    pub members: BTreeSet<Uuid>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AppRole {
+    pub id: Uuid,
+    pub value: String,
+    pub display_name: String,
+    #[serde(default = "enabled")]
+    pub is_enabled: bool,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum PrincipalType {
+    User,
+    Group,
+    ServicePrincipal,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Assignment {
+    pub id: String,
+    pub principal_id: Uuid,
+    pub principal_type: PrincipalType,
+    /// `00000000-0000-0000-0000-000000000000` is default access, without a role.
+    pub app_role_id: Uuid,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct App {
+    pub service_principal_id: Uuid,
+    pub app_id: Uuid,
+    pub display_name: String,
+    #[serde(default)]
+    pub app_roles: Vec<AppRole>,
+    #[serde(default)]
+    pub assignments: Vec<Assignment>,
+}
+
+impl Default for App {
+    fn default() -> Self {
+        Self {
+            service_principal_id: Uuid::new_v4(),
+            app_id: Uuid::new_v4(),
+            display_name: "LiteLLM".into(),
+            app_roles: Vec::new(),
+            assignments: Vec::new(),
+        }
+    }
+}
+
+/// A tenant as a JSON file holds it (`graph-sim --tenant FILE`, `POST /admin/tenant`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantFile {
+    #[serde(default)]
+    pub users: Vec<User>,
+    #[serde(default)]
+    pub groups: Vec<Group>,
+    #[serde(default)]
+    pub app: App,
+}
+
+/// What a change was to, for change notifications.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resource {
+    Group(Uuid),
+    User(Uuid),
+}
+
+/// The changeType Graph reports: creation, updates and soft deletion are all `updated`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeType {
+    Updated,
+    Deleted,
+}
+
+/// A change that Graph would notify subscribers about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub resource: Resource,
+    pub change_type: ChangeType,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Event {
+    GroupChanged,
+    MemberAdded(Uuid),
+    MemberRemoved(Uuid),
+    SoftDeleted,
+    Restored,
+    HardDeleted,
+}
+
+/// One group as a delta round reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeltaGroup {
+    pub id: Uuid,
+    /// `None` for a removed group.
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    pub members_added: Vec<Uuid>,
+    pub members_removed: Vec<Uuid>,
+    /// `changed` (soft-deleted) or `deleted` (gone for good).
+    pub removed: Option<&'static str>,
+}
+
+/// Why a delta round could not be answered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DeltaError {
+    /// The token is older than the tenant keeps state for: the caller must resync.
+    Expired,
+}
+
+#[derive(Debug, Default)]
+pub struct Tenant {
+    pub users: HashMap<Uuid, User>,
+    pub groups: HashMap<Uuid, Group>,
+    soft_deleted: HashMap<Uuid, Group>,
+    pub app: App,
+    version: u64,
+    log: Vec<(u64, Uuid, Event)>,
+    /// Delta tokens below this version are expired.
+    oldest_valid: u64,
+    deleted_users: HashSet<Uuid>,
+}
+
+impl Tenant {
+    pub fn from_file(file: TenantFile) -> Self {
+        Self {
+            users: file.users.into_iter().map(|u| (u.id, u)).collect(),
+            groups: file.groups.into_iter().map(|g| (g.id, g)).collect(),
+            app: file.app,
+            ..Self::default()
+        }
+    }
+
+    pub fn to_file(&self) -> TenantFile {
+        let mut users: Vec<User> = self.users.values().cloned().collect();
+        users.sort_by_key(|u| u.id);
+        let mut groups: Vec<Group> = self.groups.values().cloned().collect();
+        groups.sort_by_key(|g| g.id);
+        TenantFile {
+            users,
+            groups,
+            app: self.app.clone(),
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn record(&mut self, group: Uuid, event: Event) {
+        self.version += 1;
+        self.log.push((self.version, group, event));
+    }
+
+    fn group_notice(id: Uuid, change_type: ChangeType) -> Vec<Notice> {
+        vec![Notice {
+            resource: Resource::Group(id),
+            change_type,
+        }]
+    }
+
+    pub fn upsert_user(&mut self, user: User) -> Vec<Notice> {
+        let id = user.id;
+        self.deleted_users.remove(&id);
+        self.users.insert(id, user);
+        vec![Notice {
+            resource: Resource::User(id),
+            change_type: ChangeType::Updated,
+        }]
+    }
+
+    /// Deletes a user for good: it leaves every group.
+    pub fn delete_user(&mut self, id: Uuid) -> Vec<Notice> {
+        let mut notices = Vec::new();
+        if self.users.remove(&id).is_none() {
+            return notices;
+        }
+        self.deleted_users.insert(id);
+        let groups: Vec<Uuid> = self
+            .groups
+            .values()
+            .filter(|g| g.members.contains(&id))
+            .map(|g| g.id)
+            .collect();
+        for group in groups {
+            notices.extend(self.remove_member(group, id));
+        }
+        notices.push(Notice {
+            resource: Resource::User(id),
+            change_type: ChangeType::Deleted,
+        });
+        notices
+    }
+
+    /// Creates a group or changes its name and description (not its members).
+    pub fn upsert_group(
+        &mut self,
+        id: Uuid,
+        display_name: &str,
+        description: Option<&str>,
+    ) -> Vec<Notice> {
+        let group = self.groups.entry(id).or_insert_with(|| Group {
+            id,
+            display_name: String::new(),
+            description: None,
+            members: BTreeSet::new(),
+        });
+        group.display_name = display_name.to_owned();
+        group.description = description.map(str::to_owned);
+        self.record(id, Event::GroupChanged);
+        Self::group_notice(id, ChangeType::Updated)
+    }
+
+    pub fn add_member(&mut self, group: Uuid, member: Uuid) -> Vec<Notice> {
+        let Some(g) = self.groups.get_mut(&group) else {
+            return Vec::new();
+        };
+        if !g.members.insert(member) {
+            return Vec::new();
+        }
+        self.record(group, Event::MemberAdded(member));
+        Self::group_notice(group, ChangeType::Updated)
+    }
+
+    pub fn remove_member(&mut self, group: Uuid, member: Uuid) -> Vec<Notice> {
+        let Some(g) = self.groups.get_mut(&group) else {
+            return Vec::new();
+        };
+        if !g.members.remove(&member) {
+            return Vec::new();
+        }
+        self.record(group, Event::MemberRemoved(member));
+        Self::group_notice(group, ChangeType::Updated)
+    }
+
+    /// Moves a group to the recycle bin: Graph reports this as `updated`.
+    pub fn soft_delete_group(&mut self, id: Uuid) -> Vec<Notice> {
+        let Some(group) = self.groups.remove(&id) else {
+            return Vec::new();
+        };
+        self.soft_deleted.insert(id, group);
+        self.app.assignments.retain(|a| a.principal_id != id);
+        self.record(id, Event::SoftDeleted);
+        Self::group_notice(id, ChangeType::Updated)
+    }
+
+    pub fn restore_group(&mut self, id: Uuid) -> Vec<Notice> {
+        let Some(group) = self.soft_deleted.remove(&id) else {
+            return Vec::new();
+        };
+        self.groups.insert(id, group);
+        self.record(id, Event::Restored);
+        Self::group_notice(id, ChangeType::Updated)
+    }
+
+    /// Deletes a group for good (from the recycle bin or directly): Graph reports `deleted`.
+    pub fn hard_delete_group(&mut self, id: Uuid) -> Vec<Notice> {
+        if self.groups.remove(&id).is_none() && self.soft_deleted.remove(&id).is_none() {
+            return Vec::new();
+        }
+        self.app.assignments.retain(|a| a.principal_id != id);
+        self.record(id, Event::HardDeleted);
+        Self::group_notice(id, ChangeType::Deleted)
+    }
+
+    /// Assigns a user or group to the app, with an app role or (nil id) default access.
+    pub fn assign(&mut self, principal_id: Uuid, app_role_id: Uuid) -> Option<String> {
+        let principal_type = if self.groups.contains_key(&principal_id) {
+            PrincipalType::Group
+        } else if self.users.contains_key(&principal_id) {
+            PrincipalType::User
+        } else {
+            return None;
+        };
+        let id = format!("sim-{}", Uuid::new_v4().simple());
+        self.app.assignments.push(Assignment {
+            id: id.clone(),
+            principal_id,
+            principal_type,
+            app_role_id,
+        });
+        Some(id)
+    }
+
+    /// Removes every assignment of the principal; returns how many there were.
+    pub fn unassign(&mut self, principal_id: Uuid) -> usize {
+        let before = self.app.assignments.len();
+        self.app
+            .assignments
+            .retain(|a| a.principal_id != principal_id);
+        before - self.app.assignments.len()
+    }
+
+    pub fn display_name_of(&self, id: Uuid) -> Option<&str> {
+        self.users
+            .get(&id)
+            .map(|u| u.display_name.as_str())
+            .or_else(|| self.groups.get(&id).map(|g| g.display_name.as_str()))
+    }
+
+    /// Makes every delta token issued so far expired.
+    pub fn expire_delta_tokens(&mut self) {
+        self.oldest_valid = self.version + 1;
+        // Nothing before it can be asked for again.
+        self.log.clear();
+        // A later token must still be distinguishable from the expired ones.
+        self.version += 1;
+    }
+
+    /// Direct members, or all members with nested groups flattened (`transitive`).
+    pub fn members_of(&self, group: Uuid, transitive: bool) -> Option<Vec<Uuid>> {
+        let g = self.groups.get(&group)?;
+        if !transitive {
+            return Some(g.members.iter().copied().collect());
+        }
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<Uuid> = g.members.iter().copied().collect();
+        while let Some(id) = stack.pop() {
+            if seen.insert(id)
+                && let Some(nested) = self.groups.get(&id)
+            {
+                stack.extend(nested.members.iter().copied());
+            }
+        }
+        Some(seen.into_iter().collect())
+    }
+
+    /// The groups a delta round reports: everything since `since` (a token's version; `None` for
+    /// the first round, which reports every group and all its members), limited to `only`.
+    pub fn delta(
+        &self,
+        since: Option<u64>,
+        only: Option<&HashSet<Uuid>>,
+    ) -> Result<Vec<DeltaGroup>, DeltaError> {
+        let wanted = |id: &Uuid| only.is_none_or(|only| only.contains(id));
+        let Some(since) = since else {
+            let mut all: Vec<DeltaGroup> = self
+                .groups
+                .values()
+                .filter(|g| wanted(&g.id))
+                .map(|g| DeltaGroup {
+                    id: g.id,
+                    display_name: Some(g.display_name.clone()),
+                    description: g.description.clone(),
+                    members_added: g.members.iter().copied().collect(),
+                    members_removed: Vec::new(),
+                    removed: None,
+                })
+                .collect();
+            all.sort_by_key(|g| g.id);
+            return Ok(all);
+        };
+        if since < self.oldest_valid {
+            return Err(DeltaError::Expired);
+        }
+        // Net effect per group since the token: the last word on each member wins.
+        let mut touched: Vec<Uuid> = Vec::new();
+        let mut members: HashMap<Uuid, HashMap<Uuid, bool>> = HashMap::new();
+        for (version, group, event) in &self.log {
+            if *version <= since || !wanted(group) {
+                continue;
+            }
+            if !members.contains_key(group) {
+                touched.push(*group);
+            }
+            let net = members.entry(*group).or_default();
+            match event {
+                Event::MemberAdded(m) => {
+                    net.insert(*m, true);
+                }
+                Event::MemberRemoved(m) => {
+                    net.insert(*m, false);
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        for id in touched {
+            let removed = if self.soft_deleted.contains_key(&id) {
+                Some("changed")
+            } else if !self.groups.contains_key(&id) {
+                Some("deleted")
+            } else {
+                None
+            };
+            let net = members.remove(&id).unwrap_or_default();
+            let mut added: Vec<Uuid> = net.iter().filter(|(_, a)| **a).map(|(m, _)| *m).collect();
+            let mut gone: Vec<Uuid> = net.iter().filter(|(_, a)| !**a).map(|(m, _)| *m).collect();
+            added.sort();
+            gone.sort();
+            let group = self.groups.get(&id);
+            out.push(DeltaGroup {
+                id,
+                display_name: group.map(|g| g.display_name.clone()),
+                description: group.and_then(|g| g.description.clone()),
+                members_added: if removed.is_some() { Vec::new() } else { added },
+                members_removed: if removed.is_some() { Vec::new() } else { gone },
+                removed,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn is_group(&self, id: Uuid) -> bool {
+        self.groups.contains_key(&id)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn id(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    fn tenant() -> Tenant {
+        let mut t = Tenant::default();
+        for n in 1..=3 {
+            t.upsert_user(User {
+                id: id(n),
+                display_name: format!("User {n}"),
+                user_principal_name: format!("user{n}@sim.example"),
+                mail: None,
+                account_enabled: true,
+            });
+        }
+        t.upsert_group(id(100), "Engineering", None);
+        t.add_member(id(100), id(1));
+        t.add_member(id(100), id(2));
+        t
+    }
+
+    #[test]
+    fn first_round_reports_every_group_with_all_members() {
+        let t = tenant();
+        let delta = t.delta(None, None).unwrap();
+        assert_eq!(delta.len(), 1);
+        assert_eq!(delta[0].members_added, [id(1), id(2)]);
+        assert_eq!(delta[0].removed, None);
+    }
+
+    #[test]
+    fn later_rounds_report_net_member_changes() {
+        let mut t = tenant();
+        let token = t.version();
+        t.add_member(id(100), id(3));
+        t.remove_member(id(100), id(1));
+        t.add_member(id(100), id(1));
+        t.remove_member(id(100), id(2));
+        let delta = t.delta(Some(token), None).unwrap();
+        assert_eq!(delta[0].members_added, [id(1), id(3)]);
+        assert_eq!(delta[0].members_removed, [id(2)]);
+        assert!(t.delta(Some(t.version()), None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn soft_and_hard_deletion() {
+        let mut t = tenant();
+        let token = t.version();
+        assert_eq!(
+            t.soft_delete_group(id(100))[0].change_type,
+            ChangeType::Updated
+        );
+        assert_eq!(
+            t.delta(Some(token), None).unwrap()[0].removed,
+            Some("changed")
+        );
+        assert_eq!(
+            t.hard_delete_group(id(100))[0].change_type,
+            ChangeType::Deleted
+        );
+        assert_eq!(
+            t.delta(Some(token), None).unwrap()[0].removed,
+            Some("deleted")
+        );
+    }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let mut t = tenant();
+        let token = t.version();
+        t.expire_delta_tokens();
+        assert_eq!(t.delta(Some(token), None), Err(DeltaError::Expired));
+        assert!(t.delta(Some(t.version()), None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn transitive_members_flatten_nested_groups() {
+        let mut t = tenant();
+        t.upsert_group(id(200), "Parent", None);
+        t.add_member(id(200), id(100));
+        t.add_member(id(200), id(3));
+        assert_eq!(t.members_of(id(200), false).unwrap(), [id(3), id(100)]);
+        assert_eq!(
+            t.members_of(id(200), true).unwrap(),
+            [id(1), id(2), id(3), id(100)]
+        );
+    }
+}

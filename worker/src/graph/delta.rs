@@ -1,0 +1,180 @@
+//! Groups delta query: what changed in which group since the last round.
+
+use std::collections::HashMap;
+
+use entity::GroupId;
+
+use super::GraphClient;
+use super::http::Page;
+use super::model::{DeltaGroupObject, ObjectKind};
+use crate::error::{Error, Result};
+
+const ENDPOINT: &str = "groups_delta";
+/// Graph's limit for `$filter=id eq ... or ...` on delta.
+const FILTER_CHUNK: usize = 50;
+
+/// Where a delta round starts.
+#[derive(Clone, Debug)]
+pub enum DeltaStart {
+    /// Every group with all its members.
+    Initial,
+    /// From the deltaLink the previous round returned.
+    Link(String),
+    /// Nothing: just a deltaLink for "from now on".
+    Latest,
+}
+
+/// A member change: the object id and what kind of object it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberChange {
+    pub id: String,
+    pub kind: ObjectKind,
+}
+
+/// Everything one round said about one group, merged across pages.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupDelta {
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    pub added: Vec<MemberChange>,
+    pub removed: Vec<MemberChange>,
+    /// The group itself was removed: `changed` (soft-deleted, restorable) or `deleted`.
+    pub group_removed: Option<String>,
+}
+
+/// The merged result of a delta round and the link to resume from.
+#[derive(Clone, Debug, Default)]
+pub struct DeltaRound {
+    /// In the order groups first appeared.
+    pub groups: Vec<(GroupId, GroupDelta)>,
+    pub delta_link: String,
+    pub pages: usize,
+}
+
+impl DeltaRound {
+    fn merge(&mut self, index: &mut HashMap<GroupId, usize>, object: DeltaGroupObject) {
+        let Ok(id) = GroupId::parse(&object.id) else {
+            tracing::warn!(
+                id = object.id,
+                "delta returned a group id that is not a GUID; skipped"
+            );
+            return;
+        };
+        let position = *index.entry(id.clone()).or_insert_with(|| {
+            self.groups.push((id, GroupDelta::default()));
+            self.groups.len() - 1
+        });
+        let group = &mut self.groups[position].1;
+        // Later pages may repeat a group with only some of its properties.
+        if object.display_name.is_some() {
+            group.display_name = object.display_name;
+        }
+        if object.description.is_some() {
+            group.description = object.description;
+        }
+        if let Some(removed) = object.removed {
+            group.group_removed = Some(removed.reason);
+        }
+        for member in object.members_delta {
+            let change = MemberChange {
+                kind: member.kind(),
+                id: member.id,
+            };
+            // A member named twice in one round: the last word wins.
+            group.added.retain(|m| m.id != change.id);
+            group.removed.retain(|m| m.id != change.id);
+            if member.removed.is_some() {
+                group.removed.push(change);
+            } else {
+                group.added.push(change);
+            }
+        }
+    }
+}
+
+fn is_expired(error: &Error) -> bool {
+    matches!(error, Error::Graph { status: 410, .. })
+        || matches!(
+            error,
+            Error::Graph { code, .. }
+                if matches!(code.as_str(), "syncStateNotFound" | "resyncRequired" | "syncStateInvalid")
+        )
+}
+
+impl GraphClient {
+    /// Runs one groups delta round to its deltaLink. An expired token is [`Error::DeltaExpired`].
+    #[tracing::instrument(skip(self), err)]
+    pub async fn groups_delta(&self, start: DeltaStart) -> Result<DeltaRound> {
+        let http = &self.inner;
+        let first = match start {
+            DeltaStart::Initial => http.url("groups/delta?$select=displayName,description,members"),
+            DeltaStart::Latest => {
+                http.url("groups/delta?$select=displayName,description,members&$deltatoken=latest")
+            }
+            DeltaStart::Link(link) => {
+                http.check_link(&link, ENDPOINT)?;
+                link
+            }
+        };
+        self.delta_from(first).await
+    }
+
+    /// The current state of these groups through delta with `$filter=id eq ...`, 50 ids a
+    /// request; one round (and deltaLink) per chunk.
+    #[tracing::instrument(skip(self, ids), fields(groups = ids.len()), err)]
+    pub async fn groups_delta_for(&self, ids: &[GroupId]) -> Result<Vec<DeltaRound>> {
+        let mut rounds = Vec::new();
+        for chunk in ids.chunks(FILTER_CHUNK) {
+            let filter: Vec<String> = chunk.iter().map(|id| format!("id eq '{id}'")).collect();
+            let url = reqwest::Url::parse_with_params(
+                &self.inner.url("groups/delta"),
+                [
+                    ("$select", "displayName,description,members".to_owned()),
+                    ("$filter", filter.join(" or ")),
+                ],
+            )
+            .map_err(|e| Error::Settings(format!("MICROSOFT_GRAPH_ENDPOINT: {e}")))?;
+            rounds.push(self.delta_from(url.to_string()).await?);
+        }
+        Ok(rounds)
+    }
+
+    async fn delta_from(&self, first: String) -> Result<DeltaRound> {
+        let http = &self.inner;
+        let mut round = DeltaRound::default();
+        let mut index = HashMap::new();
+        let mut url = first;
+        loop {
+            let page: Page<DeltaGroupObject> =
+                http.get_json(ENDPOINT, &url).await.map_err(|e| {
+                    if is_expired(&e) {
+                        Error::DeltaExpired
+                    } else {
+                        e
+                    }
+                })?;
+            round.pages += 1;
+            for object in page.value {
+                round.merge(&mut index, object);
+            }
+            match (page.next_link, page.delta_link) {
+                (Some(next), _) => {
+                    http.check_link(&next, ENDPOINT)?;
+                    url = next;
+                }
+                (None, Some(delta)) => {
+                    round.delta_link = delta;
+                    return Ok(round);
+                }
+                (None, None) => {
+                    return Err(Error::Graph {
+                        endpoint: ENDPOINT,
+                        status: 200,
+                        code: "missingDeltaLink".into(),
+                        message: "a delta page had neither nextLink nor deltaLink".into(),
+                    });
+                }
+            }
+        }
+    }
+}

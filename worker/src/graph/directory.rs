@@ -1,0 +1,82 @@
+//! Members, users by id, the enterprise app and its assignments.
+
+use entity::{GroupId, UserId};
+use reqwest::Method;
+use serde_json::json;
+
+use super::GraphClient;
+use super::model::{AppRoleAssignment, DirectoryObject, ServicePrincipal};
+use crate::directory::EntraUser;
+use crate::error::Result;
+
+/// Graph's limit for `directoryObjects/getByIds`.
+const GET_BY_IDS_CHUNK: usize = 1000;
+
+impl GraphClient {
+    /// A group's members (`transitive`: nested groups' members too), every page.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn group_members(
+        &self,
+        group: &GroupId,
+        transitive: bool,
+    ) -> Result<Vec<DirectoryObject>> {
+        let relation = if transitive {
+            "transitiveMembers"
+        } else {
+            "members"
+        };
+        let url = self.inner.url(&format!(
+            "groups/{group}/{relation}?$select=id,displayName,mail,userPrincipalName&$top=999"
+        ));
+        self.inner.get_all("group_members", &url).await
+    }
+
+    /// Users by object id, 1,000 a request; ids that are not users (or no longer exist) are
+    /// simply absent from the result.
+    #[tracing::instrument(skip(self, ids), fields(ids = ids.len()), err)]
+    pub async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<EntraUser>> {
+        let url = self.inner.url("directoryObjects/getByIds");
+        let mut users = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(GET_BY_IDS_CHUNK) {
+            let body = json!({ "ids": chunk, "types": ["user"] });
+            let page: super::http::Page<DirectoryObject> = self
+                .inner
+                .json("get_by_ids", Method::POST, &url, Some(&body))
+                .await?;
+            users.extend(
+                page.value
+                    .into_iter()
+                    .filter_map(DirectoryObject::into_user),
+            );
+        }
+        Ok(users)
+    }
+
+    /// The enterprise app: by `MICROSOFT_SERVICE_PRINCIPAL_ID` if set, else by the client id.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn service_principal(&self) -> Result<ServicePrincipal> {
+        let path = self.service_principal_path();
+        let url = self
+            .inner
+            .url(&format!("{path}?$select=id,appId,displayName,appRoles"));
+        self.inner.get_json("service_principal", &url).await
+    }
+
+    /// Every user and group assigned to the app, every page.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn app_role_assignments(&self) -> Result<Vec<AppRoleAssignment>> {
+        let path = self.service_principal_path();
+        let url = self
+            .inner
+            .url(&format!("{path}/appRoleAssignedTo?$top=999"));
+        self.inner.get_all("app_role_assigned_to", &url).await
+    }
+
+    fn service_principal_path(&self) -> String {
+        let config = self.inner.config();
+        match &config.service_principal_id {
+            Some(id) => format!("servicePrincipals/{id}"),
+            None => format!("servicePrincipals(appId='{}')", config.client_id),
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! Sending Graph requests: the bearer token, paging, and what to do with failures.
+//!
+//! 429 waits for `Retry-After` (seconds or an HTTP date); 503, 504, other 5xx and connection
+//! errors back off exponentially with jitter, 503 and 504 on a new connection; a 401 fetches a
+//! new token once. Everything else is Graph's answer and surfaces with Graph's code and message.
+//! Retries are bounded in count and in time, and every request has a timeout.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use reqwest::{Method, StatusCode, header};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::metrics::GraphMetrics;
+use super::settings::GraphConfig;
+use super::token::{TokenCache, TokenResponse, token_form};
+use crate::error::{Error, Result};
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A longer Retry-After than this is capped: the retry budget stays bounded.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
+
+/// How hard to retry.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    pub attempts: usize,
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+    /// The most time all waits of one call may add up to.
+    pub total_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 6,
+            min_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+            total_delay: Duration::from_secs(300),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.attempts)
+            .with_total_delay(Some(self.total_delay))
+            .with_jitter()
+    }
+}
+
+/// Why one attempt failed.
+#[derive(Debug)]
+enum Failure {
+    Throttled {
+        retry_after: Option<Duration>,
+    },
+    Unavailable {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    Connection(String),
+    Unauthorized,
+    Final(Error),
+}
+
+impl Failure {
+    fn retryable(&self) -> bool {
+        !matches!(self, Self::Final(_))
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Throttled { retry_after } | Self::Unavailable { retry_after, .. } => {
+                retry_after.map(|d| d.min(MAX_RETRY_AFTER))
+            }
+            _ => None,
+        }
+    }
+
+    fn into_error(self, endpoint: &'static str) -> Error {
+        match self {
+            Self::Final(error) => error,
+            Self::Throttled { .. } => Error::GraphUnavailable {
+                endpoint,
+                reason: "still throttled (429) after every retry".into(),
+            },
+            Self::Unavailable { status, .. } => Error::GraphUnavailable {
+                endpoint,
+                reason: format!("still answering {status} after every retry"),
+            },
+            Self::Connection(reason) => Error::GraphUnavailable { endpoint, reason },
+            Self::Unauthorized => Error::Credential(format!(
+                "Graph refused fresh access tokens for {endpoint} (401)"
+            )),
+        }
+    }
+}
+
+/// `Retry-After`: delay-seconds or an HTTP date.
+pub(super) fn parse_retry_after(
+    value: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    Some(
+        (at.with_timezone(&chrono::Utc) - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, chrono::Utc::now()))
+}
+
+#[derive(Deserialize)]
+struct GraphErrorBody {
+    error: GraphErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct GraphErrorDetail {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct OAuthErrorBody {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_description: String,
+}
+
+/// One page of a Graph collection.
+#[derive(Deserialize)]
+pub(super) struct Page<T> {
+    #[serde(default = "Vec::new")]
+    pub value: Vec<T>,
+    #[serde(rename = "@odata.nextLink")]
+    pub next_link: Option<String>,
+    #[serde(rename = "@odata.deltaLink")]
+    pub delta_link: Option<String>,
+}
+
+pub(super) struct Http {
+    config: GraphConfig,
+    client: reqwest::Client,
+    tokens: TokenCache,
+    metrics: GraphMetrics,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for Http {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn new_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .user_agent(concat!("entra-sync/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| Error::Settings(format!("cannot build the HTTP client: {e}")))
+}
+
+impl Http {
+    pub fn new(config: GraphConfig, metrics: GraphMetrics) -> Result<Self> {
+        Ok(Self {
+            retry: config.retry,
+            config,
+            client: new_client()?,
+            tokens: TokenCache::default(),
+            metrics,
+        })
+    }
+
+    pub fn config(&self) -> &GraphConfig {
+        &self.config
+    }
+
+    /// `{graph}/{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "{}/{}",
+            self.config.graph_endpoint,
+            path.trim_start_matches('/')
+        )
+    }
+
+    /// Links Graph returns (next, delta) must point at Graph: the bearer token goes with them.
+    pub fn check_link(&self, link: &str, endpoint: &'static str) -> Result<()> {
+        if link.starts_with(&self.config.graph_endpoint) {
+            Ok(())
+        } else {
+            Err(Error::Graph {
+                endpoint,
+                status: 200,
+                code: "unexpectedLink".into(),
+                message: format!(
+                    "a paging link leaves {}: {link}",
+                    self.config.graph_endpoint
+                ),
+            })
+        }
+    }
+
+    async fn token(&self) -> Result<SecretString> {
+        self.tokens.get(|| self.fetch_token()).await
+    }
+
+    async fn fetch_token(&self) -> Result<TokenResponse> {
+        const ENDPOINT: &str = "token";
+        let attempt = || async {
+            let form = token_form(&self.config).map_err(Failure::Final)?;
+            let response = self
+                .client
+                .post(self.config.token_url.clone())
+                .form(&form)
+                .send()
+                .await;
+            let response = match response {
+                Ok(response) => response,
+                Err(e) => {
+                    self.metrics.request(ENDPOINT, None);
+                    return Err(Failure::Connection(e.to_string()));
+                }
+            };
+            let status = response.status();
+            self.metrics.request(ENDPOINT, Some(status.as_u16()));
+            if status.is_success() {
+                return response.json::<TokenResponse>().await.map_err(|e| {
+                    Failure::Final(Error::Credential(format!("unreadable token response: {e}")))
+                });
+            }
+            if let Some(failure) = transient(status, response.headers()) {
+                return Err(failure);
+            }
+            let body: OAuthErrorBody = response.json().await.unwrap_or(OAuthErrorBody {
+                error: status.to_string(),
+                error_description: String::new(),
+            });
+            Err(Failure::Final(Error::Credential(format!(
+                "the token endpoint refused: {} {}",
+                body.error, body.error_description
+            ))))
+        };
+        self.retrying(ENDPOINT, attempt).await
+    }
+
+    async fn retrying<T, F, Fut>(&self, endpoint: &'static str, attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, Failure>>,
+    {
+        attempt
+            .retry(self.retry.backoff())
+            .when(Failure::retryable)
+            .adjust(|failure, planned| planned.map(|d| failure.retry_after().unwrap_or(d)))
+            .notify(|failure, wait| {
+                if matches!(failure, Failure::Throttled { .. }) {
+                    self.metrics.throttled_waits.inc();
+                    self.metrics
+                        .throttled_wait_seconds
+                        .inc_by(wait.as_secs_f64());
+                }
+                tracing::warn!(endpoint, ?failure, ?wait, "Graph request failed; retrying");
+            })
+            .await
+            .map_err(|failure| failure.into_error(endpoint))
+    }
+
+    /// Sends a request with retries; returns the successful response.
+    pub async fn send(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<reqwest::Response> {
+        let fresh_connection = AtomicBool::new(false);
+        let attempt = || async {
+            let token = self.token().await.map_err(Failure::Final)?;
+            let client = if fresh_connection.swap(false, Ordering::Relaxed) {
+                new_client().map_err(Failure::Final)?
+            } else {
+                self.client.clone()
+            };
+            let mut request = client
+                .request(method.clone(), url)
+                .bearer_auth(token.expose_secret());
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = match request.send().await {
+                Ok(response) => response,
+                Err(e) => {
+                    self.metrics.request(endpoint, None);
+                    return Err(Failure::Connection(e.to_string()));
+                }
+            };
+            let status = response.status();
+            self.metrics.request(endpoint, Some(status.as_u16()));
+            if status.is_success() {
+                return Ok(response);
+            }
+            if status == StatusCode::UNAUTHORIZED {
+                self.tokens.invalidate(&token).await;
+                return Err(Failure::Unauthorized);
+            }
+            if let Some(failure) = transient(status, response.headers()) {
+                if matches!(
+                    status,
+                    StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+                ) {
+                    fresh_connection.store(true, Ordering::Relaxed);
+                }
+                return Err(failure);
+            }
+            let (code, message) = match response.json::<GraphErrorBody>().await {
+                Ok(body) => (body.error.code, body.error.message),
+                Err(_) => (status.to_string(), String::new()),
+            };
+            Err(Failure::Final(Error::Graph {
+                endpoint,
+                status: status.as_u16(),
+                code,
+                message,
+            }))
+        };
+        self.retrying(endpoint, attempt).await
+    }
+
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        url: &str,
+    ) -> Result<T> {
+        self.json(endpoint, Method::GET, url, None).await
+    }
+
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<T> {
+        let response = self.send(endpoint, method, url, body).await?;
+        response.json::<T>().await.map_err(|e| Error::Graph {
+            endpoint,
+            status: 200,
+            code: "unreadableResponse".into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Follows `@odata.nextLink` to the end of a collection.
+    pub async fn get_all<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        first: &str,
+    ) -> Result<Vec<T>> {
+        let mut items = Vec::new();
+        let mut url = first.to_owned();
+        loop {
+            let page: Page<T> = self.get_json(endpoint, &url).await?;
+            items.extend(page.value);
+            match page.next_link {
+                Some(next) => {
+                    self.check_link(&next, endpoint)?;
+                    url = next;
+                }
+                None => return Ok(items),
+            }
+        }
+    }
+}
+
+/// 429 and 5xx are worth another try.
+fn transient(status: StatusCode, headers: &header::HeaderMap) -> Option<Failure> {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        Some(Failure::Throttled {
+            retry_after: retry_after(headers),
+        })
+    } else if status.is_server_error() {
+        Some(Failure::Unavailable {
+            status: status.as_u16(),
+            retry_after: retry_after(headers),
+        })
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-28T12:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Sat, 28 Nov 2026 12:00:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Sat, 28 Nov 2026 11:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+}

@@ -1,0 +1,41 @@
+//! The Microsoft Graph client: every call entra-sync makes, with tokens, paging, throttling and
+//! retries handled in one place ([`http`]).
+
+mod credential;
+mod delta;
+mod directory;
+mod http;
+mod metrics;
+pub mod model;
+mod settings;
+mod subscriptions;
+mod token;
+
+pub use credential::Credential;
+pub use delta::{DeltaRound, DeltaStart};
+pub use http::RetryPolicy;
+pub use metrics::GraphMetrics;
+pub use settings::{GraphArgs, GraphConfig};
+pub use subscriptions::NewSubscription;
+
+use std::sync::Arc;
+
+use crate::error::Result;
+
+/// A Graph client for one app registration in one tenant. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct GraphClient {
+    inner: Arc<http::Http>,
+}
+
+impl GraphClient {
+    pub fn new(config: GraphConfig, metrics: GraphMetrics) -> Result<Self> {
+        Ok(Self {
+            inner: Arc::new(http::Http::new(config, metrics)?),
+        })
+    }
+
+    pub fn config(&self) -> &GraphConfig {
+        self.inner.config()
+    }
+}

@@ -1,0 +1,157 @@
+//! Which app registration reads Graph, with which credential, at which endpoints: from the Azure
+//! SDK's environment names, with LiteLLM's `MICROSOFT_*` names accepted where those are unset.
+
+use std::path::PathBuf;
+
+use reqwest::Url;
+use secrecy::SecretString;
+
+use super::credential::Credential;
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct GraphArgs {
+    #[arg(long, env = "AZURE_TENANT_ID")]
+    pub azure_tenant_id: Option<String>,
+    #[arg(long, env = "MICROSOFT_TENANT", hide = true)]
+    pub microsoft_tenant: Option<String>,
+    #[arg(long, env = "AZURE_CLIENT_ID")]
+    pub azure_client_id: Option<String>,
+    #[arg(long, env = "MICROSOFT_CLIENT_ID", hide = true)]
+    pub microsoft_client_id: Option<String>,
+    #[arg(long, env = "AZURE_CLIENT_SECRET", hide_env_values = true, value_parser = secret)]
+    pub azure_client_secret: Option<SecretString>,
+    #[arg(long, env = "MICROSOFT_CLIENT_SECRET", hide = true, hide_env_values = true, value_parser = secret)]
+    pub microsoft_client_secret: Option<SecretString>,
+    /// A PEM file holding the app's certificate and its private key.
+    #[arg(long, env = "AZURE_CLIENT_CERTIFICATE_PATH")]
+    pub azure_client_certificate_path: Option<PathBuf>,
+    /// Workload identity: a file holding the federated assertion, re-read on every refresh.
+    #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE")]
+    pub azure_federated_token_file: Option<PathBuf>,
+    #[arg(
+        long,
+        env = "AZURE_AUTHORITY_HOST",
+        default_value = "https://login.microsoftonline.com"
+    )]
+    pub azure_authority_host: String,
+    #[arg(
+        long,
+        env = "MICROSOFT_GRAPH_ENDPOINT",
+        default_value = "https://graph.microsoft.com/v1.0"
+    )]
+    pub microsoft_graph_endpoint: String,
+    /// Object id of LiteLLM's enterprise app; unset: looked up from the client id.
+    #[arg(long, env = "MICROSOFT_SERVICE_PRINCIPAL_ID")]
+    pub microsoft_service_principal_id: Option<String>,
+}
+
+fn secret(value: &str) -> std::result::Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value.to_owned()))
+}
+
+/// Validated Graph settings.
+#[derive(Clone, Debug)]
+pub struct GraphConfig {
+    pub tenant_id: String,
+    pub client_id: String,
+    pub credential: Credential,
+    /// `{authority}/{tenant}/oauth2/v2.0/token`.
+    pub token_url: Url,
+    /// Graph's base, e.g. `https://graph.microsoft.com/v1.0`, without a trailing slash.
+    pub graph_endpoint: String,
+    pub service_principal_id: Option<String>,
+    pub retry: super::http::RetryPolicy,
+}
+
+impl GraphArgs {
+    /// Checks the settings and chooses the credential: a client secret, else a certificate, else
+    /// a federated token file (the Azure SDK's EnvironmentCredential order).
+    pub fn resolve(self) -> Result<GraphConfig> {
+        let tenant_id = self
+            .azure_tenant_id
+            .or(self.microsoft_tenant)
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| {
+                Error::Settings("AZURE_TENANT_ID (or MICROSOFT_TENANT) is required".into())
+            })?;
+        let client_id = self
+            .azure_client_id
+            .or(self.microsoft_client_id)
+            .filter(|c| !c.trim().is_empty())
+            .ok_or_else(|| {
+                Error::Settings("AZURE_CLIENT_ID (or MICROSOFT_CLIENT_ID) is required".into())
+            })?;
+        let credential =
+            if let Some(secret) = self.azure_client_secret.or(self.microsoft_client_secret) {
+                Credential::Secret(secret)
+            } else if let Some(path) = self.azure_client_certificate_path {
+                Credential::certificate_from_pem_file(&path)?
+            } else if let Some(path) = self.azure_federated_token_file {
+                Credential::FederatedTokenFile(path)
+            } else {
+                return Err(Error::Settings(
+                "no Graph credential: set AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH or \
+                 AZURE_FEDERATED_TOKEN_FILE"
+                    .into(),
+            ));
+            };
+        let authority = checked_url("AZURE_AUTHORITY_HOST", &self.azure_authority_host)?;
+        let token_url = authority
+            .join(&format!("{tenant_id}/oauth2/v2.0/token"))
+            .map_err(|e| Error::Settings(format!("AZURE_TENANT_ID {tenant_id:?}: {e}")))?;
+        let graph = checked_url("MICROSOFT_GRAPH_ENDPOINT", &self.microsoft_graph_endpoint)?;
+        Ok(GraphConfig {
+            tenant_id,
+            client_id,
+            credential,
+            token_url,
+            graph_endpoint: graph.as_str().trim_end_matches('/').to_owned(),
+            service_principal_id: self.microsoft_service_principal_id,
+            retry: super::http::RetryPolicy::default(),
+        })
+    }
+}
+
+/// An https URL, or http on a loopback address (graph-sim); ends with a slash so joins append.
+pub fn checked_url(name: &str, value: &str) -> Result<Url> {
+    let mut url = Url::parse(value.trim())
+        .map_err(|e| Error::Settings(format!("{name} {value:?} is not a URL: {e}")))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(host)) => host == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => {
+            return Err(Error::Settings(format!(
+                "{name} must be an https URL (plain http only on a loopback address): {value:?}"
+            )));
+        }
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_or_loopback_http_only() {
+        assert!(checked_url("X", "https://login.microsoftonline.com").is_ok());
+        assert!(checked_url("X", "http://127.0.0.1:8081").is_ok());
+        assert!(checked_url("X", "http://localhost:9/v1.0").is_ok());
+        assert!(checked_url("X", "http://[::1]:9").is_ok());
+        let e = checked_url("MICROSOFT_GRAPH_ENDPOINT", "http://graph.example.com").unwrap_err();
+        assert!(e.to_string().contains("MICROSOFT_GRAPH_ENDPOINT"), "{e}");
+        assert!(checked_url("X", "ftp://127.0.0.1").is_err());
+        assert!(checked_url("X", "not a url").is_err());
+    }
+}

@@ -1,0 +1,94 @@
+//! Change-notification subscriptions.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use reqwest::Method;
+use serde_json::json;
+
+use super::GraphClient;
+use super::http::Page;
+use super::model::Subscription;
+use crate::error::Result;
+
+const ENDPOINT: &str = "subscriptions";
+
+/// What to subscribe to.
+#[derive(Clone, Debug)]
+pub struct NewSubscription {
+    /// `groups` or `users`.
+    pub resource: String,
+    /// `updated,deleted` for groups and users.
+    pub change_type: String,
+    pub notification_url: String,
+    pub lifecycle_notification_url: String,
+    pub client_state: secrecy::SecretString,
+    pub expiration: DateTime<Utc>,
+}
+
+fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl GraphClient {
+    /// Creates a subscription; Graph validates both URLs first (400 when they fail).
+    #[tracing::instrument(skip(self, new), fields(resource = new.resource), err)]
+    pub async fn create_subscription(&self, new: &NewSubscription) -> Result<Subscription> {
+        use secrecy::ExposeSecret as _;
+        let body = json!({
+            "changeType": new.change_type,
+            "notificationUrl": new.notification_url,
+            "lifecycleNotificationUrl": new.lifecycle_notification_url,
+            "resource": new.resource,
+            "expirationDateTime": timestamp(new.expiration),
+            "clientState": new.client_state.expose_secret(),
+            "latestSupportedTlsVersion": "v1_2",
+        });
+        let url = self.inner.url("subscriptions");
+        self.inner
+            .json(ENDPOINT, Method::POST, &url, Some(&body))
+            .await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    pub async fn get_subscription(&self, id: &str) -> Result<Subscription> {
+        let url = self.inner.url(&format!("subscriptions/{id}"));
+        self.inner.get_json(ENDPOINT, &url).await
+    }
+
+    /// The app's subscriptions.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn list_subscriptions(&self) -> Result<Vec<Subscription>> {
+        let url = self.inner.url("subscriptions");
+        let page: Page<Subscription> = self.inner.get_json(ENDPOINT, &url).await?;
+        Ok(page.value)
+    }
+
+    /// Moves the expiry; a 404 means Graph already deleted it: create a new one.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn renew_subscription(
+        &self,
+        id: &str,
+        expiration: DateTime<Utc>,
+    ) -> Result<Subscription> {
+        let url = self.inner.url(&format!("subscriptions/{id}"));
+        let body = json!({ "expirationDateTime": timestamp(expiration) });
+        self.inner
+            .json(ENDPOINT, Method::PATCH, &url, Some(&body))
+            .await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    pub async fn reauthorize_subscription(&self, id: &str) -> Result<()> {
+        let url = self.inner.url(&format!("subscriptions/{id}/reauthorize"));
+        self.inner.send(ENDPOINT, Method::POST, &url, None).await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    pub async fn delete_subscription(&self, id: &str) -> Result<()> {
+        let url = self.inner.url(&format!("subscriptions/{id}"));
+        self.inner
+            .send(ENDPOINT, Method::DELETE, &url, None)
+            .await?;
+        Ok(())
+    }
+}
