@@ -109,6 +109,9 @@ impl GraphSim {
         tenant: TenantFile,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
+        // The enterprise app is the service principal of the app registration that signs in.
+        let mut tenant = tenant;
+        tenant.app.app_id = config.client_id;
         let local = listener.local_addr()?;
         let (outbox, inbox) = tokio::sync::mpsc::unbounded_channel();
         let http = reqwest::Client::builder()
@@ -190,6 +193,11 @@ impl GraphSim {
     pub fn load(&self, file: TenantFile) {
         *lock(&self.inner.tenant) = Tenant::from_file(file);
         lock(&self.inner.delta_sessions).clear();
+    }
+
+    /// Forgets every access token issued so far: the next Graph call gets 401.
+    pub fn revoke_tokens(&self) {
+        lock(&self.inner.tokens).clear();
     }
 
     pub fn add_fault(&self, fault: Fault) {

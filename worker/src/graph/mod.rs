@@ -12,7 +12,7 @@ mod subscriptions;
 mod token;
 
 pub use credential::Credential;
-pub use delta::{DeltaRound, DeltaStart};
+pub use delta::{DeltaRound, DeltaStart, GroupDelta, MemberChange};
 pub use http::RetryPolicy;
 pub use metrics::GraphMetrics;
 pub use settings::{GraphArgs, GraphConfig};

@@ -155,3 +155,119 @@ mod tests {
         assert!(checked_url("X", "not a url").is_err());
     }
 }
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::*;
+
+    fn args() -> GraphArgs {
+        GraphArgs {
+            azure_tenant_id: None,
+            microsoft_tenant: None,
+            azure_client_id: None,
+            microsoft_client_id: None,
+            azure_client_secret: None,
+            microsoft_client_secret: None,
+            azure_client_certificate_path: None,
+            azure_federated_token_file: None,
+            azure_authority_host: "https://login.microsoftonline.com".into(),
+            microsoft_graph_endpoint: "https://graph.microsoft.com/v1.0".into(),
+            microsoft_service_principal_id: None,
+        }
+    }
+
+    #[test]
+    fn litellm_names_are_accepted_where_azure_names_are_unset() {
+        let config = GraphArgs {
+            microsoft_tenant: Some("contoso-tenant".into()),
+            microsoft_client_id: Some("app".into()),
+            microsoft_client_secret: Some("s".to_owned().into()),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(config.tenant_id, "contoso-tenant");
+        assert_eq!(config.client_id, "app");
+        assert!(matches!(config.credential, Credential::Secret(_)));
+        assert_eq!(
+            config.token_url.as_str(),
+            "https://login.microsoftonline.com/contoso-tenant/oauth2/v2.0/token"
+        );
+        assert_eq!(config.graph_endpoint, "https://graph.microsoft.com/v1.0");
+    }
+
+    #[test]
+    fn azure_names_win_and_a_secret_comes_before_a_token_file() {
+        let config = GraphArgs {
+            azure_tenant_id: Some("a".into()),
+            microsoft_tenant: Some("m".into()),
+            azure_client_id: Some("client".into()),
+            azure_client_secret: Some("s".to_owned().into()),
+            azure_federated_token_file: Some("/var/run/token".into()),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(config.tenant_id, "a");
+        assert!(matches!(config.credential, Credential::Secret(_)));
+        // Without a secret, the federated token file.
+        let config = GraphArgs {
+            azure_tenant_id: Some("a".into()),
+            azure_client_id: Some("client".into()),
+            azure_federated_token_file: Some("/var/run/token".into()),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert!(matches!(
+            config.credential,
+            Credential::FederatedTokenFile(_)
+        ));
+    }
+
+    #[test]
+    fn missing_settings_are_named() {
+        let e = args().resolve().unwrap_err().to_string();
+        assert!(e.contains("AZURE_TENANT_ID"), "{e}");
+        let e = GraphArgs {
+            azure_tenant_id: Some("a".into()),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("AZURE_CLIENT_ID"), "{e}");
+        let e = GraphArgs {
+            azure_tenant_id: Some("a".into()),
+            azure_client_id: Some("c".into()),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("AZURE_CLIENT_SECRET"), "{e}");
+        let e = GraphArgs {
+            azure_tenant_id: Some("a".into()),
+            azure_client_id: Some("c".into()),
+            azure_client_certificate_path: Some("/nonexistent.pem".into()),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("/nonexistent.pem"), "{e}");
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let config = GraphArgs {
+            azure_tenant_id: Some("a".into()),
+            azure_client_id: Some("c".into()),
+            azure_client_secret: Some("very-secret-value".to_owned().into()),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert!(!format!("{config:?}").contains("very-secret-value"));
+    }
+}
