@@ -417,15 +417,14 @@ async fn post_once(
 /// that covers them.
 pub(crate) async fn deliver(
     inner: Weak<Inner>,
-    mut inbox: tokio::sync::mpsc::UnboundedReceiver<Vec<Notice>>,
+    mut inbox: tokio::sync::mpsc::UnboundedReceiver<(Vec<Notice>, DeliveryConfig)>,
 ) {
     let mut sequence: u64 = 0;
     let mut rng = None;
-    while let Some(notices) = inbox.recv().await {
+    while let Some((notices, config)) = inbox.recv().await {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let config = lock(&inner.delivery).clone();
         if !config.enabled {
             continue;
         }

@@ -66,7 +66,8 @@ pub(crate) struct Inner {
     pub deliveries: Mutex<Vec<DeliveryRecord>>,
     pub base_url: String,
     pub http: reqwest::Client,
-    pub outbox: tokio::sync::mpsc::UnboundedSender<Vec<Notice>>,
+    /// Changes with the delivery settings in force when they happened.
+    pub outbox: tokio::sync::mpsc::UnboundedSender<(Vec<Notice>, DeliveryConfig)>,
 }
 
 /// A running simulator. Cloning shares it; it stops when the last clone is dropped or on
@@ -82,7 +83,8 @@ impl Inner {
     pub(crate) fn change<R>(&self, f: impl FnOnce(&mut Tenant) -> (R, Vec<Notice>)) -> R {
         let (result, notices) = f(&mut lock(&self.tenant));
         if !notices.is_empty() {
-            let _ = self.outbox.send(notices);
+            let delivery = lock(&self.delivery).clone();
+            let _ = self.outbox.send((notices, delivery));
         }
         result
     }

@@ -1,0 +1,434 @@
+//! graph-sim's own behaviour over HTTP: the subscription handshake, change and lifecycle
+//! notifications, Graph's error shapes, and the admin API.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Query, RawQuery, State};
+use axum::routing::post;
+use graph_sim::tenant::{Group, TenantFile, User};
+use graph_sim::{GraphSim, SimConfig};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+fn id(n: u128) -> Uuid {
+    Uuid::from_u128(n)
+}
+
+fn tenant() -> TenantFile {
+    TenantFile {
+        users: (1..=3)
+            .map(|n| User {
+                id: id(n),
+                display_name: format!("User {n}"),
+                user_principal_name: format!("user{n}@sim.example"),
+                mail: None,
+                account_enabled: true,
+            })
+            .collect(),
+        groups: vec![Group {
+            id: id(100),
+            display_name: "Engineering".into(),
+            description: None,
+            members: [id(1)].into(),
+        }],
+        app: Default::default(),
+    }
+}
+
+/// What a subscriber received.
+#[derive(Default)]
+struct Received {
+    validations: Vec<(String, String)>,
+    notifications: Vec<Value>,
+    lifecycle: Vec<Value>,
+}
+
+type Shared = Arc<Mutex<Received>>;
+
+/// A subscriber: echoes validation tokens (or `wrong` when told to), records notifications.
+async fn subscriber(answer: &'static str) -> (String, Shared) {
+    async fn notifications(
+        State((shared, answer)): State<(Shared, &'static str)>,
+        RawQuery(raw): RawQuery,
+        Query(query): Query<HashMap<String, String>>,
+        body: String,
+    ) -> (axum::http::StatusCode, String) {
+        if let Some(token) = query.get("validationToken") {
+            shared
+                .lock()
+                .unwrap()
+                .validations
+                .push((raw.unwrap_or_default(), token.clone()));
+            return match answer {
+                "echo" => (axum::http::StatusCode::OK, token.clone()),
+                "wrong" => (axum::http::StatusCode::OK, "not the token".into()),
+                _ => (axum::http::StatusCode::ACCEPTED, token.clone()),
+            };
+        }
+        let body: Value = serde_json::from_str(&body).unwrap();
+        let mut received = shared.lock().unwrap();
+        for item in body["value"].as_array().unwrap() {
+            if item.get("lifecycleEvent").is_some() {
+                received.lifecycle.push(item.clone());
+            } else {
+                received.notifications.push(item.clone());
+            }
+        }
+        (axum::http::StatusCode::ACCEPTED, String::new())
+    }
+    let shared = Shared::default();
+    let app = axum::Router::new()
+        .route("/hook", post(notifications))
+        .with_state((shared.clone(), answer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, shared)
+}
+
+struct Caller {
+    http: reqwest::Client,
+    sim: GraphSim,
+    token: String,
+}
+
+impl Caller {
+    async fn new(sim: &GraphSim) -> Self {
+        let http = reqwest::Client::new();
+        let config = sim.config();
+        let response: Value = http
+            .post(sim.token_url())
+            .form(&[
+                ("client_id", config.client_id.to_string()),
+                ("client_secret", config.client_secret.unwrap()),
+                ("grant_type", "client_credentials".into()),
+                ("scope", "https://graph.microsoft.com/.default".into()),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        Self {
+            http,
+            sim: sim.clone(),
+            token: response["access_token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}/{path}", self.sim.graph_url()))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn subscribe(&self, url: &str, resource: &str) -> (u16, Value) {
+        let expiration = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+        self.call(
+            reqwest::Method::POST,
+            "subscriptions",
+            Some(json!({
+                "changeType": "updated,deleted",
+                "notificationUrl": url,
+                "lifecycleNotificationUrl": url,
+                "resource": resource,
+                "expirationDateTime": expiration,
+                "clientState": "the-client-state",
+            })),
+        )
+        .await
+    }
+}
+
+async fn wait_for(shared: &Shared, count: usize) -> Vec<Value> {
+    for _ in 0..200 {
+        let received = shared.lock().unwrap().notifications.clone();
+        if received.len() >= count {
+            return received;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shared.lock().unwrap().notifications.clone()
+}
+
+#[tokio::test]
+async fn a_wrong_handshake_answer_fails_creation_with_400() {
+    let sim = GraphSim::start(SimConfig::default(), tenant())
+        .await
+        .unwrap();
+    let caller = Caller::new(&sim).await;
+    for answer in ["wrong", "accepted"] {
+        let (url, _) = subscriber(answer).await;
+        let (status, body) = caller.subscribe(&url, "groups").await;
+        assert_eq!(status, 400, "{answer}: {body}");
+        assert_eq!(body["error"]["code"], "ValidationError");
+    }
+    assert!(sim.subscriptions().is_empty());
+}
+
+#[tokio::test]
+async fn the_handshake_sends_a_url_encoded_token_to_both_urls() {
+    let sim = GraphSim::start(SimConfig::default(), tenant())
+        .await
+        .unwrap();
+    let caller = Caller::new(&sim).await;
+    let (url, shared) = subscriber("echo").await;
+    let (status, body) = caller.subscribe(&url, "groups").await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["clientState"], "the-client-state");
+    let validations = shared.lock().unwrap().validations.clone();
+    assert_eq!(
+        validations.len(),
+        2,
+        "notification and lifecycle URL, though equal"
+    );
+    let (raw, decoded) = &validations[0];
+    assert!(decoded.contains(' ') && decoded.contains(':'), "{decoded}");
+    assert!(!raw.contains(' '), "the token travels URL-encoded: {raw}");
+}
+
+#[tokio::test]
+async fn subscription_limits_are_graphs() {
+    let sim = GraphSim::start(SimConfig::default(), tenant())
+        .await
+        .unwrap();
+    let caller = Caller::new(&sim).await;
+    let (url, _) = subscriber("echo").await;
+    let too_late = (chrono::Utc::now() + chrono::Duration::minutes(41_761)).to_rfc3339();
+    let (status, body) = caller
+        .call(
+            reqwest::Method::POST,
+            "subscriptions",
+            Some(json!({"changeType": "updated", "notificationUrl": url, "resource": "groups", "expirationDateTime": too_late})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("ExtensionError"))
+    );
+    let (status, _) = caller
+        .call(
+            reqwest::Method::POST,
+            "subscriptions",
+            Some(json!({"changeType": "updated", "notificationUrl": "http://example.com/hook", "resource": "groups", "expirationDateTime": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339()})),
+        )
+        .await;
+    assert_eq!(status, 400, "plain http to a non-loopback host");
+    for _ in 0..100 {
+        assert_eq!(caller.subscribe(&url, "users").await.0, 201);
+    }
+    let (status, body) = caller.subscribe(&url, "users").await;
+    assert_eq!(status, 403, "{body}");
+}
+
+#[tokio::test]
+async fn every_tenant_change_is_notified_with_graphs_shape() {
+    let sim = GraphSim::start(SimConfig::default(), tenant())
+        .await
+        .unwrap();
+    let caller = Caller::new(&sim).await;
+    let (url, shared) = subscriber("echo").await;
+    let (_, subscription) = caller.subscribe(&url, "groups").await;
+    let (users_url, users_shared) = subscriber("echo").await;
+    caller.subscribe(&users_url, "users").await;
+
+    sim.apply(|t| t.add_member(id(100), id(2)));
+    sim.apply(|t| t.upsert_group(id(100), "Platform", None));
+    sim.apply(|t| t.upsert_group(id(200), "New group", None));
+    sim.apply(|t| t.soft_delete_group(id(200)));
+    sim.apply(|t| t.hard_delete_group(id(100)));
+    let received = wait_for(&shared, 5).await;
+
+    let types: Vec<&str> = received
+        .iter()
+        .map(|n| n["changeType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["updated", "updated", "updated", "updated", "deleted"]
+    );
+    let first = &received[0];
+    assert_eq!(first["subscriptionId"], subscription["id"]);
+    assert_eq!(first["clientState"], "the-client-state");
+    assert_eq!(first["tenantId"], sim.config().tenant_id.to_string());
+    assert_eq!(first["resource"], format!("Groups/{}", id(100)));
+    assert_eq!(
+        first["resourceData"]["@odata.type"],
+        "#Microsoft.Graph.Group"
+    );
+    assert_eq!(first["resourceData"]["id"], id(100).to_string());
+    assert!(
+        users_shared.lock().unwrap().notifications.is_empty(),
+        "group changes are not user changes"
+    );
+
+    sim.apply(|t| t.delete_user(id(3)));
+    let users = wait_for(&users_shared, 1).await;
+    assert_eq!(users[0]["resource"], format!("Users/{}", id(3)));
+    assert_eq!(users[0]["changeType"], "deleted");
+}
+
+#[tokio::test]
+async fn delivery_can_duplicate_lose_delay_and_stop() {
+    let sim = GraphSim::start(SimConfig::default(), tenant())
+        .await
+        .unwrap();
+    let caller = Caller::new(&sim).await;
+    let (url, shared) = subscriber("echo").await;
+    caller.subscribe(&url, "groups").await;
+
+    sim.set_delivery(|d| d.duplicates = 2);
+    sim.apply(|t| t.add_member(id(100), id(2)));
+    assert_eq!(wait_for(&shared, 3).await.len(), 3);
+
+    sim.set_delivery(|d| {
+        d.duplicates = 0;
+        d.loss_rate = 1.0;
+    });
+    sim.apply(|t| t.add_member(id(100), id(3)));
+    sim.set_delivery(|d| {
+        d.loss_rate = 0.0;
+        d.delay_millis = 200;
+    });
+    sim.apply(|t| t.remove_member(id(100), id(3)));
+    let received = wait_for(&shared, 4).await;
+    assert_eq!(
+        received.len(),
+        4,
+        "the lost one never came, the delayed one did"
+    );
+
+    sim.set_delivery(|d| d.enabled = false);
+    sim.apply(|t| t.remove_member(id(100), id(2)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(shared.lock().unwrap().notifications.len(), 4);
+}
+
+#[tokio::test]
+async fn lifecycle_events_on_demand() {
+    let sim = GraphSim::start(SimConfig::default(), tenant())
+        .await
+        .unwrap();
+    let caller = Caller::new(&sim).await;
+    let (url, shared) = subscriber("echo").await;
+    let (_, subscription) = caller.subscribe(&url, "groups").await;
+    let id = subscription["id"].as_str().unwrap();
+
+    assert_eq!(
+        sim.lifecycle(id, "reauthorizationRequired").await,
+        Some(202)
+    );
+    assert_eq!(sim.lifecycle(id, "subscriptionRemoved").await, Some(202));
+    let lifecycle = shared.lock().unwrap().lifecycle.clone();
+    assert_eq!(lifecycle[0]["lifecycleEvent"], "reauthorizationRequired");
+    assert_eq!(lifecycle[0]["clientState"], "the-client-state");
+    assert_eq!(lifecycle[1]["lifecycleEvent"], "subscriptionRemoved");
+    assert!(
+        sim.subscriptions().is_empty(),
+        "a removed subscription is gone"
+    );
+    assert_eq!(
+        caller
+            .call(reqwest::Method::GET, &format!("subscriptions/{id}"), None)
+            .await
+            .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn graph_errors_and_authentication() {
+    let sim = GraphSim::start(SimConfig::default(), tenant())
+        .await
+        .unwrap();
+    let anonymous = reqwest::get(format!("{}/groups/delta", sim.graph_url()))
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let body: Value = anonymous.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "InvalidAuthenticationToken");
+
+    let caller = Caller::new(&sim).await;
+    let (status, body) = caller
+        .call(reqwest::Method::GET, "groups/delta?$deltatoken=zzz", None)
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let ids: Vec<String> = (0..51).map(|n| format!("id eq '{}'", id(n))).collect();
+    let (status, body) = caller
+        .call(
+            reqwest::Method::GET,
+            &format!("groups/delta?$filter={}", ids.join(" or ")),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["innerError"]["request-id"].is_string());
+}
+
+#[tokio::test]
+async fn the_admin_api_changes_the_tenant_and_shows_requests() {
+    let sim = GraphSim::start(SimConfig::default(), TenantFile::default())
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let admin = |path: &str| format!("{}/admin/{path}", sim.url());
+    let status = http
+        .put(admin("tenant"))
+        .json(&tenant())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 204);
+    http.put(admin(&format!("groups/{}/members/{}", id(100), id(3))))
+        .send()
+        .await
+        .unwrap();
+    http.post(admin("faults"))
+        .json(&json!({"pathContains": "/members", "kind": "status", "status": 503, "times": 1}))
+        .send()
+        .await
+        .unwrap();
+
+    let caller = Caller::new(&sim).await;
+    let path = format!("groups/{}/members", id(100));
+    assert_eq!(caller.call(reqwest::Method::GET, &path, None).await.0, 503);
+    let (status, body) = caller.call(reqwest::Method::GET, &path, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["value"].as_array().unwrap().len(), 2);
+
+    let requests: Vec<Value> = http
+        .get(admin("requests"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let statuses: Vec<u64> = requests
+        .iter()
+        .filter(|r| r["path"].as_str().unwrap().contains("/members"))
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [503, 200]);
+    let dumped: TenantFile = http
+        .get(admin("tenant"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dumped.groups[0].members.len(), 2);
+}
