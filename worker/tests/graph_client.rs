@@ -562,3 +562,27 @@ async fn subscriptions_create_get_list_renew_reauthorize_delete() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn after_a_503_the_retry_uses_a_new_connection() {
+    let sim = sim(|_| {}).await;
+    let (client, _) = secret_client(&sim);
+    client.group_members(&group_id(1), false).await.unwrap();
+    client.group_members(&group_id(1), false).await.unwrap();
+    sim.add_fault(Fault::status("/members", 503, 1));
+    client.group_members(&group_id(1), false).await.unwrap();
+
+    let peers: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/members"))
+        .map(|r| (r.status, r.peer.unwrap()))
+        .collect();
+    assert_eq!(peers.len(), 4);
+    assert_eq!(peers[0].1, peers[1].1, "keep-alive reuses the connection");
+    assert_eq!(peers[2], (503, peers[1].1));
+    assert_ne!(
+        peers[3].1, peers[2].1,
+        "the retry after 503 opened a new connection"
+    );
+}

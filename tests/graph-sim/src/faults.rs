@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -85,6 +85,8 @@ pub struct RequestRecord {
     pub query: String,
     pub status: u16,
     pub millis: u64,
+    /// The client's address: a new port means a new connection.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 fn take_fault(inner: &Inner, path: &str) -> Option<FaultKind> {
@@ -111,6 +113,10 @@ pub(crate) async fn middleware(
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or_default().to_owned();
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0);
     let response = match take_fault(&inner, &path) {
         Some(FaultKind::Status {
             status,
@@ -150,6 +156,7 @@ pub(crate) async fn middleware(
         query,
         status: response.status().as_u16(),
         millis: started.elapsed().as_millis() as u64,
+        peer,
     });
     response.into_response()
 }

@@ -91,7 +91,8 @@ pub struct DeliveryConfig {
     pub delay_millis: u64,
     /// Extra copies of every notification.
     pub duplicates: u32,
-    /// Shuffle the notifications of each delivery.
+    /// Shuffle the notifications of each delivery and, with a delay, delay each delivery by a
+    /// random part of it, so that later changes can overtake earlier ones.
     pub reorder: bool,
     /// Fraction of notifications silently dropped, 0.0 to 1.0.
     pub loss_rate: f64,
@@ -451,8 +452,13 @@ pub(crate) async fn deliver(
             let inner = inner.clone();
             let url = subscription.notification_url.clone();
             let config = config.clone();
+            let delay = if config.reorder {
+                rng.u64(0..=config.delay_millis)
+            } else {
+                config.delay_millis
+            };
             let send = async move {
-                tokio::time::sleep(Duration::from_millis(config.delay_millis)).await;
+                tokio::time::sleep(Duration::from_millis(delay)).await;
                 let count = batch.len();
                 let body = json!({ "value": batch });
                 for attempt in 1..=config.attempts.max(1) {

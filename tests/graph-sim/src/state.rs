@@ -138,6 +138,7 @@ impl GraphSim {
         tokio::spawn(crate::notifications::deliver(Arc::downgrade(&inner), inbox));
         let app = crate::api::router(inner.clone());
         tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|stopped| *stopped).await;

@@ -432,3 +432,27 @@ async fn the_admin_api_changes_the_tenant_and_shows_requests() {
         .unwrap();
     assert_eq!(dumped.groups[0].members.len(), 2);
 }
+
+#[tokio::test]
+async fn reordering_lets_later_changes_overtake_earlier_ones() {
+    let sim = GraphSim::start(SimConfig::default(), tenant())
+        .await
+        .unwrap();
+    let caller = Caller::new(&sim).await;
+    let (url, shared) = subscriber("echo").await;
+    caller.subscribe(&url, "groups").await;
+    sim.set_delivery(|d| {
+        d.reorder = true;
+        d.delay_millis = 150;
+    });
+    for n in 1000..1012 {
+        sim.apply(|t| t.upsert_group(id(n), "Group", None));
+    }
+    let received = wait_for(&shared, 12).await;
+    let sequence: Vec<u64> = received
+        .iter()
+        .map(|n| n["resourceData"]["sequenceNumber"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sequence.len(), 12);
+    assert!(!sequence.is_sorted(), "delivered in order: {sequence:?}");
+}
