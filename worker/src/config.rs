@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use secrecy::SecretString;
 
 use crate::error::Result;
+use crate::graph::GraphArgs;
 use crate::litellm_config::LiteLlmSettings;
 use crate::store::RemovalMode;
 
@@ -24,6 +25,9 @@ pub struct WorkerConfig {
     /// or `mirror` (everyone not in the Entra group).
     #[arg(long, env = "ENTRA_SYNC_REMOVAL_MODE", value_enum, default_value_t = RemovalMode::Managed)]
     pub removal_mode: RemovalMode,
+
+    #[command(flatten)]
+    pub graph: GraphArgs,
 }
 
 impl WorkerConfig {

@@ -57,6 +57,10 @@ fn main() -> ExitCode {
         tracing::error!("{error}");
         return ExitCode::FAILURE;
     }
+    if let Err(error) = cli.config.graph.clone().resolve() {
+        tracing::error!("{error}");
+        return ExitCode::FAILURE;
+    }
     let command = match cli.command.unwrap_or(Command::Run) {
         Command::Run => "run",
         Command::Sync { .. } => "sync",
@@ -65,8 +69,8 @@ fn main() -> ExitCode {
     };
     tracing::error!(
         command,
-        "configuration is valid, but `{command}` is not built yet: the store exists, the Graph \
-         client and the sync loop come with the next releases"
+        "configuration is valid, but `{command}` is not built yet: the store and the Graph client \
+         exist, the sync loop comes with the next releases"
     );
     ExitCode::from(2)
 }

@@ -456,3 +456,43 @@ async fn reordering_lets_later_changes_overtake_earlier_ones() {
     assert_eq!(sequence.len(), 12);
     assert!(!sequence.is_sorted(), "delivered in order: {sequence:?}");
 }
+
+#[tokio::test]
+async fn delta_pages_have_graphs_shape() {
+    let sim = GraphSim::start(SimConfig::default(), tenant())
+        .await
+        .unwrap();
+    let caller = Caller::new(&sim).await;
+    let (status, first) = caller
+        .call(
+            reqwest::Method::GET,
+            "groups/delta?$select=displayName,description,members",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(first["value"][0]["displayName"], "Engineering");
+    assert_eq!(
+        first["value"][0]["members@delta"],
+        json!([{"@odata.type": "#microsoft.graph.user", "id": id(1)}])
+    );
+    let link = first["@odata.deltaLink"].as_str().unwrap().to_owned();
+    assert!(first.get("@odata.nextLink").is_none());
+
+    sim.apply(|t| t.remove_member(id(100), id(1)));
+    sim.apply(|t| t.upsert_group(id(200), "Soon gone", None));
+    sim.apply(|t| t.soft_delete_group(id(200)));
+    let path = link
+        .trim_start_matches(&format!("{}/", sim.graph_url()))
+        .to_owned();
+    let (_, next) = caller.call(reqwest::Method::GET, &path, None).await;
+    let value = next["value"].as_array().unwrap();
+    assert_eq!(
+        value[0]["members@delta"],
+        json!([{"@odata.type": "#microsoft.graph.user", "id": id(1), "@removed": {"reason": "deleted"}}])
+    );
+    assert_eq!(
+        value[1],
+        json!({"id": id(200), "@removed": {"reason": "changed"}})
+    );
+}

@@ -20,7 +20,6 @@ use super::settings::GraphConfig;
 use super::token::{TokenCache, TokenResponse, token_form};
 use crate::error::{Error, Result};
 
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A longer Retry-After than this is capped: the retry budget stays bounded.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
@@ -33,6 +32,8 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// The most time all waits of one call may add up to.
     pub total_delay: Duration,
+    /// How long one request may take, answer included; a slower one counts as a failed attempt.
+    pub request_timeout: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -42,6 +43,7 @@ impl Default for RetryPolicy {
             min_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(30),
             total_delay: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -177,9 +179,9 @@ impl std::fmt::Debug for Http {
     }
 }
 
-fn new_client() -> Result<reqwest::Client> {
+fn new_client(timeout: Duration) -> Result<reqwest::Client> {
     reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
+        .timeout(timeout)
         .connect_timeout(CONNECT_TIMEOUT)
         .user_agent(concat!("entra-sync/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -189,9 +191,9 @@ fn new_client() -> Result<reqwest::Client> {
 impl Http {
     pub fn new(config: GraphConfig, metrics: GraphMetrics) -> Result<Self> {
         Ok(Self {
+            client: new_client(config.retry.request_timeout)?,
             retry: config.retry,
             config,
-            client: new_client()?,
             tokens: TokenCache::default(),
             metrics,
         })
@@ -304,7 +306,7 @@ impl Http {
         let attempt = || async {
             let token = self.token().await.map_err(Failure::Final)?;
             let client = if fresh_connection.swap(false, Ordering::Relaxed) {
-                new_client().map_err(Failure::Final)?
+                new_client(self.retry.request_timeout).map_err(Failure::Final)?
             } else {
                 self.client.clone()
             };

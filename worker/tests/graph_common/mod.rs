@@ -88,6 +88,7 @@ pub fn quick_retries() -> RetryPolicy {
         min_delay: Duration::from_millis(20),
         max_delay: Duration::from_millis(200),
         total_delay: Duration::from_secs(20),
+        request_timeout: Duration::from_secs(5),
     }
 }
 
