@@ -237,21 +237,9 @@ impl Http {
         const ENDPOINT: &str = "token";
         let attempt = || async {
             let form = token_form(&self.config).map_err(Failure::Final)?;
-            let response = self
-                .client
-                .post(self.config.token_url.clone())
-                .form(&form)
-                .send()
-                .await;
-            let response = match response {
-                Ok(response) => response,
-                Err(e) => {
-                    self.metrics.request(ENDPOINT, None);
-                    return Err(Failure::Connection(e.to_string()));
-                }
-            };
+            let request = self.client.post(self.config.token_url.clone()).form(&form);
+            let response = self.counted(ENDPOINT, request).await?;
             let status = response.status();
-            self.metrics.request(ENDPOINT, Some(status.as_u16()));
             if status.is_success() {
                 return response.json::<TokenResponse>().await.map_err(|e| {
                     Failure::Final(Error::Credential(format!("unreadable token response: {e}")))
@@ -270,6 +258,26 @@ impl Http {
             ))))
         };
         self.retrying(ENDPOINT, attempt).await
+    }
+
+    /// Sends one request and counts its outcome; any answer is returned, only a request that
+    /// got none (connection refused, timeout) fails.
+    async fn counted(
+        &self,
+        endpoint: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> std::result::Result<reqwest::Response, Failure> {
+        match request.send().await {
+            Ok(response) => {
+                self.metrics
+                    .request(endpoint, Some(response.status().as_u16()));
+                Ok(response)
+            }
+            Err(e) => {
+                self.metrics.request(endpoint, None);
+                Err(Failure::Connection(e.to_string()))
+            }
+        }
     }
 
     async fn retrying<T, F, Fut>(&self, endpoint: &'static str, attempt: F) -> Result<T>
@@ -316,15 +324,8 @@ impl Http {
             if let Some(body) = body {
                 request = request.json(body);
             }
-            let response = match request.send().await {
-                Ok(response) => response,
-                Err(e) => {
-                    self.metrics.request(endpoint, None);
-                    return Err(Failure::Connection(e.to_string()));
-                }
-            };
+            let response = self.counted(endpoint, request).await?;
             let status = response.status();
-            self.metrics.request(endpoint, Some(status.as_u16()));
             if status.is_success() {
                 return Ok(response);
             }
