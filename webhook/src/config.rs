@@ -1,6 +1,7 @@
 //! The webhook's configuration, from the environment or the command line (see the README's table).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use secrecy::SecretString;
 
@@ -29,6 +30,29 @@ pub struct WebhookConfig {
     /// Earlier secrets still accepted while subscriptions are rotated (comma-separated).
     #[arg(long, env = "ENTRA_SYNC_CLIENT_STATE_PREVIOUS", hide_env_values = true, value_delimiter = ',', value_parser = secret)]
     pub client_state_previous: Vec<SecretString>,
+
+    /// The tenant whose notifications are accepted.
+    #[arg(long, env = "AZURE_TENANT_ID")]
+    pub azure_tenant_id: Option<String>,
+    #[arg(long, env = "MICROSOFT_TENANT", hide = true)]
+    pub microsoft_tenant: Option<String>,
+
+    /// Answer 503 when Redis has not stored a request's notifications within this many
+    /// milliseconds (Graph gives an endpoint 3 seconds).
+    #[arg(long, env = "ENTRA_SYNC_WEBHOOK_DEADLINE_MS", default_value_t = 2000)]
+    pub deadline_ms: u64,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "ENTRA_SYNC_WEBHOOK_BODY_LIMIT", default_value_t = 1024 * 1024)]
+    pub body_limit: usize,
+
+    /// Answer 503 (Graph retries later) while more entries than this wait for the workers.
+    #[arg(long, env = "ENTRA_SYNC_MAX_BACKLOG", default_value_t = 100_000)]
+    pub max_backlog: i64,
+
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "ENTRA_SYNC_LOG_JSON")]
+    pub log_json: bool,
 }
 
 fn secret(value: &str) -> Result<SecretString, String> {
@@ -36,4 +60,44 @@ fn secret(value: &str) -> Result<SecretString, String> {
         return Err("must not be empty".into());
     }
     Ok(SecretString::from(value.to_owned()))
+}
+
+/// Checked settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub redis_url: SecretString,
+    pub stream: String,
+    pub client_state: SecretString,
+    pub client_state_previous: Vec<SecretString>,
+    pub tenant_id: String,
+    pub deadline: Duration,
+    pub body_limit: usize,
+    pub max_backlog: i64,
+    /// How often the backlog is measured.
+    pub backlog_interval: Duration,
+}
+
+impl WebhookConfig {
+    pub fn settings(&self) -> Result<Settings, String> {
+        let tenant_id = self
+            .azure_tenant_id
+            .clone()
+            .or_else(|| self.microsoft_tenant.clone())
+            .filter(|t| !t.trim().is_empty())
+            .ok_or("AZURE_TENANT_ID (or MICROSOFT_TENANT) is required: notifications from other tenants are refused")?;
+        if !(100..=2900).contains(&self.deadline_ms) {
+            return Err("ENTRA_SYNC_WEBHOOK_DEADLINE_MS must be between 100 and 2900: Graph counts answers after about 2.9 s as slow".into());
+        }
+        Ok(Settings {
+            redis_url: self.redis_url.clone(),
+            stream: self.stream.clone(),
+            client_state: self.client_state.clone(),
+            client_state_previous: self.client_state_previous.clone(),
+            tenant_id,
+            deadline: Duration::from_millis(self.deadline_ms),
+            body_limit: self.body_limit,
+            max_backlog: self.max_backlog,
+            backlog_interval: Duration::from_millis(500),
+        })
+    }
 }

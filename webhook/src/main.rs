@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracing_subscriber::EnvFilter;
 use webhook::config::WebhookConfig;
 
 #[derive(Parser)]
@@ -12,14 +13,63 @@ struct Cli {
     config: WebhookConfig,
 }
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .init();
-    tracing::error!(
-        listen = %cli.config.listen,
-        "configuration is valid, but the webhook server is not built yet"
-    );
-    ExitCode::from(2)
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr);
+    if cli.config.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let settings = match cli.config.settings() {
+        Ok(settings) => settings,
+        Err(problem) => {
+            tracing::error!("configuration: {problem}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(cli.config.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(listen = %cli.config.listen, "cannot listen: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(listen = %cli.config.listen, stream = settings.stream, "webhook listening");
+    match webhook::serve(listener, settings, shutdown_signal()).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
 }

@@ -10,6 +10,7 @@
 
 mod litellm_schema;
 mod postgres;
+pub mod redis;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};

@@ -1,0 +1,182 @@
+//! The HTTP handlers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::AppState;
+use crate::error::WebhookError;
+use crate::notification;
+use crate::verify::DropReason;
+
+/// Graph's tokens are short; anything this long is not one.
+const MAX_VALIDATION_TOKEN: usize = 1024;
+
+/// `POST /notifications` and `POST /lifecycle`: the handshake, or a notification collection.
+pub(crate) async fn notifications(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    if let Some(token) = query.get("validationToken") {
+        return match handshake(token) {
+            Ok(response) => {
+                state.metrics.outcome("handshake");
+                response
+            }
+            Err(error) => failed(&state, error),
+        };
+    }
+    match receive(&state, &headers, body, started).await {
+        Ok(count) => {
+            state.metrics.outcome("accepted");
+            tracing::debug!(count, "notifications stored");
+            StatusCode::ACCEPTED.into_response()
+        }
+        Err(error) => failed(&state, error),
+    }
+}
+
+fn failed(state: &AppState, error: WebhookError) -> Response {
+    state.metrics.outcome(error.outcome());
+    match &error {
+        WebhookError::Unavailable(_) | WebhookError::Backpressure(_) => {
+            tracing::warn!(%error, "answered 503")
+        }
+        _ => tracing::info!(%error, "refused"),
+    }
+    error.into_response()
+}
+
+/// Echo the decoded token as plain text, and nothing else (never as HTML).
+fn handshake(token: &str) -> Result<Response, WebhookError> {
+    if token.chars().count() > MAX_VALIDATION_TOKEN {
+        return Err(WebhookError::TokenTooLong(MAX_VALIDATION_TOKEN));
+    }
+    let mut response = (StatusCode::OK, token.to_owned()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    Ok(response)
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Verifies, then stores; returns how many notifications were stored.
+async fn receive(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    started: Instant,
+) -> Result<usize, WebhookError> {
+    if !is_json(headers) {
+        return Err(WebhookError::UnsupportedMediaType);
+    }
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            WebhookError::TooLarge(state.settings.body_limit)
+        } else {
+            WebhookError::Malformed(rejection.body_text())
+        }
+    })?;
+    let parsed = notification::parse(&body, chrono::Utc::now()).map_err(WebhookError::Malformed)?;
+    let mut accepted = Vec::with_capacity(parsed.len());
+    for item in parsed {
+        match state
+            .verifier
+            .check(item.client_state.as_deref(), &item.record.tenant_id)
+        {
+            Ok(()) => accepted.push(item.record),
+            Err(reason) => drop_notification(state, reason, &item.record.subscription_id),
+        }
+    }
+    if accepted.is_empty() {
+        return Err(WebhookError::Unauthorized);
+    }
+    if let Some(backlog) = state.queue.backlog() {
+        state.metrics.backlog.set(backlog);
+        if backlog > state.settings.max_backlog {
+            return Err(WebhookError::Backpressure(backlog));
+        }
+    }
+    let deadline = tokio::time::Instant::from_std(started + state.settings.deadline);
+    let enqueue_started = Instant::now();
+    match tokio::time::timeout_at(deadline, state.queue.append(&accepted)).await {
+        Ok(Ok(_ids)) => {
+            state
+                .metrics
+                .enqueue_seconds
+                .observe(enqueue_started.elapsed().as_secs_f64());
+            state.metrics.accepted.inc_by(accepted.len() as u64);
+            Ok(accepted.len())
+        }
+        Ok(Err(error)) => Err(WebhookError::Unavailable(format!("Redis: {error}"))),
+        Err(_) => Err(WebhookError::Unavailable(format!(
+            "Redis did not answer within {} ms",
+            state.settings.deadline.as_millis()
+        ))),
+    }
+}
+
+fn drop_notification(state: &AppState, reason: DropReason, subscription_id: &str) {
+    state
+        .metrics
+        .dropped
+        .get_or_create(&crate::metrics::Reason {
+            reason: reason.label(),
+        })
+        .inc();
+    tracing::warn!(
+        reason = reason.label(),
+        subscription_id,
+        "notification dropped"
+    );
+}
+
+pub(crate) async fn healthz() -> StatusCode {
+    StatusCode::OK
+}
+
+/// Ready when Redis answers a PING within a second.
+pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> StatusCode {
+    match tokio::time::timeout(std::time::Duration::from_secs(1), state.queue.ping()).await {
+        Ok(Ok(())) => StatusCode::OK,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    if let Some(backlog) = state.queue.backlog() {
+        state.metrics.backlog.set(backlog);
+    } else {
+        state.metrics.backlog.set(-1);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}

@@ -1,0 +1,143 @@
+//! Graph's changeNotificationCollection, parsed and checked: which notifications to accept.
+
+use serde::Deserialize;
+
+use crate::record::{Kind, StreamRecord};
+
+/// The body Graph POSTs: `{"value": [...], "validationTokens": [...]}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Collection {
+    value: Vec<Notification>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Notification {
+    subscription_id: String,
+    tenant_id: String,
+    #[serde(default)]
+    client_state: Option<String>,
+    #[serde(default)]
+    subscription_expiration_date_time: Option<String>,
+    #[serde(default)]
+    change_type: Option<String>,
+    #[serde(default)]
+    lifecycle_event: Option<String>,
+    #[serde(default)]
+    resource: Option<String>,
+    #[serde(default)]
+    resource_data: Option<ResourceData>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ResourceData {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(rename = "@odata.type", default)]
+    odata_type: Option<String>,
+}
+
+/// A notification that passed parsing, with the secret it carried (kept out of the record).
+#[derive(Debug)]
+pub struct Parsed {
+    pub record: StreamRecord,
+    pub client_state: Option<String>,
+}
+
+/// Parses a body; the error names what is wrong, for a 400 answer.
+pub fn parse(
+    body: &[u8],
+    received_at: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Parsed>, String> {
+    let collection: Collection = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if collection.value.is_empty() {
+        return Err("`value` holds no notification".into());
+    }
+    collection
+        .value
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let kind = match (n.change_type, n.lifecycle_event) {
+                (Some(change_type), None) => Kind::Change {
+                    change_type,
+                    resource: n
+                        .resource
+                        .ok_or_else(|| format!("value[{i}]: missing field `resource`"))?,
+                    resource_id: n.resource_data.as_ref().and_then(|d| d.id.clone()),
+                    odata_type: n.resource_data.and_then(|d| d.odata_type),
+                },
+                (None, Some(event)) => Kind::Lifecycle { event },
+                _ => {
+                    return Err(format!(
+                        "value[{i}]: exactly one of `changeType` and `lifecycleEvent` is required"
+                    ));
+                }
+            };
+            Ok(Parsed {
+                record: StreamRecord {
+                    subscription_id: n.subscription_id,
+                    tenant_id: n.tenant_id,
+                    kind,
+                    subscription_expires: n.subscription_expiration_date_time,
+                    received_at,
+                },
+                client_state: n.client_state,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn now() -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+    }
+
+    #[test]
+    fn reads_change_and_lifecycle_notifications() {
+        let body = br##"{"value": [
+            {"subscriptionId": "s", "tenantId": "t", "clientState": "c", "changeType": "updated",
+             "resource": "Groups/g", "resourceData": {"@odata.type": "#Microsoft.Graph.Group", "id": "g"}},
+            {"subscriptionId": "s", "tenantId": "t", "clientState": "c", "lifecycleEvent": "missed"}
+        ]}"##;
+        let parsed = parse(body, now()).unwrap();
+        assert_eq!(parsed.len(), 2);
+        assert!(
+            matches!(&parsed[0].record.kind, Kind::Change { resource_id: Some(id), .. } if id == "g")
+        );
+        assert_eq!(parsed[1].client_state.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = parse(
+            br#"{"value": [{"subscriptionId": "s", "changeType": "updated"}]}"#,
+            now(),
+        )
+        .unwrap_err();
+        assert!(e.contains("tenantId"), "{e}");
+        let e = parse(
+            br#"{"value": [{"subscriptionId": "s", "tenantId": "t"}]}"#,
+            now(),
+        )
+        .unwrap_err();
+        assert!(e.contains("changeType"), "{e}");
+        let e = parse(
+            br#"{"value": [{"subscriptionId": "s", "tenantId": "t", "changeType": "updated"}]}"#,
+            now(),
+        )
+        .unwrap_err();
+        assert!(e.contains("resource"), "{e}");
+        assert!(
+            parse(b"{\"value\": []}", now())
+                .unwrap_err()
+                .contains("no notification")
+        );
+        assert!(parse(b"not json", now()).is_err());
+    }
+}

@@ -1,0 +1,122 @@
+//! The Redis stream: appending accepted notifications, and watching how many wait.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::Mutex;
+
+use crate::record::{CONSUMER_GROUP, StreamRecord};
+
+/// How long connecting to Redis may take; requests have their own, shorter, deadline.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The stream and a connection to Redis that is made on first use and remade after failures.
+pub struct Queue {
+    client: redis::Client,
+    stream: String,
+    connection: Mutex<Option<ConnectionManager>>,
+    /// Entries not yet processed by the workers, as last measured; -1: unknown.
+    backlog: AtomicI64,
+}
+
+impl Queue {
+    pub fn new(redis_url: &str, stream: String) -> Result<Self, redis::RedisError> {
+        Ok(Self {
+            client: redis::Client::open(redis_url)?,
+            stream,
+            connection: Mutex::new(None),
+            backlog: AtomicI64::new(-1),
+        })
+    }
+
+    async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
+        let mut slot = self.connection.lock().await;
+        if let Some(connection) = slot.as_ref() {
+            return Ok(connection.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let connection = ConnectionManager::new_with_config(self.client.clone(), config).await?;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Appends the records, one entry each, in one round trip (MULTI/EXEC: all or none).
+    pub async fn append(&self, records: &[StreamRecord]) -> redis::RedisResult<Vec<String>> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for record in records {
+            let command = pipe.cmd("XADD").arg(&self.stream).arg("*");
+            for (field, value) in record.to_fields() {
+                command.arg(field).arg(value);
+            }
+        }
+        let mut connection = self.connection().await?;
+        pipe.query_async(&mut connection).await
+    }
+
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        let mut connection = self.connection().await?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await?;
+        Ok(())
+    }
+
+    /// Entries the workers have not finished: the consumer group's lag plus its pending entries,
+    /// or the stream's length before any worker created the group.
+    async fn measure_backlog(&self) -> redis::RedisResult<i64> {
+        let mut connection = self.connection().await?;
+        let groups: redis::RedisResult<Vec<HashMap<String, redis::Value>>> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.stream)
+            .query_async(&mut connection)
+            .await;
+        let number = |value: Option<&redis::Value>| match value {
+            Some(redis::Value::Int(n)) => Some(*n),
+            _ => None,
+        };
+        if let Ok(groups) = groups
+            && let Some(group) = groups.iter().find(|g| {
+                matches!(g.get("name"), Some(redis::Value::BulkString(name)) if name == CONSUMER_GROUP.as_bytes())
+            })
+            && let Some(lag) = number(group.get("lag"))
+        {
+            return Ok(lag + number(group.get("pending")).unwrap_or(0));
+        }
+        redis::cmd("XLEN")
+            .arg(&self.stream)
+            .query_async(&mut connection)
+            .await
+    }
+
+    /// The last measured backlog, if known.
+    pub fn backlog(&self) -> Option<i64> {
+        let value = self.backlog.load(Ordering::Relaxed);
+        (value >= 0).then_some(value)
+    }
+
+    /// Measures the backlog every `interval` until the queue is dropped, so that requests read
+    /// it without a round trip.
+    pub fn watch_backlog(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let queue = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(q) = queue.upgrade() else { return };
+                let measured = tokio::time::timeout(interval * 4, q.measure_backlog()).await;
+                let value = match measured {
+                    Ok(Ok(n)) => n,
+                    _ => -1,
+                };
+                q.backlog.store(value, Ordering::Relaxed);
+                drop(q);
+                tokio::time::sleep(interval).await;
+            }
+        })
+    }
+}

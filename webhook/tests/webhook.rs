@@ -1,0 +1,483 @@
+//! The webhook against a real Redis: the handshake, verification, storage, every refusal path,
+//! Redis going away or hanging mid-test, backpressure, readiness, metrics, replicas and shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use entra_sync_testkit::redis::{RedisProxy, TestStream, redis_url};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use webhook::Settings;
+
+const TENANT: &str = "7d3c1b2a-1111-4222-8333-944455556666";
+const SECRET: &str = "current-secret";
+const OLD_SECRET: &str = "old-secret";
+const DEADLINE: Duration = Duration::from_millis(600);
+
+struct Running {
+    url: String,
+    stream: TestStream,
+    proxy: Option<RedisProxy>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    http: reqwest::Client,
+}
+
+fn settings(redis: String, stream: &TestStream) -> Settings {
+    Settings {
+        redis_url: redis.into(),
+        stream: stream.key().to_owned(),
+        client_state: SECRET.to_owned().into(),
+        client_state_previous: vec![OLD_SECRET.to_owned().into()],
+        tenant_id: TENANT.into(),
+        deadline: DEADLINE,
+        body_limit: 1024 * 1024,
+        max_backlog: 100_000,
+        backlog_interval: Duration::from_millis(50),
+    }
+}
+
+async fn start_with(
+    stream: TestStream,
+    proxy: Option<RedisProxy>,
+    tweak: impl FnOnce(&mut Settings),
+) -> Running {
+    let redis = proxy.as_ref().map_or_else(redis_url, RedisProxy::url);
+    let mut settings = settings(redis, &stream);
+    tweak(&mut settings);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (shutdown, stop) = oneshot::channel::<()>();
+    let server = tokio::spawn(webhook::serve(listener, settings, async {
+        let _ = stop.await;
+    }));
+    Running {
+        url,
+        stream,
+        proxy,
+        shutdown: Some(shutdown),
+        server,
+        http: reqwest::Client::new(),
+    }
+}
+
+async fn start(tweak: impl FnOnce(&mut Settings)) -> Running {
+    start_with(TestStream::new(), None, tweak).await
+}
+
+async fn start_behind_proxy() -> Running {
+    start_with(TestStream::new(), Some(RedisProxy::start().await), |_| {}).await
+}
+
+fn change(client_state: &str, tenant: &str, group: &str) -> Value {
+    json!({
+        "subscriptionId": "0b1d2c3e-aaaa-4bbb-8ccc-000000000001",
+        "subscriptionExpirationDateTime": "2026-12-20T00:00:00Z",
+        "tenantId": tenant,
+        "clientState": client_state,
+        "changeType": "updated",
+        "resource": format!("Groups/{group}"),
+        "resourceData": {
+            "@odata.type": "#Microsoft.Graph.Group",
+            "@odata.id": format!("Groups/{group}"),
+            "id": group,
+            "organizationId": tenant,
+        }
+    })
+}
+
+fn collection(items: Vec<Value>) -> String {
+    json!({ "value": items }).to_string()
+}
+
+impl Running {
+    async fn post(&self, path: &str, body: String, content_type: &str) -> (u16, String, Duration) {
+        let started = Instant::now();
+        let response = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap(), started.elapsed())
+    }
+
+    async fn notify(&self, items: Vec<Value>) -> (u16, String, Duration) {
+        self.post("/notifications", collection(items), "application/json")
+            .await
+    }
+
+    async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn status_of(&self, path: &str) -> u16 {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}
+
+#[tokio::test]
+async fn both_handshakes_echo_the_decoded_token_as_plain_text() {
+    let app = start(|_| {}).await;
+    let token = "Validation: Testing client application reachability for subscription Request-Id: 4f7a&x=<b>?";
+    for path in ["/notifications", "/lifecycle"] {
+        let response = app
+            .http
+            .post(format!("{}{path}", app.url))
+            .query(&[("validationToken", token)])
+            .header("content-type", "text/plain")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let headers = response.headers().clone();
+        assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert_eq!(response.text().await.unwrap(), token);
+    }
+    let absurd = "x".repeat(5000);
+    let response = app
+        .http
+        .post(format!("{}/notifications", app.url))
+        .query(&[("validationToken", absurd.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(app.stream.is_empty());
+}
+
+#[tokio::test]
+async fn accepted_notifications_are_stored_one_entry_each_without_the_secret() {
+    let app = start(|_| {}).await;
+    let lifecycle = json!({
+        "subscriptionId": "0b1d2c3e-aaaa-4bbb-8ccc-000000000001",
+        "tenantId": TENANT, "clientState": SECRET, "lifecycleEvent": "reauthorizationRequired",
+    });
+    let (status, _, _) = app
+        .notify(vec![
+            change(SECRET, TENANT, "g1"),
+            change(SECRET, TENANT, "g2"),
+            lifecycle,
+        ])
+        .await;
+    assert_eq!(status, 202);
+    let entries = app.stream.entries();
+    assert_eq!(entries.len(), 3);
+    assert_eq!(entries[0]["v"], "1");
+    assert_eq!(entries[0]["kind"], "change");
+    assert_eq!(entries[0]["resource"], "Groups/g1");
+    assert_eq!(entries[0]["resource_id"], "g1");
+    assert_eq!(entries[0]["tenant_id"], TENANT);
+    assert_eq!(entries[1]["resource_id"], "g2");
+    assert_eq!(entries[2]["kind"], "lifecycle");
+    assert_eq!(entries[2]["lifecycle_event"], "reauthorizationRequired");
+    for entry in &entries {
+        assert!(
+            entry.values().all(|v| !v.contains(SECRET)),
+            "the secret was stored: {entry:?}"
+        );
+        let record = webhook::record::StreamRecord::from_fields(entry).unwrap();
+        assert_eq!(record.tenant_id, TENANT);
+    }
+}
+
+#[tokio::test]
+async fn the_previous_secret_is_accepted_during_a_rotation() {
+    let app = start(|_| {}).await;
+    assert_eq!(
+        app.notify(vec![change(OLD_SECRET, TENANT, "g")]).await.0,
+        202
+    );
+    assert_eq!(app.stream.len(), 1);
+}
+
+#[tokio::test]
+async fn wrong_secrets_and_tenants_are_dropped_and_counted() {
+    let app = start(|_| {}).await;
+    let other_tenant = "00000000-0000-4000-8000-000000000000";
+    let (status, _, _) = app
+        .notify(vec![
+            change(SECRET, TENANT, "kept"),
+            change("guess", TENANT, "g"),
+            change(SECRET, other_tenant, "g"),
+        ])
+        .await;
+    assert_eq!(status, 202);
+    let entries = app.stream.entries();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["resource_id"], "kept");
+
+    let (status, body, _) = app
+        .notify(vec![
+            change("guess", TENANT, "g"),
+            change(SECRET, other_tenant, "g"),
+        ])
+        .await;
+    assert_eq!(status, 401, "{body}");
+    let mut missing = change(SECRET, TENANT, "g");
+    missing.as_object_mut().unwrap().remove("clientState");
+    assert_eq!(app.notify(vec![missing]).await.0, 401);
+    assert_eq!(
+        app.stream.len(),
+        1,
+        "refused notifications are never stored"
+    );
+
+    let metrics = app.metrics().await;
+    assert!(
+        metrics
+            .contains(r#"entra_sync_webhook_notifications_dropped_total{reason="client_state"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"entra_sync_webhook_notifications_dropped_total{reason="tenant"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("entra_sync_webhook_notifications_accepted_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"entra_sync_webhook_requests_total{outcome="unauthorized"} 2"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors_and_store_nothing() {
+    let app = start(|s| s.body_limit = 4096).await;
+
+    let (status, body, _) = app
+        .post("/notifications", "{not json".into(), "application/json")
+        .await;
+    assert_eq!(status, 400);
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"], "malformed");
+
+    let mut no_tenant = change(SECRET, TENANT, "g");
+    no_tenant.as_object_mut().unwrap().remove("tenantId");
+    let (status, body, _) = app.notify(vec![no_tenant]).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("tenantId"), "{body}");
+
+    let big = collection(
+        (0..40)
+            .map(|n| change(SECRET, TENANT, &format!("g{n}")))
+            .collect(),
+    );
+    assert!(big.len() > 4096);
+    let (status, body, _) = app.post("/notifications", big, "application/json").await;
+    assert_eq!(status, 413, "{body}");
+
+    let (status, _, _) = app
+        .post(
+            "/notifications",
+            collection(vec![change(SECRET, TENANT, "g")]),
+            "text/plain",
+        )
+        .await;
+    assert_eq!(status, 415);
+
+    assert_eq!(app.status_of("/notifications").await, 405);
+    let put = app
+        .http
+        .put(format!("{}/lifecycle", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 405);
+
+    assert!(app.stream.is_empty());
+}
+
+#[tokio::test]
+async fn redis_going_away_answers_503_before_the_deadline_then_202_when_back() {
+    let app = start_behind_proxy().await;
+    let proxy = app.proxy.as_ref().unwrap();
+    assert_eq!(
+        app.notify(vec![change(SECRET, TENANT, "before")]).await.0,
+        202
+    );
+
+    proxy.cut();
+    for n in 0..3 {
+        let (status, body, took) = app
+            .notify(vec![change(SECRET, TENANT, &format!("lost{n}"))])
+            .await;
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            took < DEADLINE + Duration::from_millis(400),
+            "took {took:?}"
+        );
+        assert!(took < Duration::from_secs(3));
+    }
+    assert_eq!(app.status_of("/readyz").await, 503);
+
+    proxy.restore();
+    let mut status = 0;
+    for _ in 0..50 {
+        status = app.notify(vec![change(SECRET, TENANT, "after")]).await.0;
+        if status == 202 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status, 202,
+        "the webhook did not recover once Redis was back"
+    );
+    assert_eq!(app.status_of("/readyz").await, 200);
+    let stored: Vec<String> = app
+        .stream
+        .entries()
+        .iter()
+        .map(|e| e["resource_id"].clone())
+        .collect();
+    assert_eq!(stored.first().map(String::as_str), Some("before"));
+    assert_eq!(stored.last().map(String::as_str), Some("after"));
+    assert!(
+        stored.iter().all(|id| !id.starts_with("lost")),
+        "a 503 must not have been stored"
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_redis_answers_503_before_the_deadline() {
+    let app = start_behind_proxy().await;
+    app.proxy.as_ref().unwrap().stall();
+    let (status, _, took) = app.notify(vec![change(SECRET, TENANT, "g")]).await;
+    assert_eq!(status, 503);
+    assert!(
+        took < DEADLINE + Duration::from_millis(400),
+        "took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_full_backlog_answers_503_and_trims_nothing() {
+    let stream = TestStream::new();
+    // The workers' group exists and has read nothing: every new entry is backlog.
+    stream.command(&[
+        "XGROUP",
+        "CREATE",
+        stream.key(),
+        "entra-sync-workers",
+        "$",
+        "MKSTREAM",
+    ]);
+    let app = start_with(stream, None, |s| s.max_backlog = 2).await;
+    for n in 0..3 {
+        assert_eq!(
+            app.notify(vec![change(SECRET, TENANT, &format!("g{n}"))])
+                .await
+                .0,
+            202
+        );
+    }
+    let mut status = 0;
+    for _ in 0..50 {
+        status = app.notify(vec![change(SECRET, TENANT, "extra")]).await.0;
+        if status == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(status, 503);
+    let stored = app.stream.len();
+    assert!(stored >= 3, "nothing was trimmed");
+    let (status, body, _) = app.notify(vec![change(SECRET, TENANT, "more")]).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("waiting"), "{body}");
+    assert_eq!(app.stream.len(), stored);
+    assert!(app.metrics().await.contains(r#"outcome="backpressure""#));
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let app = start(|_| {}).await;
+    assert_eq!(app.status_of("/healthz").await, 200);
+    assert_eq!(app.status_of("/readyz").await, 200);
+    app.notify(vec![change(SECRET, TENANT, "g")]).await;
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"entra_sync_webhook_requests_total{outcome="accepted"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("entra_sync_webhook_enqueue_seconds_count 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("entra_sync_stream_backlog"), "{metrics}");
+}
+
+#[tokio::test]
+async fn several_replicas_share_one_stream() {
+    let first = start(|_| {}).await;
+    let second = start_with(TestStream::new(), None, |s| {
+        s.stream = first.stream.key().to_owned()
+    })
+    .await;
+    assert_eq!(first.notify(vec![change(SECRET, TENANT, "a")]).await.0, 202);
+    assert_eq!(
+        second.notify(vec![change(SECRET, TENANT, "b")]).await.0,
+        202
+    );
+    let ids: Vec<String> = first
+        .stream
+        .entries()
+        .iter()
+        .map(|e| e["resource_id"].clone())
+        .collect();
+    assert_eq!(ids, ["a", "b"]);
+}
+
+#[tokio::test]
+async fn shutdown_finishes_requests_in_flight() {
+    let mut app = start_with(TestStream::new(), Some(RedisProxy::start().await), |s| {
+        s.deadline = Duration::from_millis(1500);
+    })
+    .await;
+    app.proxy.as_ref().unwrap().stall();
+    let in_flight = {
+        let http = app.http.clone();
+        let url = format!("{}/notifications", app.url);
+        tokio::spawn(async move {
+            http.post(url)
+                .header("content-type", "application/json")
+                .body(collection(vec![change(SECRET, TENANT, "g")]))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.shutdown.take().unwrap().send(()).unwrap();
+    // The request in flight still gets its answer (503: Redis hangs), not a reset connection.
+    assert_eq!(in_flight.await.unwrap().unwrap(), 503);
+    let stopped = tokio::time::timeout(Duration::from_secs(5), &mut app.server).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "the server did not stop");
+    assert!(
+        app.http
+            .get(format!("{}/healthz", app.url))
+            .send()
+            .await
+            .is_err()
+    );
+}
