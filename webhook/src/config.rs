@@ -101,3 +101,54 @@ impl WebhookConfig {
         })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: WebhookConfig,
+    }
+
+    fn parse(args: &[&str]) -> Result<Settings, String> {
+        let mut all = vec![
+            "webhook",
+            "--client-state",
+            "sekrit-value",
+            "--client-state-previous",
+            "old-1,old-2",
+        ];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all)
+            .map_err(|e| e.to_string())?
+            .config
+            .settings()
+    }
+
+    #[test]
+    fn the_tenant_is_required_and_the_deadline_stays_under_graphs_limit() {
+        let e = parse(&[]).unwrap_err();
+        assert!(e.contains("AZURE_TENANT_ID"), "{e}");
+        let settings = parse(&["--microsoft-tenant", "t"]).unwrap();
+        assert_eq!(settings.tenant_id, "t");
+        assert_eq!(settings.client_state_previous.len(), 2);
+        assert_eq!(settings.deadline, Duration::from_secs(2));
+        let e = parse(&["--azure-tenant-id", "t", "--deadline-ms", "3000"]).unwrap_err();
+        assert!(e.contains("ENTRA_SYNC_WEBHOOK_DEADLINE_MS"), "{e}");
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let settings = parse(&["--azure-tenant-id", "t"]).unwrap();
+        let shown = format!("{settings:?}");
+        assert!(
+            !shown.contains("sekrit-value") && !shown.contains("old-1"),
+            "{shown}"
+        );
+    }
+}

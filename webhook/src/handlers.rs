@@ -166,11 +166,11 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> StatusCode {
 }
 
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    if let Some(backlog) = state.queue.backlog() {
-        state.metrics.backlog.set(backlog);
-    } else {
-        state.metrics.backlog.set(-1);
-    }
+    state
+        .metrics
+        .backlog
+        .set(state.queue.backlog().unwrap_or(-1));
+    state.metrics.length.set(state.queue.length().unwrap_or(-1));
     (
         [(
             header::CONTENT_TYPE,

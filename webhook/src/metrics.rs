@@ -24,6 +24,7 @@ pub struct Metrics {
     pub dropped: Family<Reason, Counter>,
     pub enqueue_seconds: Histogram,
     pub backlog: Gauge,
+    pub length: Gauge,
 }
 
 impl Metrics {
@@ -37,6 +38,7 @@ impl Metrics {
             prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 14),
         );
         let backlog = Gauge::default();
+        let length = Gauge::default();
         registry.register(
             "entra_sync_webhook_requests",
             "Notification and handshake requests by outcome",
@@ -62,6 +64,11 @@ impl Metrics {
             "Stream entries the workers have not finished (-1: unknown)",
             backlog.clone(),
         );
+        registry.register(
+            "entra_sync_stream_length",
+            "Entries on the notification stream (XLEN; -1: unknown)",
+            length.clone(),
+        );
         Self {
             registry,
             requests,
@@ -69,6 +76,7 @@ impl Metrics {
             dropped,
             enqueue_seconds,
             backlog,
+            length,
         }
     }
 

@@ -141,3 +141,75 @@ mod tests {
         assert!(parse(b"not json", now()).is_err());
     }
 }
+
+/// Property tests: whatever arrives, the parser answers with notifications or an error, never a
+/// panic.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::parse;
+
+    const KEYS: &[&str] = &[
+        "value",
+        "subscriptionId",
+        "tenantId",
+        "clientState",
+        "changeType",
+        "lifecycleEvent",
+        "resource",
+        "resourceData",
+        "id",
+        "@odata.type",
+        "subscriptionExpirationDateTime",
+        "validationTokens",
+    ];
+
+    /// JSON shaped like Graph's bodies: the keys the parser looks for, with values of any type.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,40}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec(
+                    (
+                        prop_oneof![
+                            prop::sample::select(KEYS).prop_map(str::to_owned),
+                            ".{0,12}"
+                        ],
+                        inner
+                    ),
+                    0..8
+                )
+                .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+            let _ = parse(&bytes, chrono::Utc::now());
+        }
+
+        #[test]
+        fn arbitrary_json_never_panics(value in json()) {
+            let _ = parse(value.to_string().as_bytes(), chrono::Utc::now());
+        }
+
+        #[test]
+        fn graph_shaped_bodies_never_panic(items in prop::collection::vec(json(), 0..5)) {
+            let body = serde_json::json!({ "value": items });
+            let _ = parse(body.to_string().as_bytes(), chrono::Utc::now());
+        }
+    }
+}

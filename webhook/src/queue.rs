@@ -20,6 +20,8 @@ pub struct Queue {
     connection: Mutex<Option<ConnectionManager>>,
     /// Entries not yet processed by the workers, as last measured; -1: unknown.
     backlog: AtomicI64,
+    /// The stream's length (XLEN), as last measured; -1: unknown.
+    length: AtomicI64,
 }
 
 impl Queue {
@@ -29,6 +31,7 @@ impl Queue {
             stream,
             connection: Mutex::new(None),
             backlog: AtomicI64::new(-1),
+            length: AtomicI64::new(-1),
         })
     }
 
@@ -68,10 +71,14 @@ impl Queue {
         Ok(())
     }
 
-    /// Entries the workers have not finished: the consumer group's lag plus its pending entries,
-    /// or the stream's length before any worker created the group.
-    async fn measure_backlog(&self) -> redis::RedisResult<i64> {
+    /// The stream's length, and the entries the workers have not finished: the consumer group's
+    /// lag plus its pending entries, or the whole stream before any worker created the group.
+    async fn measure(&self) -> redis::RedisResult<(i64, i64)> {
         let mut connection = self.connection().await?;
+        let length: i64 = redis::cmd("XLEN")
+            .arg(&self.stream)
+            .query_async(&mut connection)
+            .await?;
         let groups: redis::RedisResult<Vec<HashMap<String, redis::Value>>> = redis::cmd("XINFO")
             .arg("GROUPS")
             .arg(&self.stream)
@@ -87,17 +94,20 @@ impl Queue {
             })
             && let Some(lag) = number(group.get("lag"))
         {
-            return Ok(lag + number(group.get("pending")).unwrap_or(0));
+            return Ok((length, lag + number(group.get("pending")).unwrap_or(0)));
         }
-        redis::cmd("XLEN")
-            .arg(&self.stream)
-            .query_async(&mut connection)
-            .await
+        Ok((length, length))
     }
 
     /// The last measured backlog, if known.
     pub fn backlog(&self) -> Option<i64> {
         let value = self.backlog.load(Ordering::Relaxed);
+        (value >= 0).then_some(value)
+    }
+
+    /// The last measured stream length, if known.
+    pub fn length(&self) -> Option<i64> {
+        let value = self.length.load(Ordering::Relaxed);
         (value >= 0).then_some(value)
     }
 
@@ -108,12 +118,13 @@ impl Queue {
         tokio::spawn(async move {
             loop {
                 let Some(q) = queue.upgrade() else { return };
-                let measured = tokio::time::timeout(interval * 4, q.measure_backlog()).await;
-                let value = match measured {
-                    Ok(Ok(n)) => n,
-                    _ => -1,
+                let measured = tokio::time::timeout(interval * 4, q.measure()).await;
+                let (length, backlog) = match measured {
+                    Ok(Ok(values)) => values,
+                    _ => (-1, -1),
                 };
-                q.backlog.store(value, Ordering::Relaxed);
+                q.length.store(length, Ordering::Relaxed);
+                q.backlog.store(backlog, Ordering::Relaxed);
                 drop(q);
                 tokio::time::sleep(interval).await;
             }

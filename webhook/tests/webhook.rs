@@ -425,6 +425,16 @@ async fn health_readiness_and_metrics() {
         "{metrics}"
     );
     assert!(metrics.contains("entra_sync_stream_backlog"), "{metrics}");
+    // The length is measured in the background; it reaches 1 shortly.
+    let mut metrics = metrics;
+    for _ in 0..50 {
+        if metrics.contains("entra_sync_stream_length 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        metrics = app.metrics().await;
+    }
+    assert!(metrics.contains("entra_sync_stream_length 1"), "{metrics}");
 }
 
 #[tokio::test]
