@@ -9,5 +9,6 @@ pub mod graph;
 pub mod litellm_config;
 pub mod roles;
 pub mod store;
+pub mod stream;
 
 pub use error::{Error, Result};
