@@ -5,6 +5,7 @@
 use sea_orm_migration::prelude::*;
 
 mod m20261128_000001_create_sync_tables;
+mod m20261128_000002_assigned_groups;
 
 pub use sea_orm_migration::MigratorTrait;
 pub use sea_orm_migration::sea_orm;
@@ -17,7 +18,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261128_000001_create_sync_tables::Migration)]
+        vec![
+            Box::new(m20261128_000001_create_sync_tables::Migration),
+            Box::new(m20261128_000002_assigned_groups::Migration),
+        ]
     }
 
     // sea-orm's default, `seaql_migrations`, would put a table outside the `entra_sync_*` namespace

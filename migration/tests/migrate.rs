@@ -73,6 +73,7 @@ async fn up_down_up_leaves_litellm_schema_byte_identical() {
     assert_eq!(
         entra_sync_tables(&db),
         [
+            "entra_sync_assigned_groups",
             "entra_sync_audit_log",
             "entra_sync_delta_links",
             "entra_sync_managed_memberships",
@@ -92,7 +93,7 @@ async fn up_down_up_leaves_litellm_schema_byte_identical() {
         "{status}"
     );
 
-    migrate(&db, &["down"]);
+    migrate(&db, &["down", "--all"]);
     assert_eq!(entra_sync_tables(&db), ["entra_sync_migrations"]);
     assert_eq!(
         litellm_schema(&db),
@@ -102,7 +103,11 @@ async fn up_down_up_leaves_litellm_schema_byte_identical() {
     assert!(migrate(&db, &["status"]).starts_with("Pending"));
 
     migrate(&db, &["up"]);
+    assert_eq!(entra_sync_tables(&db).len(), 7);
+    // One step down reverts only the newest migration.
+    migrate(&db, &["down"]);
     assert_eq!(entra_sync_tables(&db).len(), 6);
+    migrate(&db, &["up"]);
     assert_eq!(litellm_schema(&db), original);
     // Up again with nothing pending is a no-op.
     migrate(&db, &["up"]);

@@ -886,3 +886,124 @@ async fn a_bulk_sync_leaves_litellm_tables_analysed() {
         "1,200 new users and memberships were not followed by ANALYZE"
     );
 }
+
+#[tokio::test]
+async fn a_revoked_role_drops_to_the_default_unless_an_admin_changed_it() {
+    let db = TestDatabase::new().await;
+    let store = plain_store(&db);
+    for n in 1..=2 {
+        store.ensure_user(&entra_user(n), commit()).await.unwrap();
+        store
+            .set_role(&user_id(n), &["PROXY_ADMIN".into()], commit())
+            .await
+            .unwrap();
+    }
+    // An admin changes user 2's role by hand in LiteLLM.
+    execute(
+        db.conn(),
+        &format!(
+            r#"UPDATE "LiteLLM_UserTable" SET user_role = 'org_admin' WHERE user_id = '{}'"#,
+            user_id(2)
+        ),
+    )
+    .await;
+
+    // Entra still grants proxy_admin to user 2: the hand-set role stays.
+    let values = ["proxy_admin".to_owned()];
+    assert!(
+        store
+            .set_role(&user_id(2), &values, commit())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let changes = store.revoke_role(&user_id(1), commit()).await.unwrap();
+    assert_eq!(
+        changes,
+        [Change::RoleChanged {
+            user_id: user_id(1).to_string(),
+            from: Some("proxy_admin".into()),
+            to: "internal_user_viewer".into()
+        }]
+    );
+    assert!(
+        store
+            .revoke_role(&user_id(2), commit())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let conn = db.conn();
+    let role = |n| async move { user_row(conn, user_id(n).as_str()).await.user_role };
+    assert_eq!(role(1).await.as_deref(), Some("internal_user_viewer"));
+    assert_eq!(role(2).await.as_deref(), Some("org_admin"));
+    assert_eq!(
+        scalar_i64(db.conn(), "SELECT count(*) FROM entra_sync_managed_roles").await,
+        0,
+        "entra-sync no longer manages either role"
+    );
+    assert!(
+        store
+            .revoke_role(&user_id(1), commit())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn removing_managed_members_keeps_hand_added_ones_even_in_mirror_mode() {
+    let db = TestDatabase::new().await;
+    let mirror = store(&db, Default::default(), RemovalMode::Mirror);
+    let g = group(1);
+    mirror.ensure_team(&g, "Team", commit()).await.unwrap();
+    mirror
+        .add_members(&g, &users(1..4), commit())
+        .await
+        .unwrap();
+    add_member_by_hand(db.conn(), &g, "by-hand", "admin").await;
+
+    let changes = mirror.remove_managed_members(&g, commit()).await.unwrap();
+
+    assert_eq!(changes.len(), 3);
+    assert_eq!(entry_ids(db.conn(), &g).await, ["by-hand"]);
+    assert_eq!(managed_memberships(db.conn()).await, 0);
+    assert!(
+        mirror
+            .remove_managed_members(&g, commit())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn blocking_a_team_keeps_it_and_its_members() {
+    let db = TestDatabase::new().await;
+    let store = plain_store(&db);
+    let g = group(1);
+    store.ensure_team(&g, "Team", commit()).await.unwrap();
+    store.add_members(&g, &users(1..3), commit()).await.unwrap();
+
+    let changes = store.block_team(&g, commit()).await.unwrap();
+
+    assert_eq!(
+        changes,
+        [Change::TeamBlocked {
+            team_id: g.to_string()
+        }]
+    );
+    let team = team_row(db.conn(), &g).await;
+    assert!(team.blocked);
+    assert_eq!(entry_ids(db.conn(), &g).await.len(), 2);
+    assert!(store.block_team(&g, commit()).await.unwrap().is_empty());
+    assert!(
+        store
+            .block_team(&group(9), commit())
+            .await
+            .unwrap()
+            .is_empty(),
+        "no team, nothing to block"
+    );
+}

@@ -1,5 +1,6 @@
 //! entra-sync's own tables. All are named `entra_sync_*` and created by the `migration` crate.
 
+pub mod assigned_group;
 pub mod audit_log;
 pub mod delta_link;
 pub mod managed_membership;

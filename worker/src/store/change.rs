@@ -22,6 +22,10 @@ pub enum Change {
         from: Option<String>,
         to: String,
     },
+    /// The team's group was unassigned or deleted under the `block` policy.
+    TeamBlocked {
+        team_id: String,
+    },
     UserCreated {
         user_id: String,
         user_email: Option<String>,

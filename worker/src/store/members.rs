@@ -30,6 +30,8 @@ pub(super) enum Leaving<'a> {
     These(&'a [UserId]),
     /// Everyone not among the members being added (a full replacement).
     EveryoneElse,
+    /// Every membership entra-sync created, whatever the removal mode.
+    AllManaged,
 }
 
 /// One membership intention for one team.
@@ -166,12 +168,13 @@ pub(super) async fn apply(
         Leaving::Nobody => {}
         Leaving::These(leaving) => ids.extend(leaving.iter().map(ToString::to_string)),
         Leaving::EveryoneElse => ids.extend(current_members(&team).cloned()),
+        Leaving::AllManaged => ids.extend(team.managed.keys().cloned()),
     }
     let emails: Vec<String> = joining.iter().filter_map(|u| u.email()).collect();
     let mut candidates = Candidates::new(users::lock_candidates(txn, &ids, &emails).await?);
     let mut looked_at: HashSet<&str> = candidates.rows.iter().map(|r| r.user_id.as_str()).collect();
     looked_at.extend(team.managed.keys().map(String::as_str));
-    if matches!(request.leaving, Leaving::EveryoneElse) {
+    if matches!(request.leaving, Leaving::EveryoneElse | Leaving::AllManaged) {
         looked_at.extend(team.entries.iter().map(String::as_str));
     }
     let looked_at: Vec<&str> = looked_at.into_iter().collect();
@@ -227,6 +230,7 @@ fn leaving_users(
                 .collect()
         }
         Leaving::EveryoneElse => current_members(team).cloned().collect(),
+        Leaving::AllManaged => team.managed.keys().cloned().collect(),
     };
     leaving.retain(|user_id| {
         !staying.contains(user_id)

@@ -101,6 +101,29 @@ pub trait LiteLlmWriter {
         options: ApplyOptions,
     ) -> impl Future<Output = Result<Vec<Change>>> + Send;
 
+    /// Takes out every membership entra-sync created in the group's team, whatever the removal
+    /// mode (the `remove-members` policy for an unassigned or deleted group).
+    fn remove_managed_members(
+        &self,
+        group: &GroupId,
+        options: ApplyOptions,
+    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+
+    /// Blocks the group's team (the `block` policy for an unassigned or deleted group).
+    fn block_team(
+        &self,
+        group: &GroupId,
+        options: ApplyOptions,
+    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+
+    /// The user has no valid Entra role left: a role entra-sync set drops to the default role
+    /// for new users; a role an admin set since stays.
+    fn revoke_role(
+        &self,
+        user: &UserId,
+        options: ApplyOptions,
+    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+
     /// Sets the user's role from their Entra app-role values: the most privileged valid one wins;
     /// none valid leaves the role as it is.
     fn set_role(
@@ -232,6 +255,35 @@ impl LiteLlmWriter for Store {
     ) -> Result<Vec<Change>> {
         self.membership(group, members, members::Leaving::EveryoneElse, options)
             .await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn remove_managed_members(
+        &self,
+        group: &GroupId,
+        options: ApplyOptions,
+    ) -> Result<Vec<Change>> {
+        self.membership(group, &[], members::Leaving::AllManaged, options)
+            .await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn block_team(&self, group: &GroupId, options: ApplyOptions) -> Result<Vec<Change>> {
+        let txn = self.db.begin().await?;
+        let changes = teams::block(&txn, group, options.now, options.dry_run).await?;
+        self.finish(txn, changes, options).await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn revoke_role(&self, user: &UserId, options: ApplyOptions) -> Result<Vec<Change>> {
+        let default = self
+            .settings
+            .user_defaults
+            .user_role
+            .unwrap_or(crate::roles::LiteLlmRole::DEFAULT_FOR_NEW_USER);
+        let txn = self.db.begin().await?;
+        let changes = roles::revoke(&txn, user, default, options.now, options.dry_run).await?;
+        self.finish(txn, changes, options).await
     }
 
     #[tracing::instrument(skip(self), err)]

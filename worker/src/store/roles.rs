@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use entity::UserId;
-use sea_orm::{ConnectionTrait, DatabaseTransaction};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult};
 
 use super::change::Change;
 use super::sql::{litellm_timestamp, stmt};
@@ -10,8 +10,24 @@ use super::users;
 use crate::error::{Error, Result};
 use crate::roles::LiteLlmRole;
 
+/// The role entra-sync last set on a user, if any.
+async fn managed_role(txn: &DatabaseTransaction, user_id: &str) -> Result<Option<String>> {
+    #[derive(FromQueryResult)]
+    struct Row {
+        role: String,
+    }
+    Ok(Row::find_by_statement(stmt(
+        "SELECT role FROM entra_sync_managed_roles WHERE user_id = $1",
+        [user_id.into()],
+    ))
+    .one(txn)
+    .await?
+    .map(|r| r.role))
+}
+
 /// Sets `user_role` to the most privileged valid role among the app-role values; with no valid
-/// value the stored role stays. The role set is remembered in `entra_sync_managed_roles`.
+/// value the stored role stays. The role set is remembered in `entra_sync_managed_roles`. A role
+/// that differs from the one entra-sync last set was set by an admin in LiteLLM: it stays.
 pub(super) async fn set(
     txn: &DatabaseTransaction,
     user: &UserId,
@@ -28,6 +44,15 @@ pub(super) async fn set(
     let Some(role) = LiteLlmRole::highest(role_values.iter().map(String::as_str)) else {
         return Ok(Vec::new());
     };
+    if let Some(ours) = managed_role(txn, &row.user_id).await?
+        && row.user_role.as_deref() != Some(ours.as_str())
+    {
+        tracing::info!(
+            user = row.user_id,
+            "role changed by hand in LiteLLM; left alone"
+        );
+        return Ok(Vec::new());
+    }
     let mut changes = Vec::new();
     if row.user_role.as_deref() != Some(role.as_str()) {
         changes.push(Change::RoleChanged {
@@ -64,6 +89,66 @@ pub(super) async fn set(
             role.as_str().into(),
             now.into(),
         ],
+    ))
+    .await?;
+    Ok(changes)
+}
+
+/// A user whose Entra roles are all gone: if the role is still the one entra-sync set, it drops
+/// to the default role for new users (a revoked admin must not stay admin); a role an admin set
+/// since stays. Either way entra-sync stops managing it.
+pub(super) async fn revoke(
+    txn: &DatabaseTransaction,
+    user: &UserId,
+    default_role: LiteLlmRole,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<Vec<Change>> {
+    #[derive(FromQueryResult)]
+    struct Row {
+        user_id: String,
+        role: String,
+    }
+    let Some(ours) = Row::find_by_statement(stmt(
+        "SELECT user_id, role FROM entra_sync_managed_roles WHERE entra_user_id = $1",
+        [user.to_string().into()],
+    ))
+    .one(txn)
+    .await?
+    else {
+        return Ok(Vec::new());
+    };
+    let candidates = users::Candidates::new(
+        users::lock_candidates(txn, std::slice::from_ref(&ours.user_id), &[]).await?,
+    );
+    let current = candidates
+        .by_user_id(&ours.user_id)
+        .and_then(|r| r.user_role.clone());
+    let mut changes = Vec::new();
+    if current.as_deref() == Some(ours.role.as_str()) && ours.role != default_role.as_str() {
+        changes.push(Change::RoleChanged {
+            user_id: ours.user_id.clone(),
+            from: current,
+            to: default_role.as_str().to_owned(),
+        });
+    }
+    if dry_run {
+        return Ok(changes);
+    }
+    if !changes.is_empty() {
+        txn.execute(stmt(
+            r#"UPDATE "LiteLLM_UserTable" SET user_role = $2, updated_at = $3 WHERE user_id = $1"#,
+            [
+                ours.user_id.clone().into(),
+                default_role.as_str().into(),
+                litellm_timestamp(now).into(),
+            ],
+        ))
+        .await?;
+    }
+    txn.execute(stmt(
+        "DELETE FROM entra_sync_managed_roles WHERE user_id = $1",
+        [ours.user_id.into()],
     ))
     .await?;
     Ok(changes)

@@ -111,3 +111,29 @@ fn new_team(
         },
     }
 }
+
+/// Blocks the team (the `block` policy for an unassigned or deleted group): LiteLLM then refuses
+/// its keys, while the team, its members and its spend history stay.
+pub(super) async fn block(
+    txn: &DatabaseTransaction,
+    group: &GroupId,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<Vec<Change>> {
+    let team_id = group.to_string();
+    lock_team(txn, &team_id).await?;
+    let Some(team) = team::Entity::find_by_id(team_id.clone()).one(txn).await? else {
+        return Ok(Vec::new());
+    };
+    if team.blocked {
+        return Ok(Vec::new());
+    }
+    if !dry_run {
+        txn.execute(stmt(
+            r#"UPDATE "LiteLLM_TeamTable" SET blocked = true, updated_at = $2 WHERE team_id = $1"#,
+            [team_id.clone().into(), litellm_timestamp(now).into()],
+        ))
+        .await?;
+    }
+    Ok(vec![Change::TeamBlocked { team_id }])
+}
