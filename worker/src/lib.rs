@@ -10,5 +10,6 @@ pub mod litellm_config;
 pub mod roles;
 pub mod store;
 pub mod stream;
+pub mod sync;
 
 pub use error::{Error, Result};

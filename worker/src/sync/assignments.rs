@@ -1,0 +1,158 @@
+//! The app's assignments, polled: which groups have teams, and which users have which roles.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use entity::sync::managed_role;
+use entity::{GroupId, UserId};
+use sea_orm::EntityTrait;
+
+use super::{Syncer, state};
+use crate::directory::EntraUser;
+use crate::error::Result;
+use crate::graph::model::{AppRoleAssignment, DEFAULT_ACCESS};
+use crate::store::{ApplyOptions, Change, LiteLlmWriter};
+
+/// What a poll did.
+#[derive(Debug, Default)]
+pub struct AssignmentReport {
+    pub assigned_groups: usize,
+    pub newly_assigned: usize,
+    pub unassigned: usize,
+    pub changes: Vec<Change>,
+}
+
+fn group_id(assignment: &AppRoleAssignment) -> Option<GroupId> {
+    (assignment.principal_type == "Group")
+        .then(|| GroupId::parse(&assignment.principal_id).ok())
+        .flatten()
+}
+
+impl Syncer {
+    /// Polls the app's assignments: new groups get their team and full membership, groups no
+    /// longer assigned follow the policy, and every user's role follows their app roles.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn poll_assignments(&self, now: DateTime<Utc>) -> Result<AssignmentReport> {
+        let app = self.graph.service_principal().await?;
+        let assignments = self.graph.app_role_assignments().await?;
+        let mut report = AssignmentReport::default();
+
+        let mut assigned: HashMap<GroupId, String> = HashMap::new();
+        for assignment in &assignments {
+            if let Some(group) = group_id(assignment) {
+                let name = assignment
+                    .principal_display_name
+                    .clone()
+                    .unwrap_or_default();
+                assigned.insert(group, name);
+            }
+        }
+        report.assigned_groups = assigned.len();
+        let known = state::assigned(&self.db).await?;
+        for (group, name) in &assigned {
+            if !known.contains_key(group) {
+                report.newly_assigned += 1;
+                report
+                    .changes
+                    .extend(self.sync_group_fully(group, Some(name), now).await?);
+                state::remember_assigned(&self.db, group, Some(name), now).await?;
+            }
+        }
+        for group in known.keys().filter(|g| !assigned.contains_key(*g)) {
+            report.unassigned += 1;
+            report.changes.extend(self.retire_group(group, now).await?);
+        }
+
+        let role_values: HashMap<String, String> = app
+            .app_roles
+            .iter()
+            .filter(|r| r.is_enabled)
+            .filter_map(|r| Some((r.id.to_lowercase(), r.value.clone()?)))
+            .collect();
+        report
+            .changes
+            .extend(self.sync_roles(&assignments, &role_values, now).await?);
+        Ok(report)
+    }
+
+    /// A user's roles are those assigned to the user directly or to a group the user is a direct
+    /// member of; the store keeps the most privileged valid one. Users entra-sync gave a role
+    /// earlier and who have no valid one left lose it.
+    async fn sync_roles(
+        &self,
+        assignments: &[AppRoleAssignment],
+        role_values: &HashMap<String, String>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Change>> {
+        let options = ApplyOptions::commit(now);
+        let mut values: HashMap<UserId, Vec<String>> = HashMap::new();
+        let mut known_users: HashMap<UserId, EntraUser> = HashMap::new();
+        for assignment in assignments {
+            if assignment.app_role_id.eq_ignore_ascii_case(DEFAULT_ACCESS) {
+                continue;
+            }
+            let Some(value) = role_values.get(&assignment.app_role_id.to_lowercase()) else {
+                continue;
+            };
+            match assignment.principal_type.as_str() {
+                "User" => {
+                    if let Ok(user) = UserId::parse(&assignment.principal_id) {
+                        values.entry(user).or_default().push(value.clone());
+                    }
+                }
+                "Group" => {
+                    let Ok(group) = GroupId::parse(&assignment.principal_id) else {
+                        continue;
+                    };
+                    for user in self
+                        .graph
+                        .group_members(&group, false)
+                        .await?
+                        .into_iter()
+                        .filter_map(|o| o.into_user())
+                    {
+                        values
+                            .entry(user.id.clone())
+                            .or_default()
+                            .push(value.clone());
+                        known_users.insert(user.id.clone(), user);
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Users assigned directly may not be in any group yet: read them and create them.
+        let unknown: Vec<UserId> = values
+            .keys()
+            .filter(|u| !known_users.contains_key(*u))
+            .cloned()
+            .collect();
+        for user in self.graph.users_by_ids(&unknown).await? {
+            known_users.insert(user.id.clone(), user);
+        }
+        let mut changes = Vec::new();
+        let mut granted: HashSet<UserId> = HashSet::new();
+        for (user_id, user_values) in &values {
+            let Some(user) = known_users.get(user_id) else {
+                continue; // gone from Entra
+            };
+            if crate::roles::LiteLlmRole::highest(user_values.iter().map(String::as_str)).is_none()
+            {
+                continue;
+            }
+            changes.extend(self.store.ensure_user(user, options).await?);
+            changes.extend(self.store.set_role(user_id, user_values, options).await?);
+            granted.insert(user_id.clone());
+        }
+        for managed in managed_role::Entity::find().all(&self.db).await? {
+            if !granted.contains(&managed.entra_user_id) {
+                changes.extend(
+                    self.store
+                        .revoke_role(&managed.entra_user_id, options)
+                        .await?,
+                );
+            }
+        }
+        Ok(changes)
+    }
+}

@@ -1,0 +1,99 @@
+//! Sync: from what Graph says to the store's intentions.
+//!
+//! - [`assignments`]: who is assigned to LiteLLM's enterprise app (polled: Graph sends no
+//!   notifications for assignments) — new groups get their team and full membership, unassigned
+//!   ones follow the [`UnassignedPolicy`], and app roles become LiteLLM roles.
+//! - [`round`]: one groups-delta round — renames, members added and removed — for the assigned
+//!   groups only, under a lock all worker replicas share.
+//!
+//! Notifications only say that a round is due; delta query is the truth.
+
+mod assignments;
+mod round;
+mod state;
+
+use chrono::{DateTime, Utc};
+use entity::GroupId;
+use sea_orm::DatabaseConnection;
+
+use crate::error::Result;
+use crate::graph::GraphClient;
+use crate::store::{ApplyOptions, Change, LiteLlmWriter, Store};
+
+pub use assignments::AssignmentReport;
+pub use round::RoundReport;
+
+/// What happens to a team whose group is no longer assigned to the app, or was deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnassignedPolicy {
+    /// Nothing: the team and its members stay.
+    Keep,
+    /// The team and its spend history stay; the members entra-sync added go.
+    #[default]
+    RemoveMembers,
+    /// The team is blocked; its members stay.
+    Block,
+}
+
+/// Applies Entra's state to LiteLLM through the store.
+#[derive(Clone, Debug)]
+pub struct Syncer {
+    graph: GraphClient,
+    store: Store,
+    db: DatabaseConnection,
+    policy: UnassignedPolicy,
+}
+
+impl Syncer {
+    pub fn new(
+        graph: GraphClient,
+        store: Store,
+        db: DatabaseConnection,
+        policy: UnassignedPolicy,
+    ) -> Self {
+        Self {
+            graph,
+            store,
+            db,
+            policy,
+        }
+    }
+
+    /// Reads the group's whole membership and makes the team equal it; with a display name the
+    /// team is created (or renamed) first.
+    async fn sync_group_fully(
+        &self,
+        group: &GroupId,
+        display_name: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Change>> {
+        let options = ApplyOptions::commit(now);
+        let mut changes = match display_name {
+            Some(name) => self.store.ensure_team(group, name, options).await?,
+            None => Vec::new(),
+        };
+        let members: Vec<_> = self
+            .graph
+            .group_members(group, false)
+            .await?
+            .into_iter()
+            .filter_map(|object| object.into_user())
+            .collect();
+        changes.extend(self.store.replace_members(group, &members, options).await?);
+        Ok(changes)
+    }
+
+    /// The policy for a group that is no longer assigned, or no longer exists.
+    async fn retire_group(&self, group: &GroupId, now: DateTime<Utc>) -> Result<Vec<Change>> {
+        let options = ApplyOptions::commit(now);
+        let changes = match self.policy {
+            UnassignedPolicy::Keep => Vec::new(),
+            UnassignedPolicy::RemoveMembers => {
+                self.store.remove_managed_members(group, options).await?
+            }
+            UnassignedPolicy::Block => self.store.block_team(group, options).await?,
+        };
+        state::forget_assigned(&self.db, group).await?;
+        Ok(changes)
+    }
+}

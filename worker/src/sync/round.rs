@@ -1,0 +1,161 @@
+//! One groups-delta round: what changed in the assigned groups since the stored deltaLink.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use entity::{GroupId, UserId};
+use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+
+use super::{Syncer, state};
+use crate::error::{Error, Result};
+use crate::graph::DeltaStart;
+use crate::graph::model::ObjectKind;
+use crate::store::{ApplyOptions, Change, LiteLlmWriter};
+
+/// The advisory lock every worker replica takes for a round, so that two never interleave.
+const ROUND_LOCK: i64 = 0x656e_7472_6173_796e; // "entrasyn"
+
+/// What a round did.
+#[derive(Debug, Default)]
+pub struct RoundReport {
+    /// Groups the delta named (assigned or not).
+    pub groups_seen: usize,
+    /// Assigned groups whose team changed.
+    pub groups_applied: usize,
+    /// A full resync ran (first round, or the delta token had expired).
+    pub resynced: bool,
+    pub changes: Vec<Change>,
+}
+
+impl Syncer {
+    /// Runs one round under the replicas' shared lock: from the stored deltaLink (or, with none,
+    /// or an expired one, a full resync of the assigned groups), applies each assigned group's
+    /// changes, and stores the new deltaLink only after they are committed.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn delta_round(&self, now: DateTime<Utc>) -> Result<RoundReport> {
+        // The transaction only holds the lock; the work commits on other connections.
+        let lock = self.db.begin().await?;
+        lock.execute(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1)",
+            [ROUND_LOCK.into()],
+        ))
+        .await?;
+        let result = self.round_locked(now).await;
+        lock.commit().await?;
+        result
+    }
+
+    async fn round_locked(&self, now: DateTime<Utc>) -> Result<RoundReport> {
+        let Some(link) = state::delta_link(&self.db).await? else {
+            return self.resync(now).await;
+        };
+        let round = match self.graph.groups_delta(DeltaStart::Link(link)).await {
+            Ok(round) => round,
+            Err(Error::DeltaExpired) => {
+                tracing::warn!("the delta token expired: resyncing every assigned group");
+                return self.resync(now).await;
+            }
+            Err(error) => return Err(error),
+        };
+        let options = ApplyOptions::commit(now);
+        let assigned = state::assigned(&self.db).await?;
+        let mut report = RoundReport {
+            groups_seen: round.groups.len(),
+            ..RoundReport::default()
+        };
+
+        // New members' details, for every group of the round in one go.
+        let mut added_ids: HashSet<UserId> = HashSet::new();
+        for (group, delta) in &round.groups {
+            if assigned.contains_key(group) && delta.group_removed.is_none() {
+                added_ids.extend(
+                    delta
+                        .added
+                        .iter()
+                        .filter(|m| m.kind == ObjectKind::User)
+                        .filter_map(|m| UserId::parse(&m.id).ok()),
+                );
+            }
+        }
+        let added_ids: Vec<UserId> = added_ids.into_iter().collect();
+        let users: HashMap<UserId, _> = self
+            .graph
+            .users_by_ids(&added_ids)
+            .await?
+            .into_iter()
+            .map(|u| (u.id.clone(), u))
+            .collect();
+
+        for (group, delta) in &round.groups {
+            if !assigned.contains_key(group) {
+                continue; // not LiteLLM's
+            }
+            let before = report.changes.len();
+            if delta.group_removed.is_some() {
+                report.changes.extend(self.retire_group(group, now).await?);
+            } else {
+                if let Some(name) = &delta.display_name {
+                    report
+                        .changes
+                        .extend(self.store.ensure_team(group, name, options).await?);
+                    state::remember_assigned(&self.db, group, Some(name), now).await?;
+                }
+                let joining: Vec<_> = delta
+                    .added
+                    .iter()
+                    .filter_map(|m| UserId::parse(&m.id).ok())
+                    .filter_map(|id| users.get(&id).cloned())
+                    .collect();
+                if !joining.is_empty() {
+                    report
+                        .changes
+                        .extend(self.store.add_members(group, &joining, options).await?);
+                }
+                let leaving: Vec<UserId> = delta
+                    .removed
+                    .iter()
+                    .filter(|m| m.kind != ObjectKind::Group)
+                    .filter_map(|m| UserId::parse(&m.id).ok())
+                    .collect();
+                if !leaving.is_empty() {
+                    report
+                        .changes
+                        .extend(self.store.remove_members(group, &leaving, options).await?);
+                }
+            }
+            if report.changes.len() > before {
+                report.groups_applied += 1;
+            }
+        }
+        state::save_delta_link(&self.db, &round.delta_link, now).await?;
+        Ok(report)
+    }
+
+    /// Every assigned group read in full. The new deltaLink is taken first, so that whatever
+    /// changes while the groups are read is in the next round (applying it twice is harmless).
+    async fn resync(&self, now: DateTime<Utc>) -> Result<RoundReport> {
+        let latest = self.graph.groups_delta(DeltaStart::Latest).await?;
+        let mut report = RoundReport {
+            resynced: true,
+            ..RoundReport::default()
+        };
+        let assigned: Vec<(GroupId, Option<String>)> =
+            state::assigned(&self.db).await?.into_iter().collect();
+        for (group, name) in &assigned {
+            let changes = match self.sync_group_fully(group, name.as_deref(), now).await {
+                Ok(changes) => changes,
+                // Deleted in the meantime, or its team was: the next poll of assignments settles it.
+                Err(Error::Graph { status: 404, .. } | Error::TeamNotFound(_)) => continue,
+                Err(error) => return Err(error),
+            };
+            if !changes.is_empty() {
+                report.groups_applied += 1;
+            }
+            report.changes.extend(changes);
+        }
+        report.groups_seen = assigned.len();
+        state::save_delta_link(&self.db, &latest.delta_link, now).await?;
+        Ok(report)
+    }
+}

@@ -1,0 +1,78 @@
+//! entra-sync's own sync state: assigned groups and delta links.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use entity::GroupId;
+use entity::sync::{assigned_group, delta_link};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait};
+
+use crate::error::Result;
+
+/// The delta query entra-sync runs.
+pub(super) const GROUPS: &str = "groups";
+
+pub(super) async fn assigned(db: &DatabaseConnection) -> Result<HashMap<GroupId, Option<String>>> {
+    Ok(assigned_group::Entity::find()
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|g| (g.group_id, g.display_name))
+        .collect())
+}
+
+pub(super) async fn remember_assigned(
+    db: &DatabaseConnection,
+    group: &GroupId,
+    display_name: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    assigned_group::Entity::insert(assigned_group::ActiveModel {
+        group_id: Set(group.clone()),
+        display_name: Set(display_name.map(str::to_owned)),
+        assigned_at: Set(now),
+    })
+    .on_conflict(
+        OnConflict::column(assigned_group::Column::GroupId)
+            .update_column(assigned_group::Column::DisplayName)
+            .to_owned(),
+    )
+    .exec_without_returning(db)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn forget_assigned(db: &DatabaseConnection, group: &GroupId) -> Result<()> {
+    assigned_group::Entity::delete_by_id(group.clone())
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn delta_link(db: &DatabaseConnection) -> Result<Option<String>> {
+    Ok(delta_link::Entity::find_by_id(GROUPS.to_owned())
+        .one(db)
+        .await?
+        .map(|l| l.delta_link))
+}
+
+pub(super) async fn save_delta_link(
+    db: &DatabaseConnection,
+    link: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    delta_link::Entity::insert(delta_link::ActiveModel {
+        resource: Set(GROUPS.to_owned()),
+        delta_link: Set(link.to_owned()),
+        updated_at: Set(now),
+    })
+    .on_conflict(
+        OnConflict::column(delta_link::Column::Resource)
+            .update_columns([delta_link::Column::DeltaLink, delta_link::Column::UpdatedAt])
+            .to_owned(),
+    )
+    .exec_without_returning(db)
+    .await?;
+    Ok(())
+}

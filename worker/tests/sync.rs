@@ -1,0 +1,297 @@
+//! The sync engine against graph-sim and LiteLLM's real schema: assignments, delta rounds,
+//! unassignment policies, app roles and resync.
+#![allow(clippy::unwrap_used)]
+
+mod graph_common;
+
+use entity::litellm::{team, user};
+use entra_sync_testkit::TestDatabase;
+use graph_common::*;
+use graph_sim::GraphSim;
+use graph_sim::tenant::AppRole;
+use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, Statement};
+use uuid::Uuid;
+use worker::litellm_config::LiteLlmSettings;
+use worker::store::{RemovalMode, Store};
+use worker::sync::{Syncer, UnassignedPolicy};
+
+fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}
+
+async fn syncer(sim: &GraphSim, db: &TestDatabase, policy: UnassignedPolicy) -> Syncer {
+    let settings = LiteLlmSettings::parse(
+        "litellm_settings:\n  default_team_params:\n    max_budget: 50\n    models: [\"gpt-4o-mini\"]\n",
+        "test",
+        &|_| None,
+    )
+    .unwrap();
+    let store = Store::new(db.conn().clone(), settings, RemovalMode::Managed);
+    let (client, _) = secret_client(sim);
+    Syncer::new(client, store, db.conn().clone(), policy)
+}
+
+async fn team(db: &TestDatabase, n: u128) -> Option<team::Model> {
+    team::Entity::find_by_id(gid(n).to_string())
+        .one(db.conn())
+        .await
+        .unwrap()
+}
+
+async fn members(db: &TestDatabase, n: u128) -> Vec<String> {
+    let team = team(db, n).await.unwrap();
+    let mut ids: Vec<String> = team
+        .members_with_roles
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["user_id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn users_named(range: std::ops::RangeInclusive<u128>) -> Vec<String> {
+    let mut ids: Vec<String> = range.map(|n| uid(n).to_string()).collect();
+    ids.sort();
+    ids
+}
+
+async fn role_of(db: &TestDatabase, n: u128) -> Option<String> {
+    user::Entity::find_by_id(uid(n).to_string())
+        .one(db.conn())
+        .await
+        .unwrap()
+        .and_then(|u| u.user_role)
+}
+
+async fn count(db: &TestDatabase, sql: &str) -> i64 {
+    db.conn()
+        .query_one(Statement::from_string(DbBackend::Postgres, sql))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index(0)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_assigned_group_becomes_a_team_with_its_members_and_others_are_ignored() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+
+    let report = syncer.poll_assignments(now()).await.unwrap();
+
+    assert_eq!((report.assigned_groups, report.newly_assigned), (1, 1));
+    let engineering = team(&db, 1).await.unwrap();
+    assert_eq!(engineering.team_alias.as_deref(), Some("Engineering"));
+    assert_eq!(engineering.max_budget, Some(50.0));
+    assert_eq!(members(&db, 1).await, users_named(1..=5));
+    assert_eq!(
+        count(&db, r#"SELECT count(*) FROM "LiteLLM_TeamMembership""#).await,
+        5
+    );
+    let alice = user::Entity::find_by_id(uid(1).to_string())
+        .one(db.conn())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(alice.teams.as_deref(), Some(&[gid(1).to_string()][..]));
+    assert_eq!(alice.user_email.as_deref(), Some("user1@contoso.example"));
+    assert!(
+        team(&db, 2).await.is_none(),
+        "Research is not assigned to the app"
+    );
+    // User 9 is assigned directly with proxy_admin.
+    assert_eq!(role_of(&db, 9).await.as_deref(), Some("proxy_admin"));
+
+    // Polling again changes nothing.
+    assert!(
+        syncer
+            .poll_assignments(now())
+            .await
+            .unwrap()
+            .changes
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn delta_rounds_apply_members_added_removed_and_renames_of_assigned_groups() {
+    let sim = sim(|c| c.page_size = 2).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    syncer.poll_assignments(now()).await.unwrap();
+    let first = syncer.delta_round(now()).await.unwrap();
+    assert!(first.resynced, "the first round has no deltaLink yet");
+
+    sim.apply(|t| t.add_member(gid(1), uid(6)));
+    sim.apply(|t| t.remove_member(gid(1), uid(1)));
+    sim.apply(|t| t.upsert_group(gid(1), "Platform", None));
+    sim.apply(|t| t.add_member(gid(2), uid(10)));
+    let round = syncer.delta_round(now()).await.unwrap();
+
+    assert!(!round.resynced);
+    assert_eq!(round.groups_applied, 1);
+    assert_eq!(members(&db, 1).await, users_named(2..=6));
+    assert_eq!(
+        team(&db, 1).await.unwrap().team_alias.as_deref(),
+        Some("Platform")
+    );
+    assert!(team(&db, 2).await.is_none());
+    let gone = user::Entity::find_by_id(uid(1).to_string())
+        .one(db.conn())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(gone.teams.as_deref(), Some(&[][..]));
+
+    let quiet = syncer.delta_round(now()).await.unwrap();
+    assert!(quiet.changes.is_empty());
+}
+
+async fn retire_with(
+    policy: UnassignedPolicy,
+    by_deleting: bool,
+) -> (TestDatabase, Option<team::Model>) {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, policy).await;
+    syncer.poll_assignments(now()).await.unwrap();
+    syncer.delta_round(now()).await.unwrap();
+    if by_deleting {
+        sim.apply(|t| t.soft_delete_group(gid(1)));
+        syncer.delta_round(now()).await.unwrap();
+    } else {
+        sim.change(|t| (t.unassign(gid(1)), Vec::new()));
+        syncer.poll_assignments(now()).await.unwrap();
+    }
+    let team = team(&db, 1).await;
+    (db, team)
+}
+
+#[tokio::test]
+async fn an_unassigned_group_follows_each_policy() {
+    let (db, kept) = retire_with(UnassignedPolicy::Keep, false).await;
+    assert!(!kept.unwrap().blocked);
+    assert_eq!(members(&db, 1).await.len(), 5);
+
+    let (db, removed) = retire_with(UnassignedPolicy::RemoveMembers, false).await;
+    assert!(!removed.unwrap().blocked, "the team and its history stay");
+    assert!(members(&db, 1).await.is_empty());
+    assert_eq!(
+        count(&db, r#"SELECT count(*) FROM "LiteLLM_TeamMembership""#).await,
+        0
+    );
+
+    let (db, blocked) = retire_with(UnassignedPolicy::Block, false).await;
+    assert!(blocked.unwrap().blocked);
+    assert_eq!(members(&db, 1).await.len(), 5);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entra_sync_assigned_groups").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_group_follows_the_policy_too() {
+    let (db, team) = retire_with(UnassignedPolicy::RemoveMembers, true).await;
+    assert!(team.is_some());
+    assert!(members(&db, 1).await.is_empty());
+}
+
+#[tokio::test]
+async fn app_roles_direct_and_through_a_group_highest_wins_and_revocation() {
+    let sim = sim(|_| {}).await;
+    let viewer_role = Uuid::from_u128(0xbeef);
+    sim.change(|t| {
+        t.app.app_roles.push(AppRole {
+            id: viewer_role,
+            value: "Proxy_Admin_Viewer".into(),
+            display_name: "Viewer".into(),
+            is_enabled: true,
+        });
+        // Research (users 3-8) gets internal_user; user 3 also gets the viewer role directly.
+        t.assign(gid(2), role_id(2)).unwrap();
+        t.assign(uid(3), viewer_role).unwrap();
+        ((), Vec::new())
+    });
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+
+    syncer.poll_assignments(now()).await.unwrap();
+
+    assert_eq!(
+        role_of(&db, 4).await.as_deref(),
+        Some("internal_user"),
+        "through the group"
+    );
+    assert_eq!(
+        role_of(&db, 3).await.as_deref(),
+        Some("proxy_admin_viewer"),
+        "highest, any case"
+    );
+    assert_eq!(
+        role_of(&db, 9).await.as_deref(),
+        Some("proxy_admin"),
+        "direct"
+    );
+    assert_eq!(
+        role_of(&db, 1).await.as_deref(),
+        Some("internal_user_viewer"),
+        "no role: default"
+    );
+
+    // The admin loses the role; user 5 leaves Research; user 4's role was changed by hand.
+    sim.change(|t| (t.unassign(uid(9)), Vec::new()));
+    sim.apply(|t| t.remove_member(gid(2), uid(5)));
+    db.conn()
+        .execute_unprepared(&format!(
+            r#"UPDATE "LiteLLM_UserTable" SET user_role = 'org_admin' WHERE user_id = '{}'"#,
+            uid(4)
+        ))
+        .await
+        .unwrap();
+    syncer.poll_assignments(now()).await.unwrap();
+
+    assert_eq!(
+        role_of(&db, 9).await.as_deref(),
+        Some("internal_user_viewer"),
+        "a revoked admin"
+    );
+    assert_eq!(
+        role_of(&db, 5).await.as_deref(),
+        Some("internal_user_viewer")
+    );
+    assert_eq!(
+        role_of(&db, 4).await.as_deref(),
+        Some("org_admin"),
+        "set by hand: left alone"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_delta_token_resyncs_the_assigned_groups() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    syncer.poll_assignments(now()).await.unwrap();
+    syncer.delta_round(now()).await.unwrap();
+
+    sim.change(|t| {
+        t.expire_delta_tokens();
+        ((), Vec::new())
+    });
+    sim.apply(|t| t.add_member(gid(1), uid(7)));
+    sim.apply(|t| t.remove_member(gid(1), uid(2)));
+    let round = syncer.delta_round(now()).await.unwrap();
+
+    assert!(round.resynced);
+    let mut expected = users_named(1..=5);
+    expected.retain(|id| *id != uid(2).to_string());
+    expected.push(uid(7).to_string());
+    expected.sort();
+    assert_eq!(members(&db, 1).await, expected);
+    assert!(syncer.delta_round(now()).await.unwrap().changes.is_empty());
+}
