@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::graph::GraphArgs;
 use crate::litellm_config::LiteLlmSettings;
 use crate::store::RemovalMode;
+use crate::sync::UnassignedPolicy;
 
 /// Settings every worker command needs.
 #[derive(Clone, Debug, clap::Args)]
@@ -28,6 +29,51 @@ pub struct WorkerConfig {
 
     #[command(flatten)]
     pub graph: GraphArgs,
+
+    /// Redis holding the notification stream.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true, value_parser = secret)]
+    pub redis_url: SecretString,
+
+    /// The stream the webhook appends to.
+    #[arg(
+        long,
+        env = "ENTRA_SYNC_STREAM",
+        default_value = "entra-sync:notifications"
+    )]
+    pub stream: String,
+
+    /// Where entries that keep failing go; default: the stream's name followed by `:dead`.
+    #[arg(long, env = "ENTRA_SYNC_DEAD_LETTER_STREAM")]
+    pub dead_letter_stream: Option<String>,
+
+    /// This replica's name in the consumer group; default: the host name (the pod's name on
+    /// Kubernetes) and the process id.
+    #[arg(long, env = "ENTRA_SYNC_CONSUMER")]
+    pub consumer: Option<String>,
+
+    /// Health and metrics address.
+    #[arg(
+        long,
+        env = "ENTRA_SYNC_METRICS_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
+    pub metrics_listen: std::net::SocketAddr,
+
+    /// What happens to a team whose group is unassigned from the app or deleted.
+    #[arg(long, env = "ENTRA_SYNC_UNASSIGNED_POLICY", value_enum, default_value_t = UnassignedPolicy::RemoveMembers)]
+    pub unassigned_policy: UnassignedPolicy,
+
+    /// Seconds between polls of the app's assignments (each followed by a delta round).
+    #[arg(long, env = "ENTRA_SYNC_POLL_SECONDS", default_value_t = 300)]
+    pub poll_seconds: u64,
+
+    /// Seconds a dead replica's pending entries wait before another replica claims them.
+    #[arg(long, env = "ENTRA_SYNC_CLAIM_IDLE_SECONDS", default_value_t = 60)]
+    pub claim_idle_seconds: u64,
+
+    /// Deliveries after which an unreadable entry goes to the dead-letter stream.
+    #[arg(long, env = "ENTRA_SYNC_MAX_DELIVERIES", default_value_t = 5)]
+    pub max_deliveries: u64,
 }
 
 impl WorkerConfig {
@@ -38,6 +84,21 @@ impl WorkerConfig {
             None => Ok(LiteLlmSettings::default()),
             Some(path) => LiteLlmSettings::load(path, &|name| std::env::var(name).ok()),
         }
+    }
+}
+
+impl WorkerConfig {
+    pub fn consumer_name(&self) -> String {
+        self.consumer.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+
+    pub fn dead_letter_stream(&self) -> String {
+        self.dead_letter_stream
+            .clone()
+            .unwrap_or_else(|| format!("{}:dead", self.stream))
     }
 }
 

@@ -42,7 +42,8 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -52,25 +53,29 @@ fn main() -> ExitCode {
     } else {
         logs.init();
     }
-    // Validate what can be validated now, so a broken deployment fails with a clear message.
-    if let Err(error) = cli.config.litellm_settings() {
-        tracing::error!("{error}");
-        return ExitCode::FAILURE;
-    }
-    if let Err(error) = cli.config.graph.clone().resolve() {
-        tracing::error!("{error}");
-        return ExitCode::FAILURE;
-    }
-    let command = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => "run",
-        Command::Sync { .. } => "sync",
-        Command::Subscriptions { .. } => "subscriptions",
-        Command::Status { .. } => "status",
+    let command = cli.command.unwrap_or(Command::Run);
+    let result = match command {
+        Command::Run => worker::serve::run(cli.config).await,
+        Command::Sync { .. } | Command::Subscriptions { .. } | Command::Status { .. } => {
+            // Validate what can be validated, so a broken deployment fails with a clear message.
+            match cli
+                .config
+                .litellm_settings()
+                .and(cli.config.graph.clone().resolve().map(|_| ()))
+            {
+                Ok(()) => {
+                    tracing::error!("this command is not built yet: `run` is");
+                    return ExitCode::from(2);
+                }
+                Err(error) => Err(error),
+            }
+        }
     };
-    tracing::error!(
-        command,
-        "configuration is valid, but `{command}` is not built yet: the store and the Graph client \
-         exist, the sync loop comes with the next releases"
-    );
-    ExitCode::from(2)
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            ExitCode::FAILURE
+        }
+    }
 }

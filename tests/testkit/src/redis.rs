@@ -67,11 +67,16 @@ impl TestStream {
 
     /// Runs any command against the test's Redis (e.g. creating a consumer group).
     pub fn command(&self, args: &[&str]) -> ::redis::Value {
+        self.try_command(args).expect("Redis command")
+    }
+
+    /// Runs a command that may fail (e.g. on a consumer group not created yet).
+    pub fn try_command(&self, args: &[&str]) -> ::redis::RedisResult<::redis::Value> {
         let mut command = ::redis::cmd(args[0]);
         for arg in &args[1..] {
             command.arg(*arg);
         }
-        command.query(&mut connection()).expect("Redis command")
+        command.query(&mut connection())
     }
 }
 

@@ -54,6 +54,22 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// The `kind` tag, for metrics and the audit log.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::TeamCreated { .. } => "team_created",
+            Self::TeamRenamed { .. } => "team_renamed",
+            Self::TeamBlocked { .. } => "team_blocked",
+            Self::UserCreated { .. } => "user_created",
+            Self::UserLinked { .. } => "user_linked",
+            Self::MemberAdded { .. } => "member_added",
+            Self::MemberRemoved { .. } => "member_removed",
+            Self::RoleChanged { .. } => "role_changed",
+        }
+    }
+}
+
 /// Appends the changes to the audit log, in one statement.
 pub(super) async fn record(
     txn: &DatabaseTransaction,

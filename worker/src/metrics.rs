@@ -1,0 +1,90 @@
+//! The worker's Prometheus metrics (Graph's own are in [`crate::graph::GraphMetrics`]).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkerMetrics {
+    pub stream_lag: Gauge,
+    pub stream_pending: Gauge,
+    pub rounds: Family<ResultLabel, Counter>,
+    pub round_seconds: Histogram,
+    pub changes: Family<KindLabel, Counter>,
+    pub dead_letters: Counter,
+    pub polls: Family<ResultLabel, Counter>,
+}
+
+impl WorkerMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            stream_lag: Gauge::default(),
+            stream_pending: Gauge::default(),
+            rounds: Family::default(),
+            // 10 ms to about 80 s.
+            round_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            changes: Family::default(),
+            dead_letters: Counter::default(),
+            polls: Family::default(),
+        };
+        registry.register(
+            "entra_sync_stream_lag",
+            "Stream entries no worker has read yet",
+            metrics.stream_lag.clone(),
+        );
+        registry.register(
+            "entra_sync_stream_pending",
+            "Stream entries read but not yet acknowledged",
+            metrics.stream_pending.clone(),
+        );
+        registry.register(
+            "entra_sync_rounds",
+            "Delta rounds by result",
+            metrics.rounds.clone(),
+        );
+        registry.register(
+            "entra_sync_round_seconds",
+            "Duration of delta rounds",
+            metrics.round_seconds.clone(),
+        );
+        registry.register(
+            "entra_sync_changes",
+            "Changes applied to LiteLLM's tables, by kind",
+            metrics.changes.clone(),
+        );
+        registry.register(
+            "entra_sync_dead_letters",
+            "Stream entries moved to the dead-letter stream",
+            metrics.dead_letters.clone(),
+        );
+        registry.register(
+            "entra_sync_assignment_polls",
+            "Polls of the app's assignments by result",
+            metrics.polls.clone(),
+        );
+        metrics
+    }
+
+    pub fn count_changes(&self, changes: &[crate::store::Change]) {
+        for change in changes {
+            self.changes
+                .get_or_create(&KindLabel {
+                    kind: change.kind(),
+                })
+                .inc();
+        }
+    }
+}

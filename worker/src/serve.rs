@@ -1,0 +1,125 @@
+//! Starting `entra-sync-worker run` from its configuration: every check first, with a clear
+//! error, then the health and metrics endpoint, then the loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use prometheus_client::registry::Registry;
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
+use secrecy::ExposeSecret;
+
+use crate::config::WorkerConfig;
+use crate::error::{Error, Result};
+use crate::graph::{GraphClient, GraphMetrics};
+use crate::metrics::WorkerMetrics;
+use crate::run::{RunSettings, Worker};
+use crate::store::Store;
+use crate::stream::{StreamConsumer, StreamSettings};
+use crate::sync::Syncer;
+
+/// Connects to LiteLLM's database with a clear error.
+pub async fn connect_database(config: &WorkerConfig) -> Result<DatabaseConnection> {
+    let mut options = ConnectOptions::new(config.database_url.expose_secret().to_owned());
+    options
+        .max_connections(16)
+        .connect_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    Database::connect(options)
+        .await
+        .map_err(|e| Error::Settings(format!("cannot connect to DATABASE_URL: {e}")))
+}
+
+struct Health {
+    db: DatabaseConnection,
+    registry: Registry,
+}
+
+async fn healthz() -> StatusCode {
+    StatusCode::OK
+}
+
+async fn readyz(State(health): State<Arc<Health>>) -> StatusCode {
+    match health.db.execute_unprepared("SELECT 1").await {
+        Ok(_) => StatusCode::OK,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+async fn metrics_text(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    let mut text = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut text, &health.registry);
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+/// `entra-sync-worker run`.
+pub async fn run(config: WorkerConfig) -> Result<()> {
+    let settings = config.litellm_settings()?;
+    let graph_config = config.graph.clone().resolve()?;
+    let db = connect_database(&config).await?;
+    crate::startup::check_database(&db).await?;
+
+    let mut registry = Registry::default();
+    let graph_metrics = GraphMetrics::register(&mut registry);
+    let metrics = WorkerMetrics::register(&mut registry);
+    let graph = GraphClient::new(graph_config, graph_metrics)?;
+    let consumer = StreamConsumer::connect(
+        config.redis_url.expose_secret(),
+        StreamSettings {
+            stream: config.stream.clone(),
+            dead_letter: config.dead_letter_stream(),
+            consumer: config.consumer_name(),
+            batch: 500,
+            claim_idle: Duration::from_secs(config.claim_idle_seconds),
+            max_deliveries: config.max_deliveries,
+        },
+    )
+    .await
+    .map_err(|e| Error::Settings(format!("Redis at REDIS_URL is not reachable: {e}")))?;
+
+    let listener = tokio::net::TcpListener::bind(config.metrics_listen)
+        .await
+        .map_err(|e| {
+            Error::Settings(format!(
+                "ENTRA_SYNC_METRICS_LISTEN {}: {e}",
+                config.metrics_listen
+            ))
+        })?;
+    let health = Arc::new(Health {
+        db: db.clone(),
+        registry,
+    });
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(healthz))
+        .route("/readyz", axum::routing::get(readyz))
+        .route("/metrics", axum::routing::get(metrics_text))
+        .with_state(health);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let store = Store::new(db.clone(), settings, config.removal_mode);
+    let worker = Worker {
+        syncer: Syncer::new(graph, store, db, config.unassigned_policy),
+        consumer,
+        metrics,
+        settings: RunSettings {
+            poll_interval: Duration::from_secs(config.poll_seconds.max(1)),
+            max_deliveries: config.max_deliveries,
+            ..RunSettings::default()
+        },
+    };
+    tracing::info!(
+        stream = config.stream,
+        consumer = worker.consumer.settings().consumer,
+        metrics = %config.metrics_listen,
+        "worker running"
+    );
+    worker.run(webhook::shutdown_signal()).await
+}

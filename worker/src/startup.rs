@@ -1,0 +1,46 @@
+//! Checks made before the worker starts, each failing with what to do about it.
+
+use migration::{MigratorTrait, sea_orm::DatabaseConnection};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+use crate::error::{Error, Result};
+
+/// LiteLLM's tables exist, and entra-sync's migrations have all run.
+pub async fn check_database(db: &DatabaseConnection) -> Result<()> {
+    let litellm = db
+        .query_one(Statement::from_string(
+            DbBackend::Postgres,
+            r#"SELECT (to_regclass('"LiteLLM_TeamTable"') IS NOT NULL
+                   AND to_regclass('"LiteLLM_UserTable"') IS NOT NULL
+                   AND to_regclass('"LiteLLM_TeamMembership"') IS NOT NULL)::int AS ok"#,
+        ))
+        .await?
+        .and_then(|row| row.try_get_by_index::<i32>(0).ok());
+    if litellm != Some(1) {
+        return Err(Error::Settings(
+            "LiteLLM's tables are not in DATABASE_URL: run LiteLLM's migrations first (start LiteLLM once)".into(),
+        ));
+    }
+    let applied: Vec<String> = db
+        .query_all(Statement::from_string(
+            DbBackend::Postgres,
+            format!("SELECT version FROM {}", migration::MIGRATION_TABLE),
+        ))
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|row| row.try_get_by_index::<String>(0).ok())
+        .collect();
+    let missing: Vec<String> = migration::Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .filter(|name| !applied.contains(name))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::Settings(format!(
+            "entra-sync's tables are not up to date ({} pending): run `entra-sync-migrate up` first",
+            missing.join(", ")
+        )));
+    }
+    Ok(())
+}
