@@ -10,13 +10,14 @@
 
 mod litellm_schema;
 mod postgres;
+pub mod proxy;
 pub mod redis;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
 pub use litellm_schema::LITELLM_PROXY_EXTRAS_VERSION;
-pub use postgres::server_url;
+pub use postgres::{server_addr, server_url};
 
 /// A database of its own for one test, dropped when the value is dropped (set
 /// `ENTRA_SYNC_KEEP_TEST_DB=1` to keep it for a look after a failure).
@@ -56,6 +57,17 @@ impl TestDatabase {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The database's URL through a proxy listening at `proxy` (see [`proxy::TcpProxy`]).
+    pub fn url_via(&self, proxy: std::net::SocketAddr) -> String {
+        let server = postgres::server_url();
+        let (scheme, rest) = server.split_once("://").unwrap_or(("postgres", server));
+        let user = rest
+            .rsplit_once('@')
+            .map(|(user, _)| format!("{user}@"))
+            .unwrap_or_default();
+        format!("{scheme}://{user}{proxy}/{}", self.name)
     }
 
     /// Opens another, independent pool on the same database (for concurrency tests).

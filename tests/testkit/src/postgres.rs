@@ -17,6 +17,28 @@ pub fn server_url() -> &'static str {
     })
 }
 
+/// The server's address, for a proxy in front of it.
+pub fn server_addr() -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    let url = server_url();
+    let host_port = url
+        .split("://")
+        .nth(1)
+        .unwrap_or_default()
+        .rsplit('@')
+        .next()
+        .unwrap_or_default()
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    host_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .unwrap_or_else(|| panic!("cannot resolve the PostgreSQL address in {url}"))
+}
+
 pub fn database_url(name: &str) -> String {
     format!("{}/{name}", server_url())
 }

@@ -4,11 +4,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-
-use tokio::io::copy_bidirectional;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
 /// The Redis the tests use: `ENTRA_SYNC_TEST_REDIS`, by default `redis://127.0.0.1:6379`.
 pub fn redis_url() -> String {
@@ -93,106 +88,37 @@ impl Drop for TestStream {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    Forward,
-    /// Connections are closed at once, as when Redis is down.
-    Cut,
-    /// Connections are accepted and never answered, as when Redis hangs.
-    Stall,
-}
-
 /// A TCP proxy in front of the test Redis.
 #[derive(Debug)]
 pub struct RedisProxy {
-    addr: SocketAddr,
-    mode: Arc<Mutex<Mode>>,
-    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    accept: JoinHandle<()>,
+    proxy: crate::proxy::TcpProxy,
 }
 
 impl RedisProxy {
     pub async fn start() -> Self {
-        let target = redis_target();
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the Redis proxy");
-        let addr = listener.local_addr().expect("proxy address");
-        let mode = Arc::new(Mutex::new(Mode::Forward));
-        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let accept = tokio::spawn({
-            let mode = mode.clone();
-            let connections = connections.clone();
-            async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
-                    let current = *mode.lock().expect("proxy mode");
-                    let task = tokio::spawn(async move {
-                        match current {
-                            Mode::Cut => {}
-                            Mode::Stall => std::future::pending::<()>().await,
-                            Mode::Forward => {
-                                if let Ok(mut outbound) = TcpStream::connect(target).await {
-                                    let _ = copy_bidirectional(&mut inbound, &mut outbound).await;
-                                }
-                            }
-                        }
-                    });
-                    connections.lock().expect("proxy connections").push(task);
-                }
-            }
-        });
         Self {
-            addr,
-            mode,
-            connections,
-            accept,
+            proxy: crate::proxy::TcpProxy::start(redis_target()).await,
         }
     }
 
     /// The URL clients use instead of Redis's own.
     pub fn url(&self) -> String {
-        format!("redis://{}", self.addr)
-    }
-
-    fn set(&self, mode: Mode) {
-        *self.mode.lock().expect("proxy mode") = mode;
-        for task in self
-            .connections
-            .lock()
-            .expect("proxy connections")
-            .drain(..)
-        {
-            task.abort();
-        }
+        format!("redis://{}", self.proxy.addr())
     }
 
     /// Redis goes away: open connections are closed, new ones closed at once.
     pub fn cut(&self) {
-        self.set(Mode::Cut);
+        self.proxy.cut();
     }
 
     /// Redis hangs: open connections are closed, new ones accepted and never answered.
     pub fn stall(&self) {
-        self.set(Mode::Stall);
+        self.proxy.stall();
     }
 
     /// Redis is back.
     pub fn restore(&self) {
-        self.set(Mode::Forward);
-    }
-}
-
-impl Drop for RedisProxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        for task in self
-            .connections
-            .lock()
-            .map(|mut c| c.drain(..).collect::<Vec<_>>())
-            .unwrap_or_default()
-        {
-            task.abort();
-        }
+        self.proxy.restore();
     }
 }
 

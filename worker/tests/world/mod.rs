@@ -1,0 +1,278 @@
+//! The end-to-end world: graph-sim, the webhook subscribed to groups, Redis, a fresh database
+//! with LiteLLM's schema, and workers in-process or as processes.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use entity::litellm::team;
+use entra_sync_testkit::TestDatabase;
+use entra_sync_testkit::redis::{TestStream, redis_url};
+use graph_sim::GraphSim;
+use prometheus_client::registry::Registry;
+use sea_orm::{DatabaseConnection, EntityTrait};
+use tokio::sync::oneshot;
+use worker::graph::NewSubscription;
+use worker::metrics::WorkerMetrics;
+use worker::run::{RunSettings, Worker};
+use worker::store::{RemovalMode, Store};
+use worker::stream::{StreamConsumer, StreamSettings};
+use worker::sync::{Syncer, UnassignedPolicy};
+
+use crate::graph_common::*;
+
+pub const CLIENT_STATE: &str = "e2e-client-state";
+
+pub struct World {
+    pub sim: GraphSim,
+    pub db: TestDatabase,
+    pub stream: TestStream,
+    pub dead: TestStream,
+    stop_webhook: Option<oneshot::Sender<()>>,
+    workers: Vec<(
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<worker::Result<()>>,
+    )>,
+    processes: Vec<Child>,
+}
+
+impl World {
+    /// graph-sim with its tenant, the webhook subscribed to groups, a fresh database; the worker
+    /// is started separately.
+    pub async fn new() -> Self {
+        let sim = sim(|_| {}).await;
+        let db = TestDatabase::new().await;
+        let stream = TestStream::new();
+        let dead = TestStream::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop_webhook, stop) = oneshot::channel::<()>();
+        tokio::spawn(webhook::serve(
+            listener,
+            webhook::Settings {
+                redis_url: redis_url().into(),
+                stream: stream.key().to_owned(),
+                client_state: CLIENT_STATE.to_owned().into(),
+                client_state_previous: Vec::new(),
+                tenant_id: sim.config().tenant_id.to_string(),
+                deadline: Duration::from_secs(2),
+                body_limit: 1024 * 1024,
+                max_backlog: 1_000_000,
+                backlog_interval: Duration::from_millis(200),
+            },
+            async {
+                let _ = stop.await;
+            },
+        ));
+        let (client, _) = secret_client(&sim);
+        client
+            .create_subscription(&NewSubscription {
+                resource: "groups".into(),
+                change_type: "updated,deleted".into(),
+                notification_url: format!("{url}/notifications"),
+                lifecycle_notification_url: format!("{url}/lifecycle"),
+                client_state: CLIENT_STATE.to_owned().into(),
+                expiration: chrono::Utc::now() + chrono::Duration::days(1),
+            })
+            .await
+            .unwrap();
+        Self {
+            sim,
+            db,
+            stream,
+            dead,
+            stop_webhook: Some(stop_webhook),
+            workers: Vec::new(),
+            processes: Vec::new(),
+        }
+    }
+
+    /// A worker in this process, on the test database.
+    pub fn start_worker(&mut self) {
+        let conn = self.db.conn().clone();
+        self.start_worker_on(conn, "e2e");
+    }
+
+    /// A worker in this process, named `consumer`, on the given connection.
+    pub fn start_worker_on(&mut self, conn: DatabaseConnection, consumer: &str) {
+        let (client, _) = secret_client(&self.sim);
+        let store = Store::new(conn.clone(), Default::default(), RemovalMode::Managed);
+        let syncer = Syncer::new(client, store, conn, UnassignedPolicy::RemoveMembers);
+        let settings = StreamSettings {
+            stream: self.stream.key().to_owned(),
+            dead_letter: self.dead.key().to_owned(),
+            consumer: consumer.into(),
+            batch: 500,
+            claim_idle: Duration::from_secs(1),
+            max_deliveries: 3,
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            let consumer = StreamConsumer::connect(&redis_url(), settings)
+                .await
+                .unwrap();
+            let worker = Worker {
+                syncer,
+                consumer,
+                metrics: WorkerMetrics::register(&mut Registry::default()),
+                settings: RunSettings {
+                    poll_interval: Duration::from_secs(3600),
+                    block: Duration::from_millis(200),
+                    max_deliveries: 3,
+                    trim_interval: Duration::from_secs(3600),
+                },
+            };
+            worker
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        self.workers.push((stop, handle));
+    }
+
+    /// Stops the in-process workers (each finishes its round) and waits for them.
+    pub async fn stop_workers(&mut self) {
+        for (stop, handle) in self.workers.drain(..) {
+            let _ = stop.send(());
+            handle.await.unwrap().unwrap();
+        }
+    }
+
+    /// `entra-sync-worker run` as a process of its own, configured as an operator would.
+    pub fn spawn_worker_process(&mut self, consumer: &str) -> usize {
+        let config = self.sim.config();
+        let child = Command::new(env!("CARGO_BIN_EXE_entra-sync-worker"))
+            .arg("run")
+            .env("DATABASE_URL", self.db.url())
+            .env("REDIS_URL", redis_url())
+            .env("ENTRA_SYNC_STREAM", self.stream.key())
+            .env("ENTRA_SYNC_DEAD_LETTER_STREAM", self.dead.key())
+            .env("ENTRA_SYNC_CONSUMER", consumer)
+            .env("ENTRA_SYNC_METRICS_LISTEN", "127.0.0.1:0")
+            .env("ENTRA_SYNC_CLAIM_IDLE_SECONDS", "1")
+            .env("ENTRA_SYNC_MAX_DELIVERIES", "3")
+            .env("ENTRA_SYNC_POLL_SECONDS", "3600")
+            .env("AZURE_TENANT_ID", config.tenant_id.to_string())
+            .env("AZURE_CLIENT_ID", config.client_id.to_string())
+            .env("AZURE_CLIENT_SECRET", config.client_secret.clone().unwrap())
+            .env("AZURE_AUTHORITY_HOST", self.sim.url())
+            .env("MICROSOFT_GRAPH_ENDPOINT", self.sim.graph_url())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("entra-sync-worker starts");
+        self.processes.push(child);
+        self.processes.len() - 1
+    }
+
+    /// SIGKILL: no chance to finish the round or acknowledge anything.
+    pub fn kill_process(&mut self, index: usize) {
+        let child = &mut self.processes[index];
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    pub async fn members(&self, n: u128) -> Option<Vec<String>> {
+        let team = team::Entity::find_by_id(gid(n).to_string())
+            .one(self.db.conn())
+            .await
+            .unwrap()?;
+        let mut ids: Vec<String> = team
+            .members_with_roles
+            .as_array()?
+            .iter()
+            .map(|e| e["user_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        Some(ids)
+    }
+
+    pub async fn alias(&self, n: u128) -> Option<String> {
+        team::Entity::find_by_id(gid(n).to_string())
+            .one(self.db.conn())
+            .await
+            .unwrap()
+            .and_then(|t| t.team_alias)
+    }
+
+    /// Entries not yet read by the workers' group (all of them before it exists).
+    pub fn unread(&self) -> i64 {
+        let Ok(redis::Value::Array(groups)) =
+            self.stream
+                .try_command(&["XINFO", "GROUPS", self.stream.key()])
+        else {
+            return -1;
+        };
+        for group in groups {
+            let fields = match group {
+                redis::Value::Array(fields) => fields,
+                redis::Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+                _ => continue,
+            };
+            let mut lag = -1;
+            for pair in fields.chunks(2) {
+                if let [redis::Value::BulkString(key), value] = pair
+                    && key == b"lag"
+                {
+                    lag = match value {
+                        redis::Value::Int(n) => *n,
+                        _ => -1,
+                    };
+                }
+            }
+            return lag;
+        }
+        -1
+    }
+
+    pub fn pending(&self) -> i64 {
+        match self
+            .stream
+            .try_command(&["XPENDING", self.stream.key(), "entra-sync-workers"])
+        {
+            Ok(redis::Value::Array(items)) => match items.first() {
+                Some(redis::Value::Int(n)) => *n,
+                _ => 0,
+            },
+            _ => -1,
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop_webhook.take() {
+            let _ = stop.send(());
+        }
+        for (stop, _) in self.workers.drain(..) {
+            let _ = stop.send(());
+        }
+        for child in &mut self.processes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn users(range: std::ops::RangeInclusive<u128>) -> Vec<String> {
+    let mut ids: Vec<String> = range.map(|n| uid(n).to_string()).collect();
+    ids.sort();
+    ids
+}
+
+/// Waits (up to 20 s) until `check` holds; returns whether it did.
+pub async fn eventually<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..400 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
