@@ -295,3 +295,45 @@ async fn an_expired_delta_token_resyncs_the_assigned_groups() {
     assert_eq!(members(&db, 1).await, expected);
     assert!(syncer.delta_round(now()).await.unwrap().changes.is_empty());
 }
+
+#[tokio::test]
+async fn rounds_of_two_replicas_never_interleave() {
+    use sea_orm::TransactionTrait;
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    syncer.poll_assignments(now()).await.unwrap();
+
+    // Another replica is in the middle of a round.
+    let other = db.connect_again().await;
+    let other_round = other.begin().await.unwrap();
+    other_round
+        .execute(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1)",
+            [worker::sync::ROUND_LOCK.into()],
+        ))
+        .await
+        .unwrap();
+    let ours = tokio::spawn({
+        let syncer = syncer.clone();
+        async move { syncer.delta_round(now()).await }
+    });
+    let mut waiting = 0;
+    for _ in 0..200 {
+        waiting = count(
+            &db,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .await;
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(waiting, 1, "our round did not wait for the other replica's");
+    assert!(!ours.is_finished());
+    other_round.commit().await.unwrap();
+    ours.await.unwrap().unwrap();
+}

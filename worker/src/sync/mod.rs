@@ -21,7 +21,7 @@ use crate::graph::GraphClient;
 use crate::store::{ApplyOptions, Change, LiteLlmWriter, Store};
 
 pub use assignments::AssignmentReport;
-pub use round::RoundReport;
+pub use round::{ROUND_LOCK, RoundReport};
 
 /// What happens to a team whose group is no longer assigned to the app, or was deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

@@ -13,7 +13,7 @@ use crate::graph::model::ObjectKind;
 use crate::store::{ApplyOptions, Change, LiteLlmWriter};
 
 /// The advisory lock every worker replica takes for a round, so that two never interleave.
-const ROUND_LOCK: i64 = 0x656e_7472_6173_796e; // "entrasyn"
+pub const ROUND_LOCK: i64 = 0x656e_7472_6173_796e; // "entrasyn"
 
 /// What a round did.
 #[derive(Debug, Default)]

@@ -141,30 +141,86 @@ impl World {
 
     /// `entra-sync-worker run` as a process of its own, configured as an operator would.
     pub fn spawn_worker_process(&mut self, consumer: &str) -> usize {
+        self.spawn_worker_process_with(consumer, &[])
+    }
+
+    /// The environment an operator would give `entra-sync-worker` for this world.
+    pub fn worker_env(&self, consumer: &str) -> Vec<(String, String)> {
         let config = self.sim.config();
-        let child = Command::new(env!("CARGO_BIN_EXE_entra-sync-worker"))
+        [
+            ("DATABASE_URL", self.db.url().to_owned()),
+            ("REDIS_URL", redis_url()),
+            ("ENTRA_SYNC_STREAM", self.stream.key().to_owned()),
+            ("ENTRA_SYNC_DEAD_LETTER_STREAM", self.dead.key().to_owned()),
+            ("ENTRA_SYNC_CONSUMER", consumer.to_owned()),
+            ("ENTRA_SYNC_METRICS_LISTEN", "127.0.0.1:0".to_owned()),
+            ("ENTRA_SYNC_CLAIM_IDLE_SECONDS", "1".to_owned()),
+            ("ENTRA_SYNC_MAX_DELIVERIES", "3".to_owned()),
+            ("ENTRA_SYNC_POLL_SECONDS", "3600".to_owned()),
+            ("AZURE_TENANT_ID", config.tenant_id.to_string()),
+            ("AZURE_CLIENT_ID", config.client_id.to_string()),
+            ("AZURE_CLIENT_SECRET", config.client_secret.clone().unwrap()),
+            ("AZURE_AUTHORITY_HOST", self.sim.url().to_owned()),
+            ("MICROSOFT_GRAPH_ENDPOINT", self.sim.graph_url()),
+            ("RUST_LOG", "warn".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// Like [`Self::spawn_worker_process`], with some variables changed.
+    pub fn spawn_worker_process_with(
+        &mut self,
+        consumer: &str,
+        overrides: &[(&str, &str)],
+    ) -> usize {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_entra-sync-worker"));
+        command
             .arg("run")
-            .env("DATABASE_URL", self.db.url())
-            .env("REDIS_URL", redis_url())
-            .env("ENTRA_SYNC_STREAM", self.stream.key())
-            .env("ENTRA_SYNC_DEAD_LETTER_STREAM", self.dead.key())
-            .env("ENTRA_SYNC_CONSUMER", consumer)
-            .env("ENTRA_SYNC_METRICS_LISTEN", "127.0.0.1:0")
-            .env("ENTRA_SYNC_CLAIM_IDLE_SECONDS", "1")
-            .env("ENTRA_SYNC_MAX_DELIVERIES", "3")
-            .env("ENTRA_SYNC_POLL_SECONDS", "3600")
-            .env("AZURE_TENANT_ID", config.tenant_id.to_string())
-            .env("AZURE_CLIENT_ID", config.client_id.to_string())
-            .env("AZURE_CLIENT_SECRET", config.client_secret.clone().unwrap())
-            .env("AZURE_AUTHORITY_HOST", self.sim.url())
-            .env("MICROSOFT_GRAPH_ENDPOINT", self.sim.graph_url())
-            .env("RUST_LOG", "warn")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (key, value) in self.worker_env(consumer) {
+            command.env(key, value);
+        }
+        for (key, value) in overrides {
+            command.env(key, value);
+        }
+        // ENTRA_SYNC_TEST_WORKER_LOGS=1 shows the workers' logs (with --nocapture).
+        let logs = if std::env::var_os("ENTRA_SYNC_TEST_WORKER_LOGS").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        let child = command
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(logs)
             .spawn()
             .expect("entra-sync-worker starts");
         self.processes.push(child);
         self.processes.len() - 1
+    }
+
+    /// The process id of a worker process.
+    pub fn process_id(&self, index: usize) -> u32 {
+        self.processes[index].id()
+    }
+
+    /// Waits for a worker process to exit, up to `limit`, without blocking the test's runtime
+    /// (graph-sim and the webhook run on it).
+    pub async fn wait_process(
+        &mut self,
+        index: usize,
+        limit: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.processes[index].try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
     }
 
     /// SIGKILL: no chance to finish the round or acknowledge anything.

@@ -1,0 +1,174 @@
+//! `entra-sync-worker run` as an operator runs it: start-up checks with clear errors, health
+//! and metrics, and a graceful stop on SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod graph_common;
+mod world;
+
+use std::process::Command;
+use std::time::Duration;
+
+use entra_sync_testkit::TestDatabase;
+use graph_common::*;
+use graph_sim::Fault;
+use world::*;
+
+/// Runs the worker to its exit with this environment; returns its exit success and stderr.
+async fn run_once(env: &[(String, String)]) -> (bool, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_entra-sync-worker"));
+    command
+        .arg("run")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("the worker exits")
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn set(env: &mut Vec<(String, String)>, key: &str, value: Option<&str>) {
+    env.retain(|(k, _)| k != key);
+    if let Some(value) = value {
+        env.push((key.to_owned(), value.to_owned()));
+    }
+}
+
+#[tokio::test]
+async fn start_up_checks_fail_with_what_to_do() {
+    let world = World::new().await;
+
+    let mut env = world.worker_env("checks");
+    set(
+        &mut env,
+        "DATABASE_URL",
+        Some(&format!("{}/postgres", entra_sync_testkit::server_url())),
+    );
+    let (ok, stderr) = run_once(&env).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("run LiteLLM's migrations first"),
+        "{stderr}"
+    );
+
+    let litellm_only = TestDatabase::litellm_only().await;
+    set(&mut env, "DATABASE_URL", Some(litellm_only.url()));
+    let (ok, stderr) = run_once(&env).await;
+    assert!(!ok);
+    assert!(stderr.contains("entra-sync-migrate up"), "{stderr}");
+
+    let mut env = world.worker_env("checks");
+    set(&mut env, "REDIS_URL", Some("redis://127.0.0.1:9"));
+    let (ok, stderr) = run_once(&env).await;
+    assert!(!ok);
+    assert!(stderr.contains("REDIS_URL"), "{stderr}");
+
+    let mut env = world.worker_env("checks");
+    set(&mut env, "AZURE_CLIENT_SECRET", None);
+    let (ok, stderr) = run_once(&env).await;
+    assert!(!ok);
+    assert!(stderr.contains("AZURE_CLIENT_SECRET"), "{stderr}");
+
+    let mut env = world.worker_env("checks");
+    set(
+        &mut env,
+        "DATABASE_URL",
+        Some("postgres://postgres@127.0.0.1:9/nowhere"),
+    );
+    let (ok, stderr) = run_once(&env).await;
+    assert!(!ok);
+    assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn health_metrics_and_a_graceful_stop_on_sigterm() {
+    let mut world = World::new().await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let worker =
+        world.spawn_worker_process_with("graceful", &[("ENTRA_SYNC_METRICS_LISTEN", &listen)]);
+    assert!(eventually(|| async { world.members(1).await == Some(users(1..=5)) }).await);
+    assert!(
+        eventually(|| async {
+            world
+                .sim
+                .requests()
+                .iter()
+                .any(|r| r.query.contains("latest") && r.status == 200)
+        })
+        .await
+    );
+
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("http://{listen}{path}")).send();
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+
+    // A round that takes a while; SIGTERM arrives in the middle of it.
+    world.sim.add_fault(Fault::delay("/groups/delta", 1500, 1));
+    world.sim.apply(|t| t.add_member(gid(1), uid(6)));
+    assert!(eventually(|| async { world.pending() >= 1 }).await);
+    let status = Command::new("kill")
+        .args(["-TERM", &world.process_id(worker).to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = world
+        .wait_process(worker, Duration::from_secs(15))
+        .await
+        .expect("the worker stops");
+    assert!(exit.success(), "{exit:?}");
+    assert_eq!(
+        world.members(1).await,
+        Some(users(1..=6)),
+        "the round in progress finished"
+    );
+    assert_eq!(world.pending(), 0, "and was acknowledged");
+
+    // Metrics, from a worker that is running.
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    world.spawn_worker_process_with("metrics", &[("ENTRA_SYNC_METRICS_LISTEN", &listen)]);
+    world.sim.apply(|t| t.remove_member(gid(1), uid(6)));
+    assert!(eventually(|| async { world.members(1).await == Some(users(1..=5)) }).await);
+    let scrape = || async {
+        match http.get(format!("http://{listen}/metrics")).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    };
+    assert!(
+        eventually(|| async {
+            scrape()
+                .await
+                .contains(r#"entra_sync_changes_total{kind="member_removed"}"#)
+        })
+        .await
+    );
+    let metrics = scrape().await;
+    for name in [
+        "entra_sync_rounds_total{result=\"ok\"}",
+        "entra_sync_round_seconds_count",
+        "entra_sync_stream_lag",
+        "entra_sync_stream_pending",
+        "entra_sync_dead_letters_total",
+        "entra_sync_graph_requests_total{endpoint=\"groups_delta\",status=\"200\"}",
+        "entra_sync_assignment_polls_total{result=\"ok\"}",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+}
