@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use entity::{GroupId, UserId};
-use graph_sim::tenant::{Group, TenantFile, User};
+use graph_sim::tenant::TenantFile;
 use graph_sim::{GraphSim, SimConfig};
 use prometheus_client::registry::Registry;
 use uuid::Uuid;
@@ -28,31 +28,7 @@ fn gid(n: u128) -> Uuid {
 }
 
 fn tenant() -> TenantFile {
-    let users = (0..USERS)
-        .map(|n| User {
-            id: uid(n),
-            display_name: format!("User {n}"),
-            user_principal_name: format!("user{n}@contoso.example"),
-            mail: None,
-            account_enabled: true,
-        })
-        .collect();
-    // Every user is in ten groups.
-    let groups = (0..GROUPS)
-        .map(|g| Group {
-            id: gid(g),
-            display_name: format!("Group {g}"),
-            description: None,
-            members: (0..MEMBERS_PER_GROUP)
-                .map(|k| uid((g * MEMBERS_PER_GROUP + k) % USERS))
-                .collect(),
-        })
-        .collect();
-    TenantFile {
-        users,
-        groups,
-        app: Default::default(),
-    }
+    TenantFile::generate(GROUPS, USERS, MEMBERS_PER_GROUP)
 }
 
 fn peak_rss_mib() -> f64 {

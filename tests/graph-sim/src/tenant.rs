@@ -97,6 +97,50 @@ pub struct TenantFile {
     pub app: App,
 }
 
+impl TenantFile {
+    /// A generated tenant for benchmarks: `users` users and `groups` groups of `members` members
+    /// each, users spread evenly over the groups; every group assigned to the app.
+    pub fn generate(groups: u128, users: u128, members: u128) -> Self {
+        let user = |n: u128| Uuid::from_u128(0x5b00_0000_0000_4000_8000_0000_0000_0000 + n);
+        let group = |n: u128| Uuid::from_u128(0x9a00_0000_0000_4000_8000_0000_0000_0000 + n);
+        let users_list = (0..users)
+            .map(|n| User {
+                id: user(n),
+                display_name: format!("User {n}"),
+                user_principal_name: format!("user{n}@contoso.example"),
+                mail: None,
+                account_enabled: true,
+            })
+            .collect();
+        let groups_list = (0..groups)
+            .map(|g| Group {
+                id: group(g),
+                display_name: format!("Group {g}"),
+                description: None,
+                members: (0..members)
+                    .map(|k| user((g * members + k) % users.max(1)))
+                    .collect(),
+            })
+            .collect();
+        let app = App {
+            assignments: (0..groups)
+                .map(|g| Assignment {
+                    id: format!("generated-{g}"),
+                    principal_id: group(g),
+                    principal_type: PrincipalType::Group,
+                    app_role_id: Uuid::nil(),
+                })
+                .collect(),
+            ..App::default()
+        };
+        Self {
+            users: users_list,
+            groups: groups_list,
+            app,
+        }
+    }
+}
+
 /// What a change was to, for change notifications.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Resource {

@@ -49,15 +49,13 @@ impl Syncer {
         }
         report.assigned_groups = assigned.len();
         let known = state::assigned(&self.db).await?;
-        for (group, name) in &assigned {
-            if !known.contains_key(group) {
-                report.newly_assigned += 1;
-                report
-                    .changes
-                    .extend(self.sync_group_fully(group, Some(name), now).await?);
-                state::remember_assigned(&self.db, group, Some(name), now).await?;
-            }
-        }
+        let new: Vec<(GroupId, String)> = assigned
+            .iter()
+            .filter(|(group, _)| !known.contains_key(*group))
+            .map(|(group, name)| (group.clone(), name.clone()))
+            .collect();
+        report.newly_assigned = new.len();
+        report.changes.extend(self.sync_new_groups(new, now).await?);
         for group in known.keys().filter(|g| !assigned.contains_key(*g)) {
             report.unassigned += 1;
             report.changes.extend(self.retire_group(group, now).await?);
@@ -73,6 +71,46 @@ impl Syncer {
             .changes
             .extend(self.sync_roles(&assignments, &role_values, now).await?);
         Ok(report)
+    }
+
+    /// New groups get their team and full membership, `PARALLEL_GROUPS` at a time (a first sync
+    /// of thousands of groups is bound by round trips, not by PostgreSQL).
+    async fn sync_new_groups(
+        &self,
+        groups: Vec<(GroupId, String)>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Change>> {
+        const PARALLEL_GROUPS: usize = 8;
+        let mut changes = Vec::new();
+        let mut pending = groups.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < PARALLEL_GROUPS {
+                let Some((group, name)) = pending.next() else {
+                    break;
+                };
+                let syncer = self.clone();
+                running.spawn(async move {
+                    let changes = syncer
+                        .sync_group_fully_retrying(&group, Some(&name), now)
+                        .await?;
+                    state::remember_assigned(&syncer.db, &group, Some(&name), now).await?;
+                    Ok::<_, crate::Error>(changes)
+                });
+            }
+            let Some(done) = running.join_next().await else {
+                break;
+            };
+            match done {
+                Ok(result) => changes.extend(result?),
+                Err(panic) => {
+                    return Err(crate::Error::Settings(format!(
+                        "a group sync task failed: {panic}"
+                    )));
+                }
+            }
+        }
+        Ok(changes)
     }
 
     /// A user's roles are those assigned to the user directly or to a group the user is a direct

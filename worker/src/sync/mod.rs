@@ -59,6 +59,26 @@ impl Syncer {
         }
     }
 
+    /// [`Self::sync_group_fully`], retried when another writer created the same user at the same
+    /// moment (groups synced in parallel share users).
+    async fn sync_group_fully_retrying(
+        &self,
+        group: &GroupId,
+        display_name: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Change>> {
+        let mut attempt = 0;
+        loop {
+            match self.sync_group_fully(group, display_name, now).await {
+                Err(crate::Error::ConcurrentChange(what)) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::debug!(%group, what, attempt, "concurrent change; retrying the group");
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Reads the group's whole membership and makes the team equal it; with a display name the
     /// team is created (or renamed) first.
     async fn sync_group_fully(

@@ -143,7 +143,10 @@ impl Syncer {
         let assigned: Vec<(GroupId, Option<String>)> =
             state::assigned(&self.db).await?.into_iter().collect();
         for (group, name) in &assigned {
-            let changes = match self.sync_group_fully(group, name.as_deref(), now).await {
+            let changes = match self
+                .sync_group_fully_retrying(group, name.as_deref(), now)
+                .await
+            {
                 Ok(changes) => changes,
                 // Deleted in the meantime, or its team was: the next poll of assignments settles it.
                 Err(Error::Graph { status: 404, .. } | Error::TeamNotFound(_)) => continue,

@@ -1,0 +1,91 @@
+//! Sync benchmark (not a test): the first full sync of a tenant whose every group is assigned to
+//! the app, from graph-sim into LiteLLM's real schema: wall time, Graph requests, peak memory.
+//!
+//! Run: `cargo bench -p worker --bench sync` (1,000 x 100, then 10,000 x 100 memberships).
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Instant;
+
+use entra_sync_testkit::TestDatabase;
+use graph_sim::tenant::TenantFile;
+use graph_sim::{GraphSim, SimConfig};
+use prometheus_client::registry::Registry;
+use worker::graph::{Credential, GraphClient, GraphConfig, GraphMetrics, RetryPolicy};
+use worker::litellm_config::LiteLlmSettings;
+use worker::store::{RemovalMode, Store};
+use worker::sync::{Syncer, UnassignedPolicy};
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+async fn full_sync(groups: u128, users: u128, members: u128) {
+    let config = SimConfig::default();
+    let sim = GraphSim::start(config.clone(), TenantFile::generate(groups, users, members))
+        .await
+        .unwrap();
+    let db = TestDatabase::new().await;
+    let graph = GraphClient::new(
+        GraphConfig {
+            tenant_id: config.tenant_id.to_string(),
+            client_id: config.client_id.to_string(),
+            credential: Credential::Secret(config.client_secret.clone().unwrap().into()),
+            token_url: sim.token_url().parse().unwrap(),
+            graph_endpoint: sim.graph_url(),
+            service_principal_id: None,
+            retry: RetryPolicy::default(),
+        },
+        GraphMetrics::register(&mut Registry::default()),
+    )
+    .unwrap();
+    let store = Store::new(
+        db.conn().clone(),
+        LiteLlmSettings::default(),
+        RemovalMode::Managed,
+    );
+    let syncer = Syncer::new(
+        graph,
+        store,
+        db.conn().clone(),
+        UnassignedPolicy::RemoveMembers,
+    );
+
+    let started = Instant::now();
+    let report = syncer.poll_assignments(chrono::Utc::now()).await.unwrap();
+    let took = started.elapsed();
+    println!(
+        "first full sync, {groups:>6} groups x {members} members ({:>8} memberships, {users:>6} users): {:>7.2} s, {:>6} Graph requests, {:>7} changes",
+        groups * members,
+        took.as_secs_f64(),
+        sim.requests().len(),
+        report.changes.len(),
+    );
+    let started = Instant::now();
+    let again = syncer.delta_round(chrono::Utc::now()).await.unwrap();
+    println!(
+        "  then the first delta round (a resync of every group, nothing to change): {:.2} s, {} changes",
+        started.elapsed().as_secs_f64(),
+        again.changes.len()
+    );
+    sim.shutdown();
+}
+
+#[tokio::main]
+async fn main() {
+    if !std::env::args().any(|arg| arg == "--bench") {
+        return;
+    }
+    full_sync(1_000, 10_000, 100).await;
+    full_sync(10_000, 100_000, 100).await;
+    println!(
+        "peak memory of this process (graph-sim, the client and the store): {:.0} MiB",
+        peak_rss_mib()
+    );
+}
