@@ -63,21 +63,25 @@ impl Worker {
                 round_due = true;
             }
             if held.is_empty() && !round_due {
+                // Stop between rounds. The read itself is never cancelled: Redis may already have
+                // handed the entries to this consumer, and they must not be left pending.
+                if stop_requested(&mut shutdown).await {
+                    return Ok(());
+                }
                 let wait = self
                     .settings
                     .block
                     .min(next_poll.saturating_duration_since(Instant::now()));
-                tokio::select! {
-                    () = &mut shutdown => return Ok(()),
-                    batch = self.consumer.next_batch(wait) => match batch {
-                        Ok(batch) => held = batch,
-                        Err(error) => {
-                            tracing::warn!(%error, "cannot read the stream");
-                            if sleep_or_stop(&mut shutdown, backoff).await { return Ok(()) }
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
-                            continue;
+                match self.consumer.next_batch(wait).await {
+                    Ok(batch) => held = batch,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read the stream");
+                        if sleep_or_stop(&mut shutdown, backoff).await {
+                            return Ok(());
                         }
-                    },
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
                 }
                 self.dead_letter_poison(&mut held).await;
                 if held.is_empty() {
@@ -203,6 +207,15 @@ impl Worker {
             }
             *next_trim = Instant::now() + self.settings.trim_interval;
         }
+    }
+}
+
+/// Whether shutdown was asked for, without waiting.
+async fn stop_requested(shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>) -> bool {
+    tokio::select! {
+        biased;
+        () = shutdown.as_mut() => true,
+        () = std::future::ready(()) => false,
     }
 }
 
