@@ -29,15 +29,7 @@ async fn a_killed_workers_pending_entries_are_claimed_by_another() {
     let mut world = World::new().await;
     let first = world.spawn_worker_process("doomed");
     assert!(eventually(|| async { world.members(1).await == Some(users(1..=5)) }).await);
-    // The start-up round (a resync from `$deltatoken=latest`) is over.
-    assert!(
-        eventually(|| async {
-            world.sim.requests().iter().any(|r| {
-                r.path.ends_with("/groups/delta") && r.query.contains("latest") && r.status == 200
-            })
-        })
-        .await
-    );
+    assert!(eventually(|| async { world.first_round_committed().await }).await);
 
     // The next round hangs in Graph; the worker has read the entry and not acknowledged it.
     world
@@ -155,7 +147,8 @@ async fn duplicated_and_reordered_notifications_end_in_the_same_rows() {
         d.delay_millis = 300;
     });
     world.start_worker();
-    assert!(eventually(|| async { world.members(1).await == Some(users(1..=5)) }).await);
+    assert!(eventually(|| async { world.first_round_committed().await }).await);
+    assert_eq!(world.members(1).await, Some(users(1..=5)));
 
     world.sim.apply(|t| t.add_member(gid(1), uid(6)));
     world.sim.apply(|t| t.remove_member(gid(1), uid(6)));

@@ -102,16 +102,7 @@ async fn health_metrics_and_a_graceful_stop_on_sigterm() {
     let worker =
         world.spawn_worker_process_with("graceful", &[("ENTRA_SYNC_METRICS_LISTEN", &listen)]);
     assert!(eventually(|| async { world.members(1).await == Some(users(1..=5)) }).await);
-    assert!(
-        eventually(|| async {
-            world
-                .sim
-                .requests()
-                .iter()
-                .any(|r| r.query.contains("latest") && r.status == 200)
-        })
-        .await
-    );
+    assert!(eventually(|| async { world.first_round_committed().await }).await);
 
     let http = reqwest::Client::new();
     let get = |path: &str| http.get(format!("http://{listen}{path}")).send();

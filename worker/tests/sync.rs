@@ -285,9 +285,15 @@ async fn an_expired_delta_token_resyncs_the_assigned_groups() {
     });
     sim.apply(|t| t.add_member(gid(1), uid(7)));
     sim.apply(|t| t.remove_member(gid(1), uid(2)));
+    sim.apply(|t| t.upsert_group(gid(1), "Platform", None));
     let round = syncer.delta_round(now()).await.unwrap();
 
     assert!(round.resynced);
+    assert_eq!(
+        team(&db, 1).await.unwrap().team_alias.as_deref(),
+        Some("Platform"),
+        "a resync takes the group's current name from Graph, not the one stored at the last poll"
+    );
     let mut expected = users_named(1..=5);
     expected.retain(|id| *id != uid(2).to_string());
     expected.push(uid(7).to_string());

@@ -23,6 +23,25 @@ use crate::store::{ApplyOptions, Change, LiteLlmWriter, Store};
 pub use assignments::AssignmentReport;
 pub use round::{ROUND_LOCK, RoundReport};
 
+/// Runs a store operation again when another writer created the same user at the same moment
+/// ([`crate::Error::ConcurrentChange`]: nothing was applied, and it is safe to repeat).
+pub(crate) async fn retrying<T, F, Fut>(mut operation: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match operation().await {
+            Err(crate::Error::ConcurrentChange(what)) if attempt < 5 => {
+                attempt += 1;
+                tracing::debug!(what, attempt, "concurrent change; trying again");
+            }
+            other => return other,
+        }
+    }
+}
+
 /// What happens to a team whose group is no longer assigned to the app, or was deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum UnassignedPolicy {
@@ -67,16 +86,7 @@ impl Syncer {
         display_name: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Change>> {
-        let mut attempt = 0;
-        loop {
-            match self.sync_group_fully(group, display_name, now).await {
-                Err(crate::Error::ConcurrentChange(what)) if attempt < 5 => {
-                    attempt += 1;
-                    tracing::debug!(%group, what, attempt, "concurrent change; retrying the group");
-                }
-                other => return other,
-            }
-        }
+        retrying(|| self.sync_group_fully(group, display_name, now)).await
     }
 
     /// Reads the group's whole membership and makes the team equal it; with a display name the

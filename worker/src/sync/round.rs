@@ -6,9 +6,11 @@ use chrono::{DateTime, Utc};
 use entity::{GroupId, UserId};
 use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 
-use super::{Syncer, state};
+use super::{Syncer, retrying, state};
+use crate::directory::EntraUser;
 use crate::error::{Error, Result};
 use crate::graph::DeltaStart;
+use crate::graph::GroupDelta;
 use crate::graph::model::ObjectKind;
 use crate::store::{ApplyOptions, Change, LiteLlmWriter};
 
@@ -132,32 +134,72 @@ impl Syncer {
         Ok(report)
     }
 
-    /// Every assigned group read in full. The new deltaLink is taken first, so that whatever
-    /// changes while the groups are read is in the next round (applying it twice is harmless).
+    /// Every assigned group read in full: its current name and members through delta with
+    /// `$filter=id eq ...` (50 groups a request), its users with getByIds. The new deltaLink is
+    /// taken first, so that whatever changes meanwhile is in the next round (applying it twice is
+    /// harmless).
     async fn resync(&self, now: DateTime<Utc>) -> Result<RoundReport> {
         let latest = self.graph.groups_delta(DeltaStart::Latest).await?;
+        let options = ApplyOptions::commit(now);
+        let assigned: Vec<GroupId> = state::assigned(&self.db).await?.into_keys().collect();
+        let current: HashMap<GroupId, GroupDelta> = self
+            .graph
+            .groups_delta_for(&assigned)
+            .await?
+            .into_iter()
+            .flat_map(|round| round.groups)
+            .collect();
+        let member_ids: HashSet<UserId> = current
+            .values()
+            .filter(|g| g.group_removed.is_none())
+            .flat_map(|g| g.added.iter())
+            .filter(|m| m.kind == ObjectKind::User)
+            .filter_map(|m| UserId::parse(&m.id).ok())
+            .collect();
+        let member_ids: Vec<UserId> = member_ids.into_iter().collect();
+        let users: HashMap<UserId, EntraUser> = self
+            .graph
+            .users_by_ids(&member_ids)
+            .await?
+            .into_iter()
+            .map(|u| (u.id.clone(), u))
+            .collect();
+
         let mut report = RoundReport {
             resynced: true,
+            groups_seen: assigned.len(),
             ..RoundReport::default()
         };
-        let assigned: Vec<(GroupId, Option<String>)> =
-            state::assigned(&self.db).await?.into_iter().collect();
-        for (group, name) in &assigned {
-            let changes = match self
-                .sync_group_fully_retrying(group, name.as_deref(), now)
-                .await
-            {
-                Ok(changes) => changes,
-                // Deleted in the meantime, or its team was: the next poll of assignments settles it.
-                Err(Error::Graph { status: 404, .. } | Error::TeamNotFound(_)) => continue,
-                Err(error) => return Err(error),
+        for group in &assigned {
+            let Some(delta) = current.get(group) else {
+                // Not returned at all: the next poll of assignments settles it.
+                continue;
             };
+            let mut changes = Vec::new();
+            if delta.group_removed.is_some() {
+                changes.extend(self.retire_group(group, now).await?);
+            } else {
+                if let Some(name) = &delta.display_name {
+                    changes.extend(self.store.ensure_team(group, name, options).await?);
+                    state::remember_assigned(&self.db, group, Some(name), now).await?;
+                }
+                let members: Vec<EntraUser> = delta
+                    .added
+                    .iter()
+                    .filter_map(|m| UserId::parse(&m.id).ok())
+                    .filter_map(|id| users.get(&id).cloned())
+                    .collect();
+                match retrying(|| self.store.replace_members(group, &members, options)).await {
+                    Ok(applied) => changes.extend(applied),
+                    Err(Error::TeamNotFound(_)) => continue,
+                    Err(error) => return Err(error),
+                }
+            }
             if !changes.is_empty() {
                 report.groups_applied += 1;
             }
             report.changes.extend(changes);
         }
-        report.groups_seen = assigned.len();
         state::save_delta_link(&self.db, &latest.delta_link, now).await?;
         Ok(report)
     }

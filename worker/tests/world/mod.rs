@@ -201,6 +201,22 @@ impl World {
         self.processes.len() - 1
     }
 
+    /// Whether a worker has committed its first round (the deltaLink is stored).
+    pub async fn first_round_committed(&self) -> bool {
+        use sea_orm::ConnectionTrait;
+        self.db
+            .conn()
+            .query_one(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT count(*) FROM entra_sync_delta_links",
+            ))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|row| row.try_get_by_index::<i64>(0).ok())
+            == Some(1)
+    }
+
     /// The process id of a worker process.
     pub fn process_id(&self, index: usize) -> u32 {
         self.processes[index].id()
