@@ -55,6 +55,18 @@ pub enum Change {
 }
 
 impl Change {
+    /// The team the change is about, if any.
+    pub fn team_id(&self) -> Option<&str> {
+        match self {
+            Self::TeamCreated { team_id, .. }
+            | Self::TeamRenamed { team_id, .. }
+            | Self::TeamBlocked { team_id }
+            | Self::MemberAdded { team_id, .. }
+            | Self::MemberRemoved { team_id, .. } => Some(team_id),
+            Self::UserCreated { .. } | Self::UserLinked { .. } | Self::RoleChanged { .. } => None,
+        }
+    }
+
     /// The `kind` tag, for metrics and the audit log.
     pub fn kind(&self) -> &'static str {
         match self {

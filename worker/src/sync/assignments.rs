@@ -73,44 +73,20 @@ impl Syncer {
         Ok(report)
     }
 
-    /// New groups get their team and full membership, `PARALLEL_GROUPS` at a time (a first sync
-    /// of thousands of groups is bound by round trips, not by PostgreSQL).
+    /// New groups get their team and full membership, several at a time.
     async fn sync_new_groups(
         &self,
         groups: Vec<(GroupId, String)>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Change>> {
-        const PARALLEL_GROUPS: usize = 8;
-        let mut changes = Vec::new();
-        let mut pending = groups.into_iter();
-        let mut running = tokio::task::JoinSet::new();
-        loop {
-            while running.len() < PARALLEL_GROUPS {
-                let Some((group, name)) = pending.next() else {
-                    break;
-                };
-                let syncer = self.clone();
-                running.spawn(async move {
-                    let changes = syncer
-                        .sync_group_fully_retrying(&group, Some(&name), now)
-                        .await?;
-                    state::remember_assigned(&syncer.db, &group, Some(&name), now).await?;
-                    Ok::<_, crate::Error>(changes)
-                });
-            }
-            let Some(done) = running.join_next().await else {
-                break;
-            };
-            match done {
-                Ok(result) => changes.extend(result?),
-                Err(panic) => {
-                    return Err(crate::Error::Settings(format!(
-                        "a group sync task failed: {panic}"
-                    )));
-                }
-            }
-        }
-        Ok(changes)
+        self.in_parallel(groups, move |syncer, (group, name)| async move {
+            let changes = syncer
+                .sync_group_fully_retrying(&group, Some(&name), now)
+                .await?;
+            state::remember_assigned(&syncer.db, &group, Some(&name), now).await?;
+            Ok(changes)
+        })
+        .await
     }
 
     /// A user's roles are those assigned to the user directly or to a group the user is a direct

@@ -78,6 +78,39 @@ impl Syncer {
         }
     }
 
+    /// Runs `work` for every item, `PARALLEL_GROUPS` at a time, and gathers the changes; the first
+    /// error stops the rest. Group after group, a sync of thousands of groups is bound by round
+    /// trips, not by PostgreSQL.
+    async fn in_parallel<I, F, Fut>(&self, items: Vec<I>, work: F) -> Result<Vec<Change>>
+    where
+        I: Send + 'static,
+        F: Fn(Syncer, I) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<Change>>> + Send + 'static,
+    {
+        const PARALLEL_GROUPS: usize = 8;
+        let mut changes = Vec::new();
+        let mut pending = items.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < PARALLEL_GROUPS {
+                let Some(item) = pending.next() else { break };
+                running.spawn(work(self.clone(), item));
+            }
+            let Some(done) = running.join_next().await else {
+                break;
+            };
+            match done {
+                Ok(result) => changes.extend(result?),
+                Err(failure) => {
+                    return Err(crate::Error::Settings(format!(
+                        "a group sync task failed: {failure}"
+                    )));
+                }
+            }
+        }
+        Ok(changes)
+    }
+
     /// [`Self::sync_group_fully`], retried when another writer created the same user at the same
     /// moment (groups synced in parallel share users).
     async fn sync_group_fully_retrying(

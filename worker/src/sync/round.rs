@@ -140,7 +140,6 @@ impl Syncer {
     /// harmless).
     async fn resync(&self, now: DateTime<Utc>) -> Result<RoundReport> {
         let latest = self.graph.groups_delta(DeltaStart::Latest).await?;
-        let options = ApplyOptions::commit(now);
         let assigned: Vec<GroupId> = state::assigned(&self.db).await?.into_keys().collect();
         let current: HashMap<GroupId, GroupDelta> = self
             .graph
@@ -165,42 +164,63 @@ impl Syncer {
             .map(|u| (u.id.clone(), u))
             .collect();
 
-        let mut report = RoundReport {
-            resynced: true,
-            groups_seen: assigned.len(),
-            ..RoundReport::default()
-        };
-        for group in &assigned {
+        let mut work = Vec::new();
+        for group in assigned.iter() {
+            // Not returned at all: the next poll of assignments settles it.
             let Some(delta) = current.get(group) else {
-                // Not returned at all: the next poll of assignments settles it.
                 continue;
             };
-            let mut changes = Vec::new();
-            if delta.group_removed.is_some() {
-                changes.extend(self.retire_group(group, now).await?);
-            } else {
-                if let Some(name) = &delta.display_name {
-                    changes.extend(self.store.ensure_team(group, name, options).await?);
-                    state::remember_assigned(&self.db, group, Some(name), now).await?;
-                }
-                let members: Vec<EntraUser> = delta
-                    .added
-                    .iter()
-                    .filter_map(|m| UserId::parse(&m.id).ok())
-                    .filter_map(|id| users.get(&id).cloned())
-                    .collect();
-                match retrying(|| self.store.replace_members(group, &members, options)).await {
-                    Ok(applied) => changes.extend(applied),
-                    Err(Error::TeamNotFound(_)) => continue,
-                    Err(error) => return Err(error),
-                }
-            }
-            if !changes.is_empty() {
-                report.groups_applied += 1;
-            }
-            report.changes.extend(changes);
+            let members: Vec<EntraUser> = delta
+                .added
+                .iter()
+                .filter_map(|m| UserId::parse(&m.id).ok())
+                .filter_map(|id| users.get(&id).cloned())
+                .collect();
+            work.push((group.clone(), delta.clone(), members));
         }
+        let changes = self
+            .in_parallel(work, move |syncer, (group, delta, members)| async move {
+                syncer.resync_group(&group, &delta, &members, now).await
+            })
+            .await?;
+        let report = RoundReport {
+            resynced: true,
+            groups_seen: assigned.len(),
+            groups_applied: changes
+                .iter()
+                .filter_map(Change::team_id)
+                .collect::<HashSet<_>>()
+                .len(),
+            changes,
+        };
         state::save_delta_link(&self.db, &latest.delta_link, now).await?;
         Ok(report)
+    }
+
+    /// One group of a resync: retired when Graph says it is gone, otherwise renamed to its
+    /// current name and given exactly its current members.
+    async fn resync_group(
+        &self,
+        group: &GroupId,
+        delta: &GroupDelta,
+        members: &[EntraUser],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Change>> {
+        if delta.group_removed.is_some() {
+            return self.retire_group(group, now).await;
+        }
+        let options = ApplyOptions::commit(now);
+        let mut changes = Vec::new();
+        if let Some(name) = &delta.display_name {
+            changes.extend(self.store.ensure_team(group, name, options).await?);
+            state::remember_assigned(&self.db, group, Some(name), now).await?;
+        }
+        match retrying(|| self.store.replace_members(group, members, options)).await {
+            Ok(applied) => changes.extend(applied),
+            // No team (the group has no name to create it with): the next poll settles it.
+            Err(Error::TeamNotFound(_)) => {}
+            Err(error) => return Err(error),
+        }
+        Ok(changes)
     }
 }
