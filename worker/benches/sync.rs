@@ -70,9 +70,10 @@ async fn full_sync(groups: u128, users: u128, members: u128) {
     let started = Instant::now();
     let again = syncer.delta_round(chrono::Utc::now()).await.unwrap();
     println!(
-        "  then the first delta round (a resync of every group, nothing to change): {:.2} s, {} changes",
+        "  then the first delta round (a resync of every group, nothing to change): {:.2} s, {} changes; peak memory so far {:.0} MiB",
         started.elapsed().as_secs_f64(),
-        again.changes.len()
+        again.changes.len(),
+        peak_rss_mib()
     );
     sim.shutdown();
 }

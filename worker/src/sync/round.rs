@@ -135,15 +135,37 @@ impl Syncer {
     }
 
     /// Every assigned group read in full: its current name and members through delta with
-    /// `$filter=id eq ...` (50 groups a request), its users with getByIds. The new deltaLink is
-    /// taken first, so that whatever changes meanwhile is in the next round (applying it twice is
+    /// `$filter=id eq ...` (50 groups a request), its users with getByIds, a slice of groups at a
+    /// time so that memory stays bounded however large the tenant. The new deltaLink is taken
+    /// first, so that whatever changes meanwhile is in the next round (applying it twice is
     /// harmless).
     async fn resync(&self, now: DateTime<Utc>) -> Result<RoundReport> {
+        /// Groups read and applied together: four filtered delta requests.
+        const SLICE: usize = 200;
         let latest = self.graph.groups_delta(DeltaStart::Latest).await?;
         let assigned: Vec<GroupId> = state::assigned(&self.db).await?.into_keys().collect();
+        let mut changes = Vec::new();
+        for slice in assigned.chunks(SLICE) {
+            changes.extend(self.resync_slice(slice, now).await?);
+        }
+        let report = RoundReport {
+            resynced: true,
+            groups_seen: assigned.len(),
+            groups_applied: changes
+                .iter()
+                .filter_map(Change::team_id)
+                .collect::<HashSet<_>>()
+                .len(),
+            changes,
+        };
+        state::save_delta_link(&self.db, &latest.delta_link, now).await?;
+        Ok(report)
+    }
+
+    async fn resync_slice(&self, groups: &[GroupId], now: DateTime<Utc>) -> Result<Vec<Change>> {
         let current: HashMap<GroupId, GroupDelta> = self
             .graph
-            .groups_delta_for(&assigned)
+            .groups_delta_for(groups)
             .await?
             .into_iter()
             .flat_map(|round| round.groups)
@@ -163,9 +185,8 @@ impl Syncer {
             .into_iter()
             .map(|u| (u.id.clone(), u))
             .collect();
-
         let mut work = Vec::new();
-        for group in assigned.iter() {
+        for group in groups {
             // Not returned at all: the next poll of assignments settles it.
             let Some(delta) = current.get(group) else {
                 continue;
@@ -178,23 +199,10 @@ impl Syncer {
                 .collect();
             work.push((group.clone(), delta.clone(), members));
         }
-        let changes = self
-            .in_parallel(work, move |syncer, (group, delta, members)| async move {
-                syncer.resync_group(&group, &delta, &members, now).await
-            })
-            .await?;
-        let report = RoundReport {
-            resynced: true,
-            groups_seen: assigned.len(),
-            groups_applied: changes
-                .iter()
-                .filter_map(Change::team_id)
-                .collect::<HashSet<_>>()
-                .len(),
-            changes,
-        };
-        state::save_delta_link(&self.db, &latest.delta_link, now).await?;
-        Ok(report)
+        self.in_parallel(work, move |syncer, (group, delta, members)| async move {
+            syncer.resync_group(&group, &delta, &members, now).await
+        })
+        .await
     }
 
     /// One group of a resync: retired when Graph says it is gone, otherwise renamed to its
