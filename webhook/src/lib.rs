@@ -61,6 +61,20 @@ pub fn router(settings: Settings) -> Result<Router, redis::RedisError> {
         .with_state(state))
 }
 
+/// Logs to stderr at `RUST_LOG` (default `info`), as JSON lines when `json` is set. Shared by the
+/// webhook and worker binaries.
+pub fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+}
+
 /// Serves until `shutdown` resolves, then stops accepting and finishes the requests in flight.
 pub async fn serve(
     listener: tokio::net::TcpListener,

@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 use webhook::config::WebhookConfig;
 
 #[derive(Parser)]
@@ -16,14 +15,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr);
-    if cli.config.log_json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    webhook::init_logging(cli.config.log_json);
     let settings = match cli.config.settings() {
         Ok(settings) => settings,
         Err(problem) => {

@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 use worker::config::WorkerConfig;
 
 #[derive(Parser)]
@@ -45,14 +44,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr);
-    if cli.log_json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    webhook::init_logging(cli.log_json);
     let command = cli.command.unwrap_or(Command::Run);
     let result = match command {
         Command::Run => worker::serve::run(cli.config).await,
