@@ -6,6 +6,7 @@ use sea_orm_migration::prelude::*;
 
 mod m20261128_000001_create_sync_tables;
 mod m20261128_000002_assigned_groups;
+mod m20261128_000003_leases_and_reconciliations;
 
 pub use sea_orm_migration::MigratorTrait;
 pub use sea_orm_migration::sea_orm;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261128_000001_create_sync_tables::Migration),
             Box::new(m20261128_000002_assigned_groups::Migration),
+            Box::new(m20261128_000003_leases_and_reconciliations::Migration),
         ]
     }
 

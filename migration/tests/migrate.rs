@@ -76,9 +76,11 @@ async fn up_down_up_leaves_litellm_schema_byte_identical() {
             "entra_sync_assigned_groups",
             "entra_sync_audit_log",
             "entra_sync_delta_links",
+            "entra_sync_leases",
             "entra_sync_managed_memberships",
             "entra_sync_managed_roles",
             "entra_sync_migrations",
+            "entra_sync_reconciliations",
             "entra_sync_subscriptions",
         ]
     );
@@ -103,10 +105,10 @@ async fn up_down_up_leaves_litellm_schema_byte_identical() {
     assert!(migrate(&db, &["status"]).starts_with("Pending"));
 
     migrate(&db, &["up"]);
-    assert_eq!(entra_sync_tables(&db).len(), 7);
+    assert_eq!(entra_sync_tables(&db).len(), 9);
     // One step down reverts only the newest migration.
     migrate(&db, &["down"]);
-    assert_eq!(entra_sync_tables(&db).len(), 6);
+    assert_eq!(entra_sync_tables(&db).len(), 7);
     migrate(&db, &["up"]);
     assert_eq!(litellm_schema(&db), original);
     // Up again with nothing pending is a no-op.

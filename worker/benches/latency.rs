@@ -128,8 +128,10 @@ async fn main() {
         metrics: WorkerMetrics::register(&mut Registry::default()),
         settings: RunSettings {
             poll_interval: Duration::from_secs(3600),
+            reconcile_interval: None,
             ..RunSettings::default()
         },
+        subscriptions: None,
     };
     tokio::spawn(worker.run(std::future::pending()));
     while scalar(db.conn(), "SELECT count(*) FROM entra_sync_delta_links").await == 0 {

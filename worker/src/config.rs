@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::graph::GraphArgs;
 use crate::litellm_config::LiteLlmSettings;
 use crate::store::RemovalMode;
-use crate::sync::UnassignedPolicy;
+use crate::sync::{DepartedUserPolicy, UnassignedPolicy};
 
 /// Settings every worker command needs.
 #[derive(Clone, Debug, clap::Args)]
@@ -74,6 +74,35 @@ pub struct WorkerConfig {
     /// Deliveries after which an unreadable entry goes to the dead-letter stream.
     #[arg(long, env = "ENTRA_SYNC_MAX_DELIVERIES", default_value_t = 5)]
     pub max_deliveries: u64,
+
+    /// The https base URL at which Graph reaches the webhook; the worker keeps the Graph
+    /// subscriptions pointing at `{url}/notifications` and `{url}/lifecycle`. Unset: the worker
+    /// creates no subscriptions and relies on polling and reconciliation.
+    #[arg(long, env = "ENTRA_SYNC_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// The secret Graph echoes in every notification (the webhook's `ENTRA_SYNC_CLIENT_STATE`);
+    /// required with `ENTRA_SYNC_PUBLIC_URL`.
+    #[arg(long, env = "ENTRA_SYNC_CLIENT_STATE", hide_env_values = true, value_parser = secret)]
+    pub client_state: Option<SecretString>,
+
+    /// Seconds between full reconciliations (every assigned group and every known user compared
+    /// with LiteLLM); 0 turns them off.
+    #[arg(long, env = "ENTRA_SYNC_RECONCILE_SECONDS", default_value_t = 21_600)]
+    pub reconcile_seconds: u64,
+
+    /// Seconds between checks of the subscriptions by the replica holding their lease (the lease
+    /// passes to another replica three checks after its holder stops).
+    #[arg(
+        long,
+        env = "ENTRA_SYNC_SUBSCRIPTION_CHECK_SECONDS",
+        default_value_t = 60
+    )]
+    pub subscription_check_seconds: u64,
+
+    /// What happens to the memberships of a user deleted or disabled in Entra.
+    #[arg(long, env = "ENTRA_SYNC_DEPARTED_USER_POLICY", value_enum, default_value_t = DepartedUserPolicy::RemoveMemberships)]
+    pub departed_user_policy: DepartedUserPolicy,
 }
 
 impl WorkerConfig {
@@ -93,6 +122,20 @@ impl WorkerConfig {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
             format!("{host}-{}", std::process::id())
         })
+    }
+
+    /// Where subscriptions point, when `ENTRA_SYNC_PUBLIC_URL` is set; checked at start.
+    pub fn subscription_target(&self) -> Result<Option<crate::subscriptions::Target>> {
+        let Some(url) = &self.public_url else {
+            return Ok(None);
+        };
+        let url = crate::graph::checked_url("ENTRA_SYNC_PUBLIC_URL", url)?;
+        let client_state = self.client_state.clone().ok_or_else(|| {
+            crate::Error::Settings(
+                "ENTRA_SYNC_CLIENT_STATE is required with ENTRA_SYNC_PUBLIC_URL".into(),
+            )
+        })?;
+        crate::subscriptions::Target::new(&url, client_state).map(Some)
     }
 
     pub fn dead_letter_stream(&self) -> String {

@@ -24,6 +24,14 @@ impl EntraUser {
     }
 }
 
+/// An Entra user as Graph describes it now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserState {
+    pub user: EntraUser,
+    /// `accountEnabled`: a disabled account cannot sign in, and loses its memberships.
+    pub enabled: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

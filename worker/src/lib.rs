@@ -2,6 +2,7 @@
 //! teams, memberships and user roles.
 
 pub mod budget;
+pub mod commands;
 pub mod config;
 pub mod directory;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod serve;
 pub mod startup;
 pub mod store;
 pub mod stream;
+pub mod subscriptions;
 pub mod sync;
 
 pub use error::{Error, Result};

@@ -48,20 +48,11 @@ async fn main() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Run);
     let result = match command {
         Command::Run => worker::serve::run(cli.config).await,
-        Command::Sync { .. } | Command::Subscriptions { .. } | Command::Status { .. } => {
-            // Validate what can be validated, so a broken deployment fails with a clear message.
-            match cli
-                .config
-                .litellm_settings()
-                .and(cli.config.graph.clone().resolve().map(|_| ()))
-            {
-                Ok(()) => {
-                    tracing::error!("this command is not built yet: `run` is");
-                    return ExitCode::from(2);
-                }
-                Err(error) => Err(error),
-            }
+        Command::Sync { full, dry_run } => worker::commands::sync(&cli.config, full, dry_run).await,
+        Command::Subscriptions { action } => {
+            worker::commands::subscriptions(&cli.config, &action).await
         }
+        Command::Status { json } => worker::commands::status(&cli.config, json).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,6 +26,11 @@ pub struct WorkerMetrics {
     pub changes: Family<KindLabel, Counter>,
     pub dead_letters: Counter,
     pub polls: Family<ResultLabel, Counter>,
+    pub reconciliations: Family<ResultLabel, Counter>,
+    /// Drift the last reconciliation found and fixed.
+    pub reconciliation_drift: Gauge,
+    /// Subscriptions created, renewed, reauthorized, re-created or deleted.
+    pub subscription_actions: Family<KindLabel, Counter>,
 }
 
 impl WorkerMetrics {
@@ -39,7 +44,25 @@ impl WorkerMetrics {
             changes: Family::default(),
             dead_letters: Counter::default(),
             polls: Family::default(),
+            reconciliations: Family::default(),
+            reconciliation_drift: Gauge::default(),
+            subscription_actions: Family::default(),
         };
+        registry.register(
+            "entra_sync_reconciliations",
+            "Full reconciliations by result",
+            metrics.reconciliations.clone(),
+        );
+        registry.register(
+            "entra_sync_reconciliation_drift",
+            "Changes the last reconciliation made (drift notifications missed)",
+            metrics.reconciliation_drift.clone(),
+        );
+        registry.register(
+            "entra_sync_subscription_actions",
+            "Graph subscriptions created, renewed, reauthorized or deleted",
+            metrics.subscription_actions.clone(),
+        );
         registry.register(
             "entra_sync_stream_lag",
             "Stream entries no worker has read yet",

@@ -1,20 +1,26 @@
 //! `entra-sync-worker run`: the loop that turns notifications into committed sync rounds.
 //!
-//! A batch of stream entries asks for one delta round. The entries are acknowledged only after
-//! that round committed; when it fails (PostgreSQL or Graph away), they stay pending and the
-//! round is retried with backoff. Unreadable entries are delivered again until `max_deliveries`,
-//! then dead-lettered. Assignments are polled at start and every `poll_interval`, each poll
-//! followed by a round, so that a lost notification costs at most one interval. On shutdown the
-//! round in progress finishes and is acknowledged before the loop ends.
+//! A batch of stream entries asks for one delta round (a full resync after a `missed` or
+//! `subscriptionRemoved` lifecycle event), plus a re-read of the users that `users`
+//! notifications named. The entries are acknowledged only after that work committed; when it
+//! fails (PostgreSQL or Graph away), they stay pending and the work is retried with backoff.
+//! Unreadable entries are delivered again until `max_deliveries`, then dead-lettered. Assignments
+//! are polled at start and every `poll_interval`, each poll followed by a round, so that a lost
+//! notification costs at most one interval; a full reconciliation runs every
+//! `reconcile_interval`. On shutdown the work in progress finishes and is acknowledged before the
+//! loop ends.
 
 use std::future::Future;
 use std::time::Duration;
 
+use entity::UserId;
 use tokio::time::Instant;
+use webhook::record::Kind;
 
 use crate::error::Result;
-use crate::metrics::{ResultLabel, WorkerMetrics};
+use crate::metrics::{KindLabel, ResultLabel, WorkerMetrics};
 use crate::stream::{Entry, StreamConsumer};
+use crate::subscriptions::{Action, SubscriptionManager};
 use crate::sync::Syncer;
 
 #[derive(Clone, Debug)]
@@ -25,6 +31,8 @@ pub struct RunSettings {
     pub max_deliveries: u64,
     /// How often the stream is trimmed below its oldest unacknowledged entry.
     pub trim_interval: Duration,
+    /// Full reconciliations; `None`: never (only on demand).
+    pub reconcile_interval: Option<Duration>,
 }
 
 impl Default for RunSettings {
@@ -34,6 +42,7 @@ impl Default for RunSettings {
             block: Duration::from_secs(2),
             max_deliveries: 5,
             trim_interval: Duration::from_secs(60),
+            reconcile_interval: Some(Duration::from_secs(6 * 3600)),
         }
     }
 }
@@ -43,6 +52,48 @@ pub struct Worker {
     pub consumer: StreamConsumer,
     pub metrics: WorkerMetrics,
     pub settings: RunSettings,
+    /// Handles lifecycle events; `None` when the worker manages no subscriptions.
+    pub subscriptions: Option<SubscriptionManager>,
+}
+
+/// What a batch of entries asks for.
+#[derive(Debug, Default)]
+struct Work {
+    /// `(subscription id, event)`.
+    lifecycle: Vec<(String, String)>,
+    /// Users named by `users` notifications.
+    users: Vec<UserId>,
+}
+
+impl Work {
+    fn from_entries(entries: &[Entry]) -> Self {
+        let mut work = Self::default();
+        for record in entries.iter().filter_map(|e| e.record.as_ref().ok()) {
+            match &record.kind {
+                Kind::Lifecycle { event } => work
+                    .lifecycle
+                    .push((record.subscription_id.clone(), event.clone())),
+                Kind::Change {
+                    resource,
+                    resource_id,
+                    ..
+                } => {
+                    let is_user = resource
+                        .get(..6)
+                        .is_some_and(|p| p.eq_ignore_ascii_case("users/"));
+                    if is_user
+                        && let Some(id) = resource_id
+                            .as_deref()
+                            .or_else(|| resource.get(6..))
+                            .and_then(|id| UserId::parse(id).ok())
+                    {
+                        work.users.push(id);
+                    }
+                }
+            }
+        }
+        work
+    }
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -56,11 +107,18 @@ impl Worker {
         let mut held: Vec<Entry> = Vec::new();
         let mut round_due = false;
         let mut backoff = Duration::from_millis(250);
+        let mut next_reconcile_check = Instant::now() + self.settings.poll_interval;
         loop {
             if Instant::now() >= next_poll {
                 self.poll().await;
                 next_poll = Instant::now() + self.settings.poll_interval;
                 round_due = true;
+            }
+            if let Some(interval) = self.settings.reconcile_interval
+                && Instant::now() >= next_reconcile_check
+            {
+                self.reconcile_if_due(interval).await;
+                next_reconcile_check = Instant::now() + interval.min(Duration::from_secs(60));
             }
             if held.is_empty() && !round_due {
                 // Stop between rounds. The read itself is never cancelled: Redis may already have
@@ -89,7 +147,7 @@ impl Worker {
                     continue;
                 }
             }
-            match self.round().await {
+            match self.process(Work::from_entries(&held)).await {
                 Ok(()) => {
                     let ids: Vec<String> = held.iter().map(|e| e.id.clone()).collect();
                     if let Err(error) = self.consumer.ack(&ids).await {
@@ -140,9 +198,109 @@ impl Worker {
         }
     }
 
-    async fn round(&self) -> Result<()> {
+    /// A batch's work: lifecycle events first, then one round, then the users it named.
+    async fn process(&self, work: Work) -> Result<()> {
+        let now = chrono::Utc::now();
+        let mut resync = false;
+        for (subscription, event) in &work.lifecycle {
+            tracing::info!(subscription, event, "lifecycle event");
+            match event.as_str() {
+                "reauthorizationRequired" => {
+                    self.keep_subscriptions(event, |m| async move {
+                        m.reauthorize(subscription, now).await
+                    })
+                    .await;
+                }
+                "subscriptionRemoved" => {
+                    self.keep_subscriptions(event, |m| async move {
+                        m.recreate(subscription, now).await
+                    })
+                    .await;
+                    resync = true;
+                }
+                "missed" => resync = true,
+                other => tracing::warn!(event = other, "unknown lifecycle event; ignored"),
+            }
+        }
+        self.round(resync).await?;
+        if resync {
+            // Notifications were lost: users' renames and departures too.
+            self.metrics
+                .count_changes(&self.syncer.refresh_all_users(now).await?);
+        } else if !work.users.is_empty() {
+            self.metrics
+                .count_changes(&self.syncer.refresh_users(&work.users, now).await?);
+        }
+        Ok(())
+    }
+
+    /// Runs a subscription action. A failure is logged, not fatal: the subscription keeper
+    /// checks every subscription again within its interval.
+    async fn keep_subscriptions<'a, F, Fut>(&'a self, event: &str, action: F)
+    where
+        F: FnOnce(&'a SubscriptionManager) -> Fut,
+        Fut: Future<Output = Result<Vec<Action>>>,
+    {
+        let Some(manager) = &self.subscriptions else {
+            tracing::warn!(
+                event,
+                "lifecycle event, but ENTRA_SYNC_PUBLIC_URL is unset: no subscriptions to keep"
+            );
+            return;
+        };
+        match action(manager).await {
+            Ok(actions) => self.count_subscription_actions(&actions),
+            Err(error) => {
+                tracing::warn!(%error, event, "cannot act on the lifecycle event; the subscription keeper will retry")
+            }
+        }
+    }
+
+    fn count_subscription_actions(&self, actions: &[Action]) {
+        count_subscription_actions(&self.metrics, actions);
+    }
+
+    async fn reconcile_if_due(&self, interval: Duration) {
+        let interval = chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::MAX);
+        match self
+            .syncer
+            .reconcile_if_due(chrono::Utc::now(), interval)
+            .await
+        {
+            Ok(None) => {}
+            Ok(Some(report)) => {
+                self.metrics
+                    .reconciliations
+                    .get_or_create(&ResultLabel { result: "ok" })
+                    .inc();
+                self.metrics.count_changes(&report.changes);
+                self.metrics
+                    .reconciliation_drift
+                    .set(i64::try_from(report.changes.len()).unwrap_or(i64::MAX));
+                tracing::info!(
+                    drift = report.changes.len(),
+                    groups = report.assigned_groups,
+                    "reconciliation done"
+                );
+            }
+            Err(error) => {
+                self.metrics
+                    .reconciliations
+                    .get_or_create(&ResultLabel { result: "error" })
+                    .inc();
+                tracing::warn!(%error, "reconciliation failed; retried at the next check");
+            }
+        }
+    }
+
+    async fn round(&self, resync: bool) -> Result<()> {
         let started = std::time::Instant::now();
-        let result = self.syncer.delta_round(chrono::Utc::now()).await;
+        let now = chrono::Utc::now();
+        let result = if resync {
+            self.syncer.resync_round(now).await
+        } else {
+            self.syncer.delta_round(now).await
+        };
         self.metrics
             .round_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -207,6 +365,18 @@ impl Worker {
             }
             *next_trim = Instant::now() + self.settings.trim_interval;
         }
+    }
+}
+
+/// Counts what the subscription manager did.
+pub fn count_subscription_actions(metrics: &WorkerMetrics, actions: &[Action]) {
+    for action in actions {
+        metrics
+            .subscription_actions
+            .get_or_create(&KindLabel {
+                kind: action.action,
+            })
+            .inc();
     }
 }
 

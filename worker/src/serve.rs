@@ -18,6 +18,7 @@ use crate::metrics::WorkerMetrics;
 use crate::run::{RunSettings, Worker};
 use crate::store::Store;
 use crate::stream::{StreamConsumer, StreamSettings};
+use crate::subscriptions::{self, SubscriptionManager, lease::Lease};
 use crate::sync::Syncer;
 
 /// Connects to LiteLLM's database with a clear error.
@@ -64,6 +65,7 @@ async fn metrics_text(State(health): State<Arc<Health>>) -> impl IntoResponse {
 pub async fn run(config: WorkerConfig) -> Result<()> {
     let settings = config.litellm_settings()?;
     let graph_config = config.graph.clone().resolve()?;
+    let target = config.subscription_target()?;
     let db = connect_database(&config).await?;
     crate::startup::check_database(&db).await?;
 
@@ -105,15 +107,42 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let store = Store::new(db.clone(), settings, config.removal_mode);
+    let consumer_name = consumer.settings().consumer.clone();
+    let subscriptions = target.map(|t| SubscriptionManager::new(graph.clone(), db.clone(), t));
+    let keeper = subscriptions.clone().map(|manager| {
+        let check = Duration::from_secs(config.subscription_check_seconds.max(1));
+        let lease = Lease::new(
+            db.clone(),
+            subscriptions::LEASE,
+            &consumer_name,
+            chrono::Duration::from_std(check * 3).unwrap_or(chrono::Duration::MAX),
+        );
+        let task = tokio::spawn(keep_subscriptions(
+            manager,
+            lease.clone(),
+            check,
+            metrics.clone(),
+        ));
+        (task, lease)
+    });
+    if keeper.is_none() {
+        tracing::warn!(
+            "ENTRA_SYNC_PUBLIC_URL is unset: no Graph subscriptions, so changes arrive by polling and reconciliation only"
+        );
+    }
     let worker = Worker {
-        syncer: Syncer::new(graph, store, db, config.unassigned_policy),
+        syncer: Syncer::new(graph, store, db, config.unassigned_policy)
+            .with_departed_users(config.departed_user_policy),
         consumer,
         metrics,
         settings: RunSettings {
             poll_interval: Duration::from_secs(config.poll_seconds.max(1)),
             max_deliveries: config.max_deliveries,
+            reconcile_interval: (config.reconcile_seconds > 0)
+                .then(|| Duration::from_secs(config.reconcile_seconds)),
             ..RunSettings::default()
         },
+        subscriptions,
     };
     tracing::info!(
         stream = config.stream,
@@ -121,5 +150,35 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
         metrics = %config.metrics_listen,
         "worker running"
     );
-    worker.run(webhook::shutdown_signal()).await
+    let result = worker.run(webhook::shutdown_signal()).await;
+    if let Some((task, lease)) = keeper {
+        task.abort();
+        // Another replica takes over at once instead of waiting for the lease to run out.
+        if let Err(error) = lease.release().await {
+            tracing::warn!(%error, "cannot release the subscription lease");
+        }
+    }
+    result
+}
+
+/// The subscription keeper: every `check`, the replica holding the lease makes sure the
+/// subscriptions exist and are renewed in time.
+async fn keep_subscriptions(
+    manager: SubscriptionManager,
+    lease: Lease,
+    check: Duration,
+    metrics: WorkerMetrics,
+) {
+    loop {
+        let now = chrono::Utc::now();
+        match lease.try_acquire(now).await {
+            Ok(true) => match manager.ensure(now).await {
+                Ok(actions) => crate::run::count_subscription_actions(&metrics, &actions),
+                Err(error) => tracing::warn!(%error, "cannot keep the subscriptions; retrying"),
+            },
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "cannot take the subscription lease"),
+        }
+        tokio::time::sleep(check).await;
+    }
 }

@@ -234,20 +234,62 @@ impl StreamConsumer {
 
     /// The group's unread entries and pending entries: (lag, pending).
     pub async fn lag(&mut self) -> redis::RedisResult<(i64, i64)> {
-        let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&self.settings.stream)
-            .query_async(&mut self.connection)
-            .await?;
-        let group = groups
-            .iter()
-            .find(|g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n == CONSUMER_GROUP.as_bytes()));
-        let number = |key: &str| match group.and_then(|g| g.get(key)) {
-            Some(redis::Value::Int(n)) => *n,
-            _ => 0,
-        };
-        Ok((number("lag"), number("pending")))
+        group_lag(&mut self.connection, &self.settings.stream).await
     }
+}
+
+/// The consumer group's lag (entries no worker has read) and pending count (read, not yet
+/// acknowledged); zero when the group does not exist yet.
+async fn group_lag(
+    connection: &mut impl redis::aio::ConnectionLike,
+    stream: &str,
+) -> redis::RedisResult<(i64, i64)> {
+    let groups: redis::RedisResult<Vec<HashMap<String, redis::Value>>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(connection)
+        .await;
+    let groups = match groups {
+        Ok(groups) => groups,
+        // No stream yet: nothing waits.
+        Err(error) if error.code() == Some("ERR") => Vec::new(),
+        Err(error) => return Err(error),
+    };
+    let group = groups
+        .iter()
+        .find(|g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n == CONSUMER_GROUP.as_bytes()));
+    let number = |key: &str| match group.and_then(|g| g.get(key)) {
+        Some(redis::Value::Int(n)) => *n,
+        _ => 0,
+    };
+    Ok((number("lag"), number("pending")))
+}
+
+/// The stream as `status` shows it, read without joining the consumer group.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct StreamStatus {
+    pub lag: i64,
+    pub pending: i64,
+    pub dead_letters: i64,
+}
+
+pub async fn stream_status(
+    redis_url: &str,
+    stream: &str,
+    dead_letter: &str,
+) -> redis::RedisResult<StreamStatus> {
+    let client = redis::Client::open(redis_url)?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    let (lag, pending) = group_lag(&mut connection, stream).await?;
+    let dead_letters: i64 = redis::cmd("XLEN")
+        .arg(dead_letter)
+        .query_async(&mut connection)
+        .await?;
+    Ok(StreamStatus {
+        lag,
+        pending,
+        dead_letters,
+    })
 }
 
 /// The smallest stream id after `id` (`ms-seq` -> `ms-(seq+1)`).

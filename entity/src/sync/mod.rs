@@ -3,6 +3,8 @@
 pub mod assigned_group;
 pub mod audit_log;
 pub mod delta_link;
+pub mod lease;
 pub mod managed_membership;
 pub mod managed_role;
+pub mod reconciliation;
 pub mod subscription;

@@ -80,6 +80,8 @@ async fn dispatch(
         (&Method::GET, ["groups", id, "members"]) => members(&inner, id, false, &query),
         (&Method::GET, ["groups", id, "transitiveMembers"]) => members(&inner, id, true, &query),
         (&Method::POST, ["directoryObjects", "getByIds"]) => get_by_ids(&inner, &body),
+        (&Method::GET, ["users"]) => users(&inner, &query),
+        (&Method::GET, ["users", id]) => user(&inner, id),
         (&Method::GET, [sp]) if sp.starts_with("servicePrincipals") => {
             service_principal(&inner, sp)
         }
@@ -363,6 +365,30 @@ fn paged(
         page["@odata.nextLink"] = json!(next);
     }
     json_ok(page)
+}
+
+/// Every user, in a stable order (`$select` is accepted; every user property is returned).
+fn users(inner: &Inner, query: &HashMap<String, String>) -> Response {
+    let items = {
+        let tenant = lock(&inner.tenant);
+        let mut ids: Vec<Uuid> = tenant.users.keys().copied().collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|id| directory_object(&tenant, id))
+            .collect()
+    };
+    paged(inner, "users", query, items)
+}
+
+fn user(inner: &Inner, id: &str) -> Response {
+    let Ok(user) = Uuid::parse_str(id) else {
+        return bad_request(&format!("Invalid object identifier '{id}'."));
+    };
+    let tenant = lock(&inner.tenant);
+    match tenant.users.get(&user).and(directory_object(&tenant, user)) {
+        Some(object) => json_ok(object),
+        None => not_found(id),
+    }
 }
 
 fn members(inner: &Inner, id: &str, transitive: bool, query: &HashMap<String, String>) -> Response {

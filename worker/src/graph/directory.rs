@@ -5,9 +5,12 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::GraphClient;
-use super::model::{AppRoleAssignment, DirectoryObject, ServicePrincipal};
-use crate::directory::EntraUser;
-use crate::error::Result;
+use super::model::{AppRoleAssignment, DirectoryObject, ServicePrincipal, UserObject};
+use crate::directory::{EntraUser, UserState};
+use crate::error::{Error, Result};
+
+/// The user properties entra-sync reads.
+const USER_SELECT: &str = "id,displayName,mail,userPrincipalName,accountEnabled";
 
 /// Graph's limit for `directoryObjects/getByIds`.
 const GET_BY_IDS_CHUNK: usize = 1000;
@@ -50,6 +53,30 @@ impl GraphClient {
             );
         }
         Ok(users)
+    }
+
+    /// One user as it is now; `None` when it no longer exists (deleted).
+    #[tracing::instrument(skip(self), err)]
+    pub async fn user_state(&self, id: &UserId) -> Result<Option<UserState>> {
+        let url = self.inner.url(&format!("users/{id}?$select={USER_SELECT}"));
+        match self.inner.get_json::<UserObject>("user", &url).await {
+            Ok(user) => Ok(user.into_state()),
+            Err(Error::Graph { status: 404, .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Every user of the tenant, 999 a page (reconciliation compares them with LiteLLM's).
+    #[tracing::instrument(skip(self), err)]
+    pub async fn all_users(&self) -> Result<Vec<UserState>> {
+        let url = self
+            .inner
+            .url(&format!("users?$select={USER_SELECT}&$top=999"));
+        let users: Vec<UserObject> = self.inner.get_all("users", &url).await?;
+        Ok(users
+            .into_iter()
+            .filter_map(UserObject::into_state)
+            .collect())
     }
 
     /// The enterprise app: by `MICROSOFT_SERVICE_PRINCIPAL_ID` if set, else by the client id.

@@ -15,7 +15,7 @@ pub use credential::Credential;
 pub use delta::{DeltaRound, DeltaStart, GroupDelta, MemberChange};
 pub use http::RetryPolicy;
 pub use metrics::GraphMetrics;
-pub use settings::{GraphArgs, GraphConfig};
+pub use settings::{GraphArgs, GraphConfig, checked_url};
 pub use subscriptions::NewSubscription;
 
 use std::sync::Arc;

@@ -57,6 +57,36 @@ impl DirectoryObject {
     }
 }
 
+/// A user read from `/users`, with whether the account may sign in.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserObject {
+    pub id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub mail: Option<String>,
+    #[serde(default)]
+    pub user_principal_name: Option<String>,
+    /// Absent when not selected; Graph's default for an existing account is enabled.
+    #[serde(default)]
+    pub account_enabled: Option<bool>,
+}
+
+impl UserObject {
+    pub fn into_state(self) -> Option<crate::directory::UserState> {
+        Some(crate::directory::UserState {
+            enabled: self.account_enabled.unwrap_or(true),
+            user: EntraUser {
+                id: entity::UserId::parse(&self.id).ok()?,
+                user_principal_name: self.user_principal_name,
+                mail: self.mail,
+                display_name: self.display_name,
+            },
+        })
+    }
+}
+
 /// A member reference in `members@delta`.
 #[derive(Clone, Debug, Deserialize)]
 pub(super) struct DeltaMember {

@@ -10,7 +10,7 @@ use crate::error::Result;
 
 /// One change to LiteLLM's tables. Serialised with a `kind` tag; `team_id` and `user_id` are
 /// LiteLLM's ids (for users made by LiteLLM's SCIM, `user_id` may be a UPN).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Change {
     TeamCreated {
@@ -35,6 +35,13 @@ pub enum Change {
     UserLinked {
         user_id: String,
         sso_user_id: String,
+    },
+    /// Entra changed the user's sign-in name or display name: `user_email` and `user_alias` (and
+    /// the email in the user's `members_with_roles` entries) follow.
+    UserUpdated {
+        user_id: String,
+        user_email: Option<String>,
+        user_alias: Option<String>,
     },
     /// The user became a full member: `members_with_roles`, the user's `teams` and the
     /// `"LiteLLM_TeamMembership"` row (any that were missing).
@@ -63,7 +70,10 @@ impl Change {
             | Self::TeamBlocked { team_id }
             | Self::MemberAdded { team_id, .. }
             | Self::MemberRemoved { team_id, .. } => Some(team_id),
-            Self::UserCreated { .. } | Self::UserLinked { .. } | Self::RoleChanged { .. } => None,
+            Self::UserCreated { .. }
+            | Self::UserLinked { .. }
+            | Self::UserUpdated { .. }
+            | Self::RoleChanged { .. } => None,
         }
     }
 
@@ -75,6 +85,7 @@ impl Change {
             Self::TeamBlocked { .. } => "team_blocked",
             Self::UserCreated { .. } => "user_created",
             Self::UserLinked { .. } => "user_linked",
+            Self::UserUpdated { .. } => "user_updated",
             Self::MemberAdded { .. } => "member_added",
             Self::MemberRemoved { .. } => "member_removed",
             Self::RoleChanged { .. } => "role_changed",

@@ -75,6 +75,22 @@ pub trait LiteLlmWriter {
         options: ApplyOptions,
     ) -> impl Future<Output = Result<Vec<Change>>> + Send;
 
+    /// Entra renamed a user: a known user's email and display name follow (unknown users: nothing).
+    fn update_user(
+        &self,
+        user: &EntraUser,
+        options: ApplyOptions,
+    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+
+    /// [`Self::ensure_user`] then [`Self::set_role`] in one transaction (so that a dry run plans
+    /// the role of a user it would create).
+    fn set_user_role(
+        &self,
+        user: &EntraUser,
+        role_values: &[String],
+        options: ApplyOptions,
+    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+
     /// Makes the users full members of the group's team (creating users as needed).
     fn add_members(
         &self,
@@ -97,6 +113,17 @@ pub trait LiteLlmWriter {
     fn replace_members(
         &self,
         group: &GroupId,
+        members: &[EntraUser],
+        options: ApplyOptions,
+    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+
+    /// Brings a group's team up to date in one transaction: created (or renamed) first when a
+    /// display name is given, then its membership made equal to `members` as
+    /// [`Self::replace_members`] does. In a dry run a new team's members are planned too.
+    fn sync_team(
+        &self,
+        group: &GroupId,
+        display_name: Option<&str>,
         members: &[EntraUser],
         options: ApplyOptions,
     ) -> impl Future<Output = Result<Vec<Change>>> + Send;
@@ -224,6 +251,27 @@ impl LiteLlmWriter for Store {
         self.finish(txn, changes, options).await
     }
 
+    #[tracing::instrument(skip(self, user), fields(user = %user.id), err)]
+    async fn update_user(&self, user: &EntraUser, options: ApplyOptions) -> Result<Vec<Change>> {
+        let txn = self.db.begin().await?;
+        let changes = users::update(&txn, user, options.now).await?;
+        self.finish(txn, changes, options).await
+    }
+
+    #[tracing::instrument(skip(self, user), fields(user = %user.id), err)]
+    async fn set_user_role(
+        &self,
+        user: &EntraUser,
+        role_values: &[String],
+        options: ApplyOptions,
+    ) -> Result<Vec<Change>> {
+        let txn = self.db.begin().await?;
+        // Written inside the transaction even in a dry run, which then rolls back.
+        let mut changes = users::ensure(&txn, user, &self.settings, options.now, false).await?;
+        changes.extend(roles::set(&txn, &user.id, role_values, options.now, false).await?);
+        self.finish(txn, changes, options).await
+    }
+
     #[tracing::instrument(skip(self, members), fields(members = members.len()), err)]
     async fn add_members(
         &self,
@@ -255,6 +303,33 @@ impl LiteLlmWriter for Store {
     ) -> Result<Vec<Change>> {
         self.membership(group, members, members::Leaving::EveryoneElse, options)
             .await
+    }
+
+    #[tracing::instrument(skip(self, members), fields(members = members.len()), err)]
+    async fn sync_team(
+        &self,
+        group: &GroupId,
+        display_name: Option<&str>,
+        members: &[EntraUser],
+        options: ApplyOptions,
+    ) -> Result<Vec<Change>> {
+        let txn = self.db.begin().await?;
+        // Both steps write inside the transaction, even in a dry run (which then rolls back), so
+        // that the members of a team that does not exist yet are planned against it.
+        let mut changes = match display_name {
+            Some(name) => {
+                teams::ensure(&txn, group, name, &self.settings, options.now, false).await?
+            }
+            None => Vec::new(),
+        };
+        let request = members::Request {
+            group,
+            joining: members,
+            leaving: members::Leaving::EveryoneElse,
+            mode: self.removal_mode,
+        };
+        changes.extend(members::apply(&txn, request, &self.settings, options.now, false).await?);
+        self.finish(txn, changes, options).await
     }
 
     #[tracing::instrument(skip(self), err)]

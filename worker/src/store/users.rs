@@ -272,3 +272,100 @@ pub(super) async fn ensure(
         }
     }
 }
+
+/// Brings a known user's `user_email` and `user_alias` up to date with Entra, and the email in
+/// their entries of `members_with_roles`. An unknown user is left for the next membership change
+/// to create. Team locks are taken first, then the user row, as every other operation does.
+pub(super) async fn update(
+    txn: &DatabaseTransaction,
+    user: &EntraUser,
+    now: DateTime<Utc>,
+) -> Result<Vec<Change>> {
+    #[derive(FromQueryResult)]
+    struct Teams {
+        teams: Option<Vec<String>>,
+    }
+    let id = user.id.to_string();
+    let Some(found) = Teams::find_by_statement(stmt(
+        r#"SELECT teams FROM "LiteLLM_UserTable" WHERE user_id = $1 OR sso_user_id = $1"#,
+        [id.clone().into()],
+    ))
+    .one(txn)
+    .await?
+    else {
+        return Ok(Vec::new());
+    };
+    let mut teams = found.teams.unwrap_or_default();
+    teams.sort();
+    teams.dedup();
+    for team in &teams {
+        super::sql::lock_team(txn, team).await?;
+    }
+    let candidates = Candidates::new(lock_candidates(txn, &[id], &[]).await?);
+    let Some(row) = candidates.by_object_id(user.id.as_str()) else {
+        return Ok(Vec::new());
+    };
+    let row = &candidates.rows[row];
+    #[derive(FromQueryResult)]
+    struct Alias {
+        user_alias: Option<String>,
+    }
+    let alias = Alias::find_by_statement(stmt(
+        r#"SELECT user_alias FROM "LiteLLM_UserTable" WHERE user_id = $1"#,
+        [row.user_id.clone().into()],
+    ))
+    .one(txn)
+    .await?
+    .and_then(|a| a.user_alias);
+    let email = user.email();
+    let display_name = user.display_name.clone();
+    // Entra may omit an attribute (no mail, no UPN): keep what LiteLLM has rather than erase it.
+    let email_changed = email.is_some() && email != row.user_email;
+    let alias_changed = display_name.is_some() && display_name != alias;
+    if !email_changed && !alias_changed {
+        return Ok(Vec::new());
+    }
+    let new_email = if email_changed {
+        email
+    } else {
+        row.user_email.clone()
+    };
+    let new_alias = if alias_changed { display_name } else { alias };
+    txn.execute(stmt(
+        r#"UPDATE "LiteLLM_UserTable" SET user_email = $2, user_alias = $3, updated_at = $4
+           WHERE user_id = $1"#,
+        [
+            row.user_id.clone().into(),
+            new_email.clone().into(),
+            new_alias.clone().into(),
+            litellm_timestamp(now).into(),
+        ],
+    ))
+    .await?;
+    if email_changed && !teams.is_empty() {
+        txn.execute(stmt(
+            r#"UPDATE "LiteLLM_TeamTable"
+               SET members_with_roles = (
+                     SELECT jsonb_agg(
+                              CASE WHEN entry->>'user_id' = $1
+                                   THEN jsonb_set(entry, '{user_email}', to_jsonb($3::text))
+                                   ELSE entry END
+                              ORDER BY position)
+                     FROM jsonb_array_elements(members_with_roles)
+                          WITH ORDINALITY AS current(entry, position))
+               WHERE team_id = ANY($2) AND jsonb_typeof(members_with_roles) = 'array'
+                 AND jsonb_array_length(members_with_roles) > 0"#,
+            [
+                row.user_id.clone().into(),
+                text_array(&teams),
+                new_email.clone().into(),
+            ],
+        ))
+        .await?;
+    }
+    Ok(vec![Change::UserUpdated {
+        user_id: row.user_id.clone(),
+        user_email: new_email,
+        user_alias: new_alias,
+    }])
+}

@@ -11,7 +11,7 @@ use super::{Syncer, state};
 use crate::directory::EntraUser;
 use crate::error::Result;
 use crate::graph::model::{AppRoleAssignment, DEFAULT_ACCESS};
-use crate::store::{ApplyOptions, Change, LiteLlmWriter};
+use crate::store::{Change, LiteLlmWriter};
 
 /// What a poll did.
 #[derive(Debug, Default)]
@@ -83,7 +83,7 @@ impl Syncer {
             let changes = syncer
                 .sync_group_fully_retrying(&group, Some(&name), now)
                 .await?;
-            state::remember_assigned(&syncer.db, &group, Some(&name), now).await?;
+            syncer.remember_assigned(&group, Some(&name), now).await?;
             Ok(changes)
         })
         .await
@@ -98,7 +98,7 @@ impl Syncer {
         role_values: &HashMap<String, String>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Change>> {
-        let options = ApplyOptions::commit(now);
+        let options = self.options(now);
         let mut values: HashMap<UserId, Vec<String>> = HashMap::new();
         let mut known_users: HashMap<UserId, EntraUser> = HashMap::new();
         for assignment in assignments {
@@ -110,7 +110,9 @@ impl Syncer {
             };
             match assignment.principal_type.as_str() {
                 "User" => {
-                    if let Ok(user) = UserId::parse(&assignment.principal_id) {
+                    if let Ok(user) = UserId::parse(&assignment.principal_id)
+                        && self.included(&user)
+                    {
                         values.entry(user).or_default().push(value.clone());
                     }
                 }
@@ -124,6 +126,7 @@ impl Syncer {
                         .await?
                         .into_iter()
                         .filter_map(|o| o.into_user())
+                        .filter(|user| self.included(&user.id))
                     {
                         values
                             .entry(user.id.clone())
@@ -154,8 +157,7 @@ impl Syncer {
             {
                 continue;
             }
-            changes.extend(self.store.ensure_user(user, options).await?);
-            changes.extend(self.store.set_role(user_id, user_values, options).await?);
+            changes.extend(self.store.set_user_role(user, user_values, options).await?);
             granted.insert(user_id.clone());
         }
         for managed in managed_role::Entity::find().all(&self.db).await? {

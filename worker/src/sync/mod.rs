@@ -9,8 +9,10 @@
 //! Notifications only say that a round is due; delta query is the truth.
 
 mod assignments;
+mod reconcile;
 mod round;
 mod state;
+mod users;
 
 use chrono::{DateTime, Utc};
 use entity::GroupId;
@@ -21,7 +23,9 @@ use crate::graph::GraphClient;
 use crate::store::{ApplyOptions, Change, LiteLlmWriter, Store};
 
 pub use assignments::AssignmentReport;
+pub use reconcile::{ReconcileReport, last_reconciliation};
 pub use round::{ROUND_LOCK, RoundReport};
+pub use users::DepartedUserPolicy;
 
 /// Runs a store operation again when another writer created the same user at the same moment
 /// ([`crate::Error::ConcurrentChange`]: nothing was applied, and it is safe to repeat).
@@ -61,6 +65,13 @@ pub struct Syncer {
     store: Store,
     db: DatabaseConnection,
     policy: UnassignedPolicy,
+    departed: DepartedUserPolicy,
+    /// Plan every change and write nothing: neither LiteLLM's tables nor entra-sync's state.
+    dry_run: bool,
+    /// Users disabled in Entra: still group members there, but given no team and no role (a
+    /// reconciliation fills it from the tenant's users, so that it does not add what it then
+    /// takes away).
+    excluded: std::sync::Arc<std::collections::HashSet<entity::UserId>>,
 }
 
 impl Syncer {
@@ -75,7 +86,57 @@ impl Syncer {
             store,
             db,
             policy,
+            departed: DepartedUserPolicy::default(),
+            dry_run: false,
+            excluded: std::sync::Arc::default(),
         }
+    }
+
+    /// The same syncer, leaving these users out of every team and role.
+    fn excluding(&self, users: std::collections::HashSet<entity::UserId>) -> Self {
+        Self {
+            excluded: std::sync::Arc::new(users),
+            ..self.clone()
+        }
+    }
+
+    fn included(&self, user: &entity::UserId) -> bool {
+        !self.excluded.contains(user)
+    }
+
+    /// What happens to the memberships of a user deleted or disabled in Entra.
+    #[must_use]
+    pub fn with_departed_users(mut self, policy: DepartedUserPolicy) -> Self {
+        self.departed = policy;
+        self
+    }
+
+    /// A syncer that plans the same changes and writes nothing (`sync --full --dry-run`).
+    #[must_use]
+    pub fn dry_run(mut self) -> Self {
+        self.dry_run = true;
+        self
+    }
+
+    fn options(&self, now: DateTime<Utc>) -> ApplyOptions {
+        if self.dry_run {
+            ApplyOptions::dry_run(now)
+        } else {
+            ApplyOptions::commit(now)
+        }
+    }
+
+    /// Records that the group is assigned (not in a dry run).
+    async fn remember_assigned(
+        &self,
+        group: &GroupId,
+        display_name: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        if self.dry_run {
+            return Ok(());
+        }
+        state::remember_assigned(&self.db, group, display_name, now).await
     }
 
     /// Runs `work` for every item, `PARALLEL_GROUPS` at a time, and gathers the changes; the first
@@ -123,32 +184,29 @@ impl Syncer {
     }
 
     /// Reads the group's whole membership and makes the team equal it; with a display name the
-    /// team is created (or renamed) first.
+    /// team is created (or renamed) in the same transaction.
     async fn sync_group_fully(
         &self,
         group: &GroupId,
         display_name: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Change>> {
-        let options = ApplyOptions::commit(now);
-        let mut changes = match display_name {
-            Some(name) => self.store.ensure_team(group, name, options).await?,
-            None => Vec::new(),
-        };
         let members: Vec<_> = self
             .graph
             .group_members(group, false)
             .await?
             .into_iter()
             .filter_map(|object| object.into_user())
+            .filter(|user| self.included(&user.id))
             .collect();
-        changes.extend(self.store.replace_members(group, &members, options).await?);
-        Ok(changes)
+        self.store
+            .sync_team(group, display_name, &members, self.options(now))
+            .await
     }
 
     /// The policy for a group that is no longer assigned, or no longer exists.
     async fn retire_group(&self, group: &GroupId, now: DateTime<Utc>) -> Result<Vec<Change>> {
-        let options = ApplyOptions::commit(now);
+        let options = self.options(now);
         let changes = match self.policy {
             UnassignedPolicy::Keep => Vec::new(),
             UnassignedPolicy::RemoveMembers => {
@@ -156,7 +214,9 @@ impl Syncer {
             }
             UnassignedPolicy::Block => self.store.block_team(group, options).await?,
         };
-        state::forget_assigned(&self.db, group).await?;
+        if !self.dry_run {
+            state::forget_assigned(&self.db, group).await?;
+        }
         Ok(changes)
     }
 }

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::graph::DeltaStart;
 use crate::graph::GroupDelta;
 use crate::graph::model::ObjectKind;
-use crate::store::{ApplyOptions, Change, LiteLlmWriter};
+use crate::store::{Change, LiteLlmWriter};
 
 /// The advisory lock every worker replica takes for a round, so that two never interleave.
 pub const ROUND_LOCK: i64 = 0x656e_7472_6173_796e; // "entrasyn"
@@ -35,7 +35,22 @@ impl Syncer {
     /// changes, and stores the new deltaLink only after they are committed.
     #[tracing::instrument(skip(self), err)]
     pub async fn delta_round(&self, now: DateTime<Utc>) -> Result<RoundReport> {
-        // The transaction only holds the lock; the work commits on other connections.
+        self.with_round_lock(self.round_locked(now)).await
+    }
+
+    /// A full resync of every assigned group, whatever the stored deltaLink (after a `missed`
+    /// lifecycle event, or a subscription that was removed), under the same lock.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn resync_round(&self, now: DateTime<Utc>) -> Result<RoundReport> {
+        self.with_round_lock(self.resync(now)).await
+    }
+
+    /// Runs `work` holding the lock all replicas share for rounds. The transaction only holds the
+    /// lock; the work commits on other connections.
+    pub(super) async fn with_round_lock<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
         let lock = self.db.begin().await?;
         lock.execute(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -43,7 +58,7 @@ impl Syncer {
             [ROUND_LOCK.into()],
         ))
         .await?;
-        let result = self.round_locked(now).await;
+        let result = work.await;
         lock.commit().await?;
         result
     }
@@ -60,7 +75,7 @@ impl Syncer {
             }
             Err(error) => return Err(error),
         };
-        let options = ApplyOptions::commit(now);
+        let options = self.options(now);
         let assigned = state::assigned(&self.db).await?;
         let mut report = RoundReport {
             groups_seen: round.groups.len(),
@@ -101,12 +116,13 @@ impl Syncer {
                     report
                         .changes
                         .extend(self.store.ensure_team(group, name, options).await?);
-                    state::remember_assigned(&self.db, group, Some(name), now).await?;
+                    self.remember_assigned(group, Some(name), now).await?;
                 }
                 let joining: Vec<_> = delta
                     .added
                     .iter()
                     .filter_map(|m| UserId::parse(&m.id).ok())
+                    .filter(|id| self.included(id))
                     .filter_map(|id| users.get(&id).cloned())
                     .collect();
                 if !joining.is_empty() {
@@ -130,7 +146,9 @@ impl Syncer {
                 report.groups_applied += 1;
             }
         }
-        state::save_delta_link(&self.db, &round.delta_link, now).await?;
+        if !self.dry_run {
+            state::save_delta_link(&self.db, &round.delta_link, now).await?;
+        }
         Ok(report)
     }
 
@@ -139,7 +157,7 @@ impl Syncer {
     /// time so that memory stays bounded however large the tenant. The new deltaLink is taken
     /// first, so that whatever changes meanwhile is in the next round (applying it twice is
     /// harmless).
-    async fn resync(&self, now: DateTime<Utc>) -> Result<RoundReport> {
+    pub(super) async fn resync(&self, now: DateTime<Utc>) -> Result<RoundReport> {
         /// Groups read and applied together: four filtered delta requests.
         const SLICE: usize = 200;
         let latest = self.graph.groups_delta(DeltaStart::Latest).await?;
@@ -158,7 +176,9 @@ impl Syncer {
                 .len(),
             changes,
         };
-        state::save_delta_link(&self.db, &latest.delta_link, now).await?;
+        if !self.dry_run {
+            state::save_delta_link(&self.db, &latest.delta_link, now).await?;
+        }
         Ok(report)
     }
 
@@ -195,6 +215,7 @@ impl Syncer {
                 .added
                 .iter()
                 .filter_map(|m| UserId::parse(&m.id).ok())
+                .filter(|id| self.included(id))
                 .filter_map(|id| users.get(&id).cloned())
                 .collect();
             work.push((group.clone(), delta.clone(), members));
@@ -217,17 +238,20 @@ impl Syncer {
         if delta.group_removed.is_some() {
             return self.retire_group(group, now).await;
         }
-        let options = ApplyOptions::commit(now);
-        let mut changes = Vec::new();
-        if let Some(name) = &delta.display_name {
-            changes.extend(self.store.ensure_team(group, name, options).await?);
-            state::remember_assigned(&self.db, group, Some(name), now).await?;
-        }
-        match retrying(|| self.store.replace_members(group, members, options)).await {
-            Ok(applied) => changes.extend(applied),
+        let name = delta.display_name.as_deref();
+        let changes = match retrying(|| {
+            self.store
+                .sync_team(group, name, members, self.options(now))
+        })
+        .await
+        {
+            Ok(changes) => changes,
             // No team (the group has no name to create it with): the next poll settles it.
-            Err(Error::TeamNotFound(_)) => {}
+            Err(Error::TeamNotFound(_)) => Vec::new(),
             Err(error) => return Err(error),
+        };
+        if name.is_some() {
+            self.remember_assigned(group, name, now).await?;
         }
         Ok(changes)
     }

@@ -17,6 +17,7 @@ use worker::metrics::WorkerMetrics;
 use worker::run::{RunSettings, Worker};
 use worker::store::{RemovalMode, Store};
 use worker::stream::{StreamConsumer, StreamSettings};
+use worker::subscriptions::{SubscriptionManager, Target};
 use worker::sync::{Syncer, UnassignedPolicy};
 
 use crate::graph_common::*;
@@ -28,6 +29,8 @@ pub struct World {
     pub db: TestDatabase,
     pub stream: TestStream,
     pub dead: TestStream,
+    /// The webhook's base URL (what `ENTRA_SYNC_PUBLIC_URL` would be).
+    pub webhook_url: String,
     stop_webhook: Option<oneshot::Sender<()>>,
     workers: Vec<(
         oneshot::Sender<()>,
@@ -81,6 +84,7 @@ impl World {
             db,
             stream,
             dead,
+            webhook_url: url,
             stop_webhook: Some(stop_webhook),
             workers: Vec::new(),
             processes: Vec::new(),
@@ -95,6 +99,32 @@ impl World {
 
     /// A worker in this process, named `consumer`, on the given connection.
     pub fn start_worker_on(&mut self, conn: DatabaseConnection, consumer: &str) {
+        self.start_worker_with(conn, consumer, None);
+    }
+
+    /// The syncer a worker of this world uses.
+    pub fn syncer(&self) -> Syncer {
+        let (client, _) = secret_client(&self.sim);
+        let conn = self.db.conn().clone();
+        let store = Store::new(conn.clone(), Default::default(), RemovalMode::Managed);
+        Syncer::new(client, store, conn, UnassignedPolicy::RemoveMembers)
+    }
+
+    /// The subscription manager a worker with `ENTRA_SYNC_PUBLIC_URL` = the webhook would use.
+    pub fn subscription_manager(&self) -> SubscriptionManager {
+        let (client, _) = secret_client(&self.sim);
+        let public_url = worker::graph::checked_url("test", &self.webhook_url).unwrap();
+        let target = Target::new(&public_url, CLIENT_STATE.to_owned().into()).unwrap();
+        SubscriptionManager::new(client, self.db.conn().clone(), target)
+    }
+
+    /// A worker in this process that also handles lifecycle events with `subscriptions`.
+    pub fn start_worker_with(
+        &mut self,
+        conn: DatabaseConnection,
+        consumer: &str,
+        subscriptions: Option<SubscriptionManager>,
+    ) {
         let (client, _) = secret_client(&self.sim);
         let store = Store::new(conn.clone(), Default::default(), RemovalMode::Managed);
         let syncer = Syncer::new(client, store, conn, UnassignedPolicy::RemoveMembers);
@@ -120,7 +150,9 @@ impl World {
                     block: Duration::from_millis(200),
                     max_deliveries: 3,
                     trim_interval: Duration::from_secs(3600),
+                    reconcile_interval: None,
                 },
+                subscriptions,
             };
             worker
                 .run(async {

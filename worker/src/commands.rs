@@ -1,0 +1,261 @@
+//! The worker's one-shot commands: `sync`, `subscriptions` and `status`. Each prints for a human
+//! on stderr and, where a machine may read it, JSON on stdout.
+
+use std::io::Write;
+
+use chrono::{DateTime, Utc};
+use prometheus_client::registry::Registry;
+use sea_orm::{DatabaseConnection, EntityTrait};
+use secrecy::ExposeSecret;
+use serde::Serialize;
+
+use crate::config::WorkerConfig;
+use crate::error::{Error, Result};
+use crate::graph::{GraphClient, GraphMetrics};
+use crate::store::Store;
+use crate::subscriptions::{self, SubscriptionManager, lease};
+use crate::sync::Syncer;
+
+async fn database(config: &WorkerConfig) -> Result<DatabaseConnection> {
+    let db = crate::serve::connect_database(config).await?;
+    crate::startup::check_database(&db).await?;
+    Ok(db)
+}
+
+fn graph(config: &WorkerConfig) -> Result<GraphClient> {
+    GraphClient::new(
+        config.graph.clone().resolve()?,
+        GraphMetrics::register(&mut Registry::default()),
+    )
+}
+
+fn print_json_line(value: &impl Serialize) -> Result<()> {
+    let line = serde_json::to_string(value)
+        .map_err(|e| Error::Settings(format!("cannot print as JSON: {e}")))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").map_err(|e| Error::Settings(format!("cannot write to stdout: {e}")))
+}
+
+/// `sync --full [--dry-run]`: a full reconciliation, its changes printed as JSON lines.
+/// Without `--full`: the assignments polled and one delta round.
+pub async fn sync(config: &WorkerConfig, full: bool, dry_run: bool) -> Result<()> {
+    let db = database(config).await?;
+    let store = Store::new(db.clone(), config.litellm_settings()?, config.removal_mode);
+    let mut syncer = Syncer::new(graph(config)?, store, db, config.unassigned_policy)
+        .with_departed_users(config.departed_user_policy);
+    if dry_run {
+        syncer = syncer.dry_run();
+    }
+    let now = Utc::now();
+    let changes = if full {
+        syncer.reconcile(now).await?.changes
+    } else {
+        let mut changes = syncer.poll_assignments(now).await?.changes;
+        changes.extend(syncer.delta_round(now).await?.changes);
+        changes
+    };
+    for change in &changes {
+        print_json_line(change)?;
+    }
+    let verb = if dry_run { "would make" } else { "made" };
+    eprintln!(
+        "{} {verb} {} changes",
+        if full { "reconciliation" } else { "sync" },
+        changes.len()
+    );
+    Ok(())
+}
+
+/// `subscriptions list|ensure|delete`.
+pub async fn subscriptions(config: &WorkerConfig, action: &str) -> Result<()> {
+    let target = config.subscription_target()?.ok_or_else(|| {
+        Error::Settings("ENTRA_SYNC_PUBLIC_URL is required to manage subscriptions".into())
+    })?;
+    let manager = SubscriptionManager::new(graph(config)?, database(config).await?, target);
+    let now = Utc::now();
+    match action {
+        "list" => {
+            for view in manager.list().await? {
+                print_json_line(&view)?;
+            }
+        }
+        "ensure" => {
+            let actions = manager.ensure(now).await?;
+            for action in &actions {
+                print_json_line(action)?;
+            }
+            if actions.is_empty() {
+                eprintln!("subscriptions are in place; nothing to do");
+            }
+        }
+        "delete" => {
+            for action in manager.delete_all().await? {
+                print_json_line(&action)?;
+            }
+        }
+        other => {
+            return Err(Error::Settings(format!(
+                "unknown subscriptions action {other:?}: list, ensure or delete"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Everything `status` reports.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub subscriptions: Vec<StoredSubscription>,
+    pub subscription_keeper: Option<String>,
+    pub last_delta_round: Option<DateTime<Utc>>,
+    pub assigned_groups: u64,
+    pub stream: Option<crate::stream::StreamStatus>,
+    pub stream_error: Option<String>,
+    pub last_reconciliation: Option<ReconciliationStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StoredSubscription {
+    pub id: String,
+    pub resource: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReconciliationStatus {
+    pub finished_at: DateTime<Utc>,
+    pub drift: i64,
+    pub error: Option<String>,
+}
+
+/// Reads the status from the database and Redis (Graph is not asked).
+pub async fn read_status(config: &WorkerConfig) -> Result<Status> {
+    use entity::sync::{assigned_group, delta_link, subscription};
+    use sea_orm::PaginatorTrait;
+    let db = database(config).await?;
+    let subscriptions = subscription::Entity::find()
+        .all(&db)
+        .await?
+        .into_iter()
+        .map(|row| StoredSubscription {
+            id: row.id,
+            resource: row.resource,
+            expires_at: row.expires_at,
+        })
+        .collect();
+    let keeper = lease::holder(&db, subscriptions::LEASE)
+        .await?
+        .filter(|l| l.expires_at > Utc::now())
+        .map(|l| l.holder);
+    let last_delta_round = delta_link::Entity::find_by_id("groups".to_owned())
+        .one(&db)
+        .await?
+        .map(|l| l.updated_at);
+    let assigned_groups = assigned_group::Entity::find().count(&db).await?;
+    let (stream, stream_error) = match crate::stream::stream_status(
+        config.redis_url.expose_secret(),
+        &config.stream,
+        &config.dead_letter_stream(),
+    )
+    .await
+    {
+        Ok(status) => (Some(status), None),
+        Err(error) => (None, Some(error.to_string())),
+    };
+    let last_reconciliation =
+        crate::sync::last_reconciliation(&db)
+            .await?
+            .map(|run| ReconciliationStatus {
+                finished_at: run.finished_at,
+                drift: run.changes,
+                error: run.error,
+            });
+    Ok(Status {
+        subscriptions,
+        subscription_keeper: keeper,
+        last_delta_round,
+        assigned_groups,
+        stream,
+        stream_error,
+        last_reconciliation,
+    })
+}
+
+/// `status [--json]`.
+pub async fn status(config: &WorkerConfig, json: bool) -> Result<()> {
+    let status = read_status(config).await?;
+    if json {
+        return print_json_line(&status);
+    }
+    let now = Utc::now();
+    let ago = |at: DateTime<Utc>| human_duration(now - at);
+    let mut rows: Vec<(String, String)> = Vec::new();
+    if status.subscriptions.is_empty() {
+        rows.push(("subscriptions".into(), "none".into()));
+    }
+    for s in &status.subscriptions {
+        rows.push((
+            format!("subscription {}", s.resource),
+            format!(
+                "{} expires {} (in {})",
+                s.id,
+                s.expires_at.format("%Y-%m-%d %H:%M UTC"),
+                human_duration(s.expires_at - now)
+            ),
+        ));
+    }
+    rows.push((
+        "subscription keeper".into(),
+        status
+            .subscription_keeper
+            .clone()
+            .unwrap_or_else(|| "nobody".into()),
+    ));
+    rows.push((
+        "last delta round".into(),
+        status
+            .last_delta_round
+            .map_or("never".into(), |at| format!("{} ago", ago(at))),
+    ));
+    rows.push(("assigned groups".into(), status.assigned_groups.to_string()));
+    match (&status.stream, &status.stream_error) {
+        (Some(s), _) => {
+            rows.push(("stream lag".into(), s.lag.to_string()));
+            rows.push(("stream pending".into(), s.pending.to_string()));
+            rows.push(("dead letters".into(), s.dead_letters.to_string()));
+        }
+        (None, error) => rows.push((
+            "stream".into(),
+            format!("unreadable: {}", error.as_deref().unwrap_or("?")),
+        )),
+    }
+    rows.push((
+        "last reconciliation".into(),
+        match &status.last_reconciliation {
+            None => "never".into(),
+            Some(r) => match &r.error {
+                Some(error) => format!("{} ago, failed: {error}", ago(r.finished_at)),
+                None => format!("{} ago, drift fixed: {}", ago(r.finished_at), r.drift),
+            },
+        },
+    ));
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut out = std::io::stdout().lock();
+    for (key, value) in rows {
+        writeln!(out, "{key:<width$}  {value}")
+            .map_err(|e| Error::Settings(format!("cannot write to stdout: {e}")))?;
+    }
+    Ok(())
+}
+
+fn human_duration(d: chrono::Duration) -> String {
+    let seconds = d.num_seconds();
+    let sign = if seconds < 0 { "-" } else { "" };
+    let s = seconds.unsigned_abs();
+    match s {
+        0..=119 => format!("{sign}{s}s"),
+        120..=7199 => format!("{sign}{}m", s / 60),
+        7200..=172_799 => format!("{sign}{}h", s / 3600),
+        _ => format!("{sign}{}d", s / 86_400),
+    }
+}

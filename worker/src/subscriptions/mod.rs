@@ -1,0 +1,375 @@
+//! Graph change-notification subscriptions that never lapse.
+//!
+//! One subscription each for `groups` and `users` (`updated,deleted`), pointing at the webhook's
+//! `/notifications` and `/lifecycle`. They are stored in `entra_sync_subscriptions`, renewed a
+//! week before they expire (Graph allows at most 29 days), re-created when Graph no longer has
+//! them, and duplicates or ones for an old URL are deleted. One replica at a time keeps them (see
+//! [`lease`]); every change to them happens under an advisory lock, so the keeper, a lifecycle
+//! event and the `subscriptions` command never race.
+
+pub mod lease;
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Duration, Utc};
+use entity::sync::subscription;
+use sea_orm::{
+    ActiveValue::Set, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, Statement,
+    TransactionTrait,
+};
+use secrecy::SecretString;
+use serde::Serialize;
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::graph::model::Subscription;
+use crate::graph::{GraphClient, NewSubscription};
+
+/// What entra-sync subscribes to.
+pub const RESOURCES: [&str; 2] = ["groups", "users"];
+const CHANGE_TYPE: &str = "updated,deleted";
+/// The lease the subscription keeper holds.
+pub const LEASE: &str = "subscriptions";
+/// Serialises every change to the subscriptions, whichever replica or command makes it.
+const SUBSCRIPTION_LOCK: i64 = 0x656e_7472_6173_7562; // "entrasub"
+
+/// Graph's longest lifetime for groups and users is 41,760 minutes; an hour less leaves room for
+/// clocks that differ.
+fn lifetime() -> Duration {
+    Duration::minutes(41_760 - 60)
+}
+
+/// Renewed when less than this is left: a week without a working keeper is survivable.
+fn renew_when_left() -> Duration {
+    Duration::days(7)
+}
+
+/// Where Graph sends notifications, and the secret it echoes.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub notification_url: String,
+    pub lifecycle_url: String,
+    pub client_state: SecretString,
+}
+
+impl Target {
+    /// From `ENTRA_SYNC_PUBLIC_URL` (already checked: https, or http on loopback).
+    pub fn new(public_url: &Url, client_state: SecretString) -> Result<Self> {
+        let join = |path: &str| {
+            public_url
+                .join(path)
+                .map(String::from)
+                .map_err(|e| Error::Settings(format!("ENTRA_SYNC_PUBLIC_URL: {e}")))
+        };
+        Ok(Self {
+            notification_url: join("notifications")?,
+            lifecycle_url: join("lifecycle")?,
+            client_state,
+        })
+    }
+}
+
+/// One thing the manager did, for logs and the `subscriptions` command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Action {
+    pub action: &'static str,
+    pub resource: String,
+    pub id: String,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A stored subscription and whether Graph still has it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SubscriptionView {
+    pub id: String,
+    pub resource: String,
+    pub notification_url: String,
+    pub expires_at: DateTime<Utc>,
+    pub in_graph: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct SubscriptionManager {
+    graph: GraphClient,
+    db: DatabaseConnection,
+    target: Target,
+}
+
+fn not_found(error: &Error) -> bool {
+    matches!(error, Error::Graph { status: 404, .. })
+}
+
+impl SubscriptionManager {
+    pub fn new(graph: GraphClient, db: DatabaseConnection, target: Target) -> Self {
+        Self { graph, db, target }
+    }
+
+    /// Makes sure each resource has exactly one live subscription of ours, renewed in time.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn ensure(&self, now: DateTime<Utc>) -> Result<Vec<Action>> {
+        let lock = self.lock().await?;
+        let result = self.ensure_locked(now).await;
+        lock.commit().await?;
+        result
+    }
+
+    /// `reauthorizationRequired`: reauthorize, and renew when that fails (both keep it alive);
+    /// re-created when Graph no longer has it.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn reauthorize(&self, id: &str, now: DateTime<Utc>) -> Result<Vec<Action>> {
+        let lock = self.lock().await?;
+        let result = async {
+            match self.graph.reauthorize_subscription(id).await {
+                Ok(()) => Ok(vec![Action {
+                    action: "reauthorized",
+                    resource: String::new(),
+                    id: id.to_owned(),
+                    expires_at: None,
+                }]),
+                Err(error) if not_found(&error) => {
+                    self.forget(id).await?;
+                    self.ensure_locked(now).await
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "reauthorize failed; renewing instead");
+                    match self.graph.renew_subscription(id, now + lifetime()).await {
+                        Ok(renewed) => {
+                            self.store(&renewed, now).await?;
+                            Ok(vec![action("renewed", &renewed)])
+                        }
+                        Err(error) if not_found(&error) => {
+                            self.forget(id).await?;
+                            self.ensure_locked(now).await
+                        }
+                        Err(error) => Err(error),
+                    }
+                }
+            }
+        }
+        .await;
+        lock.commit().await?;
+        result
+    }
+
+    /// `subscriptionRemoved`: Graph dropped it; a new one replaces it.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn recreate(&self, id: &str, now: DateTime<Utc>) -> Result<Vec<Action>> {
+        let lock = self.lock().await?;
+        let result = async {
+            self.forget(id).await?;
+            self.ensure_locked(now).await
+        }
+        .await;
+        lock.commit().await?;
+        result
+    }
+
+    /// The stored subscriptions, and whether Graph still has each.
+    pub async fn list(&self) -> Result<Vec<SubscriptionView>> {
+        let live: HashSet<String> = self
+            .graph
+            .list_subscriptions()
+            .await?
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        Ok(subscription::Entity::find()
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|row| SubscriptionView {
+                in_graph: live.contains(&row.id),
+                id: row.id,
+                resource: row.resource,
+                notification_url: row.notification_url,
+                expires_at: row.expires_at,
+            })
+            .collect())
+    }
+
+    /// Deletes every subscription entra-sync created (`subscriptions delete`).
+    #[tracing::instrument(skip(self), err)]
+    pub async fn delete_all(&self) -> Result<Vec<Action>> {
+        let lock = self.lock().await?;
+        let result = async {
+            let mut actions = Vec::new();
+            let stored = subscription::Entity::find().all(&self.db).await?;
+            let mut ids: Vec<(String, String)> = stored
+                .into_iter()
+                .map(|row| (row.id, row.resource))
+                .collect();
+            for live in self.graph.list_subscriptions().await? {
+                if self.is_ours(&live) && !ids.iter().any(|(id, _)| *id == live.id) {
+                    ids.push((live.id, live.resource));
+                }
+            }
+            for (id, resource) in ids {
+                self.delete(&id).await?;
+                actions.push(Action {
+                    action: "deleted",
+                    resource,
+                    id,
+                    expires_at: None,
+                });
+            }
+            Ok(actions)
+        }
+        .await;
+        lock.commit().await?;
+        result
+    }
+
+    async fn ensure_locked(&self, now: DateTime<Utc>) -> Result<Vec<Action>> {
+        let live = self.graph.list_subscriptions().await?;
+        let stored = subscription::Entity::find().all(&self.db).await?;
+        let mut actions = Vec::new();
+        let mut kept: HashSet<String> = HashSet::new();
+        for resource in RESOURCES {
+            // Ours for this resource, alive in Graph, the one that lasts longest first.
+            let mut candidates: Vec<&Subscription> = live
+                .iter()
+                .filter(|s| s.resource.eq_ignore_ascii_case(resource) && self.is_ours(s))
+                .filter(|s| stored.iter().any(|row| row.id == s.id))
+                .collect();
+            candidates.sort_by_key(|s| std::cmp::Reverse(s.expiration_date_time));
+            let action = match candidates.first() {
+                Some(current) if current.expiration_date_time - now > renew_when_left() => {
+                    kept.insert(current.id.clone());
+                    continue;
+                }
+                Some(current) => {
+                    match self
+                        .graph
+                        .renew_subscription(&current.id, now + lifetime())
+                        .await
+                    {
+                        Ok(renewed) => {
+                            self.store(&renewed, now).await?;
+                            kept.insert(renewed.id.clone());
+                            action("renewed", &renewed)
+                        }
+                        Err(error) if not_found(&error) => {
+                            let created = self.create(resource, now).await?;
+                            kept.insert(created.id.clone());
+                            action("recreated", &created)
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
+                None => {
+                    let created = self.create(resource, now).await?;
+                    kept.insert(created.id.clone());
+                    action("created", &created)
+                }
+            };
+            tracing::info!(action = action.action, resource, id = action.id, expires = ?action.expires_at, "subscription");
+            actions.push(action);
+        }
+        // Stale: stored ones not kept (duplicates, an old URL, gone from Graph), and ones of ours
+        // Graph has that were never stored (a crash between creating and storing).
+        let mut stale: Vec<(String, String)> = stored
+            .iter()
+            .filter(|row| !kept.contains(&row.id))
+            .map(|row| (row.id.clone(), row.resource.clone()))
+            .collect();
+        for s in &live {
+            if self.is_ours(s) && !kept.contains(&s.id) && !stale.iter().any(|(id, _)| *id == s.id)
+            {
+                stale.push((s.id.clone(), s.resource.clone()));
+            }
+        }
+        for (id, resource) in stale {
+            self.delete(&id).await?;
+            tracing::info!(resource, id, "stale subscription deleted");
+            actions.push(Action {
+                action: "deleted",
+                resource,
+                id,
+                expires_at: None,
+            });
+        }
+        Ok(actions)
+    }
+
+    fn is_ours(&self, subscription: &Subscription) -> bool {
+        subscription.notification_url == self.target.notification_url
+    }
+
+    async fn create(&self, resource: &str, now: DateTime<Utc>) -> Result<Subscription> {
+        let created = self
+            .graph
+            .create_subscription(&NewSubscription {
+                resource: resource.to_owned(),
+                change_type: CHANGE_TYPE.to_owned(),
+                notification_url: self.target.notification_url.clone(),
+                lifecycle_notification_url: self.target.lifecycle_url.clone(),
+                client_state: self.target.client_state.clone(),
+                expiration: now + lifetime(),
+            })
+            .await?;
+        self.store(&created, now).await?;
+        Ok(created)
+    }
+
+    /// Deletes in Graph (already gone is fine) and forgets it.
+    async fn delete(&self, id: &str) -> Result<()> {
+        match self.graph.delete_subscription(id).await {
+            Ok(()) => {}
+            Err(error) if not_found(&error) => {}
+            Err(error) => return Err(error),
+        }
+        self.forget(id).await
+    }
+
+    async fn forget(&self, id: &str) -> Result<()> {
+        subscription::Entity::delete_by_id(id.to_owned())
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    async fn store(&self, s: &Subscription, now: DateTime<Utc>) -> Result<()> {
+        use sea_orm::sea_query::OnConflict;
+        subscription::Entity::insert(subscription::ActiveModel {
+            id: Set(s.id.clone()),
+            resource: Set(s.resource.clone()),
+            change_type: Set(s.change_type.clone()),
+            notification_url: Set(s.notification_url.clone()),
+            lifecycle_notification_url: Set(s.lifecycle_notification_url.clone()),
+            expires_at: Set(s.expiration_date_time),
+            created_at: Set(now),
+            updated_at: Set(now),
+        })
+        .on_conflict(
+            OnConflict::column(subscription::Column::Id)
+                .update_columns([
+                    subscription::Column::ExpiresAt,
+                    subscription::Column::UpdatedAt,
+                ])
+                .to_owned(),
+        )
+        .exec_without_returning(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    async fn lock(&self) -> Result<sea_orm::DatabaseTransaction> {
+        let lock = self.db.begin().await?;
+        lock.execute(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1)",
+            [SUBSCRIPTION_LOCK.into()],
+        ))
+        .await?;
+        Ok(lock)
+    }
+}
+
+fn action(name: &'static str, s: &Subscription) -> Action {
+    Action {
+        action: name,
+        resource: s.resource.clone(),
+        id: s.id.clone(),
+        expires_at: Some(s.expiration_date_time),
+    }
+}

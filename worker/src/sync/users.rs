@@ -1,0 +1,155 @@
+//! Users: a `users` notification, or a reconciliation, re-reads users from Graph. A rename
+//! follows into LiteLLM; a user deleted or disabled in Entra loses what entra-sync gave them.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use entity::UserId;
+use entity::sync::{managed_membership, managed_role};
+use sea_orm::{ColumnTrait, EntityTrait, FromQueryResult, QueryFilter, QuerySelect, Statement};
+
+use super::{Syncer, retrying};
+use crate::directory::UserState;
+use crate::error::Result;
+use crate::store::{Change, LiteLlmWriter};
+
+/// What happens in LiteLLM to a user deleted or disabled in Entra.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DepartedUserPolicy {
+    /// Nothing: the user keeps their teams until Entra removes them from the groups.
+    Keep,
+    /// Every membership entra-sync manages goes, and a role entra-sync set drops to the default
+    /// (the user row, keys and spend stay).
+    #[default]
+    RemoveMemberships,
+}
+
+impl Syncer {
+    /// Re-reads these users (named by `users` notifications) and applies what changed.
+    #[tracing::instrument(skip(self, ids), fields(users = ids.len()), err)]
+    pub async fn refresh_users(&self, ids: &[UserId], now: DateTime<Utc>) -> Result<Vec<Change>> {
+        let mut unique: Vec<UserId> = ids.to_vec();
+        unique.sort();
+        unique.dedup();
+        let work: Vec<UserId> = unique;
+        self.in_parallel(work, move |syncer, id| async move {
+            let state = syncer.graph.user_state(&id).await?;
+            syncer.apply_user(&id, state.as_ref(), now).await
+        })
+        .await
+    }
+
+    /// Every user LiteLLM knows from Entra, compared with the tenant's users (after notifications
+    /// were missed).
+    #[tracing::instrument(skip(self), err)]
+    pub async fn refresh_all_users(&self, now: DateTime<Utc>) -> Result<Vec<Change>> {
+        let tenant = self.graph.all_users().await?;
+        self.apply_tenant_users(tenant, now).await
+    }
+
+    /// Every user LiteLLM knows from Entra, compared with `tenant`, the tenant's users.
+    pub(super) async fn apply_tenant_users(
+        &self,
+        tenant: Vec<UserState>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Change>> {
+        let known = self.known_users().await?;
+        if known.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tenant: HashMap<UserId, UserState> = tenant
+            .into_iter()
+            .map(|state| (state.user.id.clone(), state))
+            .collect();
+        let work: Vec<(UserId, Option<UserState>)> = known
+            .into_iter()
+            .map(|id| {
+                let state = tenant.get(&id).cloned();
+                (id, state)
+            })
+            .collect();
+        self.in_parallel(work, move |syncer, (id, state)| async move {
+            syncer.apply_user(&id, state.as_ref(), now).await
+        })
+        .await
+    }
+
+    /// A user as Graph describes it now (`None`: deleted).
+    async fn apply_user(
+        &self,
+        id: &UserId,
+        state: Option<&UserState>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Change>> {
+        match state {
+            Some(state) if state.enabled => {
+                self.store.update_user(&state.user, self.options(now)).await
+            }
+            _ => self.depart(id, now).await,
+        }
+    }
+
+    /// The user left Entra (or was disabled): under the default policy, every membership
+    /// entra-sync manages goes and a role entra-sync set drops to the default.
+    async fn depart(&self, id: &UserId, now: DateTime<Utc>) -> Result<Vec<Change>> {
+        if self.departed == DepartedUserPolicy::Keep {
+            return Ok(Vec::new());
+        }
+        let groups: Vec<entity::GroupId> = managed_membership::Entity::find()
+            .select_only()
+            .column(managed_membership::Column::GroupId)
+            .distinct()
+            .filter(managed_membership::Column::EntraUserId.eq(id.clone()))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let options = self.options(now);
+        let leaving = std::slice::from_ref(id);
+        let mut changes = Vec::new();
+        for group in &groups {
+            changes.extend(retrying(|| self.store.remove_members(group, leaving, options)).await?);
+        }
+        changes.extend(self.store.revoke_role(id, options).await?);
+        if !changes.is_empty() {
+            tracing::info!(user = %id, changes = changes.len(), "user left Entra or was disabled");
+        }
+        Ok(changes)
+    }
+
+    /// The Entra users LiteLLM knows: linked by `sso_user_id`, or given a membership or a role by
+    /// entra-sync.
+    async fn known_users(&self) -> Result<Vec<UserId>> {
+        #[derive(FromQueryResult)]
+        struct Row {
+            id: String,
+        }
+        let linked = Row::find_by_statement(Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            r#"SELECT sso_user_id AS id FROM "LiteLLM_UserTable" WHERE sso_user_id IS NOT NULL"#,
+        ))
+        .all(&self.db)
+        .await?;
+        let mut known: HashSet<UserId> = linked
+            .into_iter()
+            .filter_map(|row| UserId::parse(&row.id).ok())
+            .collect();
+        let managed: Vec<UserId> = managed_membership::Entity::find()
+            .select_only()
+            .column(managed_membership::Column::EntraUserId)
+            .distinct()
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        known.extend(managed);
+        known.extend(
+            managed_role::Entity::find()
+                .all(&self.db)
+                .await?
+                .into_iter()
+                .map(|role| role.entra_user_id),
+        );
+        let mut known: Vec<UserId> = known.into_iter().collect();
+        known.sort();
+        Ok(known)
+    }
+}

@@ -1,0 +1,300 @@
+//! Graph subscriptions that never lapse: created, renewed, re-created, cleaned up, kept by one
+//! replica at a time, and lifecycle events acted on.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod graph_common;
+mod world;
+
+use chrono::Utc;
+use entity::sync::{lease, subscription};
+use graph_sim::Fault;
+use sea_orm::EntityTrait;
+use worker::graph::NewSubscription;
+use world::*;
+
+use graph_common::*;
+
+/// The subscriptions graph-sim holds for the world's webhook, as `(resource, id)`, sorted.
+fn live(world: &World) -> Vec<(String, String)> {
+    let url = format!("{}/notifications", world.webhook_url);
+    let mut live: Vec<(String, String)> = world
+        .sim
+        .subscriptions()
+        .into_iter()
+        .filter(|s| s.notification_url == url)
+        .map(|s| (s.resource, s.id))
+        .collect();
+    live.sort();
+    live
+}
+
+async fn stored(world: &World) -> Vec<(String, String)> {
+    let mut rows: Vec<(String, String)> = subscription::Entity::find()
+        .all(world.db.conn())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.resource, row.id))
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test]
+async fn ensure_keeps_exactly_one_subscription_per_resource() {
+    let world = World::new().await;
+    let manager = world.subscription_manager();
+    // The world subscribed to groups by hand: that one is ours by URL but unknown, so it goes.
+    let orphan = live(&world);
+    assert_eq!(orphan.len(), 1);
+
+    let actions = manager.ensure(Utc::now()).await.unwrap();
+    let names: Vec<&str> = actions.iter().map(|a| a.action).collect();
+    assert_eq!(names, ["created", "created", "deleted"], "{actions:?}");
+    let now_live = live(&world);
+    assert_eq!(
+        now_live.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+        ["groups", "users"]
+    );
+    assert!(!now_live.contains(&orphan[0]));
+    assert_eq!(stored(&world).await, now_live, "stored = what Graph has");
+    let sub = world.sim.subscriptions();
+    assert!(sub.iter().all(|s| s.change_type == "updated,deleted"
+        && s.lifecycle_notification_url.as_deref()
+            == Some(format!("{}/lifecycle", world.webhook_url).as_str())));
+
+    // Nothing to do the second time.
+    assert!(manager.ensure(Utc::now()).await.unwrap().is_empty());
+    assert_eq!(live(&world), now_live);
+}
+
+/// A subscription of ours that expires in a day, stored as if an earlier run had made it.
+async fn near_expiry(world: &World, resource: &str) -> String {
+    let (client, _) = secret_client(&world.sim);
+    let created = client
+        .create_subscription(&NewSubscription {
+            resource: resource.into(),
+            change_type: "updated,deleted".into(),
+            notification_url: format!("{}/notifications", world.webhook_url),
+            lifecycle_notification_url: format!("{}/lifecycle", world.webhook_url),
+            client_state: CLIENT_STATE.to_owned().into(),
+            expiration: Utc::now() + chrono::Duration::days(1),
+        })
+        .await
+        .unwrap();
+    subscription::Entity::insert(subscription::ActiveModel {
+        id: sea_orm::Set(created.id.clone()),
+        resource: sea_orm::Set(created.resource),
+        change_type: sea_orm::Set(created.change_type),
+        notification_url: sea_orm::Set(created.notification_url),
+        lifecycle_notification_url: sea_orm::Set(created.lifecycle_notification_url),
+        expires_at: sea_orm::Set(created.expiration_date_time),
+        created_at: sea_orm::Set(Utc::now()),
+        updated_at: sea_orm::Set(Utc::now()),
+    })
+    .exec_without_returning(world.db.conn())
+    .await
+    .unwrap();
+    created.id
+}
+
+#[tokio::test]
+async fn a_subscription_near_expiry_is_renewed() {
+    let world = World::new().await;
+    let manager = world.subscription_manager();
+    manager.ensure(Utc::now()).await.unwrap();
+    let groups = near_expiry(&world, "groups").await;
+    // The newer, longer one made by the first ensure is kept: its twin goes.
+    manager.ensure(Utc::now()).await.unwrap();
+    assert!(!live(&world).iter().any(|(_, id)| *id == groups));
+
+    // With only the near-expiry one stored, it is renewed in place, to about 29 days.
+    let fresh = World::new().await;
+    let manager = fresh.subscription_manager();
+    let groups = near_expiry(&fresh, "groups").await;
+    let users = near_expiry(&fresh, "users").await;
+    let actions = manager.ensure(Utc::now()).await.unwrap();
+    let renewed: Vec<&str> = actions
+        .iter()
+        .filter(|a| a.action == "renewed")
+        .map(|a| a.id.as_str())
+        .collect();
+    assert_eq!(renewed.len(), 2, "{actions:?}");
+    assert!(renewed.contains(&groups.as_str()) && renewed.contains(&users.as_str()));
+    for s in fresh
+        .sim
+        .subscriptions()
+        .iter()
+        .filter(|s| s.id == groups || s.id == users)
+    {
+        assert!(
+            s.expiration > Utc::now() + chrono::Duration::days(28),
+            "{s:?}"
+        );
+    }
+    let rows = subscription::Entity::find()
+        .all(fresh.db.conn())
+        .await
+        .unwrap();
+    assert!(
+        rows.iter()
+            .all(|r| r.expires_at > Utc::now() + chrono::Duration::days(28))
+    );
+}
+
+#[tokio::test]
+async fn a_404_on_renewal_re_creates_the_subscription() {
+    let world = World::new().await;
+    let manager = world.subscription_manager();
+    let groups = near_expiry(&world, "groups").await;
+    world
+        .sim
+        .add_fault(Fault::status(&format!("subscriptions/{groups}"), 404, 1));
+    let actions = manager.ensure(Utc::now()).await.unwrap();
+    let recreated = actions
+        .iter()
+        .find(|a| a.action == "recreated" && a.resource == "groups")
+        .unwrap_or_else(|| panic!("no re-creation: {actions:?}"));
+    assert_ne!(recreated.id, groups);
+    let now_live = live(&world);
+    assert_eq!(
+        now_live.iter().filter(|(r, _)| r == "groups").count(),
+        1,
+        "{now_live:?}"
+    );
+    assert!(now_live.contains(&("groups".into(), recreated.id.clone())));
+    assert_eq!(stored(&world).await, now_live);
+}
+
+/// Requests graph-sim saw whose path and query contain `fragment`.
+fn count(world: &World, fragment: &str) -> usize {
+    world
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| format!("{}?{}", r.path, r.query).contains(fragment))
+        .count()
+}
+
+#[tokio::test]
+async fn lifecycle_events_are_acted_on() {
+    let mut world = World::new().await;
+    let manager = world.subscription_manager();
+    manager.ensure(Utc::now()).await.unwrap();
+    let conn = world.db.conn().clone();
+    world.start_worker_with(conn, "lifecycle", Some(manager));
+    assert!(eventually(|| world.first_round_committed()).await);
+    let id_of = |world: &World, resource: &str| {
+        live(world)
+            .into_iter()
+            .find(|(r, _)| r == resource)
+            .map(|(_, id)| id)
+            .unwrap()
+    };
+
+    // reauthorizationRequired: reauthorized, then a round.
+    let groups = id_of(&world, "groups");
+    let rounds = count(&world, "deltatoken=");
+    assert_eq!(
+        world
+            .sim
+            .lifecycle(&groups, "reauthorizationRequired")
+            .await,
+        Some(202)
+    );
+    assert!(
+        eventually(|| async { count(&world, &format!("subscriptions/{groups}/reauthorize")) == 1 })
+            .await
+    );
+    assert!(
+        eventually(|| async { world.pending() == 0 && count(&world, "deltatoken=") > rounds })
+            .await
+    );
+    assert_eq!(
+        id_of(&world, "groups"),
+        groups,
+        "reauthorized, not replaced"
+    );
+
+    // missed: a full resync (which starts from `$deltatoken=latest`).
+    let resyncs = count(&world, "deltatoken=latest");
+    world.sim.lifecycle(&groups, "missed").await;
+    assert!(eventually(|| async { count(&world, "deltatoken=latest") > resyncs }).await);
+
+    // subscriptionRemoved: Graph dropped it; a new one replaces it, and a resync follows.
+    let resyncs = count(&world, "deltatoken=latest");
+    world.sim.lifecycle(&groups, "subscriptionRemoved").await;
+    assert!(
+        eventually(|| async {
+            live(&world)
+                .iter()
+                .any(|(r, id)| r == "groups" && *id != groups)
+        })
+        .await,
+        "not re-created: {:?}",
+        live(&world)
+    );
+    assert!(eventually(|| async { count(&world, "deltatoken=latest") > resyncs }).await);
+    assert!(eventually(|| async { stored(&world).await == live(&world) }).await);
+
+    // The new subscription delivers: a member added reaches LiteLLM.
+    world.sim.apply(|t| t.add_member(gid(1), uid(7)));
+    let mut expected = users(1..=5);
+    expected.push(uid(7).to_string());
+    expected.sort();
+    assert!(eventually(|| async { world.members(1).await == Some(expected.clone()) }).await);
+    world.stop_workers().await;
+    assert!(world.dead.is_empty());
+}
+
+async fn lease_holder(world: &World) -> Option<String> {
+    lease::Entity::find_by_id("subscriptions".to_owned())
+        .one(world.db.conn())
+        .await
+        .unwrap()
+        .filter(|l| l.expires_at > Utc::now())
+        .map(|l| l.holder)
+}
+
+#[tokio::test]
+async fn killing_the_lease_holder_hands_the_subscriptions_to_another_replica() {
+    let mut world = World::new().await;
+    let url = world.webhook_url.clone();
+    let keeper = [
+        ("ENTRA_SYNC_PUBLIC_URL", url.as_str()),
+        ("ENTRA_SYNC_CLIENT_STATE", CLIENT_STATE),
+        ("ENTRA_SYNC_SUBSCRIPTION_CHECK_SECONDS", "1"),
+    ];
+    let a = world.spawn_worker_process_with("replica-a", &keeper);
+    assert!(
+        eventually(|| async { lease_holder(&world).await.as_deref() == Some("replica-a") }).await
+    );
+    let b = world.spawn_worker_process_with("replica-b", &keeper);
+    assert!(eventually(|| async { live(&world).len() == 2 }).await);
+    // b waits: a holds the lease.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(lease_holder(&world).await.as_deref(), Some("replica-a"));
+
+    world.kill_process(a);
+    assert!(
+        eventually(|| async { lease_holder(&world).await.as_deref() == Some("replica-b") }).await,
+        "the lease did not pass to replica-b"
+    );
+    // b now keeps the subscriptions: one deleted behind its back comes back.
+    let (client, _) = secret_client(&world.sim);
+    let (_, groups) = live(&world)
+        .into_iter()
+        .find(|(r, _)| r == "groups")
+        .unwrap();
+    client.delete_subscription(&groups).await.unwrap();
+    assert!(
+        eventually(|| async {
+            live(&world)
+                .iter()
+                .any(|(r, id)| r == "groups" && *id != groups)
+        })
+        .await,
+        "replica-b did not re-create the subscription"
+    );
+    assert!(world.process_id(b) > 0);
+}
