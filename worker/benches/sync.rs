@@ -1,7 +1,9 @@
 //! Sync benchmark (not a test): the first full sync of a tenant whose every group is assigned to
 //! the app, from graph-sim into LiteLLM's real schema: wall time, Graph requests, peak memory.
 //!
-//! Run: `cargo bench -p worker --bench sync` (1,000 x 100, then 10,000 x 100 memberships).
+//! Run: `cargo bench -p worker --bench sync` (1,000 x 100, then 10,000 x 100 memberships, in
+//! this process; then 10,000 x 100 again with `entra-sync-worker sync` as a process of its own,
+//! so that the worker's own peak memory is measured apart from graph-sim's).
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
@@ -78,6 +80,57 @@ async fn full_sync(groups: u128, users: u128, members: u128) {
     sim.shutdown();
 }
 
+/// The high-water mark of a process's resident memory, while it runs.
+fn peak_rss_of(pid: u32) -> Option<f64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+}
+
+/// `entra-sync-worker sync` against a fresh database: the assignments polled (every group synced
+/// in full) and the first round (a resync that finds nothing to change).
+async fn worker_process_sync(groups: u128, users: u128, members: u128) {
+    let config = SimConfig::default();
+    let sim = GraphSim::start(config.clone(), TenantFile::generate(groups, users, members))
+        .await
+        .unwrap();
+    let db = TestDatabase::new().await;
+    let started = Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_entra-sync-worker"))
+        .arg("sync")
+        .env_clear()
+        .env("DATABASE_URL", db.url())
+        .env("AZURE_TENANT_ID", config.tenant_id.to_string())
+        .env("AZURE_CLIENT_ID", config.client_id.to_string())
+        .env("AZURE_CLIENT_SECRET", config.client_secret.clone().unwrap())
+        .env("AZURE_AUTHORITY_HOST", sim.url())
+        .env("MICROSOFT_GRAPH_ENDPOINT", sim.graph_url())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut peak = 0.0_f64;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        peak = peak.max(peak_rss_of(pid).unwrap_or(0.0));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(status.success());
+    println!(
+        "entra-sync-worker sync as a process, {groups} groups x {members} members: {:.2} s (full sync, then a resync finding nothing), {} Graph requests, worker peak memory {peak:.0} MiB",
+        started.elapsed().as_secs_f64(),
+        sim.requests().len(),
+    );
+    sim.shutdown();
+}
+
 #[tokio::main]
 async fn main() {
     if !std::env::args().any(|arg| arg == "--bench") {
@@ -85,6 +138,7 @@ async fn main() {
     }
     full_sync(1_000, 10_000, 100).await;
     full_sync(10_000, 100_000, 100).await;
+    worker_process_sync(10_000, 100_000, 100).await;
     println!(
         "peak memory of this process (graph-sim, the client and the store): {:.0} MiB",
         peak_rss_mib()
