@@ -169,6 +169,23 @@ impl GraphSim {
         format!("{}/{tenant}/oauth2/v2.0/token", self.inner.base_url)
     }
 
+    /// The environment that points entra-sync's worker at this simulator, as an operator would
+    /// set it for a real tenant: the tenant, the app registration and its secret, the token
+    /// authority and the Graph endpoint.
+    pub fn client_env(&self) -> Vec<(&'static str, String)> {
+        let config = self.config();
+        let mut env = vec![
+            ("AZURE_TENANT_ID", config.tenant_id.to_string()),
+            ("AZURE_CLIENT_ID", config.client_id.to_string()),
+            ("AZURE_AUTHORITY_HOST", self.url().to_owned()),
+            ("MICROSOFT_GRAPH_ENDPOINT", self.graph_url()),
+        ];
+        if let Some(secret) = config.client_secret {
+            env.push(("AZURE_CLIENT_SECRET", secret));
+        }
+        env
+    }
+
     pub fn config(&self) -> SimConfig {
         lock(&self.inner.config).clone()
     }

@@ -40,8 +40,18 @@ impl TestDatabase {
 
     /// A fresh database holding LiteLLM's schema only, as LiteLLM's own migrations leave it.
     pub async fn litellm_only() -> Self {
+        Self::litellm_only_named(postgres::TEST_DATABASE_PREFIX).await
+    }
+
+    /// Like [`Self::litellm_only`], for the demo: named `entra_sync_demo_<pid>_<random>`, so that
+    /// one left behind by a killed demo is dropped like a test's.
+    pub async fn litellm_only_for_demo() -> Self {
+        Self::litellm_only_named(postgres::DEMO_DATABASE_PREFIX).await
+    }
+
+    async fn litellm_only_named(prefix: &str) -> Self {
         let template = litellm_schema::template_database();
-        let name = postgres::create_database_from(template);
+        let name = postgres::create_database_from(template, prefix);
         let url = postgres::database_url(&name);
         let conn = connect(&url).await;
         Self { name, url, conn }

@@ -45,7 +45,10 @@ pub fn database_url(name: &str) -> String {
 
 /// Prefix of every per-test database; the creating process id follows it, so that databases left
 /// behind by a killed run can be recognised and dropped.
-const TEST_DATABASE_PREFIX: &str = "entra_sync_test_";
+pub const TEST_DATABASE_PREFIX: &str = "entra_sync_test_";
+
+/// Prefix of the demo's databases (`cargo run -p entra-sync-demo`), recognised the same way.
+pub const DEMO_DATABASE_PREFIX: &str = "entra_sync_demo_";
 
 fn psql(database: &str, sql: &str) -> Output {
     Command::new("psql")
@@ -110,10 +113,10 @@ pub fn database_exists(name: &str) -> bool {
     )) == "1"
 }
 
-/// Creates a new database for one test as a copy of `template`.
-pub fn create_database_from(template: &str) -> String {
+/// Creates a new database as a copy of `template`, named `prefix`, the process id and a random part.
+pub fn create_database_from(template: &str, prefix: &str) -> String {
     let name = format!(
-        "{TEST_DATABASE_PREFIX}{}_{}",
+        "{prefix}{}_{}",
         std::process::id(),
         uuid::Uuid::new_v4().simple()
     );
@@ -144,16 +147,19 @@ pub fn drop_database(name: &str) {
     );
 }
 
-/// Drops per-test databases whose creating process is gone (a run that was killed or crashed).
+/// Drops per-test and demo databases whose creating process is gone (a run that was killed or
+/// crashed).
 fn drop_abandoned_test_databases() {
     let out = psql(
         "postgres",
-        &format!("select datname from pg_database where datname like '{TEST_DATABASE_PREFIX}%'"),
+        &format!(
+            "select datname from pg_database where datname like '{TEST_DATABASE_PREFIX}%' or datname like '{DEMO_DATABASE_PREFIX}%'"
+        ),
     );
     for name in String::from_utf8_lossy(&out.stdout).lines() {
-        let pid = name
-            .trim()
-            .strip_prefix(TEST_DATABASE_PREFIX)
+        let pid = [TEST_DATABASE_PREFIX, DEMO_DATABASE_PREFIX]
+            .iter()
+            .find_map(|prefix| name.trim().strip_prefix(prefix))
             .and_then(|rest| rest.split('_').next())
             .and_then(|pid| pid.parse::<u32>().ok());
         if let Some(pid) = pid

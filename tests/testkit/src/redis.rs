@@ -27,11 +27,14 @@ pub struct TestStream {
 
 impl TestStream {
     pub fn new() -> Self {
+        Self::named(format!("entra-sync-test:{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// A stream with a key the caller chose (and keeps unique), deleted when dropped.
+    pub fn named(key: impl Into<String>) -> Self {
         // Fail here, with the sentence, rather than deep inside the code under test.
         drop(connection());
-        Self {
-            key: format!("entra-sync-test:{}", uuid::Uuid::new_v4().simple()),
-        }
+        Self { key: key.into() }
     }
 
     pub fn key(&self) -> &str {

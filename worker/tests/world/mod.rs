@@ -178,7 +178,6 @@ impl World {
 
     /// The environment an operator would give `entra-sync-worker` for this world.
     pub fn worker_env(&self, consumer: &str) -> Vec<(String, String)> {
-        let config = self.sim.config();
         [
             ("DATABASE_URL", self.db.url().to_owned()),
             ("REDIS_URL", redis_url()),
@@ -189,14 +188,10 @@ impl World {
             ("ENTRA_SYNC_CLAIM_IDLE_SECONDS", "1".to_owned()),
             ("ENTRA_SYNC_MAX_DELIVERIES", "3".to_owned()),
             ("ENTRA_SYNC_POLL_SECONDS", "3600".to_owned()),
-            ("AZURE_TENANT_ID", config.tenant_id.to_string()),
-            ("AZURE_CLIENT_ID", config.client_id.to_string()),
-            ("AZURE_CLIENT_SECRET", config.client_secret.clone().unwrap()),
-            ("AZURE_AUTHORITY_HOST", self.sim.url().to_owned()),
-            ("MICROSOFT_GRAPH_ENDPOINT", self.sim.graph_url()),
             ("RUST_LOG", "warn".to_owned()),
         ]
         .into_iter()
+        .chain(self.sim.client_env())
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
     }

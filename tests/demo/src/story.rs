@@ -1,0 +1,256 @@
+//! The story: changes made in Entra (graph-sim), and LiteLLM's teams and members after each.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use graph_sim::GraphSim;
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+use crate::tenant::*;
+use crate::world::{Demo, PATIENCE};
+
+/// A team as LiteLLM's tables show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Team {
+    pub alias: String,
+    pub id: String,
+    /// Sorted by email.
+    pub members: Vec<Member>,
+}
+
+/// A member of a team: the user's email and LiteLLM role.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Member {
+    pub email: String,
+    pub role: String,
+}
+
+/// One change in Entra and what LiteLLM must show after it.
+pub struct Step {
+    pub title: &'static str,
+    pub change: fn(&GraphSim),
+    /// Every team, sorted by alias.
+    pub expected: Vec<Team>,
+}
+
+/// LiteLLM's role for a user it creates without a role from Entra (LiteLLM's default).
+const DEFAULT_ROLE: &str = "internal_user_viewer";
+
+fn team(group: u128, alias: &str, members: &[(usize, &str)]) -> Team {
+    let mut members: Vec<Member> = members
+        .iter()
+        .map(|&(person, role)| Member {
+            email: email(person),
+            role: role.to_owned(),
+        })
+        .collect();
+    members.sort();
+    Team {
+        alias: alias.to_owned(),
+        id: group_id(group).to_string(),
+        members,
+    }
+}
+
+/// The worker's first sync: the group assigned from the start.
+pub fn start() -> Step {
+    let research = team(
+        RESEARCH,
+        "Research",
+        &[(ALAN, DEFAULT_ROLE), (BARBARA, DEFAULT_ROLE)],
+    );
+    Step {
+        title: "The worker starts: Research, assigned to the app already, becomes a team",
+        change: |_| {},
+        expected: vec![research],
+    }
+}
+
+pub fn steps() -> Vec<Step> {
+    let research = team(
+        RESEARCH,
+        "Research",
+        &[(ALAN, DEFAULT_ROLE), (BARBARA, DEFAULT_ROLE)],
+    );
+    let engineering = |alias: &str, members: &[(usize, &str)]| {
+        let mut teams = vec![team(ENGINEERING, alias, members), research.clone()];
+        teams.sort_by(|a, b| a.alias.cmp(&b.alias));
+        teams
+    };
+    let iu = INTERNAL_USER;
+    vec![
+        Step {
+            title: "Engineering is assigned to the app, with the app role internal_user",
+            change: |sim| {
+                sim.change(|t| {
+                    (
+                        t.assign(group_id(ENGINEERING), role_id(INTERNAL_USER)),
+                        Vec::new(),
+                    )
+                });
+            },
+            expected: engineering("Engineering", &[(ADA, iu), (GRACE, iu), (LINUS, iu)]),
+        },
+        Step {
+            title: "Margaret Hamilton is added to Engineering",
+            change: |sim| sim.apply(|t| t.add_member(group_id(ENGINEERING), user_id(MARGARET))),
+            expected: engineering(
+                "Engineering",
+                &[(ADA, iu), (GRACE, iu), (LINUS, iu), (MARGARET, iu)],
+            ),
+        },
+        Step {
+            title: "Linus Torvalds is removed from Engineering",
+            change: |sim| sim.apply(|t| t.remove_member(group_id(ENGINEERING), user_id(LINUS))),
+            expected: engineering("Engineering", &[(ADA, iu), (GRACE, iu), (MARGARET, iu)]),
+        },
+        Step {
+            title: "Engineering is renamed Platform Engineering",
+            change: |sim| {
+                sim.apply(|t| t.upsert_group(group_id(ENGINEERING), "Platform Engineering", None))
+            },
+            expected: engineering(
+                "Platform Engineering",
+                &[(ADA, iu), (GRACE, iu), (MARGARET, iu)],
+            ),
+        },
+        Step {
+            title: "Grace Hopper is given the app role proxy_admin",
+            change: |sim| {
+                sim.change(|t| (t.assign(user_id(GRACE), role_id(PROXY_ADMIN)), Vec::new()));
+            },
+            expected: engineering(
+                "Platform Engineering",
+                &[(ADA, iu), (GRACE, PROXY_ADMIN), (MARGARET, iu)],
+            ),
+        },
+    ]
+}
+
+/// Plays the story: the worker's first sync, then each step; after each, waits until LiteLLM's
+/// tables show what Entra says and prints them. Returns how long each took to appear.
+pub async fn play(demo: &mut Demo, out: &mut dyn Write) -> Result<Vec<Duration>> {
+    let steps = steps();
+    let total = steps.len();
+    let mut took = Vec::new();
+    let all = std::iter::once(("Start".to_owned(), start()))
+        .chain((1..).map(|n| format!("{n}/{total}")).zip(steps));
+    for (label, step) in all {
+        writeln!(out, "\n{label:<5}  {}", step.title)?;
+        let started = Instant::now();
+        (step.change)(&demo.sim);
+        let teams = wait_for(demo, &step.expected).await?;
+        let elapsed = started.elapsed();
+        writeln!(
+            out,
+            "      in LiteLLM after {:.1} s:",
+            elapsed.as_secs_f64()
+        )?;
+        write_table(out, &teams)?;
+        took.push(elapsed);
+    }
+    Ok(took)
+}
+
+/// Polls LiteLLM's tables every 100 ms until they show `expected`.
+async fn wait_for(demo: &mut Demo, expected: &[Team]) -> Result<Vec<Team>> {
+    let started = Instant::now();
+    loop {
+        let teams = teams(demo).await?;
+        if teams == expected {
+            return Ok(teams);
+        }
+        demo.check_processes()?;
+        if started.elapsed() > PATIENCE {
+            let mut text = Vec::new();
+            writeln!(text, "expected:")?;
+            write_table(&mut text, expected)?;
+            writeln!(text, "found:")?;
+            write_table(&mut text, &teams)?;
+            bail!(
+                "LiteLLM's tables did not show the change within {} s\n{}",
+                PATIENCE.as_secs(),
+                String::from_utf8_lossy(&text)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every team in `"LiteLLM_TeamTable"` with the members of its `members_with_roles`, their
+/// email and role from `"LiteLLM_UserTable"`.
+pub async fn teams(demo: &Demo) -> Result<Vec<Team>> {
+    const SQL: &str = r#"
+        SELECT t.team_id, coalesce(t.team_alias, '') AS team_alias,
+               coalesce(u.user_email, m->>'user_email', m->>'user_id') AS email,
+               coalesce(u.user_role, '') AS user_role
+        FROM "LiteLLM_TeamTable" t
+        LEFT JOIN LATERAL jsonb_array_elements(
+            CASE jsonb_typeof(t.members_with_roles)
+                WHEN 'array' THEN t.members_with_roles ELSE '[]'::jsonb END) m ON true
+        LEFT JOIN "LiteLLM_UserTable" u ON u.user_id = m->>'user_id'
+        ORDER BY t.team_id"#;
+    let rows = demo
+        .db
+        .conn()
+        .query_all(Statement::from_string(DbBackend::Postgres, SQL))
+        .await?;
+    let mut teams: Vec<Team> = Vec::new();
+    for row in rows {
+        let id: String = row.try_get("", "team_id")?;
+        let alias: String = row.try_get("", "team_alias")?;
+        let email: Option<String> = row.try_get("", "email")?;
+        let role: String = row.try_get("", "user_role")?;
+        if teams.last().is_none_or(|last| last.id != id) {
+            teams.push(Team {
+                alias,
+                id,
+                members: Vec::new(),
+            });
+        }
+        if let (Some(email), Some(team)) = (email, teams.last_mut()) {
+            team.members.push(Member { email, role });
+        }
+    }
+    teams.sort_by(|a, b| (&a.alias, &a.id).cmp(&(&b.alias, &b.id)));
+    for team in &mut teams {
+        team.members.sort();
+    }
+    Ok(teams)
+}
+
+/// The teams as a small table: team_alias, team_id, then one line a member.
+pub fn write_table(out: &mut dyn Write, teams: &[Team]) -> std::io::Result<()> {
+    if teams.is_empty() {
+        return writeln!(out, "      (no teams)");
+    }
+    let width = |header: &str, cells: &mut dyn Iterator<Item = usize>| {
+        cells.chain([header.len()]).max().unwrap_or_default()
+    };
+    let alias_w = width("team_alias", &mut teams.iter().map(|t| t.alias.len()));
+    let id_w = width("team_id", &mut teams.iter().map(|t| t.id.len()));
+    let email_w = width(
+        "member",
+        &mut teams.iter().flat_map(|t| &t.members).map(|m| m.email.len()),
+    );
+    let line = |out: &mut dyn Write, alias: &str, id: &str, email: &str, role: &str| {
+        let text = format!("      {alias:alias_w$}  {id:id_w$}  {email:email_w$}  {role}");
+        writeln!(out, "{}", text.trim_end())
+    };
+    line(out, "team_alias", "team_id", "member", "user_role")?;
+    for team in teams {
+        if team.members.is_empty() {
+            line(out, &team.alias, &team.id, "(no members)", "")?;
+        }
+        for (n, member) in team.members.iter().enumerate() {
+            let (alias, id) = if n == 0 {
+                (team.alias.as_str(), team.id.as_str())
+            } else {
+                ("", "")
+            };
+            line(out, alias, id, &member.email, &member.role)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! The demo's story, end to end, as `cargo run -p entra-sync-demo` plays it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_story_plays_to_the_end() {
+    let binaries = entra_sync_demo::binaries::build().expect("the webhook and the worker build");
+    let run_id = format!("{}-test", std::process::id());
+    let logs = binaries.dir.join("entra-sync-demo-logs").join(&run_id);
+    let mut out = Vec::new();
+    let result = entra_sync_demo::run(&binaries, &run_id, &logs, &mut out).await;
+    let out = String::from_utf8_lossy(&out);
+    let took = result.unwrap_or_else(|e| {
+        panic!("{out}\n{e:#}\nlogs: {}", logs.display());
+    });
+    let _ = std::fs::remove_dir_all(&logs);
+    assert_eq!(took.len(), 1 + entra_sync_demo::story::steps().len());
+    assert!(took.iter().all(|t| *t < Duration::from_secs(30)));
+    assert!(out.contains("Platform Engineering"), "{out}");
+    assert!(out.contains("proxy_admin"), "{out}");
+}
