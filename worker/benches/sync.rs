@@ -28,6 +28,19 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+async fn count(db: &sea_orm::DatabaseConnection, table: &str) -> i64 {
+    use sea_orm::ConnectionTrait;
+    db.query_one(sea_orm::Statement::from_string(
+        sea_orm::DbBackend::Postgres,
+        format!("SELECT count(*) FROM {table}"),
+    ))
+    .await
+    .unwrap()
+    .unwrap()
+    .try_get_by_index::<i64>(0)
+    .unwrap()
+}
+
 async fn full_sync(groups: u128, users: u128, members: u128) {
     let config = SimConfig::default();
     let sim = GraphSim::start(config.clone(), TenantFile::generate(groups, users, members))
@@ -68,6 +81,12 @@ async fn full_sync(groups: u128, users: u128, members: u128) {
         took.as_secs_f64(),
         sim.requests().len(),
         report.changes.len(),
+    );
+    println!(
+        "  LiteLLM now holds {} teams, {} users and {} memberships",
+        count(db.conn(), r#""LiteLLM_TeamTable""#).await,
+        count(db.conn(), r#""LiteLLM_UserTable""#).await,
+        count(db.conn(), r#""LiteLLM_TeamMembership""#).await,
     );
     let started = Instant::now();
     let again = syncer.delta_round(chrono::Utc::now()).await.unwrap();

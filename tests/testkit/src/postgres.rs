@@ -40,7 +40,7 @@ pub fn server_addr() -> std::net::SocketAddr {
 }
 
 pub fn database_url(name: &str) -> String {
-    format!("{}/{name}", server_url())
+    format!("{}/{name}?sslmode=disable", server_url())
 }
 
 /// Prefix of every per-test database; the creating process id follows it, so that databases left

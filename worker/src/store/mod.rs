@@ -202,6 +202,26 @@ impl Store {
         Ok(changes)
     }
 
+    /// Ends an operation whose work may have failed: a failure rolls back at once, on this
+    /// connection, rather than leaving the rollback to the transaction's drop (where it may be
+    /// deferred while the connection goes back to the pool).
+    async fn settle(
+        &self,
+        txn: DatabaseTransaction,
+        work: Result<Vec<Change>>,
+        options: ApplyOptions,
+    ) -> Result<Vec<Change>> {
+        match work {
+            Ok(changes) => self.finish(txn, changes, options).await,
+            Err(error) => {
+                if let Err(rollback) = txn.rollback().await {
+                    tracing::warn!(%rollback, "rollback after a failed operation failed");
+                }
+                Err(error)
+            }
+        }
+    }
+
     async fn membership(
         &self,
         group: &GroupId,
@@ -217,8 +237,8 @@ impl Store {
             mode: self.removal_mode,
         };
         let changes =
-            members::apply(&txn, request, &self.settings, options.now, options.dry_run).await?;
-        self.finish(txn, changes, options).await
+            members::apply(&txn, request, &self.settings, options.now, options.dry_run).await;
+        self.settle(txn, changes, options).await
     }
 }
 
@@ -239,23 +259,22 @@ impl LiteLlmWriter for Store {
             options.now,
             options.dry_run,
         )
-        .await?;
-        self.finish(txn, changes, options).await
+        .await;
+        self.settle(txn, changes, options).await
     }
 
     #[tracing::instrument(skip(self, user), fields(user = %user.id), err)]
     async fn ensure_user(&self, user: &EntraUser, options: ApplyOptions) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
-        let changes =
-            users::ensure(&txn, user, &self.settings, options.now, options.dry_run).await?;
-        self.finish(txn, changes, options).await
+        let changes = users::ensure(&txn, user, &self.settings, options.now, options.dry_run).await;
+        self.settle(txn, changes, options).await
     }
 
     #[tracing::instrument(skip(self, user), fields(user = %user.id), err)]
     async fn update_user(&self, user: &EntraUser, options: ApplyOptions) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
-        let changes = users::update(&txn, user, options.now).await?;
-        self.finish(txn, changes, options).await
+        let changes = users::update(&txn, user, options.now).await;
+        self.settle(txn, changes, options).await
     }
 
     #[tracing::instrument(skip(self, user), fields(user = %user.id), err)]
@@ -267,9 +286,13 @@ impl LiteLlmWriter for Store {
     ) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
         // Written inside the transaction even in a dry run, which then rolls back.
-        let mut changes = users::ensure(&txn, user, &self.settings, options.now, false).await?;
-        changes.extend(roles::set(&txn, &user.id, role_values, options.now, false).await?);
-        self.finish(txn, changes, options).await
+        let work = async {
+            let mut changes = users::ensure(&txn, user, &self.settings, options.now, false).await?;
+            changes.extend(roles::set(&txn, &user.id, role_values, options.now, false).await?);
+            Ok(changes)
+        }
+        .await;
+        self.settle(txn, work, options).await
     }
 
     #[tracing::instrument(skip(self, members), fields(members = members.len()), err)]
@@ -345,8 +368,8 @@ impl LiteLlmWriter for Store {
     #[tracing::instrument(skip(self), err)]
     async fn block_team(&self, group: &GroupId, options: ApplyOptions) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
-        let changes = teams::block(&txn, group, options.now, options.dry_run).await?;
-        self.finish(txn, changes, options).await
+        let changes = teams::block(&txn, group, options.now, options.dry_run).await;
+        self.settle(txn, changes, options).await
     }
 
     #[tracing::instrument(skip(self), err)]
@@ -357,8 +380,8 @@ impl LiteLlmWriter for Store {
             .user_role
             .unwrap_or(crate::roles::LiteLlmRole::DEFAULT_FOR_NEW_USER);
         let txn = self.db.begin().await?;
-        let changes = roles::revoke(&txn, user, default, options.now, options.dry_run).await?;
-        self.finish(txn, changes, options).await
+        let changes = roles::revoke(&txn, user, default, options.now, options.dry_run).await;
+        self.settle(txn, changes, options).await
     }
 
     #[tracing::instrument(skip(self), err)]
@@ -369,7 +392,7 @@ impl LiteLlmWriter for Store {
         options: ApplyOptions,
     ) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
-        let changes = roles::set(&txn, user, role_values, options.now, options.dry_run).await?;
-        self.finish(txn, changes, options).await
+        let changes = roles::set(&txn, user, role_values, options.now, options.dry_run).await;
+        self.settle(txn, changes, options).await
     }
 }
