@@ -107,18 +107,14 @@ impl SubscriptionManager {
     /// Makes sure each resource has exactly one live subscription of ours, renewed in time.
     #[tracing::instrument(skip(self), err)]
     pub async fn ensure(&self, now: DateTime<Utc>) -> Result<Vec<Action>> {
-        let lock = self.lock().await?;
-        let result = self.ensure_locked(now).await;
-        lock.commit().await?;
-        result
+        self.locked(self.ensure_locked(now)).await
     }
 
     /// `reauthorizationRequired`: reauthorize, and renew when that fails (both keep it alive);
     /// re-created when Graph no longer has it.
     #[tracing::instrument(skip(self), err)]
     pub async fn reauthorize(&self, id: &str, now: DateTime<Utc>) -> Result<Vec<Action>> {
-        let lock = self.lock().await?;
-        let result = async {
+        self.locked(async {
             match self.graph.reauthorize_subscription(id).await {
                 Ok(()) => Ok(vec![Action {
                     action: "reauthorized",
@@ -145,23 +141,18 @@ impl SubscriptionManager {
                     }
                 }
             }
-        }
-        .await;
-        lock.commit().await?;
-        result
+        })
+        .await
     }
 
     /// `subscriptionRemoved`: Graph dropped it; a new one replaces it.
     #[tracing::instrument(skip(self), err)]
     pub async fn recreate(&self, id: &str, now: DateTime<Utc>) -> Result<Vec<Action>> {
-        let lock = self.lock().await?;
-        let result = async {
+        self.locked(async {
             self.forget(id).await?;
             self.ensure_locked(now).await
-        }
-        .await;
-        lock.commit().await?;
-        result
+        })
+        .await
     }
 
     /// The stored subscriptions, and whether Graph still has each.
@@ -190,8 +181,7 @@ impl SubscriptionManager {
     /// Deletes every subscription entra-sync created (`subscriptions delete`).
     #[tracing::instrument(skip(self), err)]
     pub async fn delete_all(&self) -> Result<Vec<Action>> {
-        let lock = self.lock().await?;
-        let result = async {
+        self.locked(async {
             let mut actions = Vec::new();
             let stored = subscription::Entity::find().all(&self.db).await?;
             let mut ids: Vec<(String, String)> = stored
@@ -213,10 +203,8 @@ impl SubscriptionManager {
                 });
             }
             Ok(actions)
-        }
-        .await;
-        lock.commit().await?;
-        result
+        })
+        .await
     }
 
     async fn ensure_locked(&self, now: DateTime<Utc>) -> Result<Vec<Action>> {
@@ -353,7 +341,8 @@ impl SubscriptionManager {
         Ok(())
     }
 
-    async fn lock(&self) -> Result<sea_orm::DatabaseTransaction> {
+    /// Runs `work` holding the subscriptions' advisory lock (a transaction that only holds it).
+    async fn locked<T>(&self, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         let lock = self.db.begin().await?;
         lock.execute(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -361,7 +350,9 @@ impl SubscriptionManager {
             [SUBSCRIPTION_LOCK.into()],
         ))
         .await?;
-        Ok(lock)
+        let result = work.await;
+        lock.commit().await?;
+        result
     }
 }
 

@@ -73,20 +73,31 @@ impl Syncer {
         Ok(report)
     }
 
-    /// New groups get their team and full membership, several at a time.
+    /// New groups get their team and full membership, several at a time; each slice is
+    /// recorded as assigned once synced, so a failure repeats at most one slice.
     async fn sync_new_groups(
         &self,
         groups: Vec<(GroupId, String)>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Change>> {
-        self.in_parallel(groups, move |syncer, (group, name)| async move {
-            let changes = syncer
-                .sync_group_fully_retrying(&group, Some(&name), now)
-                .await?;
-            syncer.remember_assigned(&group, Some(&name), now).await?;
-            Ok(changes)
-        })
-        .await
+        const SLICE: usize = 500;
+        let mut changes = Vec::new();
+        for slice in groups.chunks(SLICE) {
+            changes.extend(
+                self.in_parallel(slice.to_vec(), move |syncer, (group, name)| async move {
+                    syncer
+                        .sync_group_fully_retrying(&group, Some(&name), now)
+                        .await
+                })
+                .await?,
+            );
+            let synced: Vec<(GroupId, Option<String>)> = slice
+                .iter()
+                .map(|(group, name)| (group.clone(), Some(name.clone())))
+                .collect();
+            self.remember_assigned(&synced, now).await?;
+        }
+        Ok(changes)
     }
 
     /// A user's roles are those assigned to the user directly or to a group the user is a direct

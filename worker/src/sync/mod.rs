@@ -126,17 +126,16 @@ impl Syncer {
         }
     }
 
-    /// Records that the group is assigned (not in a dry run).
+    /// Records groups as assigned, with their names (not in a dry run).
     async fn remember_assigned(
         &self,
-        group: &GroupId,
-        display_name: Option<&str>,
+        groups: &[(GroupId, Option<String>)],
         now: DateTime<Utc>,
     ) -> Result<()> {
         if self.dry_run {
             return Ok(());
         }
-        state::remember_assigned(&self.db, group, display_name, now).await
+        state::remember_assigned(&self.db, groups, now).await
     }
 
     /// Runs `work` for every item, `PARALLEL_GROUPS` at a time, and gathers the changes; the first

@@ -116,7 +116,8 @@ impl Syncer {
                     report
                         .changes
                         .extend(self.store.ensure_team(group, name, options).await?);
-                    self.remember_assigned(group, Some(name), now).await?;
+                    self.remember_assigned(&[(group.clone(), Some(name.clone()))], now)
+                        .await?;
                 }
                 let joining: Vec<_> = delta
                     .added
@@ -220,10 +221,21 @@ impl Syncer {
                 .collect();
             work.push((group.clone(), delta.clone(), members));
         }
-        self.in_parallel(work, move |syncer, (group, delta, members)| async move {
-            syncer.resync_group(&group, &delta, &members, now).await
-        })
-        .await
+        // Renamed groups are recorded once the slice is applied.
+        let named: Vec<(GroupId, Option<String>)> = work
+            .iter()
+            .filter(|(_, delta, _)| delta.group_removed.is_none())
+            .filter_map(|(group, delta, _)| {
+                Some((group.clone(), Some(delta.display_name.clone()?)))
+            })
+            .collect();
+        let changes = self
+            .in_parallel(work, move |syncer, (group, delta, members)| async move {
+                syncer.resync_group(&group, &delta, &members, now).await
+            })
+            .await?;
+        self.remember_assigned(&named, now).await?;
+        Ok(changes)
     }
 
     /// One group of a resync: retired when Graph says it is gone, otherwise renamed to its
@@ -239,20 +251,16 @@ impl Syncer {
             return self.retire_group(group, now).await;
         }
         let name = delta.display_name.as_deref();
-        let changes = match retrying(|| {
+        match retrying(|| {
             self.store
                 .sync_team(group, name, members, self.options(now))
         })
         .await
         {
-            Ok(changes) => changes,
+            Ok(changes) => Ok(changes),
             // No team (the group has no name to create it with): the next poll settles it.
-            Err(Error::TeamNotFound(_)) => Vec::new(),
-            Err(error) => return Err(error),
-        };
-        if name.is_some() {
-            self.remember_assigned(group, name, now).await?;
+            Err(Error::TeamNotFound(_)) => Ok(Vec::new()),
+            Err(error) => Err(error),
         }
-        Ok(changes)
     }
 }

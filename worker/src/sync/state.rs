@@ -22,17 +22,22 @@ pub(super) async fn assigned(db: &DatabaseConnection) -> Result<HashMap<GroupId,
         .collect())
 }
 
+/// Records groups as assigned, with their current names, in one statement.
 pub(super) async fn remember_assigned(
     db: &DatabaseConnection,
-    group: &GroupId,
-    display_name: Option<&str>,
+    groups: &[(GroupId, Option<String>)],
     now: DateTime<Utc>,
 ) -> Result<()> {
-    assigned_group::Entity::insert(assigned_group::ActiveModel {
-        group_id: Set(group.clone()),
-        display_name: Set(display_name.map(str::to_owned)),
-        assigned_at: Set(now),
-    })
+    if groups.is_empty() {
+        return Ok(());
+    }
+    assigned_group::Entity::insert_many(groups.iter().map(|(group, display_name)| {
+        assigned_group::ActiveModel {
+            group_id: Set(group.clone()),
+            display_name: Set(display_name.clone()),
+            assigned_at: Set(now),
+        }
+    }))
     .on_conflict(
         OnConflict::column(assigned_group::Column::GroupId)
             .update_column(assigned_group::Column::DisplayName)
