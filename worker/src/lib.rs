@@ -1,6 +1,7 @@
 //! entra-sync's worker: turns what Entra says about groups, members and app roles into LiteLLM's
 //! teams, memberships and user roles.
 
+pub mod advisory;
 pub mod budget;
 pub mod commands;
 pub mod config;

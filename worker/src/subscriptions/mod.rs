@@ -13,10 +13,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Duration, Utc};
 use entity::sync::subscription;
-use sea_orm::{
-    ActiveValue::Set, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, Statement,
-    TransactionTrait,
-};
+use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait};
 use secrecy::SecretString;
 use serde::Serialize;
 use url::Url;
@@ -341,18 +338,9 @@ impl SubscriptionManager {
         Ok(())
     }
 
-    /// Runs `work` holding the subscriptions' advisory lock (a transaction that only holds it).
+    /// Runs `work` holding the subscriptions' advisory lock.
     async fn locked<T>(&self, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-        let lock = self.db.begin().await?;
-        lock.execute(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT pg_advisory_xact_lock($1)",
-            [SUBSCRIPTION_LOCK.into()],
-        ))
-        .await?;
-        let result = work.await;
-        lock.commit().await?;
-        result
+        crate::advisory::with_lock(&self.db, SUBSCRIPTION_LOCK, work).await
     }
 }
 

@@ -4,7 +4,6 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use entity::{GroupId, UserId};
-use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 
 use super::{Syncer, retrying, state};
 use crate::directory::EntraUser;
@@ -45,22 +44,12 @@ impl Syncer {
         self.with_round_lock(self.resync(now)).await
     }
 
-    /// Runs `work` holding the lock all replicas share for rounds. The transaction only holds the
-    /// lock; the work commits on other connections.
+    /// Runs `work` holding the lock all replicas share for rounds.
     pub(super) async fn with_round_lock<T>(
         &self,
         work: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
-        let lock = self.db.begin().await?;
-        lock.execute(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT pg_advisory_xact_lock($1)",
-            [ROUND_LOCK.into()],
-        ))
-        .await?;
-        let result = work.await;
-        lock.commit().await?;
-        result
+        crate::advisory::with_lock(&self.db, ROUND_LOCK, work).await
     }
 
     async fn round_locked(&self, now: DateTime<Utc>) -> Result<RoundReport> {
