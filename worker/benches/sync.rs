@@ -2,7 +2,7 @@
 //! the app, from graph-sim into LiteLLM's real schema: wall time, Graph requests, peak memory.
 //!
 //! Run: `cargo bench -p worker --bench sync` (1,000 x 100, then 10,000 x 100 memberships, in
-//! this process; then 10,000 x 100 again with `entra-sync-worker sync` as a process of its own,
+//! this process; then 10,000 x 100 again with `entra-sync-worker run` as a process of its own,
 //! so that the worker's own peak memory is measured apart from graph-sim's).
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
@@ -110,19 +110,25 @@ fn peak_rss_of(pid: u32) -> Option<f64> {
         .map(|kb| kb / 1024.0)
 }
 
-/// `entra-sync-worker sync` against a fresh database: the assignments polled (every group synced
-/// in full) and the first round (a resync that finds nothing to change).
+/// `entra-sync-worker run` against a fresh database, until its first round committed: the
+/// assignments polled (every group synced in full), then the first round (a resync that finds
+/// nothing to change). Its own peak memory, apart from graph-sim's.
 async fn worker_process_sync(groups: u128, users: u128, members: u128) {
     let config = SimConfig::default();
     let sim = GraphSim::start(config.clone(), TenantFile::generate(groups, users, members))
         .await
         .unwrap();
     let db = TestDatabase::new().await;
+    let stream = entra_sync_testkit::redis::TestStream::new();
     let started = Instant::now();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_entra-sync-worker"))
-        .arg("sync")
+        .arg("run")
         .env_clear()
         .env("DATABASE_URL", db.url())
+        .env("REDIS_URL", entra_sync_testkit::redis::redis_url())
+        .env("ENTRA_SYNC_STREAM", stream.key())
+        .env("ENTRA_SYNC_METRICS_LISTEN", "127.0.0.1:0")
+        .env("ENTRA_SYNC_POLL_SECONDS", "36000")
         .env("AZURE_TENANT_ID", config.tenant_id.to_string())
         .env("AZURE_CLIENT_ID", config.client_id.to_string())
         .env("AZURE_CLIENT_SECRET", config.client_secret.clone().unwrap())
@@ -134,18 +140,20 @@ async fn worker_process_sync(groups: u128, users: u128, members: u128) {
         .unwrap();
     let pid = child.id();
     let mut peak = 0.0_f64;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
+    while count(db.conn(), "entra_sync_delta_links").await == 0 {
+        assert!(child.try_wait().unwrap().is_none(), "the worker stopped");
         peak = peak.max(peak_rss_of(pid).unwrap_or(0.0));
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
-    assert!(status.success());
+    }
+    let took = started.elapsed();
+    peak = peak.max(peak_rss_of(pid).unwrap_or(0.0));
+    child.kill().unwrap();
+    child.wait().unwrap();
     println!(
-        "entra-sync-worker sync as a process, {groups} groups x {members} members: {:.2} s (full sync, then a resync finding nothing), {} Graph requests, worker peak memory {peak:.0} MiB",
-        started.elapsed().as_secs_f64(),
+        "entra-sync-worker run as a process, {groups} groups x {members} members, until its first round committed: {:.2} s (full sync, then a resync finding nothing), {} Graph requests, {} memberships, worker peak memory {peak:.0} MiB",
+        took.as_secs_f64(),
         sim.requests().len(),
+        count(db.conn(), r#""LiteLLM_TeamMembership""#).await,
     );
     sim.shutdown();
 }

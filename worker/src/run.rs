@@ -172,6 +172,7 @@ impl Worker {
 
     async fn poll(&self) {
         let started = std::time::Instant::now();
+        let sunk = self.syncer.sunk();
         match self.syncer.poll_assignments(chrono::Utc::now()).await {
             Ok(report) => {
                 self.metrics
@@ -183,7 +184,7 @@ impl Worker {
                     assigned = report.assigned_groups,
                     new = report.newly_assigned,
                     unassigned = report.unassigned,
-                    changes = report.changes.len(),
+                    changes = report.changes.len() as u64 + (self.syncer.sunk() - sunk),
                     took_ms = started.elapsed().as_millis() as u64,
                     "assignments polled"
                 );
@@ -276,9 +277,9 @@ impl Worker {
                 self.metrics.count_changes(&report.changes);
                 self.metrics
                     .reconciliation_drift
-                    .set(i64::try_from(report.changes.len()).unwrap_or(i64::MAX));
+                    .set(i64::try_from(report.total()).unwrap_or(i64::MAX));
                 tracing::info!(
-                    drift = report.changes.len(),
+                    drift = report.total(),
                     groups = report.assigned_groups,
                     "reconciliation done"
                 );
@@ -295,6 +296,7 @@ impl Worker {
 
     async fn round(&self, resync: bool) -> Result<()> {
         let started = std::time::Instant::now();
+        let sunk = self.syncer.sunk();
         let now = chrono::Utc::now();
         let result = if resync {
             self.syncer.resync_round(now).await
@@ -314,7 +316,7 @@ impl Worker {
                 tracing::info!(
                     groups = report.groups_seen,
                     applied = report.groups_applied,
-                    changes = report.changes.len(),
+                    changes = report.changes.len() as u64 + (self.syncer.sunk() - sunk),
                     resynced = report.resynced,
                     took_ms = started.elapsed().as_millis() as u64,
                     "round committed"

@@ -19,7 +19,7 @@ use crate::run::{RunSettings, Worker};
 use crate::store::Store;
 use crate::stream::{StreamConsumer, StreamSettings};
 use crate::subscriptions::{self, SubscriptionManager, lease::Lease};
-use crate::sync::Syncer;
+use crate::sync::{ChangeSink, Syncer};
 
 /// Connects to LiteLLM's database with a clear error.
 pub async fn connect_database(config: &WorkerConfig) -> Result<DatabaseConnection> {
@@ -130,9 +130,12 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
             "ENTRA_SYNC_PUBLIC_URL is unset: no Graph subscriptions, so changes arrive by polling and reconciliation only"
         );
     }
+    let counted = metrics.clone();
+    let sink = ChangeSink::new(move |changes| counted.count_changes(changes));
     let worker = Worker {
         syncer: Syncer::new(graph, store, db, config.unassigned_policy)
-            .with_departed_users(config.departed_user_policy),
+            .with_departed_users(config.departed_user_policy)
+            .with_sink(sink),
         consumer,
         metrics,
         settings: RunSettings {

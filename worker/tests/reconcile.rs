@@ -282,3 +282,45 @@ async fn user_notifications_rename_and_remove_users() {
     world.stop_workers().await;
     assert!(world.dead.is_empty());
 }
+
+#[tokio::test]
+async fn a_sink_takes_bulk_changes_out_of_the_reports_and_misses_none() {
+    use std::sync::{Arc, Mutex};
+    let world = World::new().await;
+    let received: Arc<Mutex<Vec<worker::store::Change>>> = Arc::default();
+    let into = received.clone();
+    let syncer = world
+        .syncer()
+        .with_sink(worker::sync::ChangeSink::new(move |changes| {
+            into.lock().unwrap().extend_from_slice(changes);
+        }));
+    let report = syncer.poll_assignments(Utc::now()).await.unwrap();
+    let sunk = received.lock().unwrap().len();
+    assert!(
+        sunk >= 6,
+        "the new group's team, users and members go to the sink"
+    );
+    assert_eq!(syncer.sunk(), sunk as u64);
+    assert!(
+        report
+            .changes
+            .iter()
+            .all(|c| !received.lock().unwrap().contains(c)),
+        "nothing is both reported and sunk"
+    );
+    // Together they are exactly what was applied: the audit log.
+    let audited = world
+        .db
+        .conn()
+        .query_one(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT count(*) FROM entra_sync_audit_log",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index::<i64>(0)
+        .unwrap();
+    assert_eq!(audited as usize, report.changes.len() + sunk);
+    assert_eq!(world.members(1).await, Some(users(1..=5)));
+}

@@ -14,6 +14,9 @@ mod round;
 mod state;
 mod users;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use chrono::{DateTime, Utc};
 use entity::GroupId;
 use sea_orm::DatabaseConnection;
@@ -46,6 +49,45 @@ where
     }
 }
 
+type Receiver = dyn Fn(&[Change]) + Send + Sync;
+
+/// Where the changes of bulk work (many groups or users at once) go instead of into the report:
+/// the long-running worker only counts them, so a first sync of a million memberships does not
+/// hold a million changes in memory. Every change it receives is already in the audit log.
+#[derive(Clone)]
+pub struct ChangeSink {
+    receive: Arc<Receiver>,
+    received: Arc<AtomicU64>,
+}
+
+impl ChangeSink {
+    pub fn new(receive: impl Fn(&[Change]) + Send + Sync + 'static) -> Self {
+        Self {
+            receive: Arc::new(receive),
+            received: Arc::default(),
+        }
+    }
+
+    fn send(&self, changes: &[Change]) {
+        self.received
+            .fetch_add(changes.len() as u64, Ordering::Relaxed);
+        (self.receive)(changes);
+    }
+
+    /// How many changes it has received so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for ChangeSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeSink")
+            .field("received", &self.received())
+            .finish()
+    }
+}
+
 /// What happens to a team whose group is no longer assigned to the app, or was deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum UnassignedPolicy {
@@ -72,6 +114,8 @@ pub struct Syncer {
     /// reconciliation fills it from the tenant's users, so that it does not add what it then
     /// takes away).
     excluded: std::sync::Arc<std::collections::HashSet<entity::UserId>>,
+    /// Set: bulk work's changes go here instead of into the reports.
+    sink: Option<ChangeSink>,
 }
 
 impl Syncer {
@@ -89,7 +133,21 @@ impl Syncer {
             departed: DepartedUserPolicy::default(),
             dry_run: false,
             excluded: std::sync::Arc::default(),
+            sink: None,
         }
+    }
+
+    /// Bulk work's changes go to `sink` instead of into the reports (the worker's `run`).
+    #[must_use]
+    pub fn with_sink(mut self, sink: ChangeSink) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Changes sent to the sink so far (0 without one): a report's total is its own changes plus
+    /// the growth of this during its work.
+    pub fn sunk(&self) -> u64 {
+        self.sink.as_ref().map_or(0, ChangeSink::received)
     }
 
     /// The same syncer, leaving these users out of every team and role.
@@ -160,7 +218,10 @@ impl Syncer {
                 break;
             };
             match done {
-                Ok(result) => changes.extend(result?),
+                Ok(result) => match &self.sink {
+                    Some(sink) => sink.send(&result?),
+                    None => changes.extend(result?),
+                },
                 Err(failure) => {
                     return Err(crate::Error::Settings(format!(
                         "a group sync task failed: {failure}"

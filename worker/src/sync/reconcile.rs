@@ -15,9 +15,18 @@ use crate::store::Change;
 pub struct ReconcileReport {
     /// The drift: changes made, or in a dry run planned (each listed once).
     pub changes: Vec<Change>,
+    /// Changes sent to the syncer's sink instead (see [`super::ChangeSink`]).
+    pub sunk: u64,
     /// Groups assigned to the app.
     pub assigned_groups: usize,
     pub dry_run: bool,
+}
+
+impl ReconcileReport {
+    /// Every change, listed or sent to the sink.
+    pub fn total(&self) -> usize {
+        self.changes.len() + usize::try_from(self.sunk).unwrap_or(usize::MAX)
+    }
 }
 
 impl Syncer {
@@ -45,10 +54,14 @@ impl Syncer {
     }
 
     async fn reconcile_locked(&self, now: DateTime<Utc>) -> Result<ReconcileReport> {
-        let result = self.reconcile_steps(now).await;
+        let sunk = self.sunk();
+        let mut result = self.reconcile_steps(now).await;
+        if let Ok(report) = &mut result {
+            report.sunk = self.sunk() - sunk;
+        }
         if !self.dry_run {
             let (changes, error) = match &result {
-                Ok(report) => (report.changes.len(), None),
+                Ok(report) => (report.total(), None),
                 Err(error) => (0, Some(error.to_string())),
             };
             reconciliation::Entity::insert(reconciliation::ActiveModel {
@@ -92,6 +105,7 @@ impl Syncer {
         }
         Ok(ReconcileReport {
             changes,
+            sunk: 0,
             assigned_groups: assignments.assigned_groups,
             dry_run: self.dry_run,
         })

@@ -21,7 +21,7 @@ pub const ROUND_LOCK: i64 = 0x656e_7472_6173_796e; // "entrasyn"
 pub struct RoundReport {
     /// Groups the delta named (assigned or not).
     pub groups_seen: usize,
-    /// Assigned groups whose team changed.
+    /// Assigned groups whose team changed (among the changes listed, not those sent to a sink).
     pub groups_applied: usize,
     /// A full resync ran (first round, or the delta token had expired).
     pub resynced: bool,
