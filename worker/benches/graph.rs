@@ -8,12 +8,14 @@
 
 use std::time::Instant;
 
+#[path = "../tests/graph_common/mod.rs"]
+mod graph_common;
+
 use entity::{GroupId, UserId};
 use graph_sim::tenant::TenantFile;
 use graph_sim::{GraphSim, SimConfig};
-use prometheus_client::registry::Registry;
 use uuid::Uuid;
-use worker::graph::{Credential, DeltaStart, GraphClient, GraphConfig, GraphMetrics, RetryPolicy};
+use worker::graph::DeltaStart;
 
 const GROUPS: u128 = 10_000;
 const USERS: u128 = 100_000;
@@ -55,20 +57,7 @@ async fn main() {
         GROUPS * MEMBERS_PER_GROUP,
         started.elapsed().as_secs_f64()
     );
-    let mut registry = Registry::default();
-    let client = GraphClient::new(
-        GraphConfig {
-            tenant_id: config.tenant_id.to_string(),
-            client_id: config.client_id.to_string(),
-            credential: Credential::Secret(config.client_secret.clone().unwrap().into()),
-            token_url: sim.token_url().parse().unwrap(),
-            graph_endpoint: sim.graph_url(),
-            service_principal_id: None,
-            retry: RetryPolicy::default(),
-        },
-        GraphMetrics::register(&mut registry),
-    )
-    .unwrap();
+    let (client, _) = graph_common::default_retry_client(&sim);
 
     sim.clear_requests();
     let started = Instant::now();

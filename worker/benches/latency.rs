@@ -8,6 +8,9 @@
 
 use std::time::{Duration, Instant};
 
+#[path = "../tests/graph_common/mod.rs"]
+mod graph_common;
+
 use entra_sync_testkit::TestDatabase;
 use entra_sync_testkit::redis::{TestStream, redis_url};
 use graph_sim::tenant::TenantFile;
@@ -15,9 +18,7 @@ use graph_sim::{GraphSim, SimConfig};
 use prometheus_client::registry::Registry;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use uuid::Uuid;
-use worker::graph::{
-    Credential, GraphClient, GraphConfig, GraphMetrics, NewSubscription, RetryPolicy,
-};
+use worker::graph::NewSubscription;
 use worker::metrics::WorkerMetrics;
 use worker::run::{RunSettings, Worker};
 use worker::store::{RemovalMode, Store};
@@ -41,22 +42,6 @@ async fn scalar(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
         .unwrap()
         .and_then(|row| row.try_get_by_index::<i64>(0).ok())
         .unwrap_or(0)
-}
-
-fn client(sim: &GraphSim, config: &SimConfig) -> GraphClient {
-    GraphClient::new(
-        GraphConfig {
-            tenant_id: config.tenant_id.to_string(),
-            client_id: config.client_id.to_string(),
-            credential: Credential::Secret(config.client_secret.clone().unwrap().into()),
-            token_url: sim.token_url().parse().unwrap(),
-            graph_endpoint: sim.graph_url(),
-            service_principal_id: None,
-            retry: RetryPolicy::default(),
-        },
-        GraphMetrics::register(&mut Registry::default()),
-    )
-    .unwrap()
 }
 
 #[tokio::main]
@@ -90,7 +75,8 @@ async fn main() {
         },
         std::future::pending(),
     ));
-    client(&sim, &config)
+    let (client, _) = graph_common::default_retry_client(&sim);
+    client
         .create_subscription(&NewSubscription {
             resource: "groups".into(),
             change_type: "updated,deleted".into(),
@@ -104,7 +90,7 @@ async fn main() {
 
     let store = Store::new(db.conn().clone(), Default::default(), RemovalMode::Managed);
     let syncer = Syncer::new(
-        client(&sim, &config),
+        client,
         store,
         db.conn().clone(),
         UnassignedPolicy::RemoveMembers,

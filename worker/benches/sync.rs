@@ -9,23 +9,18 @@
 
 use std::time::Instant;
 
+#[path = "../tests/graph_common/mod.rs"]
+mod graph_common;
+
 use entra_sync_testkit::TestDatabase;
 use graph_sim::tenant::TenantFile;
 use graph_sim::{GraphSim, SimConfig};
-use prometheus_client::registry::Registry;
-use worker::graph::{Credential, GraphClient, GraphConfig, GraphMetrics, RetryPolicy};
 use worker::litellm_config::LiteLlmSettings;
 use worker::store::{RemovalMode, Store};
 use worker::sync::{Syncer, UnassignedPolicy};
 
 fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+    peak_rss_of(std::process::id()).unwrap_or(0.0)
 }
 
 async fn count(db: &sea_orm::DatabaseConnection, table: &str) -> i64 {
@@ -47,19 +42,7 @@ async fn full_sync(groups: u128, users: u128, members: u128) {
         .await
         .unwrap();
     let db = TestDatabase::new().await;
-    let graph = GraphClient::new(
-        GraphConfig {
-            tenant_id: config.tenant_id.to_string(),
-            client_id: config.client_id.to_string(),
-            credential: Credential::Secret(config.client_secret.clone().unwrap().into()),
-            token_url: sim.token_url().parse().unwrap(),
-            graph_endpoint: sim.graph_url(),
-            service_principal_id: None,
-            retry: RetryPolicy::default(),
-        },
-        GraphMetrics::register(&mut Registry::default()),
-    )
-    .unwrap();
+    let (graph, _) = graph_common::default_retry_client(&sim);
     let store = Store::new(
         db.conn().clone(),
         LiteLlmSettings::default(),

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use chrono::{DateTime, Utc};
 use prometheus_client::registry::Registry;
-use sea_orm::{DatabaseConnection, EntityTrait};
+use sea_orm::EntityTrait;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
@@ -15,12 +15,6 @@ use crate::graph::{GraphClient, GraphMetrics};
 use crate::store::Store;
 use crate::subscriptions::{self, SubscriptionManager, lease};
 use crate::sync::Syncer;
-
-async fn database(config: &WorkerConfig) -> Result<DatabaseConnection> {
-    let db = crate::serve::connect_database(config).await?;
-    crate::startup::check_database(&db).await?;
-    Ok(db)
-}
 
 fn graph(config: &WorkerConfig) -> Result<GraphClient> {
     GraphClient::new(
@@ -39,7 +33,7 @@ fn print_json_line(value: &impl Serialize) -> Result<()> {
 /// `sync --full [--dry-run]`: a full reconciliation, its changes printed as JSON lines.
 /// Without `--full`: the assignments polled and one delta round.
 pub async fn sync(config: &WorkerConfig, full: bool, dry_run: bool) -> Result<()> {
-    let db = database(config).await?;
+    let db = crate::serve::open_database(config).await?;
     let store = Store::new(db.clone(), config.litellm_settings()?, config.removal_mode);
     let mut syncer = Syncer::new(graph(config)?, store, db, config.unassigned_policy)
         .with_departed_users(config.departed_user_policy);
@@ -71,7 +65,11 @@ pub async fn subscriptions(config: &WorkerConfig, action: &str) -> Result<()> {
     let target = config.subscription_target()?.ok_or_else(|| {
         Error::Settings("ENTRA_SYNC_PUBLIC_URL is required to manage subscriptions".into())
     })?;
-    let manager = SubscriptionManager::new(graph(config)?, database(config).await?, target);
+    let manager = SubscriptionManager::new(
+        graph(config)?,
+        crate::serve::open_database(config).await?,
+        target,
+    );
     let now = Utc::now();
     match action {
         "list" => {
@@ -130,9 +128,9 @@ pub struct ReconciliationStatus {
 
 /// Reads the status from the database and Redis (Graph is not asked).
 pub async fn read_status(config: &WorkerConfig) -> Result<Status> {
-    use entity::sync::{assigned_group, delta_link, subscription};
+    use entity::sync::{assigned_group, subscription};
     use sea_orm::PaginatorTrait;
-    let db = database(config).await?;
+    let db = crate::serve::open_database(config).await?;
     let subscriptions = subscription::Entity::find()
         .all(&db)
         .await?
@@ -147,10 +145,7 @@ pub async fn read_status(config: &WorkerConfig) -> Result<Status> {
         .await?
         .filter(|l| l.expires_at > Utc::now())
         .map(|l| l.holder);
-    let last_delta_round = delta_link::Entity::find_by_id("groups".to_owned())
-        .one(&db)
-        .await?
-        .map(|l| l.updated_at);
+    let last_delta_round = crate::sync::last_delta_round(&db).await?;
     let assigned_groups = assigned_group::Entity::find().count(&db).await?;
     let (stream, stream_error) = match crate::stream::stream_status(
         config.redis_url.expose_secret(),

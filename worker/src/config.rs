@@ -6,6 +6,7 @@ use secrecy::SecretString;
 
 use crate::error::Result;
 use crate::graph::GraphArgs;
+use crate::graph::secret;
 use crate::litellm_config::LiteLlmSettings;
 use crate::store::RemovalMode;
 use crate::sync::{DepartedUserPolicy, UnassignedPolicy};
@@ -143,8 +144,4 @@ impl WorkerConfig {
             .clone()
             .unwrap_or_else(|| format!("{}:dead", self.stream))
     }
-}
-
-fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
-    Ok(SecretString::from(value.to_owned()))
 }

@@ -33,6 +33,13 @@ pub async fn connect_database(config: &WorkerConfig) -> Result<DatabaseConnectio
         .map_err(|e| Error::Settings(format!("cannot connect to DATABASE_URL: {e}")))
 }
 
+/// Connects to LiteLLM's database and checks LiteLLM's tables and entra-sync's migrations.
+pub async fn open_database(config: &WorkerConfig) -> Result<DatabaseConnection> {
+    let db = connect_database(config).await?;
+    crate::startup::check_database(&db).await?;
+    Ok(db)
+}
+
 struct Health {
     db: DatabaseConnection,
     registry: Registry,
@@ -66,8 +73,7 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
     let settings = config.litellm_settings()?;
     let graph_config = config.graph.clone().resolve()?;
     let target = config.subscription_target()?;
-    let db = connect_database(&config).await?;
-    crate::startup::check_database(&db).await?;
+    let db = open_database(&config).await?;
 
     let mut registry = Registry::default();
     let graph_metrics = GraphMetrics::register(&mut registry);

@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::GraphClient;
-use super::model::{AppRoleAssignment, DirectoryObject, ServicePrincipal, UserObject};
+use super::model::{AppRoleAssignment, DirectoryObject, ServicePrincipal};
 use crate::directory::{EntraUser, UserState};
 use crate::error::{Error, Result};
 
@@ -59,8 +59,8 @@ impl GraphClient {
     #[tracing::instrument(skip(self), err)]
     pub async fn user_state(&self, id: &UserId) -> Result<Option<UserState>> {
         let url = self.inner.url(&format!("users/{id}?$select={USER_SELECT}"));
-        match self.inner.get_json::<UserObject>("user", &url).await {
-            Ok(user) => Ok(user.into_state()),
+        match self.inner.get_json::<DirectoryObject>("user", &url).await {
+            Ok(user) => Ok(user.into_user_state()),
             Err(Error::Graph { status: 404, .. }) => Ok(None),
             Err(error) => Err(error),
         }
@@ -72,10 +72,10 @@ impl GraphClient {
         let url = self
             .inner
             .url(&format!("users?$select={USER_SELECT}&$top=999"));
-        let users: Vec<UserObject> = self.inner.get_all("users", &url).await?;
+        let users: Vec<DirectoryObject> = self.inner.get_all("users", &url).await?;
         Ok(users
             .into_iter()
-            .filter_map(UserObject::into_state)
+            .filter_map(DirectoryObject::into_user_state)
             .collect())
     }
 

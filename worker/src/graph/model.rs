@@ -36,6 +36,9 @@ pub struct DirectoryObject {
     pub mail: Option<String>,
     #[serde(default)]
     pub user_principal_name: Option<String>,
+    /// Only when selected (`/users`); absent, an existing account counts as enabled.
+    #[serde(default)]
+    pub account_enabled: Option<bool>,
 }
 
 impl DirectoryObject {
@@ -48,33 +51,12 @@ impl DirectoryObject {
         if self.kind() != ObjectKind::User {
             return None;
         }
-        Some(EntraUser {
-            id: entity::UserId::parse(&self.id).ok()?,
-            user_principal_name: self.user_principal_name,
-            mail: self.mail,
-            display_name: self.display_name,
-        })
+        self.into_user_state().map(|state| state.user)
     }
-}
 
-/// A user read from `/users`, with whether the account may sign in.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UserObject {
-    pub id: String,
-    #[serde(default)]
-    pub display_name: Option<String>,
-    #[serde(default)]
-    pub mail: Option<String>,
-    #[serde(default)]
-    pub user_principal_name: Option<String>,
-    /// Absent when not selected; Graph's default for an existing account is enabled.
-    #[serde(default)]
-    pub account_enabled: Option<bool>,
-}
-
-impl UserObject {
-    pub fn into_state(self) -> Option<crate::directory::UserState> {
+    /// The user and whether the account is enabled, for an object read from `/users` (which
+    /// carries no `@odata.type`).
+    pub fn into_user_state(self) -> Option<crate::directory::UserState> {
         Some(crate::directory::UserState {
             enabled: self.account_enabled.unwrap_or(true),
             user: EntraUser {

@@ -46,7 +46,8 @@ pub struct GraphArgs {
     pub microsoft_service_principal_id: Option<String>,
 }
 
-fn secret(value: &str) -> std::result::Result<SecretString, std::convert::Infallible> {
+/// Reads a command-line or environment value as a secret.
+pub(crate) fn secret(value: &str) -> std::result::Result<SecretString, std::convert::Infallible> {
     Ok(SecretString::from(value.to_owned()))
 }
 

@@ -179,27 +179,9 @@ impl SubscriptionManager {
     #[tracing::instrument(skip(self), err)]
     pub async fn delete_all(&self) -> Result<Vec<Action>> {
         self.locked(async {
-            let mut actions = Vec::new();
             let stored = subscription::Entity::find().all(&self.db).await?;
-            let mut ids: Vec<(String, String)> = stored
-                .into_iter()
-                .map(|row| (row.id, row.resource))
-                .collect();
-            for live in self.graph.list_subscriptions().await? {
-                if self.is_ours(&live) && !ids.iter().any(|(id, _)| *id == live.id) {
-                    ids.push((live.id, live.resource));
-                }
-            }
-            for (id, resource) in ids {
-                self.delete(&id).await?;
-                actions.push(Action {
-                    action: "deleted",
-                    resource,
-                    id,
-                    expires_at: None,
-                });
-            }
-            Ok(actions)
+            let live = self.graph.list_subscriptions().await?;
+            self.delete_all_but(&stored, &live, &HashSet::new()).await
         })
         .await
     }
@@ -252,20 +234,31 @@ impl SubscriptionManager {
         }
         // Stale: stored ones not kept (duplicates, an old URL, gone from Graph), and ones of ours
         // Graph has that were never stored (a crash between creating and storing).
+        actions.extend(self.delete_all_but(&stored, &live, &kept).await?);
+        Ok(actions)
+    }
+
+    /// Deletes every subscription of ours except `kept`: the stored ones, and those Graph has
+    /// that were never stored (a crash between creating and storing).
+    async fn delete_all_but(
+        &self,
+        stored: &[subscription::Model],
+        live: &[Subscription],
+        kept: &HashSet<String>,
+    ) -> Result<Vec<Action>> {
         let mut stale: Vec<(String, String)> = stored
             .iter()
-            .filter(|row| !kept.contains(&row.id))
             .map(|row| (row.id.clone(), row.resource.clone()))
             .collect();
-        for s in &live {
-            if self.is_ours(s) && !kept.contains(&s.id) && !stale.iter().any(|(id, _)| *id == s.id)
-            {
+        for s in live.iter().filter(|s| self.is_ours(s)) {
+            if !stale.iter().any(|(id, _)| *id == s.id) {
                 stale.push((s.id.clone(), s.resource.clone()));
             }
         }
-        for (id, resource) in stale {
+        let mut actions = Vec::new();
+        for (id, resource) in stale.into_iter().filter(|(id, _)| !kept.contains(id)) {
             self.delete(&id).await?;
-            tracing::info!(resource, id, "stale subscription deleted");
+            tracing::info!(resource, id, "subscription deleted");
             actions.push(Action {
                 action: "deleted",
                 resource,

@@ -28,6 +28,7 @@ use crate::store::{ApplyOptions, Change, LiteLlmWriter, Store};
 pub use assignments::AssignmentReport;
 pub use reconcile::{ReconcileReport, last_reconciliation};
 pub use round::{ROUND_LOCK, RoundReport};
+pub use state::last_delta_round;
 pub use users::DepartedUserPolicy;
 
 /// Runs a store operation again when another writer created the same user at the same moment

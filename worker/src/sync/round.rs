@@ -71,27 +71,16 @@ impl Syncer {
             ..RoundReport::default()
         };
 
-        // New members' details, for every group of the round in one go.
-        let mut added_ids: HashSet<UserId> = HashSet::new();
-        for (group, delta) in &round.groups {
-            if assigned.contains_key(group) && delta.group_removed.is_none() {
-                added_ids.extend(
-                    delta
-                        .added
-                        .iter()
-                        .filter(|m| m.kind == ObjectKind::User)
-                        .filter_map(|m| UserId::parse(&m.id).ok()),
-                );
-            }
-        }
-        let added_ids: Vec<UserId> = added_ids.into_iter().collect();
-        let users: HashMap<UserId, _> = self
-            .graph
-            .users_by_ids(&added_ids)
-            .await?
-            .into_iter()
-            .map(|u| (u.id.clone(), u))
-            .collect();
+        // New members' details, for every assigned group of the round in one go.
+        let users = self
+            .users_added(
+                round
+                    .groups
+                    .iter()
+                    .filter(|(group, _)| assigned.contains_key(group))
+                    .map(|(_, delta)| delta),
+            )
+            .await?;
 
         for (group, delta) in &round.groups {
             if !assigned.contains_key(group) {
@@ -108,13 +97,7 @@ impl Syncer {
                     self.remember_assigned(&[(group.clone(), Some(name.clone()))], now)
                         .await?;
                 }
-                let joining: Vec<_> = delta
-                    .added
-                    .iter()
-                    .filter_map(|m| UserId::parse(&m.id).ok())
-                    .filter(|id| self.included(id))
-                    .filter_map(|id| users.get(&id).cloned())
-                    .collect();
+                let joining = self.joining(delta, &users);
                 if !joining.is_empty() {
                     report
                         .changes
@@ -180,35 +163,14 @@ impl Syncer {
             .into_iter()
             .flat_map(|round| round.groups)
             .collect();
-        let member_ids: HashSet<UserId> = current
-            .values()
-            .filter(|g| g.group_removed.is_none())
-            .flat_map(|g| g.added.iter())
-            .filter(|m| m.kind == ObjectKind::User)
-            .filter_map(|m| UserId::parse(&m.id).ok())
-            .collect();
-        let member_ids: Vec<UserId> = member_ids.into_iter().collect();
-        let users: HashMap<UserId, EntraUser> = self
-            .graph
-            .users_by_ids(&member_ids)
-            .await?
-            .into_iter()
-            .map(|u| (u.id.clone(), u))
-            .collect();
+        let users = self.users_added(current.values()).await?;
         let mut work = Vec::new();
         for group in groups {
             // Not returned at all: the next poll of assignments settles it.
             let Some(delta) = current.get(group) else {
                 continue;
             };
-            let members: Vec<EntraUser> = delta
-                .added
-                .iter()
-                .filter_map(|m| UserId::parse(&m.id).ok())
-                .filter(|id| self.included(id))
-                .filter_map(|id| users.get(&id).cloned())
-                .collect();
-            work.push((group.clone(), delta.clone(), members));
+            work.push((group.clone(), delta.clone(), self.joining(delta, &users)));
         }
         // Renamed groups are recorded once the slice is applied.
         let named: Vec<(GroupId, Option<String>)> = work
@@ -225,6 +187,38 @@ impl Syncer {
             .await?;
         self.remember_assigned(&named, now).await?;
         Ok(changes)
+    }
+
+    /// The users the deltas add (groups that still exist), read with getByIds in one go.
+    async fn users_added(
+        &self,
+        deltas: impl Iterator<Item = &GroupDelta>,
+    ) -> Result<HashMap<UserId, EntraUser>> {
+        let ids: HashSet<UserId> = deltas
+            .filter(|delta| delta.group_removed.is_none())
+            .flat_map(|delta| delta.added.iter())
+            .filter(|m| m.kind == ObjectKind::User)
+            .filter_map(|m| UserId::parse(&m.id).ok())
+            .collect();
+        let ids: Vec<UserId> = ids.into_iter().collect();
+        Ok(self
+            .graph
+            .users_by_ids(&ids)
+            .await?
+            .into_iter()
+            .map(|u| (u.id.clone(), u))
+            .collect())
+    }
+
+    /// The members a delta adds that may join (known to Graph, not disabled).
+    fn joining(&self, delta: &GroupDelta, users: &HashMap<UserId, EntraUser>) -> Vec<EntraUser> {
+        delta
+            .added
+            .iter()
+            .filter_map(|m| UserId::parse(&m.id).ok())
+            .filter(|id| self.included(id))
+            .filter_map(|id| users.get(&id).cloned())
+            .collect()
     }
 
     /// One group of a resync: retired when Graph says it is gone, otherwise renamed to its

@@ -62,6 +62,14 @@ pub(super) async fn delta_link(db: &DatabaseConnection) -> Result<Option<String>
         .map(|l| l.delta_link))
 }
 
+/// When the groups' deltaLink was last stored: the last committed round.
+pub async fn last_delta_round(db: &DatabaseConnection) -> Result<Option<DateTime<Utc>>> {
+    Ok(delta_link::Entity::find_by_id(GROUPS.to_owned())
+        .one(db)
+        .await?
+        .map(|l| l.updated_at))
+}
+
 pub(super) async fn save_delta_link(
     db: &DatabaseConnection,
     link: &str,

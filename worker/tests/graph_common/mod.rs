@@ -110,6 +110,15 @@ pub fn secret_client(sim: &GraphSim) -> (GraphClient, Registry) {
     client_with(config(sim, Credential::Secret(secret.into())))
 }
 
+/// A secret-credential client with the production retry policy (the benchmarks).
+pub fn default_retry_client(sim: &GraphSim) -> (GraphClient, Registry) {
+    let secret = sim.config().client_secret.unwrap();
+    client_with(GraphConfig {
+        retry: RetryPolicy::default(),
+        ..config(sim, Credential::Secret(secret.into()))
+    })
+}
+
 pub fn client_with(config: GraphConfig) -> (GraphClient, Registry) {
     let mut registry = Registry::default();
     let metrics = GraphMetrics::register(&mut registry);
