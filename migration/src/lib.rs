@@ -7,6 +7,7 @@ use sea_orm_migration::prelude::*;
 mod m20261128_000001_create_sync_tables;
 mod m20261128_000002_assigned_groups;
 mod m20261128_000003_leases_and_reconciliations;
+mod m20261201_000004_audit_removals_index;
 
 pub use sea_orm_migration::MigratorTrait;
 pub use sea_orm_migration::sea_orm;
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_create_sync_tables::Migration),
             Box::new(m20261128_000002_assigned_groups::Migration),
             Box::new(m20261128_000003_leases_and_reconciliations::Migration),
+            Box::new(m20261201_000004_audit_removals_index::Migration),
         ]
     }
 

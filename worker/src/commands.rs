@@ -12,7 +12,6 @@ use serde::Serialize;
 use crate::config::WorkerConfig;
 use crate::error::{Error, Result};
 use crate::graph::{GraphClient, GraphMetrics};
-use crate::store::Store;
 use crate::subscriptions::{self, SubscriptionManager, lease};
 use crate::sync::Syncer;
 
@@ -34,7 +33,13 @@ fn print_json_line(value: &impl Serialize) -> Result<()> {
 /// Without `--full`: the assignments polled and one delta round.
 pub async fn sync(config: &WorkerConfig, full: bool, dry_run: bool) -> Result<()> {
     let db = crate::serve::open_database(config).await?;
-    let store = Store::new(db.clone(), config.litellm_settings()?, config.removal_mode);
+    let store = crate::serve::store(
+        config,
+        db.clone(),
+        config.litellm_settings()?,
+        Default::default(),
+    )?;
+    let cache = store.litellm_cache().cloned();
     let mut syncer = Syncer::new(graph(config)?, store, db, config.unassigned_policy)
         .with_departed_users(config.departed_user_policy);
     if dry_run {
@@ -48,6 +53,9 @@ pub async fn sync(config: &WorkerConfig, full: bool, dry_run: bool) -> Result<()
         changes.extend(syncer.delta_round(now).await?.changes);
         changes
     };
+    if let Some(cache) = cache {
+        cache.flush(std::time::Duration::from_secs(3)).await;
+    }
     for change in &changes {
         print_json_line(change)?;
     }

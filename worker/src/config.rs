@@ -2,13 +2,14 @@
 
 use std::path::PathBuf;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::error::Result;
 use crate::graph::GraphArgs;
 use crate::graph::secret;
+use crate::litellm_cache::CacheTarget;
 use crate::litellm_config::LiteLlmSettings;
-use crate::store::RemovalMode;
+use crate::store::{DepartedUserKeys, KeyPolicy, RemovalMode, RemovedMemberKeys};
 use crate::sync::{DepartedUserPolicy, UnassignedPolicy};
 
 /// Settings every worker command needs.
@@ -104,6 +105,27 @@ pub struct WorkerConfig {
     /// What happens to the memberships of a user deleted or disabled in Entra.
     #[arg(long, env = "ENTRA_SYNC_DEPARTED_USER_POLICY", value_enum, default_value_t = DepartedUserPolicy::RemoveMemberships)]
     pub departed_user_policy: DepartedUserPolicy,
+
+    /// A member removed from a team: their keys for that team are deleted (copied into
+    /// LiteLLM_DeletedVerificationToken first, as LiteLLM's own member removal does), blocked
+    /// (unblocked if they rejoin), or kept.
+    #[arg(long, env = "ENTRA_SYNC_REMOVED_MEMBER_KEYS", value_enum, default_value_t = RemovedMemberKeys::Delete)]
+    pub removed_member_keys: RemovedMemberKeys,
+
+    /// A user disabled or deleted in Entra: all their keys blocked (unblocked when enabled again,
+    /// except keys an admin blocked), or kept.
+    #[arg(long, env = "ENTRA_SYNC_DEPARTED_USER_KEYS", value_enum, default_value_t = DepartedUserKeys::Block)]
+    pub departed_user_keys: DepartedUserKeys,
+
+    /// The Redis LiteLLM's proxy caches in: every commit evicts what it changed there and
+    /// publishes the keys on LiteLLM's invalidation channel. Unset: LiteLLM may serve removed
+    /// access until its cache TTL.
+    #[arg(long, env = "ENTRA_SYNC_LITELLM_REDIS_URL", hide_env_values = true, value_parser = secret)]
+    pub litellm_redis_url: Option<SecretString>,
+
+    /// LiteLLM's cache namespace, if it has one; default: the one LiteLLM's config.yaml gives.
+    #[arg(long, env = "ENTRA_SYNC_LITELLM_REDIS_NAMESPACE")]
+    pub litellm_redis_namespace: Option<String>,
 }
 
 impl WorkerConfig {
@@ -118,6 +140,33 @@ impl WorkerConfig {
 }
 
 impl WorkerConfig {
+    pub fn key_policy(&self) -> KeyPolicy {
+        KeyPolicy {
+            removed_member: self.removed_member_keys,
+            departed_user: self.departed_user_keys,
+        }
+    }
+
+    /// LiteLLM's Redis cache, when `ENTRA_SYNC_LITELLM_REDIS_URL` is set; its namespace is
+    /// `ENTRA_SYNC_LITELLM_REDIS_NAMESPACE`, else the one LiteLLM's config gives.
+    pub fn litellm_cache_target(&self, settings: &LiteLlmSettings) -> Result<Option<CacheTarget>> {
+        let Some(url) = &self.litellm_redis_url else {
+            return Ok(None);
+        };
+        // The URL may hold a password: the error never repeats it.
+        let client = redis::Client::open(url.expose_secret()).map_err(|_| {
+            crate::Error::Settings(
+                "ENTRA_SYNC_LITELLM_REDIS_URL is not a Redis URL (redis:// or rediss://)".into(),
+            )
+        })?;
+        let namespace = self
+            .litellm_redis_namespace
+            .clone()
+            .or_else(|| settings.caches.namespace.clone())
+            .filter(|ns| !ns.is_empty());
+        Ok(Some(CacheTarget { client, namespace }))
+    }
+
     pub fn consumer_name(&self) -> String {
         self.consumer.clone().unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());

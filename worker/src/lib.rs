@@ -8,6 +8,7 @@ pub mod config;
 pub mod directory;
 pub mod error;
 pub mod graph;
+pub mod litellm_cache;
 pub mod litellm_config;
 pub mod metrics;
 pub mod roles;

@@ -1,6 +1,7 @@
 //! The parts of LiteLLM's own config.yaml that shape what entra-sync writes:
 //! `litellm_settings.default_team_params`, `default_internal_user_params`, `timezone` and
-//! `budget_reset_time`. Values may be LiteLLM's `os.environ/NAME` references.
+//! `budget_reset_time`; and what it says about LiteLLM's caches. Values may be LiteLLM's
+//! `os.environ/NAME` references.
 
 use std::path::Path;
 
@@ -43,12 +44,30 @@ pub struct UserDefaults {
     pub models: Vec<String>,
 }
 
+/// What LiteLLM's config says about the caches its proxy serves auth objects from.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CacheSettings {
+    /// The setting that gives LiteLLM a Redis (`general_settings.coordination_redis`, or
+    /// `litellm_settings.cache` of type redis): entra-sync should then be given it too.
+    pub redis_from: Option<&'static str>,
+    /// The Redis cache's `namespace`, if it has one.
+    pub namespace: Option<String>,
+    /// `general_settings.user_api_key_cache_ttl`: how long LiteLLM trusts a cached object.
+    pub ttl_seconds: Option<f64>,
+}
+
+impl CacheSettings {
+    /// LiteLLM's default for `user_api_key_cache_ttl`.
+    pub const DEFAULT_TTL_SECONDS: f64 = 60.0;
+}
+
 /// What entra-sync takes from LiteLLM's config.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LiteLlmSettings {
     pub team_defaults: TeamDefaults,
     pub user_defaults: UserDefaults,
     pub reset_clock: ResetClock,
+    pub caches: CacheSettings,
 }
 
 impl LiteLlmSettings {
@@ -107,6 +126,7 @@ impl LiteLlmSettings {
                 timezone,
                 reset_time,
             },
+            caches: reader.caches(&root, &settings),
         })
     }
 }
@@ -336,6 +356,69 @@ impl Reader<'_> {
     }
 }
 
+impl Reader<'_> {
+    /// Where LiteLLM gets a Redis (read as `ProxyConfig.load_config` and `init_cache` do: a
+    /// `coordination_redis` block wins, else a `cache` of type redis, the default type). Only
+    /// advice is drawn from it, so values that cannot be read count as absent.
+    fn caches(&self, root: &Map<String, Value>, settings: &Map<String, Value>) -> CacheSettings {
+        let general = self
+            .section(root.get("general_settings"), "general_settings")
+            .unwrap_or_default();
+        let lenient = |value: Option<&Value>, key: &str| self.string(value, key).ok().flatten();
+        let coordination = self
+            .object(
+                general.get("coordination_redis"),
+                "general_settings.coordination_redis",
+            )
+            .ok()
+            .flatten();
+        let cache_on = self
+            .boolean(settings.get("cache"), "litellm_settings.cache")
+            .ok()
+            .flatten()
+            == Some(true);
+        let params = self
+            .object(
+                settings.get("cache_params"),
+                "litellm_settings.cache_params",
+            )
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let cache_is_redis = cache_on
+            && lenient(params.get("type"), "litellm_settings.cache_params.type")
+                .is_none_or(|kind| kind == "redis" || kind == "redis-semantic");
+        let (redis_from, namespace) = match &coordination {
+            Some(block) => (
+                Some("general_settings.coordination_redis"),
+                lenient(
+                    block.get("namespace"),
+                    "general_settings.coordination_redis.namespace",
+                ),
+            ),
+            None if cache_is_redis => (
+                Some("litellm_settings.cache"),
+                lenient(
+                    params.get("namespace"),
+                    "litellm_settings.cache_params.namespace",
+                ),
+            ),
+            None => (None, None),
+        };
+        CacheSettings {
+            redis_from,
+            namespace,
+            ttl_seconds: self
+                .float(
+                    general.get("user_api_key_cache_ttl"),
+                    "general_settings.user_api_key_cache_ttl",
+                )
+                .ok()
+                .flatten(),
+        }
+    }
+}
+
 /// LiteLLM accepts more team fields than entra-sync writes; say which ones are ignored rather than
 /// refuse a config LiteLLM itself accepts.
 fn warn_unknown(params: &Map<String, Value>, known: &[&str], section: &str) {
@@ -481,6 +564,50 @@ litellm_settings:
             let e = parse(text).unwrap_err().to_string();
             assert!(e.starts_with("LiteLLM config config.yaml"), "{e}");
         }
+    }
+
+    #[test]
+    fn finds_the_redis_cache_its_namespace_and_ttl() {
+        let none = parse("litellm_settings:\n  cache: false\n").unwrap().caches;
+        assert_eq!(none, CacheSettings::default());
+
+        let cache = parse(
+            "litellm_settings:\n  cache: true\n  cache_params:\n    type: redis\n    namespace: prod\ngeneral_settings:\n  user_api_key_cache_ttl: 30\n",
+        )
+        .unwrap()
+        .caches;
+        assert_eq!(cache.redis_from, Some("litellm_settings.cache"));
+        assert_eq!(cache.namespace.as_deref(), Some("prod"));
+        assert_eq!(cache.ttl_seconds, Some(30.0));
+
+        // The default cache type is redis; a local cache is not.
+        let default_type = parse("litellm_settings:\n  cache: true\n").unwrap().caches;
+        assert_eq!(default_type.redis_from, Some("litellm_settings.cache"));
+        let local = parse("litellm_settings:\n  cache: true\n  cache_params: {type: local}\n")
+            .unwrap()
+            .caches;
+        assert_eq!(local.redis_from, None);
+
+        // A coordination_redis block wins, with its own namespace.
+        let coordination = parse(
+            "general_settings:\n  coordination_redis: {host: redis, namespace: coord}\nlitellm_settings:\n  cache: true\n  cache_params: {namespace: other}\n",
+        )
+        .unwrap()
+        .caches;
+        assert_eq!(
+            coordination.redis_from,
+            Some("general_settings.coordination_redis")
+        );
+        assert_eq!(coordination.namespace.as_deref(), Some("coord"));
+
+        // Only advice: an unresolvable reference is not an error.
+        let unresolved = parse(
+            "litellm_settings:\n  cache: true\n  cache_params: {host: os.environ/REDIS_HOST, namespace: os.environ/NS}\n",
+        )
+        .unwrap()
+        .caches;
+        assert_eq!(unresolved.redis_from, Some("litellm_settings.cache"));
+        assert_eq!(unresolved.namespace, None);
     }
 
     #[test]

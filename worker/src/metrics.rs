@@ -31,6 +31,8 @@ pub struct WorkerMetrics {
     pub reconciliation_drift: Gauge,
     /// Subscriptions created, renewed, reauthorized, re-created or deleted.
     pub subscription_actions: Family<KindLabel, Counter>,
+    /// Cache keys evicted from LiteLLM's Redis and published to its proxy workers, or not.
+    pub litellm_cache_evictions: Family<ResultLabel, Counter>,
 }
 
 impl WorkerMetrics {
@@ -47,7 +49,13 @@ impl WorkerMetrics {
             reconciliations: Family::default(),
             reconciliation_drift: Gauge::default(),
             subscription_actions: Family::default(),
+            litellm_cache_evictions: Family::default(),
         };
+        registry.register(
+            "entra_sync_litellm_cache_evictions",
+            "LiteLLM cache keys evicted after a commit: published, or failed (LiteLLM serves them until their TTL)",
+            metrics.litellm_cache_evictions.clone(),
+        );
         registry.register(
             "entra_sync_reconciliations",
             "Full reconciliations by result",
@@ -85,7 +93,7 @@ impl WorkerMetrics {
         );
         registry.register(
             "entra_sync_changes",
-            "Changes applied to LiteLLM's tables, by kind",
+            "Changes applied to LiteLLM's tables, by kind (keys deleted, blocked and unblocked among them)",
             metrics.changes.clone(),
         );
         registry.register(

@@ -14,7 +14,9 @@ use secrecy::ExposeSecret;
 use crate::config::WorkerConfig;
 use crate::error::{Error, Result};
 use crate::graph::{GraphClient, GraphMetrics};
-use crate::metrics::WorkerMetrics;
+use crate::litellm_cache::LiteLlmCache;
+use crate::litellm_config::{CacheSettings, LiteLlmSettings};
+use crate::metrics::{ResultLabel, WorkerMetrics};
 use crate::run::{RunSettings, Worker};
 use crate::store::Store;
 use crate::stream::{StreamConsumer, StreamSettings};
@@ -38,6 +40,48 @@ pub async fn open_database(config: &WorkerConfig) -> Result<DatabaseConnection> 
     let db = connect_database(config).await?;
     crate::startup::check_database(&db).await?;
     Ok(db)
+}
+
+/// The store as configured: its removal mode, key policy and LiteLLM cache (whose evictions are
+/// counted in `evictions`).
+pub fn store(
+    config: &WorkerConfig,
+    db: DatabaseConnection,
+    settings: LiteLlmSettings,
+    evictions: prometheus_client::metrics::family::Family<
+        ResultLabel,
+        prometheus_client::metrics::counter::Counter,
+    >,
+) -> Result<Store> {
+    let cache = config
+        .litellm_cache_target(&settings)?
+        .map(|target| LiteLlmCache::start(target, evictions));
+    let store = Store::new(db, settings, config.removal_mode).with_key_policy(config.key_policy());
+    Ok(match cache {
+        Some(cache) => store.with_litellm_cache(cache),
+        None => store,
+    })
+}
+
+/// What an operator should know about LiteLLM's caches, said once at start.
+pub fn cache_advice(configured: bool, caches: &CacheSettings) -> Vec<String> {
+    if configured {
+        return Vec::new();
+    }
+    let ttl = caches
+        .ttl_seconds
+        .unwrap_or(CacheSettings::DEFAULT_TTL_SECONDS);
+    let mut advice = vec![format!(
+        "ENTRA_SYNC_LITELLM_REDIS_URL is unset: LiteLLM may serve removed access (keys, teams, \
+         memberships, roles) from its caches for up to its cache TTL, {ttl} s"
+    )];
+    if let Some(setting) = caches.redis_from {
+        advice.push(format!(
+            "LiteLLM's config.yaml gives its proxy a Redis cache ({setting}) that entra-sync was \
+             not given: set ENTRA_SYNC_LITELLM_REDIS_URL to it so that removals take effect at once"
+        ));
+    }
+    advice
 }
 
 struct Health {
@@ -112,7 +156,16 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
         .with_state(health);
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let store = Store::new(db.clone(), settings, config.removal_mode);
+    for advice in cache_advice(config.litellm_redis_url.is_some(), &settings.caches) {
+        tracing::warn!("{advice}");
+    }
+    let store = store(
+        &config,
+        db.clone(),
+        settings,
+        metrics.litellm_cache_evictions.clone(),
+    )?;
+    let cache = store.litellm_cache().cloned();
     let consumer_name = consumer.settings().consumer.clone();
     let subscriptions = target.map(|t| SubscriptionManager::new(graph.clone(), db.clone(), t));
     let keeper = subscriptions.clone().map(|manager| {
@@ -160,6 +213,10 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
         "worker running"
     );
     let result = worker.run(webhook::shutdown_signal()).await;
+    if let Some(cache) = cache {
+        // The last round's evictions go out before the process ends.
+        cache.flush(Duration::from_secs(3)).await;
+    }
     if let Some((task, lease)) = keeper {
         task.abort();
         // Another replica takes over at once instead of waiting for the lease to run out.

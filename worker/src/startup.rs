@@ -12,7 +12,9 @@ pub async fn check_database(db: &DatabaseConnection) -> Result<()> {
             DbBackend::Postgres,
             r#"SELECT (to_regclass('"LiteLLM_TeamTable"') IS NOT NULL
                    AND to_regclass('"LiteLLM_UserTable"') IS NOT NULL
-                   AND to_regclass('"LiteLLM_TeamMembership"') IS NOT NULL)::int AS ok"#,
+                   AND to_regclass('"LiteLLM_TeamMembership"') IS NOT NULL
+                   AND to_regclass('"LiteLLM_VerificationToken"') IS NOT NULL
+                   AND to_regclass('"LiteLLM_DeletedVerificationToken"') IS NOT NULL)::int AS ok"#,
         ))
         .await?
         .and_then(|row| row.try_get_by_index::<i32>(0).ok());

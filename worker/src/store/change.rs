@@ -49,7 +49,8 @@ pub enum Change {
         team_id: String,
         user_id: String,
     },
-    /// Every trace of the membership was removed (keys are left alone).
+    /// Every trace of the membership was removed (the member's keys for the team follow
+    /// `ENTRA_SYNC_REMOVED_MEMBER_KEYS`, as their own changes).
     MemberRemoved {
         team_id: String,
         user_id: String,
@@ -59,6 +60,52 @@ pub enum Change {
         from: Option<String>,
         to: String,
     },
+    /// A virtual key was copied into `"LiteLLM_DeletedVerificationToken"` and deleted, as
+    /// LiteLLM's own member removal does. `token` is the key's SHA-256 hash (LiteLLM's primary
+    /// key), never the key itself.
+    KeyDeleted {
+        token: String,
+        user_id: String,
+        team_id: Option<String>,
+        key_alias: Option<String>,
+    },
+    /// A virtual key was blocked, with `metadata.entra_sync_blocked` = `reason`.
+    KeyBlocked {
+        token: String,
+        user_id: String,
+        team_id: Option<String>,
+        reason: BlockReason,
+    },
+    /// A key entra-sync had blocked was unblocked: its reason no longer holds.
+    KeyUnblocked {
+        token: String,
+        user_id: String,
+        team_id: Option<String>,
+        reason: BlockReason,
+    },
+}
+
+/// Why entra-sync blocked a key: the value of the key's `metadata.entra_sync_blocked` marker.
+/// Only keys carrying the marker are ever unblocked, so a key an admin blocked stays blocked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockReason {
+    /// The user left the key's team (`ENTRA_SYNC_REMOVED_MEMBER_KEYS=block`); unblocked when
+    /// they rejoin it.
+    MemberRemoved,
+    /// The user was disabled or deleted in Entra (`ENTRA_SYNC_DEPARTED_USER_KEYS=block`);
+    /// unblocked when they are enabled again.
+    UserDeparted,
+}
+
+impl BlockReason {
+    /// The marker's value in the key's metadata.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MemberRemoved => "member_removed",
+            Self::UserDeparted => "user_departed",
+        }
+    }
 }
 
 impl Change {
@@ -70,6 +117,9 @@ impl Change {
             | Self::TeamBlocked { team_id }
             | Self::MemberAdded { team_id, .. }
             | Self::MemberRemoved { team_id, .. } => Some(team_id),
+            Self::KeyDeleted { team_id, .. }
+            | Self::KeyBlocked { team_id, .. }
+            | Self::KeyUnblocked { team_id, .. } => team_id.as_deref(),
             Self::UserCreated { .. }
             | Self::UserLinked { .. }
             | Self::UserUpdated { .. }
@@ -89,6 +139,9 @@ impl Change {
             Self::MemberAdded { .. } => "member_added",
             Self::MemberRemoved { .. } => "member_removed",
             Self::RoleChanged { .. } => "role_changed",
+            Self::KeyDeleted { .. } => "key_deleted",
+            Self::KeyBlocked { .. } => "key_blocked",
+            Self::KeyUnblocked { .. } => "key_unblocked",
         }
     }
 }

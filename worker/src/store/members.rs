@@ -14,10 +14,11 @@ use entity::{GroupId, UserId};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult};
 use serde_json::{Value, json};
 
-use super::RemovalMode;
 use super::change::Change;
+use super::keys::{self, KeyPlan, RemovedMemberKeys};
 use super::sql::{litellm_timestamp, lock_team, stmt, text_array};
 use super::users::{self, Candidates, Match, NewUser};
+use super::{Applied, RemovalMode};
 use crate::directory::EntraUser;
 use crate::error::{Error, Result};
 use crate::litellm_config::LiteLlmSettings;
@@ -40,6 +41,8 @@ pub(super) struct Request<'a> {
     pub joining: &'a [EntraUser],
     pub leaving: Leaving<'a>,
     pub mode: RemovalMode,
+    /// What happens to the keys of members who leave.
+    pub keys: RemovedMemberKeys,
 }
 
 /// The team as the store found it, under LiteLLM's team lock.
@@ -53,12 +56,15 @@ struct TeamState {
     managed: HashMap<String, String>,
     /// `metadata.team_member_budget_id`, given to new membership rows as LiteLLM does.
     member_budget_id: Option<String>,
+    /// LiteLLM caches the team under its alias too.
+    alias: Option<String>,
 }
 
 #[derive(FromQueryResult)]
 struct TeamRow {
     members_with_roles: Value,
     member_budget_id: Option<String>,
+    team_alias: Option<String>,
 }
 
 #[derive(FromQueryResult)]
@@ -74,7 +80,8 @@ struct ManagedRow {
 
 async fn load_team(txn: &DatabaseTransaction, team_id: &str) -> Result<TeamState> {
     let team = TeamRow::find_by_statement(stmt(
-        r#"SELECT members_with_roles, metadata->>'team_member_budget_id' AS member_budget_id
+        r#"SELECT members_with_roles, metadata->>'team_member_budget_id' AS member_budget_id,
+                  team_alias
            FROM "LiteLLM_TeamTable" WHERE team_id = $1"#,
         [team_id.into()],
     ))
@@ -104,6 +111,7 @@ async fn load_team(txn: &DatabaseTransaction, team_id: &str) -> Result<TeamState
         rows: HashSet::new(),
         managed,
         member_budget_id: team.member_budget_id,
+        alias: team.team_alias,
     })
 }
 
@@ -142,6 +150,8 @@ struct Plan {
     remove_team_from_user: Vec<String>,
     delete_rows: Vec<String>,
     unmark_managed: Vec<String>,
+    /// What happens to the keys of the members who leave, and of those who come back.
+    keys: KeyPlan,
     changes: Vec<Change>,
 }
 
@@ -151,7 +161,7 @@ pub(super) async fn apply(
     settings: &LiteLlmSettings,
     now: DateTime<Utc>,
     dry_run: bool,
-) -> Result<Vec<Change>> {
+) -> Result<Applied> {
     let team_id = request.group.to_string();
     lock_team(txn, &team_id).await?;
     let mut team = load_team(txn, &team_id).await?;
@@ -182,12 +192,27 @@ pub(super) async fn apply(
 
     let mut plan = Plan::default();
     let mut staying = HashSet::new();
+    let mut arriving = HashSet::new();
     for user in joining {
-        let user_id = plan_join(&mut plan, &mut candidates, &team, &team_id, user, settings);
+        let (user_id, added) =
+            plan_join(&mut plan, &mut candidates, &team, &team_id, user, settings);
+        if added {
+            arriving.insert(user_id.clone());
+        }
         staying.insert(user_id);
     }
-    for user_id in leaving_users(&request, &candidates, &team, &staying) {
-        plan_leave(&mut plan, &candidates, &team, &team_id, user_id);
+    let leaving = leaving_users(&request, &candidates, &team, &staying);
+    for user_id in &leaving {
+        plan_leave(&mut plan, &candidates, &team, &team_id, user_id.clone());
+    }
+    plan_keys(txn, &mut plan, &team_id, &leaving, &arriving, request.keys).await?;
+    let mut stale = Vec::new();
+    if !plan.changes.is_empty() {
+        stale.extend(
+            team.alias
+                .as_deref()
+                .map(|alias| format!("team_alias:{alias}")),
+        );
     }
     if !dry_run {
         execute(
@@ -199,8 +224,38 @@ pub(super) async fn apply(
             now,
         )
         .await?;
+        stale.extend(plan.keys.execute(txn, now).await?);
     }
-    Ok(plan.changes)
+    Ok(Applied {
+        changes: plan.changes,
+        stale,
+    })
+}
+
+/// Plans what happens to the keys of the members who leave (the removal policy) and of those who
+/// join again (keys entra-sync blocked when they left come back). The keys are read only when
+/// someone comes or goes, so an unchanged team costs no statement more.
+async fn plan_keys(
+    txn: &DatabaseTransaction,
+    plan: &mut Plan,
+    team_id: &str,
+    leaving: &[String],
+    arriving: &HashSet<String>,
+    policy: RemovedMemberKeys,
+) -> Result<()> {
+    let leaving: HashSet<&str> = match policy {
+        RemovedMemberKeys::Keep => HashSet::new(),
+        RemovedMemberKeys::Delete | RemovedMemberKeys::Block => {
+            leaving.iter().map(String::as_str).collect()
+        }
+    };
+    let arriving: HashSet<&str> = arriving.iter().map(String::as_str).collect();
+    let users: Vec<&str> = leaving.union(&arriving).copied().collect();
+    let found = keys::lock_team_keys(txn, team_id, &users).await?;
+    plan.keys.removed(keys::of_users(&found, &leaving), policy);
+    plan.keys.rejoined(keys::of_users(&found, &arriving));
+    plan.changes.append(&mut plan.keys.changes);
+    Ok(())
 }
 
 /// The LiteLLM user ids to take out of the team, sorted, after the removal mode's filter.
@@ -255,7 +310,8 @@ fn current_members(team: &TeamState) -> impl Iterator<Item = &String> {
         .filter(move |user_id| seen.insert(*user_id))
 }
 
-/// Plans whatever is missing for one joining user; returns the LiteLLM user id.
+/// Plans whatever is missing for one joining user; returns the LiteLLM user id, and whether they
+/// were not a full member before.
 fn plan_join(
     plan: &mut Plan,
     candidates: &mut Candidates,
@@ -263,7 +319,7 @@ fn plan_join(
     team_id: &str,
     user: &EntraUser,
     settings: &LiteLlmSettings,
-) -> String {
+) -> (String, bool) {
     let (user_id, email, in_teams) = match candidates.find(user) {
         Match::New => {
             let new = NewUser::from_entra(user);
@@ -308,13 +364,14 @@ fn plan_join(
                 .push((user_id.clone(), user.id.to_string()));
         }
     }
-    if !(in_teams && has_row && has_entry) {
+    let added = !(in_teams && has_row && has_entry);
+    if added {
         plan.changes.push(Change::MemberAdded {
             team_id: team_id.to_owned(),
             user_id: user_id.clone(),
         });
     }
-    user_id
+    (user_id, added)
 }
 
 /// Plans the removal of every trace of one user's membership.

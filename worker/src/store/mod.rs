@@ -5,9 +5,11 @@
 //! `ORDER BY user_id COLLATE "C" FOR UPDATE`), and returns the [`Change`]s it made, which are also
 //! written to the audit log. Operations are idempotent: applying the same intention again finds
 //! nothing to change and writes nothing. In a dry run the same plan is computed under the same
-//! locks, then rolled back, so it lists exactly what a real run would change.
+//! locks, then rolled back, so it lists exactly what a real run would change. After a commit, the
+//! objects it changed are evicted from LiteLLM's caches (see [`crate::litellm_cache`]).
 
 mod change;
+mod keys;
 mod members;
 mod roles;
 mod sql;
@@ -22,10 +24,12 @@ use chrono::{DateTime, Utc};
 use entity::{GroupId, UserId};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 
-pub use change::Change;
+pub use change::{BlockReason, Change};
+pub use keys::{DepartedUserKeys, KeyPolicy, RemovedMemberKeys};
 
 use crate::directory::EntraUser;
 use crate::error::Result;
+use crate::litellm_cache::LiteLlmCache;
 use crate::litellm_config::LiteLlmSettings;
 
 /// Which members a removal may take out of a team.
@@ -159,6 +163,41 @@ pub trait LiteLlmWriter {
         role_values: &[String],
         options: ApplyOptions,
     ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+
+    /// The user was disabled or deleted in Entra, in one transaction: with `leaving` = some
+    /// groups, the user leaves their teams (keys as for any removal) and a role entra-sync set
+    /// drops to the default; then, under `ENTRA_SYNC_DEPARTED_USER_KEYS=block`, every key of
+    /// theirs not blocked yet is blocked, with entra-sync's marker.
+    fn depart_user(
+        &self,
+        user: &UserId,
+        leaving: Option<&[GroupId]>,
+        options: ApplyOptions,
+    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+
+    /// Keys of members entra-sync removed that survived the removal (see the audit log) get
+    /// `ENTRA_SYNC_REMOVED_MEMBER_KEYS` now, one team at a time under its lock.
+    fn revoke_surviving_keys(
+        &self,
+        options: ApplyOptions,
+    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+}
+
+/// What one operation did: its changes, and the cache keys its commit made stale beyond those
+/// the changes name (a team's alias, the JWT mappings of deleted keys).
+#[derive(Debug, Default)]
+pub(super) struct Applied {
+    pub changes: Vec<Change>,
+    pub stale: Vec<String>,
+}
+
+impl From<Vec<Change>> for Applied {
+    fn from(changes: Vec<Change>) -> Self {
+        Self {
+            changes,
+            stale: Vec::new(),
+        }
+    }
 }
 
 /// The PostgreSQL store, writing LiteLLM's tables through SeaORM.
@@ -167,10 +206,14 @@ pub struct Store {
     db: DatabaseConnection,
     settings: Arc<LiteLlmSettings>,
     removal_mode: RemovalMode,
+    keys: KeyPolicy,
+    /// Set: LiteLLM's Redis, where each commit's stale objects are evicted.
+    cache: Option<LiteLlmCache>,
     statistics: Arc<statistics::Statistics>,
 }
 
 impl Store {
+    /// A store with the default key policy and no LiteLLM cache to evict from.
     pub fn new(
         db: DatabaseConnection,
         settings: LiteLlmSettings,
@@ -180,23 +223,64 @@ impl Store {
             db,
             settings: Arc::new(settings),
             removal_mode,
+            keys: KeyPolicy::default(),
+            cache: None,
             statistics: Arc::new(statistics::Statistics::new()),
         }
     }
 
+    /// What removals and departures do to keys.
+    #[must_use]
+    pub fn with_key_policy(mut self, keys: KeyPolicy) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// Evicts what each commit changed from LiteLLM's caches.
+    #[must_use]
+    pub fn with_litellm_cache(mut self, cache: LiteLlmCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The role a user falls back to when entra-sync revokes the one it set.
+    fn default_role(&self) -> crate::roles::LiteLlmRole {
+        self.settings
+            .user_defaults
+            .user_role
+            .unwrap_or(crate::roles::LiteLlmRole::DEFAULT_FOR_NEW_USER)
+    }
+
+    /// The LiteLLM cache this store evicts from, if any.
+    pub fn litellm_cache(&self) -> Option<&LiteLlmCache> {
+        self.cache.as_ref()
+    }
+
     /// Ends an operation's transaction: a dry run rolls back; otherwise the changes are written to
-    /// the audit log and everything commits together.
+    /// the audit log and everything commits together, and then the cached copies of what changed
+    /// are evicted from LiteLLM's caches.
     async fn finish(
         &self,
         txn: DatabaseTransaction,
-        changes: Vec<Change>,
+        applied: Applied,
         options: ApplyOptions,
     ) -> Result<Vec<Change>> {
+        let Applied { changes, stale } = applied;
         if options.dry_run {
             txn.rollback().await?;
         } else {
             change::record(&txn, &changes, options.now).await?;
             txn.commit().await?;
+            if let Some(cache) = &self.cache
+                && !changes.is_empty()
+            {
+                let mut keys: Vec<String> = changes
+                    .iter()
+                    .flat_map(crate::litellm_cache::cache_keys)
+                    .collect();
+                keys.extend(stale);
+                cache.evict(keys);
+            }
             self.statistics.after_commit(&self.db, &changes).await;
         }
         Ok(changes)
@@ -205,14 +289,14 @@ impl Store {
     /// Ends an operation whose work may have failed: a failure rolls back at once, on this
     /// connection, rather than leaving the rollback to the transaction's drop (where it may be
     /// deferred while the connection goes back to the pool).
-    async fn settle(
+    async fn settle<A: Into<Applied>>(
         &self,
         txn: DatabaseTransaction,
-        work: Result<Vec<Change>>,
+        work: Result<A>,
         options: ApplyOptions,
     ) -> Result<Vec<Change>> {
         match work {
-            Ok(changes) => self.finish(txn, changes, options).await,
+            Ok(applied) => self.finish(txn, applied.into(), options).await,
             Err(error) => {
                 if let Err(rollback) = txn.rollback().await {
                     tracing::warn!(%rollback, "rollback after a failed operation failed");
@@ -235,6 +319,7 @@ impl Store {
             joining,
             leaving,
             mode: self.removal_mode,
+            keys: self.keys.removed_member,
         };
         let changes =
             members::apply(&txn, request, &self.settings, options.now, options.dry_run).await;
@@ -273,8 +358,15 @@ impl LiteLlmWriter for Store {
     #[tracing::instrument(skip(self, user), fields(user = %user.id), err)]
     async fn update_user(&self, user: &EntraUser, options: ApplyOptions) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
-        let changes = users::update(&txn, user, options.now).await;
-        self.settle(txn, changes, options).await
+        // Written inside the transaction even in a dry run, which then rolls back.
+        let work = async {
+            let mut changes = users::update(&txn, user, options.now).await?;
+            // Enabled in Entra: keys blocked because the user had departed come back.
+            changes.extend(keys::reinstate(&txn, user.id.as_str(), options.now, false).await?);
+            Ok(changes)
+        }
+        .await;
+        self.settle(txn, work, options).await
     }
 
     #[tracing::instrument(skip(self, user), fields(user = %user.id), err)]
@@ -339,20 +431,27 @@ impl LiteLlmWriter for Store {
         let txn = self.db.begin().await?;
         // Both steps write inside the transaction, even in a dry run (which then rolls back), so
         // that the members of a team that does not exist yet are planned against it.
-        let mut changes = match display_name {
-            Some(name) => {
-                teams::ensure(&txn, group, name, &self.settings, options.now, false).await?
-            }
-            None => Vec::new(),
-        };
-        let request = members::Request {
-            group,
-            joining: members,
-            leaving: members::Leaving::EveryoneElse,
-            mode: self.removal_mode,
-        };
-        changes.extend(members::apply(&txn, request, &self.settings, options.now, false).await?);
-        self.finish(txn, changes, options).await
+        let work = async {
+            let created = match display_name {
+                Some(name) => {
+                    teams::ensure(&txn, group, name, &self.settings, options.now, false).await?
+                }
+                None => Vec::new(),
+            };
+            let request = members::Request {
+                group,
+                joining: members,
+                leaving: members::Leaving::EveryoneElse,
+                mode: self.removal_mode,
+                keys: self.keys.removed_member,
+            };
+            let mut applied =
+                members::apply(&txn, request, &self.settings, options.now, false).await?;
+            applied.changes.splice(0..0, created);
+            Ok(applied)
+        }
+        .await;
+        self.settle(txn, work, options).await
     }
 
     #[tracing::instrument(skip(self), err)]
@@ -374,11 +473,7 @@ impl LiteLlmWriter for Store {
 
     #[tracing::instrument(skip(self), err)]
     async fn revoke_role(&self, user: &UserId, options: ApplyOptions) -> Result<Vec<Change>> {
-        let default = self
-            .settings
-            .user_defaults
-            .user_role
-            .unwrap_or(crate::roles::LiteLlmRole::DEFAULT_FOR_NEW_USER);
+        let default = self.default_role();
         let txn = self.db.begin().await?;
         let changes = roles::revoke(&txn, user, default, options.now, options.dry_run).await;
         self.settle(txn, changes, options).await
@@ -394,5 +489,71 @@ impl LiteLlmWriter for Store {
         let txn = self.db.begin().await?;
         let changes = roles::set(&txn, user, role_values, options.now, options.dry_run).await;
         self.settle(txn, changes, options).await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn depart_user(
+        &self,
+        user: &UserId,
+        leaving: Option<&[GroupId]>,
+        options: ApplyOptions,
+    ) -> Result<Vec<Change>> {
+        let txn = self.db.begin().await?;
+        // Every step writes inside the transaction, even in a dry run (which then rolls back), so
+        // that keys a removal deletes are not also planned as blocked.
+        let work = async {
+            let mut applied = Applied::default();
+            if let Some(groups) = leaving {
+                // All team locks first, in one order, then the user row: LiteLLM's order.
+                let mut teams: Vec<String> = groups.iter().map(ToString::to_string).collect();
+                teams.sort();
+                teams.dedup();
+                for team in &teams {
+                    sql::lock_team(&txn, team).await?;
+                }
+                for group in groups {
+                    let request = members::Request {
+                        group,
+                        joining: &[],
+                        leaving: members::Leaving::These(std::slice::from_ref(user)),
+                        mode: self.removal_mode,
+                        keys: self.keys.removed_member,
+                    };
+                    let removed =
+                        members::apply(&txn, request, &self.settings, options.now, false).await?;
+                    applied.changes.extend(removed.changes);
+                    applied.stale.extend(removed.stale);
+                }
+                let default = self.default_role();
+                applied
+                    .changes
+                    .extend(roles::revoke(&txn, user, default, options.now, false).await?);
+            }
+            if self.keys.departed_user == DepartedUserKeys::Block {
+                applied
+                    .changes
+                    .extend(keys::block_departed(&txn, user.as_str(), options.now, false).await?);
+            }
+            Ok(applied)
+        }
+        .await;
+        self.settle(txn, work, options).await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn revoke_surviving_keys(&self, options: ApplyOptions) -> Result<Vec<Change>> {
+        let policy = self.keys.removed_member;
+        if policy == RemovedMemberKeys::Keep {
+            return Ok(Vec::new());
+        }
+        let mut changes = Vec::new();
+        for team in keys::teams_with_surviving_keys(&self.db).await? {
+            let txn = self.db.begin().await?;
+            let work = keys::revoke_surviving(&txn, &team, policy, options.now, options.dry_run)
+                .await
+                .map(|(changes, stale)| Applied { changes, stale });
+            changes.extend(self.settle(txn, work, options).await?);
+        }
+        Ok(changes)
     }
 }

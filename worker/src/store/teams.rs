@@ -7,6 +7,7 @@ use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue::NotSet, ConnectionTrait, DatabaseTransaction, EntityTrait, Set};
 use serde_json::Value;
 
+use super::Applied;
 use super::change::Change;
 use super::sql::{litellm_timestamp, lock_team, stmt};
 use crate::error::Result;
@@ -119,14 +120,14 @@ pub(super) async fn block(
     group: &GroupId,
     now: DateTime<Utc>,
     dry_run: bool,
-) -> Result<Vec<Change>> {
+) -> Result<Applied> {
     let team_id = group.to_string();
     lock_team(txn, &team_id).await?;
     let Some(team) = team::Entity::find_by_id(team_id.clone()).one(txn).await? else {
-        return Ok(Vec::new());
+        return Ok(Applied::default());
     };
     if team.blocked {
-        return Ok(Vec::new());
+        return Ok(Applied::default());
     }
     if !dry_run {
         txn.execute(stmt(
@@ -135,5 +136,13 @@ pub(super) async fn block(
         ))
         .await?;
     }
-    Ok(vec![Change::TeamBlocked { team_id }])
+    Ok(Applied {
+        changes: vec![Change::TeamBlocked { team_id }],
+        // LiteLLM caches the team under its alias too.
+        stale: team
+            .team_alias
+            .map(|alias| format!("team_alias:{alias}"))
+            .into_iter()
+            .collect(),
+    })
 }

@@ -8,7 +8,7 @@ use sea_orm::{ActiveValue::NotSet, EntityTrait, QueryOrder, Set};
 
 use super::{DepartedUserPolicy, Syncer};
 use crate::error::Result;
-use crate::store::Change;
+use crate::store::{Change, LiteLlmWriter};
 
 /// What a reconciliation found and fixed.
 #[derive(Debug, Default)]
@@ -96,6 +96,9 @@ impl Syncer {
         let mut changes = assignments.changes;
         changes.extend(syncer.resync(now).await?.changes);
         changes.extend(syncer.apply_tenant_users(tenant, now).await?);
+        // Keys that outlived a removal (made before entra-sync revoked keys, or created while
+        // the member was being removed); departed users' keys were blocked just above.
+        changes.extend(self.store.revoke_surviving_keys(self.options(now)).await?);
         if self.dry_run {
             // Each group's plan is rolled back, so a user two groups share is planned as created
             // twice, and a new group is planned by the poll and again by the resync; a real run

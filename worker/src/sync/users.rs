@@ -90,26 +90,24 @@ impl Syncer {
     }
 
     /// The user left Entra (or was disabled): under the default policy, every membership
-    /// entra-sync manages goes and a role entra-sync set drops to the default.
+    /// entra-sync manages goes and a role entra-sync set drops to the default; whatever the
+    /// policy, their remaining keys follow `ENTRA_SYNC_DEPARTED_USER_KEYS`.
     async fn depart(&self, id: &UserId, now: DateTime<Utc>) -> Result<Vec<Change>> {
-        if self.departed == DepartedUserPolicy::Keep {
-            return Ok(Vec::new());
-        }
-        let groups: Vec<entity::GroupId> = managed_membership::Entity::find()
-            .select_only()
-            .column(managed_membership::Column::GroupId)
-            .distinct()
-            .filter(managed_membership::Column::EntraUserId.eq(id.clone()))
-            .into_tuple()
-            .all(&self.db)
-            .await?;
+        let groups: Option<Vec<entity::GroupId>> = match self.departed {
+            DepartedUserPolicy::Keep => None,
+            DepartedUserPolicy::RemoveMemberships => Some(
+                managed_membership::Entity::find()
+                    .select_only()
+                    .column(managed_membership::Column::GroupId)
+                    .distinct()
+                    .filter(managed_membership::Column::EntraUserId.eq(id.clone()))
+                    .into_tuple()
+                    .all(&self.db)
+                    .await?,
+            ),
+        };
         let options = self.options(now);
-        let leaving = std::slice::from_ref(id);
-        let mut changes = Vec::new();
-        for group in &groups {
-            changes.extend(retrying(|| self.store.remove_members(group, leaving, options)).await?);
-        }
-        changes.extend(self.store.revoke_role(id, options).await?);
+        let changes = retrying(|| self.store.depart_user(id, groups.as_deref(), options)).await?;
         if !changes.is_empty() {
             tracing::info!(user = %id, changes = changes.len(), "user left Entra or was disabled");
         }

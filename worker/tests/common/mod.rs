@@ -166,3 +166,58 @@ pub async fn add_member_by_hand(
     )
     .await;
 }
+
+/// A LiteLLM virtual key as LiteLLM's /key/generate leaves it (the columns the tests look at),
+/// created at `created_at` (LiteLLM's UTC timestamp, as text).
+pub async fn insert_key(
+    db: &DatabaseConnection,
+    token: &str,
+    user_id: &str,
+    team_id: Option<&str>,
+    blocked: Option<bool>,
+    created_at: &str,
+) {
+    let team = team_id.map_or("NULL".to_owned(), |t| format!("'{t}'"));
+    let blocked = blocked.map_or("NULL".to_owned(), |b| b.to_string());
+    execute(
+        db,
+        &format!(
+            r#"INSERT INTO "LiteLLM_VerificationToken"
+                 (token, key_alias, user_id, team_id, blocked, models, spend, metadata, created_at)
+               VALUES ('{token}', 'alias-{token}', '{user_id}', {team}, {blocked}, ARRAY['gpt-4o'],
+                       1.25, '{{"note": "kept"}}', '{created_at}')"#
+        ),
+    )
+    .await;
+}
+
+/// A key's `blocked` and `metadata`, or `None` when the row is gone.
+pub async fn key_state(
+    db: &DatabaseConnection,
+    token: &str,
+) -> Option<(Option<bool>, serde_json::Value)> {
+    let row = db
+        .query_one(Statement::from_string(
+            DbBackend::Postgres,
+            format!(r#"SELECT blocked, metadata FROM "LiteLLM_VerificationToken" WHERE token = '{token}'"#),
+        ))
+        .await
+        .unwrap()?;
+    Some((
+        row.try_get::<Option<bool>>("", "blocked").unwrap(),
+        row.try_get::<serde_json::Value>("", "metadata").unwrap(),
+    ))
+}
+
+/// Every row of LiteLLM's key tables, as text, for before/after comparisons.
+pub async fn key_snapshot(db: &DatabaseConnection) -> String {
+    let sql = r#"SELECT jsonb_build_array(
+        (SELECT coalesce(jsonb_agg(k ORDER BY token), '[]') FROM "LiteLLM_VerificationToken" k),
+        (SELECT coalesce(jsonb_agg(d ORDER BY token), '[]') FROM "LiteLLM_DeletedVerificationToken" d))::text"#;
+    db.query_one(Statement::from_string(DbBackend::Postgres, sql))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index::<String>(0)
+        .unwrap()
+}

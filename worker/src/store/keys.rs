@@ -1,0 +1,420 @@
+//! Virtual keys: what removal does to them, as LiteLLM's own code does (litellm 1.110.2).
+//!
+//! LiteLLM's auth looks at the key row and the team row, not at the membership row, so a removed
+//! member's team key keeps working until something revokes it:
+//! - a member leaving a team: their keys for it (`user_id` and `team_id` match) are copied into
+//!   `"LiteLLM_DeletedVerificationToken"` and deleted, in the membership's own transaction
+//!   (`team_member_delete`); or blocked, or kept ([`RemovedMemberKeys`]);
+//! - a user disabled or deleted in Entra: every key of theirs is blocked, with a marker in its
+//!   metadata (SCIM's `_set_user_keys_blocked`), and unblocked when they are enabled again
+//!   ([`DepartedUserKeys`]).
+//!
+//! Only keys carrying entra-sync's marker (`metadata.entra_sync_blocked`, see [`BlockReason`])
+//! are ever unblocked, so a key an admin blocked stays blocked. Personal keys (no team) and other
+//! members' keys are never touched by a removal.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult};
+
+use super::change::{BlockReason, Change};
+use super::sql::{litellm_timestamp, lock_team, stmt, text_array};
+use crate::error::Result;
+
+/// What happens to a removed member's keys for the team (`ENTRA_SYNC_REMOVED_MEMBER_KEYS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum RemovedMemberKeys {
+    /// Copied into `"LiteLLM_DeletedVerificationToken"`, then deleted: LiteLLM's own behaviour.
+    #[default]
+    Delete,
+    /// Blocked, and unblocked if the user rejoins the team.
+    Block,
+    /// Left alone.
+    Keep,
+}
+
+/// What happens to the keys of a user disabled or deleted in Entra
+/// (`ENTRA_SYNC_DEPARTED_USER_KEYS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DepartedUserKeys {
+    /// Every key blocked, and unblocked when the user is enabled again: LiteLLM's SCIM behaviour.
+    #[default]
+    Block,
+    /// Left alone.
+    Keep,
+}
+
+/// Both key settings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyPolicy {
+    pub removed_member: RemovedMemberKeys,
+    pub departed_user: DepartedUserKeys,
+}
+
+/// A key as the store decides on it.
+#[derive(Clone, Debug, FromQueryResult)]
+pub(super) struct KeyRow {
+    pub token: String,
+    pub user_id: String,
+    pub team_id: Option<String>,
+    pub key_alias: Option<String>,
+    pub blocked: Option<bool>,
+    /// `metadata.entra_sync_blocked`.
+    pub marker: Option<String>,
+}
+
+impl KeyRow {
+    fn blocked(&self) -> bool {
+        self.blocked == Some(true)
+    }
+
+    fn blocked_for(&self, reason: BlockReason) -> bool {
+        self.blocked() && self.marker.as_deref() == Some(reason.as_str())
+    }
+
+    fn deleted(&self) -> Change {
+        Change::KeyDeleted {
+            token: self.token.clone(),
+            user_id: self.user_id.clone(),
+            team_id: self.team_id.clone(),
+            key_alias: self.key_alias.clone(),
+        }
+    }
+
+    fn blocked_change(&self, reason: BlockReason) -> Change {
+        Change::KeyBlocked {
+            token: self.token.clone(),
+            user_id: self.user_id.clone(),
+            team_id: self.team_id.clone(),
+            reason,
+        }
+    }
+
+    fn unblocked_change(&self, reason: BlockReason) -> Change {
+        Change::KeyUnblocked {
+            token: self.token.clone(),
+            user_id: self.user_id.clone(),
+            team_id: self.team_id.clone(),
+            reason,
+        }
+    }
+}
+
+const KEY_COLUMNS: &str = r#"token, user_id, team_id, key_alias, blocked,
+    CASE WHEN jsonb_typeof(metadata) = 'object' THEN metadata->>'entra_sync_blocked' END AS marker"#;
+
+/// Locks and reads these users' keys for one team, in a fixed order (LiteLLM's spend writer
+/// updates key rows too).
+pub(super) async fn lock_team_keys(
+    txn: &DatabaseTransaction,
+    team_id: &str,
+    user_ids: &[&str],
+) -> Result<Vec<KeyRow>> {
+    if user_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(KeyRow::find_by_statement(stmt(
+        &format!(
+            r#"SELECT {KEY_COLUMNS} FROM "LiteLLM_VerificationToken"
+               WHERE team_id = $1 AND user_id = ANY($2)
+               ORDER BY token FOR UPDATE"#
+        ),
+        [team_id.into(), text_array(user_ids)],
+    ))
+    .all(txn)
+    .await?)
+}
+
+/// Everything a removal or a return does to keys, decided before anything is written.
+#[derive(Debug, Default)]
+pub(super) struct KeyPlan {
+    delete: Vec<String>,
+    block: Vec<String>,
+    block_reason: Option<BlockReason>,
+    unblock: Vec<String>,
+    pub changes: Vec<Change>,
+}
+
+impl KeyPlan {
+    fn delete(&mut self, key: &KeyRow) {
+        self.delete.push(key.token.clone());
+        self.changes.push(key.deleted());
+    }
+
+    fn block(&mut self, key: &KeyRow, reason: BlockReason) {
+        self.block.push(key.token.clone());
+        self.block_reason = Some(reason);
+        self.changes.push(key.blocked_change(reason));
+    }
+
+    fn unblock(&mut self, key: &KeyRow, reason: BlockReason) {
+        self.unblock.push(key.token.clone());
+        self.changes.push(key.unblocked_change(reason));
+    }
+
+    /// Applies the removal policy to keys of users who left the team.
+    pub fn removed<'k>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'k KeyRow>,
+        policy: RemovedMemberKeys,
+    ) {
+        for key in keys {
+            match policy {
+                RemovedMemberKeys::Keep => {}
+                RemovedMemberKeys::Delete => self.delete(key),
+                // A key blocked because its user departed is now blocked because they left the
+                // team too: re-enabling the user must not bring it back. Other blocked keys
+                // (an admin's, or already ours) stay as they are.
+                RemovedMemberKeys::Block => {
+                    if !key.blocked() || key.blocked_for(BlockReason::UserDeparted) {
+                        self.block(key, BlockReason::MemberRemoved);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keys of users who joined the team again: those entra-sync blocked when they left it come
+    /// back.
+    pub fn rejoined<'k>(&mut self, keys: impl IntoIterator<Item = &'k KeyRow>) {
+        for key in keys {
+            if key.blocked_for(BlockReason::MemberRemoved) {
+                self.unblock(key, BlockReason::MemberRemoved);
+            }
+        }
+    }
+
+    /// Writes the plan; returns the cache keys it made stale beyond those its changes name (the
+    /// JWT mappings of deleted keys, which the deletion cascades to).
+    pub async fn execute(
+        &self,
+        txn: &DatabaseTransaction,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        let stamp = litellm_timestamp(now);
+        let mut stale = Vec::new();
+        if !self.delete.is_empty() {
+            stale = jwt_mapping_cache_keys(txn, &self.delete).await?;
+            // Every column the two tables share, by name (robust to LiteLLM adding columns to
+            // either); `id` is Prisma's client-side uuid(), made here.
+            txn.execute(stmt(
+                r#"INSERT INTO "LiteLLM_DeletedVerificationToken"
+                   SELECT (jsonb_populate_record(NULL::"LiteLLM_DeletedVerificationToken",
+                             to_jsonb(k) || jsonb_build_object(
+                               'id', gen_random_uuid()::text,
+                               'deleted_at', $2::timestamp,
+                               'deleted_by', 'entra-sync'))).*
+                   FROM "LiteLLM_VerificationToken" k WHERE k.token = ANY($1)"#,
+                [text_array(&self.delete), stamp.into()],
+            ))
+            .await?;
+            txn.execute(stmt(
+                r#"DELETE FROM "LiteLLM_VerificationToken" WHERE token = ANY($1)"#,
+                [text_array(&self.delete)],
+            ))
+            .await?;
+        }
+        if let (false, Some(reason)) = (self.block.is_empty(), self.block_reason) {
+            txn.execute(stmt(
+                r#"UPDATE "LiteLLM_VerificationToken"
+                   SET blocked = true,
+                       metadata = CASE WHEN jsonb_typeof(metadata) = 'object'
+                                       THEN metadata ELSE '{}'::jsonb END
+                                  || jsonb_build_object('entra_sync_blocked', $2::text),
+                       updated_at = $3
+                   WHERE token = ANY($1)"#,
+                [
+                    text_array(&self.block),
+                    reason.as_str().into(),
+                    stamp.into(),
+                ],
+            ))
+            .await?;
+        }
+        if !self.unblock.is_empty() {
+            txn.execute(stmt(
+                r#"UPDATE "LiteLLM_VerificationToken"
+                   SET blocked = false, metadata = metadata - 'entra_sync_blocked', updated_at = $2
+                   WHERE token = ANY($1)"#,
+                [text_array(&self.unblock), stamp.into()],
+            ))
+            .await?;
+        }
+        Ok(stale)
+    }
+}
+
+/// The cache keys of the JWT claims mapped to these keys (`jwt_key_mapping_cache_key`), read
+/// before the deletion cascades to them. LiteLLM versions without the table have none.
+async fn jwt_mapping_cache_keys(
+    txn: &DatabaseTransaction,
+    tokens: &[String],
+) -> Result<Vec<String>> {
+    #[derive(FromQueryResult)]
+    struct Row {
+        cache_key: String,
+    }
+    #[derive(FromQueryResult)]
+    struct Exists {
+        present: bool,
+    }
+    let present = Exists::find_by_statement(stmt(
+        r#"SELECT to_regclass('"LiteLLM_JWTKeyMapping"') IS NOT NULL AS present"#,
+        [],
+    ))
+    .one(txn)
+    .await?
+    .is_some_and(|row| row.present);
+    if !present {
+        return Ok(Vec::new());
+    }
+    Ok(Row::find_by_statement(stmt(
+        r#"SELECT 'jwt_key_mapping:'
+                  || CASE WHEN coalesce(jwt_issuer, '') = '' THEN '' ELSE jwt_issuer || ':' END
+                  || jwt_claim_name || ':' || jwt_claim_value AS cache_key
+           FROM "LiteLLM_JWTKeyMapping" WHERE token = ANY($1)"#,
+        [text_array(tokens)],
+    ))
+    .all(txn)
+    .await?
+    .into_iter()
+    .map(|row| row.cache_key)
+    .collect())
+}
+
+/// The keys of the LiteLLM user linked to this Entra object id (`user_id` or `sso_user_id`),
+/// locked, with `condition` on the key row `k`.
+async fn lock_user_keys(
+    txn: &DatabaseTransaction,
+    entra_id: &str,
+    condition: &str,
+) -> Result<Vec<KeyRow>> {
+    Ok(KeyRow::find_by_statement(stmt(
+        &format!(
+            r#"SELECT {KEY_COLUMNS} FROM "LiteLLM_VerificationToken" k
+               WHERE k.user_id IN (SELECT user_id FROM "LiteLLM_UserTable"
+                                   WHERE user_id = $1 OR sso_user_id = $1)
+                 AND ({condition})
+               ORDER BY token FOR UPDATE"#
+        ),
+        [entra_id.into()],
+    ))
+    .all(txn)
+    .await?)
+}
+
+/// A user disabled or deleted in Entra: every key of theirs not blocked yet is blocked, marked
+/// [`BlockReason::UserDeparted`]. Keys already blocked (by an admin, or by a removal) stay as
+/// they are.
+pub(super) async fn block_departed(
+    txn: &DatabaseTransaction,
+    entra_id: &str,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<Vec<Change>> {
+    let keys = lock_user_keys(txn, entra_id, "k.blocked IS NOT TRUE").await?;
+    let mut plan = KeyPlan::default();
+    for key in &keys {
+        plan.block(key, BlockReason::UserDeparted);
+    }
+    if !dry_run {
+        plan.execute(txn, now).await?;
+    }
+    Ok(plan.changes)
+}
+
+/// A user enabled in Entra: keys entra-sync blocked because they had departed come back.
+pub(super) async fn reinstate(
+    txn: &DatabaseTransaction,
+    entra_id: &str,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<Vec<Change>> {
+    let keys = lock_user_keys(
+        txn,
+        entra_id,
+        "k.blocked AND jsonb_typeof(k.metadata) = 'object'
+         AND k.metadata->>'entra_sync_blocked' = 'user_departed'",
+    )
+    .await?;
+    let mut plan = KeyPlan::default();
+    for key in &keys {
+        plan.unblock(key, BlockReason::UserDeparted);
+    }
+    if !dry_run {
+        plan.execute(txn, now).await?;
+    }
+    Ok(plan.changes)
+}
+
+/// Keys that survived a removal entra-sync made: the audit log says entra-sync removed the user
+/// from the key's team after the key was created, and the user is not a member again. (A worker
+/// before this version left them; so may a key created while its member was being removed.) The
+/// policy as of now applies: deleted, blocked (unless blocked already), or kept.
+const SURVIVING: &str = r#"
+    k.team_id IS NOT NULL AND k.user_id IS NOT NULL
+    AND NOT EXISTS (SELECT 1 FROM "LiteLLM_TeamMembership" m
+                    WHERE m.user_id = k.user_id AND m.team_id = k.team_id)
+    AND EXISTS (SELECT 1 FROM entra_sync_audit_log a
+                WHERE a.kind = 'member_removed' AND a.team_id = k.team_id
+                  AND a.user_id = k.user_id
+                  AND a.recorded_at >= coalesce(k.created_at AT TIME ZONE 'UTC', '-infinity'))"#;
+
+/// The teams that have surviving keys.
+pub(super) async fn teams_with_surviving_keys(db: &impl ConnectionTrait) -> Result<Vec<String>> {
+    #[derive(FromQueryResult)]
+    struct Row {
+        team_id: String,
+    }
+    Ok(Row::find_by_statement(stmt(
+        &format!(
+            r#"SELECT DISTINCT k.team_id FROM "LiteLLM_VerificationToken" k WHERE {SURVIVING}
+               ORDER BY k.team_id"#
+        ),
+        [],
+    ))
+    .all(db)
+    .await?
+    .into_iter()
+    .map(|row| row.team_id)
+    .collect())
+}
+
+/// Revokes one team's surviving keys under LiteLLM's team lock, as a removal would have.
+pub(super) async fn revoke_surviving(
+    txn: &DatabaseTransaction,
+    team_id: &str,
+    policy: RemovedMemberKeys,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<(Vec<Change>, Vec<String>)> {
+    lock_team(txn, team_id).await?;
+    let keys = KeyRow::find_by_statement(stmt(
+        &format!(
+            r#"SELECT {KEY_COLUMNS} FROM "LiteLLM_VerificationToken" k
+               WHERE k.team_id = $1 AND {SURVIVING}
+               ORDER BY token FOR UPDATE"#
+        ),
+        [team_id.into()],
+    ))
+    .all(txn)
+    .await?;
+    let mut plan = KeyPlan::default();
+    plan.removed(&keys, policy);
+    let stale = if dry_run {
+        Vec::new()
+    } else {
+        plan.execute(txn, now).await?
+    };
+    Ok((plan.changes, stale))
+}
+
+/// The keys of `users`, out of `keys`.
+pub(super) fn of_users<'k>(
+    keys: &'k [KeyRow],
+    users: &'k HashSet<&str>,
+) -> impl Iterator<Item = &'k KeyRow> {
+    keys.iter()
+        .filter(|key| users.contains(key.user_id.as_str()))
+}
