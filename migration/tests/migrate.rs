@@ -63,6 +63,19 @@ fn entra_sync_tables(db: &TestDatabase) -> Vec<String> {
         .collect()
 }
 
+fn has_index(db: &TestDatabase, name: &str) -> bool {
+    let out = Command::new("psql")
+        .args(["-X", "-A", "-t", "-d"])
+        .arg(db.url())
+        .args([
+            "-c",
+            &format!("select count(*) from pg_indexes where indexname = '{name}'"),
+        ])
+        .output()
+        .expect("psql runs");
+    String::from_utf8_lossy(&out.stdout).trim() == "1"
+}
+
 #[tokio::test]
 async fn up_down_up_leaves_litellm_schema_byte_identical() {
     let db = TestDatabase::litellm_only().await;
@@ -106,7 +119,11 @@ async fn up_down_up_leaves_litellm_schema_byte_identical() {
 
     migrate(&db, &["up"]);
     assert_eq!(entra_sync_tables(&db).len(), 9);
-    // One step down reverts only the newest migration.
+    assert!(has_index(&db, "entra_sync_audit_log_member_removed_idx"));
+    // One step down reverts only the newest migration: the audit log's index, then the leases.
+    migrate(&db, &["down"]);
+    assert_eq!(entra_sync_tables(&db).len(), 9);
+    assert!(!has_index(&db, "entra_sync_audit_log_member_removed_idx"));
     migrate(&db, &["down"]);
     assert_eq!(entra_sync_tables(&db).len(), 7);
     migrate(&db, &["up"]);

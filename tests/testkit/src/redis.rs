@@ -143,3 +143,87 @@ fn redis_target() -> SocketAddr {
         .and_then(|mut addrs| addrs.next())
         .unwrap_or_else(|| panic!("cannot resolve the Redis address in {url}"))
 }
+
+/// Runs one command against the test Redis.
+pub fn query(args: &[&str]) -> ::redis::RedisResult<::redis::Value> {
+    let mut command = ::redis::cmd(args[0]);
+    for arg in &args[1..] {
+        command.arg(*arg);
+    }
+    command.query(&mut connection())
+}
+
+/// A subscriber to one channel of the test Redis, as LiteLLM's proxy workers subscribe to its
+/// cache invalidation channel. It listens on a thread of its own until dropped.
+#[derive(Debug)]
+pub struct Subscriber {
+    messages: std::sync::mpsc::Receiver<(std::time::Instant, String)>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Subscriber {
+    /// Subscribes, and returns once Redis confirmed the subscription.
+    pub fn subscribe(channel: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let (sender, messages) = std::sync::mpsc::channel();
+        let (ready, subscribed) = std::sync::mpsc::channel();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let channel = channel.to_owned();
+        std::thread::spawn(move || {
+            let mut connection = connection();
+            let mut pubsub = connection.as_pubsub();
+            pubsub
+                .subscribe(&channel)
+                .expect("SUBSCRIBE on the test Redis");
+            pubsub
+                .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+                .expect("a read timeout");
+            let _ = ready.send(());
+            while !stopped.load(Ordering::Relaxed) {
+                match pubsub.get_message() {
+                    Ok(message) => {
+                        let payload: String = message.get_payload().unwrap_or_default();
+                        if sender.send((std::time::Instant::now(), payload)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(error) if error.is_timeout() => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        subscribed
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the subscription is confirmed");
+        Self { messages, stop }
+    }
+
+    /// Messages received until `done` says the ones so far are enough, or `limit` passed; each
+    /// with when it arrived.
+    pub fn receive_until(
+        &self,
+        done: impl Fn(&[String]) -> bool,
+        limit: std::time::Duration,
+    ) -> Vec<(std::time::Instant, String)> {
+        let deadline = std::time::Instant::now() + limit;
+        let mut received: Vec<(std::time::Instant, String)> = Vec::new();
+        loop {
+            let payloads: Vec<String> = received.iter().map(|(_, p)| p.clone()).collect();
+            if done(&payloads) {
+                return received;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.messages.recv_timeout(left) {
+                Ok(message) => received.push(message),
+                Err(_) => return received,
+            }
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

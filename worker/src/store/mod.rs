@@ -251,6 +251,11 @@ impl Store {
             .unwrap_or(crate::roles::LiteLlmRole::DEFAULT_FOR_NEW_USER)
     }
 
+    /// LiteLLM's database, which this store writes.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
     /// The LiteLLM cache this store evicts from, if any.
     pub fn litellm_cache(&self) -> Option<&LiteLlmCache> {
         self.cache.as_ref()

@@ -125,8 +125,21 @@ impl World {
         consumer: &str,
         subscriptions: Option<SubscriptionManager>,
     ) {
-        let (client, _) = secret_client(&self.sim);
         let store = Store::new(conn.clone(), Default::default(), RemovalMode::Managed);
+        let metrics = WorkerMetrics::register(&mut Registry::default());
+        self.start_worker_with_store(store, metrics, consumer, subscriptions);
+    }
+
+    /// A worker in this process writing through `store` (its database), counting in `metrics`.
+    pub fn start_worker_with_store(
+        &mut self,
+        store: Store,
+        metrics: WorkerMetrics,
+        consumer: &str,
+        subscriptions: Option<SubscriptionManager>,
+    ) {
+        let (client, _) = secret_client(&self.sim);
+        let conn = store.connection().clone();
         let syncer = Syncer::new(client, store, conn, UnassignedPolicy::RemoveMembers);
         let settings = StreamSettings {
             stream: self.stream.key().to_owned(),
@@ -144,7 +157,7 @@ impl World {
             let worker = Worker {
                 syncer,
                 consumer,
-                metrics: WorkerMetrics::register(&mut Registry::default()),
+                metrics,
                 settings: RunSettings {
                     poll_interval: Duration::from_secs(3600),
                     block: Duration::from_millis(200),
