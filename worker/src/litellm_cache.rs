@@ -256,3 +256,73 @@ async fn send(
     }
     pipe.query_async::<()>(connection).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::BlockReason;
+
+    #[test]
+    fn each_change_names_the_keys_litellm_caches_its_objects_under() {
+        let member = |removed: bool| {
+            let (team_id, user_id) = ("t1".to_owned(), "u1".to_owned());
+            if removed {
+                Change::MemberRemoved { team_id, user_id }
+            } else {
+                Change::MemberAdded { team_id, user_id }
+            }
+        };
+        for change in [member(true), member(false)] {
+            assert_eq!(
+                cache_keys(&change),
+                ["team_id:t1", "u1", "t1_u1", "team_membership:u1:t1"]
+            );
+        }
+        assert_eq!(
+            cache_keys(&Change::TeamRenamed {
+                team_id: "t1".into(),
+                from: Some("Old".into()),
+                to: "New".into()
+            }),
+            ["team_id:t1", "team_alias:New", "team_alias:Old"]
+        );
+        assert_eq!(
+            cache_keys(&Change::TeamCreated {
+                team_id: "t1".into(),
+                team_alias: "New".into()
+            }),
+            ["team_id:t1", "team_alias:New"]
+        );
+        assert_eq!(
+            cache_keys(&Change::RoleChanged {
+                user_id: "u1".into(),
+                from: Some("proxy_admin".into()),
+                to: "internal_user".into()
+            }),
+            ["u1"]
+        );
+        assert_eq!(
+            cache_keys(&Change::KeyDeleted {
+                token: "abc".into(),
+                user_id: "u1".into(),
+                team_id: Some("t1".into()),
+                key_alias: None
+            }),
+            ["abc"]
+        );
+        assert_eq!(
+            cache_keys(&Change::KeyBlocked {
+                token: "abc".into(),
+                user_id: "u1".into(),
+                team_id: None,
+                reason: BlockReason::UserDeparted
+            }),
+            ["abc", "budget_windows_absent:key:abc"]
+        );
+    }
+
+    #[test]
+    fn the_message_is_litellms() {
+        assert_eq!(message("team_id:t1"), r#"{"cache_key":"team_id:t1"}"#);
+    }
+}

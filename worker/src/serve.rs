@@ -248,3 +248,31 @@ async fn keep_subscriptions(
         tokio::time::sleep(check).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_litellms_redis_the_worker_says_how_long_removed_access_may_last() {
+        let none = CacheSettings::default();
+        let advice = cache_advice(false, &none);
+        assert_eq!(advice.len(), 1);
+        assert!(
+            advice[0].contains("up to its cache TTL, 60 s"),
+            "{advice:?}"
+        );
+
+        let configured = CacheSettings {
+            redis_from: Some("litellm_settings.cache"),
+            namespace: None,
+            ttl_seconds: Some(300.0),
+        };
+        let advice = cache_advice(false, &configured);
+        assert_eq!(advice.len(), 2);
+        assert!(advice[0].contains("300 s"), "{advice:?}");
+        assert!(advice[1].contains("litellm_settings.cache"), "{advice:?}");
+
+        assert!(cache_advice(true, &configured).is_empty());
+    }
+}

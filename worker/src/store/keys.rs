@@ -196,16 +196,15 @@ impl KeyPlan {
         let mut stale = Vec::new();
         if !self.delete.is_empty() {
             stale = jwt_mapping_cache_keys(txn, &self.delete).await?;
-            // Every column the two tables share, by name (robust to LiteLLM adding columns to
-            // either); `id` is Prisma's client-side uuid(), made here.
+            let columns = shared_columns(txn).await?;
+            // `id` is Prisma's client-side uuid(), made here.
             txn.execute(stmt(
-                r#"INSERT INTO "LiteLLM_DeletedVerificationToken"
-                   SELECT (jsonb_populate_record(NULL::"LiteLLM_DeletedVerificationToken",
-                             to_jsonb(k) || jsonb_build_object(
-                               'id', gen_random_uuid()::text,
-                               'deleted_at', $2::timestamp,
-                               'deleted_by', 'entra-sync'))).*
-                   FROM "LiteLLM_VerificationToken" k WHERE k.token = ANY($1)"#,
+                &format!(
+                    r#"INSERT INTO "LiteLLM_DeletedVerificationToken"
+                         ({columns}, id, deleted_at, deleted_by)
+                       SELECT {columns}, gen_random_uuid()::text, $2, 'entra-sync'
+                       FROM "LiteLLM_VerificationToken" WHERE token = ANY($1)"#
+                ),
                 [text_array(&self.delete), stamp.into()],
             ))
             .await?;
@@ -243,6 +242,38 @@ impl KeyPlan {
         }
         Ok(stale)
     }
+}
+
+/// The columns `"LiteLLM_DeletedVerificationToken"` shares with `"LiteLLM_VerificationToken"`,
+/// by name, quoted and comma-separated: a deleted key keeps every field LiteLLM's copy keeps,
+/// whichever columns this LiteLLM version has (read from the catalog, which costs well under a
+/// millisecond).
+async fn shared_columns(txn: &DatabaseTransaction) -> Result<String> {
+    #[derive(FromQueryResult)]
+    struct Row {
+        columns: Option<String>,
+    }
+    let columns = Row::find_by_statement(stmt(
+        r#"SELECT string_agg(quote_ident(d.attname), ', ' ORDER BY d.attnum) AS columns
+           FROM pg_attribute d
+           JOIN pg_attribute k ON k.attname = d.attname
+             AND k.attrelid = '"LiteLLM_VerificationToken"'::regclass
+             AND k.attnum > 0 AND NOT k.attisdropped
+           WHERE d.attrelid = '"LiteLLM_DeletedVerificationToken"'::regclass
+             AND d.attnum > 0 AND NOT d.attisdropped
+             AND d.attname NOT IN ('id', 'deleted_at', 'deleted_by', 'deleted_by_api_key',
+                                   'litellm_changed_by')"#,
+        [],
+    ))
+    .one(txn)
+    .await?
+    .and_then(|row| row.columns);
+    columns.ok_or_else(|| {
+        crate::Error::Settings(
+            "LiteLLM_DeletedVerificationToken shares no column with LiteLLM_VerificationToken"
+                .into(),
+        )
+    })
 }
 
 /// The cache keys of the JWT claims mapped to these keys (`jwt_key_mapping_cache_key`), read
