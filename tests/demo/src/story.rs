@@ -17,6 +17,8 @@ pub struct Team {
     pub id: String,
     /// Sorted by email.
     pub members: Vec<Member>,
+    /// The team's virtual keys that work (not blocked): alias and owner's email, sorted.
+    pub keys: Vec<String>,
 }
 
 /// A member of a team: the user's email and LiteLLM role.
@@ -26,12 +28,27 @@ pub struct Member {
     pub role: String,
 }
 
-/// One change in Entra and what LiteLLM must show after it.
+/// One change in Entra (or, first, by someone in LiteLLM) and what LiteLLM must show after it.
 pub struct Step {
     pub title: &'static str,
     pub change: fn(&GraphSim),
+    /// SQL standing for something a person does in LiteLLM itself, run before `change`.
+    pub in_litellm: Option<fn() -> String>,
     /// Every team, sorted by alias.
     pub expected: Vec<Team>,
+}
+
+/// The alias of the key Linus makes for Engineering.
+const LINUS_KEY: &str = "linus-laptop";
+
+/// Linus makes a key for Engineering in LiteLLM's UI (`/key/generate` stores its hash).
+fn linus_makes_a_key() -> String {
+    format!(
+        r#"INSERT INTO "LiteLLM_VerificationToken" (token, key_alias, user_id, team_id, models)
+           VALUES (md5('sk-linus-laptop'), '{LINUS_KEY}', '{}', '{}', ARRAY[]::text[])"#,
+        user_id(LINUS),
+        group_id(ENGINEERING)
+    )
 }
 
 /// LiteLLM's role for a user it creates without a role from Entra (LiteLLM's default).
@@ -50,6 +67,15 @@ fn team(group: u128, alias: &str, members: &[(usize, &str)]) -> Team {
         alias: alias.to_owned(),
         id: group_id(group).to_string(),
         members,
+        keys: Vec::new(),
+    }
+}
+
+impl Team {
+    /// The same team, with a working key of `owner`'s.
+    fn with_key(mut self, alias: &str, owner: usize) -> Self {
+        self.keys.push(format!("{alias} ({})", email(owner)));
+        self
     }
 }
 
@@ -63,6 +89,7 @@ pub fn start() -> Step {
     Step {
         title: "The worker starts: Research, assigned to the app already, becomes a team",
         change: |_| {},
+        in_litellm: None,
         expected: vec![research],
     }
 }
@@ -73,11 +100,13 @@ pub fn steps() -> Vec<Step> {
         "Research",
         &[(ALAN, DEFAULT_ROLE), (BARBARA, DEFAULT_ROLE)],
     );
-    let engineering = |alias: &str, members: &[(usize, &str)]| {
-        let mut teams = vec![team(ENGINEERING, alias, members), research.clone()];
+    let with_research = |engineering: Team| {
+        let mut teams = vec![engineering, research.clone()];
         teams.sort_by(|a, b| a.alias.cmp(&b.alias));
         teams
     };
+    let engineering =
+        |alias: &str, members: &[(usize, &str)]| with_research(team(ENGINEERING, alias, members));
     let iu = INTERNAL_USER;
     vec![
         Step {
@@ -90,19 +119,26 @@ pub fn steps() -> Vec<Step> {
                     )
                 });
             },
+            in_litellm: None,
             expected: engineering("Engineering", &[(ADA, iu), (GRACE, iu), (LINUS, iu)]),
         },
         Step {
-            title: "Margaret Hamilton is added to Engineering",
+            title: "Margaret Hamilton is added to Engineering (and Linus makes a key for it in LiteLLM)",
             change: |sim| sim.apply(|t| t.add_member(group_id(ENGINEERING), user_id(MARGARET))),
-            expected: engineering(
-                "Engineering",
-                &[(ADA, iu), (GRACE, iu), (LINUS, iu), (MARGARET, iu)],
+            in_litellm: Some(linus_makes_a_key),
+            expected: with_research(
+                team(
+                    ENGINEERING,
+                    "Engineering",
+                    &[(ADA, iu), (GRACE, iu), (LINUS, iu), (MARGARET, iu)],
+                )
+                .with_key(LINUS_KEY, LINUS),
             ),
         },
         Step {
-            title: "Linus Torvalds is removed from Engineering",
+            title: "Linus Torvalds is removed from Engineering: his key for it goes too",
             change: |sim| sim.apply(|t| t.remove_member(group_id(ENGINEERING), user_id(LINUS))),
+            in_litellm: None,
             expected: engineering("Engineering", &[(ADA, iu), (GRACE, iu), (MARGARET, iu)]),
         },
         Step {
@@ -110,6 +146,7 @@ pub fn steps() -> Vec<Step> {
             change: |sim| {
                 sim.apply(|t| t.upsert_group(group_id(ENGINEERING), "Platform Engineering", None))
             },
+            in_litellm: None,
             expected: engineering(
                 "Platform Engineering",
                 &[(ADA, iu), (GRACE, iu), (MARGARET, iu)],
@@ -120,6 +157,7 @@ pub fn steps() -> Vec<Step> {
             change: |sim| {
                 sim.change(|t| (t.assign(user_id(GRACE), role_id(PROXY_ADMIN)), Vec::new()));
             },
+            in_litellm: None,
             expected: engineering(
                 "Platform Engineering",
                 &[(ADA, iu), (GRACE, PROXY_ADMIN), (MARGARET, iu)],
@@ -138,6 +176,9 @@ pub async fn play(demo: &mut Demo, out: &mut dyn Write) -> Result<Vec<Duration>>
         .chain((1..).map(|n| format!("{n}/{total}")).zip(steps));
     for (label, step) in all {
         writeln!(out, "\n{label:<5}  {}", step.title)?;
+        if let Some(sql) = step.in_litellm {
+            demo.db.conn().execute_unprepared(&sql()).await?;
+        }
         let started = Instant::now();
         (step.change)(&demo.sim);
         let teams = wait_for(demo, &step.expected).await?;
@@ -179,7 +220,7 @@ async fn wait_for(demo: &mut Demo, expected: &[Team]) -> Result<Vec<Team>> {
 }
 
 /// Every team in `"LiteLLM_TeamTable"` with the members of its `members_with_roles`, their
-/// email and role from `"LiteLLM_UserTable"`.
+/// email and role from `"LiteLLM_UserTable"`, and its keys that work.
 pub async fn teams(demo: &Demo) -> Result<Vec<Team>> {
     const SQL: &str = r#"
         SELECT t.team_id, coalesce(t.team_alias, '') AS team_alias,
@@ -207,15 +248,35 @@ pub async fn teams(demo: &Demo) -> Result<Vec<Team>> {
                 alias,
                 id,
                 members: Vec::new(),
+                keys: Vec::new(),
             });
         }
         if let (Some(email), Some(team)) = (email, teams.last_mut()) {
             team.members.push(Member { email, role });
         }
     }
+    const KEYS: &str = r#"
+        SELECT k.team_id, coalesce(k.key_alias, k.token) || ' ('
+                 || coalesce(u.user_email, k.user_id, 'no owner') || ')' AS key
+        FROM "LiteLLM_VerificationToken" k
+        LEFT JOIN "LiteLLM_UserTable" u ON u.user_id = k.user_id
+        WHERE k.team_id IS NOT NULL AND k.blocked IS NOT TRUE"#;
+    for row in demo
+        .db
+        .conn()
+        .query_all(Statement::from_string(DbBackend::Postgres, KEYS))
+        .await?
+    {
+        let team_id: String = row.try_get("", "team_id")?;
+        let key: String = row.try_get("", "key")?;
+        if let Some(team) = teams.iter_mut().find(|t| t.id == team_id) {
+            team.keys.push(key);
+        }
+    }
     teams.sort_by(|a, b| (&a.alias, &a.id).cmp(&(&b.alias, &b.id)));
     for team in &mut teams {
         team.members.sort();
+        team.keys.sort();
     }
     Ok(teams)
 }
@@ -251,6 +312,12 @@ pub fn write_table(out: &mut dyn Write, teams: &[Team]) -> std::io::Result<()> {
             };
             line(out, alias, id, &member.email, &member.role)?;
         }
+        let keys = if team.keys.is_empty() {
+            "none".to_owned()
+        } else {
+            team.keys.join(", ")
+        };
+        line(out, "", "", &format!("keys: {keys}"), "")?;
     }
     Ok(())
 }

@@ -19,4 +19,8 @@ async fn the_demo_story_plays_to_the_end() {
     assert!(took.iter().all(|t| *t < Duration::from_secs(30)));
     assert!(out.contains("Platform Engineering"), "{out}");
     assert!(out.contains("proxy_admin"), "{out}");
+    assert!(
+        out.contains("keys: linus-laptop (linus@contoso.example)"),
+        "{out}"
+    );
 }
