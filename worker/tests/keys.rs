@@ -44,6 +44,17 @@ async fn teams_with_keys(store: &Store, db: &TestDatabase) {
     insert_key(db.conn(), "k2-team", &u2, Some(&t1), None, EARLIER).await;
 }
 
+/// The keys are as `insert_key` made them.
+async fn assert_untouched(db: &TestDatabase, tokens: &[&str]) {
+    for token in tokens {
+        assert_eq!(
+            key_state(db.conn(), token).await,
+            Some((None, serde_json::json!({"note": "kept"}))),
+            "{token}"
+        );
+    }
+}
+
 fn key_changes(changes: &[Change]) -> Vec<Change> {
     let mut keys: Vec<Change> = changes
         .iter()
@@ -99,13 +110,7 @@ async fn a_removed_members_team_keys_are_copied_into_the_deleted_table_and_delet
     assert_eq!(key_state(db.conn(), "k1-team").await, None);
     assert_eq!(key_state(db.conn(), "k1-team-b").await, None);
     // The personal key, the key for another team and the other member's key stay as they were.
-    for token in ["k1-other-team", "k1-personal", "k2-team"] {
-        assert_eq!(
-            key_state(db.conn(), token).await,
-            Some((None, serde_json::json!({"note": "kept"}))),
-            "{token}"
-        );
-    }
+    assert_untouched(&db, &["k1-other-team", "k1-personal", "k2-team"]).await;
     // The copy is the key as it was, marked as deleted by entra-sync.
     let copy = db
         .conn()
@@ -193,13 +198,7 @@ async fn block_mode_blocks_a_removed_members_keys_and_a_rejoin_unblocks_only_tho
     );
     let hand_blocked = Some((Some(true), serde_json::json!({"note": "kept"})));
     assert_eq!(key_state(db.conn(), "k1-team-b").await, hand_blocked);
-    for token in ["k1-other-team", "k1-personal", "k2-team"] {
-        assert_eq!(
-            key_state(db.conn(), token).await,
-            Some((None, serde_json::json!({"note": "kept"}))),
-            "{token}"
-        );
-    }
+    assert_untouched(&db, &["k1-other-team", "k1-personal", "k2-team"]).await;
 
     // The user rejoins the team: the key entra-sync blocked comes back, the admin's does not.
     let changes = store

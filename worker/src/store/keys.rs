@@ -130,8 +130,8 @@ pub(super) async fn lock_team_keys(
 #[derive(Debug, Default)]
 pub(super) struct KeyPlan {
     delete: Vec<String>,
-    block: Vec<String>,
-    block_reason: Option<BlockReason>,
+    /// Tokens to block, with the reason each carries.
+    block: Vec<(String, BlockReason)>,
     unblock: Vec<String>,
     pub changes: Vec<Change>,
 }
@@ -143,8 +143,7 @@ impl KeyPlan {
     }
 
     fn block(&mut self, key: &KeyRow, reason: BlockReason) {
-        self.block.push(key.token.clone());
-        self.block_reason = Some(reason);
+        self.block.push((key.token.clone(), reason));
         self.changes.push(key.blocked_change(reason));
     }
 
@@ -214,20 +213,22 @@ impl KeyPlan {
             ))
             .await?;
         }
-        if let (false, Some(reason)) = (self.block.is_empty(), self.block_reason) {
+        if !self.block.is_empty() {
+            let (tokens, reasons): (Vec<&str>, Vec<&str>) = self
+                .block
+                .iter()
+                .map(|(token, reason)| (token.as_str(), reason.as_str()))
+                .unzip();
             txn.execute(stmt(
-                r#"UPDATE "LiteLLM_VerificationToken"
+                r#"UPDATE "LiteLLM_VerificationToken" AS k
                    SET blocked = true,
-                       metadata = CASE WHEN jsonb_typeof(metadata) = 'object'
-                                       THEN metadata ELSE '{}'::jsonb END
-                                  || jsonb_build_object('entra_sync_blocked', $2::text),
+                       metadata = CASE WHEN jsonb_typeof(k.metadata) = 'object'
+                                       THEN k.metadata ELSE '{}'::jsonb END
+                                  || jsonb_build_object('entra_sync_blocked', b.reason),
                        updated_at = $3
-                   WHERE token = ANY($1)"#,
-                [
-                    text_array(&self.block),
-                    reason.as_str().into(),
-                    stamp.into(),
-                ],
+                   FROM unnest($1::text[], $2::text[]) AS b(token, reason)
+                   WHERE k.token = b.token"#,
+                [text_array(tokens), text_array(reasons), stamp.into()],
             ))
             .await?;
         }
@@ -337,30 +338,28 @@ async fn lock_user_keys(
 
 /// A user disabled or deleted in Entra: every key of theirs not blocked yet is blocked, marked
 /// [`BlockReason::UserDeparted`]. Keys already blocked (by an admin, or by a removal) stay as
-/// they are.
+/// they are. Writes even for a dry run, whose transaction then rolls back (it follows a removal
+/// in the same transaction).
 pub(super) async fn block_departed(
     txn: &DatabaseTransaction,
     entra_id: &str,
     now: DateTime<Utc>,
-    dry_run: bool,
 ) -> Result<Vec<Change>> {
     let keys = lock_user_keys(txn, entra_id, "k.blocked IS NOT TRUE").await?;
     let mut plan = KeyPlan::default();
     for key in &keys {
         plan.block(key, BlockReason::UserDeparted);
     }
-    if !dry_run {
-        plan.execute(txn, now).await?;
-    }
+    plan.execute(txn, now).await?;
     Ok(plan.changes)
 }
 
-/// A user enabled in Entra: keys entra-sync blocked because they had departed come back.
+/// A user enabled in Entra: keys entra-sync blocked because they had departed come back. Writes
+/// even for a dry run, whose transaction then rolls back.
 pub(super) async fn reinstate(
     txn: &DatabaseTransaction,
     entra_id: &str,
     now: DateTime<Utc>,
-    dry_run: bool,
 ) -> Result<Vec<Change>> {
     let keys = lock_user_keys(
         txn,
@@ -373,9 +372,7 @@ pub(super) async fn reinstate(
     for key in &keys {
         plan.unblock(key, BlockReason::UserDeparted);
     }
-    if !dry_run {
-        plan.execute(txn, now).await?;
-    }
+    plan.execute(txn, now).await?;
     Ok(plan.changes)
 }
 

@@ -201,6 +201,10 @@ pub(super) async fn apply(
         }
         staying.insert(user_id);
     }
+    // Users created just now have no keys to bring back.
+    for new in &plan.create {
+        arriving.remove(&new.user_id);
+    }
     let leaving = leaving_users(&request, &candidates, &team, &staying);
     for user_id in &leaving {
         plan_leave(&mut plan, &candidates, &team, &team_id, user_id.clone());

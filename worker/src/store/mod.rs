@@ -367,7 +367,7 @@ impl LiteLlmWriter for Store {
         let work = async {
             let mut changes = users::update(&txn, user, options.now).await?;
             // Enabled in Entra: keys blocked because the user had departed come back.
-            changes.extend(keys::reinstate(&txn, user.id.as_str(), options.now, false).await?);
+            changes.extend(keys::reinstate(&txn, user.id.as_str(), options.now).await?);
             Ok(changes)
         }
         .await;
@@ -537,7 +537,7 @@ impl LiteLlmWriter for Store {
             if self.keys.departed_user == DepartedUserKeys::Block {
                 applied
                     .changes
-                    .extend(keys::block_departed(&txn, user.as_str(), options.now, false).await?);
+                    .extend(keys::block_departed(&txn, user.as_str(), options.now).await?);
             }
             Ok(applied)
         }
