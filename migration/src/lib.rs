@@ -8,6 +8,7 @@ mod m20261128_000001_create_sync_tables;
 mod m20261128_000002_assigned_groups;
 mod m20261128_000003_leases_and_reconciliations;
 mod m20261201_000004_audit_removals_index;
+mod m20261201_000005_fencing_and_failed_items;
 
 pub use sea_orm_migration::MigratorTrait;
 pub use sea_orm_migration::sea_orm;
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000002_assigned_groups::Migration),
             Box::new(m20261128_000003_leases_and_reconciliations::Migration),
             Box::new(m20261201_000004_audit_removals_index::Migration),
+            Box::new(m20261201_000005_fencing_and_failed_items::Migration),
         ]
     }
 

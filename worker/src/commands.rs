@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::config::WorkerConfig;
 use crate::error::{Error, Result};
 use crate::graph::{GraphClient, GraphMetrics};
-use crate::subscriptions::{self, SubscriptionManager, lease};
+use crate::subscriptions::{self, SubscriptionManager};
 use crate::sync::Syncer;
 
 fn graph(config: &WorkerConfig) -> Result<GraphClient> {
@@ -149,10 +149,9 @@ pub async fn read_status(config: &WorkerConfig) -> Result<Status> {
             expires_at: row.expires_at,
         })
         .collect();
-    let keeper = lease::holder(&db, subscriptions::LEASE)
+    let keeper = crate::lease::held(&db, subscriptions::LEASE)
         .await?
-        .filter(|l| l.expires_at > Utc::now())
-        .map(|l| l.holder);
+        .map(|(holder, _)| holder);
     let last_delta_round = crate::sync::last_delta_round(&db).await?;
     let assigned_groups = assigned_group::Entity::find().count(&db).await?;
     let (stream, stream_error) = match crate::stream::stream_status(

@@ -102,6 +102,11 @@ pub struct WorkerConfig {
     )]
     pub subscription_check_seconds: u64,
 
+    /// Seconds a unit of sync work's lease lives without renewal: how long the other replicas
+    /// wait when the one doing the work dies in the middle of it (it is renewed every third).
+    #[arg(long, env = "ENTRA_SYNC_LEASE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
+    pub lease_seconds: u64,
+
     /// What happens to the memberships of a user deleted or disabled in Entra.
     #[arg(long, env = "ENTRA_SYNC_DEPARTED_USER_POLICY", value_enum, default_value_t = DepartedUserPolicy::RemoveMemberships)]
     pub departed_user_policy: DepartedUserPolicy,
@@ -168,10 +173,9 @@ impl WorkerConfig {
     }
 
     pub fn consumer_name(&self) -> String {
-        self.consumer.clone().unwrap_or_else(|| {
-            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
-            format!("{host}-{}", std::process::id())
-        })
+        self.consumer
+            .clone()
+            .unwrap_or_else(crate::lease::this_process)
     }
 
     /// Where subscriptions point, when `ENTRA_SYNC_PUBLIC_URL` is set; checked at start.

@@ -44,6 +44,13 @@ pub enum Error {
     /// and applying the same intention again is safe.
     #[error("{0} changed concurrently; nothing was applied and the change can be retried")]
     ConcurrentChange(String),
+    /// Another replica holds the lease for this work; it runs again later.
+    #[error("the {lease} lease is held by {holder}; trying again later")]
+    LeaseBusy { lease: &'static str, holder: String },
+    /// The work's lease passed to another replica before the work committed; nothing was
+    /// written, and the other replica's work stands.
+    #[error("the {lease} lease was lost before the commit; nothing was written")]
+    LeaseLost { lease: &'static str },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,13 +1,13 @@
 //! entra-sync's worker: turns what Entra says about groups, members and app roles into LiteLLM's
 //! teams, memberships and user roles.
 
-pub mod advisory;
 pub mod budget;
 pub mod commands;
 pub mod config;
 pub mod directory;
 pub mod error;
 pub mod graph;
+pub mod lease;
 pub mod litellm_cache;
 pub mod litellm_config;
 pub mod metrics;

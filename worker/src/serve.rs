@@ -14,14 +14,15 @@ use secrecy::ExposeSecret;
 use crate::config::WorkerConfig;
 use crate::error::{Error, Result};
 use crate::graph::{GraphClient, GraphMetrics};
+use crate::lease::Lease;
 use crate::litellm_cache::LiteLlmCache;
 use crate::litellm_config::{CacheSettings, LiteLlmSettings};
 use crate::metrics::{ResultLabel, WorkerMetrics};
 use crate::run::{RunSettings, Worker};
 use crate::store::Store;
 use crate::stream::{StreamConsumer, StreamSettings};
-use crate::subscriptions::{self, SubscriptionManager, lease::Lease};
-use crate::sync::{ChangeSink, Syncer};
+use crate::subscriptions::{self, SubscriptionManager};
+use crate::sync::{ChangeSink, LeaseSettings, Syncer};
 
 /// Connects to LiteLLM's database with a clear error.
 pub async fn connect_database(config: &WorkerConfig) -> Result<DatabaseConnection> {
@@ -174,7 +175,7 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
             db.clone(),
             subscriptions::LEASE,
             &consumer_name,
-            chrono::Duration::from_std(check * 3).unwrap_or(chrono::Duration::MAX),
+            check.saturating_mul(3),
         );
         let task = tokio::spawn(keep_subscriptions(
             manager,
@@ -194,6 +195,11 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
     let worker = Worker {
         syncer: Syncer::new(graph, store, db, config.unassigned_policy)
             .with_departed_users(config.departed_user_policy)
+            .with_lease(LeaseSettings {
+                holder: consumer_name.clone(),
+                ttl: Duration::from_secs(config.lease_seconds),
+                ..LeaseSettings::default()
+            })
             .with_sink(sink),
         consumer,
         metrics,
@@ -237,7 +243,7 @@ async fn keep_subscriptions(
 ) {
     loop {
         let now = chrono::Utc::now();
-        match lease.try_acquire(now).await {
+        match lease.try_acquire().await {
             Ok(true) => match manager.ensure(now).await {
                 Ok(actions) => crate::run::count_subscription_actions(&metrics, &actions),
                 Err(error) => tracing::warn!(%error, "cannot keep the subscriptions; retrying"),

@@ -13,7 +13,7 @@ use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, Statement};
 use uuid::Uuid;
 use worker::litellm_config::LiteLlmSettings;
 use worker::store::{RemovalMode, Store};
-use worker::sync::{Syncer, UnassignedPolicy};
+use worker::sync::{LeaseSettings, Syncer, UnassignedPolicy};
 
 fn now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
@@ -302,44 +302,131 @@ async fn an_expired_delta_token_resyncs_the_assigned_groups() {
     assert!(syncer.delta_round(now()).await.unwrap().changes.is_empty());
 }
 
+/// Another replica's unit of work: it holds the sync lease for `seconds` more.
+async fn other_replica_holds_the_lease(db: &TestDatabase, seconds: i64) {
+    db.conn()
+        .execute_unprepared(&format!(
+            "INSERT INTO entra_sync_leases (name, holder, expires_at, fence)
+             VALUES ('sync', 'other-replica', now() + interval '{seconds} seconds', 41)
+             ON CONFLICT (name) DO UPDATE SET holder = 'other-replica',
+               expires_at = now() + interval '{seconds} seconds',
+               fence = entra_sync_leases.fence + 1"
+        ))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
-async fn rounds_of_two_replicas_never_interleave() {
-    use sea_orm::TransactionTrait;
+async fn rounds_of_two_replicas_never_interleave_and_hold_no_transaction_open() {
     let sim = sim(|_| {}).await;
     let db = TestDatabase::new().await;
-    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers)
+        .await
+        .with_lease(LeaseSettings {
+            holder: "ours".into(),
+            ttl: std::time::Duration::from_secs(3),
+            patience: std::time::Duration::from_millis(300),
+        });
     syncer.poll_assignments(now()).await.unwrap();
+    let members_before = members(&db, 1).await;
 
-    // Another replica is in the middle of a round.
-    let other = db.connect_again().await;
-    let other_round = other.begin().await.unwrap();
-    other_round
-        .execute(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT pg_advisory_xact_lock($1)",
-            [worker::sync::ROUND_LOCK.into()],
-        ))
+    // Another replica is in the middle of a round: ours gives up after its patience, having
+    // written nothing.
+    other_replica_holds_the_lease(&db, 60).await;
+    sim.apply(|t| t.remove_member(gid(1), uid(2)));
+    let busy = syncer.delta_round(now()).await.unwrap_err();
+    assert!(
+        matches!(&busy, worker::Error::LeaseBusy { holder, .. } if holder == "other-replica"),
+        "{busy}"
+    );
+    assert_eq!(members(&db, 1).await, members_before);
+
+    // While a round of ours waits for Graph, no transaction of ours is open in PostgreSQL.
+    sim.add_fault(graph_sim::Fault::delay("/groups/delta", 1500, 1));
+    db.conn()
+        .execute_unprepared("UPDATE entra_sync_leases SET expires_at = now() WHERE name = 'sync'")
         .await
         .unwrap();
     let ours = tokio::spawn({
         let syncer = syncer.clone();
         async move { syncer.delta_round(now()).await }
     });
-    let mut waiting = 0;
-    for _ in 0..200 {
-        waiting = count(
+    let mut held_by_us = false;
+    for _ in 0..100 {
+        held_by_us = count(
             &db,
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
-             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            "SELECT count(*) FROM entra_sync_leases WHERE name = 'sync' AND holder = 'ours' \
+             AND expires_at > now()",
         )
-        .await;
-        if waiting > 0 {
+        .await
+            == 1;
+        if held_by_us {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert_eq!(waiting, 1, "our round did not wait for the other replica's");
-    assert!(!ours.is_finished());
-    other_round.commit().await.unwrap();
+    assert!(held_by_us, "our round did not take the lease");
+    let open = count(
+        &db,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND state LIKE 'idle in transaction%'",
+    )
+    .await;
+    assert_eq!(open, 0, "a transaction stays open across Graph calls");
     ours.await.unwrap().unwrap();
+    assert!(!members(&db, 1).await.contains(&uid(2).to_string()));
+    // Given back at once: another replica could take it now.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM entra_sync_leases WHERE name = 'sync' AND expires_at > now()"
+        )
+        .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn work_whose_lease_passed_to_another_replica_commits_nothing() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers)
+        .await
+        .with_lease(LeaseSettings {
+            holder: "paused".into(),
+            ttl: std::time::Duration::from_secs(3),
+            patience: std::time::Duration::from_secs(5),
+        });
+    syncer.poll_assignments(now()).await.unwrap();
+    syncer.delta_round(now()).await.unwrap();
+    let before = members(&db, 1).await;
+
+    // Our round is slow in Graph; meanwhile our lease runs out (as for a replica that paused
+    // or lost its connection) and another replica takes it over.
+    sim.add_fault(graph_sim::Fault::delay("/groups/delta", 2000, 1));
+    sim.apply(|t| t.remove_member(gid(1), uid(3)));
+    let ours = tokio::spawn({
+        let syncer = syncer.clone();
+        async move { syncer.delta_round(now()).await }
+    });
+    let mut taken = false;
+    for _ in 0..100 {
+        taken = count(
+            &db,
+            "SELECT count(*) FROM entra_sync_leases WHERE name = 'sync' AND holder = 'paused' \
+             AND expires_at > now()",
+        )
+        .await
+            == 1;
+        if taken {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(taken, "our round did not take the lease");
+    other_replica_holds_the_lease(&db, 60).await;
+
+    let lost = ours.await.unwrap().unwrap_err();
+    assert!(matches!(lost, worker::Error::LeaseLost { .. }), "{lost}");
+    assert_eq!(members(&db, 1).await, before, "a stale round wrote");
 }

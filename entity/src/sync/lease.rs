@@ -10,8 +10,11 @@ pub struct Model {
     pub name: String,
     /// The replica holding it (its consumer name).
     pub holder: String,
-    /// When it passes to another replica unless renewed.
+    /// When it passes to another replica unless renewed (by the database's clock).
     pub expires_at: DateTimeUtc,
+    /// Grows each time the lease changes hands: work checks at commit that its number is still
+    /// the current one.
+    pub fence: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

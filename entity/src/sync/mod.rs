@@ -3,6 +3,7 @@
 pub mod assigned_group;
 pub mod audit_log;
 pub mod delta_link;
+pub mod failed_item;
 pub mod lease;
 pub mod managed_membership;
 pub mod managed_role;

@@ -29,6 +29,7 @@ pub use keys::{DepartedUserKeys, KeyPolicy, RemovedMemberKeys};
 
 use crate::directory::EntraUser;
 use crate::error::Result;
+use crate::lease::Fence;
 use crate::litellm_cache::LiteLlmCache;
 use crate::litellm_config::LiteLlmSettings;
 
@@ -42,11 +43,14 @@ pub enum RemovalMode {
     Mirror,
 }
 
-/// When an operation happens, and whether it may write.
+/// When an operation happens, whether it may write, and the lease it writes under.
 #[derive(Clone, Copy, Debug)]
 pub struct ApplyOptions {
     pub now: DateTime<Utc>,
     pub dry_run: bool,
+    /// Set: the commit happens only while this fence still holds its lease (see
+    /// [`crate::lease`]), so that work whose lease passed to another replica writes nothing.
+    pub fence: Option<Fence>,
 }
 
 impl ApplyOptions {
@@ -54,11 +58,22 @@ impl ApplyOptions {
         Self {
             now,
             dry_run: false,
+            fence: None,
         }
     }
 
     pub fn dry_run(now: DateTime<Utc>) -> Self {
-        Self { now, dry_run: true }
+        Self {
+            now,
+            dry_run: true,
+            fence: None,
+        }
+    }
+
+    /// The same, committing only under `fence`.
+    #[must_use]
+    pub fn fenced(self, fence: Option<Fence>) -> Self {
+        Self { fence, ..self }
     }
 }
 
@@ -200,6 +215,14 @@ impl From<Vec<Change>> for Applied {
     }
 }
 
+/// Rolls a failed operation back at once, on its connection, rather than leaving it to the
+/// transaction's drop (where it may be deferred while the connection goes back to the pool).
+async fn rollback(txn: DatabaseTransaction) {
+    if let Err(error) = txn.rollback().await {
+        tracing::warn!(%error, "rollback after a failed operation failed");
+    }
+}
+
 /// The PostgreSQL store, writing LiteLLM's tables through SeaORM.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -274,7 +297,17 @@ impl Store {
         if options.dry_run {
             txn.rollback().await?;
         } else {
-            change::record(&txn, &changes, options.now).await?;
+            let recorded = async {
+                if let Some(fence) = options.fence {
+                    crate::lease::check(&txn, fence).await?;
+                }
+                change::record(&txn, &changes, options.now).await
+            }
+            .await;
+            if let Err(error) = recorded {
+                rollback(txn).await;
+                return Err(error);
+            }
             txn.commit().await?;
             if let Some(cache) = &self.cache
                 && !changes.is_empty()
@@ -291,9 +324,7 @@ impl Store {
         Ok(changes)
     }
 
-    /// Ends an operation whose work may have failed: a failure rolls back at once, on this
-    /// connection, rather than leaving the rollback to the transaction's drop (where it may be
-    /// deferred while the connection goes back to the pool).
+    /// Ends an operation whose work may have failed: a failure rolls back at once.
     async fn settle<A: Into<Applied>>(
         &self,
         txn: DatabaseTransaction,
@@ -303,9 +334,7 @@ impl Store {
         match work {
             Ok(applied) => self.finish(txn, applied.into(), options).await,
             Err(error) => {
-                if let Err(rollback) = txn.rollback().await {
-                    tracing::warn!(%rollback, "rollback after a failed operation failed");
-                }
+                rollback(txn).await;
                 Err(error)
             }
         }

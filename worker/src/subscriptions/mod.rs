@@ -3,11 +3,10 @@
 //! One subscription each for `groups` and `users` (`updated,deleted`), pointing at the webhook's
 //! `/notifications` and `/lifecycle`. They are stored in `entra_sync_subscriptions`, renewed a
 //! week before they expire (Graph allows at most 29 days), re-created when Graph no longer has
-//! them, and duplicates or ones for an old URL are deleted. One replica at a time keeps them (see
-//! [`lease`]); every change to them happens under an advisory lock, so the keeper, a lifecycle
-//! event and the `subscriptions` command never race.
-
-pub mod lease;
+//! them, and duplicates or ones for an old URL are deleted. One replica at a time keeps them (the
+//! holder of the [`LEASE`] lease); every change to them happens under another lease,
+//! [`CHANGES_LEASE`], so the keeper, a lifecycle event and the `subscriptions` command never
+//! race, and no transaction stays open while Graph validates a new subscription.
 
 use std::collections::HashSet;
 
@@ -28,7 +27,10 @@ const CHANGE_TYPE: &str = "updated,deleted";
 /// The lease the subscription keeper holds.
 pub const LEASE: &str = "subscriptions";
 /// Serialises every change to the subscriptions, whichever replica or command makes it.
-const SUBSCRIPTION_LOCK: i64 = 0x656e_7472_6173_7562; // "entrasub"
+pub const CHANGES_LEASE: &str = "subscription-changes";
+/// How long a change may wait for another to finish, and the change lease's time to live.
+const CHANGES_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+const CHANGES_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Graph's longest lifetime for groups and users is 41,760 minutes; an hour less leaves room for
 /// clocks that differ.
@@ -90,6 +92,7 @@ pub struct SubscriptionManager {
     graph: GraphClient,
     db: DatabaseConnection,
     target: Target,
+    changes: crate::lease::Lease,
 }
 
 fn not_found(error: &Error) -> bool {
@@ -98,7 +101,18 @@ fn not_found(error: &Error) -> bool {
 
 impl SubscriptionManager {
     pub fn new(graph: GraphClient, db: DatabaseConnection, target: Target) -> Self {
-        Self { graph, db, target }
+        let changes = crate::lease::Lease::new(
+            db.clone(),
+            CHANGES_LEASE,
+            &crate::lease::this_process(),
+            CHANGES_TTL,
+        );
+        Self {
+            graph,
+            db,
+            target,
+            changes,
+        }
     }
 
     /// Makes sure each resource has exactly one live subscription of ours, renewed in time.
@@ -331,9 +345,9 @@ impl SubscriptionManager {
         Ok(())
     }
 
-    /// Runs `work` holding the subscriptions' advisory lock.
+    /// Runs `work` holding the lease on changes to the subscriptions.
     async fn locked<T>(&self, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-        crate::advisory::with_lock(&self.db, SUBSCRIPTION_LOCK, work).await
+        self.changes.hold(CHANGES_PATIENCE, |_| work).await
     }
 }
 

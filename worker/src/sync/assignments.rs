@@ -30,9 +30,16 @@ fn group_id(assignment: &AppRoleAssignment) -> Option<GroupId> {
 
 impl Syncer {
     /// Polls the app's assignments: new groups get their team and full membership, groups no
-    /// longer assigned follow the policy, and every user's role follows their app roles.
+    /// longer assigned follow the policy, and every user's role follows their app roles. Under
+    /// the sync lease, so that a poll never interleaves with another replica's round.
     #[tracing::instrument(skip(self), err)]
     pub async fn poll_assignments(&self, now: DateTime<Utc>) -> Result<AssignmentReport> {
+        self.exclusively(|syncer| async move { syncer.poll_locked(now).await })
+            .await
+    }
+
+    /// [`Self::poll_assignments`], inside a unit of work that holds the lease.
+    pub(super) async fn poll_locked(&self, now: DateTime<Utc>) -> Result<AssignmentReport> {
         let app = self.graph.service_principal().await?;
         let assignments = self.graph.app_role_assignments().await?;
         let mut report = AssignmentReport::default();

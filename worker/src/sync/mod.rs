@@ -16,6 +16,7 @@ mod users;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use entity::GroupId;
@@ -23,11 +24,12 @@ use sea_orm::DatabaseConnection;
 
 use crate::error::Result;
 use crate::graph::GraphClient;
+use crate::lease::{Fence, Lease};
 use crate::store::{ApplyOptions, Change, LiteLlmWriter, Store};
 
 pub use assignments::AssignmentReport;
 pub use reconcile::{ReconcileReport, last_reconciliation};
-pub use round::{ROUND_LOCK, RoundReport};
+pub use round::RoundReport;
 pub use state::last_delta_round;
 pub use users::DepartedUserPolicy;
 
@@ -101,12 +103,42 @@ pub enum UnassignedPolicy {
     Block,
 }
 
+/// The lease a replica holds for each unit of sync work (a round, a poll, a reconciliation, a
+/// re-read of users), so that replicas never interleave their intentions.
+pub const SYNC_LEASE: &str = "sync";
+
+/// How a syncer takes the [`SYNC_LEASE`].
+#[derive(Clone, Debug)]
+pub struct LeaseSettings {
+    /// This replica's name (its consumer name).
+    pub holder: String,
+    /// The lease runs out this long after its holder stopped renewing it (a replica that died).
+    pub ttl: Duration,
+    /// How long a unit of work waits for another replica's to finish before it gives up
+    /// ([`crate::Error::LeaseBusy`]) and is tried again later.
+    pub patience: Duration,
+}
+
+impl Default for LeaseSettings {
+    fn default() -> Self {
+        Self {
+            holder: crate::lease::this_process(),
+            ttl: Duration::from_secs(30),
+            patience: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Applies Entra's state to LiteLLM through the store.
 #[derive(Clone, Debug)]
 pub struct Syncer {
     graph: GraphClient,
     store: Store,
     db: DatabaseConnection,
+    lease: Lease,
+    patience: Duration,
+    /// Set inside a unit of work: the lease it holds, checked at every commit.
+    fence: Option<Fence>,
     policy: UnassignedPolicy,
     departed: DepartedUserPolicy,
     /// Plan every change and write nothing: neither LiteLLM's tables nor entra-sync's state.
@@ -126,9 +158,18 @@ impl Syncer {
         db: DatabaseConnection,
         policy: UnassignedPolicy,
     ) -> Self {
+        let lease_settings = LeaseSettings::default();
         Self {
             graph,
             store,
+            lease: Lease::new(
+                db.clone(),
+                SYNC_LEASE,
+                &lease_settings.holder,
+                lease_settings.ttl,
+            ),
+            patience: lease_settings.patience,
+            fence: None,
             db,
             policy,
             departed: DepartedUserPolicy::default(),
@@ -136,6 +177,35 @@ impl Syncer {
             excluded: std::sync::Arc::default(),
             sink: None,
         }
+    }
+
+    /// How this syncer takes the [`SYNC_LEASE`].
+    #[must_use]
+    pub fn with_lease(mut self, settings: LeaseSettings) -> Self {
+        self.lease = Lease::new(self.db.clone(), SYNC_LEASE, &settings.holder, settings.ttl);
+        self.patience = settings.patience;
+        self
+    }
+
+    /// Runs one unit of sync work holding the [`SYNC_LEASE`], every commit checked against its
+    /// fence; no transaction stays open meanwhile. Work already inside a unit (a reconciliation's
+    /// poll) and dry runs (which write nothing) run as they are.
+    pub(super) async fn exclusively<T, F, Fut>(&self, work: F) -> Result<T>
+    where
+        F: FnOnce(Syncer) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        if self.dry_run || self.fence.is_some() {
+            return work(self.clone()).await;
+        }
+        self.lease
+            .hold(self.patience, |fence| {
+                work(Self {
+                    fence: Some(fence),
+                    ..self.clone()
+                })
+            })
+            .await
     }
 
     /// Bulk work's changes go to `sink` instead of into the reports (the worker's `run`).
@@ -181,7 +251,7 @@ impl Syncer {
         if self.dry_run {
             ApplyOptions::dry_run(now)
         } else {
-            ApplyOptions::commit(now)
+            ApplyOptions::commit(now).fenced(self.fence)
         }
     }
 
@@ -194,7 +264,7 @@ impl Syncer {
         if self.dry_run {
             return Ok(());
         }
-        state::remember_assigned(&self.db, groups, now).await
+        state::remember_assigned(&self.db, self.fence, groups, now).await
     }
 
     /// Runs `work` for every item, `PARALLEL_GROUPS` at a time, and gathers the changes; the first
@@ -276,7 +346,7 @@ impl Syncer {
             UnassignedPolicy::Block => self.store.block_team(group, options).await?,
         };
         if !self.dry_run {
-            state::forget_assigned(&self.db, group).await?;
+            state::forget_assigned(&self.db, self.fence, group).await?;
         }
         Ok(changes)
     }

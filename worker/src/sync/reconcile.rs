@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use entity::sync::reconciliation;
-use sea_orm::{ActiveValue::NotSet, EntityTrait, QueryOrder, Set};
+use sea_orm::{ActiveValue::NotSet, EntityTrait, QueryOrder, Set, TransactionTrait};
 
 use super::{DepartedUserPolicy, Syncer};
 use crate::error::Result;
@@ -30,25 +30,26 @@ impl ReconcileReport {
 }
 
 impl Syncer {
-    /// Runs a full reconciliation under the round lock and records it (not in a dry run).
+    /// Runs a full reconciliation under the sync lease and records it (not in a dry run).
     #[tracing::instrument(skip(self), fields(dry_run = self.dry_run), err)]
     pub async fn reconcile(&self, now: DateTime<Utc>) -> Result<ReconcileReport> {
-        self.with_round_lock(self.reconcile_locked(now)).await
+        self.exclusively(|syncer| async move { syncer.reconcile_locked(now).await })
+            .await
     }
 
     /// Reconciles when the last recorded run finished `interval` or longer before `now` (checked
-    /// under the lock, so that of several replicas only one runs it). `None`: not due.
+    /// under the lease, so that of several replicas only one runs it). `None`: not due.
     pub async fn reconcile_if_due(
         &self,
         now: DateTime<Utc>,
         interval: chrono::Duration,
     ) -> Result<Option<ReconcileReport>> {
-        self.with_round_lock(async {
-            let last = last_reconciliation(&self.db).await?;
+        self.exclusively(|syncer| async move {
+            let last = last_reconciliation(&syncer.db).await?;
             if last.is_some_and(|run| now - run.finished_at < interval) {
                 return Ok(None);
             }
-            self.reconcile_locked(now).await.map(Some)
+            syncer.reconcile_locked(now).await.map(Some)
         })
         .await
     }
@@ -64,6 +65,10 @@ impl Syncer {
                 Ok(report) => (report.total(), None),
                 Err(error) => (0, Some(error.to_string())),
             };
+            let txn = self.db.begin().await?;
+            if let Some(fence) = self.fence {
+                crate::lease::check(&txn, fence).await?;
+            }
             reconciliation::Entity::insert(reconciliation::ActiveModel {
                 id: NotSet,
                 started_at: Set(now),
@@ -72,8 +77,9 @@ impl Syncer {
                 changes: Set(i64::try_from(changes).unwrap_or(i64::MAX)),
                 error: Set(error),
             })
-            .exec_without_returning(&self.db)
+            .exec_without_returning(&txn)
             .await?;
+            txn.commit().await?;
         }
         result
     }
@@ -92,7 +98,7 @@ impl Syncer {
                     .collect(),
             ),
         };
-        let assignments = syncer.poll_assignments(now).await?;
+        let assignments = syncer.poll_locked(now).await?;
         let mut changes = assignments.changes;
         changes.extend(syncer.resync(now).await?.changes);
         changes.extend(syncer.apply_tenant_users(tenant, now).await?);

@@ -13,9 +13,6 @@ use crate::graph::GroupDelta;
 use crate::graph::model::ObjectKind;
 use crate::store::{Change, LiteLlmWriter};
 
-/// The advisory lock every worker replica takes for a round, so that two never interleave.
-pub const ROUND_LOCK: i64 = 0x656e_7472_6173_796e; // "entrasyn"
-
 /// What a round did.
 #[derive(Debug, Default)]
 pub struct RoundReport {
@@ -29,27 +26,21 @@ pub struct RoundReport {
 }
 
 impl Syncer {
-    /// Runs one round under the replicas' shared lock: from the stored deltaLink (or, with none,
-    /// or an expired one, a full resync of the assigned groups), applies each assigned group's
-    /// changes, and stores the new deltaLink only after they are committed.
+    /// Runs one round under the replicas' shared lease: from the stored deltaLink (or, with
+    /// none, or an expired one, a full resync of the assigned groups), applies each assigned
+    /// group's changes, and stores the new deltaLink only after they are committed.
     #[tracing::instrument(skip(self), err)]
     pub async fn delta_round(&self, now: DateTime<Utc>) -> Result<RoundReport> {
-        self.with_round_lock(self.round_locked(now)).await
+        self.exclusively(|syncer| async move { syncer.round_locked(now).await })
+            .await
     }
 
     /// A full resync of every assigned group, whatever the stored deltaLink (after a `missed`
-    /// lifecycle event, or a subscription that was removed), under the same lock.
+    /// lifecycle event, or a subscription that was removed), under the same lease.
     #[tracing::instrument(skip(self), err)]
     pub async fn resync_round(&self, now: DateTime<Utc>) -> Result<RoundReport> {
-        self.with_round_lock(self.resync(now)).await
-    }
-
-    /// Runs `work` holding the lock all replicas share for rounds.
-    pub(super) async fn with_round_lock<T>(
-        &self,
-        work: impl std::future::Future<Output = Result<T>>,
-    ) -> Result<T> {
-        crate::advisory::with_lock(&self.db, ROUND_LOCK, work).await
+        self.exclusively(|syncer| async move { syncer.resync(now).await })
+            .await
     }
 
     async fn round_locked(&self, now: DateTime<Utc>) -> Result<RoundReport> {
@@ -120,7 +111,7 @@ impl Syncer {
             }
         }
         if !self.dry_run {
-            state::save_delta_link(&self.db, &round.delta_link, now).await?;
+            state::save_delta_link(&self.db, self.fence, &round.delta_link, now).await?;
         }
         Ok(report)
     }
@@ -150,7 +141,7 @@ impl Syncer {
             changes,
         };
         if !self.dry_run {
-            state::save_delta_link(&self.db, &latest.delta_link, now).await?;
+            state::save_delta_link(&self.db, self.fence, &latest.delta_link, now).await?;
         }
         Ok(report)
     }

@@ -6,9 +6,12 @@ use chrono::{DateTime, Utc};
 use entity::GroupId;
 use entity::sync::{assigned_group, delta_link};
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait};
+use sea_orm::{
+    ActiveValue::Set, DatabaseConnection, DatabaseTransaction, EntityTrait, TransactionTrait,
+};
 
 use crate::error::Result;
+use crate::lease::Fence;
 
 /// The delta query entra-sync runs.
 pub(super) const GROUPS: &str = "groups";
@@ -22,15 +25,26 @@ pub(super) async fn assigned(db: &DatabaseConnection) -> Result<HashMap<GroupId,
         .collect())
 }
 
+/// A transaction for entra-sync's own state, which commits only while `fence` holds its lease.
+async fn begin(db: &DatabaseConnection, fence: Option<Fence>) -> Result<DatabaseTransaction> {
+    let txn = db.begin().await?;
+    if let Some(fence) = fence {
+        crate::lease::check(&txn, fence).await?;
+    }
+    Ok(txn)
+}
+
 /// Records groups as assigned, with their current names, in one statement.
 pub(super) async fn remember_assigned(
     db: &DatabaseConnection,
+    fence: Option<Fence>,
     groups: &[(GroupId, Option<String>)],
     now: DateTime<Utc>,
 ) -> Result<()> {
     if groups.is_empty() {
         return Ok(());
     }
+    let txn = begin(db, fence).await?;
     assigned_group::Entity::insert_many(groups.iter().map(|(group, display_name)| {
         assigned_group::ActiveModel {
             group_id: Set(group.clone()),
@@ -43,15 +57,22 @@ pub(super) async fn remember_assigned(
             .update_column(assigned_group::Column::DisplayName)
             .to_owned(),
     )
-    .exec_without_returning(db)
+    .exec_without_returning(&txn)
     .await?;
+    txn.commit().await?;
     Ok(())
 }
 
-pub(super) async fn forget_assigned(db: &DatabaseConnection, group: &GroupId) -> Result<()> {
+pub(super) async fn forget_assigned(
+    db: &DatabaseConnection,
+    fence: Option<Fence>,
+    group: &GroupId,
+) -> Result<()> {
+    let txn = begin(db, fence).await?;
     assigned_group::Entity::delete_by_id(group.clone())
-        .exec(db)
+        .exec(&txn)
         .await?;
+    txn.commit().await?;
     Ok(())
 }
 
@@ -72,9 +93,11 @@ pub async fn last_delta_round(db: &DatabaseConnection) -> Result<Option<DateTime
 
 pub(super) async fn save_delta_link(
     db: &DatabaseConnection,
+    fence: Option<Fence>,
     link: &str,
     now: DateTime<Utc>,
 ) -> Result<()> {
+    let txn = begin(db, fence).await?;
     delta_link::Entity::insert(delta_link::ActiveModel {
         resource: Set(GROUPS.to_owned()),
         delta_link: Set(link.to_owned()),
@@ -85,7 +108,8 @@ pub(super) async fn save_delta_link(
             .update_columns([delta_link::Column::DeltaLink, delta_link::Column::UpdatedAt])
             .to_owned(),
     )
-    .exec_without_returning(db)
+    .exec_without_returning(&txn)
     .await?;
+    txn.commit().await?;
     Ok(())
 }

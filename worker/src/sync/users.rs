@@ -31,10 +31,13 @@ impl Syncer {
         let mut unique: Vec<UserId> = ids.to_vec();
         unique.sort();
         unique.dedup();
-        let work: Vec<UserId> = unique;
-        self.in_parallel(work, move |syncer, id| async move {
-            let state = syncer.graph.user_state(&id).await?;
-            syncer.apply_user(&id, state.as_ref(), now).await
+        self.exclusively(|syncer| async move {
+            syncer
+                .in_parallel(unique, move |syncer, id| async move {
+                    let state = syncer.graph.user_state(&id).await?;
+                    syncer.apply_user(&id, state.as_ref(), now).await
+                })
+                .await
         })
         .await
     }
@@ -43,8 +46,11 @@ impl Syncer {
     /// were missed).
     #[tracing::instrument(skip(self), err)]
     pub async fn refresh_all_users(&self, now: DateTime<Utc>) -> Result<Vec<Change>> {
-        let tenant = self.graph.all_users().await?;
-        self.apply_tenant_users(tenant, now).await
+        self.exclusively(|syncer| async move {
+            let tenant = syncer.graph.all_users().await?;
+            syncer.apply_tenant_users(tenant, now).await
+        })
+        .await
     }
 
     /// Every user LiteLLM knows from Entra, compared with `tenant`, the tenant's users.

@@ -18,7 +18,7 @@ use worker::run::{RunSettings, Worker};
 use worker::store::{RemovalMode, Store};
 use worker::stream::{StreamConsumer, StreamSettings};
 use worker::subscriptions::{SubscriptionManager, Target};
-use worker::sync::{Syncer, UnassignedPolicy};
+use worker::sync::{LeaseSettings, Syncer, UnassignedPolicy};
 
 use crate::graph_common::*;
 
@@ -140,7 +140,13 @@ impl World {
     ) {
         let (client, _) = secret_client(&self.sim);
         let conn = store.connection().clone();
-        let syncer = Syncer::new(client, store, conn, UnassignedPolicy::RemoveMembers);
+        let syncer = Syncer::new(client, store, conn, UnassignedPolicy::RemoveMembers).with_lease(
+            LeaseSettings {
+                holder: consumer.to_owned(),
+                ttl: Duration::from_secs(3),
+                ..LeaseSettings::default()
+            },
+        );
         let settings = StreamSettings {
             stream: self.stream.key().to_owned(),
             dead_letter: self.dead.key().to_owned(),
@@ -201,6 +207,8 @@ impl World {
             ("ENTRA_SYNC_CLAIM_IDLE_SECONDS", "1".to_owned()),
             ("ENTRA_SYNC_MAX_DELIVERIES", "3".to_owned()),
             ("ENTRA_SYNC_POLL_SECONDS", "3600".to_owned()),
+            // A killed worker's lease passes on quickly.
+            ("ENTRA_SYNC_LEASE_SECONDS", "3".to_owned()),
             ("RUST_LOG", "warn".to_owned()),
         ]
         .into_iter()
