@@ -3,7 +3,10 @@
 //!   under a lease carries the number it got, and every commit checks that it is still current,
 //!   so a replica that lost its lease (paused, cut off) can never write over newer work.
 //! - `entra_sync_failed_items`: groups and users whose sync failed on their own while the rest
-//!   went on, retried with backoff until they succeed (`status` lists them).
+//!   went on, retried with backoff until they succeed (`status` lists them);
+//! - `entra_sync_departed_users`: users entra-sync saw disabled or deleted in Entra, so that
+//!   every path (delta rounds, polls, notifications, reconciliation) leaves them out alike, even
+//!   where Graph's answer does not say whether an account is enabled.
 
 use sea_orm_migration::prelude::*;
 
@@ -26,6 +29,10 @@ impl MigrationTrait for Migration {
                      last_failed_at timestamptz NOT NULL,
                      retry_at timestamptz NOT NULL,
                      PRIMARY KEY (kind, id)
+                 );
+                 CREATE TABLE IF NOT EXISTS entra_sync_departed_users (
+                     entra_user_id text PRIMARY KEY,
+                     since timestamptz NOT NULL
                  );",
             )
             .await
@@ -36,7 +43,8 @@ impl MigrationTrait for Migration {
         manager
             .get_connection()
             .execute_unprepared(
-                "DROP TABLE IF EXISTS entra_sync_failed_items;
+                "DROP TABLE IF EXISTS entra_sync_departed_users;
+                 DROP TABLE IF EXISTS entra_sync_failed_items;
                  ALTER TABLE entra_sync_leases DROP COLUMN IF EXISTS fence;",
             )
             .await

@@ -89,6 +89,7 @@ async fn up_down_up_leaves_litellm_schema_byte_identical() {
             "entra_sync_assigned_groups",
             "entra_sync_audit_log",
             "entra_sync_delta_links",
+            "entra_sync_departed_users",
             "entra_sync_failed_items",
             "entra_sync_leases",
             "entra_sync_managed_memberships",
@@ -119,10 +120,10 @@ async fn up_down_up_leaves_litellm_schema_byte_identical() {
     assert!(migrate(&db, &["status"]).starts_with("Pending"));
 
     migrate(&db, &["up"]);
-    assert_eq!(entra_sync_tables(&db).len(), 10);
+    assert_eq!(entra_sync_tables(&db).len(), 11);
     assert!(has_index(&db, "entra_sync_audit_log_member_removed_idx"));
-    // One step down reverts only the newest migration: the failed items, the audit log's index,
-    // then the leases.
+    // One step down reverts only the newest migration: the failed items and departed users,
+    // the audit log's index, then the leases.
     migrate(&db, &["down"]);
     assert_eq!(entra_sync_tables(&db).len(), 9);
     assert!(has_index(&db, "entra_sync_audit_log_member_removed_idx"));

@@ -118,6 +118,18 @@ pub struct Status {
     pub stream: Option<crate::stream::StreamStatus>,
     pub stream_error: Option<String>,
     pub last_reconciliation: Option<ReconciliationStatus>,
+    /// Groups and users whose sync failed on their own, waiting for a retry (at most 100).
+    pub failed_items: Vec<FailedItem>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FailedItem {
+    pub kind: String,
+    pub id: String,
+    pub attempts: i32,
+    pub error: String,
+    pub first_failed_at: DateTime<Utc>,
+    pub retry_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Serialize)]
@@ -172,7 +184,20 @@ pub async fn read_status(config: &WorkerConfig) -> Result<Status> {
                 drift: run.changes,
                 error: run.error,
             });
+    let failed_items = crate::sync::failed_items(&db)
+        .await?
+        .into_iter()
+        .map(|item| FailedItem {
+            kind: item.kind,
+            id: item.id,
+            attempts: item.attempts,
+            error: item.error,
+            first_failed_at: item.first_failed_at,
+            retry_at: item.retry_at,
+        })
+        .collect();
     Ok(Status {
+        failed_items,
         subscriptions,
         subscription_keeper: keeper,
         last_delta_round,
@@ -241,6 +266,21 @@ pub async fn status(config: &WorkerConfig, json: bool) -> Result<()> {
             },
         },
     ));
+    if status.failed_items.is_empty() {
+        rows.push(("failed items".into(), "none".into()));
+    }
+    for item in &status.failed_items {
+        rows.push((
+            format!("failed {} {}", item.kind, item.id),
+            format!(
+                "{} attempts since {} ago, next in {}: {}",
+                item.attempts,
+                ago(item.first_failed_at),
+                human_duration(item.retry_at - now),
+                item.error
+            ),
+        ));
+    }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut out = std::io::stdout().lock();
     for (key, value) in rows {

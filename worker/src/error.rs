@@ -54,3 +54,53 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether the error says the service itself is unwell (the database or Graph unreachable,
+    /// the credential refused, the lease lost), rather than something about one group or user.
+    /// A systemic error fails the whole unit of work, which is retried as a whole; any other
+    /// error is the item's own, and the rest of the work goes on without it.
+    pub fn is_systemic(&self) -> bool {
+        match self {
+            Self::Database(error) => database_error_is_systemic(error),
+            Self::Graph { status, .. } => *status == 401,
+            Self::GraphUnavailable { .. }
+            | Self::Credential(_)
+            | Self::Settings(_)
+            | Self::Config { .. }
+            | Self::DeltaExpired
+            | Self::LeaseBusy { .. }
+            | Self::LeaseLost { .. } => true,
+            Self::TeamNotFound(_) | Self::UserNotFound(_) | Self::ConcurrentChange(_) => false,
+        }
+    }
+}
+
+/// Connection trouble, or the server refusing work (SQLSTATE classes 08 connection exception,
+/// 53 insufficient resources, 57 operator intervention such as a restart, 58 system error), is
+/// systemic; an error in one statement (a constraint, a deadlock with LiteLLM) is the item's.
+fn database_error_is_systemic(error: &DbErr) -> bool {
+    use sea_orm::RuntimeErr;
+    let runtime = match error {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return true,
+        DbErr::Exec(runtime) | DbErr::Query(runtime) => runtime,
+        _ => return false,
+    };
+    let RuntimeErr::SqlxError(sqlx) = runtime else {
+        return false;
+    };
+    match sqlx {
+        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+            ["08", "53", "57", "58"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        }),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}

@@ -33,6 +33,10 @@ pub struct WorkerMetrics {
     pub subscription_actions: Family<KindLabel, Counter>,
     /// Cache keys evicted from LiteLLM's Redis and published to its proxy workers, or not.
     pub litellm_cache_evictions: Family<ResultLabel, Counter>,
+    /// Rounds that failed as a whole since the last one that committed.
+    pub failed_rounds: Gauge,
+    /// Groups and users whose sync failed on their own and waits for a retry, by kind.
+    pub failed_items: Family<KindLabel, Gauge>,
 }
 
 impl WorkerMetrics {
@@ -50,7 +54,19 @@ impl WorkerMetrics {
             reconciliation_drift: Gauge::default(),
             subscription_actions: Family::default(),
             litellm_cache_evictions: Family::default(),
+            failed_rounds: Gauge::default(),
+            failed_items: Family::default(),
         };
+        registry.register(
+            "entra_sync_failed_rounds_in_a_row",
+            "Rounds that failed as a whole (the database or Graph away) since the last that committed",
+            metrics.failed_rounds.clone(),
+        );
+        registry.register(
+            "entra_sync_failed_items",
+            "Groups and users whose sync failed on their own, waiting for a retry (entra-sync-worker status lists them)",
+            metrics.failed_items.clone(),
+        );
         registry.register(
             "entra_sync_litellm_cache_evictions",
             "LiteLLM cache keys evicted after a commit: published, or failed (LiteLLM serves them until their TTL)",

@@ -33,6 +33,8 @@ pub struct RunSettings {
     pub trim_interval: Duration,
     /// Full reconciliations; `None`: never (only on demand).
     pub reconcile_interval: Option<Duration>,
+    /// How often the loop looks for failed items due for another attempt.
+    pub retry_check: Duration,
 }
 
 impl Default for RunSettings {
@@ -43,6 +45,7 @@ impl Default for RunSettings {
             max_deliveries: 5,
             trim_interval: Duration::from_secs(60),
             reconcile_interval: Some(Duration::from_secs(6 * 3600)),
+            retry_check: Duration::from_secs(15),
         }
     }
 }
@@ -54,6 +57,8 @@ pub struct Worker {
     pub settings: RunSettings,
     /// Handles lifecycle events; `None` when the worker manages no subscriptions.
     pub subscriptions: Option<SubscriptionManager>,
+    /// Rounds that failed as a whole since the last one that committed.
+    pub failed_rounds: u32,
 }
 
 /// What a batch of entries asks for.
@@ -96,7 +101,8 @@ impl Work {
     }
 }
 
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest wait between attempts of a failing round: an outage's end is noticed within it.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 impl Worker {
     /// Runs until `shutdown` resolves (between rounds).
@@ -108,7 +114,16 @@ impl Worker {
         let mut round_due = false;
         let mut backoff = Duration::from_millis(250);
         let mut next_reconcile_check = Instant::now() + self.settings.poll_interval;
+        let mut next_retry_check = Instant::now() + self.settings.retry_check;
         loop {
+            if Instant::now() >= next_retry_check {
+                // Failed items are retried at the end of a round: run one when some are due.
+                match self.syncer.failures_due(chrono::Utc::now()).await {
+                    Ok(due) => round_due |= due,
+                    Err(error) => tracing::warn!(%error, "cannot read the failed items"),
+                }
+                next_retry_check = Instant::now() + self.settings.retry_check;
+            }
             if Instant::now() >= next_poll {
                 self.poll().await;
                 next_poll = Instant::now() + self.settings.poll_interval;
@@ -158,14 +173,28 @@ impl Worker {
                     round_due = false;
                     backoff = Duration::from_millis(250);
                 }
+                Err(crate::Error::LeaseBusy { holder, .. }) => {
+                    // Not a failure: another replica's work comes first, and this one follows.
+                    tracing::debug!(holder, "another replica is syncing; waiting for it");
+                    if sleep_or_stop(&mut shutdown, Duration::from_millis(250)).await {
+                        return Ok(());
+                    }
+                }
                 Err(error) => {
-                    tracing::warn!(%error, ?backoff, "round failed; entries stay pending, retrying");
+                    self.failed_rounds = self.failed_rounds.saturating_add(1);
+                    self.metrics
+                        .failed_rounds
+                        .set(i64::from(self.failed_rounds));
+                    tracing::warn!(%error, ?backoff, failed_in_a_row = self.failed_rounds, "round failed; entries stay pending, retrying");
                     if sleep_or_stop(&mut shutdown, backoff).await {
                         return Ok(());
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
                 }
             }
+            self.failed_rounds = 0;
+            self.metrics.failed_rounds.set(0);
             self.housekeeping(&mut next_trim).await;
         }
     }
@@ -360,6 +389,16 @@ impl Worker {
         if let Ok((lag, pending)) = self.consumer.lag().await {
             self.metrics.stream_lag.set(lag);
             self.metrics.stream_pending.set(pending);
+        }
+        if let Ok((groups, users)) = self.syncer.failing_counts().await {
+            self.metrics
+                .failed_items
+                .get_or_create(&KindLabel { kind: "group" })
+                .set(groups);
+            self.metrics
+                .failed_items
+                .get_or_create(&KindLabel { kind: "user" })
+                .set(users);
         }
         if Instant::now() >= *next_trim {
             if let Err(error) = self.consumer.trim().await {

@@ -211,6 +211,7 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
             ..RunSettings::default()
         },
         subscriptions,
+        failed_rounds: 0,
     };
     tracing::info!(
         stream = config.stream,

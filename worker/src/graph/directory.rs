@@ -29,13 +29,13 @@ impl GraphClient {
             "members"
         };
         let url = self.inner.url(&format!(
-            "groups/{group}/{relation}?$select=id,displayName,mail,userPrincipalName&$top=999"
+            "groups/{group}/{relation}?$select={USER_SELECT}&$top=999"
         ));
         self.inner.get_all("group_members", &url).await
     }
 
-    /// Users by object id, 1,000 a request; ids that are not users (or no longer exist) are
-    /// simply absent from the result.
+    /// Users by object id, 1,000 a request; ids that are not users, no longer exist, or whose
+    /// account is disabled are absent from the result.
     #[tracing::instrument(skip(self, ids), fields(ids = ids.len()), err)]
     pub async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<EntraUser>> {
         let url = self.inner.url("directoryObjects/getByIds");
@@ -49,7 +49,7 @@ impl GraphClient {
             users.extend(
                 page.value
                     .into_iter()
-                    .filter_map(DirectoryObject::into_user),
+                    .filter_map(DirectoryObject::into_enabled_user),
             );
         }
         Ok(users)

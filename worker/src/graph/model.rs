@@ -54,6 +54,15 @@ impl DirectoryObject {
         self.into_user_state().map(|state| state.user)
     }
 
+    /// The user, when this is one with a valid object id whose account is not disabled (an
+    /// answer that does not say counts as enabled).
+    pub fn into_enabled_user(self) -> Option<EntraUser> {
+        if self.account_enabled == Some(false) {
+            return None;
+        }
+        self.into_user()
+    }
+
     /// The user and whether the account is enabled, for an object read from `/users` (which
     /// carries no `@odata.type`).
     pub fn into_user_state(self) -> Option<crate::directory::UserState> {

@@ -7,6 +7,7 @@ use entity::sync::managed_role;
 use entity::{GroupId, UserId};
 use sea_orm::EntityTrait;
 
+use super::failures::Item;
 use super::{Syncer, state};
 use crate::directory::EntraUser;
 use crate::error::Result;
@@ -65,7 +66,11 @@ impl Syncer {
         report.changes.extend(self.sync_new_groups(new, now).await?);
         for group in known.keys().filter(|g| !assigned.contains_key(*g)) {
             report.unassigned += 1;
-            report.changes.extend(self.retire_group(group, now).await?);
+            let outcome = self.retire_group(group, now).await;
+            report.changes.extend(
+                self.settle_item(Item::Group(group.clone()), outcome, now)
+                    .await?,
+            );
         }
 
         let role_values: HashMap<String, String> = app
@@ -90,12 +95,19 @@ impl Syncer {
         const SLICE: usize = 500;
         let mut changes = Vec::new();
         for slice in groups.chunks(SLICE) {
+            // A group that fails on its own is recorded as assigned all the same, and its retry
+            // makes its team (see `Syncer::retry_failed`).
             changes.extend(
-                self.in_parallel(slice.to_vec(), move |syncer, (group, name)| async move {
-                    syncer
-                        .sync_group_fully_retrying(&group, Some(&name), now)
-                        .await
-                })
+                self.in_parallel(
+                    slice.to_vec(),
+                    |(group, _)| Item::Group(group.clone()),
+                    now,
+                    move |syncer, (group, name)| async move {
+                        syncer
+                            .sync_group_fully_retrying(&group, Some(&name), now)
+                            .await
+                    },
+                )
                 .await?,
             );
             let synced: Vec<(GroupId, Option<String>)> = slice
@@ -109,7 +121,9 @@ impl Syncer {
 
     /// A user's roles are those assigned to the user directly or to a group the user is a direct
     /// member of; the store keeps the most privileged valid one. Users entra-sync gave a role
-    /// earlier and who have no valid one left lose it.
+    /// earlier and who have no valid one left lose it, unless a role-holding group could not be
+    /// read: then nobody's role is revoked this time, since its members are unknown. Disabled
+    /// and deleted users hold no role.
     async fn sync_roles(
         &self,
         assignments: &[AppRoleAssignment],
@@ -119,6 +133,7 @@ impl Syncer {
         let options = self.options(now);
         let mut values: HashMap<UserId, Vec<String>> = HashMap::new();
         let mut known_users: HashMap<UserId, EntraUser> = HashMap::new();
+        let mut unknown_members = false;
         for assignment in assignments {
             if assignment.app_role_id.eq_ignore_ascii_case(DEFAULT_ACCESS) {
                 continue;
@@ -138,12 +153,18 @@ impl Syncer {
                     let Ok(group) = GroupId::parse(&assignment.principal_id) else {
                         continue;
                     };
-                    for user in self
-                        .graph
-                        .group_members(&group, false)
-                        .await?
+                    let members = match self.graph.group_members(&group, false).await {
+                        Ok(members) => members,
+                        Err(error) => {
+                            unknown_members = true;
+                            self.settle_item(Item::Group(group.clone()), Err(error), now)
+                                .await?;
+                            continue;
+                        }
+                    };
+                    for user in members
                         .into_iter()
-                        .filter_map(|o| o.into_user())
+                        .filter_map(|o| o.into_enabled_user())
                         .filter(|user| self.included(&user.id))
                     {
                         values
@@ -165,6 +186,7 @@ impl Syncer {
         for user in self.graph.users_by_ids(&unknown).await? {
             known_users.insert(user.id.clone(), user);
         }
+        // Disabled accounts are absent from what getByIds gives back: no role for them.
         let mut changes = Vec::new();
         let mut granted: HashSet<UserId> = HashSet::new();
         for (user_id, user_values) in &values {
@@ -175,14 +197,25 @@ impl Syncer {
             {
                 continue;
             }
-            changes.extend(self.store.set_user_role(user, user_values, options).await?);
             granted.insert(user_id.clone());
+            let outcome = self.store.set_user_role(user, user_values, options).await;
+            changes.extend(
+                self.settle_item(Item::User(user_id.clone()), outcome, now)
+                    .await?,
+            );
+        }
+        if unknown_members {
+            tracing::warn!("a role-holding group could not be read: no role is revoked this time");
+            return Ok(changes);
         }
         for managed in managed_role::Entity::find().all(&self.db).await? {
             if !granted.contains(&managed.entra_user_id) {
+                let outcome = self
+                    .store
+                    .revoke_role(&managed.entra_user_id, options)
+                    .await;
                 changes.extend(
-                    self.store
-                        .revoke_role(&managed.entra_user_id, options)
+                    self.settle_item(Item::User(managed.entra_user_id.clone()), outcome, now)
                         .await?,
                 );
             }

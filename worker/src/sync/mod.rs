@@ -9,17 +9,19 @@
 //! Notifications only say that a round is due; delta query is the truth.
 
 mod assignments;
+mod failures;
 mod reconcile;
 mod round;
 mod state;
 mod users;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use entity::GroupId;
+use entity::{GroupId, UserId};
 use sea_orm::DatabaseConnection;
 
 use crate::error::Result;
@@ -28,6 +30,7 @@ use crate::lease::{Fence, Lease};
 use crate::store::{ApplyOptions, Change, LiteLlmWriter, Store};
 
 pub use assignments::AssignmentReport;
+pub use failures::{Item, failed_items};
 pub use reconcile::{ReconcileReport, last_reconciliation};
 pub use round::RoundReport;
 pub use state::last_delta_round;
@@ -140,13 +143,15 @@ pub struct Syncer {
     /// Set inside a unit of work: the lease it holds, checked at every commit.
     fence: Option<Fence>,
     policy: UnassignedPolicy,
-    departed: DepartedUserPolicy,
+    departed_policy: DepartedUserPolicy,
     /// Plan every change and write nothing: neither LiteLLM's tables nor entra-sync's state.
     dry_run: bool,
-    /// Users disabled in Entra: still group members there, but given no team and no role (a
-    /// reconciliation fills it from the tenant's users, so that it does not add what it then
-    /// takes away).
-    excluded: std::sync::Arc<std::collections::HashSet<entity::UserId>>,
+    /// Users disabled or deleted in Entra (they may still be group members there): given no team
+    /// and no role on any path. Loaded at the start of each unit of work; a reconciliation adds
+    /// the tenant's disabled users, so that it does not add what it then takes away.
+    excluded: Arc<HashSet<UserId>>,
+    /// Items failing at the start of this unit of work, cleared when they succeed.
+    failing: Arc<HashSet<Item>>,
     /// Set: bulk work's changes go here instead of into the reports.
     sink: Option<ChangeSink>,
 }
@@ -172,9 +177,10 @@ impl Syncer {
             fence: None,
             db,
             policy,
-            departed: DepartedUserPolicy::default(),
+            departed_policy: DepartedUserPolicy::default(),
             dry_run: false,
-            excluded: std::sync::Arc::default(),
+            excluded: Arc::default(),
+            failing: Arc::default(),
             sink: None,
         }
     }
@@ -195,17 +201,65 @@ impl Syncer {
         F: FnOnce(Syncer) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        if self.dry_run || self.fence.is_some() {
+        if self.fence.is_some() {
             return work(self.clone()).await;
         }
+        if self.dry_run {
+            return work(self.within_unit(None).await?).await;
+        }
         self.lease
-            .hold(self.patience, |fence| {
-                work(Self {
-                    fence: Some(fence),
-                    ..self.clone()
-                })
+            .hold(self.patience, |fence| async move {
+                work(self.within_unit(Some(fence)).await?).await
             })
             .await
+    }
+
+    /// The syncer for one unit of work: its fence, the users to leave out, the failing items.
+    async fn within_unit(&self, fence: Option<Fence>) -> Result<Self> {
+        Ok(Self {
+            fence,
+            excluded: Arc::new(state::departed(&self.db).await?),
+            failing: Arc::new(failures::failing(&self.db).await?),
+            ..self.clone()
+        })
+    }
+
+    /// One item's outcome: its changes; or, for an error of its own, nothing now and a retry
+    /// later (recorded as failed, with backoff), while the rest of the work goes on. A systemic
+    /// error (the database or Graph away) is returned, to fail the unit of work as a whole.
+    async fn settle_item(
+        &self,
+        item: Item,
+        outcome: Result<Vec<Change>>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Change>> {
+        match outcome {
+            Ok(changes) => {
+                if self.failing.contains(&item) && !self.dry_run {
+                    failures::clear(&self.db, self.fence, &item, now).await?;
+                    tracing::info!(%item, "a failed item succeeded");
+                }
+                Ok(changes)
+            }
+            Err(error) if error.is_systemic() => Err(error),
+            Err(error) => {
+                tracing::warn!(%item, %error, "failed on its own; the rest goes on, and it is retried later");
+                if !self.dry_run {
+                    failures::record(&self.db, self.fence, &item, &error.to_string(), now).await?;
+                }
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// Whether failed items are due for another attempt (made at the end of the next round).
+    pub async fn failures_due(&self, now: DateTime<Utc>) -> Result<bool> {
+        Ok(!failures::due(&self.db, now).await?.is_empty())
+    }
+
+    /// How many groups and users fail now.
+    pub async fn failing_counts(&self) -> Result<(i64, i64)> {
+        failures::failing_counts(&self.db).await
     }
 
     /// Bulk work's changes go to `sink` instead of into the reports (the worker's `run`).
@@ -221,22 +275,25 @@ impl Syncer {
         self.sink.as_ref().map_or(0, ChangeSink::received)
     }
 
-    /// The same syncer, leaving these users out of every team and role.
-    fn excluding(&self, users: std::collections::HashSet<entity::UserId>) -> Self {
+    /// The same syncer, leaving exactly these users out of every team and role (a
+    /// reconciliation, which knows every account's state).
+    fn excluding(&self, users: HashSet<UserId>) -> Self {
         Self {
-            excluded: std::sync::Arc::new(users),
+            excluded: Arc::new(users),
             ..self.clone()
         }
     }
 
-    fn included(&self, user: &entity::UserId) -> bool {
-        !self.excluded.contains(user)
+    /// Whether a user may hold a team or a role: not disabled or deleted in Entra (unless the
+    /// departed-user policy keeps such users where they are).
+    fn included(&self, user: &UserId) -> bool {
+        self.departed_policy == DepartedUserPolicy::Keep || !self.excluded.contains(user)
     }
 
     /// What happens to the memberships of a user deleted or disabled in Entra.
     #[must_use]
     pub fn with_departed_users(mut self, policy: DepartedUserPolicy) -> Self {
-        self.departed = policy;
+        self.departed_policy = policy;
         self
     }
 
@@ -267,10 +324,17 @@ impl Syncer {
         state::remember_assigned(&self.db, self.fence, groups, now).await
     }
 
-    /// Runs `work` for every item, `PARALLEL_GROUPS` at a time, and gathers the changes; the first
-    /// error stops the rest. Group after group, a sync of thousands of groups is bound by round
-    /// trips, not by PostgreSQL.
-    async fn in_parallel<I, F, Fut>(&self, items: Vec<I>, work: F) -> Result<Vec<Change>>
+    /// Runs `work` for every item, `PARALLEL_GROUPS` at a time, and gathers the changes. An
+    /// item's own failure is settled as such ([`Self::settle_item`], `key` names the item) and
+    /// the others go on; a systemic error stops the rest. Group after group, a sync of thousands
+    /// of groups is bound by round trips, not by PostgreSQL.
+    async fn in_parallel<I, F, Fut>(
+        &self,
+        items: Vec<I>,
+        key: impl Fn(&I) -> Item,
+        now: DateTime<Utc>,
+        work: F,
+    ) -> Result<Vec<Change>>
     where
         I: Send + 'static,
         F: Fn(Syncer, I) -> Fut,
@@ -283,21 +347,20 @@ impl Syncer {
         loop {
             while running.len() < PARALLEL_GROUPS {
                 let Some(item) = pending.next() else { break };
-                running.spawn(work(self.clone(), item));
+                let item_key = key(&item);
+                let task = work(self.clone(), item);
+                running.spawn(async move { (item_key, task.await) });
             }
             let Some(done) = running.join_next().await else {
                 break;
             };
-            match done {
-                Ok(result) => match &self.sink {
-                    Some(sink) => sink.send(&result?),
-                    None => changes.extend(result?),
-                },
-                Err(failure) => {
-                    return Err(crate::Error::Settings(format!(
-                        "a group sync task failed: {failure}"
-                    )));
-                }
+            let (item, outcome) = done.map_err(|failure| {
+                crate::Error::Settings(format!("a group sync task failed: {failure}"))
+            })?;
+            let settled = self.settle_item(item, outcome, now).await?;
+            match &self.sink {
+                Some(sink) => sink.send(&settled),
+                None => changes.extend(settled),
             }
         }
         Ok(changes)
@@ -327,7 +390,7 @@ impl Syncer {
             .group_members(group, false)
             .await?
             .into_iter()
-            .filter_map(|object| object.into_user())
+            .filter_map(|object| object.into_enabled_user())
             .filter(|user| self.included(&user.id))
             .collect();
         self.store

@@ -6,7 +6,11 @@ use chrono::{DateTime, Utc};
 use entity::sync::reconciliation;
 use sea_orm::{ActiveValue::NotSet, EntityTrait, QueryOrder, Set, TransactionTrait};
 
-use super::{DepartedUserPolicy, Syncer};
+use std::collections::HashSet;
+
+use entity::UserId;
+
+use super::Syncer;
 use crate::error::Result;
 use crate::store::{Change, LiteLlmWriter};
 
@@ -86,18 +90,24 @@ impl Syncer {
 
     async fn reconcile_steps(&self, now: DateTime<Utc>) -> Result<ReconcileReport> {
         // Disabled users are still group members in Entra: left out of teams and roles from the
-        // start, so that the groups' pass does not add what the users' pass then takes away.
+        // start, so that the groups' pass does not add what the users' pass then takes away; and
+        // so are users entra-sync saw depart who are no longer in the tenant. A user enabled
+        // again is let back in at once.
         let tenant = self.graph.all_users().await?;
-        let syncer = match self.departed {
-            DepartedUserPolicy::Keep => self.clone(),
-            DepartedUserPolicy::RemoveMemberships => self.excluding(
-                tenant
-                    .iter()
-                    .filter(|state| !state.enabled)
-                    .map(|state| state.user.id.clone())
-                    .collect(),
-            ),
-        };
+        let in_tenant: HashSet<&UserId> = tenant.iter().map(|state| &state.user.id).collect();
+        let mut excluded: HashSet<UserId> = self
+            .excluded
+            .iter()
+            .filter(|user| !in_tenant.contains(user))
+            .cloned()
+            .collect();
+        excluded.extend(
+            tenant
+                .iter()
+                .filter(|state| !state.enabled)
+                .map(|state| state.user.id.clone()),
+        );
+        let syncer = self.excluding(excluded);
         let assignments = syncer.poll_locked(now).await?;
         let mut changes = assignments.changes;
         changes.extend(syncer.resync(now).await?.changes);

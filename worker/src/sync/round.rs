@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use entity::{GroupId, UserId};
 
+use super::failures::{self, Item};
 use super::{Syncer, retrying, state};
 use crate::directory::EntraUser;
 use crate::error::{Error, Result};
@@ -55,7 +56,6 @@ impl Syncer {
             }
             Err(error) => return Err(error),
         };
-        let options = self.options(now);
         let assigned = state::assigned(&self.db).await?;
         let mut report = RoundReport {
             groups_seen: round.groups.len(),
@@ -77,43 +77,117 @@ impl Syncer {
             if !assigned.contains_key(group) {
                 continue; // not LiteLLM's
             }
-            let before = report.changes.len();
-            if delta.group_removed.is_some() {
-                report.changes.extend(self.retire_group(group, now).await?);
-            } else {
-                if let Some(name) = &delta.display_name {
-                    report
-                        .changes
-                        .extend(self.store.ensure_team(group, name, options).await?);
-                    self.remember_assigned(&[(group.clone(), Some(name.clone()))], now)
-                        .await?;
+            let outcome = match self.apply_delta(group, delta, &users, now).await {
+                // Something about this group alone (its team deleted by hand, say): read it
+                // whole and make its team match, which also makes a missing team again.
+                Err(error) if !error.is_systemic() => {
+                    tracing::info!(%group, %error, "repairing the group from its current state");
+                    self.resync_group_by_id(group, now).await
                 }
-                let joining = self.joining(delta, &users);
-                if !joining.is_empty() {
-                    report
-                        .changes
-                        .extend(self.store.add_members(group, &joining, options).await?);
-                }
-                let leaving: Vec<UserId> = delta
-                    .removed
-                    .iter()
-                    .filter(|m| m.kind != ObjectKind::Group)
-                    .filter_map(|m| UserId::parse(&m.id).ok())
-                    .collect();
-                if !leaving.is_empty() {
-                    report
-                        .changes
-                        .extend(self.store.remove_members(group, &leaving, options).await?);
-                }
-            }
-            if report.changes.len() > before {
+                other => other,
+            };
+            let changes = self
+                .settle_item(Item::Group(group.clone()), outcome, now)
+                .await?;
+            if !changes.is_empty() {
                 report.groups_applied += 1;
             }
+            report.changes.extend(changes);
         }
         if !self.dry_run {
             state::save_delta_link(&self.db, self.fence, &round.delta_link, now).await?;
         }
+        report.changes.extend(self.retry_failed(now).await?);
         Ok(report)
+    }
+
+    /// One assigned group's changes from a delta round.
+    async fn apply_delta(
+        &self,
+        group: &GroupId,
+        delta: &GroupDelta,
+        users: &HashMap<UserId, EntraUser>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Change>> {
+        if delta.group_removed.is_some() {
+            return self.retire_group(group, now).await;
+        }
+        let options = self.options(now);
+        let mut changes = Vec::new();
+        if let Some(name) = &delta.display_name {
+            changes.extend(self.store.ensure_team(group, name, options).await?);
+            self.remember_assigned(&[(group.clone(), Some(name.clone()))], now)
+                .await?;
+            if changes
+                .iter()
+                .any(|change| matches!(change, Change::TeamCreated { .. }))
+            {
+                // An assigned group's team was gone (deleted by hand): made again, it needs
+                // every member, not only the ones this delta names.
+                changes.extend(self.resync_group_by_id(group, now).await?);
+                return Ok(changes);
+            }
+        }
+        let joining = self.joining(delta, users);
+        if !joining.is_empty() {
+            changes.extend(self.store.add_members(group, &joining, options).await?);
+        }
+        let leaving: Vec<UserId> = delta
+            .removed
+            .iter()
+            .filter(|m| m.kind != ObjectKind::Group)
+            .filter_map(|m| UserId::parse(&m.id).ok())
+            .collect();
+        if !leaving.is_empty() {
+            changes.extend(self.store.remove_members(group, &leaving, options).await?);
+        }
+        Ok(changes)
+    }
+
+    /// The failed items whose next attempt is due: a group is read whole and its team made to
+    /// match; a user is read again.
+    pub(super) async fn retry_failed(&self, now: DateTime<Utc>) -> Result<Vec<Change>> {
+        if self.dry_run {
+            return Ok(Vec::new());
+        }
+        let mut changes = Vec::new();
+        for item in failures::due(&self.db, now).await? {
+            let outcome = match &item {
+                Item::Group(group) => self.resync_group_by_id(group, now).await,
+                Item::User(user) => match self.graph.user_state(user).await {
+                    Ok(state) => self.apply_user(user, state.as_ref(), now).await,
+                    Err(error) => Err(error),
+                },
+            };
+            changes.extend(self.settle_item(item, outcome, now).await?);
+        }
+        Ok(changes)
+    }
+
+    /// One assigned group read whole and applied, as a resync does it.
+    async fn resync_group_by_id(&self, group: &GroupId, now: DateTime<Utc>) -> Result<Vec<Change>> {
+        let slice = std::slice::from_ref(group);
+        let current: HashMap<GroupId, GroupDelta> = self
+            .graph
+            .groups_delta_for(slice)
+            .await?
+            .into_iter()
+            .flat_map(|round| round.groups)
+            .collect();
+        let Some(delta) = current.get(group) else {
+            // Not in Graph's answer: the next poll settles whether it is still assigned.
+            return Ok(Vec::new());
+        };
+        let users = self.users_added(std::iter::once(delta)).await?;
+        let members = self.joining(delta, &users);
+        let changes = self.resync_group(group, delta, &members, now).await?;
+        if delta.group_removed.is_none()
+            && let Some(name) = &delta.display_name
+        {
+            self.remember_assigned(&[(group.clone(), Some(name.clone()))], now)
+                .await?;
+        }
+        Ok(changes)
     }
 
     /// Every assigned group read in full: its current name and members through delta with
@@ -172,9 +246,14 @@ impl Syncer {
             })
             .collect();
         let changes = self
-            .in_parallel(work, move |syncer, (group, delta, members)| async move {
-                syncer.resync_group(&group, &delta, &members, now).await
-            })
+            .in_parallel(
+                work,
+                |(group, _, _)| Item::Group(group.clone()),
+                now,
+                move |syncer, (group, delta, members)| async move {
+                    syncer.resync_group(&group, &delta, &members, now).await
+                },
+            )
             .await?;
         self.remember_assigned(&named, now).await?;
         Ok(changes)

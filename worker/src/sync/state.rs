@@ -1,13 +1,14 @@
 //! entra-sync's own sync state: assigned groups and delta links.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use entity::GroupId;
 use entity::sync::{assigned_group, delta_link};
+use entity::{GroupId, UserId};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::Set, DatabaseConnection, DatabaseTransaction, EntityTrait, TransactionTrait,
+    ActiveValue::Set, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
+    EntityTrait, FromQueryResult, Statement, TransactionTrait,
 };
 
 use crate::error::Result;
@@ -26,7 +27,10 @@ pub(super) async fn assigned(db: &DatabaseConnection) -> Result<HashMap<GroupId,
 }
 
 /// A transaction for entra-sync's own state, which commits only while `fence` holds its lease.
-async fn begin(db: &DatabaseConnection, fence: Option<Fence>) -> Result<DatabaseTransaction> {
+pub(super) async fn begin(
+    db: &DatabaseConnection,
+    fence: Option<Fence>,
+) -> Result<DatabaseTransaction> {
     let txn = db.begin().await?;
     if let Some(fence) = fence {
         crate::lease::check(&txn, fence).await?;
@@ -109,6 +113,48 @@ pub(super) async fn save_delta_link(
             .to_owned(),
     )
     .exec_without_returning(&txn)
+    .await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// Users entra-sync saw disabled or deleted in Entra.
+pub(super) async fn departed(db: &DatabaseConnection) -> Result<HashSet<UserId>> {
+    #[derive(FromQueryResult)]
+    struct Row {
+        entra_user_id: String,
+    }
+    Ok(Row::find_by_statement(Statement::from_string(
+        DbBackend::Postgres,
+        "SELECT entra_user_id FROM entra_sync_departed_users",
+    ))
+    .all(db)
+    .await?
+    .into_iter()
+    .filter_map(|row| UserId::parse(&row.entra_user_id).ok())
+    .collect())
+}
+
+/// Remembers that a user was disabled or deleted in Entra (`departed`), or is back.
+pub(super) async fn set_departed(
+    db: &DatabaseConnection,
+    fence: Option<Fence>,
+    user: &UserId,
+    departed: bool,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let txn = begin(db, fence).await?;
+    let sql = if departed {
+        "INSERT INTO entra_sync_departed_users (entra_user_id, since) VALUES ($1, $2)
+         ON CONFLICT (entra_user_id) DO NOTHING"
+    } else {
+        "DELETE FROM entra_sync_departed_users WHERE entra_user_id = $1 AND $2 IS NOT NULL"
+    };
+    txn.execute(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        sql,
+        [user.to_string().into(), now.into()],
+    ))
     .await?;
     txn.commit().await?;
     Ok(())

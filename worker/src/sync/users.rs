@@ -8,6 +8,7 @@ use entity::UserId;
 use entity::sync::{managed_membership, managed_role};
 use sea_orm::{ColumnTrait, EntityTrait, FromQueryResult, QueryFilter, QuerySelect, Statement};
 
+use super::failures::Item;
 use super::{Syncer, retrying};
 use crate::directory::UserState;
 use crate::error::Result;
@@ -33,10 +34,15 @@ impl Syncer {
         unique.dedup();
         self.exclusively(|syncer| async move {
             syncer
-                .in_parallel(unique, move |syncer, id| async move {
-                    let state = syncer.graph.user_state(&id).await?;
-                    syncer.apply_user(&id, state.as_ref(), now).await
-                })
+                .in_parallel(
+                    unique,
+                    |id| Item::User(id.clone()),
+                    now,
+                    move |syncer, id| async move {
+                        let state = syncer.graph.user_state(&id).await?;
+                        syncer.apply_user(&id, state.as_ref(), now).await
+                    },
+                )
                 .await
         })
         .await
@@ -74,14 +80,20 @@ impl Syncer {
                 (id, state)
             })
             .collect();
-        self.in_parallel(work, move |syncer, (id, state)| async move {
-            syncer.apply_user(&id, state.as_ref(), now).await
-        })
+        self.in_parallel(
+            work,
+            |(id, _)| Item::User(id.clone()),
+            now,
+            move |syncer, (id, state)| async move {
+                syncer.apply_user(&id, state.as_ref(), now).await
+            },
+        )
         .await
     }
 
-    /// A user as Graph describes it now (`None`: deleted).
-    async fn apply_user(
+    /// A user as Graph describes it now (`None`: deleted). Whether the user departed is
+    /// remembered, so that every path leaves them out (or lets them back) alike.
+    pub(super) async fn apply_user(
         &self,
         id: &UserId,
         state: Option<&UserState>,
@@ -89,9 +101,22 @@ impl Syncer {
     ) -> Result<Vec<Change>> {
         match state {
             Some(state) if state.enabled => {
-                self.store.update_user(&state.user, self.options(now)).await
+                let changes = self
+                    .store
+                    .update_user(&state.user, self.options(now))
+                    .await?;
+                if self.excluded.contains(id) && !self.dry_run {
+                    super::state::set_departed(&self.db, self.fence, id, false, now).await?;
+                }
+                Ok(changes)
             }
-            _ => self.depart(id, now).await,
+            _ => {
+                let changes = self.depart(id, now).await?;
+                if !self.dry_run {
+                    super::state::set_departed(&self.db, self.fence, id, true, now).await?;
+                }
+                Ok(changes)
+            }
         }
     }
 
@@ -99,7 +124,7 @@ impl Syncer {
     /// entra-sync manages goes and a role entra-sync set drops to the default; whatever the
     /// policy, their remaining keys follow `ENTRA_SYNC_DEPARTED_USER_KEYS`.
     async fn depart(&self, id: &UserId, now: DateTime<Utc>) -> Result<Vec<Change>> {
-        let groups: Option<Vec<entity::GroupId>> = match self.departed {
+        let groups: Option<Vec<entity::GroupId>> = match self.departed_policy {
             DepartedUserPolicy::Keep => None,
             DepartedUserPolicy::RemoveMemberships => Some(
                 managed_membership::Entity::find()

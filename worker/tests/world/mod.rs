@@ -170,8 +170,10 @@ impl World {
                     max_deliveries: 3,
                     trim_interval: Duration::from_secs(3600),
                     reconcile_interval: None,
+                    retry_check: Duration::from_millis(200),
                 },
                 subscriptions,
+                failed_rounds: 0,
             };
             worker
                 .run(async {

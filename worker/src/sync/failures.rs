@@ -1,0 +1,201 @@
+//! Items whose sync failed on their own: one group or user that keeps failing (a team deleted by
+//! hand that cannot be made again, a group Graph answers 404 for) must never stall the others.
+//! The rest of the work commits and the round moves on; the failed item is recorded in
+//! `entra_sync_failed_items` (and the audit log) and retried with backoff until it succeeds.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use entity::sync::failed_item;
+use entity::{GroupId, UserId};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, EntityTrait, FromQueryResult, QueryOrder, Statement,
+};
+
+use super::state;
+use crate::error::Result;
+use crate::lease::Fence;
+
+/// What failed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Item {
+    Group(GroupId),
+    User(UserId),
+}
+
+impl Item {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Group(_) => "group",
+            Self::User(_) => "user",
+        }
+    }
+
+    fn id(&self) -> &str {
+        match self {
+            Self::Group(id) => id.as_str(),
+            Self::User(id) => id.as_str(),
+        }
+    }
+
+    fn parse(kind: &str, id: &str) -> Option<Self> {
+        match kind {
+            "group" => GroupId::parse(id).ok().map(Self::Group),
+            "user" => UserId::parse(id).ok().map(Self::User),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Item {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind(), self.id())
+    }
+}
+
+fn statement(sql: &str, values: impl IntoIterator<Item = sea_orm::Value>) -> Statement {
+    Statement::from_sql_and_values(sea_orm::DbBackend::Postgres, sql, values)
+}
+
+/// Records a failure (or one more): retried 30 s after the first, doubling up to an hour. The
+/// audit log says what failed and why.
+pub(super) async fn record(
+    db: &DatabaseConnection,
+    fence: Option<Fence>,
+    item: &Item,
+    error: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let txn = state::begin(db, fence).await?;
+    txn.execute(statement(
+        "INSERT INTO entra_sync_failed_items
+           (kind, id, error, attempts, first_failed_at, last_failed_at, retry_at)
+         VALUES ($1, $2, $3, 1, $4, $4, $4 + interval '30 seconds')
+         ON CONFLICT (kind, id) DO UPDATE
+           SET error = excluded.error, attempts = entra_sync_failed_items.attempts + 1,
+               last_failed_at = excluded.last_failed_at,
+               retry_at = excluded.last_failed_at
+                 + least(interval '30 seconds' * power(2, least(entra_sync_failed_items.attempts, 20)),
+                         interval '1 hour')",
+        [
+            item.kind().into(),
+            item.id().into(),
+            error.into(),
+            now.into(),
+        ],
+    ))
+    .await?;
+    audit(&txn, "sync_failed", item, Some(error), now).await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// The items are in order again.
+pub(super) async fn clear(
+    db: &DatabaseConnection,
+    fence: Option<Fence>,
+    item: &Item,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let txn = state::begin(db, fence).await?;
+    let cleared = txn
+        .execute(statement(
+            "DELETE FROM entra_sync_failed_items WHERE kind = $1 AND id = $2",
+            [item.kind().into(), item.id().into()],
+        ))
+        .await?;
+    if cleared.rows_affected() > 0 {
+        audit(&txn, "sync_recovered", item, None, now).await?;
+    }
+    txn.commit().await?;
+    Ok(())
+}
+
+async fn audit(
+    txn: &sea_orm::DatabaseTransaction,
+    kind: &str,
+    item: &Item,
+    error: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let (team, user) = match item {
+        Item::Group(id) => (Some(id.to_string()), None),
+        Item::User(id) => (None, Some(id.to_string())),
+    };
+    let detail = serde_json::json!({
+        "kind": kind, "item": item.kind(), "id": item.id(), "error": error,
+    });
+    txn.execute(statement(
+        "INSERT INTO entra_sync_audit_log (recorded_at, kind, team_id, user_id, detail)
+         VALUES ($1, $2, $3, $4, $5)",
+        [
+            now.into(),
+            kind.into(),
+            team.into(),
+            user.into(),
+            detail.into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+#[derive(FromQueryResult)]
+struct Row {
+    kind: String,
+    id: String,
+}
+
+/// Every item failing now.
+pub(super) async fn failing(db: &DatabaseConnection) -> Result<HashSet<Item>> {
+    Ok(Row::find_by_statement(statement(
+        "SELECT kind, id FROM entra_sync_failed_items",
+        [],
+    ))
+    .all(db)
+    .await?
+    .into_iter()
+    .filter_map(|row| Item::parse(&row.kind, &row.id))
+    .collect())
+}
+
+/// The failed items whose next attempt is due at `now`.
+pub(super) async fn due(db: &DatabaseConnection, now: DateTime<Utc>) -> Result<Vec<Item>> {
+    Ok(Row::find_by_statement(statement(
+        "SELECT kind, id FROM entra_sync_failed_items WHERE retry_at <= $1 ORDER BY retry_at",
+        [now.into()],
+    ))
+    .all(db)
+    .await?
+    .into_iter()
+    .filter_map(|row| Item::parse(&row.kind, &row.id))
+    .collect())
+}
+
+/// Every failed item, most attempts first (for `status`).
+pub async fn failed_items(db: &DatabaseConnection) -> Result<Vec<failed_item::Model>> {
+    use sea_orm::QuerySelect;
+    Ok(failed_item::Entity::find()
+        .order_by_desc(failed_item::Column::Attempts)
+        .limit(100)
+        .all(db)
+        .await?)
+}
+
+/// How many items fail now, by kind (for the metrics).
+pub async fn failing_counts(db: &DatabaseConnection) -> Result<(i64, i64)> {
+    #[derive(FromQueryResult)]
+    struct Counts {
+        groups: i64,
+        users: i64,
+    }
+    let counts = Counts::find_by_statement(statement(
+        "SELECT count(*) FILTER (WHERE kind = 'group') AS groups,
+                count(*) FILTER (WHERE kind = 'user') AS users
+         FROM entra_sync_failed_items",
+        [],
+    ))
+    .one(db)
+    .await?;
+    Ok(counts.map_or((0, 0), |c| (c.groups, c.users)))
+}
