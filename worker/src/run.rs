@@ -19,6 +19,7 @@ use webhook::record::Kind;
 
 use crate::error::Result;
 use crate::metrics::{KindLabel, ResultLabel, WorkerMetrics};
+use crate::readiness::Readiness;
 use crate::stream::{Entry, StreamConsumer};
 use crate::subscriptions::{Action, SubscriptionManager};
 use crate::sync::Syncer;
@@ -54,6 +55,8 @@ pub struct Worker {
     pub settings: RunSettings,
     /// Handles lifecycle events; `None` when the worker manages no subscriptions.
     pub subscriptions: Option<SubscriptionManager>,
+    /// What `/readyz` reports; the loop records each read of the stream in it.
+    pub readiness: Readiness,
 }
 
 /// What a batch of entries asks for.
@@ -130,7 +133,9 @@ impl Worker {
                     .settings
                     .block
                     .min(next_poll.saturating_duration_since(Instant::now()));
-                match self.consumer.next_batch(wait).await {
+                let read = self.consumer.next_batch(wait).await;
+                self.readiness.stream_read(read.is_ok());
+                match read {
                     Ok(batch) => held = batch,
                     Err(error) => {
                         tracing::warn!(%error, "cannot read the stream");

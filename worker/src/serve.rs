@@ -17,6 +17,7 @@ use crate::graph::{GraphClient, GraphMetrics};
 use crate::litellm_cache::LiteLlmCache;
 use crate::litellm_config::{CacheSettings, LiteLlmSettings};
 use crate::metrics::{ResultLabel, WorkerMetrics};
+use crate::readiness::Readiness;
 use crate::run::{RunSettings, Worker};
 use crate::store::Store;
 use crate::stream::{StreamConsumer, StreamSettings};
@@ -87,6 +88,7 @@ pub fn cache_advice(configured: bool, caches: &CacheSettings) -> Vec<String> {
 struct Health {
     db: DatabaseConnection,
     registry: Registry,
+    readiness: Readiness,
 }
 
 async fn healthz() -> StatusCode {
@@ -94,6 +96,9 @@ async fn healthz() -> StatusCode {
 }
 
 async fn readyz(State(health): State<Arc<Health>>) -> StatusCode {
+    if !health.readiness.is_ready() {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
     match health.db.execute_unprepared("SELECT 1").await {
         Ok(_) => StatusCode::OK,
         Err(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -145,9 +150,11 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
                 config.metrics_listen
             ))
         })?;
+    let readiness = Readiness::new();
     let health = Arc::new(Health {
         db: db.clone(),
         registry,
+        readiness: readiness.clone(),
     });
     let app = axum::Router::new()
         .route("/healthz", axum::routing::get(healthz))
@@ -205,6 +212,7 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
             ..RunSettings::default()
         },
         subscriptions,
+        readiness,
     };
     tracing::info!(
         stream = config.stream,
