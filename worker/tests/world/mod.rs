@@ -348,6 +348,21 @@ impl World {
         -1
     }
 
+    /// The id of the last entry the workers' group was given, from XINFO GROUPS.
+    pub fn last_delivered(&self) -> Option<String> {
+        let groups = self
+            .stream
+            .try_command(&["XINFO", "GROUPS", self.stream.key()])
+            .ok()?;
+        let groups: redis::streams::StreamInfoGroupsReply =
+            redis::FromRedisValue::from_redis_value(groups).ok()?;
+        groups
+            .groups
+            .into_iter()
+            .find(|g| g.name == "entra-sync-workers")
+            .map(|g| g.last_delivered_id)
+    }
+
     pub fn pending(&self) -> i64 {
         match self
             .stream
