@@ -32,12 +32,8 @@ impl Readiness {
             .store(succeeded, Ordering::Relaxed);
     }
 
-    pub fn stream_readable(&self) -> bool {
-        self.state.stream_readable.load(Ordering::Relaxed)
-    }
-
     pub fn is_ready(&self) -> bool {
-        self.stream_readable()
+        self.state.stream_readable.load(Ordering::Relaxed)
     }
 }
 
