@@ -396,7 +396,9 @@ async fn claimed_entries_get_their_own_counts_with_a_live_consumers_entry_betwee
     while idle_ms(&streams, &read[2].id) < 600 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // A live replica takes the middle entry (its idle time starts again).
+    let mut heir = streams.consumer_with(settings("heir")).await;
+    // A live replica takes the middle entry (its idle time starts again), just before the heir
+    // looks.
     streams.stream.command(&[
         "XCLAIM",
         streams.stream.key(),
@@ -405,8 +407,6 @@ async fn claimed_entries_get_their_own_counts_with_a_live_consumers_entry_betwee
         "0",
         &read[1].id,
     ]);
-
-    let mut heir = streams.consumer_with(settings("heir")).await;
     let claimed = heir.next_batch(Duration::from_millis(10)).await.unwrap();
     assert_eq!(ids(&claimed), [read[0].id.clone(), read[2].id.clone()]);
     assert!(
