@@ -20,6 +20,8 @@ pub struct RedisServer {
     name: &'static str,
     /// The variable that names it.
     variable: &'static str,
+    /// What to do when it does not answer.
+    remedy: &'static str,
 }
 
 impl RedisServer {
@@ -30,6 +32,7 @@ impl RedisServer {
             "ENTRA_SYNC_TEST_REDIS",
             "redis://127.0.0.1:6379",
             "the machine's Redis",
+            "start it",
         )
     }
 
@@ -41,6 +44,7 @@ impl RedisServer {
             "ENTRA_SYNC_TEST_REDIS6",
             "redis://127.0.0.1:6380",
             "Redis 6.2",
+            START_TEST_SERVERS,
         );
         let version = server.info_field("redis_version").unwrap_or_default();
         assert!(
@@ -55,7 +59,12 @@ impl RedisServer {
     /// `tests/servers/start` runs it. Fails, with what to do, when it does not answer or is not
     /// Valkey.
     pub fn valkey() -> Self {
-        let server = Self::from_env("ENTRA_SYNC_TEST_VALKEY", "redis://127.0.0.1:6381", "Valkey");
+        let server = Self::from_env(
+            "ENTRA_SYNC_TEST_VALKEY",
+            "redis://127.0.0.1:6381",
+            "Valkey",
+            START_TEST_SERVERS,
+        );
         assert!(
             server.info_field("valkey_version").is_some(),
             "ENTRA_SYNC_TEST_VALKEY ({}) is not Valkey (its INFO has no valkey_version): point it at a Valkey server.",
@@ -64,11 +73,17 @@ impl RedisServer {
         server
     }
 
-    fn from_env(variable: &'static str, default: &str, name: &'static str) -> Self {
+    fn from_env(
+        variable: &'static str,
+        default: &str,
+        name: &'static str,
+        remedy: &'static str,
+    ) -> Self {
         Self {
             url: std::env::var(variable).unwrap_or_else(|_| default.to_owned()),
             name,
             variable,
+            remedy,
         }
     }
 
@@ -93,18 +108,15 @@ impl RedisServer {
         ::redis::Client::open(url.as_str())
             .and_then(|client| client.get_connection())
             .unwrap_or_else(|e| {
-                let start = if self.variable == "ENTRA_SYNC_TEST_REDIS" {
-                    "start it"
-                } else {
-                    "start it with tests/servers/start"
-                };
                 panic!(
-                    "{} is not reachable at {url} ({e}): {start}, or point {} at a server.",
-                    self.name, self.variable
+                    "{} is not reachable at {url} ({e}): {}, or point {} at a server.",
+                    self.name, self.remedy, self.variable
                 )
             })
     }
 }
+
+const START_TEST_SERVERS: &str = "start it with tests/servers/start";
 
 fn connection() -> ::redis::Connection {
     RedisServer::machine().connection()
