@@ -12,6 +12,7 @@ mod metrics;
 mod notification;
 mod queue;
 pub mod record;
+pub mod redis_server;
 mod verify;
 
 use std::future::Future;

@@ -1,14 +1,14 @@
 //! The Redis stream: appending accepted notifications, and watching how many wait.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OnceCell};
 
-use crate::record::{CONSUMER_GROUP, StreamRecord};
+use crate::record::StreamRecord;
+use crate::redis_server::{RedisCapabilities, group_progress};
 
 /// How long connecting to Redis may take; requests have their own, shorter, deadline.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -18,6 +18,8 @@ pub struct Queue {
     client: redis::Client,
     stream: String,
     connection: Mutex<Option<ConnectionManager>>,
+    /// What the server can do, asked once, by the first measurement: requests never wait for it.
+    capabilities: OnceCell<RedisCapabilities>,
     /// Entries not yet processed by the workers, as last measured; -1: unknown.
     backlog: AtomicI64,
     /// The stream's length (XLEN), as last measured; -1: unknown.
@@ -30,6 +32,7 @@ impl Queue {
             client: redis::Client::open(redis_url)?,
             stream,
             connection: Mutex::new(None),
+            capabilities: OnceCell::new(),
             backlog: AtomicI64::new(-1),
             length: AtomicI64::new(-1),
         })
@@ -72,31 +75,26 @@ impl Queue {
     }
 
     /// The stream's length, and the entries the workers have not finished: the consumer group's
-    /// lag plus its pending entries, or the whole stream before any worker created the group.
+    /// lag plus its pending entries (see [`group_progress`] for servers that do not report the
+    /// lag), or the whole stream before any worker created the group.
     async fn measure(&self) -> redis::RedisResult<(i64, i64)> {
         let mut connection = self.connection().await?;
+        let capabilities = self
+            .capabilities
+            .get_or_try_init(|| {
+                let mut connection = connection.clone();
+                async move { RedisCapabilities::detect(&mut connection).await }
+            })
+            .await?;
         let length: i64 = redis::cmd("XLEN")
             .arg(&self.stream)
             .query_async(&mut connection)
             .await?;
-        let groups: redis::RedisResult<Vec<HashMap<String, redis::Value>>> = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&self.stream)
-            .query_async(&mut connection)
-            .await;
-        let number = |value: Option<&redis::Value>| match value {
-            Some(redis::Value::Int(n)) => Some(*n),
-            _ => None,
+        let backlog = match group_progress(&mut connection, &self.stream, capabilities).await? {
+            Some(progress) => progress.lag + progress.pending,
+            None => length,
         };
-        if let Ok(groups) = groups
-            && let Some(group) = groups.iter().find(|g| {
-                matches!(g.get("name"), Some(redis::Value::BulkString(name)) if name == CONSUMER_GROUP.as_bytes())
-            })
-            && let Some(lag) = number(group.get("lag"))
-        {
-            return Ok((length, lag + number(group.get("pending")).unwrap_or(0)));
-        }
-        Ok((length, length))
+        Ok((length, backlog))
     }
 
     /// The last measured backlog, if known.

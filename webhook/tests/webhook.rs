@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use entra_sync_testkit::redis::{RedisProxy, TestStream, redis_url};
+use entra_sync_testkit::redis::{RedisProxy, RedisServer, TestStream};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use webhook::Settings;
@@ -42,7 +42,9 @@ async fn start_with(
     proxy: Option<RedisProxy>,
     tweak: impl FnOnce(&mut Settings),
 ) -> Running {
-    let redis = proxy.as_ref().map_or_else(redis_url, RedisProxy::url);
+    let redis = proxy
+        .as_ref()
+        .map_or_else(|| stream.server().url().to_owned(), RedisProxy::url);
     let mut settings = settings(redis, &stream);
     tweak(&mut settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -407,6 +409,81 @@ async fn a_full_backlog_answers_503_and_trims_nothing() {
     assert!(body.contains("waiting"), "{body}");
     assert_eq!(app.stream.len(), stored);
     assert!(app.metrics().await.contains(r#"outcome="backpressure""#));
+}
+
+/// The backlog is what the workers have not finished (unread plus pending), not the stream's
+/// length, on servers that report the group's lag (7.0, Valkey) and on those that do not (6.2).
+async fn the_backlog_is_what_the_workers_have_not_finished(server: RedisServer) {
+    let stream = TestStream::on(&server);
+    stream.command(&[
+        "XGROUP",
+        "CREATE",
+        stream.key(),
+        "entra-sync-workers",
+        "$",
+        "MKSTREAM",
+    ]);
+    let app = start_with(stream, None, |_| {}).await;
+    for n in 0..5 {
+        assert_eq!(
+            app.notify(vec![change(SECRET, TENANT, &format!("g{n}"))])
+                .await
+                .0,
+            202
+        );
+    }
+    // A worker read three and finished two of them: two unread, one pending.
+    let key = app.stream.key().to_owned();
+    app.stream.command(&[
+        "XREADGROUP",
+        "GROUP",
+        "entra-sync-workers",
+        "w",
+        "COUNT",
+        "3",
+        "STREAMS",
+        &key,
+        ">",
+    ]);
+    let ids: Vec<String> = app
+        .stream
+        .entries_with_ids()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    app.stream
+        .command(&["XACK", &key, "entra-sync-workers", &ids[0], &ids[1]]);
+
+    // Measured in the background: wait for a measurement taken after the acknowledgement (the
+    // only moment the length is 5 and the backlog is not).
+    let measured = |metrics: &str| {
+        metrics.contains("entra_sync_stream_backlog 3\n")
+            && metrics.contains("entra_sync_stream_length 5\n")
+    };
+    let mut metrics = String::new();
+    for _ in 0..250 {
+        metrics = app.metrics().await;
+        if measured(&metrics) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(measured(&metrics), "{metrics}");
+}
+
+#[tokio::test]
+async fn the_backlog_on_the_machines_redis() {
+    the_backlog_is_what_the_workers_have_not_finished(RedisServer::machine()).await;
+}
+
+#[tokio::test]
+async fn the_backlog_on_redis_6_2() {
+    the_backlog_is_what_the_workers_have_not_finished(RedisServer::redis6()).await;
+}
+
+#[tokio::test]
+async fn the_backlog_on_valkey() {
+    the_backlog_is_what_the_workers_have_not_finished(RedisServer::valkey()).await;
 }
 
 #[tokio::test]

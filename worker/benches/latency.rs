@@ -118,7 +118,7 @@ async fn main() {
             ..RunSettings::default()
         },
         subscriptions: None,
-        failed_rounds: 0,
+        readiness: Default::default(),
     };
     tokio::spawn(worker.run(std::future::pending()));
     while scalar(db.conn(), "SELECT count(*) FROM entra_sync_delta_links").await == 0 {

@@ -11,6 +11,7 @@ pub mod lease;
 pub mod litellm_cache;
 pub mod litellm_config;
 pub mod metrics;
+pub mod readiness;
 pub mod roles;
 pub mod run;
 pub mod serve;

@@ -19,6 +19,7 @@ use webhook::record::Kind;
 
 use crate::error::Result;
 use crate::metrics::{KindLabel, ResultLabel, WorkerMetrics};
+use crate::readiness::Readiness;
 use crate::stream::{Entry, StreamConsumer};
 use crate::subscriptions::{Action, SubscriptionManager};
 use crate::sync::Syncer;
@@ -57,8 +58,8 @@ pub struct Worker {
     pub settings: RunSettings,
     /// Handles lifecycle events; `None` when the worker manages no subscriptions.
     pub subscriptions: Option<SubscriptionManager>,
-    /// Rounds that failed as a whole since the last one that committed.
-    pub failed_rounds: u32,
+    /// What `/readyz` reports; the loop records each read of the stream in it.
+    pub readiness: Readiness,
 }
 
 /// What a batch of entries asks for.
@@ -145,8 +146,14 @@ impl Worker {
                     .settings
                     .block
                     .min(next_poll.saturating_duration_since(Instant::now()));
-                match self.consumer.next_batch(wait).await {
-                    Ok(batch) => held = batch,
+                let read = self.consumer.next_batch(wait).await;
+                self.readiness.stream_read(read.is_ok());
+                match read {
+                    Ok(batch) => {
+                        held = batch;
+                        // Redis is back: a failure from now on starts waiting afresh.
+                        backoff = Duration::from_millis(250);
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "cannot read the stream");
                         if sleep_or_stop(&mut shutdown, backoff).await {
@@ -181,11 +188,9 @@ impl Worker {
                     }
                 }
                 Err(error) => {
-                    self.failed_rounds = self.failed_rounds.saturating_add(1);
-                    self.metrics
-                        .failed_rounds
-                        .set(i64::from(self.failed_rounds));
-                    tracing::warn!(%error, ?backoff, failed_in_a_row = self.failed_rounds, "round failed; entries stay pending, retrying");
+                    let failed = self.readiness.round(false);
+                    self.metrics.failed_rounds.set(i64::from(failed));
+                    tracing::warn!(%error, ?backoff, failed_in_a_row = failed, "round failed; entries stay pending, retrying");
                     if sleep_or_stop(&mut shutdown, backoff).await {
                         return Ok(());
                     }
@@ -193,7 +198,7 @@ impl Worker {
                     continue;
                 }
             }
-            self.failed_rounds = 0;
+            self.readiness.round(true);
             self.metrics.failed_rounds.set(0);
             self.housekeeping(&mut next_trim).await;
         }

@@ -18,6 +18,7 @@ use crate::lease::Lease;
 use crate::litellm_cache::LiteLlmCache;
 use crate::litellm_config::{CacheSettings, LiteLlmSettings};
 use crate::metrics::{ResultLabel, WorkerMetrics};
+use crate::readiness::Readiness;
 use crate::run::{RunSettings, Worker};
 use crate::store::Store;
 use crate::stream::{StreamConsumer, StreamSettings};
@@ -88,6 +89,7 @@ pub fn cache_advice(configured: bool, caches: &CacheSettings) -> Vec<String> {
 struct Health {
     db: DatabaseConnection,
     registry: Registry,
+    readiness: Readiness,
 }
 
 async fn healthz() -> StatusCode {
@@ -95,6 +97,9 @@ async fn healthz() -> StatusCode {
 }
 
 async fn readyz(State(health): State<Arc<Health>>) -> StatusCode {
+    if !health.readiness.is_ready() {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
     match health.db.execute_unprepared("SELECT 1").await {
         Ok(_) => StatusCode::OK,
         Err(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -146,9 +151,11 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
                 config.metrics_listen
             ))
         })?;
+    let readiness = Readiness::new();
     let health = Arc::new(Health {
         db: db.clone(),
         registry,
+        readiness: readiness.clone(),
     });
     let app = axum::Router::new()
         .route("/healthz", axum::routing::get(healthz))
@@ -211,7 +218,7 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
             ..RunSettings::default()
         },
         subscriptions,
-        failed_rounds: 0,
+        readiness,
     };
     tracing::info!(
         stream = config.stream,

@@ -6,12 +6,22 @@
 //! understands) stays unacknowledged, so it is delivered again; after `max_deliveries` it moves
 //! to the dead-letter stream with its error, and it never holds back the others. The stream is
 //! trimmed only below its oldest unacknowledged entry.
+//!
+//! The commands differ with the server's version (6.0, 6.2, 7.0 and newer, Valkey): what is used
+//! where is decided once, by [`RedisCapabilities`], detected when the consumer connects.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
+use redis::streams::{
+    StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply,
+    StreamPendingReply, StreamRangeReply, StreamReadReply,
+};
 use webhook::record::{CONSUMER_GROUP, StreamRecord};
+use webhook::redis_server::{
+    ClaimMethod, RedisCapabilities, TrimMethod, fields_as_strings, group_progress, id_after,
+};
 
 /// One entry read from the stream.
 #[derive(Clone, Debug)]
@@ -38,15 +48,27 @@ pub struct StreamSettings {
 pub struct StreamConsumer {
     connection: ConnectionManager,
     settings: StreamSettings,
+    capabilities: RedisCapabilities,
 }
 
 type Fields = HashMap<String, String>;
 /// An entry as Redis returns it: id and fields.
 type RawEntry = (String, Fields);
-/// XREADGROUP's reply: per stream, its entries.
-type ReadReply = Option<Vec<(String, Vec<RawEntry>)>>;
 
-fn to_entries(raw: Vec<(String, Fields)>, deliveries: &HashMap<String, u64>) -> Vec<Entry> {
+/// How many pending entries one claim looks at, per entry it may claim: as `XAUTOCLAIM` does
+/// (it scans at most ten times its `COUNT`), so that both paths see the same entries.
+const CLAIM_SCAN_FACTOR: usize = 10;
+/// Entries deleted per `XDEL` when trimming without `XTRIM MINID` (6.0), and how many such
+/// batches one trim may delete: the rest waits for the next trim, so that a long backlog of
+/// acknowledged entries never makes one trim long.
+const TRIM_BATCH: usize = 1000;
+const TRIM_BATCHES: usize = 10;
+
+fn raw_entry(entry: StreamId) -> RawEntry {
+    (entry.id, fields_as_strings(entry.map))
+}
+
+fn to_entries(raw: Vec<RawEntry>, deliveries: &HashMap<String, u64>) -> Vec<Entry> {
     raw.into_iter()
         .map(|(id, fields)| Entry {
             deliveries: deliveries.get(&id).copied().unwrap_or(1),
@@ -58,14 +80,40 @@ fn to_entries(raw: Vec<(String, Fields)>, deliveries: &HashMap<String, u64>) -> 
 }
 
 impl StreamConsumer {
-    /// Connects and makes sure the consumer group exists (reading from the stream's start).
+    /// Connects, asks the server what it can do, and makes sure the consumer group exists
+    /// (reading from the stream's start).
     pub async fn connect(redis_url: &str, settings: StreamSettings) -> redis::RedisResult<Self> {
+        let mut connection = Self::open(redis_url).await?;
+        let capabilities = RedisCapabilities::detect(&mut connection).await?;
+        tracing::info!(%capabilities, "the stream's server");
+        Self::start(connection, settings, capabilities).await
+    }
+
+    /// Like [`Self::connect`], with the capabilities given rather than detected: tests take a
+    /// newer server down an older server's path with it.
+    pub async fn connect_assuming(
+        redis_url: &str,
+        settings: StreamSettings,
+        capabilities: RedisCapabilities,
+    ) -> redis::RedisResult<Self> {
+        let connection = Self::open(redis_url).await?;
+        Self::start(connection, settings, capabilities).await
+    }
+
+    async fn open(redis_url: &str) -> redis::RedisResult<ConnectionManager> {
         let client = redis::Client::open(redis_url)?;
         // Reads block for up to a few seconds; the response timeout must be longer than that.
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(30)));
-        let mut connection = ConnectionManager::new_with_config(client, config).await?;
+        ConnectionManager::new_with_config(client, config).await
+    }
+
+    async fn start(
+        mut connection: ConnectionManager,
+        settings: StreamSettings,
+        capabilities: RedisCapabilities,
+    ) -> redis::RedisResult<Self> {
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(&settings.stream)
@@ -82,6 +130,7 @@ impl StreamConsumer {
         Ok(Self {
             connection,
             settings,
+            capabilities,
         })
     }
 
@@ -89,10 +138,17 @@ impl StreamConsumer {
         &self.settings
     }
 
+    pub fn capabilities(&self) -> &RedisCapabilities {
+        &self.capabilities
+    }
+
     /// The next batch: first entries claimed from dead consumers, then new ones, waiting up to
     /// `block` for any to arrive.
     pub async fn next_batch(&mut self, block: Duration) -> redis::RedisResult<Vec<Entry>> {
-        let mut entries = self.claim_idle().await?;
+        let mut entries = match self.capabilities.claim {
+            ClaimMethod::AutoClaim => self.auto_claim().await?,
+            ClaimMethod::PendingThenClaim => self.claim_pending().await?,
+        };
         let room = self.settings.batch.saturating_sub(entries.len());
         if room > 0 {
             let mut read = redis::cmd("XREADGROUP");
@@ -106,62 +162,172 @@ impl StreamConsumer {
             if entries.is_empty() && wait > 0 {
                 read.arg("BLOCK").arg(wait);
             }
-            let reply: ReadReply = read
+            // Nil when BLOCK ran out with nothing new.
+            let reply: Option<StreamReadReply> = read
                 .arg("STREAMS")
                 .arg(&self.settings.stream)
                 .arg(">")
                 .query_async(&mut self.connection)
                 .await?;
-            for (_, raw) in reply.unwrap_or_default() {
-                entries.extend(to_entries(raw, &HashMap::new()));
-            }
+            let raw = reply
+                .into_iter()
+                .flat_map(|reply| reply.keys)
+                .flat_map(|key| key.ids)
+                .map(raw_entry)
+                .collect();
+            // New entries: delivered for the first time.
+            entries.extend(to_entries(raw, &HashMap::new()));
         }
         Ok(entries)
     }
 
-    /// Takes over entries other consumers left pending for longer than `claim_idle`.
-    async fn claim_idle(&mut self) -> redis::RedisResult<Vec<Entry>> {
-        let (_next, raw, _deleted): (String, Vec<(String, Fields)>, Vec<String>) =
-            redis::cmd("XAUTOCLAIM")
-                .arg(&self.settings.stream)
-                .arg(CONSUMER_GROUP)
-                .arg(&self.settings.consumer)
-                .arg(self.settings.claim_idle.as_millis() as u64)
-                .arg("0-0")
-                .arg("COUNT")
-                .arg(self.settings.batch)
-                .query_async(&mut self.connection)
-                .await?;
-        if raw.is_empty() {
-            return Ok(Vec::new());
+    /// Takes over entries other consumers left pending for longer than `claim_idle`, with
+    /// `XAUTOCLAIM` (6.2 and newer).
+    async fn auto_claim(&mut self) -> redis::RedisResult<Vec<Entry>> {
+        // `StreamAutoClaimReply` reads both of XAUTOCLAIM's replies: 7.0's three elements (next
+        // id, entries, deleted ids) and 6.2's two.
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(&self.settings.stream)
+            .arg(CONSUMER_GROUP)
+            .arg(&self.settings.consumer)
+            .arg(self.claim_idle_ms())
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(self.settings.batch)
+            .query_async(&mut self.connection)
+            .await?;
+        // 7.0 drops entries deleted from the stream from the pending list itself and lists them
+        // in `deleted_ids`, which need nothing more. 6.2 answers nil for them and keeps them
+        // pending, now as ours: they would be claimed again forever, and hold back trimming.
+        if reply.invalid_entries {
+            self.acknowledge_vanished().await?;
         }
-        let deliveries = self.delivery_counts(&raw).await?;
-        Ok(to_entries(raw, &deliveries))
+        let raw: Vec<RawEntry> = reply.claimed.into_iter().map(raw_entry).collect();
+        self.with_delivery_counts(raw).await
     }
 
-    async fn delivery_counts(
-        &mut self,
-        raw: &[(String, Fields)],
-    ) -> redis::RedisResult<HashMap<String, u64>> {
+    /// Takes over entries other consumers left pending for longer than `claim_idle`, without
+    /// `XAUTOCLAIM` (6.0): lists the oldest pending entries (6.0's `XPENDING` cannot filter by
+    /// idle time), keeps the idle ones, and claims those.
+    async fn claim_pending(&mut self) -> redis::RedisResult<Vec<Entry>> {
+        let claim_idle = self.claim_idle_ms();
+        let pending: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(&self.settings.stream)
+            .arg(CONSUMER_GROUP)
+            .arg("-")
+            .arg("+")
+            .arg(self.settings.batch.saturating_mul(CLAIM_SCAN_FACTOR))
+            .query_async(&mut self.connection)
+            .await?;
+        let idle: Vec<String> = pending
+            .ids
+            .into_iter()
+            .filter(|entry| entry.last_delivered_ms as u64 >= claim_idle)
+            .take(self.settings.batch)
+            .map(|entry| entry.id)
+            .collect();
+        if idle.is_empty() {
+            return Ok(Vec::new());
+        }
+        // XCLAIM checks the idle time again, so an entry another replica claimed meanwhile is
+        // left to it. Not `StreamClaimReply`: it turns the nil that 6.x answers for an entry
+        // deleted from the stream into nothing, and such an entry must be acknowledged.
+        let claimed: Vec<Option<(String, HashMap<String, redis::Value>)>> = redis::cmd("XCLAIM")
+            .arg(&self.settings.stream)
+            .arg(CONSUMER_GROUP)
+            .arg(&self.settings.consumer)
+            .arg(claim_idle)
+            .arg(&idle)
+            .query_async(&mut self.connection)
+            .await?;
+        if claimed.iter().any(Option::is_none) {
+            self.acknowledge_vanished().await?;
+        }
+        let raw: Vec<RawEntry> = claimed
+            .into_iter()
+            .flatten()
+            .map(|(id, fields)| (id, fields_as_strings(fields)))
+            .collect();
+        self.with_delivery_counts(raw).await
+    }
+
+    fn claim_idle_ms(&self) -> u64 {
+        u64::try_from(self.settings.claim_idle.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Acknowledges this consumer's pending entries that are no longer in the stream (deleted
+    /// by someone else: entra-sync's own trimming never goes past a pending entry). There is
+    /// nothing left of them to process.
+    async fn acknowledge_vanished(&mut self) -> redis::RedisResult<()> {
+        let mine: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(&self.settings.stream)
+            .arg(CONSUMER_GROUP)
+            .arg("-")
+            .arg("+")
+            .arg(self.settings.batch)
+            .arg(&self.settings.consumer)
+            .query_async(&mut self.connection)
+            .await?;
+        if mine.ids.is_empty() {
+            return Ok(());
+        }
+        let mut lookups = redis::pipe();
+        for entry in &mine.ids {
+            lookups
+                .cmd("XRANGE")
+                .arg(&self.settings.stream)
+                .arg(&entry.id)
+                .arg(&entry.id);
+        }
+        let found: Vec<StreamRangeReply> = lookups.query_async(&mut self.connection).await?;
+        let vanished: Vec<&str> = mine
+            .ids
+            .iter()
+            .zip(&found)
+            .filter(|(_, range)| range.ids.is_empty())
+            .map(|(entry, _)| entry.id.as_str())
+            .collect();
+        if !vanished.is_empty() {
+            tracing::warn!(
+                count = vanished.len(),
+                "pending entries were deleted from the stream; acknowledged"
+            );
+            self.ack_ids(&vanished).await?;
+        }
+        Ok(())
+    }
+
+    /// The claimed entries, with how many times each has been delivered (the claim included).
+    async fn with_delivery_counts(&mut self, raw: Vec<RawEntry>) -> redis::RedisResult<Vec<Entry>> {
         let (Some(first), Some(last)) = (raw.first(), raw.last()) else {
-            return Ok(HashMap::new());
+            return Ok(Vec::new());
         };
-        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        // Only this consumer's entries: other consumers' between the first and the last would
+        // take the places of ours within the count. Ours in between, besides the claimed ones,
+        // are at most a batch whose acknowledgement failed.
+        let pending: StreamPendingCountReply = redis::cmd("XPENDING")
             .arg(&self.settings.stream)
             .arg(CONSUMER_GROUP)
             .arg(&first.0)
             .arg(&last.0)
-            .arg(raw.len())
+            .arg(raw.len() + self.settings.batch)
+            .arg(&self.settings.consumer)
             .query_async(&mut self.connection)
             .await?;
-        Ok(pending
+        let deliveries = pending
+            .ids
             .into_iter()
-            .map(|(id, _consumer, _idle, deliveries)| (id, deliveries))
-            .collect())
+            .map(|entry| (entry.id, entry.times_delivered as u64))
+            .collect();
+        Ok(to_entries(raw, &deliveries))
     }
 
     /// Acknowledges entries whose effect is committed.
     pub async fn ack(&mut self, ids: &[String]) -> redis::RedisResult<()> {
+        self.ack_ids(ids).await
+    }
+
+    async fn ack_ids(&mut self, ids: &[impl redis::ToRedisArgs]) -> redis::RedisResult<()> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -194,75 +360,95 @@ impl StreamConsumer {
     }
 
     /// Removes the entries below the oldest one not yet acknowledged: the oldest pending entry,
-    /// or, with none pending, everything the group has read.
+    /// or, with none pending, everything the group has read. Returns how many went.
     pub async fn trim(&mut self) -> redis::RedisResult<u64> {
-        let summary: (u64, Option<String>, Option<String>, redis::Value) = redis::cmd("XPENDING")
+        let Some(keep_from) = self.oldest_unacknowledged().await? else {
+            return Ok(0);
+        };
+        match self.capabilities.trim {
+            TrimMethod::MinId => {
+                redis::cmd("XTRIM")
+                    .arg(&self.settings.stream)
+                    .arg("MINID")
+                    .arg(keep_from)
+                    .query_async(&mut self.connection)
+                    .await
+            }
+            TrimMethod::DeleteBelow => self.delete_below(&keep_from).await,
+        }
+    }
+
+    /// The id from which entries must stay; `None` when the group has read nothing.
+    async fn oldest_unacknowledged(&mut self) -> redis::RedisResult<Option<String>> {
+        let summary: StreamPendingReply = redis::cmd("XPENDING")
             .arg(&self.settings.stream)
             .arg(CONSUMER_GROUP)
             .query_async(&mut self.connection)
             .await?;
-        let keep_from = match summary {
-            (count, Some(oldest), _, _) if count > 0 => oldest,
-            _ => match self.last_delivered().await? {
-                Some(last) => next_id(&last),
-                None => return Ok(0),
-            },
-        };
-        redis::cmd("XTRIM")
-            .arg(&self.settings.stream)
-            .arg("MINID")
-            .arg(keep_from)
-            .query_async(&mut self.connection)
-            .await
-    }
-
-    async fn last_delivered(&mut self) -> redis::RedisResult<Option<String>> {
-        let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        if let StreamPendingReply::Data(pending) = summary {
+            return Ok(Some(pending.start_id));
+        }
+        let groups: StreamInfoGroupsReply = redis::cmd("XINFO")
             .arg("GROUPS")
             .arg(&self.settings.stream)
             .query_async(&mut self.connection)
             .await?;
         Ok(groups
-            .iter()
-            .find(|g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n == CONSUMER_GROUP.as_bytes()))
-            .and_then(|g| match g.get("last-delivered-id") {
-                Some(redis::Value::BulkString(id)) => String::from_utf8(id.clone()).ok(),
-                _ => None,
-            })
-            .filter(|id| id != "0-0"))
+            .groups
+            .into_iter()
+            .find(|group| group.name == CONSUMER_GROUP)
+            .map(|group| group.last_delivered_id)
+            .filter(|id| id != "0-0")
+            .map(|id| id_after(&id)))
+    }
+
+    /// `XTRIM MINID` for servers without it: the entries below `keep_from`, deleted by id. Every
+    /// entry below `keep_from` has been delivered and acknowledged, and new deliveries are all
+    /// above it, so nothing can become pending below it meanwhile.
+    async fn delete_below(&mut self, keep_from: &str) -> redis::RedisResult<u64> {
+        let mut deleted = 0;
+        for _ in 0..TRIM_BATCHES {
+            let range: StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&self.settings.stream)
+                .arg("-")
+                .arg(keep_from)
+                .arg("COUNT")
+                .arg(TRIM_BATCH)
+                .query_async(&mut self.connection)
+                .await?;
+            let full = range.ids.len() == TRIM_BATCH;
+            // The range is inclusive (`(` bounds came with 6.2): `keep_from` itself stays.
+            let ids: Vec<String> = range
+                .ids
+                .into_iter()
+                .map(|entry| entry.id)
+                .filter(|id| id != keep_from)
+                .collect();
+            if !ids.is_empty() {
+                deleted += redis::cmd("XDEL")
+                    .arg(&self.settings.stream)
+                    .arg(&ids)
+                    .query_async::<u64>(&mut self.connection)
+                    .await?;
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(deleted)
     }
 
     /// The group's unread entries and pending entries: (lag, pending).
     pub async fn lag(&mut self) -> redis::RedisResult<(i64, i64)> {
-        group_lag(&mut self.connection, &self.settings.stream).await
+        let progress = group_progress(
+            &mut self.connection,
+            &self.settings.stream,
+            &self.capabilities,
+        )
+        .await?;
+        let progress = progress.unwrap_or_default();
+        Ok((progress.lag, progress.pending))
     }
-}
-
-/// The consumer group's lag (entries no worker has read) and pending count (read, not yet
-/// acknowledged); zero when the group does not exist yet.
-async fn group_lag(
-    connection: &mut impl redis::aio::ConnectionLike,
-    stream: &str,
-) -> redis::RedisResult<(i64, i64)> {
-    let groups: redis::RedisResult<Vec<HashMap<String, redis::Value>>> = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(stream)
-        .query_async(connection)
-        .await;
-    let groups = match groups {
-        Ok(groups) => groups,
-        // No stream yet: nothing waits.
-        Err(error) if error.code() == Some("ERR") => Vec::new(),
-        Err(error) => return Err(error),
-    };
-    let group = groups
-        .iter()
-        .find(|g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n == CONSUMER_GROUP.as_bytes()));
-    let number = |key: &str| match group.and_then(|g| g.get(key)) {
-        Some(redis::Value::Int(n)) => *n,
-        _ => 0,
-    };
-    Ok((number("lag"), number("pending")))
 }
 
 /// The stream as `status` shows it, read without joining the consumer group.
@@ -280,34 +466,18 @@ pub async fn stream_status(
 ) -> redis::RedisResult<StreamStatus> {
     let client = redis::Client::open(redis_url)?;
     let mut connection = client.get_multiplexed_async_connection().await?;
-    let (lag, pending) = group_lag(&mut connection, stream).await?;
+    let capabilities = RedisCapabilities::detect(&mut connection).await?;
+    // No stream or group yet: nothing waits.
+    let progress = group_progress(&mut connection, stream, &capabilities)
+        .await?
+        .unwrap_or_default();
     let dead_letters: i64 = redis::cmd("XLEN")
         .arg(dead_letter)
         .query_async(&mut connection)
         .await?;
     Ok(StreamStatus {
-        lag,
-        pending,
+        lag: progress.lag,
+        pending: progress.pending,
         dead_letters,
     })
-}
-
-/// The smallest stream id after `id` (`ms-seq` -> `ms-(seq+1)`).
-fn next_id(id: &str) -> String {
-    match id.split_once('-') {
-        Some((ms, seq)) => match seq.parse::<u64>() {
-            Ok(seq) => format!("{ms}-{}", seq + 1),
-            Err(_) => id.to_owned(),
-        },
-        None => id.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn next_id_increments_the_sequence() {
-        assert_eq!(super::next_id("1700000000000-0"), "1700000000000-1");
-        assert_eq!(super::next_id("5-41"), "5-42");
-    }
 }

@@ -5,6 +5,7 @@
 mod graph_common;
 mod world;
 
+use entra_sync_testkit::redis::RedisServer;
 use graph_common::*;
 use world::*;
 
@@ -77,4 +78,32 @@ async fn a_burst_of_notifications_costs_one_round() {
         .count();
     assert_eq!(rounds, 1, "41 notifications, one round");
     assert_eq!(world.alias(1).await.as_deref(), Some("Engineering 4.10"));
+}
+
+#[tokio::test]
+async fn a_worker_reading_redis_6_2_applies_a_notification_and_acknowledges_it() {
+    let mut world = World::on(RedisServer::redis6()).await;
+    world.start_worker();
+    assert!(
+        eventually(|| async { world.members(1).await == Some(users(1..=5)) }).await,
+        "the assigned group did not become a team with its members"
+    );
+    assert!(eventually(|| async { world.first_round_committed().await }).await);
+
+    world.sim.apply(|t| t.add_member(gid(1), uid(6)));
+    assert!(
+        eventually(|| async { world.members(1).await == Some(users(1..=6)) }).await,
+        "the notification on Redis 6.2 was not applied"
+    );
+    let stored = world.stream.entries_with_ids();
+    assert!(!stored.is_empty(), "the webhook stored the notification");
+    let last = stored.last().map(|(id, _)| id.clone());
+    assert!(
+        eventually(|| async { world.pending() == 0 && world.last_delivered() == last }).await,
+        "read and acknowledged: pending {}, last delivered {:?}, last stored {last:?}",
+        world.pending(),
+        world.last_delivered()
+    );
+    world.stop_workers().await;
+    assert!(world.dead.is_empty());
 }

@@ -1,5 +1,6 @@
 //! Fault tests, end to end: a worker killed with entries pending, PostgreSQL away, Graph
-//! throttling, an unreadable entry, duplicated and reordered notifications, two replicas.
+//! throttling, an unreadable entry, duplicated and reordered notifications, two replicas, Redis
+//! away (not ready until it is back).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod graph_common;
@@ -8,6 +9,7 @@ mod world;
 use std::time::Duration;
 
 use entra_sync_testkit::proxy::TcpProxy;
+use entra_sync_testkit::redis::RedisProxy;
 use graph_common::*;
 use graph_sim::Fault;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database};
@@ -199,4 +201,47 @@ async fn two_replicas_share_the_work_and_agree() {
         .try_get_by_index::<i64>(0)
         .unwrap();
     assert_eq!(rows, 9);
+}
+
+#[tokio::test]
+async fn readyz_fails_while_redis_is_away_and_recovers_when_it_is_back() {
+    let mut world = World::new().await;
+    let redis = RedisProxy::start().await;
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    world.spawn_worker_process_with(
+        "readiness",
+        &[
+            ("REDIS_URL", &redis.url()),
+            ("ENTRA_SYNC_METRICS_LISTEN", &listen),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let readyz = || async {
+        match http.get(format!("http://{listen}/readyz")).send().await {
+            Ok(response) => response.status().as_u16(),
+            Err(_) => 0,
+        }
+    };
+    assert!(eventually(|| async { world.first_round_committed().await }).await);
+    assert!(eventually(|| async { readyz().await == 200 }).await);
+
+    redis.cut();
+    assert!(
+        eventually(|| async { readyz().await == 503 }).await,
+        "still ready without Redis"
+    );
+
+    redis.restore();
+    assert!(
+        eventually(|| async { readyz().await == 200 }).await,
+        "not ready again once Redis is back"
+    );
+    // And it works again: a change made now arrives.
+    world.sim.apply(|t| t.add_member(gid(1), uid(6)));
+    assert!(eventually(|| async { world.members(1).await == Some(with(users(1..=5), 6)) }).await);
+    assert!(eventually(|| async { world.pending() == 0 }).await);
 }

@@ -7,55 +7,186 @@ use std::net::SocketAddr;
 
 /// The Redis the tests use: `ENTRA_SYNC_TEST_REDIS`, by default `redis://127.0.0.1:6379`.
 pub fn redis_url() -> String {
-    std::env::var("ENTRA_SYNC_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+    RedisServer::machine().url
 }
 
+/// A Redis server the tests run against: the machine's own, or one of the older or other
+/// servers that `tests/servers/start` runs beside it, so that the stream code is tested on every
+/// kind of server entra-sync supports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisServer {
+    url: String,
+    /// What it is, for the sentences of failures.
+    name: &'static str,
+    /// The variable that names it.
+    variable: &'static str,
+    /// What to do when it does not answer.
+    remedy: &'static str,
+}
+
+impl RedisServer {
+    /// The machine's Redis (7.0 on Debian bookworm): `ENTRA_SYNC_TEST_REDIS`, by default
+    /// `redis://127.0.0.1:6379`.
+    pub fn machine() -> Self {
+        Self::from_env(
+            "ENTRA_SYNC_TEST_REDIS",
+            "redis://127.0.0.1:6379",
+            "the machine's Redis",
+            "start it",
+        )
+    }
+
+    /// Redis 6.2: `ENTRA_SYNC_TEST_REDIS6`, by default `redis://127.0.0.1:6380`, where
+    /// `tests/servers/start` runs it. Fails, with what to do, when it does not answer or is not
+    /// a Redis 6.
+    pub fn redis6() -> Self {
+        let server = Self::from_env(
+            "ENTRA_SYNC_TEST_REDIS6",
+            "redis://127.0.0.1:6380",
+            "Redis 6.2",
+            START_TEST_SERVERS,
+        );
+        let version = server.info_field("redis_version").unwrap_or_default();
+        assert!(
+            version.starts_with("6.") && server.info_field("valkey_version").is_none(),
+            "ENTRA_SYNC_TEST_REDIS6 ({}) is Redis {version:?}, not Redis 6: point it at a Redis 6.x server.",
+            server.url
+        );
+        server
+    }
+
+    /// Valkey: `ENTRA_SYNC_TEST_VALKEY`, by default `redis://127.0.0.1:6381`, where
+    /// `tests/servers/start` runs it. Fails, with what to do, when it does not answer or is not
+    /// Valkey.
+    pub fn valkey() -> Self {
+        let server = Self::from_env(
+            "ENTRA_SYNC_TEST_VALKEY",
+            "redis://127.0.0.1:6381",
+            "Valkey",
+            START_TEST_SERVERS,
+        );
+        assert!(
+            server.info_field("valkey_version").is_some(),
+            "ENTRA_SYNC_TEST_VALKEY ({}) is not Valkey (its INFO has no valkey_version): point it at a Valkey server.",
+            server.url
+        );
+        server
+    }
+
+    fn from_env(
+        variable: &'static str,
+        default: &str,
+        name: &'static str,
+        remedy: &'static str,
+    ) -> Self {
+        Self {
+            url: std::env::var(variable).unwrap_or_else(|_| default.to_owned()),
+            name,
+            variable,
+            remedy,
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A field of the server's `INFO server`, e.g. `redis_version`.
+    pub fn info_field(&self, field: &str) -> Option<String> {
+        let info: String = ::redis::cmd("INFO")
+            .arg("server")
+            .query(&mut self.connection())
+            .expect("INFO server");
+        info.lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .map(|value| value.trim().to_owned())
+    }
+
+    /// A connection, or the test fails with what to do.
+    pub fn connection(&self) -> ::redis::Connection {
+        let url = &self.url;
+        ::redis::Client::open(url.as_str())
+            .and_then(|client| client.get_connection())
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} is not reachable at {url} ({e}): {}, or point {} at a server.",
+                    self.name, self.remedy, self.variable
+                )
+            })
+    }
+}
+
+const START_TEST_SERVERS: &str = "start it with tests/servers/start";
+
 fn connection() -> ::redis::Connection {
-    let url = redis_url();
-    ::redis::Client::open(url.as_str())
-        .and_then(|client| client.get_connection())
-        .unwrap_or_else(|e| {
-            panic!("Redis is not reachable at {url} ({e}): start it, or point ENTRA_SYNC_TEST_REDIS at a server.")
-        })
+    RedisServer::machine().connection()
 }
 
 /// A stream key no other test uses, deleted when dropped.
 #[derive(Debug)]
 pub struct TestStream {
     key: String,
+    server: RedisServer,
 }
 
 impl TestStream {
     pub fn new() -> Self {
-        Self::named(format!("entra-sync-test:{}", uuid::Uuid::new_v4().simple()))
+        Self::on(&RedisServer::machine())
+    }
+
+    /// A stream of its own on `server`.
+    pub fn on(server: &RedisServer) -> Self {
+        Self::named_on(
+            server,
+            format!("entra-sync-test:{}", uuid::Uuid::new_v4().simple()),
+        )
     }
 
     /// A stream with a key the caller chose (and keeps unique), deleted when dropped.
     pub fn named(key: impl Into<String>) -> Self {
+        Self::named_on(&RedisServer::machine(), key)
+    }
+
+    fn named_on(server: &RedisServer, key: impl Into<String>) -> Self {
         // Fail here, with the sentence, rather than deep inside the code under test.
-        drop(connection());
-        Self { key: key.into() }
+        drop(server.connection());
+        Self {
+            key: key.into(),
+            server: server.clone(),
+        }
     }
 
     pub fn key(&self) -> &str {
         &self.key
     }
 
+    /// The server the stream is on.
+    pub fn server(&self) -> &RedisServer {
+        &self.server
+    }
+
     /// Every entry's fields, oldest first.
     pub fn entries(&self) -> Vec<HashMap<String, String>> {
-        let entries: Vec<(String, HashMap<String, String>)> = ::redis::cmd("XRANGE")
+        self.entries_with_ids()
+            .into_iter()
+            .map(|(_, fields)| fields)
+            .collect()
+    }
+
+    /// Every entry with its id, oldest first.
+    pub fn entries_with_ids(&self) -> Vec<(String, HashMap<String, String>)> {
+        ::redis::cmd("XRANGE")
             .arg(&self.key)
             .arg("-")
             .arg("+")
-            .query(&mut connection())
-            .expect("XRANGE on the test stream");
-        entries.into_iter().map(|(_, fields)| fields).collect()
+            .query(&mut self.server.connection())
+            .expect("XRANGE on the test stream")
     }
 
     pub fn len(&self) -> usize {
         ::redis::cmd("XLEN")
             .arg(&self.key)
-            .query(&mut connection())
+            .query(&mut self.server.connection())
             .expect("XLEN on the test stream")
     }
 
@@ -74,7 +205,7 @@ impl TestStream {
         for arg in &args[1..] {
             command.arg(*arg);
         }
-        command.query(&mut connection())
+        command.query(&mut self.server.connection())
     }
 }
 
@@ -86,8 +217,12 @@ impl Default for TestStream {
 
 impl Drop for TestStream {
     fn drop(&mut self) {
-        let _: ::redis::RedisResult<()> =
-            ::redis::cmd("DEL").arg(&self.key).query(&mut connection());
+        if let Ok(mut connection) =
+            ::redis::Client::open(self.server.url()).and_then(|client| client.get_connection())
+        {
+            let _: ::redis::RedisResult<()> =
+                ::redis::cmd("DEL").arg(&self.key).query(&mut connection);
+        }
     }
 }
 
@@ -98,9 +233,15 @@ pub struct RedisProxy {
 }
 
 impl RedisProxy {
+    /// In front of the machine's Redis.
     pub async fn start() -> Self {
+        Self::start_for(&RedisServer::machine()).await
+    }
+
+    /// In front of `server`.
+    pub async fn start_for(server: &RedisServer) -> Self {
         Self {
-            proxy: crate::proxy::TcpProxy::start(redis_target()).await,
+            proxy: crate::proxy::TcpProxy::start(redis_target(server.url())).await,
         }
     }
 
@@ -125,8 +266,7 @@ impl RedisProxy {
     }
 }
 
-fn redis_target() -> SocketAddr {
-    let url = redis_url();
+fn redis_target(url: &str) -> SocketAddr {
     let host_port = url
         .trim_start_matches("redis://")
         .split('/')

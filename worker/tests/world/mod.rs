@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use entity::litellm::team;
 use entra_sync_testkit::TestDatabase;
-use entra_sync_testkit::redis::{TestStream, redis_url};
+use entra_sync_testkit::redis::{RedisServer, TestStream};
 use graph_sim::GraphSim;
 use prometheus_client::registry::Registry;
 use sea_orm::{DatabaseConnection, EntityTrait};
 use tokio::sync::oneshot;
 use worker::graph::NewSubscription;
 use worker::metrics::WorkerMetrics;
+use worker::readiness::Readiness;
 use worker::run::{RunSettings, Worker};
 use worker::store::{RemovalMode, Store};
 use worker::stream::{StreamConsumer, StreamSettings};
@@ -26,6 +27,8 @@ pub const CLIENT_STATE: &str = "e2e-client-state";
 
 pub struct World {
     pub sim: GraphSim,
+    /// The Redis the webhook writes to and the workers read.
+    pub redis: RedisServer,
     pub db: TestDatabase,
     pub stream: TestStream,
     pub dead: TestStream,
@@ -43,17 +46,22 @@ impl World {
     /// graph-sim with its tenant, the webhook subscribed to groups, a fresh database; the worker
     /// is started separately.
     pub async fn new() -> Self {
+        Self::on(RedisServer::machine()).await
+    }
+
+    /// Like [`Self::new`], with the stream on `redis`.
+    pub async fn on(redis: RedisServer) -> Self {
         let sim = sim(|_| {}).await;
         let db = TestDatabase::new().await;
-        let stream = TestStream::new();
-        let dead = TestStream::new();
+        let stream = TestStream::on(&redis);
+        let dead = TestStream::on(&redis);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop_webhook, stop) = oneshot::channel::<()>();
         tokio::spawn(webhook::serve(
             listener,
             webhook::Settings {
-                redis_url: redis_url().into(),
+                redis_url: redis.url().to_owned().into(),
                 stream: stream.key().to_owned(),
                 client_state: CLIENT_STATE.to_owned().into(),
                 client_state_previous: Vec::new(),
@@ -81,6 +89,7 @@ impl World {
             .unwrap();
         Self {
             sim,
+            redis,
             db,
             stream,
             dead,
@@ -156,10 +165,9 @@ impl World {
             max_deliveries: 3,
         };
         let (stop, stopped) = oneshot::channel::<()>();
+        let redis_url = self.redis.url().to_owned();
         let handle = tokio::spawn(async move {
-            let consumer = StreamConsumer::connect(&redis_url(), settings)
-                .await
-                .unwrap();
+            let consumer = StreamConsumer::connect(&redis_url, settings).await.unwrap();
             let worker = Worker {
                 syncer,
                 consumer,
@@ -173,7 +181,7 @@ impl World {
                     retry_check: Duration::from_millis(200),
                 },
                 subscriptions,
-                failed_rounds: 0,
+                readiness: Readiness::new(),
             };
             worker
                 .run(async {
@@ -201,7 +209,7 @@ impl World {
     pub fn worker_env(&self, consumer: &str) -> Vec<(String, String)> {
         [
             ("DATABASE_URL", self.db.url().to_owned()),
-            ("REDIS_URL", redis_url()),
+            ("REDIS_URL", self.redis.url().to_owned()),
             ("ENTRA_SYNC_STREAM", self.stream.key().to_owned()),
             ("ENTRA_SYNC_DEAD_LETTER_STREAM", self.dead.key().to_owned()),
             ("ENTRA_SYNC_CONSUMER", consumer.to_owned()),
@@ -347,6 +355,21 @@ impl World {
             return lag;
         }
         -1
+    }
+
+    /// The id of the last entry the workers' group was given, from XINFO GROUPS.
+    pub fn last_delivered(&self) -> Option<String> {
+        let groups = self
+            .stream
+            .try_command(&["XINFO", "GROUPS", self.stream.key()])
+            .ok()?;
+        let groups: redis::streams::StreamInfoGroupsReply =
+            redis::FromRedisValue::from_redis_value(groups).ok()?;
+        groups
+            .groups
+            .into_iter()
+            .find(|g| g.name == "entra-sync-workers")
+            .map(|g| g.last_delivered_id)
     }
 
     pub fn pending(&self) -> i64 {
