@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::endpoint::GraphEndpoint;
 use super::metrics::GraphMetrics;
 use super::settings::GraphConfig;
 use super::token::{TokenCache, TokenResponse, token_form};
@@ -165,6 +166,8 @@ pub(super) struct Page<T> {
 
 pub(super) struct Http {
     config: GraphConfig,
+    /// `config.graph_endpoint`, parsed: the token's scope and where links may lead.
+    endpoint: GraphEndpoint,
     client: reqwest::Client,
     tokens: TokenCache,
     metrics: GraphMetrics,
@@ -192,6 +195,7 @@ impl Http {
     pub fn new(config: GraphConfig, metrics: GraphMetrics) -> Result<Self> {
         Ok(Self {
             client: new_client(config.retry.request_timeout)?,
+            endpoint: GraphEndpoint::parse(&config.graph_endpoint)?,
             retry: config.retry,
             config,
             tokens: TokenCache::default(),
@@ -214,7 +218,7 @@ impl Http {
 
     /// Links Graph returns (next, delta) must point at Graph: the bearer token goes with them.
     pub fn check_link(&self, link: &str, endpoint: &'static str) -> Result<()> {
-        if link.starts_with(&self.config.graph_endpoint) {
+        if self.endpoint.contains(link) {
             Ok(())
         } else {
             Err(Error::Graph {
@@ -236,7 +240,7 @@ impl Http {
     async fn fetch_token(&self) -> Result<TokenResponse> {
         const ENDPOINT: &str = "token";
         let attempt = || async {
-            let form = token_form(&self.config).map_err(Failure::Final)?;
+            let form = token_form(&self.config, self.endpoint.scope()).map_err(Failure::Final)?;
             let request = self.client.post(self.config.token_url.clone()).form(&form);
             let response = self.counted(ENDPOINT, request).await?;
             let status = response.status();
@@ -421,6 +425,73 @@ fn transient(status: StatusCode, headers: &header::HeaderMap) -> Option<Failure>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn http_for(graph_endpoint: &str) -> Http {
+        let config = super::super::GraphArgs {
+            azure_tenant_id: Some("tenant".into()),
+            microsoft_tenant: None,
+            azure_client_id: Some("client".into()),
+            microsoft_client_id: None,
+            azure_client_secret: Some("secret".to_owned().into()),
+            microsoft_client_secret: None,
+            azure_client_certificate_path: None,
+            azure_federated_token_file: None,
+            azure_authority_host: "https://login.microsoftonline.us".into(),
+            microsoft_graph_endpoint: graph_endpoint.into(),
+            microsoft_service_principal_id: None,
+        }
+        .resolve()
+        .unwrap();
+        let metrics = GraphMetrics::register(&mut prometheus_client::registry::Registry::default());
+        Http::new(config, metrics).unwrap()
+    }
+
+    #[test]
+    fn the_token_is_asked_for_the_configured_graph() {
+        for (graph, scope) in [
+            (
+                "https://graph.microsoft.com/v1.0",
+                "https://graph.microsoft.com/.default",
+            ),
+            (
+                "https://graph.microsoft.us/v1.0",
+                "https://graph.microsoft.us/.default",
+            ),
+            (
+                "https://microsoftgraph.chinacloudapi.cn/v1.0",
+                "https://microsoftgraph.chinacloudapi.cn/.default",
+            ),
+        ] {
+            let http = http_for(graph);
+            let form = token_form(&http.config, http.endpoint.scope()).unwrap();
+            let asked: Vec<&str> = form
+                .iter()
+                .filter(|(name, _)| *name == "scope")
+                .map(|(_, value)| value.as_str())
+                .collect();
+            assert_eq!(asked, [scope], "{graph}");
+        }
+    }
+
+    #[test]
+    fn paging_links_must_stay_on_the_configured_graph() {
+        let http = http_for("https://graph.microsoft.us/v1.0");
+        assert!(
+            http.check_link("https://graph.microsoft.us/v1.0/groups?$skiptoken=1", "t")
+                .is_ok()
+        );
+        for bad in [
+            "https://graph.microsoft.com/v1.0/groups?$skiptoken=1",
+            "https://graph.microsoft.us.evil.example/v1.0/groups",
+            "https://graph.microsoft.us@evil.example/v1.0/groups",
+        ] {
+            let error = http.check_link(bad, "groups_delta").unwrap_err();
+            assert!(
+                matches!(&error, Error::Graph { code, .. } if code == "unexpectedLink"),
+                "{bad}: {error}"
+            );
+        }
+    }
 
     #[test]
     fn retry_after_in_seconds_or_as_a_date() {

@@ -10,8 +10,6 @@ use tokio::time::Instant;
 
 use super::settings::GraphConfig;
 
-const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
-
 #[derive(Clone)]
 struct Cached {
     token: SecretString,
@@ -78,11 +76,15 @@ impl TokenCache {
     }
 }
 
-/// The token request form for the configured credential.
-pub(super) fn token_form(config: &GraphConfig) -> crate::Result<Vec<(&'static str, String)>> {
+/// The token request form for the configured credential; `scope` names the Graph the token is
+/// for (see [`super::endpoint::GraphEndpoint::scope`]).
+pub(super) fn token_form(
+    config: &GraphConfig,
+    scope: String,
+) -> crate::Result<Vec<(&'static str, String)>> {
     let mut form = vec![
         ("client_id", config.client_id.clone()),
-        ("scope", GRAPH_SCOPE.to_owned()),
+        ("scope", scope),
         ("grant_type", "client_credentials".to_owned()),
     ];
     form.extend(config.credential.form(
