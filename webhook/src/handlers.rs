@@ -119,9 +119,11 @@ async fn receive(
             return Err(WebhookError::Backpressure(backlog));
         }
     }
-    let deadline = tokio::time::Instant::from_std(started + state.settings.deadline);
+    // What is left of the deadline. `Settings` may be built by hand with any deadline: unlike
+    // `Instant + Duration`, this cannot overflow.
+    let left = state.settings.deadline.saturating_sub(started.elapsed());
     let enqueue_started = Instant::now();
-    match tokio::time::timeout_at(deadline, state.queue.append(&accepted)).await {
+    match tokio::time::timeout(left, state.queue.append(&accepted)).await {
         Ok(Ok(_ids)) => {
             state
                 .metrics

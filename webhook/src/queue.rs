@@ -118,7 +118,7 @@ impl Queue {
         tokio::spawn(async move {
             loop {
                 let Some(q) = queue.upgrade() else { return };
-                let measured = tokio::time::timeout(interval * 4, q.measure()).await;
+                let measured = tokio::time::timeout(interval.saturating_mul(4), q.measure()).await;
                 let (length, backlog) = match measured {
                     Ok(Ok(values)) => values,
                     _ => (-1, -1),

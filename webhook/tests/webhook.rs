@@ -491,3 +491,29 @@ async fn shutdown_finishes_requests_in_flight() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn durations_too_long_for_the_clock_do_not_panic() {
+    // Settings built by hand are not range-checked: the deadline and the backlog interval must
+    // still never overflow an Instant.
+    let app = start(|s| {
+        s.deadline = Duration::MAX;
+        s.backlog_interval = Duration::MAX;
+    })
+    .await;
+    let (status, body, _) = app.notify(vec![change(SECRET, TENANT, "g")]).await;
+    assert_eq!(status, 202, "{body}");
+    // The backlog watcher measures once before its (endless) sleep: the length becomes known
+    // (-1 is unknown, what a watcher that panicked would leave).
+    let measured = |metrics: &str| !metrics.contains("entra_sync_stream_length -1");
+    let mut metrics = app.metrics().await;
+    for _ in 0..100 {
+        if measured(&metrics) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        metrics = app.metrics().await;
+    }
+    assert!(measured(&metrics), "{metrics}");
+    assert_eq!(app.stream.len(), 1);
+}

@@ -114,6 +114,7 @@ async fn metrics_text(State(health): State<Arc<Health>>) -> impl IntoResponse {
 
 /// `entra-sync-worker run`.
 pub async fn run(config: WorkerConfig) -> Result<()> {
+    let intervals = config.intervals()?;
     let settings = config.litellm_settings()?;
     let graph_config = config.graph.clone().resolve()?;
     let target = config.subscription_target()?;
@@ -130,7 +131,7 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
             dead_letter: config.dead_letter_stream(),
             consumer: config.consumer_name(),
             batch: 500,
-            claim_idle: Duration::from_secs(config.claim_idle_seconds),
+            claim_idle: intervals.claim_idle,
             max_deliveries: config.max_deliveries,
         },
     )
@@ -169,17 +170,16 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
     let consumer_name = consumer.settings().consumer.clone();
     let subscriptions = target.map(|t| SubscriptionManager::new(graph.clone(), db.clone(), t));
     let keeper = subscriptions.clone().map(|manager| {
-        let check = Duration::from_secs(config.subscription_check_seconds.max(1));
         let lease = Lease::new(
             db.clone(),
             subscriptions::LEASE,
             &consumer_name,
-            chrono::Duration::from_std(check * 3).unwrap_or(chrono::Duration::MAX),
+            intervals.subscription_lease,
         );
         let task = tokio::spawn(keep_subscriptions(
             manager,
             lease.clone(),
-            check,
+            intervals.subscription_check,
             metrics.clone(),
         ));
         (task, lease)
@@ -198,10 +198,9 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
         consumer,
         metrics,
         settings: RunSettings {
-            poll_interval: Duration::from_secs(config.poll_seconds.max(1)),
+            poll_interval: intervals.poll,
             max_deliveries: config.max_deliveries,
-            reconcile_interval: (config.reconcile_seconds > 0)
-                .then(|| Duration::from_secs(config.reconcile_seconds)),
+            reconcile_interval: intervals.reconcile,
             ..RunSettings::default()
         },
         subscriptions,

@@ -300,3 +300,19 @@ async fn killing_the_lease_holder_hands_the_subscriptions_to_another_replica() {
     assert_eq!(lease_holder(&world).await.as_deref(), Some("replica-b"));
     world.kill_process(b);
 }
+
+#[tokio::test]
+async fn a_lease_longer_than_the_calendar_is_an_error_not_a_panic() {
+    use worker::subscriptions::lease::Lease;
+    let db = entra_sync_testkit::TestDatabase::new().await;
+    let endless = Lease::new(db.conn().clone(), "test", "me", chrono::Duration::MAX);
+    let error = endless.try_acquire(Utc::now()).await.unwrap_err();
+    assert!(matches!(error, worker::Error::Settings(_)), "{error}");
+    let normal = Lease::new(
+        db.conn().clone(),
+        "test",
+        "me",
+        chrono::Duration::seconds(180),
+    );
+    assert!(normal.try_acquire(Utc::now()).await.unwrap());
+}

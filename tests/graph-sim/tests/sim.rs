@@ -190,7 +190,10 @@ async fn tokens_are_issued_only_for_the_simulated_graphs_own_scope() {
     // Public Graph's scope names another cloud than the simulator's, as it would for
     // graph.microsoft.us.
     let (status, body) = ask("https://graph.microsoft.com/.default".into()).await;
-    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_scope")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_scope"))
+    );
     let (status, body) = ask(format!("{}/.default", sim.url())).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["access_token"].is_string(), "{body}");

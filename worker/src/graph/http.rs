@@ -82,9 +82,7 @@ impl Failure {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Throttled { retry_after } | Self::Unavailable { retry_after, .. } => {
-                retry_after.map(|d| d.min(MAX_RETRY_AFTER))
-            }
+            Self::Throttled { retry_after } | Self::Unavailable { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -108,21 +106,24 @@ impl Failure {
     }
 }
 
-/// `Retry-After`: delay-seconds or an HTTP date.
+/// `Retry-After`: delay-seconds or an HTTP date, at most [`MAX_RETRY_AFTER`] (a number too large
+/// for any integer type included), never negative.
 pub(super) fn parse_retry_after(
     value: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        let seconds = value.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
     }
     let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    Some(
-        (at.with_timezone(&chrono::Utc) - now)
-            .to_std()
-            .unwrap_or(Duration::ZERO),
-    )
+    let wait = at
+        .with_timezone(&chrono::Utc)
+        .signed_duration_since(now)
+        .to_std()
+        .unwrap_or(Duration::ZERO);
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
@@ -508,5 +509,24 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn an_absurd_retry_after_waits_two_minutes_at_most() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-28T12:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let max = Some(MAX_RETRY_AFTER);
+        assert_eq!(parse_retry_after(&u64::MAX.to_string(), now), max);
+        // Beyond u64: still a number of seconds, still capped.
+        assert_eq!(parse_retry_after("18446744073709551616", now), max);
+        assert_eq!(parse_retry_after(&"9".repeat(400), now), max);
+        assert_eq!(parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now), max);
+        assert_eq!(
+            parse_retry_after("Mon, 01 Jan 1900 00:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("-5", now), None);
+        assert_eq!(parse_retry_after("", now), None);
     }
 }

@@ -8,7 +8,7 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, FromQueryResult, QueryFilter,
 };
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 #[derive(Clone, Debug)]
 pub struct Lease {
@@ -32,6 +32,13 @@ impl Lease {
     /// False when another replica holds it and it has not run out at `now`.
     #[tracing::instrument(skip(self), fields(lease = self.name, holder = self.holder), err)]
     pub async fn try_acquire(&self, now: DateTime<Utc>) -> Result<bool> {
+        let until = now.checked_add_signed(self.ttl).ok_or_else(|| {
+            Error::Settings(format!(
+                "the {} lease cannot last {} s: that is beyond the calendar",
+                self.name,
+                self.ttl.num_seconds()
+            ))
+        })?;
         #[derive(FromQueryResult)]
         struct Row {
             #[allow(dead_code)]
@@ -48,7 +55,7 @@ impl Lease {
             [
                 self.name.clone().into(),
                 self.holder.clone().into(),
-                (now + self.ttl).into(),
+                until.into(),
                 now.into(),
             ],
         ))
