@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct WebhookConfig {
@@ -85,6 +85,9 @@ impl WebhookConfig {
             .or_else(|| self.microsoft_tenant.clone())
             .filter(|t| !t.trim().is_empty())
             .ok_or("AZURE_TENANT_ID (or MICROSOFT_TENANT) is required: notifications from other tenants are refused")?;
+        // The URL may hold a password: the error never repeats it, nor Redis' own message.
+        redis::Client::open(self.redis_url.expose_secret())
+            .map_err(|_| "REDIS_URL is not a Redis URL (redis:// or rediss://)".to_owned())?;
         if !(100..=2900).contains(&self.deadline_ms) {
             return Err("ENTRA_SYNC_WEBHOOK_DEADLINE_MS must be between 100 and 2900: Graph counts answers after about 2.9 s as slow".into());
         }
@@ -140,6 +143,15 @@ mod tests {
         assert_eq!(settings.deadline, Duration::from_secs(2));
         let e = parse(&["--azure-tenant-id", "t", "--deadline-ms", "3000"]).unwrap_err();
         assert!(e.contains("ENTRA_SYNC_WEBHOOK_DEADLINE_MS"), "{e}");
+    }
+
+    #[test]
+    fn a_malformed_redis_url_is_named_without_its_password() {
+        for url in ["redis://:s3cr3t@[bad", "http://:s3cr3t@host:6379", "s3cr3t"] {
+            let e = parse(&["--azure-tenant-id", "t", "--redis-url", url]).unwrap_err();
+            assert!(e.contains("REDIS_URL"), "{url}: {e}");
+            assert!(!e.contains("s3cr3t"), "{url}: {e}");
+        }
     }
 
     #[test]

@@ -81,7 +81,10 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(settings).map_err(std::io::Error::other)?;
+    // Redis' error is not repeated: it could one day quote the URL, password included.
+    let app = router(settings).map_err(|_| {
+        std::io::Error::other("REDIS_URL is not a Redis URL (redis:// or rediss://)")
+    })?;
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use prometheus_client::registry::Registry;
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
+use sea_orm::{ConnectOptions, ConnectionTrait, DatabaseConnection};
 use secrecy::ExposeSecret;
 
 use crate::config::WorkerConfig;
@@ -23,16 +23,16 @@ use crate::stream::{StreamConsumer, StreamSettings};
 use crate::subscriptions::{self, SubscriptionManager, lease::Lease};
 use crate::sync::{ChangeSink, Syncer};
 
-/// Connects to LiteLLM's database with a clear error.
+/// Connects to LiteLLM's database with a clear error, which never holds the URL's password.
 pub async fn connect_database(config: &WorkerConfig) -> Result<DatabaseConnection> {
     let mut options = ConnectOptions::new(config.database_url.expose_secret().to_owned());
     options
         .max_connections(16)
         .connect_timeout(Duration::from_secs(10))
         .sqlx_logging(false);
-    Database::connect(options)
+    migration::database::connect(options)
         .await
-        .map_err(|e| Error::Settings(format!("cannot connect to DATABASE_URL: {e}")))
+        .map_err(Error::Settings)
 }
 
 /// Connects to LiteLLM's database and checks LiteLLM's tables and entra-sync's migrations.
