@@ -12,6 +12,9 @@ pub enum WebhookError {
     Unauthorized,
     #[error("the body is larger than {0} bytes")]
     TooLarge(usize),
+    /// The client did not send its whole body in time.
+    #[error("the body did not arrive within {} ms", .0.as_millis())]
+    BodyTimeout(std::time::Duration),
     #[error("notifications must be sent as application/json")]
     UnsupportedMediaType,
     #[error("the validation token is longer than {0} characters")]
@@ -31,6 +34,7 @@ impl WebhookError {
             Self::Malformed(_) | Self::TokenTooLong(_) => "malformed",
             Self::Unauthorized => "unauthorized",
             Self::TooLarge(_) => "too_large",
+            Self::BodyTimeout(_) => "body_timeout",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Unavailable(_) => "unavailable",
             Self::Backpressure(_) => "backpressure",
@@ -42,6 +46,7 @@ impl WebhookError {
             Self::Malformed(_) | Self::TokenTooLong(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable(_) | Self::Backpressure(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -60,6 +65,12 @@ impl IntoResponse for WebhookError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still come: the connection cannot carry another request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

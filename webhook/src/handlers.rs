@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Query, State};
+use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -23,9 +22,8 @@ pub(crate) async fn notifications(
     State(state): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Response {
-    let started = Instant::now();
     if let Some(token) = query.get("validationToken") {
         return match handshake(token) {
             Ok(response) => {
@@ -35,7 +33,7 @@ pub(crate) async fn notifications(
             Err(error) => failed(&state, error),
         };
     }
-    match receive(&state, &headers, body, started).await {
+    match receive(&state, &headers, request).await {
         Ok(count) => {
             state.metrics.outcome("accepted");
             tracing::debug!(count, "notifications stored");
@@ -82,23 +80,33 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
 }
 
+/// The whole body, within the body timeout. The deadline covers all of it, not the pause
+/// between two reads: a client trickling a byte a second would pass that forever.
+async fn read_body(state: &AppState, request: Request) -> Result<Bytes, WebhookError> {
+    let limit = state.settings.body_timeout;
+    match tokio::time::timeout(limit, Bytes::from_request(request, &())).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(WebhookError::TooLarge(state.settings.body_limit))
+        }
+        Ok(Err(rejection)) => Err(WebhookError::Malformed(rejection.body_text())),
+        Err(_) => Err(WebhookError::BodyTimeout(limit)),
+    }
+}
+
 /// Verifies, then stores; returns how many notifications were stored.
 async fn receive(
     state: &AppState,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-    started: Instant,
+    request: Request,
 ) -> Result<usize, WebhookError> {
     if !is_json(headers) {
         return Err(WebhookError::UnsupportedMediaType);
     }
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            WebhookError::TooLarge(state.settings.body_limit)
-        } else {
-            WebhookError::Malformed(rejection.body_text())
-        }
-    })?;
+    let body = read_body(state, request).await?;
+    // Redis' deadline counts from here, once the body is in, as it did when an extractor
+    // read the body before the handler ran.
+    let started = Instant::now();
     let parsed = notification::parse(&body, chrono::Utc::now()).map_err(WebhookError::Malformed)?;
     let mut accepted = Vec::with_capacity(parsed.len());
     for item in parsed {
