@@ -4,12 +4,20 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::verify::Dropped;
+
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
     #[error("malformed notification: {0}")]
     Malformed(String),
-    #[error("no notification carried an accepted clientState and tenant")]
-    Unauthorized,
+    /// Every notification was dropped; how many for which reason.
+    #[error(
+        "no notification carried an accepted clientState and tenant ({} with another clientState, \
+         {} from another tenant)",
+        .0.client_state,
+        .0.tenant
+    )]
+    Unauthorized(Dropped),
     #[error("the body is larger than {0} bytes")]
     TooLarge(usize),
     /// The client did not send its whole body in time.
@@ -32,7 +40,7 @@ impl WebhookError {
     pub fn outcome(&self) -> &'static str {
         match self {
             Self::Malformed(_) | Self::TokenTooLong(_) => "malformed",
-            Self::Unauthorized => "unauthorized",
+            Self::Unauthorized(_) => "unauthorized",
             Self::TooLarge(_) => "too_large",
             Self::BodyTimeout(_) => "body_timeout",
             Self::UnsupportedMediaType => "unsupported_media_type",
@@ -44,7 +52,7 @@ impl WebhookError {
     fn status(&self) -> StatusCode {
         match self {
             Self::Malformed(_) | Self::TokenTooLong(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use crate::AppState;
 use crate::error::WebhookError;
 use crate::notification;
-use crate::verify::DropReason;
+use crate::verify::Dropped;
 
 /// Graph's tokens are short; anything this long is not one.
 const MAX_VALIDATION_TOKEN: usize = 1024;
@@ -49,6 +49,8 @@ fn failed(state: &AppState, error: WebhookError) -> Response {
         WebhookError::Unavailable(_) | WebhookError::Backpressure(_) => {
             tracing::warn!(%error, "answered 503")
         }
+        // Worth a look (a clientState rotation gone wrong?); the counts are in the error.
+        WebhookError::Unauthorized(_) => tracing::warn!(%error, "refused"),
         _ => tracing::info!(%error, "refused"),
     }
     error.into_response()
@@ -109,17 +111,29 @@ async fn receive(
     let started = Instant::now();
     let parsed = notification::parse(&body, chrono::Utc::now()).map_err(WebhookError::Malformed)?;
     let mut accepted = Vec::with_capacity(parsed.len());
+    let mut dropped = Dropped::default();
     for item in parsed {
         match state
             .verifier
             .check(item.client_state.as_deref(), &item.record.tenant_id)
         {
             Ok(()) => accepted.push(item.record),
-            Err(reason) => drop_notification(state, reason, &item.record.subscription_id),
+            Err(reason) => dropped.add(reason),
         }
     }
+    // Counted and logged once for the whole request, never once per notification: a 1 MiB body
+    // of made-up notifications is one log line.
+    count_dropped(state, dropped);
     if accepted.is_empty() {
-        return Err(WebhookError::Unauthorized);
+        return Err(WebhookError::Unauthorized(dropped));
+    }
+    if dropped.any() {
+        tracing::warn!(
+            client_state = dropped.client_state,
+            tenant = dropped.tenant,
+            accepted = accepted.len(),
+            "notifications dropped"
+        );
     }
     if let Some(backlog) = state.queue.backlog() {
         state.metrics.backlog.set(backlog);
@@ -148,19 +162,18 @@ async fn receive(
     }
 }
 
-fn drop_notification(state: &AppState, reason: DropReason, subscription_id: &str) {
-    state
-        .metrics
-        .dropped
-        .get_or_create(&crate::metrics::Reason {
-            reason: reason.label(),
-        })
-        .inc();
-    tracing::warn!(
-        reason = reason.label(),
-        subscription_id,
-        "notification dropped"
-    );
+fn count_dropped(state: &AppState, dropped: Dropped) {
+    for (reason, count) in dropped.by_reason() {
+        if count > 0 {
+            state
+                .metrics
+                .dropped
+                .get_or_create(&crate::metrics::Reason {
+                    reason: reason.label(),
+                })
+                .inc_by(count);
+        }
+    }
 }
 
 pub(crate) async fn healthz() -> StatusCode {

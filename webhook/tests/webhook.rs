@@ -685,3 +685,54 @@ async fn requests_in_time_are_served_as_before_with_tight_timeouts() {
     assert_eq!(answers.matches("HTTP/1.1 202").count(), 2, "{answers}");
     assert_eq!(app.stream.len(), 3);
 }
+
+#[tokio::test]
+async fn a_megabyte_of_forged_notifications_is_one_refusal_counted_by_reason() {
+    let app = start(|_| {}).await;
+    let other_tenant = "00000000-0000-4000-8000-000000000000";
+    // As many forged notifications as fit in the default 1 MiB limit.
+    let forged: Vec<Value> = (0..2000)
+        .map(|n| change(&format!("guess-{n}"), TENANT, &format!("g{n}")))
+        .chain((0..500).map(|n| change(SECRET, other_tenant, &format!("t{n}"))))
+        .collect();
+    let body = collection(forged);
+    assert!(
+        body.len() > 512 * 1024 && body.len() < 1024 * 1024,
+        "{}",
+        body.len()
+    );
+    let (status, body, _) = app.post("/notifications", body, "application/json").await;
+    assert_eq!(status, 401);
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"], "unauthorized");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("2000 with another clientState, 500 from another tenant"),
+        "{message}"
+    );
+    assert!(app.stream.is_empty());
+
+    // Mixed with a genuine one: it is kept, the others counted.
+    let (status, _, _) = app
+        .notify(vec![
+            change(SECRET, TENANT, "kept"),
+            change("guess", TENANT, "g"),
+        ])
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(app.stream.len(), 1);
+
+    let metrics = app.metrics().await;
+    for expected in [
+        r#"entra_sync_webhook_notifications_dropped_total{reason="client_state"} 2001"#,
+        r#"entra_sync_webhook_notifications_dropped_total{reason="tenant"} 500"#,
+        r#"entra_sync_webhook_requests_total{outcome="unauthorized"} 1"#,
+        r#"entra_sync_webhook_requests_total{outcome="accepted"} 1"#,
+        "entra_sync_webhook_notifications_accepted_total 1",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from:\n{metrics}"
+        );
+    }
+}
