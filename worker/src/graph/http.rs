@@ -294,14 +294,20 @@ impl Http {
             .retry(self.retry.backoff())
             .when(Failure::retryable)
             .adjust(|failure, planned| planned.map(|d| failure.retry_after().unwrap_or(d)))
-            .notify(|failure, wait| {
-                if matches!(failure, Failure::Throttled { .. }) {
+            .notify(|failure, wait| match failure {
+                // Graph asking us to slow down is expected under load, and counted.
+                Failure::Throttled { .. } => {
                     self.metrics.throttled_waits.inc();
                     self.metrics
                         .throttled_wait_seconds
                         .inc_by(wait.as_secs_f64());
+                    tracing::debug!(endpoint, ?wait, "Graph throttled the request; retrying");
                 }
-                tracing::warn!(endpoint, ?failure, ?wait, "Graph request failed; retrying");
+                // A token Graph refused is replaced; only a fresh one refused is a failure.
+                Failure::Unauthorized => {
+                    tracing::debug!(endpoint, "Graph refused the token; retrying with a new one");
+                }
+                _ => tracing::warn!(endpoint, ?failure, ?wait, "Graph request failed; retrying"),
             })
             .await
             .map_err(|failure| failure.into_error(endpoint))

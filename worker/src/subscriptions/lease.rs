@@ -30,7 +30,7 @@ impl Lease {
 
     /// Takes the lease, or extends it when this replica already holds it, until `now + ttl`.
     /// False when another replica holds it and it has not run out at `now`.
-    #[tracing::instrument(skip(self), fields(lease = self.name, holder = self.holder), err)]
+    #[tracing::instrument(skip(self), fields(lease = self.name, holder = self.holder), err(level = "debug"))]
     pub async fn try_acquire(&self, now: DateTime<Utc>) -> Result<bool> {
         let until = now.checked_add_signed(self.ttl).ok_or_else(|| {
             Error::Settings(format!(

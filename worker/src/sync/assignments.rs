@@ -31,7 +31,7 @@ fn group_id(assignment: &AppRoleAssignment) -> Option<GroupId> {
 impl Syncer {
     /// Polls the app's assignments: new groups get their team and full membership, groups no
     /// longer assigned follow the policy, and every user's role follows their app roles.
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn poll_assignments(&self, now: DateTime<Utc>) -> Result<AssignmentReport> {
         let app = self.graph.service_principal().await?;
         let assignments = self.graph.app_role_assignments().await?;

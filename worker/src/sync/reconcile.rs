@@ -31,7 +31,7 @@ impl ReconcileReport {
 
 impl Syncer {
     /// Runs a full reconciliation under the round lock and records it (not in a dry run).
-    #[tracing::instrument(skip(self), fields(dry_run = self.dry_run), err)]
+    #[tracing::instrument(skip(self), fields(dry_run = self.dry_run), err(level = "debug"))]
     pub async fn reconcile(&self, now: DateTime<Utc>) -> Result<ReconcileReport> {
         self.with_round_lock(self.reconcile_locked(now)).await
     }
