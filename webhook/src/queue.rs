@@ -94,7 +94,8 @@ impl Queue {
             })
             && let Some(lag) = number(group.get("lag"))
         {
-            return Ok((length, lag + number(group.get("pending")).unwrap_or(0)));
+            let pending = number(group.get("pending")).unwrap_or(0);
+            return Ok((length, lag.saturating_add(pending)));
         }
         Ok((length, length))
     }

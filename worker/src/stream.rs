@@ -292,14 +292,16 @@ pub async fn stream_status(
     })
 }
 
-/// The smallest stream id after `id` (`ms-seq` -> `ms-(seq+1)`).
+/// The smallest stream id after `id` (`ms-seq` -> `ms-(seq+1)`, or `(ms+1)-0` after the last
+/// sequence number; the largest id has none after it and stays itself).
 fn next_id(id: &str) -> String {
-    match id.split_once('-') {
-        Some((ms, seq)) => match seq.parse::<u64>() {
-            Ok(seq) => format!("{ms}-{}", seq + 1),
-            Err(_) => id.to_owned(),
-        },
-        None => id.to_owned(),
+    let Some((ms, seq)) = id.split_once('-') else {
+        return id.to_owned();
+    };
+    match (ms.parse::<u64>(), seq.parse::<u64>()) {
+        (_, Ok(seq)) if seq < u64::MAX => format!("{ms}-{}", seq + 1),
+        (Ok(ms), Ok(_)) if ms < u64::MAX => format!("{}-0", ms + 1),
+        _ => id.to_owned(),
     }
 }
 
@@ -309,5 +311,17 @@ mod tests {
     fn next_id_increments_the_sequence() {
         assert_eq!(super::next_id("1700000000000-0"), "1700000000000-1");
         assert_eq!(super::next_id("5-41"), "5-42");
+    }
+
+    #[test]
+    fn next_id_never_overflows() {
+        let max = u64::MAX;
+        assert_eq!(super::next_id(&format!("5-{max}")), "6-0");
+        assert_eq!(
+            super::next_id(&format!("{max}-{max}")),
+            format!("{max}-{max}")
+        );
+        assert_eq!(super::next_id("5-x"), "5-x");
+        assert_eq!(super::next_id("5"), "5");
     }
 }
