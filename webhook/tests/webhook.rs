@@ -496,11 +496,13 @@ async fn shutdown_finishes_requests_in_flight() {
 
 #[tokio::test]
 async fn durations_too_long_for_the_clock_do_not_panic() {
-    // Settings built by hand are not range-checked: the deadline and the backlog interval must
-    // still never overflow an Instant.
+    // Settings built by hand are not range-checked: the deadline, the backlog interval and the
+    // slow-client timeouts must still never overflow an Instant.
     let app = start(|s| {
         s.deadline = Duration::MAX;
         s.backlog_interval = Duration::MAX;
+        s.header_timeout = Duration::MAX;
+        s.body_timeout = Duration::MAX;
     })
     .await;
     let (status, body, _) = app.notify(vec![change(SECRET, TENANT, "g")]).await;
