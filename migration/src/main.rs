@@ -6,15 +6,16 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use migration::{Migrator, MigratorTrait, sea_orm::Database};
+use migration::{Migrator, MigratorTrait, sea_orm::ConnectOptions};
+use secrecy::{ExposeSecret, SecretString};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(name = "entra-sync-migrate", version, about)]
 struct Cli {
     /// LiteLLM's PostgreSQL database.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: String,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = secret)]
+    database_url: SecretString,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "ENTRA_SYNC_LOG_JSON", default_value_t = false)]
     log_json: bool,
@@ -39,6 +40,11 @@ enum Command {
     Status,
 }
 
+/// Reads `DATABASE_URL` as a secret: it holds LiteLLM's database password.
+fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value.to_owned()))
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -60,9 +66,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let db = Database::connect(cli.database_url.as_str())
+    let options = ConnectOptions::new(cli.database_url.expose_secret().to_owned());
+    let db = migration::database::connect(options)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to DATABASE_URL: {e}"))?;
+        .map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::Up => Migrator::up(&db, None).await?,
         Command::Down { steps, all } => Migrator::down(&db, (!all).then_some(steps)).await?,

@@ -129,6 +129,8 @@ async fn main() {
         tenant_id: TENANT.into(),
         deadline: Duration::from_secs(2),
         body_limit: 1024 * 1024,
+        header_timeout: Duration::from_secs(5),
+        body_timeout: Duration::from_secs(10),
         max_backlog: i64::MAX,
         backlog_interval: Duration::from_millis(500),
     };

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct WebhookConfig {
@@ -46,6 +46,23 @@ pub struct WebhookConfig {
     #[arg(long, env = "ENTRA_SYNC_WEBHOOK_BODY_LIMIT", default_value_t = 1024 * 1024)]
     pub body_limit: usize,
 
+    /// Close a connection whose request headers have not all arrived within this many
+    /// milliseconds, and an idle keep-alive connection after as long.
+    #[arg(
+        long,
+        env = "ENTRA_SYNC_WEBHOOK_HEADER_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
+    pub header_timeout_ms: u64,
+
+    /// Answer 408 when a request's whole body has not arrived within this many milliseconds.
+    #[arg(
+        long,
+        env = "ENTRA_SYNC_WEBHOOK_BODY_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub body_timeout_ms: u64,
+
     /// Answer 503 (Graph retries later) while more entries than this wait for the workers.
     #[arg(long, env = "ENTRA_SYNC_MAX_BACKLOG", default_value_t = 100_000)]
     pub max_backlog: i64,
@@ -72,6 +89,11 @@ pub struct Settings {
     pub tenant_id: String,
     pub deadline: Duration,
     pub body_limit: usize,
+    /// How long a client may take to send its request headers (and a keep-alive connection may
+    /// stay idle).
+    pub header_timeout: Duration,
+    /// How long a client may take to send a whole body, however it paces it.
+    pub body_timeout: Duration,
     pub max_backlog: i64,
     /// How often the backlog is measured.
     pub backlog_interval: Duration,
@@ -85,8 +107,25 @@ impl WebhookConfig {
             .or_else(|| self.microsoft_tenant.clone())
             .filter(|t| !t.trim().is_empty())
             .ok_or("AZURE_TENANT_ID (or MICROSOFT_TENANT) is required: notifications from other tenants are refused")?;
+        // The URL may hold a password: the error never repeats it, nor Redis' own message.
+        redis::Client::open(self.redis_url.expose_secret())
+            .map_err(|_| "REDIS_URL is not a Redis URL (redis:// or rediss://)".to_owned())?;
         if !(100..=2900).contains(&self.deadline_ms) {
             return Err("ENTRA_SYNC_WEBHOOK_DEADLINE_MS must be between 100 and 2900: Graph counts answers after about 2.9 s as slow".into());
+        }
+        // Slow clients hold a connection each for this long: minutes would undo the point.
+        for (name, value) in [
+            (
+                "ENTRA_SYNC_WEBHOOK_HEADER_TIMEOUT_MS",
+                self.header_timeout_ms,
+            ),
+            ("ENTRA_SYNC_WEBHOOK_BODY_TIMEOUT_MS", self.body_timeout_ms),
+        ] {
+            if !(100..=60_000).contains(&value) {
+                return Err(format!(
+                    "{name} must be between 100 and 60000 (a minute): got {value}"
+                ));
+            }
         }
         Ok(Settings {
             redis_url: self.redis_url.clone(),
@@ -96,6 +135,8 @@ impl WebhookConfig {
             tenant_id,
             deadline: Duration::from_millis(self.deadline_ms),
             body_limit: self.body_limit,
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
             max_backlog: self.max_backlog,
             backlog_interval: Duration::from_millis(500),
         })
@@ -140,6 +181,46 @@ mod tests {
         assert_eq!(settings.deadline, Duration::from_secs(2));
         let e = parse(&["--azure-tenant-id", "t", "--deadline-ms", "3000"]).unwrap_err();
         assert!(e.contains("ENTRA_SYNC_WEBHOOK_DEADLINE_MS"), "{e}");
+    }
+
+    #[test]
+    fn slow_client_timeouts_default_to_5_and_10_seconds_and_stay_within_a_minute() {
+        let settings = parse(&["--azure-tenant-id", "t"]).unwrap();
+        assert_eq!(settings.header_timeout, Duration::from_secs(5));
+        assert_eq!(settings.body_timeout, Duration::from_secs(10));
+        let settings = parse(&[
+            "--azure-tenant-id",
+            "t",
+            "--header-timeout-ms",
+            "100",
+            "--body-timeout-ms",
+            "60000",
+        ])
+        .unwrap();
+        assert_eq!(settings.header_timeout, Duration::from_millis(100));
+        assert_eq!(settings.body_timeout, Duration::from_secs(60));
+        let huge = u64::MAX.to_string();
+        for (flag, name) in [
+            (
+                "--header-timeout-ms",
+                "ENTRA_SYNC_WEBHOOK_HEADER_TIMEOUT_MS",
+            ),
+            ("--body-timeout-ms", "ENTRA_SYNC_WEBHOOK_BODY_TIMEOUT_MS"),
+        ] {
+            for value in ["0", "99", "60001", huge.as_str()] {
+                let e = parse(&["--azure-tenant-id", "t", flag, value]).unwrap_err();
+                assert!(e.contains(name), "{flag} {value}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_malformed_redis_url_is_named_without_its_password() {
+        for url in ["redis://:s3cr3t@[bad", "http://:s3cr3t@host:6379", "s3cr3t"] {
+            let e = parse(&["--azure-tenant-id", "t", "--redis-url", url]).unwrap_err();
+            assert!(e.contains("REDIS_URL"), "{url}: {e}");
+            assert!(!e.contains("s3cr3t"), "{url}: {e}");
+        }
     }
 
     #[test]

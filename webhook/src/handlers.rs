@@ -5,15 +5,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Query, State};
+use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
 use crate::error::WebhookError;
 use crate::notification;
-use crate::verify::DropReason;
+use crate::verify::Dropped;
 
 /// Graph's tokens are short; anything this long is not one.
 const MAX_VALIDATION_TOKEN: usize = 1024;
@@ -23,9 +22,8 @@ pub(crate) async fn notifications(
     State(state): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Response {
-    let started = Instant::now();
     if let Some(token) = query.get("validationToken") {
         return match handshake(token) {
             Ok(response) => {
@@ -35,7 +33,7 @@ pub(crate) async fn notifications(
             Err(error) => failed(&state, error),
         };
     }
-    match receive(&state, &headers, body, started).await {
+    match receive(&state, &headers, request).await {
         Ok(count) => {
             state.metrics.outcome("accepted");
             tracing::debug!(count, "notifications stored");
@@ -51,6 +49,8 @@ fn failed(state: &AppState, error: WebhookError) -> Response {
         WebhookError::Unavailable(_) | WebhookError::Backpressure(_) => {
             tracing::warn!(%error, "answered 503")
         }
+        // Worth a look (a clientState rotation gone wrong?); the counts are in the error.
+        WebhookError::Unauthorized(_) => tracing::warn!(%error, "refused"),
         _ => tracing::info!(%error, "refused"),
     }
     error.into_response()
@@ -82,36 +82,58 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
 }
 
+/// The whole body, within the body timeout. The deadline covers all of it, not the pause
+/// between two reads: a client trickling a byte a second would pass that forever.
+async fn read_body(state: &AppState, request: Request) -> Result<Bytes, WebhookError> {
+    let limit = state.settings.body_timeout;
+    match tokio::time::timeout(limit, Bytes::from_request(request, &())).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(WebhookError::TooLarge(state.settings.body_limit))
+        }
+        Ok(Err(rejection)) => Err(WebhookError::Malformed(rejection.body_text())),
+        Err(_) => Err(WebhookError::BodyTimeout(limit)),
+    }
+}
+
 /// Verifies, then stores; returns how many notifications were stored.
 async fn receive(
     state: &AppState,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-    started: Instant,
+    request: Request,
 ) -> Result<usize, WebhookError> {
     if !is_json(headers) {
         return Err(WebhookError::UnsupportedMediaType);
     }
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            WebhookError::TooLarge(state.settings.body_limit)
-        } else {
-            WebhookError::Malformed(rejection.body_text())
-        }
-    })?;
+    let body = read_body(state, request).await?;
+    // Redis' deadline counts from here, once the body is in, as it did when an extractor
+    // read the body before the handler ran.
+    let started = Instant::now();
     let parsed = notification::parse(&body, chrono::Utc::now()).map_err(WebhookError::Malformed)?;
     let mut accepted = Vec::with_capacity(parsed.len());
+    let mut dropped = Dropped::default();
     for item in parsed {
         match state
             .verifier
             .check(item.client_state.as_deref(), &item.record.tenant_id)
         {
             Ok(()) => accepted.push(item.record),
-            Err(reason) => drop_notification(state, reason, &item.record.subscription_id),
+            Err(reason) => dropped.add(reason),
         }
     }
+    // Counted and logged once for the whole request, never once per notification: a 1 MiB body
+    // of made-up notifications is one log line.
+    count_dropped(state, dropped);
     if accepted.is_empty() {
-        return Err(WebhookError::Unauthorized);
+        return Err(WebhookError::Unauthorized(dropped));
+    }
+    if dropped.any() {
+        tracing::warn!(
+            client_state = dropped.client_state,
+            tenant = dropped.tenant,
+            accepted = accepted.len(),
+            "notifications dropped"
+        );
     }
     if let Some(backlog) = state.queue.backlog() {
         state.metrics.backlog.set(backlog);
@@ -119,9 +141,11 @@ async fn receive(
             return Err(WebhookError::Backpressure(backlog));
         }
     }
-    let deadline = tokio::time::Instant::from_std(started + state.settings.deadline);
+    // What is left of the deadline. `Settings` may be built by hand with any deadline: unlike
+    // `Instant + Duration`, this cannot overflow.
+    let left = state.settings.deadline.saturating_sub(started.elapsed());
     let enqueue_started = Instant::now();
-    match tokio::time::timeout_at(deadline, state.queue.append(&accepted)).await {
+    match tokio::time::timeout(left, state.queue.append(&accepted)).await {
         Ok(Ok(_ids)) => {
             state
                 .metrics
@@ -138,19 +162,18 @@ async fn receive(
     }
 }
 
-fn drop_notification(state: &AppState, reason: DropReason, subscription_id: &str) {
-    state
-        .metrics
-        .dropped
-        .get_or_create(&crate::metrics::Reason {
-            reason: reason.label(),
-        })
-        .inc();
-    tracing::warn!(
-        reason = reason.label(),
-        subscription_id,
-        "notification dropped"
-    );
+fn count_dropped(state: &AppState, dropped: Dropped) {
+    for (reason, count) in dropped.by_reason() {
+        if count > 0 {
+            state
+                .metrics
+                .dropped
+                .get_or_create(&crate::metrics::Reason {
+                    reason: reason.label(),
+                })
+                .inc_by(count);
+        }
+    }
 }
 
 pub(crate) async fn healthz() -> StatusCode {

@@ -17,10 +17,14 @@ mod verify;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use secrecy::ExposeSecret;
 
 pub use config::{Settings, WebhookConfig};
@@ -76,16 +80,66 @@ pub fn init_logging(json: bool) {
     }
 }
 
+/// The longest header timeout handed to hyper, whose clock arithmetic would overflow on
+/// `Duration::MAX` (`Settings` built by hand are not range-checked).
+const MAX_HEADER_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Serves until `shutdown` resolves, then stops accepting and finishes the requests in flight.
+///
+/// HTTP/1 through hyper directly rather than `axum::serve`, which sets no timer: a client that
+/// sends its headers slowly (slowloris) is cut off after `settings.header_timeout`, as is a
+/// keep-alive connection left idle that long. Bodies have their own deadline, in the handler.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(settings).map_err(std::io::Error::other)?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let header_timeout = settings.header_timeout.min(MAX_HEADER_TIMEOUT);
+    // Redis' error is not repeated: it could one day quote the URL, password included.
+    let app = router(settings).map_err(|_| {
+        std::io::Error::other("REDIS_URL is not a Redis URL (redis:// or rediss://)")
+    })?;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let connections = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(error) => {
+                    accept_failed(error).await;
+                    continue;
+                }
+            },
+            () = shutdown.as_mut() => break,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            // An error here is a client's: gone, too slow, or not speaking HTTP.
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    // Idle connections close at once; those with a request in flight after its answer.
+    connections.shutdown().await;
+    Ok(())
+}
+
+/// A connection that failed before it was accepted is the client's business; anything else
+/// (out of file descriptors, say) gets a pause, so that the loop does not spin on it.
+async fn accept_failed(error: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        error.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::warn!(%error, "cannot accept connections; trying again in a second");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// SIGTERM (Kubernetes) or Ctrl-C.

@@ -91,7 +91,7 @@ impl Queue {
             .query_async(&mut connection)
             .await?;
         let backlog = match group_progress(&mut connection, &self.stream, capabilities).await? {
-            Some(progress) => progress.lag + progress.pending,
+            Some(progress) => progress.lag.saturating_add(progress.pending),
             None => length,
         };
         Ok((length, backlog))
@@ -116,7 +116,7 @@ impl Queue {
         tokio::spawn(async move {
             loop {
                 let Some(q) = queue.upgrade() else { return };
-                let measured = tokio::time::timeout(interval * 4, q.measure()).await;
+                let measured = tokio::time::timeout(interval.saturating_mul(4), q.measure()).await;
                 let (length, backlog) = match measured {
                     Ok(Ok(values)) => values,
                     _ => (-1, -1),

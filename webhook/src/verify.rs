@@ -21,6 +21,35 @@ impl DropReason {
     }
 }
 
+/// How many notifications of one request were dropped, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    pub client_state: u64,
+    pub tenant: u64,
+}
+
+impl Dropped {
+    pub fn add(&mut self, reason: DropReason) {
+        let count = match reason {
+            DropReason::ClientState => &mut self.client_state,
+            DropReason::Tenant => &mut self.tenant,
+        };
+        *count = count.saturating_add(1);
+    }
+
+    pub fn any(&self) -> bool {
+        self.client_state > 0 || self.tenant > 0
+    }
+
+    /// Each reason with its count.
+    pub fn by_reason(&self) -> [(DropReason, u64); 2] {
+        [
+            (DropReason::ClientState, self.client_state),
+            (DropReason::Tenant, self.tenant),
+        ]
+    }
+}
+
 pub struct Verifier {
     /// SHA-256 of each accepted secret: comparing digests keeps the comparison constant-time
     /// and independent of the secrets' lengths.

@@ -32,6 +32,8 @@ fn settings(redis: String, stream: &TestStream) -> Settings {
         tenant_id: TENANT.into(),
         deadline: DEADLINE,
         body_limit: 1024 * 1024,
+        header_timeout: Duration::from_secs(5),
+        body_timeout: Duration::from_secs(10),
         max_backlog: 100_000,
         backlog_interval: Duration::from_millis(50),
     }
@@ -567,4 +569,249 @@ async fn shutdown_finishes_requests_in_flight() {
             .await
             .is_err()
     );
+}
+
+#[tokio::test]
+async fn durations_too_long_for_the_clock_do_not_panic() {
+    // Settings built by hand are not range-checked: the deadline, the backlog interval and the
+    // slow-client timeouts must still never overflow an Instant.
+    let app = start(|s| {
+        s.deadline = Duration::MAX;
+        s.backlog_interval = Duration::MAX;
+        s.header_timeout = Duration::MAX;
+        s.body_timeout = Duration::MAX;
+    })
+    .await;
+    let (status, body, _) = app.notify(vec![change(SECRET, TENANT, "g")]).await;
+    assert_eq!(status, 202, "{body}");
+    // The backlog watcher measures once before its (endless) sleep: the length becomes known
+    // (-1 is unknown, what a watcher that panicked would leave).
+    let measured = |metrics: &str| !metrics.contains("entra_sync_stream_length -1");
+    let mut metrics = app.metrics().await;
+    for _ in 0..100 {
+        if measured(&metrics) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        metrics = app.metrics().await;
+    }
+    assert!(measured(&metrics), "{metrics}");
+    assert_eq!(app.stream.len(), 1);
+}
+
+/// Reads what the server sends until it closes the connection, up to `limit`: what it sent, or
+/// `None` if the connection was still open then.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read_all = async {
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(limit, read_all).await.ok()?;
+    Some(String::from_utf8_lossy(&received).into_owned())
+}
+
+fn address(app: &Running) -> String {
+    app.url.trim_start_matches("http://").to_owned()
+}
+
+#[tokio::test]
+async fn a_client_stalling_in_its_headers_is_disconnected_after_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let timeout = Duration::from_millis(300);
+    let app = start(|s| s.header_timeout = timeout).await;
+    let mut slow = tokio::net::TcpStream::connect(address(&app)).await.unwrap();
+    let started = Instant::now();
+    slow.write_all(b"POST /notifications HTTP/1.1\r\nHost: webhook\r\nContent-Ty")
+        .await
+        .unwrap();
+    // Then nothing more: the server must not wait for the rest.
+    let answer = read_until_closed(&mut slow, Duration::from_secs(5)).await;
+    let took = started.elapsed();
+    assert!(answer.is_some(), "the connection is still open");
+    assert!(took < timeout + Duration::from_secs(1), "took {took:?}");
+    // Whatever it answered (hyper may say 408 first), it was no acceptance.
+    assert!(!answer.unwrap().contains(" 202 "));
+    assert!(app.stream.is_empty());
+    // The server is still there for everyone else.
+    assert_eq!(app.notify(vec![change(SECRET, TENANT, "g")]).await.0, 202);
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let timeout = Duration::from_millis(300);
+    let app = start(|s| s.header_timeout = timeout).await;
+    let mut client = tokio::net::TcpStream::connect(address(&app)).await.unwrap();
+    client
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: webhook\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut client, Duration::from_secs(5)).await;
+    let answer = answer.expect("the idle connection is closed");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_gets_408_within_the_body_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let timeout = Duration::from_millis(400);
+    let app = start(|s| s.body_timeout = timeout).await;
+    let mut slow = tokio::net::TcpStream::connect(address(&app)).await.unwrap();
+    let body = collection(vec![change(SECRET, TENANT, "g")]);
+    let head = format!(
+        "POST /notifications HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let started = Instant::now();
+    slow.write_all(head.as_bytes()).await.unwrap();
+    // Half the body, then nothing.
+    slow.write_all(&body.as_bytes()[..body.len() / 2])
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut slow, Duration::from_secs(5))
+        .await
+        .expect("the connection is closed after the answer");
+    let took = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    assert!(took >= timeout, "took {took:?}");
+    assert!(took < timeout + Duration::from_secs(1), "took {took:?}");
+    assert!(app.stream.is_empty());
+    assert!(
+        app.metrics()
+            .await
+            .contains(r#"entra_sync_webhook_requests_total{outcome="body_timeout"} 1"#)
+    );
+}
+
+#[tokio::test]
+async fn a_body_trickled_byte_by_byte_gets_408_within_the_body_timeout() {
+    use tokio::io::AsyncWriteExt;
+    // Each byte comes well within the timeout of the one before; the whole body does not.
+    let timeout = Duration::from_millis(400);
+    let app = start(|s| s.body_timeout = timeout).await;
+    let stream = tokio::net::TcpStream::connect(address(&app)).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let body = collection(vec![change(SECRET, TENANT, "g")]);
+    let head = format!(
+        "POST /notifications HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let started = Instant::now();
+    writer.write_all(head.as_bytes()).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        for byte in body.into_bytes() {
+            if writer.write_all(&[byte]).await.is_err() {
+                return;
+            }
+            // The client's pace, not a wait for the server.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut answer)).await;
+    let took = started.elapsed();
+    trickle.abort();
+    assert!(read.is_ok(), "no answer");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(took < timeout + Duration::from_secs(1), "took {took:?}");
+    assert!(app.stream.is_empty());
+}
+
+#[tokio::test]
+async fn requests_in_time_are_served_as_before_with_tight_timeouts() {
+    use tokio::io::AsyncWriteExt;
+    let app = start(|s| {
+        s.header_timeout = Duration::from_millis(300);
+        s.body_timeout = Duration::from_millis(300);
+    })
+    .await;
+    assert_eq!(app.notify(vec![change(SECRET, TENANT, "a")]).await.0, 202);
+    let (status, body, _) = app
+        .post(
+            "/notifications?validationToken=hello",
+            String::new(),
+            "text/plain",
+        )
+        .await;
+    assert_eq!((status, body.as_str()), (200, "hello"));
+    // Two requests on one keep-alive connection, both answered.
+    let mut client = tokio::net::TcpStream::connect(address(&app)).await.unwrap();
+    let body = collection(vec![change(SECRET, TENANT, "b")]);
+    let request = format!(
+        "POST /notifications HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client
+        .write_all(format!("{request}{request}").as_bytes())
+        .await
+        .unwrap();
+    let answers = read_until_closed(&mut client, Duration::from_secs(5))
+        .await
+        .expect("the connection closes once idle");
+    assert_eq!(answers.matches("HTTP/1.1 202").count(), 2, "{answers}");
+    assert_eq!(app.stream.len(), 3);
+}
+
+#[tokio::test]
+async fn a_megabyte_of_forged_notifications_is_one_refusal_counted_by_reason() {
+    let app = start(|_| {}).await;
+    let other_tenant = "00000000-0000-4000-8000-000000000000";
+    // As many forged notifications as fit in the default 1 MiB limit.
+    let forged: Vec<Value> = (0..2000)
+        .map(|n| change(&format!("guess-{n}"), TENANT, &format!("g{n}")))
+        .chain((0..500).map(|n| change(SECRET, other_tenant, &format!("t{n}"))))
+        .collect();
+    let body = collection(forged);
+    assert!(
+        body.len() > 512 * 1024 && body.len() < 1024 * 1024,
+        "{}",
+        body.len()
+    );
+    let (status, body, _) = app.post("/notifications", body, "application/json").await;
+    assert_eq!(status, 401);
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"], "unauthorized");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("2000 with another clientState, 500 from another tenant"),
+        "{message}"
+    );
+    assert!(app.stream.is_empty());
+
+    // Mixed with a genuine one: it is kept, the others counted.
+    let (status, _, _) = app
+        .notify(vec![
+            change(SECRET, TENANT, "kept"),
+            change("guess", TENANT, "g"),
+        ])
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(app.stream.len(), 1);
+
+    let metrics = app.metrics().await;
+    for expected in [
+        r#"entra_sync_webhook_notifications_dropped_total{reason="client_state"} 2001"#,
+        r#"entra_sync_webhook_notifications_dropped_total{reason="tenant"} 500"#,
+        r#"entra_sync_webhook_requests_total{outcome="unauthorized"} 1"#,
+        r#"entra_sync_webhook_requests_total{outcome="accepted"} 1"#,
+        "entra_sync_webhook_notifications_accepted_total 1",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from:\n{metrics}"
+        );
+    }
 }

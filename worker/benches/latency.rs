@@ -70,6 +70,8 @@ async fn main() {
             tenant_id: config.tenant_id.to_string(),
             deadline: Duration::from_secs(2),
             body_limit: 1024 * 1024,
+            header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(10),
             max_backlog: 1_000_000,
             backlog_interval: Duration::from_millis(500),
         },

@@ -46,21 +46,55 @@ impl BudgetDuration {
                  or hourly, daily, weekly, monthly"
             )
         };
-        let value: u32 = number.parse().map_err(|_| invalid())?;
-        match unit {
-            "s" => Ok(Self::Seconds(value)),
-            "m" => Ok(Self::Minutes(value)),
-            "h" => Ok(Self::Hours(value)),
-            "d" => Ok(Self::Days(value)),
-            "w" => Ok(Self::Weeks(value)),
-            "mo" if value == 1 => Ok(Self::Month),
-            "mo" => Err(format!(
-                "{text:?}: LiteLLM supports monthly budgets of 1mo only"
-            )),
-            _ => Err(invalid()),
+        if number.is_empty() {
+            return Err(invalid());
         }
+        let too_long = || {
+            format!(
+                "{text:?} is longer than {MAX_DAYS} days (1,000 years): LiteLLM could not read \
+                 the reset date"
+            )
+        };
+        // All digits: a number that does not fit is too long, not malformed.
+        let value: u32 = number.parse().map_err(|_| too_long())?;
+        let duration = match unit {
+            "s" => Self::Seconds(value),
+            "m" => Self::Minutes(value),
+            "h" => Self::Hours(value),
+            "d" => Self::Days(value),
+            "w" => Self::Weeks(value),
+            "mo" if value == 1 => Self::Month,
+            "mo" => {
+                return Err(format!(
+                    "{text:?}: LiteLLM supports monthly budgets of 1mo only"
+                ));
+            }
+            _ => return Err(invalid()),
+        };
+        if duration.seconds() > u64::from(MAX_DAYS) * 86_400 {
+            return Err(too_long());
+        }
+        Ok(duration)
+    }
+
+    /// The nominal length in seconds (a month as 31 days); cannot overflow.
+    fn seconds(self) -> u64 {
+        let (count, unit_seconds) = match self {
+            Self::Seconds(n) => (n, 1),
+            Self::Minutes(n) => (n, 60),
+            Self::Hours(n) => (n, 3600),
+            Self::Days(n) => (n, 86_400),
+            Self::Weeks(n) => (n, 7 * 86_400),
+            Self::Month => (31, 86_400),
+        };
+        u64::from(count) * unit_seconds
     }
 }
+
+/// The longest budget duration accepted: 1,000 years. Resets stay far inside the dates that
+/// LiteLLM (Python's `datetime`, up to the year 9999), PostgreSQL and chrono represent; any
+/// longer budget is a typo or a way of saying "never", which this still is.
+const MAX_DAYS: u32 = 365_250;
 
 /// Written back in LiteLLM's own syntax (aliases in their canonical form, which LiteLLM's reset
 /// job can parse).
@@ -140,34 +174,43 @@ impl ResetClock {
         if let Some(instant) = self.timezone.from_local_datetime(&local).earliest() {
             return instant.naive_utc();
         }
-        // Gaps last at most a few hours; three hours earlier is before this one.
-        let before_gap = local - chrono::Duration::hours(3);
+        // Gaps last at most a few hours; three hours earlier is before this one. At the edges of
+        // chrono's calendar (only reachable with a duration built by hand) the local time is
+        // taken as UTC rather than overflowing.
+        let Some(before_gap) = local.checked_sub_signed(chrono::Duration::hours(3)) else {
+            return local;
+        };
         match self
             .timezone
             .offset_from_local_datetime(&before_gap)
             .earliest()
         {
-            Some(offset) => {
-                local - chrono::Duration::seconds(i64::from(offset.fix().local_minus_utc()))
-            }
+            Some(offset) => local
+                .checked_sub_signed(chrono::Duration::seconds(i64::from(
+                    offset.fix().local_minus_utc(),
+                )))
+                .unwrap_or(local),
             None => local,
         }
     }
 }
 
+/// `days` after `date`; past the last date chrono knows, that last date (a duration that long is
+/// refused when parsed, so only a `BudgetDuration` built by hand gets here).
 fn add_days(date: NaiveDate, days: u64) -> NaiveDate {
-    date.checked_add_days(Days::new(days)).unwrap_or(date)
+    date.checked_add_days(Days::new(days))
+        .unwrap_or(NaiveDate::MAX)
 }
 
 /// LiteLLM's `Nh`/`Nm`/`Ns` rule: the next multiple of N of the hour (minute, second) of the day,
-/// rolling over into the next day when it passes midnight.
+/// rolling over into the next day when it passes midnight. In u64, where no `N` overflows.
 fn next_multiple(local: NaiveDateTime, n: u32, unit_seconds: u32) -> NaiveDateTime {
-    let time = local.time();
-    let elapsed_units = time.num_seconds_from_midnight() / unit_seconds;
-    let next_units = u64::from(elapsed_units + n - elapsed_units % n);
-    let units_per_day = u64::from(86_400 / unit_seconds);
+    let (n, unit_seconds) = (u64::from(n.max(1)), u64::from(unit_seconds.max(1)));
+    let elapsed_units = u64::from(local.time().num_seconds_from_midnight()) / unit_seconds;
+    let next_units = elapsed_units + n - elapsed_units % n;
+    let units_per_day = 86_400 / unit_seconds;
     let day = add_days(local.date(), next_units / units_per_day);
-    let seconds = (next_units % units_per_day) * u64::from(unit_seconds);
+    let seconds = (next_units % units_per_day) * unit_seconds;
     let seconds = u32::try_from(seconds).unwrap_or(0);
     day.and_time(
         NaiveTime::from_num_seconds_from_midnight_opt(seconds, 0).unwrap_or(NaiveTime::MIN),
@@ -176,7 +219,9 @@ fn next_multiple(local: NaiveDateTime, n: u32, unit_seconds: u32) -> NaiveDateTi
 
 fn truncate_to_millis(value: NaiveDateTime) -> NaiveDateTime {
     let nanos = value.and_utc().timestamp_subsec_nanos();
-    value - chrono::Duration::nanoseconds(i64::from(nanos % 1_000_000))
+    value
+        .with_nanosecond(nanos - nanos % 1_000_000)
+        .unwrap_or(value)
 }
 
 #[cfg(test)]
@@ -222,7 +267,7 @@ mod tests {
             Ok(BudgetDuration::Hours(24))
         );
         assert_eq!(BudgetDuration::parse("weekly").unwrap().to_string(), "7d");
-        for bad in ["", "d", "30", "30x", "2mo", "-1d", "1.5h", "30 days"] {
+        for bad in ["", "d", "30", "30x", "2mo", "-1d", "1.5h", "30 days", "+1d"] {
             assert!(
                 BudgetDuration::parse(bad).is_err(),
                 "{bad} should be refused"
@@ -385,6 +430,61 @@ mod tests {
         assert_eq!(
             reset(c, "0d", "2026-11-28T13:45:10.123456Z"),
             naive("2026-11-28 13:45:10") + chrono::Duration::milliseconds(123)
+        );
+    }
+
+    #[test]
+    fn durations_longer_than_a_thousand_years_are_refused() {
+        assert_eq!(
+            BudgetDuration::parse("365250d"),
+            Ok(BudgetDuration::Days(365_250))
+        );
+        assert_eq!(
+            BudgetDuration::parse("4294967295s"),
+            Ok(BudgetDuration::Seconds(u32::MAX))
+        );
+        for absurd in [
+            "365251d",
+            "52179w",
+            "4294967295d",
+            "4294967295w",
+            "4294967295h",
+            "4294967295m",
+            "4294967296s",
+            "18446744073709551616d",
+            "99999999999999999999999999999h",
+        ] {
+            let error = BudgetDuration::parse(absurd).unwrap_err();
+            assert!(error.contains("1,000 years"), "{absurd}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_largest_durations_compute_a_reset_without_overflow() {
+        let now = utc("2026-11-28T13:45:10.123456Z");
+        for timezone in [
+            "UTC",
+            "America/New_York",
+            "Asia/Tokyo",
+            "Pacific/Kiritimati",
+        ] {
+            let c = clock(timezone, "02:30");
+            for duration in [
+                BudgetDuration::Seconds(u32::MAX),
+                BudgetDuration::Minutes(u32::MAX),
+                BudgetDuration::Hours(u32::MAX),
+                BudgetDuration::Days(u32::MAX),
+                BudgetDuration::Weeks(u32::MAX),
+                BudgetDuration::Days(MAX_DAYS),
+            ] {
+                let at = c.next_reset(duration, now);
+                assert!(at > now.naive_utc(), "{timezone} {duration}: {at}");
+            }
+        }
+        // The next multiple of u32::MAX seconds (about 136 years) counted from today's midnight.
+        assert_eq!(
+            ResetClock::default().next_reset(BudgetDuration::Seconds(u32::MAX), now),
+            naive("2163-01-04 06:28:15")
         );
     }
 

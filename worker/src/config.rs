@@ -1,10 +1,11 @@
 //! The worker's configuration, from the environment or the command line (see the README's table).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graph::GraphArgs;
 use crate::graph::secret;
 use crate::litellm_cache::CacheTarget;
@@ -144,7 +145,57 @@ impl WorkerConfig {
     }
 }
 
+/// The longest interval a `*_SECONDS` setting may ask for: a year. A longer one is a mistake
+/// (milliseconds for seconds, a stray digit), and could overflow the clock arithmetic it feeds.
+pub const MAX_INTERVAL_SECONDS: u64 = 365 * 24 * 3600;
+
+/// `value` seconds of the setting `name`, refused when longer than [`MAX_INTERVAL_SECONDS`].
+fn interval(name: &str, value: u64) -> Result<Duration> {
+    if value > MAX_INTERVAL_SECONDS {
+        return Err(Error::Settings(format!(
+            "{name} is {value} seconds; at most {MAX_INTERVAL_SECONDS} (a year) is accepted"
+        )));
+    }
+    Ok(Duration::from_secs(value))
+}
+
+/// The timing settings of `run`, checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Intervals {
+    pub poll: Duration,
+    pub claim_idle: Duration,
+    /// `None`: reconciliations only on demand.
+    pub reconcile: Option<Duration>,
+    pub subscription_check: Duration,
+    /// How long the subscription lease lasts: three checks, so that it passes to another
+    /// replica only after its holder missed several.
+    pub subscription_lease: Duration,
+}
+
 impl WorkerConfig {
+    /// The intervals `run` works with, each within [`MAX_INTERVAL_SECONDS`]; an error names the
+    /// setting that is out of range. Zero keeps its meaning: one second for the poll and the
+    /// subscription check, never for reconciliation.
+    pub fn intervals(&self) -> Result<Intervals> {
+        let subscription_check = interval(
+            "ENTRA_SYNC_SUBSCRIPTION_CHECK_SECONDS",
+            self.subscription_check_seconds.max(1),
+        )?;
+        let subscription_lease = subscription_check.checked_mul(3).ok_or_else(|| {
+            Error::Settings("ENTRA_SYNC_SUBSCRIPTION_CHECK_SECONDS is too long".into())
+        })?;
+        Ok(Intervals {
+            poll: interval("ENTRA_SYNC_POLL_SECONDS", self.poll_seconds.max(1))?,
+            claim_idle: interval("ENTRA_SYNC_CLAIM_IDLE_SECONDS", self.claim_idle_seconds)?,
+            reconcile: match self.reconcile_seconds {
+                0 => None,
+                seconds => Some(interval("ENTRA_SYNC_RECONCILE_SECONDS", seconds)?),
+            },
+            subscription_check,
+            subscription_lease,
+        })
+    }
+
     pub fn key_policy(&self) -> KeyPolicy {
         KeyPolicy {
             removed_member: self.removed_member_keys,
@@ -160,7 +211,7 @@ impl WorkerConfig {
         };
         // The URL may hold a password: the error never repeats it.
         let client = redis::Client::open(url.expose_secret()).map_err(|_| {
-            crate::Error::Settings(
+            Error::Settings(
                 "ENTRA_SYNC_LITELLM_REDIS_URL is not a Redis URL (redis:// or rediss://)".into(),
             )
         })?;
@@ -185,9 +236,7 @@ impl WorkerConfig {
         };
         let url = crate::graph::checked_url("ENTRA_SYNC_PUBLIC_URL", url)?;
         let client_state = self.client_state.clone().ok_or_else(|| {
-            crate::Error::Settings(
-                "ENTRA_SYNC_CLIENT_STATE is required with ENTRA_SYNC_PUBLIC_URL".into(),
-            )
+            Error::Settings("ENTRA_SYNC_CLIENT_STATE is required with ENTRA_SYNC_PUBLIC_URL".into())
         })?;
         crate::subscriptions::Target::new(&url, client_state).map(Some)
     }
@@ -196,5 +245,95 @@ impl WorkerConfig {
         self.dead_letter_stream
             .clone()
             .unwrap_or_else(|| format!("{}:dead", self.stream))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: WorkerConfig,
+    }
+
+    fn config(args: &[&str]) -> WorkerConfig {
+        let mut all = vec!["worker", "--database-url", "postgres://localhost/litellm"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap().config
+    }
+
+    #[test]
+    fn default_intervals() {
+        let intervals = config(&[]).intervals().unwrap();
+        assert_eq!(intervals.poll, Duration::from_secs(300));
+        assert_eq!(intervals.claim_idle, Duration::from_secs(60));
+        assert_eq!(intervals.reconcile, Some(Duration::from_secs(21_600)));
+        assert_eq!(intervals.subscription_check, Duration::from_secs(60));
+        assert_eq!(intervals.subscription_lease, Duration::from_secs(180));
+    }
+
+    #[test]
+    fn zero_keeps_its_meaning() {
+        let intervals = config(&[
+            "--poll-seconds",
+            "0",
+            "--reconcile-seconds",
+            "0",
+            "--subscription-check-seconds",
+            "0",
+            "--claim-idle-seconds",
+            "0",
+        ])
+        .intervals()
+        .unwrap();
+        assert_eq!(intervals.poll, Duration::from_secs(1));
+        assert_eq!(intervals.reconcile, None);
+        assert_eq!(intervals.subscription_check, Duration::from_secs(1));
+        assert_eq!(intervals.claim_idle, Duration::ZERO);
+    }
+
+    #[test]
+    fn absurd_intervals_are_refused_by_name() {
+        let year = MAX_INTERVAL_SECONDS.to_string();
+        let intervals = config(&[
+            "--poll-seconds",
+            &year,
+            "--reconcile-seconds",
+            &year,
+            "--subscription-check-seconds",
+            &year,
+            "--claim-idle-seconds",
+            &year,
+        ])
+        .intervals()
+        .unwrap();
+        assert_eq!(
+            intervals.subscription_lease,
+            Duration::from_secs(3 * 365 * 24 * 3600)
+        );
+        let huge = u64::MAX.to_string();
+        let just_over = (MAX_INTERVAL_SECONDS + 1).to_string();
+        for flag in [
+            "--poll-seconds",
+            "--reconcile-seconds",
+            "--subscription-check-seconds",
+            "--claim-idle-seconds",
+        ] {
+            let name = format!(
+                "ENTRA_SYNC_{}",
+                flag.trim_start_matches("--")
+                    .replace('-', "_")
+                    .to_ascii_uppercase()
+            );
+            for value in [&huge, &just_over] {
+                let error = config(&[flag, value]).intervals().unwrap_err().to_string();
+                assert!(error.contains(&name), "{flag} {value}: {error}");
+                assert!(error.contains(value.as_str()), "{flag} {value}: {error}");
+            }
+        }
     }
 }

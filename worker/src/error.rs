@@ -1,4 +1,11 @@
 //! The worker's one error type.
+//!
+//! Where an error is logged, and at which level, is its handler's decision: a failure the run
+//! loop retries is a warning, one that ends a command is an error, logged once by `main`. The
+//! instrumented functions that return one record it only at debug level
+//! (`#[tracing::instrument(err(level = "debug"))]`), with their span's context; their default,
+//! ERROR, made a concurrent change that was then retried, an expired delta token that meant a
+//! resync, or a subscription Graph had already dropped look like failures.
 
 use sea_orm::DbErr;
 

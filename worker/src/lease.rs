@@ -54,13 +54,17 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// The longest a lease may live without renewal.
+const LONGEST: Duration = Duration::from_secs(366 * 24 * 3600);
+
 impl Lease {
+    /// A lease named `name`, held as `holder`, for `ttl` (between a second and a year).
     pub fn new(db: DatabaseConnection, name: &'static str, holder: &str, ttl: Duration) -> Self {
         Self {
             db,
             name,
             holder: holder.to_owned(),
-            ttl: ttl.max(Duration::from_secs(1)),
+            ttl: ttl.clamp(Duration::from_secs(1), LONGEST),
         }
     }
 

@@ -105,17 +105,29 @@ impl Work {
 /// The longest wait between attempts of a failing round: an outage's end is noticed within it.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
+/// What an interval too long for the clock is cut to: as good as never, without overflowing.
+const FAR_FUTURE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// The instant `interval` from now. `RunSettings` may come from anywhere, so an interval the
+/// clock cannot add (`Duration::MAX`) is cut to [`FAR_FUTURE`] instead of panicking.
+fn instant_after(interval: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(interval)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        .unwrap_or(now)
+}
+
 impl Worker {
     /// Runs until `shutdown` resolves (between rounds).
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut next_poll = Instant::now();
-        let mut next_trim = Instant::now() + self.settings.trim_interval;
+        let mut next_trim = instant_after(self.settings.trim_interval);
         let mut held: Vec<Entry> = Vec::new();
         let mut round_due = false;
         let mut backoff = Duration::from_millis(250);
-        let mut next_reconcile_check = Instant::now() + self.settings.poll_interval;
-        let mut next_retry_check = Instant::now() + self.settings.retry_check;
+        let mut next_reconcile_check = instant_after(self.settings.poll_interval);
+        let mut next_retry_check = instant_after(self.settings.retry_check);
         loop {
             if Instant::now() >= next_retry_check {
                 // Failed items are retried at the end of a round: run one when some are due.
@@ -123,18 +135,18 @@ impl Worker {
                     Ok(due) => round_due |= due,
                     Err(error) => tracing::warn!(%error, "cannot read the failed items"),
                 }
-                next_retry_check = Instant::now() + self.settings.retry_check;
+                next_retry_check = instant_after(self.settings.retry_check);
             }
             if Instant::now() >= next_poll {
                 self.poll().await;
-                next_poll = Instant::now() + self.settings.poll_interval;
+                next_poll = instant_after(self.settings.poll_interval);
                 round_due = true;
             }
             if let Some(interval) = self.settings.reconcile_interval
                 && Instant::now() >= next_reconcile_check
             {
                 self.reconcile_if_due(interval).await;
-                next_reconcile_check = Instant::now() + interval.min(Duration::from_secs(60));
+                next_reconcile_check = instant_after(interval.min(Duration::from_secs(60)));
             }
             if held.is_empty() && !round_due {
                 // Stop between rounds. The read itself is never cancelled: Redis may already have
@@ -159,7 +171,7 @@ impl Worker {
                         if sleep_or_stop(&mut shutdown, backoff).await {
                             return Ok(());
                         }
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
                         continue;
                     }
                 }
@@ -194,7 +206,7 @@ impl Worker {
                     if sleep_or_stop(&mut shutdown, backoff).await {
                         return Ok(());
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
                     continue;
                 }
             }
@@ -409,7 +421,7 @@ impl Worker {
             if let Err(error) = self.consumer.trim().await {
                 tracing::warn!(%error, "cannot trim the stream");
             }
-            *next_trim = Instant::now() + self.settings.trim_interval;
+            *next_trim = instant_after(self.settings.trim_interval);
         }
     }
 }
@@ -443,5 +455,27 @@ async fn sleep_or_stop(
     tokio::select! {
         () = shutdown.as_mut() => true,
         () = tokio::time::sleep(delay) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_too_long_for_the_clock_are_cut_not_overflowed() {
+        let before = Instant::now();
+        for interval in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX),
+            Duration::from_secs(u64::MAX / 2),
+        ] {
+            let at = instant_after(interval);
+            assert!(at > before, "{interval:?}");
+            assert!(at <= Instant::now() + FAR_FUTURE, "{interval:?}");
+        }
+        let minute = instant_after(Duration::from_secs(60));
+        assert!(minute >= before + Duration::from_secs(60));
+        assert!(minute <= Instant::now() + Duration::from_secs(60));
     }
 }

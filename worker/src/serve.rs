@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use prometheus_client::registry::Registry;
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
+use sea_orm::{ConnectOptions, ConnectionTrait, DatabaseConnection};
 use secrecy::ExposeSecret;
 
 use crate::config::WorkerConfig;
@@ -25,16 +25,16 @@ use crate::stream::{StreamConsumer, StreamSettings};
 use crate::subscriptions::{self, SubscriptionManager};
 use crate::sync::{ChangeSink, LeaseSettings, Syncer};
 
-/// Connects to LiteLLM's database with a clear error.
+/// Connects to LiteLLM's database with a clear error, which never holds the URL's password.
 pub async fn connect_database(config: &WorkerConfig) -> Result<DatabaseConnection> {
     let mut options = ConnectOptions::new(config.database_url.expose_secret().to_owned());
     options
         .max_connections(16)
         .connect_timeout(Duration::from_secs(10))
         .sqlx_logging(false);
-    Database::connect(options)
+    migration::database::connect(options)
         .await
-        .map_err(|e| Error::Settings(format!("cannot connect to DATABASE_URL: {e}")))
+        .map_err(Error::Settings)
 }
 
 /// Connects to LiteLLM's database and checks LiteLLM's tables and entra-sync's migrations.
@@ -120,6 +120,7 @@ async fn metrics_text(State(health): State<Arc<Health>>) -> impl IntoResponse {
 
 /// `entra-sync-worker run`.
 pub async fn run(config: WorkerConfig) -> Result<()> {
+    let intervals = config.intervals()?;
     let settings = config.litellm_settings()?;
     let graph_config = config.graph.clone().resolve()?;
     let target = config.subscription_target()?;
@@ -136,7 +137,7 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
             dead_letter: config.dead_letter_stream(),
             consumer: config.consumer_name(),
             batch: 500,
-            claim_idle: Duration::from_secs(config.claim_idle_seconds),
+            claim_idle: intervals.claim_idle,
             max_deliveries: config.max_deliveries,
         },
     )
@@ -177,17 +178,16 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
     let consumer_name = consumer.settings().consumer.clone();
     let subscriptions = target.map(|t| SubscriptionManager::new(graph.clone(), db.clone(), t));
     let keeper = subscriptions.clone().map(|manager| {
-        let check = Duration::from_secs(config.subscription_check_seconds.max(1));
         let lease = Lease::new(
             db.clone(),
             subscriptions::LEASE,
             &consumer_name,
-            check.saturating_mul(3),
+            intervals.subscription_lease,
         );
         let task = tokio::spawn(keep_subscriptions(
             manager,
             lease.clone(),
-            check,
+            intervals.subscription_check,
             metrics.clone(),
         ));
         (task, lease)
@@ -211,10 +211,9 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
         consumer,
         metrics,
         settings: RunSettings {
-            poll_interval: Duration::from_secs(config.poll_seconds.max(1)),
+            poll_interval: intervals.poll,
             max_deliveries: config.max_deliveries,
-            reconcile_interval: (config.reconcile_seconds > 0)
-                .then(|| Duration::from_secs(config.reconcile_seconds)),
+            reconcile_interval: intervals.reconcile,
             ..RunSettings::default()
         },
         subscriptions,

@@ -86,6 +86,44 @@ async fn start_up_checks_fail_with_what_to_do() {
     assert!(stderr.contains("DATABASE_URL"), "{stderr}");
 }
 
+#[tokio::test]
+async fn absurd_intervals_stop_the_worker_at_start_naming_the_setting() {
+    // Checked before anything is connected: nothing here needs to be reachable.
+    let base = [
+        ("DATABASE_URL", "postgres://postgres@127.0.0.1:9/nowhere"),
+        ("REDIS_URL", "redis://127.0.0.1:9"),
+        ("AZURE_TENANT_ID", "tenant"),
+        ("AZURE_CLIENT_ID", "client"),
+        ("AZURE_CLIENT_SECRET", "secret"),
+    ];
+    for name in [
+        "ENTRA_SYNC_POLL_SECONDS",
+        "ENTRA_SYNC_CLAIM_IDLE_SECONDS",
+        "ENTRA_SYNC_RECONCILE_SECONDS",
+        "ENTRA_SYNC_SUBSCRIPTION_CHECK_SECONDS",
+    ] {
+        let mut env: Vec<(String, String)> = base
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        env.push((name.to_owned(), u64::MAX.to_string()));
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_entra-sync-worker"));
+        command
+            .arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env);
+        let out = tokio::time::timeout(Duration::from_secs(60), command.output())
+            .await
+            .expect("the worker exits")
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // 1: a clean refusal; a panic would exit with 101.
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(stderr.contains(name), "{name}: {stderr}");
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

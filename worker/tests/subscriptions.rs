@@ -300,3 +300,25 @@ async fn killing_the_lease_holder_hands_the_subscriptions_to_another_replica() {
     assert_eq!(lease_holder(&world).await.as_deref(), Some("replica-b"));
     world.kill_process(b);
 }
+
+#[tokio::test]
+async fn a_lease_longer_than_the_calendar_is_cut_to_a_year_not_a_panic() {
+    use worker::lease::Lease;
+    let db = entra_sync_testkit::TestDatabase::new().await;
+    let endless = Lease::new(db.conn().clone(), "test", "me", std::time::Duration::MAX);
+    assert!(endless.try_acquire().await.unwrap());
+    let days: i64 = {
+        use sea_orm::ConnectionTrait;
+        db.conn()
+            .query_one(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT extract(day FROM expires_at - now())::bigint FROM entra_sync_leases",
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index(0)
+            .unwrap()
+    };
+    assert!((364..=366).contains(&days), "{days}");
+}

@@ -16,7 +16,6 @@ use uuid::Uuid;
 
 use crate::state::{Inner, lock};
 
-const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 fn oauth_error(status: StatusCode, error: &str, aadsts: u32, description: &str) -> Response {
@@ -65,7 +64,9 @@ pub(crate) async fn token(
             "The app requested an unsupported grant type.",
         );
     }
-    if form.get("scope").map(String::as_str) != Some(GRAPH_SCOPE) {
+    // The simulated Graph is a cloud of its own, as graph.microsoft.us is: a token is for it
+    // only when the scope names its origin (https://graph.microsoft.com/.default is refused).
+    if form.get("scope").map(String::as_str) != Some(&format!("{}/.default", inner.base_url)) {
         return oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_scope",

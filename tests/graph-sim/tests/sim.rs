@@ -105,7 +105,7 @@ impl Caller {
                 ("client_id", config.client_id.to_string()),
                 ("client_secret", config.client_secret.unwrap()),
                 ("grant_type", "client_credentials".into()),
-                ("scope", "https://graph.microsoft.com/.default".into()),
+                ("scope", format!("{}/.default", sim.url())),
             ])
             .send()
             .await
@@ -160,6 +160,43 @@ async fn wait_for(shared: &Shared, count: usize) -> Vec<Value> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     shared.lock().unwrap().notifications.clone()
+}
+
+#[tokio::test]
+async fn tokens_are_issued_only_for_the_simulated_graphs_own_scope() {
+    let sim = GraphSim::start(SimConfig::default(), tenant())
+        .await
+        .unwrap();
+    let config = sim.config();
+    let ask = |scope: String| {
+        let form = [
+            ("client_id", config.client_id.to_string()),
+            ("client_secret", config.client_secret.clone().unwrap()),
+            ("grant_type", "client_credentials".into()),
+            ("scope", scope),
+        ];
+        let token_url = sim.token_url();
+        async move {
+            let response = reqwest::Client::new()
+                .post(token_url)
+                .form(&form)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    // Public Graph's scope names another cloud than the simulator's, as it would for
+    // graph.microsoft.us.
+    let (status, body) = ask("https://graph.microsoft.com/.default".into()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_scope"))
+    );
+    let (status, body) = ask(format!("{}/.default", sim.url())).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["access_token"].is_string(), "{body}");
 }
 
 #[tokio::test]

@@ -103,7 +103,7 @@ fn is_expired(error: &Error) -> bool {
 
 impl GraphClient {
     /// Runs one groups delta round to its deltaLink. An expired token is [`Error::DeltaExpired`].
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn groups_delta(&self, start: DeltaStart) -> Result<DeltaRound> {
         let http = &self.inner;
         let first = match start {
@@ -121,7 +121,7 @@ impl GraphClient {
 
     /// The current state of these groups through delta with `$filter=id eq ...`, 50 ids a
     /// request; one round (and deltaLink) per chunk.
-    #[tracing::instrument(skip(self, ids), fields(groups = ids.len()), err)]
+    #[tracing::instrument(skip(self, ids), fields(groups = ids.len()), err(level = "debug"))]
     pub async fn groups_delta_for(&self, ids: &[GroupId]) -> Result<Vec<DeltaRound>> {
         let mut rounds = Vec::new();
         for chunk in ids.chunks(FILTER_CHUNK) {

@@ -17,7 +17,7 @@ const GET_BY_IDS_CHUNK: usize = 1000;
 
 impl GraphClient {
     /// A group's members (`transitive`: nested groups' members too), every page.
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn group_members(
         &self,
         group: &GroupId,
@@ -36,7 +36,7 @@ impl GraphClient {
 
     /// Users by object id, 1,000 a request; ids that are not users, no longer exist, or whose
     /// account is disabled are absent from the result.
-    #[tracing::instrument(skip(self, ids), fields(ids = ids.len()), err)]
+    #[tracing::instrument(skip(self, ids), fields(ids = ids.len()), err(level = "debug"))]
     pub async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<EntraUser>> {
         let url = self.inner.url("directoryObjects/getByIds");
         let mut users = Vec::with_capacity(ids.len());
@@ -56,7 +56,7 @@ impl GraphClient {
     }
 
     /// One user as it is now; `None` when it no longer exists (deleted).
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn user_state(&self, id: &UserId) -> Result<Option<UserState>> {
         let url = self.inner.url(&format!("users/{id}?$select={USER_SELECT}"));
         match self.inner.get_json::<DirectoryObject>("user", &url).await {
@@ -67,7 +67,7 @@ impl GraphClient {
     }
 
     /// Every user of the tenant, 999 a page (reconciliation compares them with LiteLLM's).
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn all_users(&self) -> Result<Vec<UserState>> {
         let url = self
             .inner
@@ -80,7 +80,7 @@ impl GraphClient {
     }
 
     /// The enterprise app: by `MICROSOFT_SERVICE_PRINCIPAL_ID` if set, else by the client id.
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn service_principal(&self) -> Result<ServicePrincipal> {
         let path = self.service_principal_path();
         let url = self
@@ -90,7 +90,7 @@ impl GraphClient {
     }
 
     /// Every user and group assigned to the app, every page.
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn app_role_assignments(&self) -> Result<Vec<AppRoleAssignment>> {
         let path = self.service_principal_path();
         let url = self

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::endpoint::GraphEndpoint;
 use super::metrics::GraphMetrics;
 use super::settings::GraphConfig;
 use super::token::{TokenCache, TokenResponse, token_form};
@@ -81,9 +82,7 @@ impl Failure {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Throttled { retry_after } | Self::Unavailable { retry_after, .. } => {
-                retry_after.map(|d| d.min(MAX_RETRY_AFTER))
-            }
+            Self::Throttled { retry_after } | Self::Unavailable { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -107,21 +106,24 @@ impl Failure {
     }
 }
 
-/// `Retry-After`: delay-seconds or an HTTP date.
+/// `Retry-After`: delay-seconds or an HTTP date, at most [`MAX_RETRY_AFTER`] (a number too large
+/// for any integer type included), never negative.
 pub(super) fn parse_retry_after(
     value: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        let seconds = value.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
     }
     let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    Some(
-        (at.with_timezone(&chrono::Utc) - now)
-            .to_std()
-            .unwrap_or(Duration::ZERO),
-    )
+    let wait = at
+        .with_timezone(&chrono::Utc)
+        .signed_duration_since(now)
+        .to_std()
+        .unwrap_or(Duration::ZERO);
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
@@ -165,6 +167,8 @@ pub(super) struct Page<T> {
 
 pub(super) struct Http {
     config: GraphConfig,
+    /// `config.graph_endpoint`, parsed: the token's scope and where links may lead.
+    endpoint: GraphEndpoint,
     client: reqwest::Client,
     tokens: TokenCache,
     metrics: GraphMetrics,
@@ -192,6 +196,7 @@ impl Http {
     pub fn new(config: GraphConfig, metrics: GraphMetrics) -> Result<Self> {
         Ok(Self {
             client: new_client(config.retry.request_timeout)?,
+            endpoint: GraphEndpoint::parse(&config.graph_endpoint)?,
             retry: config.retry,
             config,
             tokens: TokenCache::default(),
@@ -214,7 +219,7 @@ impl Http {
 
     /// Links Graph returns (next, delta) must point at Graph: the bearer token goes with them.
     pub fn check_link(&self, link: &str, endpoint: &'static str) -> Result<()> {
-        if link.starts_with(&self.config.graph_endpoint) {
+        if self.endpoint.contains(link) {
             Ok(())
         } else {
             Err(Error::Graph {
@@ -236,7 +241,7 @@ impl Http {
     async fn fetch_token(&self) -> Result<TokenResponse> {
         const ENDPOINT: &str = "token";
         let attempt = || async {
-            let form = token_form(&self.config).map_err(Failure::Final)?;
+            let form = token_form(&self.config, self.endpoint.scope()).map_err(Failure::Final)?;
             let request = self.client.post(self.config.token_url.clone()).form(&form);
             let response = self.counted(ENDPOINT, request).await?;
             let status = response.status();
@@ -289,14 +294,20 @@ impl Http {
             .retry(self.retry.backoff())
             .when(Failure::retryable)
             .adjust(|failure, planned| planned.map(|d| failure.retry_after().unwrap_or(d)))
-            .notify(|failure, wait| {
-                if matches!(failure, Failure::Throttled { .. }) {
+            .notify(|failure, wait| match failure {
+                // Graph asking us to slow down is expected under load, and counted.
+                Failure::Throttled { .. } => {
                     self.metrics.throttled_waits.inc();
                     self.metrics
                         .throttled_wait_seconds
                         .inc_by(wait.as_secs_f64());
+                    tracing::debug!(endpoint, ?wait, "Graph throttled the request; retrying");
                 }
-                tracing::warn!(endpoint, ?failure, ?wait, "Graph request failed; retrying");
+                // A token Graph refused is replaced; only a fresh one refused is a failure.
+                Failure::Unauthorized => {
+                    tracing::debug!(endpoint, "Graph refused the token; retrying with a new one");
+                }
+                _ => tracing::warn!(endpoint, ?failure, ?wait, "Graph request failed; retrying"),
             })
             .await
             .map_err(|failure| failure.into_error(endpoint))
@@ -422,6 +433,73 @@ fn transient(status: StatusCode, headers: &header::HeaderMap) -> Option<Failure>
 mod tests {
     use super::*;
 
+    fn http_for(graph_endpoint: &str) -> Http {
+        let config = super::super::GraphArgs {
+            azure_tenant_id: Some("tenant".into()),
+            microsoft_tenant: None,
+            azure_client_id: Some("client".into()),
+            microsoft_client_id: None,
+            azure_client_secret: Some("secret".to_owned().into()),
+            microsoft_client_secret: None,
+            azure_client_certificate_path: None,
+            azure_federated_token_file: None,
+            azure_authority_host: "https://login.microsoftonline.us".into(),
+            microsoft_graph_endpoint: graph_endpoint.into(),
+            microsoft_service_principal_id: None,
+        }
+        .resolve()
+        .unwrap();
+        let metrics = GraphMetrics::register(&mut prometheus_client::registry::Registry::default());
+        Http::new(config, metrics).unwrap()
+    }
+
+    #[test]
+    fn the_token_is_asked_for_the_configured_graph() {
+        for (graph, scope) in [
+            (
+                "https://graph.microsoft.com/v1.0",
+                "https://graph.microsoft.com/.default",
+            ),
+            (
+                "https://graph.microsoft.us/v1.0",
+                "https://graph.microsoft.us/.default",
+            ),
+            (
+                "https://microsoftgraph.chinacloudapi.cn/v1.0",
+                "https://microsoftgraph.chinacloudapi.cn/.default",
+            ),
+        ] {
+            let http = http_for(graph);
+            let form = token_form(&http.config, http.endpoint.scope()).unwrap();
+            let asked: Vec<&str> = form
+                .iter()
+                .filter(|(name, _)| *name == "scope")
+                .map(|(_, value)| value.as_str())
+                .collect();
+            assert_eq!(asked, [scope], "{graph}");
+        }
+    }
+
+    #[test]
+    fn paging_links_must_stay_on_the_configured_graph() {
+        let http = http_for("https://graph.microsoft.us/v1.0");
+        assert!(
+            http.check_link("https://graph.microsoft.us/v1.0/groups?$skiptoken=1", "t")
+                .is_ok()
+        );
+        for bad in [
+            "https://graph.microsoft.com/v1.0/groups?$skiptoken=1",
+            "https://graph.microsoft.us.evil.example/v1.0/groups",
+            "https://graph.microsoft.us@evil.example/v1.0/groups",
+        ] {
+            let error = http.check_link(bad, "groups_delta").unwrap_err();
+            assert!(
+                matches!(&error, Error::Graph { code, .. } if code == "unexpectedLink"),
+                "{bad}: {error}"
+            );
+        }
+    }
+
     #[test]
     fn retry_after_in_seconds_or_as_a_date() {
         let now = chrono::DateTime::parse_from_rfc3339("2026-11-28T12:00:00Z")
@@ -437,5 +515,24 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn an_absurd_retry_after_waits_two_minutes_at_most() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-28T12:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let max = Some(MAX_RETRY_AFTER);
+        assert_eq!(parse_retry_after(&u64::MAX.to_string(), now), max);
+        // Beyond u64: still a number of seconds, still capped.
+        assert_eq!(parse_retry_after("18446744073709551616", now), max);
+        assert_eq!(parse_retry_after(&"9".repeat(400), now), max);
+        assert_eq!(parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now), max);
+        assert_eq!(
+            parse_retry_after("Mon, 01 Jan 1900 00:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("-5", now), None);
+        assert_eq!(parse_retry_after("", now), None);
     }
 }

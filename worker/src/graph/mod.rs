@@ -4,6 +4,7 @@
 mod credential;
 mod delta;
 mod directory;
+mod endpoint;
 mod http;
 mod metrics;
 pub mod model;

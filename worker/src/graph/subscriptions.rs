@@ -30,7 +30,7 @@ fn timestamp(at: DateTime<Utc>) -> String {
 
 impl GraphClient {
     /// Creates a subscription; Graph validates both URLs first (400 when they fail).
-    #[tracing::instrument(skip(self, new), fields(resource = new.resource), err)]
+    #[tracing::instrument(skip(self, new), fields(resource = new.resource), err(level = "debug"))]
     pub async fn create_subscription(&self, new: &NewSubscription) -> Result<Subscription> {
         use secrecy::ExposeSecret as _;
         let body = json!({
@@ -48,14 +48,14 @@ impl GraphClient {
             .await
     }
 
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn get_subscription(&self, id: &str) -> Result<Subscription> {
         let url = self.inner.url(&format!("subscriptions/{id}"));
         self.inner.get_json(ENDPOINT, &url).await
     }
 
     /// The app's subscriptions.
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn list_subscriptions(&self) -> Result<Vec<Subscription>> {
         let url = self.inner.url("subscriptions");
         let page: Page<Subscription> = self.inner.get_json(ENDPOINT, &url).await?;
@@ -63,7 +63,7 @@ impl GraphClient {
     }
 
     /// Moves the expiry; a 404 means Graph already deleted it: create a new one.
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn renew_subscription(
         &self,
         id: &str,
@@ -76,14 +76,14 @@ impl GraphClient {
             .await
     }
 
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn reauthorize_subscription(&self, id: &str) -> Result<()> {
         let url = self.inner.url(&format!("subscriptions/{id}/reauthorize"));
         self.inner.send(ENDPOINT, Method::POST, &url, None).await?;
         Ok(())
     }
 
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn delete_subscription(&self, id: &str) -> Result<()> {
         let url = self.inner.url(&format!("subscriptions/{id}"));
         self.inner

@@ -10,8 +10,6 @@ use tokio::time::Instant;
 
 use super::settings::GraphConfig;
 
-const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
-
 #[derive(Clone)]
 struct Cached {
     token: SecretString,
@@ -35,11 +33,16 @@ pub(super) struct TokenResponse {
     pub expires_in: u64,
 }
 
+/// Entra's access tokens live about an hour (at most a day). A longer `expires_in` is not
+/// believed: a broken or hostile answer must not keep a token cached for ever, nor overflow the
+/// clock arithmetic below.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// When to fetch a new token: five minutes before expiry, or halfway for short-lived tokens.
 fn refresh_after(expires_in: u64) -> Duration {
-    let lifetime = Duration::from_secs(expires_in);
+    let lifetime = Duration::from_secs(expires_in).min(MAX_TOKEN_LIFETIME);
     let margin = Duration::from_secs(300).min(lifetime / 2);
-    lifetime - margin
+    lifetime.saturating_sub(margin)
 }
 
 impl TokenCache {
@@ -57,9 +60,14 @@ impl TokenCache {
             return Ok(current.token.clone());
         }
         let response = fetch().await?;
+        let now = Instant::now();
         let fresh = Cached {
             token: SecretString::from(response.access_token),
-            refresh_at: Instant::now() + refresh_after(response.expires_in),
+            // Unreachable with the lifetime capped; if the clock still could not add it, the
+            // token serves this call and the next one fetches another.
+            refresh_at: now
+                .checked_add(refresh_after(response.expires_in))
+                .unwrap_or(now),
         };
         let token = fresh.token.clone();
         *cached = Some(fresh);
@@ -78,11 +86,15 @@ impl TokenCache {
     }
 }
 
-/// The token request form for the configured credential.
-pub(super) fn token_form(config: &GraphConfig) -> crate::Result<Vec<(&'static str, String)>> {
+/// The token request form for the configured credential; `scope` names the Graph the token is
+/// for (see [`super::endpoint::GraphEndpoint::scope`]).
+pub(super) fn token_form(
+    config: &GraphConfig,
+    scope: String,
+) -> crate::Result<Vec<(&'static str, String)>> {
     let mut form = vec![
         ("client_id", config.client_id.clone()),
-        ("scope", GRAPH_SCOPE.to_owned()),
+        ("scope", scope),
         ("grant_type", "client_credentials".to_owned()),
     ];
     form.extend(config.credential.form(
@@ -101,5 +113,32 @@ mod tests {
     fn refreshes_five_minutes_early_or_halfway() {
         assert_eq!(refresh_after(3599), Duration::from_secs(3299));
         assert_eq!(refresh_after(4), Duration::from_secs(2));
+        assert_eq!(refresh_after(0), Duration::ZERO);
+    }
+
+    #[test]
+    fn an_absurd_lifetime_is_capped_at_a_day() {
+        let day_less_five_minutes = Duration::from_secs(24 * 3600 - 300);
+        assert_eq!(refresh_after(u64::MAX), day_less_five_minutes);
+        assert_eq!(refresh_after(u64::MAX / 2 + 1), day_less_five_minutes);
+        assert_eq!(refresh_after(10 * 365 * 86_400), day_less_five_minutes);
+    }
+
+    #[tokio::test]
+    async fn a_token_claiming_to_live_for_ever_is_cached_without_overflow() {
+        let cache = TokenCache::default();
+        let fetches = std::sync::atomic::AtomicUsize::new(0);
+        let fetch = || async {
+            fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, crate::Error>(TokenResponse {
+                access_token: "token".into(),
+                expires_in: u64::MAX,
+            })
+        };
+        let first = cache.get(fetch).await.unwrap();
+        let second = cache.get(fetch).await.unwrap();
+        assert_eq!(first.expose_secret(), "token");
+        assert_eq!(second.expose_secret(), "token");
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -362,7 +362,7 @@ impl Store {
 }
 
 impl LiteLlmWriter for Store {
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     async fn ensure_team(
         &self,
         group: &GroupId,
@@ -382,14 +382,14 @@ impl LiteLlmWriter for Store {
         self.settle(txn, changes, options).await
     }
 
-    #[tracing::instrument(skip(self, user), fields(user = %user.id), err)]
+    #[tracing::instrument(skip(self, user), fields(user = %user.id), err(level = "debug"))]
     async fn ensure_user(&self, user: &EntraUser, options: ApplyOptions) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
         let changes = users::ensure(&txn, user, &self.settings, options.now, options.dry_run).await;
         self.settle(txn, changes, options).await
     }
 
-    #[tracing::instrument(skip(self, user), fields(user = %user.id), err)]
+    #[tracing::instrument(skip(self, user), fields(user = %user.id), err(level = "debug"))]
     async fn update_user(&self, user: &EntraUser, options: ApplyOptions) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
         // Written inside the transaction even in a dry run, which then rolls back.
@@ -403,7 +403,7 @@ impl LiteLlmWriter for Store {
         self.settle(txn, work, options).await
     }
 
-    #[tracing::instrument(skip(self, user), fields(user = %user.id), err)]
+    #[tracing::instrument(skip(self, user), fields(user = %user.id), err(level = "debug"))]
     async fn set_user_role(
         &self,
         user: &EntraUser,
@@ -421,7 +421,7 @@ impl LiteLlmWriter for Store {
         self.settle(txn, work, options).await
     }
 
-    #[tracing::instrument(skip(self, members), fields(members = members.len()), err)]
+    #[tracing::instrument(skip(self, members), fields(members = members.len()), err(level = "debug"))]
     async fn add_members(
         &self,
         group: &GroupId,
@@ -432,7 +432,7 @@ impl LiteLlmWriter for Store {
             .await
     }
 
-    #[tracing::instrument(skip(self, members), fields(members = members.len()), err)]
+    #[tracing::instrument(skip(self, members), fields(members = members.len()), err(level = "debug"))]
     async fn remove_members(
         &self,
         group: &GroupId,
@@ -443,7 +443,7 @@ impl LiteLlmWriter for Store {
             .await
     }
 
-    #[tracing::instrument(skip(self, members), fields(members = members.len()), err)]
+    #[tracing::instrument(skip(self, members), fields(members = members.len()), err(level = "debug"))]
     async fn replace_members(
         &self,
         group: &GroupId,
@@ -454,7 +454,7 @@ impl LiteLlmWriter for Store {
             .await
     }
 
-    #[tracing::instrument(skip(self, members), fields(members = members.len()), err)]
+    #[tracing::instrument(skip(self, members), fields(members = members.len()), err(level = "debug"))]
     async fn sync_team(
         &self,
         group: &GroupId,
@@ -488,7 +488,7 @@ impl LiteLlmWriter for Store {
         self.settle(txn, work, options).await
     }
 
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     async fn remove_managed_members(
         &self,
         group: &GroupId,
@@ -498,14 +498,14 @@ impl LiteLlmWriter for Store {
             .await
     }
 
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     async fn block_team(&self, group: &GroupId, options: ApplyOptions) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
         let changes = teams::block(&txn, group, options.now, options.dry_run).await;
         self.settle(txn, changes, options).await
     }
 
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     async fn revoke_role(&self, user: &UserId, options: ApplyOptions) -> Result<Vec<Change>> {
         let default = self.default_role();
         let txn = self.db.begin().await?;
@@ -513,7 +513,7 @@ impl LiteLlmWriter for Store {
         self.settle(txn, changes, options).await
     }
 
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     async fn set_role(
         &self,
         user: &UserId,
@@ -525,7 +525,7 @@ impl LiteLlmWriter for Store {
         self.settle(txn, changes, options).await
     }
 
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     async fn depart_user(
         &self,
         user: &UserId,
@@ -574,7 +574,7 @@ impl LiteLlmWriter for Store {
         self.settle(txn, work, options).await
     }
 
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     async fn revoke_surviving_keys(&self, options: ApplyOptions) -> Result<Vec<Change>> {
         let policy = self.keys.removed_member;
         if policy == RemovedMemberKeys::Keep {

@@ -47,7 +47,8 @@ pub(super) async fn set(
     if let Some(ours) = managed_role(txn, &row.user_id).await?
         && row.user_role.as_deref() != Some(ours.as_str())
     {
-        tracing::info!(
+        // Every poll finds it again: not news after the first time.
+        tracing::debug!(
             user = row.user_id,
             "role changed by hand in LiteLLM; left alone"
         );

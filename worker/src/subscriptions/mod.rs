@@ -116,14 +116,14 @@ impl SubscriptionManager {
     }
 
     /// Makes sure each resource has exactly one live subscription of ours, renewed in time.
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn ensure(&self, now: DateTime<Utc>) -> Result<Vec<Action>> {
         self.locked(self.ensure_locked(now)).await
     }
 
     /// `reauthorizationRequired`: reauthorize, and renew when that fails (both keep it alive);
     /// re-created when Graph no longer has it.
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn reauthorize(&self, id: &str, now: DateTime<Utc>) -> Result<Vec<Action>> {
         self.locked(async {
             match self.graph.reauthorize_subscription(id).await {
@@ -157,7 +157,7 @@ impl SubscriptionManager {
     }
 
     /// `subscriptionRemoved`: Graph dropped it; a new one replaces it.
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn recreate(&self, id: &str, now: DateTime<Utc>) -> Result<Vec<Action>> {
         self.locked(async {
             self.forget(id).await?;
@@ -190,7 +190,7 @@ impl SubscriptionManager {
     }
 
     /// Deletes every subscription entra-sync created (`subscriptions delete`).
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn delete_all(&self) -> Result<Vec<Action>> {
         self.locked(async {
             let stored = subscription::Entity::find().all(&self.db).await?;

@@ -33,7 +33,7 @@ impl Syncer {
     /// Polls the app's assignments: new groups get their team and full membership, groups no
     /// longer assigned follow the policy, and every user's role follows their app roles. Under
     /// the sync lease, so that a poll never interleaves with another replica's round.
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn poll_assignments(&self, now: DateTime<Utc>) -> Result<AssignmentReport> {
         self.exclusively(|syncer| async move { syncer.poll_locked(now).await })
             .await

@@ -35,7 +35,7 @@ impl ReconcileReport {
 
 impl Syncer {
     /// Runs a full reconciliation under the sync lease and records it (not in a dry run).
-    #[tracing::instrument(skip(self), fields(dry_run = self.dry_run), err)]
+    #[tracing::instrument(skip(self), fields(dry_run = self.dry_run), err(level = "debug"))]
     pub async fn reconcile(&self, now: DateTime<Utc>) -> Result<ReconcileReport> {
         self.exclusively(|syncer| async move { syncer.reconcile_locked(now).await })
             .await

@@ -30,7 +30,7 @@ impl Syncer {
     /// Runs one round under the replicas' shared lease: from the stored deltaLink (or, with
     /// none, or an expired one, a full resync of the assigned groups), applies each assigned
     /// group's changes, and stores the new deltaLink only after they are committed.
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn delta_round(&self, now: DateTime<Utc>) -> Result<RoundReport> {
         self.exclusively(|syncer| async move { syncer.round_locked(now).await })
             .await
@@ -38,7 +38,7 @@ impl Syncer {
 
     /// A full resync of every assigned group, whatever the stored deltaLink (after a `missed`
     /// lifecycle event, or a subscription that was removed), under the same lease.
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn resync_round(&self, now: DateTime<Utc>) -> Result<RoundReport> {
         self.exclusively(|syncer| async move { syncer.resync(now).await })
             .await

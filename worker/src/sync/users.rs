@@ -27,7 +27,7 @@ pub enum DepartedUserPolicy {
 
 impl Syncer {
     /// Re-reads these users (named by `users` notifications) and applies what changed.
-    #[tracing::instrument(skip(self, ids), fields(users = ids.len()), err)]
+    #[tracing::instrument(skip(self, ids), fields(users = ids.len()), err(level = "debug"))]
     pub async fn refresh_users(&self, ids: &[UserId], now: DateTime<Utc>) -> Result<Vec<Change>> {
         let mut unique: Vec<UserId> = ids.to_vec();
         unique.sort();
@@ -50,7 +50,7 @@ impl Syncer {
 
     /// Every user LiteLLM knows from Entra, compared with the tenant's users (after notifications
     /// were missed).
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn refresh_all_users(&self, now: DateTime<Utc>) -> Result<Vec<Change>> {
         self.exclusively(|syncer| async move {
             let tenant = syncer.graph.all_users().await?;
