@@ -6,7 +6,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use migration::{Migrator, MigratorTrait, sea_orm::ConnectOptions};
+use migration::sea_orm::TransactionTrait;
+use migration::{Migrator, MigratorTrait};
 use secrecy::{ExposeSecret, SecretString};
 use tracing_subscriber::EnvFilter;
 
@@ -66,15 +67,19 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let options = ConnectOptions::new(cli.database_url.expose_secret().to_owned());
-    let db = migration::database::connect(options)
+    let db = migration::database::connect(cli.database_url.expose_secret(), |_| {})
         .await
         .map_err(anyhow::Error::msg)?;
+    // In one transaction: PostgreSQL's DDL is transactional, a half-done migration cannot be
+    // left behind, and behind PgBouncer in transaction mode every statement needs one anyway.
+    let transaction = db.begin().await?;
     match cli.command {
-        Command::Up => Migrator::up(&db, None).await?,
-        Command::Down { steps, all } => Migrator::down(&db, (!all).then_some(steps)).await?,
+        Command::Up => Migrator::up(&transaction, None).await?,
+        Command::Down { steps, all } => {
+            Migrator::down(&transaction, (!all).then_some(steps)).await?
+        }
         Command::Status => {
-            for migration in Migrator::get_migration_with_status(&db).await? {
+            for migration in Migrator::get_migration_with_status(&transaction).await? {
                 #[allow(clippy::print_stdout)] // the command's output
                 {
                     println!("{}\t{}", migration.status(), migration.name());
@@ -82,5 +87,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
+    transaction.commit().await?;
     Ok(())
 }

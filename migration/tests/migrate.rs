@@ -137,3 +137,29 @@ async fn up_down_up_leaves_litellm_schema_byte_identical() {
     // Up again with nothing pending is a no-op.
     migrate(&db, &["up"]);
 }
+
+#[test]
+fn up_status_and_down_work_through_pgbouncer_in_transaction_mode() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let db = runtime.block_on(TestDatabase::litellm_only());
+    let through = db.url_through_pgbouncer();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_entra-sync-migrate"))
+            .args(args)
+            .env("DATABASE_URL", &through)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("entra-sync-migrate runs");
+        assert!(
+            out.status.success(),
+            "entra-sync-migrate {args:?} through PgBouncer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["up"]);
+    assert_eq!(entra_sync_tables(&db).len(), 11);
+    assert!(!run(&["status"]).contains("Pending"));
+    run(&["down", "--all"]);
+    assert_eq!(entra_sync_tables(&db), ["entra_sync_migrations"]);
+}

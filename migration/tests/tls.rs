@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use migration::sea_orm::ConnectOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -110,11 +109,11 @@ async fn password_seen_by_the_middle(pki: &Pki, host: &str, parameters: &str) ->
     let port = listener.local_addr().unwrap().port();
     let middle = tokio::spawn(man_in_the_middle(listener, pki.acceptor.clone()));
     let url = format!("postgres://litellm:{PASSWORD}@{host}:{port}/litellm?{parameters}");
-    let mut options = ConnectOptions::new(url);
-    options.connect_timeout(Duration::from_secs(5));
     let connected = tokio::time::timeout(
         Duration::from_secs(20),
-        migration::database::connect(options),
+        migration::database::connect(&url, |options| {
+            options.connect_timeout(Duration::from_secs(5));
+        }),
     )
     .await
     .expect("connecting ends");

@@ -13,14 +13,15 @@
 //!   lease (paused, cut off from the database, too slow to renew) can never write over the work
 //!   of the replica that took the lease over; its commit fails with [`Error::LeaseLost`].
 
+use migration::database::Db;
 use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use entity::sync::lease;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
-    FromQueryResult, QueryFilter, Statement,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, FromQueryResult, QueryFilter,
+    Statement,
 };
 
 use crate::error::{Error, Result};
@@ -34,7 +35,7 @@ pub struct Fence {
 
 #[derive(Clone, Debug)]
 pub struct Lease {
-    db: DatabaseConnection,
+    db: Db,
     name: &'static str,
     holder: String,
     ttl: Duration,
@@ -59,9 +60,9 @@ const LONGEST: Duration = Duration::from_secs(366 * 24 * 3600);
 
 impl Lease {
     /// A lease named `name`, held as `holder`, for `ttl` (between a second and a year).
-    pub fn new(db: DatabaseConnection, name: &'static str, holder: &str, ttl: Duration) -> Self {
+    pub fn new(db: impl Into<Db>, name: &'static str, holder: &str, ttl: Duration) -> Self {
         Self {
-            db,
+            db: db.into(),
             name,
             holder: holder.to_owned(),
             ttl: ttl.clamp(Duration::from_secs(1), LONGEST),
@@ -250,7 +251,7 @@ pub fn this_process() -> String {
 }
 
 /// Who holds a lease, and until when.
-pub async fn holder(db: &DatabaseConnection, name: &str) -> Result<Option<lease::Model>> {
+pub async fn holder(db: &impl ConnectionTrait, name: &str) -> Result<Option<lease::Model>> {
     Ok(lease::Entity::find()
         .filter(lease::Column::Name.eq(name))
         .one(db)
@@ -258,7 +259,10 @@ pub async fn holder(db: &DatabaseConnection, name: &str) -> Result<Option<lease:
 }
 
 /// Whether a lease is held now, by the database's clock.
-pub async fn held(db: &DatabaseConnection, name: &str) -> Result<Option<(String, DateTime<Utc>)>> {
+pub async fn held(
+    db: &impl ConnectionTrait,
+    name: &str,
+) -> Result<Option<(String, DateTime<Utc>)>> {
     #[derive(FromQueryResult)]
     struct Row {
         holder: String,

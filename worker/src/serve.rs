@@ -1,6 +1,7 @@
 //! Starting `entra-sync-worker run` from its configuration: every check first, with a clear
 //! error, then the health and metrics endpoint, then the loop.
 
+use migration::database::Db;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use prometheus_client::registry::Registry;
-use sea_orm::{ConnectOptions, ConnectionTrait, DatabaseConnection};
+use sea_orm::ConnectionTrait;
 use secrecy::ExposeSecret;
 
 use crate::config::WorkerConfig;
@@ -26,19 +27,19 @@ use crate::subscriptions::{self, SubscriptionManager};
 use crate::sync::{ChangeSink, LeaseSettings, Syncer};
 
 /// Connects to LiteLLM's database with a clear error, which never holds the URL's password.
-pub async fn connect_database(config: &WorkerConfig) -> Result<DatabaseConnection> {
-    let mut options = ConnectOptions::new(config.database_url.expose_secret().to_owned());
-    options
-        .max_connections(16)
-        .connect_timeout(Duration::from_secs(10))
-        .sqlx_logging(false);
-    migration::database::connect(options)
-        .await
-        .map_err(Error::Settings)
+pub async fn connect_database(config: &WorkerConfig) -> Result<Db> {
+    migration::database::connect(config.database_url.expose_secret(), |options| {
+        options
+            .max_connections(16)
+            .connect_timeout(Duration::from_secs(10))
+            .sqlx_logging(false);
+    })
+    .await
+    .map_err(Error::Settings)
 }
 
 /// Connects to LiteLLM's database and checks LiteLLM's tables and entra-sync's migrations.
-pub async fn open_database(config: &WorkerConfig) -> Result<DatabaseConnection> {
+pub async fn open_database(config: &WorkerConfig) -> Result<Db> {
     let db = connect_database(config).await?;
     crate::startup::check_database(&db).await?;
     Ok(db)
@@ -48,7 +49,7 @@ pub async fn open_database(config: &WorkerConfig) -> Result<DatabaseConnection> 
 /// counted in `evictions`).
 pub fn store(
     config: &WorkerConfig,
-    db: DatabaseConnection,
+    db: Db,
     settings: LiteLlmSettings,
     evictions: prometheus_client::metrics::family::Family<
         ResultLabel,
@@ -87,7 +88,7 @@ pub fn cache_advice(configured: bool, caches: &CacheSettings) -> Vec<String> {
 }
 
 struct Health {
-    db: DatabaseConnection,
+    db: Db,
     registry: Registry,
     readiness: Readiness,
 }

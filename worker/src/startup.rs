@@ -1,12 +1,12 @@
 //! Checks made before the worker starts, each failing with what to do about it.
 
-use migration::{MigratorTrait, sea_orm::DatabaseConnection};
+use migration::MigratorTrait;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 use crate::error::{Error, Result};
 
 /// LiteLLM's tables exist, and entra-sync's migrations have all run.
-pub async fn check_database(db: &DatabaseConnection) -> Result<()> {
+pub async fn check_database(db: &impl ConnectionTrait) -> Result<()> {
     let litellm = db
         .query_one(Statement::from_string(
             DbBackend::Postgres,

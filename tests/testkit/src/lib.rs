@@ -80,6 +80,33 @@ impl TestDatabase {
         format!("{scheme}://{user}{proxy}/{}", self.name)
     }
 
+    /// The database's URL through PgBouncer in transaction mode, as LiteLLM's `DATABASE_URL` reads
+    /// behind it (`pgbouncer=true`). Panics with what to do when PgBouncer does not answer.
+    pub fn url_through_pgbouncer(&self) -> String {
+        let addr = pgbouncer_addr();
+        let reachable = addr
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .and_then(|socket| {
+                std::net::TcpStream::connect_timeout(&socket, std::time::Duration::from_secs(2))
+                    .ok()
+            })
+            .is_some();
+        assert!(
+            reachable,
+            "PgBouncer does not answer at {addr}: run tests/servers/start, or point \
+             ENTRA_SYNC_TEST_PGBOUNCER at one in transaction mode in front of the test PostgreSQL."
+        );
+        let server = postgres::server_url();
+        let user = server
+            .split_once("://")
+            .map(|(_, rest)| rest)
+            .and_then(|rest| rest.rsplit_once('@'))
+            .map(|(user, _)| format!("{user}@"))
+            .unwrap_or_default();
+        format!("postgres://{user}{addr}/{}?pgbouncer=true", self.name)
+    }
+
     /// Opens another, independent pool on the same database (for concurrency tests).
     pub async fn connect_again(&self) -> DatabaseConnection {
         connect(&self.url).await
@@ -92,6 +119,18 @@ impl Drop for TestDatabase {
             postgres::drop_database(&self.name);
         }
     }
+}
+
+/// PgBouncer in transaction mode in front of the test PostgreSQL: `ENTRA_SYNC_TEST_PGBOUNCER`,
+/// by default `127.0.0.1:6432` (tests/servers/start runs it).
+pub fn pgbouncer_addr() -> String {
+    std::env::var("ENTRA_SYNC_TEST_PGBOUNCER").unwrap_or_else(|_| "127.0.0.1:6432".to_owned())
+}
+
+/// Whether the end-to-end tests' workers reach PostgreSQL through PgBouncer
+/// (`ENTRA_SYNC_TEST_THROUGH_PGBOUNCER=1`; `.ci/run` runs them so a second time).
+pub fn through_pgbouncer() -> bool {
+    std::env::var("ENTRA_SYNC_TEST_THROUGH_PGBOUNCER").is_ok_and(|v| v == "1" || v == "true")
 }
 
 async fn connect(url: &str) -> DatabaseConnection {

@@ -17,12 +17,13 @@ mod statistics;
 mod teams;
 mod users;
 
+use migration::database::Db;
 use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use entity::{GroupId, UserId};
-use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use sea_orm::{DatabaseTransaction, TransactionTrait};
 
 pub use change::{BlockReason, Change};
 pub use keys::{DepartedUserKeys, KeyPolicy, RemovedMemberKeys};
@@ -226,7 +227,7 @@ async fn rollback(txn: DatabaseTransaction) {
 /// The PostgreSQL store, writing LiteLLM's tables through SeaORM.
 #[derive(Clone, Debug)]
 pub struct Store {
-    db: DatabaseConnection,
+    db: Db,
     settings: Arc<LiteLlmSettings>,
     removal_mode: RemovalMode,
     keys: KeyPolicy,
@@ -237,13 +238,9 @@ pub struct Store {
 
 impl Store {
     /// A store with the default key policy and no LiteLLM cache to evict from.
-    pub fn new(
-        db: DatabaseConnection,
-        settings: LiteLlmSettings,
-        removal_mode: RemovalMode,
-    ) -> Self {
+    pub fn new(db: impl Into<Db>, settings: LiteLlmSettings, removal_mode: RemovalMode) -> Self {
         Self {
-            db,
+            db: db.into(),
             settings: Arc::new(settings),
             removal_mode,
             keys: KeyPolicy::default(),
@@ -275,7 +272,7 @@ impl Store {
     }
 
     /// LiteLLM's database, which this store writes.
-    pub fn connection(&self) -> &DatabaseConnection {
+    pub fn connection(&self) -> &Db {
         &self.db
     }
 

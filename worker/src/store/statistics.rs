@@ -8,7 +8,7 @@
 
 use std::sync::Mutex;
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult};
+use sea_orm::{ConnectionTrait, FromQueryResult};
 
 use super::change::Change;
 use super::sql::stmt;
@@ -60,7 +60,7 @@ impl Statistics {
     }
 
     /// Counts committed growth and analyses the tables that grew past their threshold.
-    pub async fn after_commit(&self, db: &DatabaseConnection, changes: &[Change]) {
+    pub async fn after_commit(&self, db: &impl ConnectionTrait, changes: &[Change]) {
         let users = changes
             .iter()
             .filter(|c| matches!(c, Change::UserCreated { .. }))
@@ -113,7 +113,7 @@ impl Statistics {
 }
 
 /// Analyses one table and returns its row count estimate.
-async fn analyze(db: &DatabaseConnection, table: &str) -> Result<u64, sea_orm::DbErr> {
+async fn analyze(db: &impl ConnectionTrait, table: &str) -> Result<u64, sea_orm::DbErr> {
     db.execute_unprepared(&format!("ANALYZE {table}")).await?;
     let rows = Reltuples::find_by_statement(stmt(
         "SELECT reltuples::bigint AS rows FROM pg_class WHERE oid = $1::regclass",

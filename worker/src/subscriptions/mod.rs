@@ -8,11 +8,12 @@
 //! [`CHANGES_LEASE`], so the keeper, a lifecycle event and the `subscriptions` command never
 //! race, and no transaction stays open while Graph validates a new subscription.
 
+use migration::database::Db;
 use std::collections::HashSet;
 
 use chrono::{DateTime, Duration, Utc};
 use entity::sync::subscription;
-use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait};
+use sea_orm::{ActiveValue::Set, EntityTrait};
 use secrecy::SecretString;
 use serde::Serialize;
 use url::Url;
@@ -90,7 +91,7 @@ pub struct SubscriptionView {
 #[derive(Clone, Debug)]
 pub struct SubscriptionManager {
     graph: GraphClient,
-    db: DatabaseConnection,
+    db: Db,
     target: Target,
     changes: crate::lease::Lease,
 }
@@ -100,7 +101,8 @@ fn not_found(error: &Error) -> bool {
 }
 
 impl SubscriptionManager {
-    pub fn new(graph: GraphClient, db: DatabaseConnection, target: Target) -> Self {
+    pub fn new(graph: GraphClient, db: impl Into<Db>, target: Target) -> Self {
+        let db = db.into();
         let changes = crate::lease::Lease::new(
             db.clone(),
             CHANGES_LEASE,

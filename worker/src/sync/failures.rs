@@ -3,14 +3,13 @@
 //! The rest of the work commits and the round moves on; the failed item is recorded in
 //! `entra_sync_failed_items` (and the audit log) and retried with backoff until it succeeds.
 
+use migration::database::Db;
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use entity::sync::failed_item;
 use entity::{GroupId, UserId};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, EntityTrait, FromQueryResult, QueryOrder, Statement,
-};
+use sea_orm::{ConnectionTrait, EntityTrait, FromQueryResult, QueryOrder, Statement};
 
 use super::state;
 use crate::error::Result;
@@ -60,7 +59,7 @@ fn statement(sql: &str, values: impl IntoIterator<Item = sea_orm::Value>) -> Sta
 /// Records a failure (or one more): retried 30 s after the first, doubling up to an hour. The
 /// audit log says what failed and why.
 pub(super) async fn record(
-    db: &DatabaseConnection,
+    db: &Db,
     fence: Option<Fence>,
     item: &Item,
     error: &str,
@@ -92,7 +91,7 @@ pub(super) async fn record(
 
 /// The items are in order again.
 pub(super) async fn clear(
-    db: &DatabaseConnection,
+    db: &Db,
     fence: Option<Fence>,
     item: &Item,
     now: DateTime<Utc>,
@@ -147,7 +146,7 @@ struct Row {
 }
 
 /// Every item failing now.
-pub(super) async fn failing(db: &DatabaseConnection) -> Result<HashSet<Item>> {
+pub(super) async fn failing(db: &Db) -> Result<HashSet<Item>> {
     Ok(Row::find_by_statement(statement(
         "SELECT kind, id FROM entra_sync_failed_items",
         [],
@@ -160,7 +159,7 @@ pub(super) async fn failing(db: &DatabaseConnection) -> Result<HashSet<Item>> {
 }
 
 /// The failed items whose next attempt is due at `now`.
-pub(super) async fn due(db: &DatabaseConnection, now: DateTime<Utc>) -> Result<Vec<Item>> {
+pub(super) async fn due(db: &Db, now: DateTime<Utc>) -> Result<Vec<Item>> {
     Ok(Row::find_by_statement(statement(
         "SELECT kind, id FROM entra_sync_failed_items WHERE retry_at <= $1 ORDER BY retry_at",
         [now.into()],
@@ -173,7 +172,7 @@ pub(super) async fn due(db: &DatabaseConnection, now: DateTime<Utc>) -> Result<V
 }
 
 /// Every failed item, most attempts first (for `status`).
-pub async fn failed_items(db: &DatabaseConnection) -> Result<Vec<failed_item::Model>> {
+pub async fn failed_items(db: &impl ConnectionTrait) -> Result<Vec<failed_item::Model>> {
     use sea_orm::QuerySelect;
     Ok(failed_item::Entity::find()
         .order_by_desc(failed_item::Column::Attempts)
@@ -183,7 +182,7 @@ pub async fn failed_items(db: &DatabaseConnection) -> Result<Vec<failed_item::Mo
 }
 
 /// How many items fail now, by kind (for the metrics).
-pub async fn failing_counts(db: &DatabaseConnection) -> Result<(i64, i64)> {
+pub async fn failing_counts(db: &impl ConnectionTrait) -> Result<(i64, i64)> {
     #[derive(FromQueryResult)]
     struct Counts {
         groups: i64,

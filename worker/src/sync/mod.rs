@@ -15,6 +15,7 @@ mod round;
 mod state;
 mod users;
 
+use migration::database::Db;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +23,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use entity::{GroupId, UserId};
-use sea_orm::DatabaseConnection;
 
 use crate::error::Result;
 use crate::graph::GraphClient;
@@ -137,7 +137,7 @@ impl Default for LeaseSettings {
 pub struct Syncer {
     graph: GraphClient,
     store: Store,
-    db: DatabaseConnection,
+    db: Db,
     lease: Lease,
     patience: Duration,
     /// Set inside a unit of work: the lease it holds, checked at every commit.
@@ -160,9 +160,10 @@ impl Syncer {
     pub fn new(
         graph: GraphClient,
         store: Store,
-        db: DatabaseConnection,
+        db: impl Into<Db>,
         policy: UnassignedPolicy,
     ) -> Self {
+        let db = db.into();
         let lease_settings = LeaseSettings::default();
         Self {
             graph,

@@ -133,7 +133,7 @@ impl Syncer {
 
 /// The most recent reconciliation, if any ran.
 pub async fn last_reconciliation(
-    db: &sea_orm::DatabaseConnection,
+    db: &impl sea_orm::ConnectionTrait,
 ) -> Result<Option<reconciliation::Model>> {
     Ok(reconciliation::Entity::find()
         .order_by_desc(reconciliation::Column::Id)

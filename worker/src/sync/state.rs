@@ -1,5 +1,6 @@
 //! entra-sync's own sync state: assigned groups and delta links.
 
+use migration::database::Db;
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
@@ -7,8 +8,8 @@ use entity::sync::{assigned_group, delta_link};
 use entity::{GroupId, UserId};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::Set, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
-    EntityTrait, FromQueryResult, Statement, TransactionTrait,
+    ActiveValue::Set, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
+    FromQueryResult, Statement, TransactionTrait,
 };
 
 use crate::error::Result;
@@ -17,7 +18,7 @@ use crate::lease::Fence;
 /// The delta query entra-sync runs.
 pub(super) const GROUPS: &str = "groups";
 
-pub(super) async fn assigned(db: &DatabaseConnection) -> Result<HashMap<GroupId, Option<String>>> {
+pub(super) async fn assigned(db: &Db) -> Result<HashMap<GroupId, Option<String>>> {
     Ok(assigned_group::Entity::find()
         .all(db)
         .await?
@@ -27,10 +28,7 @@ pub(super) async fn assigned(db: &DatabaseConnection) -> Result<HashMap<GroupId,
 }
 
 /// A transaction for entra-sync's own state, which commits only while `fence` holds its lease.
-pub(super) async fn begin(
-    db: &DatabaseConnection,
-    fence: Option<Fence>,
-) -> Result<DatabaseTransaction> {
+pub(super) async fn begin(db: &Db, fence: Option<Fence>) -> Result<DatabaseTransaction> {
     let txn = db.begin().await?;
     if let Some(fence) = fence {
         crate::lease::check(&txn, fence).await?;
@@ -40,7 +38,7 @@ pub(super) async fn begin(
 
 /// Records groups as assigned, with their current names, in one statement.
 pub(super) async fn remember_assigned(
-    db: &DatabaseConnection,
+    db: &Db,
     fence: Option<Fence>,
     groups: &[(GroupId, Option<String>)],
     now: DateTime<Utc>,
@@ -67,11 +65,7 @@ pub(super) async fn remember_assigned(
     Ok(())
 }
 
-pub(super) async fn forget_assigned(
-    db: &DatabaseConnection,
-    fence: Option<Fence>,
-    group: &GroupId,
-) -> Result<()> {
+pub(super) async fn forget_assigned(db: &Db, fence: Option<Fence>, group: &GroupId) -> Result<()> {
     let txn = begin(db, fence).await?;
     assigned_group::Entity::delete_by_id(group.clone())
         .exec(&txn)
@@ -80,7 +74,7 @@ pub(super) async fn forget_assigned(
     Ok(())
 }
 
-pub(super) async fn delta_link(db: &DatabaseConnection) -> Result<Option<String>> {
+pub(super) async fn delta_link(db: &Db) -> Result<Option<String>> {
     Ok(delta_link::Entity::find_by_id(GROUPS.to_owned())
         .one(db)
         .await?
@@ -88,7 +82,7 @@ pub(super) async fn delta_link(db: &DatabaseConnection) -> Result<Option<String>
 }
 
 /// When the groups' deltaLink was last stored: the last committed round.
-pub async fn last_delta_round(db: &DatabaseConnection) -> Result<Option<DateTime<Utc>>> {
+pub async fn last_delta_round(db: &impl ConnectionTrait) -> Result<Option<DateTime<Utc>>> {
     Ok(delta_link::Entity::find_by_id(GROUPS.to_owned())
         .one(db)
         .await?
@@ -96,7 +90,7 @@ pub async fn last_delta_round(db: &DatabaseConnection) -> Result<Option<DateTime
 }
 
 pub(super) async fn save_delta_link(
-    db: &DatabaseConnection,
+    db: &Db,
     fence: Option<Fence>,
     link: &str,
     now: DateTime<Utc>,
@@ -119,7 +113,7 @@ pub(super) async fn save_delta_link(
 }
 
 /// Users entra-sync saw disabled or deleted in Entra.
-pub(super) async fn departed(db: &DatabaseConnection) -> Result<HashSet<UserId>> {
+pub(super) async fn departed(db: &Db) -> Result<HashSet<UserId>> {
     #[derive(FromQueryResult)]
     struct Row {
         entra_user_id: String,
@@ -137,7 +131,7 @@ pub(super) async fn departed(db: &DatabaseConnection) -> Result<HashSet<UserId>>
 
 /// Remembers that a user was disabled or deleted in Entra (`departed`), or is back.
 pub(super) async fn set_departed(
-    db: &DatabaseConnection,
+    db: &Db,
     fence: Option<Fence>,
     user: &UserId,
     departed: bool,

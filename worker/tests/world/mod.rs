@@ -9,8 +9,9 @@ use entity::litellm::team;
 use entra_sync_testkit::TestDatabase;
 use entra_sync_testkit::redis::{RedisServer, TestStream};
 use graph_sim::GraphSim;
+use migration::database::Db;
 use prometheus_client::registry::Registry;
-use sea_orm::{DatabaseConnection, EntityTrait};
+use sea_orm::EntityTrait;
 use tokio::sync::oneshot;
 use worker::graph::NewSubscription;
 use worker::metrics::WorkerMetrics;
@@ -30,6 +31,10 @@ pub struct World {
     /// The Redis the webhook writes to and the workers read.
     pub redis: RedisServer,
     pub db: TestDatabase,
+    /// How the workers reach the database: directly, or through PgBouncer in transaction mode
+    /// when `ENTRA_SYNC_TEST_THROUGH_PGBOUNCER=1`.
+    pub worker_db: Db,
+    worker_database_url: String,
     pub stream: TestStream,
     pub dead: TestStream,
     /// The webhook's base URL (what `ENTRA_SYNC_PUBLIC_URL` would be).
@@ -53,6 +58,17 @@ impl World {
     pub async fn on(redis: RedisServer) -> Self {
         let sim = sim(|_| {}).await;
         let db = TestDatabase::new().await;
+        let (worker_db, worker_database_url) = if entra_sync_testkit::through_pgbouncer() {
+            let url = db.url_through_pgbouncer();
+            let worker_db = migration::database::connect(&url, |options| {
+                options.max_connections(8).sqlx_logging(false);
+            })
+            .await
+            .unwrap();
+            (worker_db, url)
+        } else {
+            (Db::from(db.conn().clone()), db.url().to_owned())
+        };
         let stream = TestStream::on(&redis);
         let dead = TestStream::on(&redis);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -93,6 +109,8 @@ impl World {
             sim,
             redis,
             db,
+            worker_db,
+            worker_database_url,
             stream,
             dead,
             webhook_url: url,
@@ -104,19 +122,19 @@ impl World {
 
     /// A worker in this process, on the test database.
     pub fn start_worker(&mut self) {
-        let conn = self.db.conn().clone();
+        let conn = self.worker_db.clone();
         self.start_worker_on(conn, "e2e");
     }
 
     /// A worker in this process, named `consumer`, on the given connection.
-    pub fn start_worker_on(&mut self, conn: DatabaseConnection, consumer: &str) {
+    pub fn start_worker_on(&mut self, conn: impl Into<Db>, consumer: &str) {
         self.start_worker_with(conn, consumer, None);
     }
 
     /// The syncer a worker of this world uses.
     pub fn syncer(&self) -> Syncer {
         let (client, _) = secret_client(&self.sim);
-        let conn = self.db.conn().clone();
+        let conn = self.worker_db.clone();
         let store = Store::new(conn.clone(), Default::default(), RemovalMode::Managed);
         Syncer::new(client, store, conn, UnassignedPolicy::RemoveMembers)
     }
@@ -126,17 +144,17 @@ impl World {
         let (client, _) = secret_client(&self.sim);
         let public_url = worker::graph::checked_url("test", &self.webhook_url).unwrap();
         let target = Target::new(&public_url, CLIENT_STATE.to_owned().into()).unwrap();
-        SubscriptionManager::new(client, self.db.conn().clone(), target)
+        SubscriptionManager::new(client, self.worker_db.clone(), target)
     }
 
     /// A worker in this process that also handles lifecycle events with `subscriptions`.
     pub fn start_worker_with(
         &mut self,
-        conn: DatabaseConnection,
+        conn: impl Into<Db>,
         consumer: &str,
         subscriptions: Option<SubscriptionManager>,
     ) {
-        let store = Store::new(conn.clone(), Default::default(), RemovalMode::Managed);
+        let store = Store::new(conn, Default::default(), RemovalMode::Managed);
         let metrics = WorkerMetrics::register(&mut Registry::default());
         self.start_worker_with_store(store, metrics, consumer, subscriptions);
     }
@@ -210,7 +228,7 @@ impl World {
     /// The environment an operator would give `entra-sync-worker` for this world.
     pub fn worker_env(&self, consumer: &str) -> Vec<(String, String)> {
         [
-            ("DATABASE_URL", self.db.url().to_owned()),
+            ("DATABASE_URL", self.worker_database_url.clone()),
             ("REDIS_URL", self.redis.url().to_owned()),
             ("ENTRA_SYNC_STREAM", self.stream.key().to_owned()),
             ("ENTRA_SYNC_DEAD_LETTER_STREAM", self.dead.key().to_owned()),
