@@ -64,6 +64,14 @@ pub fn cache_keys(change: &Change) -> Vec<String> {
             keys
         }
         Change::TeamBlocked { team_id } => vec![team(team_id)],
+        Change::TeamUnblocked {
+            team_id,
+            team_alias,
+        } => {
+            let mut keys = vec![team(team_id)];
+            keys.extend(team_alias.as_deref().map(alias));
+            keys
+        }
         Change::UserCreated { user_id, .. }
         | Change::UserLinked { user_id, .. }
         | Change::UserUpdated { user_id, .. }

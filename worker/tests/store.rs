@@ -1007,3 +1007,56 @@ async fn blocking_a_team_keeps_it_and_its_members() {
         "no team, nothing to block"
     );
 }
+
+#[tokio::test]
+async fn a_team_blocked_by_the_policy_is_unblocked_when_its_group_is_back_and_one_an_admin_blocked_is_not()
+ {
+    let db = TestDatabase::new().await;
+    let store = plain_store(&db);
+    let (ours, admins) = (group(1), group(2));
+    store.ensure_team(&ours, "Team", commit()).await.unwrap();
+    store.ensure_team(&admins, "Other", commit()).await.unwrap();
+    store.block_team(&ours, commit()).await.unwrap();
+    execute(
+        db.conn(),
+        &format!(
+            r#"UPDATE "LiteLLM_TeamTable" SET blocked = true, metadata = '{{"note": "x"}}'
+               WHERE team_id = '{admins}'"#
+        ),
+    )
+    .await;
+    assert_eq!(
+        team_row(db.conn(), &ours).await.metadata["entra_sync_blocked"],
+        "group_unassigned"
+    );
+
+    // The group is assigned again (or restored): the team comes back, under its current name.
+    let changes = store.ensure_team(&ours, "Team", commit()).await.unwrap();
+    assert_eq!(
+        changes,
+        [Change::TeamUnblocked {
+            team_id: ours.to_string(),
+            team_alias: Some("Team".into())
+        }]
+    );
+    let team = team_row(db.conn(), &ours).await;
+    assert!(!team.blocked);
+    assert_eq!(team.metadata, serde_json::json!({}));
+    assert!(
+        store
+            .ensure_team(&ours, "Team", commit())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A team an admin blocked stays blocked.
+    assert!(
+        store
+            .ensure_team(&admins, "Other", commit())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(team_row(db.conn(), &admins).await.blocked);
+}

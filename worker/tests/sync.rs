@@ -195,6 +195,40 @@ async fn an_unassigned_group_follows_each_policy() {
 }
 
 #[tokio::test]
+async fn under_the_block_policy_a_reassigned_or_restored_group_is_unblocked() {
+    for restore in [false, true] {
+        let sim = sim(|_| {}).await;
+        let db = TestDatabase::new().await;
+        let syncer = syncer(&sim, &db, UnassignedPolicy::Block).await;
+        syncer.poll_assignments(now()).await.unwrap();
+        syncer.delta_round(now()).await.unwrap();
+        if restore {
+            sim.apply(|t| t.soft_delete_group(gid(1)));
+            syncer.delta_round(now()).await.unwrap();
+        } else {
+            sim.change(|t| (t.unassign(gid(1)), Vec::new()));
+            syncer.poll_assignments(now()).await.unwrap();
+        }
+        assert!(team(&db, 1).await.unwrap().blocked);
+
+        if restore {
+            sim.apply(|t| t.restore_group(gid(1)));
+            syncer.delta_round(now()).await.unwrap();
+        } else {
+            sim.change(|t| {
+                t.assign(gid(1), Uuid::nil()).unwrap();
+                ((), Vec::new())
+            });
+        }
+        syncer.poll_assignments(now()).await.unwrap();
+        syncer.delta_round(now()).await.unwrap();
+        let team = team(&db, 1).await.unwrap();
+        assert!(!team.blocked, "restored: {restore}");
+        assert_eq!(members(&db, 1).await, users_named(1..=5));
+    }
+}
+
+#[tokio::test]
 async fn a_deleted_group_follows_the_policy_too() {
     let (db, team) = retire_with(UnassignedPolicy::RemoveMembers, true).await;
     assert!(team.is_some());

@@ -196,7 +196,9 @@ pub enum DeltaError {
 pub struct Tenant {
     pub users: HashMap<Uuid, User>,
     pub groups: HashMap<Uuid, Group>,
-    soft_deleted: HashMap<Uuid, Group>,
+    /// Groups in the recycle bin, with their app role assignments, which a restore brings back
+    /// ("you can fully restore the item").
+    soft_deleted: HashMap<Uuid, (Group, Vec<Assignment>)>,
     pub app: App,
     version: u64,
     log: Vec<(u64, Uuid, Event)>,
@@ -322,17 +324,23 @@ impl Tenant {
         let Some(group) = self.groups.remove(&id) else {
             return Vec::new();
         };
-        self.soft_deleted.insert(id, group);
-        self.app.assignments.retain(|a| a.principal_id != id);
+        let (assignments, kept): (Vec<Assignment>, Vec<Assignment>) = self
+            .app
+            .assignments
+            .drain(..)
+            .partition(|a| a.principal_id == id);
+        self.app.assignments = kept;
+        self.soft_deleted.insert(id, (group, assignments));
         self.record(id, Event::SoftDeleted);
         Self::group_notice(id, ChangeType::Updated)
     }
 
     pub fn restore_group(&mut self, id: Uuid) -> Vec<Notice> {
-        let Some(group) = self.soft_deleted.remove(&id) else {
+        let Some((group, assignments)) = self.soft_deleted.remove(&id) else {
             return Vec::new();
         };
         self.groups.insert(id, group);
+        self.app.assignments.extend(assignments);
         self.record(id, Event::Restored);
         Self::group_notice(id, ChangeType::Updated)
     }

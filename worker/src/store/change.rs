@@ -26,6 +26,12 @@ pub enum Change {
     TeamBlocked {
         team_id: String,
     },
+    /// A team blocked under the `block` policy is unblocked: its group is assigned (or restored)
+    /// again.
+    TeamUnblocked {
+        team_id: String,
+        team_alias: Option<String>,
+    },
     UserCreated {
         user_id: String,
         user_email: Option<String>,
@@ -115,6 +121,7 @@ impl Change {
             Self::TeamCreated { team_id, .. }
             | Self::TeamRenamed { team_id, .. }
             | Self::TeamBlocked { team_id }
+            | Self::TeamUnblocked { team_id, .. }
             | Self::MemberAdded { team_id, .. }
             | Self::MemberRemoved { team_id, .. } => Some(team_id),
             Self::KeyDeleted { team_id, .. }
@@ -133,6 +140,7 @@ impl Change {
             Self::TeamCreated { .. } => "team_created",
             Self::TeamRenamed { .. } => "team_renamed",
             Self::TeamBlocked { .. } => "team_blocked",
+            Self::TeamUnblocked { .. } => "team_unblocked",
             Self::UserCreated { .. } => "user_created",
             Self::UserLinked { .. } => "user_linked",
             Self::UserUpdated { .. } => "user_updated",

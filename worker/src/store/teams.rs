@@ -13,9 +13,16 @@ use super::sql::{litellm_timestamp, lock_team, stmt};
 use crate::error::Result;
 use crate::litellm_config::LiteLlmSettings;
 
+/// The metadata key that says entra-sync blocked a team under the `block` policy.
+const BLOCKED_MARKER: &str = "entra_sync_blocked";
+/// Its value: the team's group was unassigned from the app, or deleted.
+const BLOCKED_UNASSIGNED: &str = "group_unassigned";
+
 /// Creates the team for a group (team_id = group id, team_alias = display name, LiteLLM's
-/// `default_team_params` applied) or, when it exists, brings its alias up to date. Nothing else of
-/// an existing team is touched: its budget, models and spend belong to LiteLLM's admins.
+/// `default_team_params` applied) or, when it exists, brings its alias up to date, and unblocks
+/// it when entra-sync had blocked it under the `block` policy (the group is assigned, or back,
+/// again). Nothing else of an existing team is touched: its budget, models and spend belong to
+/// LiteLLM's admins, and a team an admin blocked stays blocked.
 pub(super) async fn ensure(
     txn: &DatabaseTransaction,
     group: &GroupId,
@@ -27,8 +34,27 @@ pub(super) async fn ensure(
     let team_id = group.to_string();
     lock_team(txn, &team_id).await?;
     let existing = team::Entity::find_by_id(team_id.clone()).one(txn).await?;
-    match existing {
-        Some(team) if team.team_alias.as_deref() == Some(display_name) => Ok(Vec::new()),
+    let mut unblocked = Vec::new();
+    if let Some(team) = &existing
+        && team.blocked
+        && team.metadata.get(BLOCKED_MARKER).and_then(Value::as_str) == Some(BLOCKED_UNASSIGNED)
+    {
+        if !dry_run {
+            txn.execute(stmt(
+                r#"UPDATE "LiteLLM_TeamTable"
+                   SET blocked = false, metadata = metadata - 'entra_sync_blocked', updated_at = $2
+                   WHERE team_id = $1"#,
+                [team_id.clone().into(), litellm_timestamp(now).into()],
+            ))
+            .await?;
+        }
+        unblocked.push(Change::TeamUnblocked {
+            team_id: team_id.clone(),
+            team_alias: team.team_alias.clone(),
+        });
+    }
+    let mut changes = match existing {
+        Some(team) if team.team_alias.as_deref() == Some(display_name) => Vec::new(),
         Some(team) => {
             if !dry_run {
                 txn.execute(stmt(
@@ -42,11 +68,11 @@ pub(super) async fn ensure(
                 ))
                 .await?;
             }
-            Ok(vec![Change::TeamRenamed {
+            vec![Change::TeamRenamed {
                 team_id,
                 from: team.team_alias,
                 to: display_name.to_owned(),
-            }])
+            }]
         }
         None => {
             if !dry_run {
@@ -59,12 +85,14 @@ pub(super) async fn ensure(
                     .exec_without_returning(txn)
                     .await?;
             }
-            Ok(vec![Change::TeamCreated {
+            vec![Change::TeamCreated {
                 team_id,
                 team_alias: display_name.to_owned(),
-            }])
+            }]
         }
-    }
+    };
+    changes.append(&mut unblocked);
+    Ok(changes)
 }
 
 /// The new team's row; columns left `NotSet` keep LiteLLM's database defaults (spend among them).
@@ -114,7 +142,8 @@ fn new_team(
 }
 
 /// Blocks the team (the `block` policy for an unassigned or deleted group): LiteLLM then refuses
-/// its keys, while the team, its members and its spend history stay.
+/// its keys, while the team, its members and its spend history stay. The team's metadata says
+/// entra-sync blocked it, so that it is unblocked when its group is assigned or restored again.
 pub(super) async fn block(
     txn: &DatabaseTransaction,
     group: &GroupId,
@@ -131,8 +160,17 @@ pub(super) async fn block(
     }
     if !dry_run {
         txn.execute(stmt(
-            r#"UPDATE "LiteLLM_TeamTable" SET blocked = true, updated_at = $2 WHERE team_id = $1"#,
-            [team_id.clone().into(), litellm_timestamp(now).into()],
+            r#"UPDATE "LiteLLM_TeamTable"
+               SET blocked = true, updated_at = $2,
+                   metadata = CASE WHEN jsonb_typeof(metadata) = 'object' THEN metadata
+                                   ELSE '{}'::jsonb END
+                              || jsonb_build_object('entra_sync_blocked', $3::text)
+               WHERE team_id = $1"#,
+            [
+                team_id.clone().into(),
+                litellm_timestamp(now).into(),
+                BLOCKED_UNASSIGNED.into(),
+            ],
         ))
         .await?;
     }
