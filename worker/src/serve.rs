@@ -177,7 +177,10 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
     )?;
     let cache = store.litellm_cache().cloned();
     let consumer_name = consumer.settings().consumer.clone();
-    let subscriptions = target.map(|t| SubscriptionManager::new(graph.clone(), db.clone(), t));
+    let subscriptions = target.map(|t| {
+        SubscriptionManager::new(graph.clone(), db.clone(), t)
+            .with_lease_ttl(Duration::from_secs(config.lease_seconds))
+    });
     let keeper = subscriptions.clone().map(|manager| {
         let lease = Lease::new(
             db.clone(),

@@ -12,6 +12,7 @@ mod litellm_schema;
 mod postgres;
 pub mod proxy;
 pub mod redis;
+pub mod servers;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};

@@ -73,6 +73,16 @@ impl RedisServer {
         server
     }
 
+    /// A server at `url` that the test itself runs (see [`crate::servers::OwnRedis`]).
+    pub fn at(url: &str, name: &'static str) -> Self {
+        Self {
+            url: url.to_owned(),
+            name,
+            variable: "no variable",
+            remedy: "the test starts it itself",
+        }
+    }
+
     fn from_env(
         variable: &'static str,
         default: &str,

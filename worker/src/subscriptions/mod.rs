@@ -29,8 +29,10 @@ const CHANGE_TYPE: &str = "updated,deleted";
 pub const LEASE: &str = "subscriptions";
 /// Serialises every change to the subscriptions, whichever replica or command makes it.
 pub const CHANGES_LEASE: &str = "subscription-changes";
-/// How long a change may wait for another to finish, and the change lease's time to live.
+/// How long a change may wait for another to finish.
 const CHANGES_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+/// The change lease's default time to live (`ENTRA_SYNC_LEASE_SECONDS`): how long a replica that
+/// died in the middle of a change holds the others back.
 const CHANGES_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Graph's longest lifetime for groups and users is 41,760 minutes; an hour less leaves room for
@@ -115,6 +117,18 @@ impl SubscriptionManager {
             target,
             changes,
         }
+    }
+
+    /// The change lease lives this long without renewal (`ENTRA_SYNC_LEASE_SECONDS`).
+    #[must_use]
+    pub fn with_lease_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.changes = crate::lease::Lease::new(
+            self.db.clone(),
+            CHANGES_LEASE,
+            &crate::lease::this_process(),
+            ttl,
+        );
+        self
     }
 
     /// Makes sure each resource has exactly one live subscription of ours, renewed in time.

@@ -427,6 +427,24 @@ pub fn users(range: std::ops::RangeInclusive<u128>) -> Vec<String> {
     ids
 }
 
+/// Waits up to `limit` until `check` holds; returns whether it did.
+pub async fn eventually_within<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits (up to 20 s) until `check` holds; returns whether it did.
 pub async fn eventually<F, Fut>(mut check: F) -> bool
 where
