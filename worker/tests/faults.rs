@@ -498,3 +498,52 @@ async fn readyz_fails_while_redis_is_away_and_recovers_when_it_is_back() {
     assert!(eventually(|| async { world.members(1).await == Some(with(users(1..=5), 6)) }).await);
     assert!(eventually(|| async { world.pending() == 0 }).await);
 }
+
+#[tokio::test]
+async fn readyz_fails_after_five_rounds_fail_in_a_row_and_recovers() {
+    let mut world = World::new().await;
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    world.spawn_worker_process_with("failing", &[("ENTRA_SYNC_METRICS_LISTEN", &listen)]);
+    let http = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let url = format!("http://{listen}{path}");
+        let http = http.clone();
+        async move {
+            match http.get(url).send().await {
+                Ok(response) => (
+                    response.status().as_u16(),
+                    response.text().await.unwrap_or_default(),
+                ),
+                Err(_) => (0, String::new()),
+            }
+        }
+    };
+    assert!(eventually(|| async { world.first_round_committed().await }).await);
+    assert!(eventually(|| async { get("/readyz").await.0 == 200 }).await);
+
+    // Graph refuses every delta query (the database and Redis are fine): rounds fail as a whole.
+    world.sim.add_fault(Fault {
+        times: None,
+        ..Fault::status("/groups/delta", 400, 1)
+    });
+    world.sim.apply(|t| t.add_member(gid(1), uid(6)));
+    assert!(
+        eventually(|| async { get("/readyz").await.0 == 503 }).await,
+        "still ready after rounds kept failing"
+    );
+    assert!(
+        get("/metrics").await.1.lines().any(|line| line
+            .starts_with("entra_sync_failed_rounds_in_a_row ")
+            && !line.ends_with(" 0")),
+        "the failures are not counted"
+    );
+
+    world.sim.clear_faults();
+    assert!(eventually(|| async { get("/readyz").await.0 == 200 }).await);
+    assert!(eventually(|| async { world.members(1).await == Some(users(1..=6)) }).await);
+    assert!(eventually(|| async { world.pending() == 0 }).await);
+}
