@@ -71,14 +71,21 @@ impl Lease {
 
     /// Takes the lease, or extends it when this replica already holds it. False when another
     /// replica holds it and it has not run out.
-    #[tracing::instrument(skip(self), fields(lease = self.name, holder = self.holder), err)]
+    #[tracing::instrument(skip(self), fields(lease = self.name, holder = self.holder), err(level = "debug"))]
     pub async fn try_acquire(&self) -> Result<bool> {
-        let taken = Token::find_by_statement(statement(
+        Ok(self.take(true).await?.is_some())
+    }
+
+    /// Takes the lease when it is free (run out or released) or this replica's, for `ttl`;
+    /// returns its fence. The fence grows when the lease changes hands, and, unless
+    /// `extending` (a holder renewing what it holds), whenever it is taken.
+    async fn take(&self, extending: bool) -> Result<Option<i64>> {
+        Ok(Token::find_by_statement(statement(
             "INSERT INTO entra_sync_leases (name, holder, expires_at, fence)
              VALUES ($1, $2, now() + $3 * interval '1 millisecond', 1)
              ON CONFLICT (name) DO UPDATE
                SET holder = excluded.holder, expires_at = excluded.expires_at,
-                   fence = CASE WHEN entra_sync_leases.holder = excluded.holder
+                   fence = CASE WHEN $4 AND entra_sync_leases.holder = excluded.holder
                                  AND entra_sync_leases.expires_at > now()
                                 THEN entra_sync_leases.fence
                                 ELSE entra_sync_leases.fence + 1 END
@@ -89,11 +96,12 @@ impl Lease {
                 self.name.into(),
                 self.holder.clone().into(),
                 millis(self.ttl).into(),
+                extending.into(),
             ],
         ))
         .one(&self.db)
-        .await?;
-        Ok(taken.is_some())
+        .await?
+        .map(|taken| taken.fence))
     }
 
     /// Gives the lease up (on shutdown), so another replica need not wait for it to run out.
@@ -134,27 +142,11 @@ impl Lease {
         let started = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(50);
         loop {
-            let taken = Token::find_by_statement(statement(
-                "INSERT INTO entra_sync_leases (name, holder, expires_at, fence)
-                 VALUES ($1, $2, now() + $3 * interval '1 millisecond', 1)
-                 ON CONFLICT (name) DO UPDATE
-                   SET holder = excluded.holder, expires_at = excluded.expires_at,
-                       fence = entra_sync_leases.fence + 1
-                 WHERE entra_sync_leases.expires_at <= now()
-                    OR entra_sync_leases.holder = excluded.holder
-                 RETURNING fence",
-                [
-                    self.name.into(),
-                    self.holder.clone().into(),
-                    millis(self.ttl).into(),
-                ],
-            ))
-            .one(&self.db)
-            .await?;
-            if let Some(taken) = taken {
+            let taken = self.take(false).await?;
+            if let Some(token) = taken {
                 return Ok(Fence {
                     lease: self.name,
-                    token: taken.fence,
+                    token,
                 });
             }
             if started.elapsed() >= patience {

@@ -84,21 +84,6 @@ async fn converges(world: &World, number: u32, fault: &str, started: Instant, gr
     assert!(world.dead.is_empty(), "{line}: dead letters");
 }
 
-async fn count(world: &World, sql: &str) -> i64 {
-    world
-        .db
-        .conn()
-        .query_one(sea_orm::Statement::from_string(
-            sea_orm::DbBackend::Postgres,
-            sql,
-        ))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get_by_index::<i64>(0)
-        .unwrap()
-}
-
 fn with(mut ids: Vec<String>, n: u128) -> Vec<String> {
     ids.push(uid(n).to_string());
     ids.sort();
@@ -377,11 +362,9 @@ async fn fault_11_a_lapsed_subscription() {
     // The keeper made its own (beside the one the test world made).
     assert!(
         eventually(|| async {
-            count(
-                &world,
-                "SELECT count(*) FROM entra_sync_subscriptions WHERE resource = 'groups'",
-            )
-            .await
+            world
+                .count("SELECT count(*) FROM entra_sync_subscriptions WHERE resource = 'groups'")
+                .await
                 == 1
         })
         .await

@@ -10,28 +10,12 @@ use chrono::Utc;
 use entity::litellm::user;
 use graph_common::*;
 use graph_sim::Fault;
-use graph_sim::tenant::User;
 use prometheus_client::registry::Registry;
 use sea_orm::{ConnectionTrait, EntityTrait};
 use uuid::Uuid;
 use worker::metrics::WorkerMetrics;
 use worker::store::{RemovalMode, Store};
 use world::*;
-
-async fn scalar(world: &World, sql: &str) -> i64 {
-    world
-        .db
-        .conn()
-        .query_one(sea_orm::Statement::from_string(
-            sea_orm::DbBackend::Postgres,
-            sql,
-        ))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get_by_index::<i64>(0)
-        .unwrap()
-}
 
 async fn execute(world: &World, sql: &str) {
     world.db.conn().execute_unprepared(sql).await.unwrap();
@@ -56,16 +40,6 @@ fn assign_group_two(world: &World) {
         t.assign(gid(2), Uuid::nil()).unwrap();
         ((), Vec::new())
     });
-}
-
-fn user(n: u128, enabled: bool) -> User {
-    User {
-        id: uid(n),
-        display_name: format!("User {n}"),
-        user_principal_name: format!("user{n}@contoso.example"),
-        mail: None,
-        account_enabled: enabled,
-    }
 }
 
 async fn role(world: &World, n: u128) -> Option<String> {
@@ -127,11 +101,9 @@ async fn one_broken_group_never_stalls_the_others_and_is_retried_until_it_succee
          AND attempts >= 1 AND error LIKE '%refused for this test%'",
         gid(1)
     );
-    assert!(eventually(|| async { scalar(&world, &failed).await == 1 }).await);
+    assert!(eventually(|| async { world.count(&failed).await == 1 }).await);
     assert!(
-        scalar(
-            &world,
-            &format!(
+        world.count(&format!(
                 "SELECT count(*) FROM entra_sync_audit_log WHERE kind = 'sync_failed' AND team_id = '{}'",
                 gid(1)
             )
@@ -169,14 +141,15 @@ async fn one_broken_group_never_stalls_the_others_and_is_retried_until_it_succee
     );
     assert!(
         eventually(|| async {
-            scalar(&world, "SELECT count(*) FROM entra_sync_failed_items").await == 0
+            world
+                .count("SELECT count(*) FROM entra_sync_failed_items")
+                .await
+                == 0
         })
         .await
     );
     assert_eq!(
-        scalar(
-            &world,
-            &format!(
+        world.count(&format!(
                 "SELECT count(*) FROM entra_sync_audit_log WHERE kind = 'sync_recovered' AND team_id = '{}'",
                 gid(1)
             )
@@ -216,7 +189,9 @@ async fn a_team_deleted_by_hand_while_its_group_is_assigned_is_made_again() {
     assert_eq!(world.alias(1).await.as_deref(), Some("Engineering"));
     assert!(eventually(|| async { world.pending() == 0 }).await);
     assert_eq!(
-        scalar(&world, "SELECT count(*) FROM entra_sync_failed_items").await,
+        world
+            .count("SELECT count(*) FROM entra_sync_failed_items")
+            .await,
         0
     );
     world.stop_workers().await;
@@ -247,14 +222,12 @@ async fn a_poll_is_not_all_or_nothing() {
     assert_eq!(world.members(3).await, Some(users(7..=8)), "group 3 waited");
     assert_eq!(world.members(2).await, None);
     assert_eq!(
-        scalar(
-            &world,
-            &format!(
+        world
+            .count(&format!(
                 "SELECT count(*) FROM entra_sync_failed_items WHERE id = '{}'",
                 gid(2)
-            )
-        )
-        .await,
+            ))
+            .await,
         1
     );
 
@@ -268,7 +241,9 @@ async fn a_poll_is_not_all_or_nothing() {
     syncer.delta_round(Utc::now()).await.unwrap();
     assert_eq!(world.members(2).await, Some(users(3..=8)));
     assert_eq!(
-        scalar(&world, "SELECT count(*) FROM entra_sync_failed_items").await,
+        world
+            .count("SELECT count(*) FROM entra_sync_failed_items")
+            .await,
         0
     );
 }
@@ -326,7 +301,10 @@ async fn disabled_users_never_flap_back_into_teams_or_roles() {
     world.sim.apply(|t| t.upsert_user(user(3, true)));
     assert!(
         eventually(|| async {
-            scalar(&world, "SELECT count(*) FROM entra_sync_departed_users").await == 0
+            world
+                .count("SELECT count(*) FROM entra_sync_departed_users")
+                .await
+                == 0
         })
         .await
     );

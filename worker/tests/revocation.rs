@@ -15,7 +15,6 @@ use chrono::Utc;
 use entra_sync_testkit::redis::{RedisProxy, Subscriber, redis_url};
 use graph_common::*;
 use graph_sim::Fault;
-use graph_sim::tenant::User;
 use prometheus_client::registry::Registry;
 use sea_orm::ConnectionTrait;
 use worker::litellm_cache::{CHANNEL, CacheTarget, LiteLlmCache};
@@ -25,16 +24,6 @@ use worker::sync::{Syncer, UnassignedPolicy};
 use world::*;
 
 const CREATED: &str = "2026-01-01 00:00:00";
-
-fn user(n: u128, enabled: bool) -> User {
-    User {
-        id: uid(n),
-        display_name: format!("User {n}"),
-        user_principal_name: format!("user{n}@contoso.example"),
-        mail: None,
-        account_enabled: enabled,
-    }
-}
 
 async fn key(world: &World, token: &str, user: u128, team: Option<u128>) {
     let team = team.map(|t| gid(t).to_string());

@@ -166,14 +166,7 @@ impl Syncer {
 
     /// One assigned group read whole and applied, as a resync does it.
     async fn resync_group_by_id(&self, group: &GroupId, now: DateTime<Utc>) -> Result<Vec<Change>> {
-        let slice = std::slice::from_ref(group);
-        let current: HashMap<GroupId, GroupDelta> = self
-            .graph
-            .groups_delta_for(slice)
-            .await?
-            .into_iter()
-            .flat_map(|round| round.groups)
-            .collect();
+        let current = self.current_state(std::slice::from_ref(group)).await?;
         let Some(delta) = current.get(group) else {
             // Not in Graph's answer: the next poll settles whether it is still assigned.
             return Ok(Vec::new());
@@ -221,13 +214,7 @@ impl Syncer {
     }
 
     async fn resync_slice(&self, groups: &[GroupId], now: DateTime<Utc>) -> Result<Vec<Change>> {
-        let current: HashMap<GroupId, GroupDelta> = self
-            .graph
-            .groups_delta_for(groups)
-            .await?
-            .into_iter()
-            .flat_map(|round| round.groups)
-            .collect();
+        let current = self.current_state(groups).await?;
         let users = self.users_added(current.values()).await?;
         let mut work = Vec::new();
         for group in groups {
@@ -257,6 +244,17 @@ impl Syncer {
             .await?;
         self.remember_assigned(&named, now).await?;
         Ok(changes)
+    }
+
+    /// The groups' current names and members, through delta with `$filter=id eq ...`.
+    async fn current_state(&self, groups: &[GroupId]) -> Result<HashMap<GroupId, GroupDelta>> {
+        Ok(self
+            .graph
+            .groups_delta_for(groups)
+            .await?
+            .into_iter()
+            .flat_map(|round| round.groups)
+            .collect())
     }
 
     /// The users the deltas add (groups that still exist), read with getByIds in one go.

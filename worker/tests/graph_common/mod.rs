@@ -19,6 +19,17 @@ pub fn gid(n: u128) -> Uuid {
 
 pub const PROXY_ADMIN_ROLE: u128 = 0xadd;
 
+/// User `n` of the tenant, its account enabled or not (as `upsert_user` takes it).
+pub fn user(n: u128, enabled: bool) -> User {
+    User {
+        id: uid(n),
+        display_name: format!("User {n}"),
+        user_principal_name: format!("user{n}@contoso.example"),
+        mail: None,
+        account_enabled: enabled,
+    }
+}
+
 pub fn role_id(n: u128) -> Uuid {
     Uuid::from_u128(0xa0_0000_0000_4000_8000_0000_0000_0000 + n)
 }

@@ -324,6 +324,22 @@ impl World {
         child.wait().unwrap();
     }
 
+    /// A number the test database answers, e.g. `SELECT count(*) ...`.
+    pub async fn count(&self, sql: &str) -> i64 {
+        use sea_orm::ConnectionTrait;
+        self.db
+            .conn()
+            .query_one(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                sql,
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index::<i64>(0)
+            .unwrap()
+    }
+
     pub async fn members(&self, n: u128) -> Option<Vec<String>> {
         let team = team::Entity::find_by_id(gid(n).to_string())
             .one(self.db.conn())
