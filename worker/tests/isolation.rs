@@ -119,6 +119,29 @@ async fn one_broken_group_never_stalls_the_others_and_is_retried_until_it_succee
         "{}",
         scrape(&registry)
     );
+    // `status` lists it, with its error.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_entra-sync-worker"))
+        .args(["status", "--json"])
+        .env_clear()
+        .envs(world.worker_env("status"))
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let failed = status["failed_items"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{status}");
+    assert_eq!(failed[0]["kind"], "group");
+    assert_eq!(failed[0]["id"], gid(1).to_string());
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("refused for this test")
+    );
     // The deltaLink moved on: later changes to group 2 keep arriving.
     world.sim.apply(|t| t.remove_member(gid(2), uid(8)));
     assert!(
