@@ -6,10 +6,10 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use entra_sync_core::settings::secret;
 use migration::sea_orm::TransactionTrait;
 use migration::{Migrator, MigratorTrait};
 use secrecy::{ExposeSecret, SecretString};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(name = "entra-sync-migrate", version, about)]
@@ -41,22 +41,10 @@ enum Command {
     Status,
 }
 
-/// Reads `DATABASE_URL` as a secret: it holds LiteLLM's database password.
-fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
-    Ok(SecretString::from(value.to_owned()))
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr);
-    if cli.log_json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    entra_sync_core::init_logging(cli.log_json);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use entra_sync_core::settings::{StreamArgs, secret};
 use secrecy::{ExposeSecret, SecretString};
 
 #[derive(Clone, Debug, clap::Args)]
@@ -11,17 +12,8 @@ pub struct WebhookConfig {
     #[arg(long, env = "ENTRA_SYNC_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
-    /// Redis holding the notification stream.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true, value_parser = secret)]
-    pub redis_url: SecretString,
-
-    /// Stream key notifications are appended to.
-    #[arg(
-        long,
-        env = "ENTRA_SYNC_STREAM",
-        default_value = "entra-sync:notifications"
-    )]
-    pub stream: String,
+    #[command(flatten)]
+    pub stream: StreamArgs,
 
     /// The secret shared with Graph subscriptions; notifications carrying another are dropped.
     #[arg(long, env = "ENTRA_SYNC_CLIENT_STATE", hide_env_values = true, value_parser = secret)]
@@ -72,13 +64,6 @@ pub struct WebhookConfig {
     pub log_json: bool,
 }
 
-fn secret(value: &str) -> Result<SecretString, String> {
-    if value.trim().is_empty() {
-        return Err("must not be empty".into());
-    }
-    Ok(SecretString::from(value.to_owned()))
-}
-
 /// Checked settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -108,7 +93,7 @@ impl WebhookConfig {
             .filter(|t| !t.trim().is_empty())
             .ok_or("AZURE_TENANT_ID (or MICROSOFT_TENANT) is required: notifications from other tenants are refused")?;
         // The URL may hold a password: the error never repeats it, nor Redis' own message.
-        redis::Client::open(self.redis_url.expose_secret())
+        redis::Client::open(self.stream.redis_url.expose_secret())
             .map_err(|_| "REDIS_URL is not a Redis URL (redis:// or rediss://)".to_owned())?;
         if !(100..=2900).contains(&self.deadline_ms) {
             return Err("ENTRA_SYNC_WEBHOOK_DEADLINE_MS must be between 100 and 2900: Graph counts answers after about 2.9 s as slow".into());
@@ -128,8 +113,8 @@ impl WebhookConfig {
             }
         }
         Ok(Settings {
-            redis_url: self.redis_url.clone(),
-            stream: self.stream.clone(),
+            redis_url: self.stream.redis_url.clone(),
+            stream: self.stream.stream.clone(),
             client_state: self.client_state.clone(),
             client_state_previous: self.client_state_previous.clone(),
             tenant_id,

@@ -11,8 +11,6 @@ mod handlers;
 mod metrics;
 mod notification;
 mod queue;
-pub mod record;
-pub mod redis_server;
 mod verify;
 
 use std::future::Future;
@@ -64,20 +62,6 @@ pub fn router(settings: Settings) -> Result<Router, redis::RedisError> {
         // Our own limit answers with our own 413; axum's default (2 MiB) must not come first.
         .layer(DefaultBodyLimit::max(state.settings.body_limit))
         .with_state(state))
-}
-
-/// Logs to stderr at `RUST_LOG` (default `info`), as JSON lines when `json` is set. Shared by the
-/// webhook and worker binaries.
-pub fn init_logging(json: bool) {
-    use tracing_subscriber::EnvFilter;
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr);
-    if json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
 }
 
 /// The longest header timeout handed to hyper, whose clock arithmetic would overflow on
@@ -140,27 +124,4 @@ async fn accept_failed(error: std::io::Error) {
     }
     tracing::warn!(%error, "cannot accept connections; trying again in a second");
     tokio::time::sleep(Duration::from_secs(1)).await;
-}
-
-/// SIGTERM (Kubernetes) or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutting down: finishing requests in flight");
 }

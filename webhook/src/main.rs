@@ -15,7 +15,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    webhook::init_logging(cli.config.log_json);
+    entra_sync_core::init_logging(cli.config.log_json);
     let settings = match cli.config.settings() {
         Ok(settings) => settings,
         Err(problem) => {
@@ -31,7 +31,7 @@ async fn main() -> ExitCode {
         }
     };
     tracing::info!(listen = %cli.config.listen, stream = settings.stream, "webhook listening");
-    match webhook::serve(listener, settings, webhook::shutdown_signal()).await {
+    match webhook::serve(listener, settings, entra_sync_core::shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS

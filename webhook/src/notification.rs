@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::record::{Kind, StreamRecord};
+use entra_sync_core::record::{Kind, StreamRecord};
 
 /// The body Graph POSTs: `{"value": [...], "validationTokens": [...]}`.
 #[derive(Debug, Deserialize)]

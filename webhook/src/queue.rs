@@ -7,8 +7,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{Mutex, OnceCell};
 
-use crate::record::StreamRecord;
-use crate::redis_server::{RedisCapabilities, group_progress};
+use entra_sync_core::record::StreamRecord;
+use entra_sync_core::redis_server::{RedisCapabilities, group_progress};
 
 /// How long connecting to Redis may take; requests have their own, shorter, deadline.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);

@@ -197,7 +197,7 @@ async fn accepted_notifications_are_stored_one_entry_each_without_the_secret() {
             entry.values().all(|v| !v.contains(SECRET)),
             "the secret was stored: {entry:?}"
         );
-        let record = webhook::record::StreamRecord::from_fields(entry).unwrap();
+        let record = entra_sync_core::record::StreamRecord::from_fields(entry).unwrap();
         assert_eq!(record.tenant_id, TENANT);
     }
 }

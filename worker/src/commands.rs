@@ -167,8 +167,8 @@ pub async fn read_status(config: &WorkerConfig) -> Result<Status> {
     let last_delta_round = crate::sync::last_delta_round(&db).await?;
     let assigned_groups = assigned_group::Entity::find().count(&db).await?;
     let (stream, stream_error) = match crate::stream::stream_status(
-        config.redis_url.expose_secret(),
-        &config.stream,
+        config.stream.redis_url.expose_secret(),
+        &config.stream.stream,
         &config.dead_letter_stream(),
     )
     .await

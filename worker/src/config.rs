@@ -7,11 +7,11 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::error::{Error, Result};
 use crate::graph::GraphArgs;
-use crate::graph::secret;
 use crate::litellm_cache::CacheTarget;
 use crate::litellm_config::LiteLlmSettings;
 use crate::store::{DepartedUserKeys, KeyPolicy, RemovalMode, RemovedMemberKeys};
 use crate::sync::{DepartedUserPolicy, UnassignedPolicy};
+use entra_sync_core::settings::{StreamArgs, secret};
 
 /// Settings every worker command needs.
 #[derive(Clone, Debug, clap::Args)]
@@ -33,17 +33,8 @@ pub struct WorkerConfig {
     #[command(flatten)]
     pub graph: GraphArgs,
 
-    /// Redis holding the notification stream.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true, value_parser = secret)]
-    pub redis_url: SecretString,
-
-    /// The stream the webhook appends to.
-    #[arg(
-        long,
-        env = "ENTRA_SYNC_STREAM",
-        default_value = "entra-sync:notifications"
-    )]
-    pub stream: String,
+    #[command(flatten)]
+    pub stream: StreamArgs,
 
     /// Where entries that keep failing go; default: the stream's name followed by `:dead`.
     #[arg(long, env = "ENTRA_SYNC_DEAD_LETTER_STREAM")]
@@ -244,7 +235,7 @@ impl WorkerConfig {
     pub fn dead_letter_stream(&self) -> String {
         self.dead_letter_stream
             .clone()
-            .unwrap_or_else(|| format!("{}:dead", self.stream))
+            .unwrap_or_else(|| format!("{}:dead", self.stream.stream))
     }
 }
 

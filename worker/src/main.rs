@@ -44,7 +44,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    webhook::init_logging(cli.log_json);
+    entra_sync_core::init_logging(cli.log_json);
     let command = cli.command.unwrap_or(Command::Run);
     let result = match command {
         Command::Run => worker::serve::run(cli.config).await,

@@ -14,8 +14,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use entity::UserId;
+use entra_sync_core::record::Kind;
 use tokio::time::Instant;
-use webhook::record::Kind;
 
 use crate::error::Result;
 use crate::metrics::{KindLabel, ResultLabel, WorkerMetrics};

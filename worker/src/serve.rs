@@ -132,9 +132,9 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
     let metrics = WorkerMetrics::register(&mut registry);
     let graph = GraphClient::new(graph_config, graph_metrics)?;
     let consumer = StreamConsumer::connect(
-        config.redis_url.expose_secret(),
+        config.stream.redis_url.expose_secret(),
         StreamSettings {
-            stream: config.stream.clone(),
+            stream: config.stream.stream.clone(),
             dead_letter: config.dead_letter_stream(),
             consumer: config.consumer_name(),
             batch: 500,
@@ -224,12 +224,12 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
         readiness,
     };
     tracing::info!(
-        stream = config.stream,
+        stream = config.stream.stream,
         consumer = worker.consumer.settings().consumer,
         metrics = %config.metrics_listen,
         "worker running"
     );
-    let result = worker.run(webhook::shutdown_signal()).await;
+    let result = worker.run(entra_sync_core::shutdown_signal()).await;
     if let Some(cache) = cache {
         // The last round's evictions go out before the process ends.
         cache.flush(Duration::from_secs(3)).await;

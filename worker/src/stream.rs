@@ -13,14 +13,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use entra_sync_core::record::{CONSUMER_GROUP, StreamRecord};
+use entra_sync_core::redis_server::{
+    ClaimMethod, RedisCapabilities, TrimMethod, fields_as_strings, group_progress, id_after,
+};
 use redis::aio::ConnectionManager;
 use redis::streams::{
     StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply,
     StreamPendingReply, StreamRangeReply, StreamReadReply,
-};
-use webhook::record::{CONSUMER_GROUP, StreamRecord};
-use webhook::redis_server::{
-    ClaimMethod, RedisCapabilities, TrimMethod, fields_as_strings, group_progress, id_after,
 };
 
 /// One entry read from the stream.

@@ -9,11 +9,11 @@
 
 use std::time::{Duration, Instant};
 
-use entra_sync_testkit::redis::{RedisServer, TestStream};
-use webhook::record::{Kind, StreamRecord};
-use webhook::redis_server::{
+use entra_sync_core::record::{Kind, StreamRecord};
+use entra_sync_core::redis_server::{
     ClaimMethod, LAG_COUNT_LIMIT, LagSource, RedisCapabilities, TrimMethod,
 };
+use entra_sync_testkit::redis::{RedisServer, TestStream};
 use worker::stream::{Entry, StreamConsumer, StreamSettings, stream_status};
 
 #[derive(Clone, Copy, Debug)]

@@ -16,7 +16,6 @@ pub use credential::Credential;
 pub use delta::{DeltaRound, DeltaStart, GroupDelta, MemberChange};
 pub use http::RetryPolicy;
 pub use metrics::GraphMetrics;
-pub(crate) use settings::secret;
 pub use settings::{GraphArgs, GraphConfig, checked_url};
 pub use subscriptions::NewSubscription;
 

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use entra_sync_core::settings::secret;
 use reqwest::Url;
 use secrecy::SecretString;
 
@@ -44,11 +45,6 @@ pub struct GraphArgs {
     /// Object id of LiteLLM's enterprise app; unset: looked up from the client id.
     #[arg(long, env = "MICROSOFT_SERVICE_PRINCIPAL_ID")]
     pub microsoft_service_principal_id: Option<String>,
-}
-
-/// Reads a command-line or environment value as a secret.
-pub(crate) fn secret(value: &str) -> std::result::Result<SecretString, std::convert::Infallible> {
-    Ok(SecretString::from(value.to_owned()))
 }
 
 /// Validated Graph settings.
