@@ -91,12 +91,7 @@ async fn main() {
         .unwrap();
 
     let store = Store::new(db.conn().clone(), Default::default(), RemovalMode::Managed);
-    let syncer = Syncer::new(
-        client,
-        store,
-        db.conn().clone(),
-        UnassignedPolicy::RemoveMembers,
-    );
+    let syncer = Syncer::new(client, store, UnassignedPolicy::RemoveMembers);
     let consumer = StreamConsumer::connect(
         &redis_url(),
         StreamSettings {

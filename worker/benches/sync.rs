@@ -48,12 +48,7 @@ async fn full_sync(groups: u128, users: u128, members: u128) {
         LiteLlmSettings::default(),
         RemovalMode::Managed,
     );
-    let syncer = Syncer::new(
-        graph,
-        store,
-        db.conn().clone(),
-        UnassignedPolicy::RemoveMembers,
-    );
+    let syncer = Syncer::new(graph, store, UnassignedPolicy::RemoveMembers);
 
     let started = Instant::now();
     let report = syncer.poll_assignments(chrono::Utc::now()).await.unwrap();

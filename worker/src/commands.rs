@@ -40,7 +40,7 @@ pub async fn sync(config: &WorkerConfig, full: bool, dry_run: bool) -> Result<()
         Default::default(),
     )?;
     let cache = store.litellm_cache().cloned();
-    let mut syncer = Syncer::new(graph(config)?, store, db, config.unassigned_policy)
+    let mut syncer = Syncer::new(graph(config)?, store, config.unassigned_policy)
         .with_departed_users(config.departed_user_policy);
     if dry_run {
         syncer = syncer.dry_run();
@@ -164,7 +164,7 @@ pub async fn read_status(config: &WorkerConfig) -> Result<Status> {
     let keeper = crate::lease::held(&db, subscriptions::LEASE)
         .await?
         .map(|(holder, _)| holder);
-    let last_delta_round = crate::sync::last_delta_round(&db).await?;
+    let last_delta_round = crate::store::last_delta_round(&db).await?;
     let assigned_groups = assigned_group::Entity::find().count(&db).await?;
     let (stream, stream_error) = match crate::stream::stream_status(
         config.stream.redis_url.expose_secret(),
@@ -177,14 +177,14 @@ pub async fn read_status(config: &WorkerConfig) -> Result<Status> {
         Err(error) => (None, Some(error.to_string())),
     };
     let last_reconciliation =
-        crate::sync::last_reconciliation(&db)
+        crate::store::last_reconciliation(&db)
             .await?
             .map(|run| ReconciliationStatus {
                 finished_at: run.finished_at,
                 drift: run.changes,
                 error: run.error,
             });
-    let failed_items = crate::sync::failed_items(&db)
+    let failed_items = crate::store::failed_items(&db)
         .await?
         .into_iter()
         .map(|item| FailedItem {

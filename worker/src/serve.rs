@@ -204,7 +204,7 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
     let counted = metrics.clone();
     let sink = ChangeSink::new(move |changes| counted.count_changes(changes));
     let worker = Worker {
-        syncer: Syncer::new(graph, store, db, config.unassigned_policy)
+        syncer: Syncer::new(graph, store, config.unassigned_policy)
             .with_departed_users(config.departed_user_policy)
             .with_lease(LeaseSettings {
                 holder: consumer_name.clone(),

@@ -65,8 +65,7 @@ fn untouched() -> Option<(Option<bool>, serde_json::Value)> {
 
 fn syncer_with(world: &World, store: Store) -> Syncer {
     let (client, _) = secret_client(&world.sim);
-    let conn = world.db.conn().clone();
-    Syncer::new(client, store, conn, UnassignedPolicy::RemoveMembers)
+    Syncer::new(client, store, UnassignedPolicy::RemoveMembers)
 }
 
 #[tokio::test]

@@ -28,7 +28,7 @@ async fn syncer(sim: &GraphSim, db: &TestDatabase, policy: UnassignedPolicy) -> 
     .unwrap();
     let store = Store::new(db.conn().clone(), settings, RemovalMode::Managed);
     let (client, _) = secret_client(sim);
-    Syncer::new(client, store, db.conn().clone(), policy)
+    Syncer::new(client, store, policy)
 }
 
 async fn team(db: &TestDatabase, n: u128) -> Option<team::Model> {

@@ -338,8 +338,7 @@ async fn lock_user_keys(
 
 /// A user disabled or deleted in Entra: every key of theirs not blocked yet is blocked, marked
 /// [`BlockReason::UserDeparted`]. Keys already blocked (by an admin, or by a removal) stay as
-/// they are. Writes even for a dry run, whose transaction then rolls back (it follows a removal
-/// in the same transaction).
+/// they are.
 pub(super) async fn block_departed(
     txn: &DatabaseTransaction,
     entra_id: &str,
@@ -354,8 +353,7 @@ pub(super) async fn block_departed(
     Ok(plan.changes)
 }
 
-/// A user enabled in Entra: keys entra-sync blocked because they had departed come back. Writes
-/// even for a dry run, whose transaction then rolls back.
+/// A user enabled in Entra: keys entra-sync blocked because they had departed come back.
 pub(super) async fn reinstate(
     txn: &DatabaseTransaction,
     entra_id: &str,
@@ -415,7 +413,6 @@ pub(super) async fn revoke_surviving(
     team_id: &str,
     policy: RemovedMemberKeys,
     now: DateTime<Utc>,
-    dry_run: bool,
 ) -> Result<(Vec<Change>, Vec<String>)> {
     lock_team(txn, team_id).await?;
     let keys = KeyRow::find_by_statement(stmt(
@@ -430,11 +427,7 @@ pub(super) async fn revoke_surviving(
     .await?;
     let mut plan = KeyPlan::default();
     plan.removed(&keys, policy);
-    let stale = if dry_run {
-        Vec::new()
-    } else {
-        plan.execute(txn, now).await?
-    };
+    let stale = plan.execute(txn, now).await?;
     Ok((plan.changes, stale))
 }
 

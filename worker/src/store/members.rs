@@ -160,7 +160,6 @@ pub(super) async fn apply(
     request: Request<'_>,
     settings: &LiteLlmSettings,
     now: DateTime<Utc>,
-    dry_run: bool,
 ) -> Result<Applied> {
     let team_id = request.group.to_string();
     lock_team(txn, &team_id).await?;
@@ -218,18 +217,16 @@ pub(super) async fn apply(
                 .map(|alias| format!("team_alias:{alias}")),
         );
     }
-    if !dry_run {
-        execute(
-            txn,
-            &plan,
-            &team_id,
-            team.member_budget_id.as_deref(),
-            settings,
-            now,
-        )
-        .await?;
-        stale.extend(plan.keys.execute(txn, now).await?);
-    }
+    execute(
+        txn,
+        &plan,
+        &team_id,
+        team.member_budget_id.as_deref(),
+        settings,
+        now,
+    )
+    .await?;
+    stale.extend(plan.keys.execute(txn, now).await?);
     Ok(Applied {
         changes: plan.changes,
         stale,

@@ -4,15 +4,20 @@
 //! LiteLLM's order (`pg_advisory_xact_lock(hashtext(team_id))`, then the user rows
 //! `ORDER BY user_id COLLATE "C" FOR UPDATE`), and returns the [`Change`]s it made, which are also
 //! written to the audit log. Operations are idempotent: applying the same intention again finds
-//! nothing to change and writes nothing. In a dry run the same plan is computed under the same
-//! locks, then rolled back, so it lists exactly what a real run would change. After a commit, the
-//! objects it changed are evicted from LiteLLM's caches (see [`crate::litellm_cache`]).
+//! nothing to change and writes nothing. There is one dry-run mechanism: every operation does
+//! its work in its transaction, and [`ApplyOptions::dry_run`] decides at the end whether it
+//! commits or rolls back, so a dry run lists exactly what a real run would change. entra-sync's
+//! own state (assigned groups, delta links, failed items, departed users) is kept here too, its
+//! writes skipped in a dry run. After a commit, the objects it changed are evicted from LiteLLM's
+//! caches (see [`crate::litellm_cache`]).
 
 mod change;
+mod failures;
 mod keys;
 mod members;
 mod roles;
 mod sql;
+mod state;
 mod statistics;
 mod teams;
 mod users;
@@ -26,7 +31,9 @@ use entity::{GroupId, UserId};
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 
 pub use change::{BlockReason, Change};
+pub use failures::{Item, failed_items};
 pub use keys::{DepartedUserKeys, KeyPolicy, RemovedMemberKeys};
+pub use state::{ReconciliationRecord, last_delta_round, last_reconciliation};
 
 use crate::directory::EntraUser;
 use crate::error::Result;
@@ -352,8 +359,7 @@ impl Store {
             mode: self.removal_mode,
             keys: self.keys.removed_member,
         };
-        let changes =
-            members::apply(&txn, request, &self.settings, options.now, options.dry_run).await;
+        let changes = members::apply(&txn, request, &self.settings, options.now).await;
         self.settle(txn, changes, options).await
     }
 }
@@ -367,29 +373,20 @@ impl LiteLlmWriter for Store {
         options: ApplyOptions,
     ) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
-        let changes = teams::ensure(
-            &txn,
-            group,
-            display_name,
-            &self.settings,
-            options.now,
-            options.dry_run,
-        )
-        .await;
+        let changes = teams::ensure(&txn, group, display_name, &self.settings, options.now).await;
         self.settle(txn, changes, options).await
     }
 
     #[tracing::instrument(skip(self, user), fields(user = %user.id), err(level = "debug"))]
     async fn ensure_user(&self, user: &EntraUser, options: ApplyOptions) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
-        let changes = users::ensure(&txn, user, &self.settings, options.now, options.dry_run).await;
+        let changes = users::ensure(&txn, user, &self.settings, options.now).await;
         self.settle(txn, changes, options).await
     }
 
     #[tracing::instrument(skip(self, user), fields(user = %user.id), err(level = "debug"))]
     async fn update_user(&self, user: &EntraUser, options: ApplyOptions) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
-        // Written inside the transaction even in a dry run, which then rolls back.
         let work = async {
             let mut changes = users::update(&txn, user, options.now).await?;
             // Enabled in Entra: keys blocked because the user had departed come back.
@@ -408,10 +405,9 @@ impl LiteLlmWriter for Store {
         options: ApplyOptions,
     ) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
-        // Written inside the transaction even in a dry run, which then rolls back.
         let work = async {
-            let mut changes = users::ensure(&txn, user, &self.settings, options.now, false).await?;
-            changes.extend(roles::set(&txn, &user.id, role_values, options.now, false).await?);
+            let mut changes = users::ensure(&txn, user, &self.settings, options.now).await?;
+            changes.extend(roles::set(&txn, &user.id, role_values, options.now).await?);
             Ok(changes)
         }
         .await;
@@ -460,13 +456,9 @@ impl LiteLlmWriter for Store {
         options: ApplyOptions,
     ) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
-        // Both steps write inside the transaction, even in a dry run (which then rolls back), so
-        // that the members of a team that does not exist yet are planned against it.
         let work = async {
             let created = match display_name {
-                Some(name) => {
-                    teams::ensure(&txn, group, name, &self.settings, options.now, false).await?
-                }
+                Some(name) => teams::ensure(&txn, group, name, &self.settings, options.now).await?,
                 None => Vec::new(),
             };
             let request = members::Request {
@@ -476,8 +468,7 @@ impl LiteLlmWriter for Store {
                 mode: self.removal_mode,
                 keys: self.keys.removed_member,
             };
-            let mut applied =
-                members::apply(&txn, request, &self.settings, options.now, false).await?;
+            let mut applied = members::apply(&txn, request, &self.settings, options.now).await?;
             applied.changes.splice(0..0, created);
             Ok(applied)
         }
@@ -498,7 +489,7 @@ impl LiteLlmWriter for Store {
     #[tracing::instrument(skip(self), err(level = "debug"))]
     async fn block_team(&self, group: &GroupId, options: ApplyOptions) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
-        let changes = teams::block(&txn, group, options.now, options.dry_run).await;
+        let changes = teams::block(&txn, group, options.now).await;
         self.settle(txn, changes, options).await
     }
 
@@ -506,7 +497,7 @@ impl LiteLlmWriter for Store {
     async fn revoke_role(&self, user: &UserId, options: ApplyOptions) -> Result<Vec<Change>> {
         let default = self.default_role();
         let txn = self.db.begin().await?;
-        let changes = roles::revoke(&txn, user, default, options.now, options.dry_run).await;
+        let changes = roles::revoke(&txn, user, default, options.now).await;
         self.settle(txn, changes, options).await
     }
 
@@ -518,7 +509,7 @@ impl LiteLlmWriter for Store {
         options: ApplyOptions,
     ) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
-        let changes = roles::set(&txn, user, role_values, options.now, options.dry_run).await;
+        let changes = roles::set(&txn, user, role_values, options.now).await;
         self.settle(txn, changes, options).await
     }
 
@@ -530,8 +521,6 @@ impl LiteLlmWriter for Store {
         options: ApplyOptions,
     ) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
-        // Every step writes inside the transaction, even in a dry run (which then rolls back), so
-        // that keys a removal deletes are not also planned as blocked.
         let work = async {
             let mut applied = Applied::default();
             if let Some(groups) = leaving {
@@ -551,14 +540,14 @@ impl LiteLlmWriter for Store {
                         keys: self.keys.removed_member,
                     };
                     let removed =
-                        members::apply(&txn, request, &self.settings, options.now, false).await?;
+                        members::apply(&txn, request, &self.settings, options.now).await?;
                     applied.changes.extend(removed.changes);
                     applied.stale.extend(removed.stale);
                 }
                 let default = self.default_role();
                 applied
                     .changes
-                    .extend(roles::revoke(&txn, user, default, options.now, false).await?);
+                    .extend(roles::revoke(&txn, user, default, options.now).await?);
             }
             if self.keys.departed_user == DepartedUserKeys::Block {
                 applied
@@ -580,7 +569,7 @@ impl LiteLlmWriter for Store {
         let mut changes = Vec::new();
         for team in keys::teams_with_surviving_keys(&self.db).await? {
             let txn = self.db.begin().await?;
-            let work = keys::revoke_surviving(&txn, &team, policy, options.now, options.dry_run)
+            let work = keys::revoke_surviving(&txn, &team, policy, options.now)
                 .await
                 .map(|(changes, stale)| Applied { changes, stale });
             changes.extend(self.settle(txn, work, options).await?);

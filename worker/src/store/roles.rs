@@ -33,7 +33,6 @@ pub(super) async fn set(
     user: &UserId,
     role_values: &[String],
     now: DateTime<Utc>,
-    dry_run: bool,
 ) -> Result<Vec<Change>> {
     let candidates =
         users::Candidates::new(users::lock_candidates(txn, &[user.to_string()], &[]).await?);
@@ -61,9 +60,6 @@ pub(super) async fn set(
             from: row.user_role.clone(),
             to: role.as_str().to_owned(),
         });
-    }
-    if dry_run {
-        return Ok(changes);
     }
     if !changes.is_empty() {
         txn.execute(stmt(
@@ -103,7 +99,6 @@ pub(super) async fn revoke(
     user: &UserId,
     default_role: LiteLlmRole,
     now: DateTime<Utc>,
-    dry_run: bool,
 ) -> Result<Vec<Change>> {
     #[derive(FromQueryResult)]
     struct Row {
@@ -132,9 +127,6 @@ pub(super) async fn revoke(
             from: current,
             to: default_role.as_str().to_owned(),
         });
-    }
-    if dry_run {
-        return Ok(changes);
     }
     if !changes.is_empty() {
         txn.execute(stmt(

@@ -29,7 +29,6 @@ pub(super) async fn ensure(
     display_name: &str,
     settings: &LiteLlmSettings,
     now: DateTime<Utc>,
-    dry_run: bool,
 ) -> Result<Vec<Change>> {
     let team_id = group.to_string();
     lock_team(txn, &team_id).await?;
@@ -39,15 +38,13 @@ pub(super) async fn ensure(
         && team.blocked
         && team.metadata.get(BLOCKED_MARKER).and_then(Value::as_str) == Some(BLOCKED_UNASSIGNED)
     {
-        if !dry_run {
-            txn.execute(stmt(
-                r#"UPDATE "LiteLLM_TeamTable"
-                   SET blocked = false, metadata = metadata - 'entra_sync_blocked', updated_at = $2
-                   WHERE team_id = $1"#,
-                [team_id.clone().into(), litellm_timestamp(now).into()],
-            ))
-            .await?;
-        }
+        txn.execute(stmt(
+            r#"UPDATE "LiteLLM_TeamTable"
+               SET blocked = false, metadata = metadata - 'entra_sync_blocked', updated_at = $2
+               WHERE team_id = $1"#,
+            [team_id.clone().into(), litellm_timestamp(now).into()],
+        ))
+        .await?;
         unblocked.push(Change::TeamUnblocked {
             team_id: team_id.clone(),
             team_alias: team.team_alias.clone(),
@@ -56,18 +53,16 @@ pub(super) async fn ensure(
     let mut changes = match existing {
         Some(team) if team.team_alias.as_deref() == Some(display_name) => Vec::new(),
         Some(team) => {
-            if !dry_run {
-                txn.execute(stmt(
-                    r#"UPDATE "LiteLLM_TeamTable" SET team_alias = $2, updated_at = $3
-                       WHERE team_id = $1"#,
-                    [
-                        team_id.clone().into(),
-                        display_name.into(),
-                        litellm_timestamp(now).into(),
-                    ],
-                ))
-                .await?;
-            }
+            txn.execute(stmt(
+                r#"UPDATE "LiteLLM_TeamTable" SET team_alias = $2, updated_at = $3
+                   WHERE team_id = $1"#,
+                [
+                    team_id.clone().into(),
+                    display_name.into(),
+                    litellm_timestamp(now).into(),
+                ],
+            ))
+            .await?;
             vec![Change::TeamRenamed {
                 team_id,
                 from: team.team_alias,
@@ -75,16 +70,14 @@ pub(super) async fn ensure(
             }]
         }
         None => {
-            if !dry_run {
-                team::Entity::insert(new_team(&team_id, display_name, settings, now))
-                    .on_conflict(
-                        OnConflict::column(team::Column::TeamId)
-                            .do_nothing()
-                            .to_owned(),
-                    )
-                    .exec_without_returning(txn)
-                    .await?;
-            }
+            team::Entity::insert(new_team(&team_id, display_name, settings, now))
+                .on_conflict(
+                    OnConflict::column(team::Column::TeamId)
+                        .do_nothing()
+                        .to_owned(),
+                )
+                .exec_without_returning(txn)
+                .await?;
             vec![Change::TeamCreated {
                 team_id,
                 team_alias: display_name.to_owned(),
@@ -148,7 +141,6 @@ pub(super) async fn block(
     txn: &DatabaseTransaction,
     group: &GroupId,
     now: DateTime<Utc>,
-    dry_run: bool,
 ) -> Result<Applied> {
     let team_id = group.to_string();
     lock_team(txn, &team_id).await?;
@@ -158,22 +150,20 @@ pub(super) async fn block(
     if team.blocked {
         return Ok(Applied::default());
     }
-    if !dry_run {
-        txn.execute(stmt(
-            r#"UPDATE "LiteLLM_TeamTable"
-               SET blocked = true, updated_at = $2,
-                   metadata = CASE WHEN jsonb_typeof(metadata) = 'object' THEN metadata
-                                   ELSE '{}'::jsonb END
-                              || jsonb_build_object('entra_sync_blocked', $3::text)
-               WHERE team_id = $1"#,
-            [
-                team_id.clone().into(),
-                litellm_timestamp(now).into(),
-                BLOCKED_UNASSIGNED.into(),
-            ],
-        ))
-        .await?;
-    }
+    txn.execute(stmt(
+        r#"UPDATE "LiteLLM_TeamTable"
+           SET blocked = true, updated_at = $2,
+               metadata = CASE WHEN jsonb_typeof(metadata) = 'object' THEN metadata
+                               ELSE '{}'::jsonb END
+                          || jsonb_build_object('entra_sync_blocked', $3::text)
+           WHERE team_id = $1"#,
+        [
+            team_id.clone().into(),
+            litellm_timestamp(now).into(),
+            BLOCKED_UNASSIGNED.into(),
+        ],
+    ))
+    .await?;
     Ok(Applied {
         changes: vec![Change::TeamBlocked { team_id }],
         // LiteLLM caches the team under its alias too.

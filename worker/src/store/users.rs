@@ -246,7 +246,6 @@ pub(super) async fn ensure(
     user: &EntraUser,
     settings: &LiteLlmSettings,
     now: DateTime<Utc>,
-    dry_run: bool,
 ) -> Result<Vec<Change>> {
     let emails: Vec<String> = user.email().into_iter().collect();
     let mut candidates =
@@ -255,9 +254,7 @@ pub(super) async fn ensure(
         Match::Existing { link: false, .. } => Ok(Vec::new()),
         Match::Existing { row, link: true } => {
             let user_id = candidates.rows[row].user_id.clone();
-            if !dry_run {
-                link(txn, &[(user_id.clone(), user.id.to_string())], now).await?;
-            }
+            link(txn, &[(user_id.clone(), user.id.to_string())], now).await?;
             Ok(vec![Change::UserLinked {
                 user_id,
                 sso_user_id: user.id.to_string(),
@@ -265,9 +262,7 @@ pub(super) async fn ensure(
         }
         Match::New => {
             let new = NewUser::from_entra(user);
-            if !dry_run {
-                create(txn, std::slice::from_ref(&new), &[], settings, now).await?;
-            }
+            create(txn, std::slice::from_ref(&new), &[], settings, now).await?;
             Ok(vec![new.change(settings)])
         }
     }

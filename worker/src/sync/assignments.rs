@@ -3,16 +3,13 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use entity::sync::managed_role;
 use entity::{GroupId, UserId};
-use sea_orm::EntityTrait;
 
-use super::failures::Item;
-use super::{Syncer, state};
+use super::Syncer;
 use crate::directory::EntraUser;
 use crate::error::Result;
 use crate::graph::model::{AppRoleAssignment, DEFAULT_ACCESS};
-use crate::store::{Change, LiteLlmWriter};
+use crate::store::{Change, Item, LiteLlmWriter};
 
 /// What a poll did.
 #[derive(Debug, Default)]
@@ -56,7 +53,7 @@ impl Syncer {
             }
         }
         report.assigned_groups = assigned.len();
-        let known = state::assigned(&self.db).await?;
+        let known = self.store.assigned_groups().await?;
         let new: Vec<(GroupId, String)> = assigned
             .iter()
             .filter(|(group, _)| !known.contains_key(*group))
@@ -208,16 +205,10 @@ impl Syncer {
             tracing::warn!("a role-holding group could not be read: no role is revoked this time");
             return Ok(changes);
         }
-        for managed in managed_role::Entity::find().all(&self.db).await? {
-            if !granted.contains(&managed.entra_user_id) {
-                let outcome = self
-                    .store
-                    .revoke_role(&managed.entra_user_id, options)
-                    .await;
-                changes.extend(
-                    self.settle_item(Item::User(managed.entra_user_id.clone()), outcome, now)
-                        .await?,
-                );
+        for holder in self.store.managed_role_holders().await? {
+            if !granted.contains(&holder) {
+                let outcome = self.store.revoke_role(&holder, options).await;
+                changes.extend(self.settle_item(Item::User(holder), outcome, now).await?);
             }
         }
         Ok(changes)

@@ -9,13 +9,10 @@
 //! Notifications only say that a round is due; delta query is the truth.
 
 mod assignments;
-mod failures;
 mod reconcile;
 mod round;
-mod state;
 mod users;
 
-use migration::database::Db;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,13 +24,11 @@ use entity::{GroupId, UserId};
 use crate::error::Result;
 use crate::graph::GraphClient;
 use crate::lease::{Fence, Lease};
-use crate::store::{ApplyOptions, Change, LiteLlmWriter, Store};
+use crate::store::{ApplyOptions, Change, Item, LiteLlmWriter, Store};
 
 pub use assignments::AssignmentReport;
-pub use failures::{Item, failed_items};
-pub use reconcile::{ReconcileReport, last_reconciliation};
+pub use reconcile::ReconcileReport;
 pub use round::RoundReport;
-pub use state::last_delta_round;
 pub use users::DepartedUserPolicy;
 
 /// Runs a store operation again when another writer created the same user at the same moment
@@ -137,7 +132,6 @@ impl Default for LeaseSettings {
 pub struct Syncer {
     graph: GraphClient,
     store: Store,
-    db: Db,
     lease: Lease,
     patience: Duration,
     /// Set inside a unit of work: the lease it holds, checked at every commit.
@@ -157,26 +151,16 @@ pub struct Syncer {
 }
 
 impl Syncer {
-    pub fn new(
-        graph: GraphClient,
-        store: Store,
-        db: impl Into<Db>,
-        policy: UnassignedPolicy,
-    ) -> Self {
-        let db = db.into();
+    /// A syncer reading Graph through `graph` and writing through `store` (which holds the
+    /// database, LiteLLM's tables and entra-sync's own).
+    pub fn new(graph: GraphClient, store: Store, policy: UnassignedPolicy) -> Self {
         let lease_settings = LeaseSettings::default();
         Self {
             graph,
+            lease: store.lease(SYNC_LEASE, &lease_settings.holder, lease_settings.ttl),
             store,
-            lease: Lease::new(
-                db.clone(),
-                SYNC_LEASE,
-                &lease_settings.holder,
-                lease_settings.ttl,
-            ),
             patience: lease_settings.patience,
             fence: None,
-            db,
             policy,
             departed_policy: DepartedUserPolicy::default(),
             dry_run: false,
@@ -189,7 +173,7 @@ impl Syncer {
     /// How this syncer takes the [`SYNC_LEASE`].
     #[must_use]
     pub fn with_lease(mut self, settings: LeaseSettings) -> Self {
-        self.lease = Lease::new(self.db.clone(), SYNC_LEASE, &settings.holder, settings.ttl);
+        self.lease = self.store.lease(SYNC_LEASE, &settings.holder, settings.ttl);
         self.patience = settings.patience;
         self
     }
@@ -219,8 +203,8 @@ impl Syncer {
     async fn within_unit(&self, fence: Option<Fence>) -> Result<Self> {
         Ok(Self {
             fence,
-            excluded: Arc::new(state::departed(&self.db).await?),
-            failing: Arc::new(failures::failing(&self.db).await?),
+            excluded: Arc::new(self.store.departed_users().await?),
+            failing: Arc::new(self.store.failing_items().await?),
             ..self.clone()
         })
     }
@@ -236,8 +220,8 @@ impl Syncer {
     ) -> Result<Vec<Change>> {
         match outcome {
             Ok(changes) => {
-                if self.failing.contains(&item) && !self.dry_run {
-                    failures::clear(&self.db, self.fence, &item, now).await?;
+                if self.failing.contains(&item) {
+                    self.store.clear_failure(&item, self.options(now)).await?;
                     tracing::info!(%item, "a failed item succeeded");
                 }
                 Ok(changes)
@@ -245,9 +229,9 @@ impl Syncer {
             Err(error) if error.is_systemic() => Err(error),
             Err(error) => {
                 tracing::warn!(%item, %error, "failed on its own; the rest goes on, and it is retried later");
-                if !self.dry_run {
-                    failures::record(&self.db, self.fence, &item, &error.to_string(), now).await?;
-                }
+                self.store
+                    .record_failure(&item, &error.to_string(), self.options(now))
+                    .await?;
                 Ok(Vec::new())
             }
         }
@@ -255,12 +239,12 @@ impl Syncer {
 
     /// Whether failed items are due for another attempt (made at the end of the next round).
     pub async fn failures_due(&self, now: DateTime<Utc>) -> Result<bool> {
-        Ok(!failures::due(&self.db, now).await?.is_empty())
+        Ok(!self.store.due_items(now).await?.is_empty())
     }
 
     /// How many groups and users fail now.
     pub async fn failing_counts(&self) -> Result<(i64, i64)> {
-        failures::failing_counts(&self.db).await
+        self.store.failing_counts().await
     }
 
     /// Bulk work's changes go to `sink` instead of into the reports (the worker's `run`).
@@ -313,16 +297,15 @@ impl Syncer {
         }
     }
 
-    /// Records groups as assigned, with their names (not in a dry run).
+    /// Records groups as assigned, with their names.
     async fn remember_assigned(
         &self,
         groups: &[(GroupId, Option<String>)],
         now: DateTime<Utc>,
     ) -> Result<()> {
-        if self.dry_run {
-            return Ok(());
-        }
-        state::remember_assigned(&self.db, self.fence, groups, now).await
+        self.store
+            .remember_assigned(groups, self.options(now))
+            .await
     }
 
     /// Runs `work` for every item, `PARALLEL_GROUPS` at a time, and gathers the changes. An
@@ -409,9 +392,7 @@ impl Syncer {
             }
             UnassignedPolicy::Block => self.store.block_team(group, options).await?,
         };
-        if !self.dry_run {
-            state::forget_assigned(&self.db, self.fence, group).await?;
-        }
+        self.store.forget_assigned(group, options).await?;
         Ok(changes)
     }
 }

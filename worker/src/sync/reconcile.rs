@@ -3,8 +3,6 @@
 //! tables, and the drift is fixed (or, in a dry run, listed).
 
 use chrono::{DateTime, Utc};
-use entity::sync::reconciliation;
-use sea_orm::{ActiveValue::NotSet, EntityTrait, QueryOrder, Set, TransactionTrait};
 
 use std::collections::HashSet;
 
@@ -12,7 +10,7 @@ use entity::UserId;
 
 use super::Syncer;
 use crate::error::Result;
-use crate::store::{Change, LiteLlmWriter};
+use crate::store::{Change, LiteLlmWriter, ReconciliationRecord};
 
 /// What a reconciliation found and fixed.
 #[derive(Debug, Default)]
@@ -49,7 +47,7 @@ impl Syncer {
         interval: chrono::Duration,
     ) -> Result<Option<ReconcileReport>> {
         self.exclusively(|syncer| async move {
-            let last = last_reconciliation(&syncer.db).await?;
+            let last = syncer.store.last_reconciliation().await?;
             if last.is_some_and(|run| now - run.finished_at < interval) {
                 return Ok(None);
             }
@@ -64,27 +62,18 @@ impl Syncer {
         if let Ok(report) = &mut result {
             report.sunk = self.sunk() - sunk;
         }
-        if !self.dry_run {
-            let (changes, error) = match &result {
-                Ok(report) => (report.total(), None),
-                Err(error) => (0, Some(error.to_string())),
-            };
-            let txn = self.db.begin().await?;
-            if let Some(fence) = self.fence {
-                crate::lease::check(&txn, fence).await?;
-            }
-            reconciliation::Entity::insert(reconciliation::ActiveModel {
-                id: NotSet,
-                started_at: Set(now),
-                finished_at: Set(Utc::now().max(now)),
-                dry_run: Set(false),
-                changes: Set(i64::try_from(changes).unwrap_or(i64::MAX)),
-                error: Set(error),
-            })
-            .exec_without_returning(&txn)
+        let (changes, error) = match &result {
+            Ok(report) => (report.total(), None),
+            Err(error) => (0, Some(error.to_string())),
+        };
+        let record = ReconciliationRecord {
+            started_at: now,
+            changes: u64::try_from(changes).unwrap_or(u64::MAX),
+            error,
+        };
+        self.store
+            .record_reconciliation(record, self.options(now))
             .await?;
-            txn.commit().await?;
-        }
         result
     }
 
@@ -129,14 +118,4 @@ impl Syncer {
             dry_run: self.dry_run,
         })
     }
-}
-
-/// The most recent reconciliation, if any ran.
-pub async fn last_reconciliation(
-    db: &impl sea_orm::ConnectionTrait,
-) -> Result<Option<reconciliation::Model>> {
-    Ok(reconciliation::Entity::find()
-        .order_by_desc(reconciliation::Column::Id)
-        .one(db)
-        .await?)
 }

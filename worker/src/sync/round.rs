@@ -5,14 +5,13 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use entity::{GroupId, UserId};
 
-use super::failures::{self, Item};
-use super::{Syncer, retrying, state};
+use super::{Syncer, retrying};
 use crate::directory::EntraUser;
 use crate::error::{Error, Result};
 use crate::graph::DeltaStart;
 use crate::graph::GroupDelta;
 use crate::graph::model::ObjectKind;
-use crate::store::{Change, LiteLlmWriter};
+use crate::store::{Change, Item, LiteLlmWriter};
 
 /// What a round did.
 #[derive(Debug, Default)]
@@ -45,7 +44,7 @@ impl Syncer {
     }
 
     async fn round_locked(&self, now: DateTime<Utc>) -> Result<RoundReport> {
-        let Some(link) = state::delta_link(&self.db).await? else {
+        let Some(link) = self.store.delta_link().await? else {
             return self.resync(now).await;
         };
         let round = match self.graph.groups_delta(DeltaStart::Link(link)).await {
@@ -56,7 +55,7 @@ impl Syncer {
             }
             Err(error) => return Err(error),
         };
-        let assigned = state::assigned(&self.db).await?;
+        let assigned = self.store.assigned_groups().await?;
         let mut report = RoundReport {
             groups_seen: round.groups.len(),
             ..RoundReport::default()
@@ -94,9 +93,9 @@ impl Syncer {
             }
             report.changes.extend(changes);
         }
-        if !self.dry_run {
-            state::save_delta_link(&self.db, self.fence, &round.delta_link, now).await?;
-        }
+        self.store
+            .save_delta_link(&round.delta_link, self.options(now))
+            .await?;
         report.changes.extend(self.retry_failed(now).await?);
         Ok(report)
     }
@@ -151,7 +150,7 @@ impl Syncer {
             return Ok(Vec::new());
         }
         let mut changes = Vec::new();
-        for item in failures::due(&self.db, now).await? {
+        for item in self.store.due_items(now).await? {
             let outcome = match &item {
                 Item::Group(group) => self.resync_group_by_id(group, now).await,
                 Item::User(user) => match self.graph.user_state(user).await {
@@ -192,7 +191,7 @@ impl Syncer {
         /// Groups read and applied together: four filtered delta requests.
         const SLICE: usize = 200;
         let latest = self.graph.groups_delta(DeltaStart::Latest).await?;
-        let assigned: Vec<GroupId> = state::assigned(&self.db).await?.into_keys().collect();
+        let assigned: Vec<GroupId> = self.store.assigned_groups().await?.into_keys().collect();
         let mut changes = Vec::new();
         for slice in assigned.chunks(SLICE) {
             changes.extend(self.resync_slice(slice, now).await?);
@@ -207,9 +206,9 @@ impl Syncer {
                 .len(),
             changes,
         };
-        if !self.dry_run {
-            state::save_delta_link(&self.db, self.fence, &latest.delta_link, now).await?;
-        }
+        self.store
+            .save_delta_link(&latest.delta_link, self.options(now))
+            .await?;
         Ok(report)
     }
 

@@ -1,18 +1,14 @@
 //! Users: a `users` notification, or a reconciliation, re-reads users from Graph. A rename
 //! follows into LiteLLM; a user deleted or disabled in Entra loses what entra-sync gave them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
-use entity::UserId;
-use entity::sync::{managed_membership, managed_role};
-use sea_orm::{ColumnTrait, EntityTrait, FromQueryResult, QueryFilter, QuerySelect, Statement};
-
-use super::failures::Item;
 use super::{Syncer, retrying};
 use crate::directory::UserState;
 use crate::error::Result;
-use crate::store::{Change, LiteLlmWriter};
+use crate::store::{Change, Item, LiteLlmWriter};
+use chrono::{DateTime, Utc};
+use entity::UserId;
 
 /// What happens in LiteLLM to a user deleted or disabled in Entra.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -65,7 +61,7 @@ impl Syncer {
         tenant: Vec<UserState>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Change>> {
-        let known = self.known_users().await?;
+        let known = self.store.known_users().await?;
         if known.is_empty() {
             return Ok(Vec::new());
         }
@@ -105,16 +101,16 @@ impl Syncer {
                     .store
                     .update_user(&state.user, self.options(now))
                     .await?;
-                if self.excluded.contains(id) && !self.dry_run {
-                    super::state::set_departed(&self.db, self.fence, id, false, now).await?;
+                if self.excluded.contains(id) {
+                    self.store
+                        .set_departed(id, false, self.options(now))
+                        .await?;
                 }
                 Ok(changes)
             }
             _ => {
                 let changes = self.depart(id, now).await?;
-                if !self.dry_run {
-                    super::state::set_departed(&self.db, self.fence, id, true, now).await?;
-                }
+                self.store.set_departed(id, true, self.options(now)).await?;
                 Ok(changes)
             }
         }
@@ -126,16 +122,7 @@ impl Syncer {
     async fn depart(&self, id: &UserId, now: DateTime<Utc>) -> Result<Vec<Change>> {
         let groups: Option<Vec<entity::GroupId>> = match self.departed_policy {
             DepartedUserPolicy::Keep => None,
-            DepartedUserPolicy::RemoveMemberships => Some(
-                managed_membership::Entity::find()
-                    .select_only()
-                    .column(managed_membership::Column::GroupId)
-                    .distinct()
-                    .filter(managed_membership::Column::EntraUserId.eq(id.clone()))
-                    .into_tuple()
-                    .all(&self.db)
-                    .await?,
-            ),
+            DepartedUserPolicy::RemoveMemberships => Some(self.store.managed_groups_of(id).await?),
         };
         let options = self.options(now);
         let changes = retrying(|| self.store.depart_user(id, groups.as_deref(), options)).await?;
@@ -143,42 +130,5 @@ impl Syncer {
             tracing::info!(user = %id, changes = changes.len(), "user left Entra or was disabled");
         }
         Ok(changes)
-    }
-
-    /// The Entra users LiteLLM knows: linked by `sso_user_id`, or given a membership or a role by
-    /// entra-sync.
-    async fn known_users(&self) -> Result<Vec<UserId>> {
-        #[derive(FromQueryResult)]
-        struct Row {
-            id: String,
-        }
-        let linked = Row::find_by_statement(Statement::from_string(
-            sea_orm::DbBackend::Postgres,
-            r#"SELECT sso_user_id AS id FROM "LiteLLM_UserTable" WHERE sso_user_id IS NOT NULL"#,
-        ))
-        .all(&self.db)
-        .await?;
-        let mut known: HashSet<UserId> = linked
-            .into_iter()
-            .filter_map(|row| UserId::parse(&row.id).ok())
-            .collect();
-        let managed: Vec<UserId> = managed_membership::Entity::find()
-            .select_only()
-            .column(managed_membership::Column::EntraUserId)
-            .distinct()
-            .into_tuple()
-            .all(&self.db)
-            .await?;
-        known.extend(managed);
-        known.extend(
-            managed_role::Entity::find()
-                .all(&self.db)
-                .await?
-                .into_iter()
-                .map(|role| role.entra_user_id),
-        );
-        let mut known: Vec<UserId> = known.into_iter().collect();
-        known.sort();
-        Ok(known)
     }
 }

@@ -136,7 +136,7 @@ impl World {
         let (client, _) = secret_client(&self.sim);
         let conn = self.worker_db.clone();
         let store = Store::new(conn.clone(), Default::default(), RemovalMode::Managed);
-        Syncer::new(client, store, conn, UnassignedPolicy::RemoveMembers)
+        Syncer::new(client, store, UnassignedPolicy::RemoveMembers)
     }
 
     /// The subscription manager a worker with `ENTRA_SYNC_PUBLIC_URL` = the webhook would use.
@@ -168,14 +168,12 @@ impl World {
         subscriptions: Option<SubscriptionManager>,
     ) {
         let (client, _) = secret_client(&self.sim);
-        let conn = store.connection().clone();
-        let syncer = Syncer::new(client, store, conn, UnassignedPolicy::RemoveMembers).with_lease(
-            LeaseSettings {
+        let syncer =
+            Syncer::new(client, store, UnassignedPolicy::RemoveMembers).with_lease(LeaseSettings {
                 holder: consumer.to_owned(),
                 ttl: Duration::from_secs(3),
                 ..LeaseSettings::default()
-            },
-        );
+            });
         let settings = StreamSettings {
             stream: self.stream.key().to_owned(),
             dead_letter: self.dead.key().to_owned(),

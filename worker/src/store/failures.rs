@@ -3,7 +3,6 @@
 //! The rest of the work commits and the round moves on; the failed item is recorded in
 //! `entra_sync_failed_items` (and the audit log) and retried with backoff until it succeeds.
 
-use migration::database::Db;
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
@@ -11,9 +10,8 @@ use entity::sync::failed_item;
 use entity::{GroupId, UserId};
 use sea_orm::{ConnectionTrait, EntityTrait, FromQueryResult, QueryOrder, Statement};
 
-use super::state;
+use super::{ApplyOptions, Store};
 use crate::error::Result;
-use crate::lease::Fence;
 
 /// What failed.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -56,58 +54,90 @@ fn statement(sql: &str, values: impl IntoIterator<Item = sea_orm::Value>) -> Sta
     Statement::from_sql_and_values(sea_orm::DbBackend::Postgres, sql, values)
 }
 
-/// Records a failure (or one more): retried 30 s after the first, doubling up to an hour. The
-/// audit log says what failed and why.
-pub(super) async fn record(
-    db: &Db,
-    fence: Option<Fence>,
-    item: &Item,
-    error: &str,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    let txn = state::begin(db, fence).await?;
-    txn.execute(statement(
-        "INSERT INTO entra_sync_failed_items
-           (kind, id, error, attempts, first_failed_at, last_failed_at, retry_at)
-         VALUES ($1, $2, $3, 1, $4, $4, $4 + interval '30 seconds')
-         ON CONFLICT (kind, id) DO UPDATE
-           SET error = excluded.error, attempts = entra_sync_failed_items.attempts + 1,
-               last_failed_at = excluded.last_failed_at,
-               retry_at = excluded.last_failed_at
-                 + least(interval '30 seconds' * power(2, least(entra_sync_failed_items.attempts, 20)),
-                         interval '1 hour')",
-        [
-            item.kind().into(),
-            item.id().into(),
-            error.into(),
-            now.into(),
-        ],
-    ))
-    .await?;
-    audit(&txn, "sync_failed", item, Some(error), now).await?;
-    txn.commit().await?;
-    Ok(())
-}
-
-/// The items are in order again.
-pub(super) async fn clear(
-    db: &Db,
-    fence: Option<Fence>,
-    item: &Item,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    let txn = state::begin(db, fence).await?;
-    let cleared = txn
-        .execute(statement(
-            "DELETE FROM entra_sync_failed_items WHERE kind = $1 AND id = $2",
-            [item.kind().into(), item.id().into()],
+impl Store {
+    /// Records a failure (or one more): retried 30 s after the first, doubling up to an hour.
+    /// The audit log says what failed and why.
+    pub async fn record_failure(
+        &self,
+        item: &Item,
+        error: &str,
+        options: ApplyOptions,
+    ) -> Result<()> {
+        let Some(txn) = self.state_transaction(options).await? else {
+            return Ok(());
+        };
+        txn.execute(statement(
+            "INSERT INTO entra_sync_failed_items
+               (kind, id, error, attempts, first_failed_at, last_failed_at, retry_at)
+             VALUES ($1, $2, $3, 1, $4, $4, $4 + interval '30 seconds')
+             ON CONFLICT (kind, id) DO UPDATE
+               SET error = excluded.error, attempts = entra_sync_failed_items.attempts + 1,
+                   last_failed_at = excluded.last_failed_at,
+                   retry_at = excluded.last_failed_at
+                     + least(interval '30 seconds'
+                               * power(2, least(entra_sync_failed_items.attempts, 20)),
+                             interval '1 hour')",
+            [
+                item.kind().into(),
+                item.id().into(),
+                error.into(),
+                options.now.into(),
+            ],
         ))
         .await?;
-    if cleared.rows_affected() > 0 {
-        audit(&txn, "sync_recovered", item, None, now).await?;
+        audit(&txn, "sync_failed", item, Some(error), options.now).await?;
+        txn.commit().await?;
+        Ok(())
     }
-    txn.commit().await?;
-    Ok(())
+
+    /// The item is in order again.
+    pub async fn clear_failure(&self, item: &Item, options: ApplyOptions) -> Result<()> {
+        let Some(txn) = self.state_transaction(options).await? else {
+            return Ok(());
+        };
+        let cleared = txn
+            .execute(statement(
+                "DELETE FROM entra_sync_failed_items WHERE kind = $1 AND id = $2",
+                [item.kind().into(), item.id().into()],
+            ))
+            .await?;
+        if cleared.rows_affected() > 0 {
+            audit(&txn, "sync_recovered", item, None, options.now).await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Every item failing now.
+    pub async fn failing_items(&self) -> Result<HashSet<Item>> {
+        Ok(Row::find_by_statement(statement(
+            "SELECT kind, id FROM entra_sync_failed_items",
+            [],
+        ))
+        .all(&self.db)
+        .await?
+        .into_iter()
+        .filter_map(|row| Item::parse(&row.kind, &row.id))
+        .collect())
+    }
+
+    /// The failed items whose next attempt is due at `now`.
+    pub async fn due_items(&self, now: DateTime<Utc>) -> Result<Vec<Item>> {
+        Ok(Row::find_by_statement(statement(
+            "SELECT kind, id FROM entra_sync_failed_items WHERE retry_at <= $1 ORDER BY retry_at",
+            [now.into()],
+        ))
+        .all(&self.db)
+        .await?
+        .into_iter()
+        .filter_map(|row| Item::parse(&row.kind, &row.id))
+        .collect())
+    }
+
+    /// How many items fail now, by kind (for the metrics): (groups, users).
+    pub async fn failing_counts(&self) -> Result<(i64, i64)> {
+        failing_counts(&self.db).await
+    }
 }
 
 async fn audit(
@@ -143,32 +173,6 @@ async fn audit(
 struct Row {
     kind: String,
     id: String,
-}
-
-/// Every item failing now.
-pub(super) async fn failing(db: &Db) -> Result<HashSet<Item>> {
-    Ok(Row::find_by_statement(statement(
-        "SELECT kind, id FROM entra_sync_failed_items",
-        [],
-    ))
-    .all(db)
-    .await?
-    .into_iter()
-    .filter_map(|row| Item::parse(&row.kind, &row.id))
-    .collect())
-}
-
-/// The failed items whose next attempt is due at `now`.
-pub(super) async fn due(db: &Db, now: DateTime<Utc>) -> Result<Vec<Item>> {
-    Ok(Row::find_by_statement(statement(
-        "SELECT kind, id FROM entra_sync_failed_items WHERE retry_at <= $1 ORDER BY retry_at",
-        [now.into()],
-    ))
-    .all(db)
-    .await?
-    .into_iter()
-    .filter_map(|row| Item::parse(&row.kind, &row.id))
-    .collect())
 }
 
 /// Every failed item, most attempts first (for `status`).

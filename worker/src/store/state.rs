@@ -1,0 +1,271 @@
+//! entra-sync's own state, kept by the store like LiteLLM's tables: the groups assigned to the
+//! app, where the groups' delta query resumes, users who departed, the memberships and roles
+//! entra-sync manages, and the record of reconciliations. Every write follows the same
+//! [`ApplyOptions`] as the store's other operations: it commits only under its lease's fence,
+//! and a dry run writes nothing.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use entity::sync::{assigned_group, delta_link, managed_membership, managed_role, reconciliation};
+use entity::{GroupId, UserId};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, FromQueryResult, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
+};
+
+use super::sql::stmt;
+use super::{ApplyOptions, Store};
+use crate::error::Result;
+use crate::lease::Lease;
+
+/// The delta query entra-sync runs.
+const GROUPS: &str = "groups";
+
+/// What a reconciliation left behind, for `status`.
+#[derive(Clone, Debug)]
+pub struct ReconciliationRecord {
+    pub started_at: DateTime<Utc>,
+    /// The drift it found: changes made.
+    pub changes: u64,
+    /// Why it stopped, when it failed.
+    pub error: Option<String>,
+}
+
+impl Store {
+    /// A transaction for entra-sync's own state that commits only while the options' fence holds
+    /// its lease; `None` in a dry run, which writes nothing.
+    pub(super) async fn state_transaction(
+        &self,
+        options: ApplyOptions,
+    ) -> Result<Option<DatabaseTransaction>> {
+        if options.dry_run {
+            return Ok(None);
+        }
+        let txn = self.db.begin().await?;
+        if let Some(fence) = options.fence {
+            crate::lease::check(&txn, fence).await?;
+        }
+        Ok(Some(txn))
+    }
+
+    /// A lease on this database (see [`crate::lease`]).
+    pub fn lease(&self, name: &'static str, holder: &str, ttl: std::time::Duration) -> Lease {
+        Lease::new(self.db.clone(), name, holder, ttl)
+    }
+
+    /// The groups assigned to the app at the last poll, with their names.
+    pub async fn assigned_groups(&self) -> Result<HashMap<GroupId, Option<String>>> {
+        Ok(assigned_group::Entity::find()
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|g| (g.group_id, g.display_name))
+            .collect())
+    }
+
+    /// Records groups as assigned, with their current names, in one statement.
+    pub async fn remember_assigned(
+        &self,
+        groups: &[(GroupId, Option<String>)],
+        options: ApplyOptions,
+    ) -> Result<()> {
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let Some(txn) = self.state_transaction(options).await? else {
+            return Ok(());
+        };
+        assigned_group::Entity::insert_many(groups.iter().map(|(group, display_name)| {
+            assigned_group::ActiveModel {
+                group_id: Set(group.clone()),
+                display_name: Set(display_name.clone()),
+                assigned_at: Set(options.now),
+            }
+        }))
+        .on_conflict(
+            OnConflict::column(assigned_group::Column::GroupId)
+                .update_column(assigned_group::Column::DisplayName)
+                .to_owned(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// A group is no longer assigned (its team followed the unassigned policy).
+    pub async fn forget_assigned(&self, group: &GroupId, options: ApplyOptions) -> Result<()> {
+        let Some(txn) = self.state_transaction(options).await? else {
+            return Ok(());
+        };
+        assigned_group::Entity::delete_by_id(group.clone())
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Where the groups' delta query resumes, if a round ever committed.
+    pub async fn delta_link(&self) -> Result<Option<String>> {
+        Ok(delta_link::Entity::find_by_id(GROUPS.to_owned())
+            .one(&self.db)
+            .await?
+            .map(|l| l.delta_link))
+    }
+
+    /// Stores where the next round resumes, once the round's changes are committed.
+    pub async fn save_delta_link(&self, link: &str, options: ApplyOptions) -> Result<()> {
+        let Some(txn) = self.state_transaction(options).await? else {
+            return Ok(());
+        };
+        delta_link::Entity::insert(delta_link::ActiveModel {
+            resource: Set(GROUPS.to_owned()),
+            delta_link: Set(link.to_owned()),
+            updated_at: Set(options.now),
+        })
+        .on_conflict(
+            OnConflict::column(delta_link::Column::Resource)
+                .update_columns([delta_link::Column::DeltaLink, delta_link::Column::UpdatedAt])
+                .to_owned(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Users entra-sync saw disabled or deleted in Entra.
+    pub async fn departed_users(&self) -> Result<HashSet<UserId>> {
+        #[derive(FromQueryResult)]
+        struct Row {
+            entra_user_id: String,
+        }
+        Ok(Row::find_by_statement(stmt(
+            "SELECT entra_user_id FROM entra_sync_departed_users",
+            [],
+        ))
+        .all(&self.db)
+        .await?
+        .into_iter()
+        .filter_map(|row| UserId::parse(&row.entra_user_id).ok())
+        .collect())
+    }
+
+    /// Remembers that a user was disabled or deleted in Entra (`departed`), or is back.
+    pub async fn set_departed(
+        &self,
+        user: &UserId,
+        departed: bool,
+        options: ApplyOptions,
+    ) -> Result<()> {
+        let Some(txn) = self.state_transaction(options).await? else {
+            return Ok(());
+        };
+        let sql = if departed {
+            "INSERT INTO entra_sync_departed_users (entra_user_id, since) VALUES ($1, $2)
+             ON CONFLICT (entra_user_id) DO NOTHING"
+        } else {
+            "DELETE FROM entra_sync_departed_users WHERE entra_user_id = $1 AND $2 IS NOT NULL"
+        };
+        txn.execute(stmt(sql, [user.to_string().into(), options.now.into()]))
+            .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// The groups in whose teams entra-sync manages a membership of this Entra user.
+    pub async fn managed_groups_of(&self, user: &UserId) -> Result<Vec<GroupId>> {
+        Ok(managed_membership::Entity::find()
+            .select_only()
+            .column(managed_membership::Column::GroupId)
+            .distinct()
+            .filter(managed_membership::Column::EntraUserId.eq(user.clone()))
+            .into_tuple()
+            .all(&self.db)
+            .await?)
+    }
+
+    /// The Entra users whose LiteLLM role entra-sync set.
+    pub async fn managed_role_holders(&self) -> Result<Vec<UserId>> {
+        Ok(managed_role::Entity::find()
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|role| role.entra_user_id)
+            .collect())
+    }
+
+    /// The Entra users LiteLLM knows: linked by `sso_user_id`, or given a membership or a role
+    /// by entra-sync; sorted.
+    pub async fn known_users(&self) -> Result<Vec<UserId>> {
+        #[derive(FromQueryResult)]
+        struct Row {
+            id: String,
+        }
+        let rows = Row::find_by_statement(stmt(
+            r#"SELECT sso_user_id AS id FROM "LiteLLM_UserTable" WHERE sso_user_id IS NOT NULL
+               UNION SELECT entra_user_id FROM entra_sync_managed_memberships
+               UNION SELECT entra_user_id FROM entra_sync_managed_roles"#,
+            [],
+        ))
+        .all(&self.db)
+        .await?;
+        let mut known: Vec<UserId> = rows
+            .into_iter()
+            .filter_map(|row| UserId::parse(&row.id).ok())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        known.sort();
+        Ok(known)
+    }
+
+    /// The most recent reconciliation, if any ran.
+    pub async fn last_reconciliation(&self) -> Result<Option<reconciliation::Model>> {
+        last_reconciliation(&self.db).await
+    }
+
+    /// Records a reconciliation (not a dry run's), for `status` and for when the next is due.
+    pub async fn record_reconciliation(
+        &self,
+        record: ReconciliationRecord,
+        options: ApplyOptions,
+    ) -> Result<()> {
+        let Some(txn) = self.state_transaction(options).await? else {
+            return Ok(());
+        };
+        reconciliation::Entity::insert(reconciliation::ActiveModel {
+            id: NotSet,
+            started_at: Set(record.started_at),
+            finished_at: Set(Utc::now().max(record.started_at)),
+            dry_run: Set(false),
+            changes: Set(i64::try_from(record.changes).unwrap_or(i64::MAX)),
+            error: Set(record.error),
+        })
+        .exec_without_returning(&txn)
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+}
+
+/// The most recent reconciliation, if any ran.
+pub async fn last_reconciliation(
+    db: &impl ConnectionTrait,
+) -> Result<Option<reconciliation::Model>> {
+    Ok(reconciliation::Entity::find()
+        .order_by_desc(reconciliation::Column::Id)
+        .one(db)
+        .await?)
+}
+
+/// When the groups' deltaLink was last stored: the last committed round.
+pub async fn last_delta_round(db: &impl ConnectionTrait) -> Result<Option<DateTime<Utc>>> {
+    Ok(delta_link::Entity::find_by_id(GROUPS.to_owned())
+        .one(db)
+        .await?
+        .map(|l| l.updated_at))
+}
