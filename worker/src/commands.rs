@@ -5,7 +5,6 @@ use std::io::Write;
 
 use chrono::{DateTime, Utc};
 use prometheus_client::registry::Registry;
-use sea_orm::EntityTrait;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
@@ -50,20 +49,20 @@ pub async fn sync(config: &WorkerConfig, full: bool, dry_run: bool) -> Result<()
         syncer.reconcile(now).await?.changes
     } else {
         let mut changes = syncer.poll_assignments(now).await?.changes;
-        changes.extend(syncer.delta_round(now).await?.changes);
+        changes.merge(syncer.delta_round(now).await?.changes);
         changes
     };
     if let Some(cache) = cache {
         cache.flush(std::time::Duration::from_secs(3)).await;
     }
-    for change in &changes {
+    for change in changes.list() {
         print_json_line(change)?;
     }
     let verb = if dry_run { "would make" } else { "made" };
     eprintln!(
         "{} {verb} {} changes",
         if full { "reconciliation" } else { "sync" },
-        changes.len()
+        changes.total()
     );
     Ok(())
 }
@@ -148,11 +147,8 @@ pub struct ReconciliationStatus {
 
 /// Reads the status from the database and Redis (Graph is not asked).
 pub async fn read_status(config: &WorkerConfig) -> Result<Status> {
-    use entity::sync::{assigned_group, subscription};
-    use sea_orm::PaginatorTrait;
     let db = crate::serve::open_database(config).await?;
-    let subscriptions = subscription::Entity::find()
-        .all(&db)
+    let subscriptions = crate::store::subscriptions::stored(&db)
         .await?
         .into_iter()
         .map(|row| StoredSubscription {
@@ -161,11 +157,11 @@ pub async fn read_status(config: &WorkerConfig) -> Result<Status> {
             expires_at: row.expires_at,
         })
         .collect();
-    let keeper = crate::lease::held(&db, subscriptions::LEASE)
+    let keeper = crate::store::lease::held(&db, subscriptions::LEASE)
         .await?
         .map(|(holder, _)| holder);
     let last_delta_round = crate::store::last_delta_round(&db).await?;
-    let assigned_groups = assigned_group::Entity::find().count(&db).await?;
+    let assigned_groups = crate::store::assigned_group_count(&db).await?;
     let (stream, stream_error) = match crate::stream::stream_status(
         config.stream.redis_url.expose_secret(),
         &config.stream.stream,

@@ -217,7 +217,7 @@ impl WorkerConfig {
     pub fn consumer_name(&self) -> String {
         self.consumer
             .clone()
-            .unwrap_or_else(crate::lease::this_process)
+            .unwrap_or_else(crate::store::lease::this_process)
     }
 
     /// Where subscriptions point, when `ENTRA_SYNC_PUBLIC_URL` is set; checked at start.

@@ -58,6 +58,12 @@ pub enum Error {
     /// written, and the other replica's work stands.
     #[error("the {lease} lease was lost before the commit; nothing was written")]
     LeaseLost { lease: &'static str },
+    /// The notification stream's Redis failed.
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// One of `run`'s tasks ended before the shutdown (it panicked).
+    #[error("the worker's {0}")]
+    TaskEnded(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -77,7 +83,9 @@ impl Error {
             | Self::Config { .. }
             | Self::DeltaExpired
             | Self::LeaseBusy { .. }
-            | Self::LeaseLost { .. } => true,
+            | Self::LeaseLost { .. }
+            | Self::Redis(_)
+            | Self::TaskEnded(_) => true,
             Self::TeamNotFound(_) | Self::UserNotFound(_) | Self::ConcurrentChange(_) => false,
         }
     }

@@ -7,7 +7,7 @@ pub mod config;
 pub mod directory;
 pub mod error;
 pub mod graph;
-pub mod lease;
+pub mod health;
 pub mod litellm_cache;
 pub mod litellm_config;
 pub mod metrics;

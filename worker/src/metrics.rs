@@ -125,13 +125,11 @@ impl WorkerMetrics {
         metrics
     }
 
-    pub fn count_changes(&self, changes: &[crate::store::Change]) {
-        for change in changes {
+    pub fn count_changes(&self, changes: &crate::store::Changes) {
+        for (kind, count) in changes.by_kind() {
             self.changes
-                .get_or_create(&KindLabel {
-                    kind: change.kind(),
-                })
-                .inc();
+                .get_or_create(&KindLabel { kind })
+                .inc_by(count);
         }
     }
 }

@@ -1,30 +1,25 @@
 //! Starting `entra-sync-worker run` from its configuration: every check first, with a clear
-//! error, then the health and metrics endpoint, then the loop.
+//! error, then the health and metrics endpoint ([`crate::health`]), then the tasks
+//! ([`crate::run`]).
 
 use migration::database::Db;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use prometheus_client::registry::Registry;
-use sea_orm::ConnectionTrait;
 use secrecy::ExposeSecret;
 
 use crate::config::WorkerConfig;
 use crate::error::{Error, Result};
 use crate::graph::{GraphClient, GraphMetrics};
-use crate::lease::Lease;
 use crate::litellm_cache::LiteLlmCache;
 use crate::litellm_config::{CacheSettings, LiteLlmSettings};
 use crate::metrics::{ResultLabel, WorkerMetrics};
 use crate::readiness::Readiness;
-use crate::run::{RunSettings, Worker};
+use crate::run::{KeeperSettings, RunSettings, Worker};
 use crate::store::Store;
 use crate::stream::{StreamConsumer, StreamSettings};
-use crate::subscriptions::{self, SubscriptionManager};
-use crate::sync::{ChangeSink, LeaseSettings, Syncer};
+use crate::subscriptions::SubscriptionManager;
+use crate::sync::{LeaseSettings, Syncer};
 
 /// Connects to LiteLLM's database with a clear error, which never holds the URL's password.
 pub async fn connect_database(config: &WorkerConfig) -> Result<Db> {
@@ -87,38 +82,6 @@ pub fn cache_advice(configured: bool, caches: &CacheSettings) -> Vec<String> {
     advice
 }
 
-struct Health {
-    db: Db,
-    registry: Registry,
-    readiness: Readiness,
-}
-
-async fn healthz() -> StatusCode {
-    StatusCode::OK
-}
-
-async fn readyz(State(health): State<Arc<Health>>) -> StatusCode {
-    if !health.readiness.is_ready() {
-        return StatusCode::SERVICE_UNAVAILABLE;
-    }
-    match health.db.execute_unprepared("SELECT 1").await {
-        Ok(_) => StatusCode::OK,
-        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
-    }
-}
-
-async fn metrics_text(State(health): State<Arc<Health>>) -> impl IntoResponse {
-    let mut text = String::new();
-    let _ = prometheus_client::encoding::text::encode(&mut text, &health.registry);
-    (
-        [(
-            "content-type",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-}
-
 /// `entra-sync-worker run`.
 pub async fn run(config: WorkerConfig) -> Result<()> {
     let intervals = config.intervals()?;
@@ -145,26 +108,14 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
     .await
     .map_err(|e| Error::Settings(format!("Redis at REDIS_URL is not reachable: {e}")))?;
 
-    let listener = tokio::net::TcpListener::bind(config.metrics_listen)
-        .await
-        .map_err(|e| {
-            Error::Settings(format!(
-                "ENTRA_SYNC_METRICS_LISTEN {}: {e}",
-                config.metrics_listen
-            ))
-        })?;
     let readiness = Readiness::new();
-    let health = Arc::new(Health {
-        db: db.clone(),
+    crate::health::serve(
+        config.metrics_listen,
+        db.clone(),
         registry,
-        readiness: readiness.clone(),
-    });
-    let app = axum::Router::new()
-        .route("/healthz", axum::routing::get(healthz))
-        .route("/readyz", axum::routing::get(readyz))
-        .route("/metrics", axum::routing::get(metrics_text))
-        .with_state(health);
-    tokio::spawn(async move { axum::serve(listener, app).await });
+        readiness.clone(),
+    )
+    .await?;
 
     for advice in cache_advice(config.litellm_redis_url.is_some(), &settings.caches) {
         tracing::warn!("{advice}");
@@ -181,43 +132,29 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
         SubscriptionManager::new(graph.clone(), db.clone(), t)
             .with_lease_ttl(Duration::from_secs(config.lease_seconds))
     });
-    let keeper = subscriptions.clone().map(|manager| {
-        let lease = Lease::new(
-            db.clone(),
-            subscriptions::LEASE,
-            &consumer_name,
-            intervals.subscription_lease,
-        );
-        let task = tokio::spawn(keep_subscriptions(
-            manager,
-            lease.clone(),
-            intervals.subscription_check,
-            metrics.clone(),
-        ));
-        (task, lease)
-    });
-    if keeper.is_none() {
+    if subscriptions.is_none() {
         tracing::warn!(
             "ENTRA_SYNC_PUBLIC_URL is unset: no Graph subscriptions, so changes arrive by polling and reconciliation only"
         );
     }
-    let counted = metrics.clone();
-    let sink = ChangeSink::new(move |changes| counted.count_changes(changes));
     let worker = Worker {
         syncer: Syncer::new(graph, store, config.unassigned_policy)
             .with_departed_users(config.departed_user_policy)
             .with_lease(LeaseSettings {
-                holder: consumer_name.clone(),
+                holder: consumer_name,
                 ttl: Duration::from_secs(config.lease_seconds),
                 ..LeaseSettings::default()
-            })
-            .with_sink(sink),
+            }),
         consumer,
         metrics,
         settings: RunSettings {
             poll_interval: intervals.poll,
             max_deliveries: config.max_deliveries,
             reconcile_interval: intervals.reconcile,
+            subscription_keeper: Some(KeeperSettings {
+                check: intervals.subscription_check,
+                lease: intervals.subscription_lease,
+            }),
             ..RunSettings::default()
         },
         subscriptions,
@@ -234,36 +171,7 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
         // The last round's evictions go out before the process ends.
         cache.flush(Duration::from_secs(3)).await;
     }
-    if let Some((task, lease)) = keeper {
-        task.abort();
-        // Another replica takes over at once instead of waiting for the lease to run out.
-        if let Err(error) = lease.release().await {
-            tracing::warn!(%error, "cannot release the subscription lease");
-        }
-    }
     result
-}
-
-/// The subscription keeper: every `check`, the replica holding the lease makes sure the
-/// subscriptions exist and are renewed in time.
-async fn keep_subscriptions(
-    manager: SubscriptionManager,
-    lease: Lease,
-    check: Duration,
-    metrics: WorkerMetrics,
-) {
-    loop {
-        let now = chrono::Utc::now();
-        match lease.try_acquire().await {
-            Ok(true) => match manager.ensure(now).await {
-                Ok(actions) => crate::run::count_subscription_actions(&metrics, &actions),
-                Err(error) => tracing::warn!(%error, "cannot keep the subscriptions; retrying"),
-            },
-            Ok(false) => {}
-            Err(error) => tracing::warn!(%error, "cannot take the subscription lease"),
-        }
-        tokio::time::sleep(check).await;
-    }
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ pub struct StreamSettings {
 }
 
 pub struct StreamConsumer {
+    client: redis::Client,
     connection: ConnectionManager,
     settings: StreamSettings,
     capabilities: RedisCapabilities,
@@ -83,10 +84,11 @@ impl StreamConsumer {
     /// Connects, asks the server what it can do, and makes sure the consumer group exists
     /// (reading from the stream's start).
     pub async fn connect(redis_url: &str, settings: StreamSettings) -> redis::RedisResult<Self> {
-        let mut connection = Self::open(redis_url).await?;
+        let client = redis::Client::open(redis_url)?;
+        let mut connection = Self::open(&client).await?;
         let capabilities = RedisCapabilities::detect(&mut connection).await?;
         tracing::info!(%capabilities, "the stream's server");
-        Self::start(connection, settings, capabilities).await
+        Self::start(client, connection, settings, capabilities).await
     }
 
     /// Like [`Self::connect`], with the capabilities given rather than detected: tests take a
@@ -96,20 +98,32 @@ impl StreamConsumer {
         settings: StreamSettings,
         capabilities: RedisCapabilities,
     ) -> redis::RedisResult<Self> {
-        let connection = Self::open(redis_url).await?;
-        Self::start(connection, settings, capabilities).await
+        let client = redis::Client::open(redis_url)?;
+        let connection = Self::open(&client).await?;
+        Self::start(client, connection, settings, capabilities).await
     }
 
-    async fn open(redis_url: &str) -> redis::RedisResult<ConnectionManager> {
-        let client = redis::Client::open(redis_url)?;
+    /// The same consumer on a connection of its own: a blocking read holds up every command
+    /// behind it on its connection, so the worker reads on one and acknowledges on another.
+    pub async fn another(&self) -> redis::RedisResult<Self> {
+        Ok(Self {
+            client: self.client.clone(),
+            connection: Self::open(&self.client).await?,
+            settings: self.settings.clone(),
+            capabilities: self.capabilities,
+        })
+    }
+
+    async fn open(client: &redis::Client) -> redis::RedisResult<ConnectionManager> {
         // Reads block for up to a few seconds; the response timeout must be longer than that.
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(30)));
-        ConnectionManager::new_with_config(client, config).await
+        ConnectionManager::new_with_config(client.clone(), config).await
     }
 
     async fn start(
+        client: redis::Client,
         mut connection: ConnectionManager,
         settings: StreamSettings,
         capabilities: RedisCapabilities,
@@ -128,6 +142,7 @@ impl StreamConsumer {
             return Err(error);
         }
         Ok(Self {
+            client,
             connection,
             settings,
             capabilities,

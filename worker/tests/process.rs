@@ -180,16 +180,9 @@ async fn health_metrics_and_a_graceful_stop_on_sigterm() {
             Err(_) => String::new(),
         }
     };
-    assert!(
-        eventually(|| async {
-            scrape()
-                .await
-                .contains(r#"entra_sync_changes_total{kind="member_removed"}"#)
-        })
-        .await
-    );
-    let metrics = scrape().await;
-    for name in [
+    // The poll and the round run side by side: wait for both to be counted.
+    let expected = [
+        r#"entra_sync_changes_total{kind="member_removed"}"#,
         "entra_sync_rounds_total{result=\"ok\"}",
         "entra_sync_round_seconds_count",
         "entra_sync_stream_lag",
@@ -197,7 +190,16 @@ async fn health_metrics_and_a_graceful_stop_on_sigterm() {
         "entra_sync_dead_letters_total",
         "entra_sync_graph_requests_total{endpoint=\"groups_delta\",status=\"200\"}",
         "entra_sync_assignment_polls_total{result=\"ok\"}",
-    ] {
-        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
-    }
+    ];
+    let complete = eventually(|| async {
+        let metrics = scrape().await;
+        expected.iter().all(|name| metrics.contains(name))
+    })
+    .await;
+    let metrics = scrape().await;
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|name| !metrics.contains(*name))
+        .collect();
+    assert!(complete, "{missing:?} missing from:\n{metrics}");
 }

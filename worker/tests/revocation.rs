@@ -306,7 +306,7 @@ async fn reconciliation_revokes_what_a_worker_stopped_during_a_removal_missed() 
             .collect()
     };
     assert_eq!(
-        revocations(&planned.changes),
+        revocations(planned.changes.list()),
         [
             serde_json::to_string(&Change::KeyBlocked {
                 token: "five-personal".into(),
@@ -328,7 +328,10 @@ async fn reconciliation_revokes_what_a_worker_stopped_during_a_removal_missed() 
     assert_eq!(state(&world, "two-team").await, untouched());
 
     let made = syncer.reconcile(Utc::now()).await.unwrap();
-    assert_eq!(revocations(&made.changes), revocations(&planned.changes));
+    assert_eq!(
+        revocations(made.changes.list()),
+        revocations(planned.changes.list())
+    );
     assert_eq!(state(&world, "two-team").await, None);
     assert_eq!(deleted_copies(&world, "two-team").await, 1);
     assert_eq!(
@@ -371,6 +374,7 @@ async fn reconciliation_revokes_keys_that_outlived_an_earlier_removal() {
     assert!(
         report
             .changes
+            .list()
             .iter()
             .any(|c| matches!(c, Change::KeyDeleted { token, .. } if token == "two-team")),
         "{:?}",

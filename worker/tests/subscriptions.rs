@@ -303,7 +303,7 @@ async fn killing_the_lease_holder_hands_the_subscriptions_to_another_replica() {
 
 #[tokio::test]
 async fn a_lease_longer_than_the_calendar_is_cut_to_a_year_not_a_panic() {
-    use worker::lease::Lease;
+    use worker::store::lease::Lease;
     let db = entra_sync_testkit::TestDatabase::new().await;
     let endless = Lease::new(db.conn().clone(), "test", "me", std::time::Duration::MAX);
     assert!(endless.try_acquire().await.unwrap());

@@ -1,6 +1,8 @@
 //! The changes the store makes to LiteLLM's tables: returned by every operation (planned ones in a
 //! dry run) and written to `entra_sync_audit_log` when applied.
 
+use std::collections::{BTreeMap, HashSet};
+
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction};
 use serde::Serialize;
@@ -154,6 +156,89 @@ impl Change {
     }
 }
 
+/// The changes of a unit of work (a round, a poll, a reconciliation), counted by kind as they
+/// come, and listed as well when the caller wants the list (a command prints it, a test reads
+/// it). The worker's loop only counts, so that a first sync of a million memberships never holds
+/// a million changes in memory; each of them is in the audit log already.
+///
+/// A unit's changes are a set: a listed change equal to one already listed is neither listed nor
+/// counted again. A real run cannot make the same change twice (the second attempt finds it
+/// made), but a dry run can plan it twice: each item's plan is rolled back, so a user two
+/// groups share is planned as created by both. Planning the whole unit in one transaction
+/// instead would hold LiteLLM's row locks across every Graph call of a reconciliation, and
+/// stall LiteLLM's own writers for minutes.
+#[derive(Debug, Default)]
+pub struct Changes {
+    by_kind: BTreeMap<&'static str, u64>,
+    /// `Some` when listing: the changes, in order, and the same as a set.
+    listed: Option<(Vec<Change>, HashSet<Change>)>,
+}
+
+impl Changes {
+    /// Counts and lists.
+    pub fn listed() -> Self {
+        Self {
+            by_kind: BTreeMap::new(),
+            listed: Some(Default::default()),
+        }
+    }
+
+    /// Counts only.
+    pub fn counted() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, changes: impl IntoIterator<Item = Change>) {
+        for change in changes {
+            if let Some((list, seen)) = &mut self.listed {
+                if seen.contains(&change) {
+                    continue;
+                }
+                seen.insert(change.clone());
+                *self.by_kind.entry(change.kind()).or_default() += 1;
+                list.push(change);
+            } else {
+                *self.by_kind.entry(change.kind()).or_default() += 1;
+            }
+        }
+    }
+
+    /// Adds another tally's changes (its list, when this one lists).
+    pub fn merge(&mut self, other: Changes) {
+        match other.listed {
+            Some((list, _)) if self.listed.is_some() => self.add(list),
+            _ => {
+                for (kind, count) in other.by_kind {
+                    *self.by_kind.entry(kind).or_default() += count;
+                }
+            }
+        }
+    }
+
+    /// How many changes.
+    pub fn total(&self) -> u64 {
+        self.by_kind.values().sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total() == 0
+    }
+
+    /// How many of each kind ([`Change::kind`]), the kinds in order.
+    pub fn by_kind(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.by_kind.iter().map(|(kind, count)| (*kind, *count))
+    }
+
+    /// The changes, in the order they were made; empty when only counting.
+    pub fn list(&self) -> &[Change] {
+        self.listed.as_ref().map_or(&[], |(list, _)| list)
+    }
+
+    pub fn into_list(self) -> Vec<Change> {
+        self.listed.map(|(list, _)| list).unwrap_or_default()
+    }
+}
+
 /// Appends the changes to the audit log, in one statement.
 pub(super) async fn record(
     txn: &DatabaseTransaction,
@@ -175,4 +260,71 @@ pub(super) async fn record(
     ))
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn created(user: &str) -> Change {
+        Change::UserCreated {
+            user_id: user.into(),
+            user_email: None,
+            user_role: "internal_user_viewer".into(),
+        }
+    }
+
+    fn added(user: &str) -> Change {
+        Change::MemberAdded {
+            team_id: "t".into(),
+            user_id: user.into(),
+        }
+    }
+
+    #[test]
+    fn a_listing_tally_lists_and_counts_each_change_once() {
+        let mut changes = Changes::listed();
+        changes.add([created("a"), added("a")]);
+        changes.add([created("a"), added("b")]);
+        assert_eq!(changes.list(), [created("a"), added("a"), added("b")]);
+        assert_eq!(changes.total(), 3);
+        assert_eq!(
+            changes.by_kind().collect::<Vec<_>>(),
+            [("member_added", 2), ("user_created", 1)]
+        );
+    }
+
+    #[test]
+    fn a_counting_tally_counts_by_kind_and_lists_nothing() {
+        let mut changes = Changes::counted();
+        changes.add([created("a"), added("a"), added("b")]);
+        assert!(changes.list().is_empty());
+        assert_eq!(changes.total(), 3);
+        assert_eq!(
+            changes.by_kind().collect::<Vec<_>>(),
+            [("member_added", 2), ("user_created", 1)]
+        );
+    }
+
+    #[test]
+    fn merging_keeps_the_list_when_both_list_and_the_counts_always() {
+        let mut listed = Changes::listed();
+        listed.add([created("a")]);
+        let mut other = Changes::listed();
+        other.add([created("a"), added("a")]);
+        listed.merge(other);
+        assert_eq!(listed.list(), [created("a"), added("a")]);
+
+        let mut counted = Changes::counted();
+        counted.add([created("a")]);
+        let mut other = Changes::listed();
+        other.add([created("a"), added("a")]);
+        counted.merge(other);
+        assert_eq!(
+            counted.total(),
+            3,
+            "a counting tally does not know what it saw"
+        );
+        assert!(counted.list().is_empty());
+    }
 }

@@ -1,4 +1,4 @@
-//! The store: the only writer of LiteLLM's tables.
+//! The store: the only writer of LiteLLM's tables and of entra-sync's own.
 //!
 //! Each operation applies one intention in one transaction, taking LiteLLM's own locks in
 //! LiteLLM's order (`pg_advisory_xact_lock(hashtext(team_id))`, then the user rows
@@ -14,11 +14,13 @@
 mod change;
 mod failures;
 mod keys;
+pub mod lease;
 mod members;
 mod roles;
 mod sql;
 mod state;
 mod statistics;
+pub mod subscriptions;
 mod teams;
 mod users;
 
@@ -30,16 +32,18 @@ use chrono::{DateTime, Utc};
 use entity::{GroupId, UserId};
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 
-pub use change::{BlockReason, Change};
+pub use change::{BlockReason, Change, Changes};
 pub use failures::{Item, failed_items};
 pub use keys::{DepartedUserKeys, KeyPolicy, RemovedMemberKeys};
-pub use state::{ReconciliationRecord, last_delta_round, last_reconciliation};
+pub use state::{
+    ReconciliationRecord, assigned_group_count, last_delta_round, last_reconciliation,
+};
 
 use crate::directory::EntraUser;
 use crate::error::Result;
-use crate::lease::Fence;
 use crate::litellm_cache::LiteLlmCache;
 use crate::litellm_config::LiteLlmSettings;
+use lease::Fence;
 
 /// Which members a removal may take out of a team.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -57,7 +61,7 @@ pub struct ApplyOptions {
     pub now: DateTime<Utc>,
     pub dry_run: bool,
     /// Set: the commit happens only while this fence still holds its lease (see
-    /// [`crate::lease`]), so that work whose lease passed to another replica writes nothing.
+    /// [`crate::store::lease`]), so that work whose lease passed to another replica writes nothing.
     pub fence: Option<Fence>,
 }
 
@@ -303,7 +307,7 @@ impl Store {
         } else {
             let recorded = async {
                 if let Some(fence) = options.fence {
-                    crate::lease::check(&txn, fence).await?;
+                    crate::store::lease::check(&txn, fence).await?;
                 }
                 change::record(&txn, &changes, options.now).await
             }

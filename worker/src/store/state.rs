@@ -19,7 +19,7 @@ use sea_orm::{
 use super::sql::stmt;
 use super::{ApplyOptions, Store};
 use crate::error::Result;
-use crate::lease::Lease;
+use crate::store::lease::Lease;
 
 /// The delta query entra-sync runs.
 const GROUPS: &str = "groups";
@@ -46,12 +46,12 @@ impl Store {
         }
         let txn = self.db.begin().await?;
         if let Some(fence) = options.fence {
-            crate::lease::check(&txn, fence).await?;
+            crate::store::lease::check(&txn, fence).await?;
         }
         Ok(Some(txn))
     }
 
-    /// A lease on this database (see [`crate::lease`]).
+    /// A lease on this database (see [`crate::store::lease`]).
     pub fn lease(&self, name: &'static str, holder: &str, ttl: std::time::Duration) -> Lease {
         Lease::new(self.db.clone(), name, holder, ttl)
     }
@@ -268,4 +268,10 @@ pub async fn last_delta_round(db: &impl ConnectionTrait) -> Result<Option<DateTi
         .one(db)
         .await?
         .map(|l| l.updated_at))
+}
+
+/// How many groups are assigned to the app, for `status`.
+pub async fn assigned_group_count(db: &impl ConnectionTrait) -> Result<u64> {
+    use sea_orm::PaginatorTrait;
+    Ok(assigned_group::Entity::find().count(db).await?)
 }

@@ -13,7 +13,6 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Duration, Utc};
 use entity::sync::subscription;
-use sea_orm::{ActiveValue::Set, EntityTrait};
 use secrecy::SecretString;
 use serde::Serialize;
 use url::Url;
@@ -21,6 +20,7 @@ use url::Url;
 use crate::error::{Error, Result};
 use crate::graph::model::Subscription;
 use crate::graph::{GraphClient, NewSubscription};
+use crate::store::subscriptions as table;
 
 /// What entra-sync subscribes to.
 pub const RESOURCES: [&str; 2] = ["groups", "users"];
@@ -95,7 +95,7 @@ pub struct SubscriptionManager {
     graph: GraphClient,
     db: Db,
     target: Target,
-    changes: crate::lease::Lease,
+    changes: crate::store::lease::Lease,
 }
 
 fn not_found(error: &Error) -> bool {
@@ -105,10 +105,10 @@ fn not_found(error: &Error) -> bool {
 impl SubscriptionManager {
     pub fn new(graph: GraphClient, db: impl Into<Db>, target: Target) -> Self {
         let db = db.into();
-        let changes = crate::lease::Lease::new(
+        let changes = crate::store::lease::Lease::new(
             db.clone(),
             CHANGES_LEASE,
-            &crate::lease::this_process(),
+            &crate::store::lease::this_process(),
             CHANGES_TTL,
         );
         Self {
@@ -119,13 +119,22 @@ impl SubscriptionManager {
         }
     }
 
+    /// The lease of the subscription keeper (see [`LEASE`]), held as `holder`.
+    pub fn keeper_lease(
+        &self,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> crate::store::lease::Lease {
+        crate::store::lease::Lease::new(self.db.clone(), LEASE, holder, ttl)
+    }
+
     /// The change lease lives this long without renewal (`ENTRA_SYNC_LEASE_SECONDS`).
     #[must_use]
     pub fn with_lease_ttl(mut self, ttl: std::time::Duration) -> Self {
-        self.changes = crate::lease::Lease::new(
+        self.changes = crate::store::lease::Lease::new(
             self.db.clone(),
             CHANGES_LEASE,
-            &crate::lease::this_process(),
+            &crate::store::lease::this_process(),
             ttl,
         );
         self
@@ -150,18 +159,18 @@ impl SubscriptionManager {
                     expires_at: None,
                 }]),
                 Err(error) if not_found(&error) => {
-                    self.forget(id).await?;
+                    table::forget(&self.db, id).await?;
                     self.ensure_locked(now).await
                 }
                 Err(error) => {
                     tracing::warn!(%error, "reauthorize failed; renewing instead");
                     match self.graph.renew_subscription(id, now + lifetime()).await {
                         Ok(renewed) => {
-                            self.store(&renewed, now).await?;
+                            table::remember(&self.db, &renewed, now).await?;
                             Ok(vec![action("renewed", &renewed)])
                         }
                         Err(error) if not_found(&error) => {
-                            self.forget(id).await?;
+                            table::forget(&self.db, id).await?;
                             self.ensure_locked(now).await
                         }
                         Err(error) => Err(error),
@@ -176,7 +185,7 @@ impl SubscriptionManager {
     #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn recreate(&self, id: &str, now: DateTime<Utc>) -> Result<Vec<Action>> {
         self.locked(async {
-            self.forget(id).await?;
+            table::forget(&self.db, id).await?;
             self.ensure_locked(now).await
         })
         .await
@@ -191,8 +200,7 @@ impl SubscriptionManager {
             .into_iter()
             .map(|s| s.id)
             .collect();
-        Ok(subscription::Entity::find()
-            .all(&self.db)
+        Ok(table::stored(&self.db)
             .await?
             .into_iter()
             .map(|row| SubscriptionView {
@@ -209,7 +217,7 @@ impl SubscriptionManager {
     #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn delete_all(&self) -> Result<Vec<Action>> {
         self.locked(async {
-            let stored = subscription::Entity::find().all(&self.db).await?;
+            let stored = table::stored(&self.db).await?;
             let live = self.graph.list_subscriptions().await?;
             self.delete_all_but(&stored, &live, &HashSet::new()).await
         })
@@ -218,7 +226,7 @@ impl SubscriptionManager {
 
     async fn ensure_locked(&self, now: DateTime<Utc>) -> Result<Vec<Action>> {
         let live = self.graph.list_subscriptions().await?;
-        let stored = subscription::Entity::find().all(&self.db).await?;
+        let stored = table::stored(&self.db).await?;
         let mut actions = Vec::new();
         let mut kept: HashSet<String> = HashSet::new();
         for resource in RESOURCES {
@@ -241,7 +249,7 @@ impl SubscriptionManager {
                         .await
                     {
                         Ok(renewed) => {
-                            self.store(&renewed, now).await?;
+                            table::remember(&self.db, &renewed, now).await?;
                             kept.insert(renewed.id.clone());
                             action("renewed", &renewed)
                         }
@@ -315,7 +323,7 @@ impl SubscriptionManager {
                 expiration: now + lifetime(),
             })
             .await?;
-        self.store(&created, now).await?;
+        table::remember(&self.db, &created, now).await?;
         Ok(created)
     }
 
@@ -326,39 +334,7 @@ impl SubscriptionManager {
             Err(error) if not_found(&error) => {}
             Err(error) => return Err(error),
         }
-        self.forget(id).await
-    }
-
-    async fn forget(&self, id: &str) -> Result<()> {
-        subscription::Entity::delete_by_id(id.to_owned())
-            .exec(&self.db)
-            .await?;
-        Ok(())
-    }
-
-    async fn store(&self, s: &Subscription, now: DateTime<Utc>) -> Result<()> {
-        use sea_orm::sea_query::OnConflict;
-        subscription::Entity::insert(subscription::ActiveModel {
-            id: Set(s.id.clone()),
-            resource: Set(s.resource.clone()),
-            change_type: Set(s.change_type.clone()),
-            notification_url: Set(s.notification_url.clone()),
-            lifecycle_notification_url: Set(s.lifecycle_notification_url.clone()),
-            expires_at: Set(s.expiration_date_time),
-            created_at: Set(now),
-            updated_at: Set(now),
-        })
-        .on_conflict(
-            OnConflict::column(subscription::Column::Id)
-                .update_columns([
-                    subscription::Column::ExpiresAt,
-                    subscription::Column::UpdatedAt,
-                ])
-                .to_owned(),
-        )
-        .exec_without_returning(&self.db)
-        .await?;
-        Ok(())
+        table::forget(&self.db, id).await
     }
 
     /// Runs `work` holding the lease on changes to the subscriptions.

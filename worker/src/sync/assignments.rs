@@ -9,7 +9,7 @@ use super::Syncer;
 use crate::directory::EntraUser;
 use crate::error::Result;
 use crate::graph::model::{AppRoleAssignment, DEFAULT_ACCESS};
-use crate::store::{Change, Item, LiteLlmWriter};
+use crate::store::{Changes, Item, LiteLlmWriter};
 
 /// What a poll did.
 #[derive(Debug, Default)]
@@ -17,7 +17,7 @@ pub struct AssignmentReport {
     pub assigned_groups: usize,
     pub newly_assigned: usize,
     pub unassigned: usize,
-    pub changes: Vec<Change>,
+    pub changes: Changes,
 }
 
 fn group_id(assignment: &AppRoleAssignment) -> Option<GroupId> {
@@ -40,7 +40,10 @@ impl Syncer {
     pub(super) async fn poll_locked(&self, now: DateTime<Utc>) -> Result<AssignmentReport> {
         let app = self.graph.service_principal().await?;
         let assignments = self.graph.app_role_assignments().await?;
-        let mut report = AssignmentReport::default();
+        let mut report = AssignmentReport {
+            changes: self.tally(),
+            ..AssignmentReport::default()
+        };
 
         let mut assigned: HashMap<GroupId, String> = HashMap::new();
         for assignment in &assignments {
@@ -60,11 +63,11 @@ impl Syncer {
             .map(|(group, name)| (group.clone(), name.clone()))
             .collect();
         report.newly_assigned = new.len();
-        report.changes.extend(self.sync_new_groups(new, now).await?);
+        self.sync_new_groups(new, now, &mut report.changes).await?;
         for group in known.keys().filter(|g| !assigned.contains_key(*g)) {
             report.unassigned += 1;
             let outcome = self.retire_group(group, now).await;
-            report.changes.extend(
+            report.changes.add(
                 self.settle_item(Item::Group(group.clone()), outcome, now)
                     .await?,
             );
@@ -76,9 +79,8 @@ impl Syncer {
             .filter(|r| r.is_enabled)
             .filter_map(|r| Some((r.id.to_lowercase(), r.value.clone()?)))
             .collect();
-        report
-            .changes
-            .extend(self.sync_roles(&assignments, &role_values, now).await?);
+        self.sync_roles(&assignments, &role_values, now, &mut report.changes)
+            .await?;
         Ok(report)
     }
 
@@ -88,32 +90,31 @@ impl Syncer {
         &self,
         groups: Vec<(GroupId, String)>,
         now: DateTime<Utc>,
-    ) -> Result<Vec<Change>> {
+        changes: &mut Changes,
+    ) -> Result<()> {
         const SLICE: usize = 500;
-        let mut changes = Vec::new();
         for slice in groups.chunks(SLICE) {
             // A group that fails on its own is recorded as assigned all the same, and its retry
             // makes its team (see `Syncer::retry_failed`).
-            changes.extend(
-                self.in_parallel(
-                    slice.to_vec(),
-                    |(group, _)| Item::Group(group.clone()),
-                    now,
-                    move |syncer, (group, name)| async move {
-                        syncer
-                            .sync_group_fully_retrying(&group, Some(&name), now)
-                            .await
-                    },
-                )
-                .await?,
-            );
+            self.in_parallel(
+                slice.to_vec(),
+                |(group, _)| Item::Group(group.clone()),
+                now,
+                move |syncer, (group, name)| async move {
+                    syncer
+                        .sync_group_fully_retrying(&group, Some(&name), now)
+                        .await
+                },
+                changes,
+            )
+            .await?;
             let synced: Vec<(GroupId, Option<String>)> = slice
                 .iter()
                 .map(|(group, name)| (group.clone(), Some(name.clone())))
                 .collect();
             self.remember_assigned(&synced, now).await?;
         }
-        Ok(changes)
+        Ok(())
     }
 
     /// A user's roles are those assigned to the user directly or to a group the user is a direct
@@ -126,7 +127,8 @@ impl Syncer {
         assignments: &[AppRoleAssignment],
         role_values: &HashMap<String, String>,
         now: DateTime<Utc>,
-    ) -> Result<Vec<Change>> {
+        changes: &mut Changes,
+    ) -> Result<()> {
         let options = self.options(now);
         let mut values: HashMap<UserId, Vec<String>> = HashMap::new();
         let mut known_users: HashMap<UserId, EntraUser> = HashMap::new();
@@ -184,7 +186,6 @@ impl Syncer {
             known_users.insert(user.id.clone(), user);
         }
         // Disabled accounts are absent from what getByIds gives back: no role for them.
-        let mut changes = Vec::new();
         let mut granted: HashSet<UserId> = HashSet::new();
         for (user_id, user_values) in &values {
             let Some(user) = known_users.get(user_id) else {
@@ -196,21 +197,21 @@ impl Syncer {
             }
             granted.insert(user_id.clone());
             let outcome = self.store.set_user_role(user, user_values, options).await;
-            changes.extend(
+            changes.add(
                 self.settle_item(Item::User(user_id.clone()), outcome, now)
                     .await?,
             );
         }
         if unknown_members {
             tracing::warn!("a role-holding group could not be read: no role is revoked this time");
-            return Ok(changes);
+            return Ok(());
         }
         for holder in self.store.managed_role_holders().await? {
             if !granted.contains(&holder) {
                 let outcome = self.store.revoke_role(&holder, options).await;
-                changes.extend(self.settle_item(Item::User(holder), outcome, now).await?);
+                changes.add(self.settle_item(Item::User(holder), outcome, now).await?);
             }
         }
-        Ok(changes)
+        Ok(())
     }
 }

@@ -15,7 +15,6 @@ mod users;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -23,8 +22,8 @@ use entity::{GroupId, UserId};
 
 use crate::error::Result;
 use crate::graph::GraphClient;
-use crate::lease::{Fence, Lease};
-use crate::store::{ApplyOptions, Change, Item, LiteLlmWriter, Store};
+use crate::store::lease::{Fence, Lease};
+use crate::store::{ApplyOptions, Change, Changes, Item, LiteLlmWriter, Store};
 
 pub use assignments::AssignmentReport;
 pub use reconcile::ReconcileReport;
@@ -32,61 +31,27 @@ pub use round::RoundReport;
 pub use users::DepartedUserPolicy;
 
 /// Runs a store operation again when another writer created the same user at the same moment
-/// ([`crate::Error::ConcurrentChange`]: nothing was applied, and it is safe to repeat).
-pub(crate) async fn retrying<T, F, Fut>(mut operation: F) -> Result<T>
+/// ([`crate::Error::ConcurrentChange`]: nothing was applied, and it is safe to repeat), up to
+/// five times, after a few milliseconds with jitter so that the two writers do not meet again.
+pub(crate) async fn retrying<T, F, Fut>(operation: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    let mut attempt = 0;
-    loop {
-        match operation().await {
-            Err(crate::Error::ConcurrentChange(what)) if attempt < 5 => {
-                attempt += 1;
-                tracing::debug!(what, attempt, "concurrent change; trying again");
-            }
-            other => return other,
-        }
-    }
-}
-
-type Receiver = dyn Fn(&[Change]) + Send + Sync;
-
-/// Where the changes of bulk work (many groups or users at once) go instead of into the report:
-/// the long-running worker only counts them, so a first sync of a million memberships does not
-/// hold a million changes in memory. Every change it receives is already in the audit log.
-#[derive(Clone)]
-pub struct ChangeSink {
-    receive: Arc<Receiver>,
-    received: Arc<AtomicU64>,
-}
-
-impl ChangeSink {
-    pub fn new(receive: impl Fn(&[Change]) + Send + Sync + 'static) -> Self {
-        Self {
-            receive: Arc::new(receive),
-            received: Arc::default(),
-        }
-    }
-
-    fn send(&self, changes: &[Change]) {
-        self.received
-            .fetch_add(changes.len() as u64, Ordering::Relaxed);
-        (self.receive)(changes);
-    }
-
-    /// How many changes it has received so far.
-    pub fn received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
-    }
-}
-
-impl std::fmt::Debug for ChangeSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChangeSink")
-            .field("received", &self.received())
-            .finish()
-    }
+    use backon::{ExponentialBuilder, Retryable};
+    operation
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(5))
+                .with_max_delay(Duration::from_millis(200))
+                .with_max_times(5)
+                .with_jitter(),
+        )
+        .when(|error| matches!(error, crate::Error::ConcurrentChange(_)))
+        .notify(|error, delay| {
+            tracing::debug!(%error, ?delay, "concurrent change; trying again");
+        })
+        .await
 }
 
 /// What happens to a team whose group is no longer assigned to the app, or was deleted.
@@ -120,7 +85,7 @@ pub struct LeaseSettings {
 impl Default for LeaseSettings {
     fn default() -> Self {
         Self {
-            holder: crate::lease::this_process(),
+            holder: crate::store::lease::this_process(),
             ttl: Duration::from_secs(30),
             patience: Duration::from_secs(10),
         }
@@ -134,6 +99,9 @@ pub struct Syncer {
     store: Store,
     lease: Lease,
     patience: Duration,
+    /// This process's units of work, one at a time: the worker's tasks (the stream's rounds,
+    /// polls, reconciliations) share the replica's lease, which alone would let them interleave.
+    turn: Arc<tokio::sync::Mutex<()>>,
     /// Set inside a unit of work: the lease it holds, checked at every commit.
     fence: Option<Fence>,
     policy: UnassignedPolicy,
@@ -146,8 +114,8 @@ pub struct Syncer {
     excluded: Arc<HashSet<UserId>>,
     /// Items failing at the start of this unit of work, cleared when they succeed.
     failing: Arc<HashSet<Item>>,
-    /// Set: bulk work's changes go here instead of into the reports.
-    sink: Option<ChangeSink>,
+    /// Whether reports list their changes, or only count them (see [`Changes`]).
+    listing: bool,
 }
 
 impl Syncer {
@@ -160,13 +128,14 @@ impl Syncer {
             lease: store.lease(SYNC_LEASE, &lease_settings.holder, lease_settings.ttl),
             store,
             patience: lease_settings.patience,
+            turn: Arc::default(),
             fence: None,
             policy,
             departed_policy: DepartedUserPolicy::default(),
             dry_run: false,
             excluded: Arc::default(),
             failing: Arc::default(),
-            sink: None,
+            listing: true,
         }
     }
 
@@ -179,8 +148,9 @@ impl Syncer {
     }
 
     /// Runs one unit of sync work holding the [`SYNC_LEASE`], every commit checked against its
-    /// fence; no transaction stays open meanwhile. Work already inside a unit (a reconciliation's
-    /// poll) and dry runs (which write nothing) run as they are.
+    /// fence; no transaction stays open meanwhile. Within the process, units wait their turn.
+    /// Work already inside a unit (a reconciliation's poll) and dry runs (which write nothing)
+    /// run as they are.
     pub(super) async fn exclusively<T, F, Fut>(&self, work: F) -> Result<T>
     where
         F: FnOnce(Syncer) -> Fut,
@@ -192,6 +162,7 @@ impl Syncer {
         if self.dry_run {
             return work(self.within_unit(None).await?).await;
         }
+        let _turn = self.turn.lock().await;
         self.lease
             .hold(self.patience, |fence| async move {
                 work(self.within_unit(Some(fence)).await?).await
@@ -247,17 +218,21 @@ impl Syncer {
         self.store.failing_counts().await
     }
 
-    /// Bulk work's changes go to `sink` instead of into the reports (the worker's `run`).
+    /// Reports count their changes without listing them (the worker's `run`: each change is
+    /// in the audit log, and a first sync of a million memberships lists none in memory).
     #[must_use]
-    pub fn with_sink(mut self, sink: ChangeSink) -> Self {
-        self.sink = Some(sink);
+    pub fn counting_only(mut self) -> Self {
+        self.listing = false;
         self
     }
 
-    /// Changes sent to the sink so far (0 without one): a report's total is its own changes plus
-    /// the growth of this during its work.
-    pub fn sunk(&self) -> u64 {
-        self.sink.as_ref().map_or(0, ChangeSink::received)
+    /// An empty tally for a report: listing, unless [`Self::counting_only`].
+    fn tally(&self) -> Changes {
+        if self.listing {
+            Changes::listed()
+        } else {
+            Changes::counted()
+        }
     }
 
     /// The same syncer, leaving exactly these users out of every team and role (a
@@ -308,24 +283,26 @@ impl Syncer {
             .await
     }
 
-    /// Runs `work` for every item, `PARALLEL_GROUPS` at a time, and gathers the changes. An
-    /// item's own failure is settled as such ([`Self::settle_item`], `key` names the item) and
-    /// the others go on; a systemic error stops the rest. Group after group, a sync of thousands
-    /// of groups is bound by round trips, not by PostgreSQL.
+    /// Runs `work` for every item, `PARALLEL_GROUPS` at a time, adding the changes to
+    /// `changes`; returns how many items changed something. An item's own failure is settled as
+    /// such ([`Self::settle_item`], `key` names the item) and the others go on; a systemic error
+    /// stops the rest. Group after group, a sync of thousands of groups is bound by round trips,
+    /// not by PostgreSQL.
     async fn in_parallel<I, F, Fut>(
         &self,
         items: Vec<I>,
         key: impl Fn(&I) -> Item,
         now: DateTime<Utc>,
         work: F,
-    ) -> Result<Vec<Change>>
+        changes: &mut Changes,
+    ) -> Result<usize>
     where
         I: Send + 'static,
         F: Fn(Syncer, I) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<Change>>> + Send + 'static,
     {
         const PARALLEL_GROUPS: usize = 8;
-        let mut changes = Vec::new();
+        let mut changed = 0;
         let mut pending = items.into_iter();
         let mut running = tokio::task::JoinSet::new();
         loop {
@@ -342,12 +319,12 @@ impl Syncer {
                 crate::Error::Settings(format!("a group sync task failed: {failure}"))
             })?;
             let settled = self.settle_item(item, outcome, now).await?;
-            match &self.sink {
-                Some(sink) => sink.send(&settled),
-                None => changes.extend(settled),
+            if !settled.is_empty() {
+                changed += 1;
             }
+            changes.add(settled);
         }
-        Ok(changes)
+        Ok(changed)
     }
 
     /// [`Self::sync_group_fully`], retried when another writer created the same user at the same

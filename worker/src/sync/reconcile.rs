@@ -10,25 +10,16 @@ use entity::UserId;
 
 use super::Syncer;
 use crate::error::Result;
-use crate::store::{Change, LiteLlmWriter, ReconciliationRecord};
+use crate::store::{Changes, LiteLlmWriter, ReconciliationRecord};
 
 /// What a reconciliation found and fixed.
 #[derive(Debug, Default)]
 pub struct ReconcileReport {
-    /// The drift: changes made, or in a dry run planned (each listed once).
-    pub changes: Vec<Change>,
-    /// Changes sent to the syncer's sink instead (see [`super::ChangeSink`]).
-    pub sunk: u64,
+    /// The drift: changes made, or in a dry run planned.
+    pub changes: Changes,
     /// Groups assigned to the app.
     pub assigned_groups: usize,
     pub dry_run: bool,
-}
-
-impl ReconcileReport {
-    /// Every change, listed or sent to the sink.
-    pub fn total(&self) -> usize {
-        self.changes.len() + usize::try_from(self.sunk).unwrap_or(usize::MAX)
-    }
 }
 
 impl Syncer {
@@ -57,18 +48,14 @@ impl Syncer {
     }
 
     async fn reconcile_locked(&self, now: DateTime<Utc>) -> Result<ReconcileReport> {
-        let sunk = self.sunk();
-        let mut result = self.reconcile_steps(now).await;
-        if let Ok(report) = &mut result {
-            report.sunk = self.sunk() - sunk;
-        }
+        let result = self.reconcile_steps(now).await;
         let (changes, error) = match &result {
-            Ok(report) => (report.total(), None),
+            Ok(report) => (report.changes.total(), None),
             Err(error) => (0, Some(error.to_string())),
         };
         let record = ReconciliationRecord {
             started_at: now,
-            changes: u64::try_from(changes).unwrap_or(u64::MAX),
+            changes,
             error,
         };
         self.store
@@ -98,22 +85,16 @@ impl Syncer {
         );
         let syncer = self.excluding(excluded);
         let assignments = syncer.poll_locked(now).await?;
+        // In a dry run, each step plans against the tables as they are, not as the steps before
+        // would leave them: the tally lists a change they both plan once (see [`Changes`]).
         let mut changes = assignments.changes;
-        changes.extend(syncer.resync(now).await?.changes);
-        changes.extend(syncer.apply_tenant_users(tenant, now).await?);
+        changes.merge(syncer.resync(now).await?.changes);
+        changes.merge(syncer.apply_tenant_users(tenant, now).await?);
         // Keys that outlived a removal (made before entra-sync revoked keys, or created while
         // the member was being removed); departed users' keys were blocked just above.
-        changes.extend(self.store.revoke_surviving_keys(self.options(now)).await?);
-        if self.dry_run {
-            // Each group's plan is rolled back, so a user two groups share is planned as created
-            // twice, and a new group is planned by the poll and again by the resync; a real run
-            // makes each change once.
-            let mut seen = std::collections::HashSet::with_capacity(changes.len());
-            changes.retain(|change| seen.insert(change.clone()));
-        }
+        changes.add(self.store.revoke_surviving_keys(self.options(now)).await?);
         Ok(ReconcileReport {
             changes,
-            sunk: 0,
             assigned_groups: assignments.assigned_groups,
             dry_run: self.dry_run,
         })

@@ -11,18 +11,18 @@ use crate::error::{Error, Result};
 use crate::graph::DeltaStart;
 use crate::graph::GroupDelta;
 use crate::graph::model::ObjectKind;
-use crate::store::{Change, Item, LiteLlmWriter};
+use crate::store::{Change, Changes, Item, LiteLlmWriter};
 
 /// What a round did.
 #[derive(Debug, Default)]
 pub struct RoundReport {
     /// Groups the delta named (assigned or not).
     pub groups_seen: usize,
-    /// Assigned groups whose team changed (among the changes listed, not those sent to a sink).
+    /// Assigned groups whose team changed.
     pub groups_applied: usize,
     /// A full resync ran (first round, or the delta token had expired).
     pub resynced: bool,
-    pub changes: Vec<Change>,
+    pub changes: Changes,
 }
 
 impl Syncer {
@@ -58,6 +58,7 @@ impl Syncer {
         let assigned = self.store.assigned_groups().await?;
         let mut report = RoundReport {
             groups_seen: round.groups.len(),
+            changes: self.tally(),
             ..RoundReport::default()
         };
 
@@ -91,12 +92,12 @@ impl Syncer {
             if !changes.is_empty() {
                 report.groups_applied += 1;
             }
-            report.changes.extend(changes);
+            report.changes.add(changes);
         }
         self.store
             .save_delta_link(&round.delta_link, self.options(now))
             .await?;
-        report.changes.extend(self.retry_failed(now).await?);
+        report.changes.add(self.retry_failed(now).await?);
         Ok(report)
     }
 
@@ -192,18 +193,15 @@ impl Syncer {
         const SLICE: usize = 200;
         let latest = self.graph.groups_delta(DeltaStart::Latest).await?;
         let assigned: Vec<GroupId> = self.store.assigned_groups().await?.into_keys().collect();
-        let mut changes = Vec::new();
+        let mut changes = self.tally();
+        let mut groups_applied = 0;
         for slice in assigned.chunks(SLICE) {
-            changes.extend(self.resync_slice(slice, now).await?);
+            groups_applied += self.resync_slice(slice, now, &mut changes).await?;
         }
         let report = RoundReport {
             resynced: true,
             groups_seen: assigned.len(),
-            groups_applied: changes
-                .iter()
-                .filter_map(Change::team_id)
-                .collect::<HashSet<_>>()
-                .len(),
+            groups_applied,
             changes,
         };
         self.store
@@ -212,7 +210,13 @@ impl Syncer {
         Ok(report)
     }
 
-    async fn resync_slice(&self, groups: &[GroupId], now: DateTime<Utc>) -> Result<Vec<Change>> {
+    /// One slice of a resync; returns how many of its groups' teams changed.
+    async fn resync_slice(
+        &self,
+        groups: &[GroupId],
+        now: DateTime<Utc>,
+        changes: &mut Changes,
+    ) -> Result<usize> {
         let current = self.current_state(groups).await?;
         let users = self.users_added(current.values()).await?;
         let mut work = Vec::new();
@@ -231,7 +235,7 @@ impl Syncer {
                 Some((group.clone(), Some(delta.display_name.clone()?)))
             })
             .collect();
-        let changes = self
+        let changed = self
             .in_parallel(
                 work,
                 |(group, _, _)| Item::Group(group.clone()),
@@ -239,10 +243,11 @@ impl Syncer {
                 move |syncer, (group, delta, members)| async move {
                     syncer.resync_group(&group, &delta, &members, now).await
                 },
+                changes,
             )
             .await?;
         self.remember_assigned(&named, now).await?;
-        Ok(changes)
+        Ok(changed)
     }
 
     /// The groups' current names and members, through delta with `$filter=id eq ...`.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::{Syncer, retrying};
 use crate::directory::UserState;
 use crate::error::Result;
-use crate::store::{Change, Item, LiteLlmWriter};
+use crate::store::{Change, Changes, Item, LiteLlmWriter};
 use chrono::{DateTime, Utc};
 use entity::UserId;
 
@@ -24,11 +24,12 @@ pub enum DepartedUserPolicy {
 impl Syncer {
     /// Re-reads these users (named by `users` notifications) and applies what changed.
     #[tracing::instrument(skip(self, ids), fields(users = ids.len()), err(level = "debug"))]
-    pub async fn refresh_users(&self, ids: &[UserId], now: DateTime<Utc>) -> Result<Vec<Change>> {
+    pub async fn refresh_users(&self, ids: &[UserId], now: DateTime<Utc>) -> Result<Changes> {
         let mut unique: Vec<UserId> = ids.to_vec();
         unique.sort();
         unique.dedup();
         self.exclusively(|syncer| async move {
+            let mut changes = syncer.tally();
             syncer
                 .in_parallel(
                     unique,
@@ -38,8 +39,10 @@ impl Syncer {
                         let state = syncer.graph.user_state(&id).await?;
                         syncer.apply_user(&id, state.as_ref(), now).await
                     },
+                    &mut changes,
                 )
-                .await
+                .await?;
+            Ok(changes)
         })
         .await
     }
@@ -47,7 +50,7 @@ impl Syncer {
     /// Every user LiteLLM knows from Entra, compared with the tenant's users (after notifications
     /// were missed).
     #[tracing::instrument(skip(self), err(level = "debug"))]
-    pub async fn refresh_all_users(&self, now: DateTime<Utc>) -> Result<Vec<Change>> {
+    pub async fn refresh_all_users(&self, now: DateTime<Utc>) -> Result<Changes> {
         self.exclusively(|syncer| async move {
             let tenant = syncer.graph.all_users().await?;
             syncer.apply_tenant_users(tenant, now).await
@@ -60,10 +63,11 @@ impl Syncer {
         &self,
         tenant: Vec<UserState>,
         now: DateTime<Utc>,
-    ) -> Result<Vec<Change>> {
+    ) -> Result<Changes> {
+        let mut changes = self.tally();
         let known = self.store.known_users().await?;
         if known.is_empty() {
-            return Ok(Vec::new());
+            return Ok(changes);
         }
         let tenant: HashMap<UserId, UserState> = tenant
             .into_iter()
@@ -83,8 +87,10 @@ impl Syncer {
             move |syncer, (id, state)| async move {
                 syncer.apply_user(&id, state.as_ref(), now).await
             },
+            &mut changes,
         )
-        .await
+        .await?;
+        Ok(changes)
     }
 
     /// A user as Graph describes it now (`None`: deleted). Whether the user departed is

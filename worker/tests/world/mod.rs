@@ -197,6 +197,7 @@ impl World {
                     trim_interval: Duration::from_secs(3600),
                     reconcile_interval: None,
                     retry_check: Duration::from_millis(200),
+                    subscription_keeper: None,
                 },
                 subscriptions,
                 readiness: Readiness::new(),
