@@ -153,6 +153,9 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
                 config.metrics_listen
             ))
         })?;
+    // The address bound, not the one asked for: with port 0 the system picks it.
+    let listen = listener.local_addr().unwrap_or(config.metrics_listen);
+    tracing::info!(%listen, "health and metrics listening");
     let readiness = Readiness::new();
     let health = Arc::new(Health {
         db: db.clone(),
