@@ -31,9 +31,26 @@ async fn notifications_drive_members_and_renames_into_litellm() {
         .apply(|t| t.upsert_group(gid(1), "Platform", None));
     assert!(eventually(|| async { world.alias(1).await.as_deref() == Some("Platform") }).await);
 
-    // A group not assigned to the app never becomes a team.
+    // A group not assigned to the app never becomes a team: once its notification was stored,
+    // read and acknowledged (after the round that saw it committed), there is still no team.
+    let stored_before = world.stream.len();
     world.sim.apply(|t| t.add_member(gid(2), uid(10)));
-    assert!(eventually(|| async { world.pending() == 0 && !world.stream.is_empty() }).await);
+    assert!(
+        eventually(|| async { world.stream.len() > stored_before }).await,
+        "the notification for group 2 was not stored"
+    );
+    let last = world
+        .stream
+        .entries_with_ids()
+        .last()
+        .map(|(id, _)| id.clone());
+    assert!(
+        eventually(|| async { world.last_delivered() == last && world.pending() == 0 }).await,
+        "the notification for group 2 was not read and acknowledged: last delivered {:?}, \
+         pending {}, last stored {last:?}",
+        world.last_delivered(),
+        world.pending()
+    );
     assert!(world.members(2).await.is_none());
 
     world.stop_workers().await;
