@@ -228,6 +228,12 @@ impl GraphSim {
         lock(&self.inner.faults).clear();
     }
 
+    /// The faults still waiting for their requests: one given a number of times is gone once
+    /// that many requests have arrived (a delay while it delays them).
+    pub fn faults(&self) -> Vec<Fault> {
+        lock(&self.inner.faults).clone()
+    }
+
     /// Every request served so far (token and Graph endpoints; not the admin API).
     pub fn requests(&self) -> Vec<RequestRecord> {
         lock(&self.inner.requests).clone()
