@@ -30,7 +30,9 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(listen = %cli.config.listen, stream = settings.stream, "webhook listening");
+    // The address bound, not the one asked for: with port 0 the system picks it.
+    let listen = listener.local_addr().unwrap_or(cli.config.listen);
+    tracing::info!(%listen, stream = settings.stream, "webhook listening");
     match webhook::serve(listener, settings, entra_sync_core::shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("stopped");

@@ -27,21 +27,10 @@ fn webhook(redis_url: &str, listen: &str) -> tokio::process::Command {
     command
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn a_malformed_redis_url_stops_the_webhook_without_showing_its_password() {
     let url = format!("redis://:{PASSWORD}@[bad");
-    let out = webhook(&url, &format!("127.0.0.1:{}", free_port()))
-        .output()
-        .await
-        .unwrap();
+    let out = webhook(&url, "127.0.0.1:0").output().await.unwrap();
     let printed = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -54,8 +43,6 @@ async fn a_malformed_redis_url_stops_the_webhook_without_showing_its_password() 
 
 #[tokio::test]
 async fn an_unreachable_redis_answers_503_without_showing_its_password() {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let base = format!("http://{listen}");
     // Files, not pipes: the webhook must never block on a full pipe nobody reads yet.
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("webhook-secrets-{}", uuid::Uuid::new_v4().simple()));
@@ -63,23 +50,31 @@ async fn an_unreachable_redis_answers_503_without_showing_its_password() {
     let (stdout, stderr) = (dir.join("stdout"), dir.join("stderr"));
     let mut child = webhook(
         &format!("redis://:{PASSWORD}@unreachable.invalid:6379"),
-        &listen,
+        "127.0.0.1:0",
     )
     .stdout(Stdio::from(std::fs::File::create(&stdout).unwrap()))
     .stderr(Stdio::from(std::fs::File::create(&stderr).unwrap()))
     .spawn()
     .unwrap();
 
+    // It binds a port of the system's choosing and says which.
+    let listen = entra_sync_testkit::listen::announced_in_file(
+        "entra-sync-webhook",
+        &stderr,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let base = format!("http://{listen}");
     let http = reqwest::Client::new();
-    let mut healthy = false;
-    for _ in 0..200 {
-        if let Ok(response) = http.get(format!("{base}/healthz")).send().await {
-            healthy = response.status() == 200;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(healthy, "the webhook did not start");
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     let notification = json!({ "value": [{
         "subscriptionId": "0b1d2c3e-aaaa-4bbb-8ccc-000000000001",

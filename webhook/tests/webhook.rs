@@ -322,16 +322,19 @@ async fn redis_going_away_answers_503_before_the_deadline_then_202_when_back() {
 
     proxy.cut();
     for n in 0..3 {
-        let (status, body, took) = app
+        let (status, body, _) = app
             .notify(vec![change(SECRET, TENANT, &format!("lost{n}"))])
             .await;
         assert_eq!(status, 503, "{body}");
-        assert!(
-            took < DEADLINE + Duration::from_millis(400),
-            "took {took:?}"
-        );
-        assert!(took < Duration::from_secs(3));
+        assert!(body.contains("could not be stored"), "{body}");
     }
+    // Answered by storing failing (a refused connection, or the deadline), not by backpressure;
+    // the handler's deadline bounds how long that takes.
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"entra_sync_webhook_requests_total{outcome="unavailable"} 3"#),
+        "{metrics}"
+    );
     assert_eq!(app.status_of("/readyz").await, 503);
 
     proxy.restore();
@@ -366,11 +369,23 @@ async fn redis_going_away_answers_503_before_the_deadline_then_202_when_back() {
 async fn a_hanging_redis_answers_503_before_the_deadline() {
     let app = start_behind_proxy().await;
     app.proxy.as_ref().unwrap().stall();
-    let (status, _, took) = app.notify(vec![change(SECRET, TENANT, "g")]).await;
-    assert_eq!(status, 503);
+    let (status, body, took) = app.notify(vec![change(SECRET, TENANT, "g")]).await;
+    assert_eq!(status, 503, "{body}");
+    // The deadline answered, after Redis had all of it: the request was not dropped early, nor
+    // left to hang. That the deadline comes before Graph's 3-second limit is the
+    // configuration's job (`--deadline-ms` is at most 2900, tested with the configuration).
     assert!(
-        took < DEADLINE + Duration::from_millis(400),
-        "took {took:?}"
+        body.contains(&format!(
+            "Redis did not answer within {} ms",
+            DEADLINE.as_millis()
+        )),
+        "{body}"
+    );
+    assert!(took >= DEADLINE, "took {took:?}");
+    assert!(
+        app.metrics()
+            .await
+            .contains(r#"entra_sync_webhook_requests_total{outcome="unavailable"} 1"#)
     );
 }
 
@@ -503,17 +518,21 @@ async fn health_readiness_and_metrics() {
         metrics.contains("entra_sync_webhook_enqueue_seconds_count 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("entra_sync_stream_backlog"), "{metrics}");
-    // The length is measured in the background; it reaches 1 shortly.
+    // The length and the backlog are measured in the background; they reach 1 shortly (no
+    // worker has made the group yet: the whole stream is backlog).
+    let measured = |metrics: &str| {
+        metrics.contains("entra_sync_stream_length 1\n")
+            && metrics.contains("entra_sync_stream_backlog 1\n")
+    };
     let mut metrics = metrics;
-    for _ in 0..50 {
-        if metrics.contains("entra_sync_stream_length 1") {
+    for _ in 0..250 {
+        if measured(&metrics) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
         metrics = app.metrics().await;
     }
-    assert!(metrics.contains("entra_sync_stream_length 1"), "{metrics}");
+    assert!(measured(&metrics), "{metrics}");
 }
 
 #[tokio::test]
@@ -544,22 +563,45 @@ async fn shutdown_finishes_requests_in_flight() {
     })
     .await;
     app.proxy.as_ref().unwrap().stall();
+    // One genuine notification and one forged: the forged one is counted once the request is
+    // verified, just before it waits for Redis, which shows the request is in the handler.
     let in_flight = {
         let http = app.http.clone();
         let url = format!("{}/notifications", app.url);
         tokio::spawn(async move {
-            http.post(url)
+            let response = http
+                .post(url)
                 .header("content-type", "application/json")
-                .body(collection(vec![change(SECRET, TENANT, "g")]))
+                .body(collection(vec![
+                    change(SECRET, TENANT, "g"),
+                    change("forged", TENANT, "f"),
+                ]))
                 .send()
-                .await
-                .map(|r| r.status().as_u16())
+                .await?;
+            let status = response.status().as_u16();
+            response.text().await.map(|body| (status, body))
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let verified = r#"entra_sync_webhook_notifications_dropped_total{reason="client_state"} 1"#;
+    let mut metrics = String::new();
+    for _ in 0..250 {
+        metrics = app.metrics().await;
+        if metrics.contains(verified) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        metrics.contains(verified),
+        "the request never came: {metrics}"
+    );
+    assert!(!in_flight.is_finished(), "answered before the shutdown");
     app.shutdown.take().unwrap().send(()).unwrap();
-    // The request in flight still gets its answer (503: Redis hangs), not a reset connection.
-    assert_eq!(in_flight.await.unwrap().unwrap(), 503);
+    // The request in flight still gets its answer (503 at the deadline: Redis hangs), not a
+    // reset connection.
+    let (status, body) = in_flight.await.unwrap().unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("did not answer within 1500 ms"), "{body}");
     let stopped = tokio::time::timeout(Duration::from_secs(5), &mut app.server).await;
     assert!(matches!(stopped, Ok(Ok(Ok(())))), "the server did not stop");
     assert!(
@@ -635,7 +677,8 @@ async fn a_client_stalling_in_its_headers_is_disconnected_after_the_header_timeo
     let answer = read_until_closed(&mut slow, Duration::from_secs(5)).await;
     let took = started.elapsed();
     assert!(answer.is_some(), "the connection is still open");
-    assert!(took < timeout + Duration::from_secs(1), "took {took:?}");
+    // Closed by the header timeout, not at once for the partial headers.
+    assert!(took >= timeout, "took {took:?}");
     // Whatever it answered (hyper may say 408 first), it was no acceptance.
     assert!(!answer.unwrap().contains(" 202 "));
     assert!(app.stream.is_empty());
@@ -683,7 +726,6 @@ async fn a_body_that_stalls_gets_408_within_the_body_timeout() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("body_timeout"), "{answer}");
     assert!(took >= timeout, "took {took:?}");
-    assert!(took < timeout + Duration::from_secs(1), "took {took:?}");
     assert!(app.stream.is_empty());
     assert!(
         app.metrics()
@@ -708,25 +750,38 @@ async fn a_body_trickled_byte_by_byte_gets_408_within_the_body_timeout() {
     );
     let started = Instant::now();
     writer.write_all(head.as_bytes()).await.unwrap();
-    let trickle = tokio::spawn(async move {
-        for byte in body.into_bytes() {
-            if writer.write_all(&[byte]).await.is_err() {
-                return;
+    let whole_body_sent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickle = tokio::spawn({
+        let whole_body_sent = whole_body_sent.clone();
+        async move {
+            for byte in body.into_bytes() {
+                if writer.write_all(&[byte]).await.is_err() {
+                    return;
+                }
+                // The client's pace, not a wait for the server.
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            // The client's pace, not a wait for the server.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            whole_body_sent.store(true, std::sync::atomic::Ordering::SeqCst);
         }
     });
     use tokio::io::AsyncReadExt;
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut answer)).await;
     let took = started.elapsed();
+    // Answered while bytes were still coming: the whole body's deadline, not a pause's.
+    let still_trickling = !whole_body_sent.load(std::sync::atomic::Ordering::SeqCst);
     trickle.abort();
     assert!(read.is_ok(), "no answer");
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(took < timeout + Duration::from_secs(1), "took {took:?}");
+    assert!(still_trickling, "answered only once the whole body was in");
+    assert!(took >= timeout, "took {took:?}");
     assert!(app.stream.is_empty());
+    assert!(
+        app.metrics()
+            .await
+            .contains(r#"entra_sync_webhook_requests_total{outcome="body_timeout"} 1"#)
+    );
 }
 
 #[tokio::test]

@@ -57,6 +57,9 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Error::Settings(format!("ENTRA_SYNC_METRICS_LISTEN {listen}: {e}")))?;
+    // The address bound, not the one asked for: with port 0 the system picks it.
+    let listen = listener.local_addr().unwrap_or(listen);
+    tracing::info!(%listen, "health and metrics listening");
     let health = Arc::new(Health {
         db,
         registry,

@@ -7,6 +7,7 @@ mod world;
 
 use entra_sync_testkit::redis::RedisServer;
 use graph_common::*;
+use graph_sim::Fault;
 use world::*;
 
 #[tokio::test]
@@ -31,9 +32,26 @@ async fn notifications_drive_members_and_renames_into_litellm() {
         .apply(|t| t.upsert_group(gid(1), "Platform", None));
     assert!(eventually(|| async { world.alias(1).await.as_deref() == Some("Platform") }).await);
 
-    // A group not assigned to the app never becomes a team.
+    // A group not assigned to the app never becomes a team: once its notification was stored,
+    // read and acknowledged (after the round that saw it committed), there is still no team.
+    let stored_before = world.stream.len();
     world.sim.apply(|t| t.add_member(gid(2), uid(10)));
-    assert!(eventually(|| async { world.pending() == 0 && !world.stream.is_empty() }).await);
+    assert!(
+        eventually(|| async { world.stream.len() > stored_before }).await,
+        "the notification for group 2 was not stored"
+    );
+    let last = world
+        .stream
+        .entries_with_ids()
+        .last()
+        .map(|(id, _)| id.clone());
+    assert!(
+        eventually(|| async { world.last_delivered() == last && world.pending() == 0 }).await,
+        "the notification for group 2 was not read and acknowledged: last delivered {:?}, \
+         pending {}, last stored {last:?}",
+        world.last_delivered(),
+        world.pending()
+    );
     assert!(world.members(2).await.is_none());
 
     world.stop_workers().await;
@@ -106,4 +124,81 @@ async fn a_worker_reading_redis_6_2_applies_a_notification_and_acknowledges_it()
     );
     world.stop_workers().await;
     assert!(world.dead.is_empty());
+}
+
+#[tokio::test]
+async fn a_slow_poll_never_stops_the_stream_from_being_read() {
+    let mut world = World::new().await;
+    // The poll at start waits at Graph for as long as the test holds it.
+    world.sim.add_fault(Fault::hold("appRoleAssignedTo"));
+    world.start_worker();
+    assert!(
+        eventually(|| async { world.sim.held_requests() == 1 }).await,
+        "the poll never asked Graph for the assignments"
+    );
+
+    // A notification while the poll waits: read (delivered to the worker, nothing left unread)
+    // though its round must wait for the poll's turn.
+    world.sim.apply(|t| t.add_member(gid(1), uid(6)));
+    assert!(
+        eventually(|| async { world.pending() == 1 && world.unread() == 0 }).await,
+        "the stream was not read while the poll ran: pending {}, unread {}",
+        world.pending(),
+        world.unread()
+    );
+    assert_eq!(world.sim.held_requests(), 1, "the poll is still waiting");
+    assert_eq!(world.members(1).await, None, "nothing is applied yet");
+
+    world.sim.clear_faults();
+    assert!(eventually(|| async { world.members(1).await == Some(users(1..=6)) }).await);
+    assert!(eventually(|| async { world.pending() == 0 }).await);
+    world.stop_workers().await;
+}
+
+#[tokio::test]
+async fn stream_lag_shows_entries_the_reader_is_held_back_from() {
+    use prometheus_client::registry::Registry;
+    use worker::metrics::WorkerMetrics;
+    use worker::store::{RemovalMode, Store};
+
+    let mut world = World::new().await;
+    world.run_settings.read_ahead = 1;
+    let metrics = WorkerMetrics::register(&mut Registry::default());
+    let store = Store::new(
+        world.worker_db.clone(),
+        Default::default(),
+        RemovalMode::Managed,
+    );
+    world.start_worker_with_store(store, metrics.clone(), "lagging", None);
+    assert!(eventually(|| async { world.members(1).await == Some(users(1..=5)) }).await);
+    assert!(eventually(|| async { world.first_round_committed().await }).await);
+
+    // A round that waits at Graph, then two more changes: one read ahead, one left unread.
+    world.sim.add_fault(Fault::hold("/groups/delta"));
+    world.sim.apply(|t| t.add_member(gid(1), uid(6)));
+    assert!(eventually(|| async { world.sim.held_requests() >= 1 }).await);
+    for user in [7, 8] {
+        let stored = world.stream.len();
+        world.sim.apply(|t| t.add_member(gid(1), uid(user)));
+        assert!(eventually(|| async { world.stream.len() > stored }).await);
+    }
+    assert!(
+        eventually(|| async { world.unread() >= 1 && metrics.stream_lag.get() >= 1 }).await,
+        "unread {}, lag gauge {}",
+        world.unread(),
+        metrics.stream_lag.get()
+    );
+
+    world.sim.clear_faults();
+    assert!(eventually(|| async { world.members(1).await == Some(users(1..=8)) }).await);
+    assert!(
+        eventually(|| async {
+            world.unread() == 0
+                && world.pending() == 0
+                && metrics.stream_lag.get() == 0
+                && metrics.stream_pending.get() == 0
+        })
+        .await
+    );
+    world.stop_workers().await;
 }

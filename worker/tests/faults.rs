@@ -84,6 +84,29 @@ async fn converges(world: &World, number: u32, fault: &str, started: Instant, gr
     assert!(world.dead.is_empty(), "{line}: dead letters");
 }
 
+/// The status a worker process's endpoint answers, 0 while it does not answer.
+async fn status(base: &str, path: &str) -> u16 {
+    match reqwest::get(format!("{base}{path}")).await {
+        Ok(response) => response.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// Graph's deliveries the webhook did not accept (answered 503, or could not be reached).
+fn refused_deliveries(world: &World) -> usize {
+    world
+        .sim
+        .deliveries()
+        .iter()
+        .filter(|d| !d.status.is_some_and(|s| (200..300).contains(&s)))
+        .count()
+}
+
+/// The assignment polls graph-sim has answered, from both replicas alike.
+fn polls(world: &World) -> usize {
+    world.sim.count("/appRoleAssignedTo")
+}
+
 fn with(mut ids: Vec<String>, n: u128) -> Vec<String> {
     ids.push(uid(n).to_string());
     ids.sort();
@@ -126,21 +149,48 @@ async fn fault_02_redis_restart() {
         d.attempts = 100;
         d.retry_delay_millis = 200;
     });
-    world.spawn_worker_process_with("restart", &[("REDIS_URL", &redis.url())]);
+    let worker = world.spawn_worker_process_with("restart", &[("REDIS_URL", &redis.url())]);
+    let health = world.metrics_url(worker).await;
     assert!(eventually(|| async { world.first_round_committed().await }).await);
     let started = Instant::now();
     world.sim.apply(|t| t.add_member(gid(1), uid(6)));
     assert!(eventually(|| async { world.members(1).await == Some(users(1..=6)) }).await);
+    assert!(eventually(|| async { status(&health, "/readyz").await == 200 }).await);
 
-    // Redis goes away while Entra changes, and comes back from its append-only file.
+    // Redis goes away while Entra changes, and comes back from its append-only file. The
+    // outage lasts until both sides felt it: Graph's deliveries refused by the webhook, and the
+    // worker's reads of the stream failing (its /readyz says so).
+    let refused_before = refused_deliveries(&world);
     redis.stop();
     world.sim.apply(|t| t.remove_member(gid(1), uid(3)));
     world
         .sim
         .apply(|t| t.upsert_group(gid(1), "Platform", None));
-    tokio::time::sleep(Duration::from_secs(2)).await; // the outage itself
+    assert!(
+        eventually(|| async { refused_deliveries(&world) > refused_before }).await,
+        "the webhook accepted notifications without Redis: {:?}",
+        world.sim.deliveries()
+    );
+    assert!(
+        eventually(|| async { status(&health, "/readyz").await == 503 }).await,
+        "the worker did not notice that Redis was away"
+    );
     redis.restart();
     converges(&world, 2, "Redis restart", started, &[1]).await;
+}
+
+/// While the worker's database is away, nothing it was notified of is committed or
+/// acknowledged: the outage was real, and the notifications wait for it to end.
+async fn outage_held(world: &World) {
+    assert_eq!(
+        world.members(1).await,
+        Some(users(1..=5)),
+        "a change was committed during the outage"
+    );
+    assert!(
+        world.unread() + world.pending() >= 1,
+        "notifications were acknowledged during the outage"
+    );
 }
 
 #[tokio::test]
@@ -157,7 +207,10 @@ async fn fault_03_postgresql_restart() {
     world.sim.apply(|t| t.add_member(gid(1), uid(7)));
     world.sim.apply(|t| t.remove_member(gid(1), uid(4)));
     assert!(eventually(|| async { world.unread() + world.pending() >= 1 }).await);
-    tokio::time::sleep(Duration::from_secs(2)).await; // the outage itself
+    // The outage itself, as long as a restart takes (a duration, not a wait for an event): the
+    // worker holds the notifications and can commit nothing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    outage_held(&world).await;
     postgres.restore();
     converges(&world, 3, "PostgreSQL restart", started, &[1]).await;
 }
@@ -175,7 +228,10 @@ async fn fault_04_pgbouncer_restart() {
     world.sim.apply(|t| t.add_member(gid(1), uid(8)));
     world.sim.apply(|t| t.remove_member(gid(1), uid(5)));
     assert!(eventually(|| async { world.unread() + world.pending() >= 1 }).await);
-    tokio::time::sleep(Duration::from_secs(2)).await; // the outage itself
+    // The outage itself, as long as a restart takes (a duration, not a wait for an event): the
+    // worker holds the notifications and can commit nothing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    outage_held(&world).await;
     pgbouncer.restart();
     converges(&world, 4, "PgBouncer restart", started, &[1]).await;
 }
@@ -408,12 +464,15 @@ async fn fault_12_two_replicas_racing() {
         world.sim.apply(|t| t.remove_member(gid(1), uid(1 + round)));
         world.sim.apply(|t| t.add_member(gid(2), uid(9)));
         world.sim.apply(|t| t.remove_member(gid(2), uid(9)));
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The next changes come after another poll was answered: polls and rounds interleave.
+        let answered = polls(&world);
+        assert!(eventually(|| async { polls(&world) > answered }).await);
     }
     world.sim.apply(|t| t.add_member(gid(1), uid(10)));
     converges(&world, 12, "two replicas racing", started, &[1, 2]).await;
-    // And it stays so: the next polls change nothing.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // And it stays so: the next polls (two more of each replica's) change nothing.
+    let answered = polls(&world);
+    assert!(eventually(|| async { polls(&world) >= answered + 4 }).await);
     converges(&world, 12, "  (still, after more polls)", started, &[1, 2]).await;
 }
 
@@ -443,25 +502,9 @@ async fn an_unreadable_entry_is_dead_lettered_and_the_rest_go_on() {
 async fn readyz_fails_while_redis_is_away_and_recovers_when_it_is_back() {
     let mut world = World::new().await;
     let redis = RedisProxy::start().await;
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
-    world.spawn_worker_process_with(
-        "readiness",
-        &[
-            ("REDIS_URL", &redis.url()),
-            ("ENTRA_SYNC_METRICS_LISTEN", &listen),
-        ],
-    );
-    let http = reqwest::Client::new();
-    let readyz = || async {
-        match http.get(format!("http://{listen}/readyz")).send().await {
-            Ok(response) => response.status().as_u16(),
-            Err(_) => 0,
-        }
-    };
+    let worker = world.spawn_worker_process_with("readiness", &[("REDIS_URL", &redis.url())]);
+    let health = world.metrics_url(worker).await;
+    let readyz = || status(&health, "/readyz");
     assert!(eventually(|| async { world.first_round_committed().await }).await);
     assert!(eventually(|| async { readyz().await == 200 }).await);
 
@@ -485,15 +528,11 @@ async fn readyz_fails_while_redis_is_away_and_recovers_when_it_is_back() {
 #[tokio::test]
 async fn readyz_fails_after_five_rounds_fail_in_a_row_and_recovers() {
     let mut world = World::new().await;
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
-    world.spawn_worker_process_with("failing", &[("ENTRA_SYNC_METRICS_LISTEN", &listen)]);
+    let worker = world.spawn_worker_process("failing");
+    let health = world.metrics_url(worker).await;
     let http = reqwest::Client::new();
     let get = |path: &'static str| {
-        let url = format!("http://{listen}{path}");
+        let url = format!("{health}{path}");
         let http = http.clone();
         async move {
             match http.get(url).send().await {
@@ -518,11 +557,10 @@ async fn readyz_fails_after_five_rounds_fail_in_a_row_and_recovers() {
         eventually(|| async { get("/readyz").await.0 == 503 }).await,
         "still ready after rounds kept failing"
     );
+    let metrics = get("/metrics").await.1;
     assert!(
-        get("/metrics").await.1.lines().any(|line| line
-            .starts_with("entra_sync_failed_rounds_in_a_row ")
-            && !line.ends_with(" 0")),
-        "the failures are not counted"
+        metric(&metrics, "entra_sync_failed_rounds_in_a_row") >= Some(5.0),
+        "the five failures are not counted: {metrics}"
     );
 
     world.sim.clear_faults();

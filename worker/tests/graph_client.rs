@@ -341,7 +341,8 @@ async fn tokens_are_cached_shared_and_refreshed_before_expiry() {
         "concurrent callers share one token"
     );
 
-    // Two-second tokens are refreshed after one second.
+    // Two-second tokens are refreshed after one second. The token's age is what is under test:
+    // this sleep makes it older, it does not stand for something else happening.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     client.group_members(&group_id(1), false).await.unwrap();
     assert_eq!(sim.count("/oauth2/v2.0/token"), 2);
@@ -484,6 +485,7 @@ async fn a_slow_graph_is_waited_for_within_the_timeout() {
     let sim = sim(|_| {}).await;
     let (client, _) = secret_client(&sim);
     sim.add_fault(Fault::delay("/members", 300, 1));
+    let started = Instant::now();
     assert_eq!(
         client
             .group_members(&group_id(1), false)
@@ -491,6 +493,23 @@ async fn a_slow_graph_is_waited_for_within_the_timeout() {
             .unwrap()
             .len(),
         5
+    );
+    let waited = started.elapsed();
+    // The delay happened, and the client waited it out on the one request (no retry, which a
+    // timeout shorter than the delay would have caused).
+    let members: Vec<(u16, u64)> = sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/members"))
+        .map(|r| (r.status, r.millis))
+        .collect();
+    assert!(
+        matches!(members[..], [(200, millis)] if millis >= 300),
+        "{members:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(300),
+        "waited only {waited:?}"
     );
 }
 

@@ -83,8 +83,8 @@ async fn the_store_works_under_concurrency_through_pgbouncer() {
 async fn two_worker_processes_through_pgbouncer_sync_revoke_and_take_turns() {
     let mut world = World::new().await;
     let url = world.db.url_through_pgbouncer();
-    world.spawn_worker_process_with("pooled-a", &[("DATABASE_URL", &url)]);
-    world.spawn_worker_process_with("pooled-b", &[("DATABASE_URL", &url)]);
+    let a = world.spawn_worker_process_with("pooled-a", &[("DATABASE_URL", &url)]);
+    let b = world.spawn_worker_process_with("pooled-b", &[("DATABASE_URL", &url)]);
     assert!(eventually(|| async { world.members(1).await == Some(users(1..=5)) }).await);
     insert_key(
         world.db.conn(),
@@ -114,7 +114,22 @@ async fn two_worker_processes_through_pgbouncer_sync_revoke_and_take_turns() {
     assert!(eventually(|| async { world.alias(1).await.as_deref() == Some("Platform") }).await);
     assert_eq!(key_state(world.db.conn(), "pooled-key").await, None);
     assert!(eventually(|| async { world.pending() == 0 && world.unread() == 0 }).await);
-    // Both replicas took turns under the sync lease: its fence moved on with every unit.
+    // Both replicas took turns under the sync lease: each polled the assignments (a unit of
+    // work under the lease) at start, and the fence moved on with every unit.
+    for replica in [a, b] {
+        let metrics = world.metrics_url(replica).await;
+        assert!(
+            eventually(|| async {
+                metric(
+                    &scrape_url(&metrics).await,
+                    r#"entra_sync_assignment_polls_total{result="ok"}"#,
+                ) >= Some(1.0)
+            })
+            .await,
+            "replica {replica} never held the sync lease: {}",
+            scrape_url(&metrics).await
+        );
+    }
     assert!(
         scalar_i64(
             world.db.conn(),

@@ -135,19 +135,12 @@ fn failed_evictions(metrics: &str) -> u64 {
 #[tokio::test]
 async fn an_unreachable_litellm_redis_costs_evictions_never_its_password() {
     let world = World::new().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
     let cache_url = format!("redis://:{PASSWORD}@unreachable.invalid:6379");
     let mut env = world.worker_env("secrets");
-    env.retain(|(k, _)| k != "RUST_LOG" && k != "ENTRA_SYNC_METRICS_LISTEN");
+    env.retain(|(k, _)| k != "RUST_LOG");
     env.extend(
         [
             ("RUST_LOG", "debug"),
-            ("ENTRA_SYNC_METRICS_LISTEN", listen.as_str()),
             ("ENTRA_SYNC_LITELLM_REDIS_URL", cache_url.as_str()),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned())),
@@ -171,15 +164,18 @@ async fn an_unreachable_litellm_redis_costs_evictions_never_its_password() {
         .spawn()
         .expect("entra-sync-worker starts");
 
+    // It binds a port of the system's choosing (ENTRA_SYNC_METRICS_LISTEN is 127.0.0.1:0) and
+    // says which.
+    let listen = entra_sync_testkit::listen::announced_in_file(
+        "entra-sync-worker",
+        &stderr,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     // The first poll creates group 1's team; evicting it from the unreachable cache fails.
-    let http = reqwest::Client::new();
-    let scrape = || async {
-        match http.get(format!("http://{listen}/metrics")).send().await {
-            Ok(response) => response.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        }
-    };
-    let failed = eventually(|| async { failed_evictions(&scrape().await) > 0 }).await;
+    let base = format!("http://{listen}");
+    let failed = eventually(|| async { failed_evictions(&scrape_url(&base).await) > 0 }).await;
     assert_eq!(world.members(1).await, Some(users(1..=5)));
     worker.start_kill().unwrap();
     worker.wait().await.unwrap();

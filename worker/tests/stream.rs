@@ -165,6 +165,22 @@ impl Streams {
         }
     }
 
+    /// Makes pending entries look idle for `idle`, as Redis counts (what an hour of nobody
+    /// acknowledging them would do), without counting a delivery.
+    fn age(&self, ids: &[String], idle: Duration) {
+        let idle = idle.as_millis().to_string();
+        let mut args = vec![
+            "XCLAIM",
+            self.stream.key(),
+            "entra-sync-workers",
+            "doomed",
+            "0",
+        ];
+        args.extend(ids.iter().map(String::as_str));
+        args.extend(["IDLE", idle.as_str(), "JUSTID"]);
+        self.stream.command(&args);
+    }
+
     fn ids(&self) -> Vec<String> {
         self.stream
             .entries_with_ids()
@@ -301,8 +317,9 @@ async fn a_batch_is_read_parsed_and_acknowledged(target: Target) {
 
 async fn a_dead_consumers_entries_are_claimed_after_the_idle_time(target: Target) {
     let streams = Streams::on(target);
-    // Long enough that the first look below comes before it, however slow the machine.
-    let idle = Duration::from_secs(2);
+    // An hour: no test runs that long, so the entries are idle that long only when the test
+    // ages them (as Redis counts idle time, which is what the consumer goes by).
+    let idle = Duration::from_secs(3600);
     let mut doomed = streams
         .consumer_with(StreamSettings {
             claim_idle: idle,
@@ -310,7 +327,6 @@ async fn a_dead_consumers_entries_are_claimed_after_the_idle_time(target: Target
         })
         .await;
     streams.add_many(&["g1", "g2"]);
-    let read_at = Instant::now();
     let read = doomed.next_batch(Duration::from_millis(100)).await.unwrap();
     assert_eq!(read.len(), 2);
     drop(doomed); // dies without acknowledging
@@ -322,15 +338,17 @@ async fn a_dead_consumers_entries_are_claimed_after_the_idle_time(target: Target
         })
         .await;
     let early = heir.next_batch(Duration::from_millis(10)).await.unwrap();
+    assert!(early.is_empty(), "claimed at once: {early:?}");
+    streams.age(&ids(&read), idle - Duration::from_secs(60));
+    let almost = heir.next_batch(Duration::from_millis(10)).await.unwrap();
     assert!(
-        read_at.elapsed() < idle,
-        "the machine is too slow for this test"
+        almost.is_empty(),
+        "claimed before the idle time: {almost:?}"
     );
-    assert!(early.is_empty(), "not idle long enough yet: {early:?}");
 
-    let claimed = next_nonempty_batch(&mut heir).await;
-    assert!(read_at.elapsed() >= idle, "claimed before the idle time");
-    assert_eq!(ids(&claimed), ids(&read));
+    streams.age(&ids(&read), idle);
+    let claimed = heir.next_batch(Duration::from_millis(10)).await.unwrap();
+    assert_eq!(ids(&claimed), ids(&read), "not claimed after the idle time");
     assert!(claimed.iter().all(|e| e.deliveries == 2), "{claimed:?}");
     assert!(claimed.iter().all(|e| e.record.is_ok()), "{claimed:?}");
     heir.ack(&ids(&claimed)).await.unwrap();
@@ -382,7 +400,8 @@ async fn claimed_entries_get_their_own_counts_with_a_live_consumers_entry_betwee
     target: Target,
 ) {
     let streams = Streams::on(target);
-    let idle = Duration::from_millis(500);
+    // An hour: entries are idle that long only when the test ages them.
+    let idle = Duration::from_secs(3600);
     let settings = |name: &str| StreamSettings {
         claim_idle: idle,
         ..streams.settings(name)
@@ -392,12 +411,9 @@ async fn claimed_entries_get_their_own_counts_with_a_live_consumers_entry_betwee
     let read = doomed.next_batch(Duration::from_millis(100)).await.unwrap();
     assert_eq!(read.len(), 3);
     drop(doomed);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while idle_ms(&streams, &read[2].id) < 600 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    streams.age(&ids(&read), idle);
     let mut heir = streams.consumer_with(settings("heir")).await;
-    // A live replica takes the middle entry (its idle time starts again), just before the heir
+    // A live replica takes the middle entry (its idle time starts again) before the heir
     // looks.
     streams.stream.command(&[
         "XCLAIM",
@@ -413,28 +429,6 @@ async fn claimed_entries_get_their_own_counts_with_a_live_consumers_entry_betwee
         claimed.iter().all(|e| e.deliveries == 2),
         "the live consumer's entry must not stand in for the heir's: {claimed:?}"
     );
-}
-
-/// How long ago an entry was last delivered, from XPENDING.
-fn idle_ms(streams: &Streams, id: &str) -> i64 {
-    let value = streams.stream.command(&[
-        "XPENDING",
-        streams.stream.key(),
-        "entra-sync-workers",
-        id,
-        id,
-        "1",
-    ]);
-    let redis::Value::Array(rows) = value else {
-        panic!("XPENDING: {value:?}")
-    };
-    match rows.first() {
-        Some(redis::Value::Array(row)) => match row.get(2) {
-            Some(redis::Value::Int(ms)) => *ms,
-            other => panic!("XPENDING's idle time: {other:?}"),
-        },
-        other => panic!("XPENDING's row: {other:?}"),
-    }
 }
 
 async fn an_entry_deleted_while_pending_is_not_claimed_again(target: Target) {

@@ -256,6 +256,66 @@ async fn lease_holder(world: &World) -> Option<String> {
         .map(|l| l.holder)
 }
 
+/// The subscriptions lease row as it stands: its holder, fence, and when it runs out.
+async fn lease_row(world: &World) -> Option<(String, i64, chrono::DateTime<Utc>)> {
+    lease::Entity::find_by_id("subscriptions".to_owned())
+        .one(world.db.conn())
+        .await
+        .unwrap()
+        .map(|l| (l.holder, l.fence, l.expires_at))
+}
+
+/// Sessions of the test database waiting for a row lock on `entra_sync_leases`.
+async fn waiting_for_the_lease_row(world: &World) -> i64 {
+    world
+        .count(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND query LIKE '%entra_sync_leases%'",
+        )
+        .await
+}
+
+/// Proves that replica-b tries to take the subscriptions lease and is refused while replica-a
+/// holds it. Both keepers try every second; the test holds the lease row locked until both
+/// are seen waiting for it (b's attempt included), then lets them through: a extends its lease,
+/// b is refused, and the fence, which grows whenever the lease changes hands, stays put.
+async fn b_is_refused_while_a_holds_the_lease(world: &World) {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    // Right after a renewal, so that a's lease has most of its time to live ahead of it while
+    // the row is locked (a cannot renew meanwhile).
+    let (_, _, expires) = lease_row(world).await.unwrap();
+    assert!(
+        eventually(|| async { lease_row(world).await.is_some_and(|(_, _, e)| e > expires) }).await,
+        "replica-a does not renew its lease"
+    );
+    let locker = world.db.connect_again().await;
+    let locked = locker.begin().await.unwrap();
+    let row = locked
+        .query_one(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT holder, fence FROM entra_sync_leases WHERE name = 'subscriptions' FOR UPDATE",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let holder: String = row.try_get_by_index(0).unwrap();
+    let fence: i64 = row.try_get_by_index(1).unwrap();
+    assert_eq!(
+        holder, "replica-a",
+        "replica-b took the lease from replica-a"
+    );
+    let both_tried = eventually(|| async { waiting_for_the_lease_row(world).await >= 2 }).await;
+    locked.commit().await.unwrap();
+    assert!(both_tried, "replica-b never tried to take the lease");
+    assert!(eventually(|| async { waiting_for_the_lease_row(world).await == 0 }).await);
+    let (holder, after, _) = lease_row(world).await.unwrap();
+    assert_eq!(
+        (holder.as_str(), after),
+        ("replica-a", fence),
+        "replica-b took the lease while replica-a held it"
+    );
+}
+
 #[tokio::test]
 async fn killing_the_lease_holder_hands_the_subscriptions_to_another_replica() {
     let mut world = World::new().await;
@@ -271,9 +331,7 @@ async fn killing_the_lease_holder_hands_the_subscriptions_to_another_replica() {
     );
     let b = world.spawn_worker_process_with("replica-b", &keeper);
     assert!(eventually(|| async { live(&world).len() == 2 }).await);
-    // b waits: a holds the lease.
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    assert_eq!(lease_holder(&world).await.as_deref(), Some("replica-a"));
+    b_is_refused_while_a_holds_the_lease(&world).await;
 
     world.kill_process(a);
     assert!(

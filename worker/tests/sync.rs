@@ -377,6 +377,7 @@ async fn rounds_of_two_replicas_never_interleave_and_hold_no_transaction_open() 
 
     // While a round of ours waits for Graph, no transaction of ours is open in PostgreSQL.
     sim.add_fault(graph_sim::Fault::delay("/groups/delta", 1500, 1));
+    let answered = sim.count("/groups/delta");
     db.conn()
         .execute_unprepared("UPDATE entra_sync_leases SET expires_at = now() WHERE name = 'sync'")
         .await
@@ -400,12 +401,28 @@ async fn rounds_of_two_replicas_never_interleave_and_hold_no_transaction_open() 
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(held_by_us, "our round did not take the lease");
+    // The delta query has reached graph-sim (its delay fault is taken) and is not answered yet:
+    // the round is waiting for Graph.
+    let mut waiting_for_graph = false;
+    for _ in 0..100 {
+        waiting_for_graph = sim.faults().is_empty();
+        if waiting_for_graph {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(waiting_for_graph, "our round did not ask Graph");
     let open = count(
         &db,
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
          AND state LIKE 'idle in transaction%'",
     )
     .await;
+    assert_eq!(
+        sim.count("/groups/delta"),
+        answered,
+        "looked after Graph answered: the test proves nothing"
+    );
     assert_eq!(open, 0, "a transaction stays open across Graph calls");
     ours.await.unwrap().unwrap();
     assert!(!members(&db, 1).await.contains(&uid(2).to_string()));

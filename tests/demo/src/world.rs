@@ -3,6 +3,7 @@
 //! processes, drops the database and deletes the streams, also when the demo is interrupted.
 
 use std::fs::File;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -61,6 +62,28 @@ impl Process {
         Ok(Self { name, child, log })
     }
 
+    /// Where the process listens, once it says so: told to listen on port 0, it binds a port of
+    /// the system's choosing, which nothing else can take in between.
+    async fn listen_address(&mut self) -> Result<SocketAddr> {
+        let started = Instant::now();
+        loop {
+            self.check()?;
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(address) = entra_sync_testkit::listen::announced(&log) {
+                return Ok(address);
+            }
+            if started.elapsed() > PATIENCE {
+                bail!(
+                    "{} did not say where it listens within {} s; its log is {}",
+                    self.name,
+                    PATIENCE.as_secs(),
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// An error when the process has stopped.
     fn check(&mut self) -> Result<()> {
         match self.child.try_wait()? {
@@ -103,8 +126,6 @@ impl Demo {
         let stream = TestStream::named(format!("entra-sync-demo:{run_id}:notifications"));
         let dead_letter = TestStream::named(format!("{}:dead", stream.key()));
         let client_state = uuid::Uuid::new_v4().simple().to_string();
-        let webhook_addr = format!("127.0.0.1:{}", free_port()?);
-        let health_addr = format!("127.0.0.1:{}", free_port()?);
         let tenant_id = sim.config().tenant_id.to_string();
         let shared = [
             ("REDIS_URL", redis_url()),
@@ -115,35 +136,37 @@ impl Demo {
 
         let mut webhook_env = shared.to_vec();
         webhook_env.extend([
-            ("ENTRA_SYNC_LISTEN", webhook_addr.clone()),
+            ("ENTRA_SYNC_LISTEN", "127.0.0.1:0".to_owned()),
             ("AZURE_TENANT_ID", tenant_id),
         ]);
-        let webhook = Process::spawn(
+        let mut webhook = Process::spawn(
             "entra-sync-webhook",
             &binaries.webhook(),
             &[],
             &webhook_env,
             logs,
         )?;
+        let webhook_addr = webhook.listen_address().await?;
 
         let mut worker_env = shared.to_vec();
         worker_env.extend(sim.client_env());
         worker_env.extend([
             ("DATABASE_URL", db.url().to_owned()),
             ("ENTRA_SYNC_CONSUMER", "demo".to_owned()),
-            ("ENTRA_SYNC_METRICS_LISTEN", health_addr.clone()),
+            ("ENTRA_SYNC_METRICS_LISTEN", "127.0.0.1:0".to_owned()),
             ("ENTRA_SYNC_PUBLIC_URL", format!("http://{webhook_addr}")),
             // Graph sends no notifications for app role assignments: the worker polls them, and
             // every poll is followed by a delta round. Short, so the demo does not wait.
             ("ENTRA_SYNC_POLL_SECONDS", "2".to_owned()),
         ]);
-        let worker = Process::spawn(
+        let mut worker = Process::spawn(
             "entra-sync-worker",
             &binaries.worker(),
             &["run"],
             &worker_env,
             logs,
         )?;
+        let health_addr = worker.listen_address().await?;
 
         let mut demo = Self {
             processes: vec![webhook, worker],
@@ -212,12 +235,6 @@ async fn wait_for_exit(mut process: Process) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// A port nothing listens on now, for a process that needs its address before it starts.
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
 }
 
 impl Drop for Demo {

@@ -152,7 +152,7 @@ async fn add_fault(State(inner): State<Arc<Inner>>, Json(fault): Json<Fault>) ->
 }
 
 async fn clear_faults(State(inner): State<Arc<Inner>>) -> StatusCode {
-    lock(&inner.faults).clear();
+    inner.clear_faults();
     StatusCode::NO_CONTENT
 }
 

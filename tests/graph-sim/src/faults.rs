@@ -1,6 +1,7 @@
 //! Fault injection and the request log, applied to the token and Graph endpoints.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -28,6 +29,9 @@ pub enum FaultKind {
     },
     /// Answers normally, after a delay.
     Delay { millis: u64 },
+    /// Answers normally once the faults are cleared: a request kept in flight for as long as a
+    /// test needs (see `GraphSim::held_requests`).
+    Hold,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -64,6 +68,15 @@ impl Fault {
                 retry_after_date: false,
             },
             times: Some(times),
+        }
+    }
+
+    /// Keeps every matching request waiting until the faults are cleared.
+    pub fn hold(path_contains: &str) -> Self {
+        Self {
+            path_contains: path_contains.into(),
+            kind: FaultKind::Hold,
+            times: None,
         }
     }
 
@@ -117,6 +130,8 @@ pub(crate) async fn middleware(
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|info| info.0);
+    // Taken before the fault: a `hold` fault cleared from here on lets this request go.
+    let mut release = inner.release.subscribe();
     let response = match take_fault(&inner, &path) {
         Some(FaultKind::Status {
             status,
@@ -146,6 +161,12 @@ pub(crate) async fn middleware(
         }
         Some(FaultKind::Delay { millis }) => {
             tokio::time::sleep(Duration::from_millis(millis)).await;
+            next.run(request).await
+        }
+        Some(FaultKind::Hold) => {
+            inner.held.fetch_add(1, Ordering::SeqCst);
+            let _ = release.changed().await;
+            inner.held.fetch_sub(1, Ordering::SeqCst);
             next.run(request).await
         }
         None => next.run(request).await,

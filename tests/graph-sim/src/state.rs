@@ -60,6 +60,10 @@ pub(crate) struct Inner {
     pub tokens: Mutex<HashMap<String, Instant>>,
     pub delta_sessions: Mutex<HashMap<String, DeltaSession>>,
     pub faults: Mutex<Vec<Fault>>,
+    /// Requests a `hold` fault keeps waiting, and the signal that lets them go (sent when the
+    /// faults are cleared).
+    pub held: std::sync::atomic::AtomicUsize,
+    pub release: tokio::sync::watch::Sender<u64>,
     pub requests: Mutex<Vec<RequestRecord>>,
     pub subscriptions: Mutex<HashMap<String, Subscription>>,
     pub delivery: Mutex<DeliveryConfig>,
@@ -79,6 +83,11 @@ pub struct GraphSim {
 }
 
 impl Inner {
+    pub(crate) fn clear_faults(&self) {
+        lock(&self.faults).clear();
+        self.release.send_modify(|generation| *generation += 1);
+    }
+
     /// Changes the tenant and hands the notifications the change causes to the delivery loop.
     pub(crate) fn change<R>(&self, f: impl FnOnce(&mut Tenant) -> (R, Vec<Notice>)) -> R {
         let (result, notices) = f(&mut lock(&self.tenant));
@@ -126,6 +135,8 @@ impl GraphSim {
             tokens: Mutex::default(),
             delta_sessions: Mutex::default(),
             faults: Mutex::default(),
+            held: Default::default(),
+            release: tokio::sync::watch::Sender::new(0),
             requests: Mutex::default(),
             subscriptions: Mutex::default(),
             delivery: Mutex::new(DeliveryConfig::default()),
@@ -224,8 +235,20 @@ impl GraphSim {
         lock(&self.inner.faults).push(fault);
     }
 
+    /// Clears every fault, and lets the requests a `hold` fault keeps go on.
     pub fn clear_faults(&self) {
-        lock(&self.inner.faults).clear();
+        self.inner.clear_faults();
+    }
+
+    /// How many requests a `hold` fault keeps waiting now.
+    pub fn held_requests(&self) -> usize {
+        self.inner.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The faults still waiting for their requests: one given a number of times is gone once
+    /// that many requests have arrived (a delay while it delays them).
+    pub fn faults(&self) -> Vec<Fault> {
+        lock(&self.inner.faults).clone()
     }
 
     /// Every request served so far (token and Graph endpoints; not the admin API).

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::extract::{Query, RawQuery, State};
 use axum::routing::post;
 use graph_sim::tenant::{Group, TenantFile, User};
-use graph_sim::{GraphSim, SimConfig};
+use graph_sim::{Fault, GraphSim, SimConfig};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -329,6 +329,8 @@ async fn delivery_can_duplicate_lose_delay_and_stop() {
     sim.apply(|t| t.add_member(id(100), id(2)));
     assert_eq!(wait_for(&shared, 3).await.len(), 3);
 
+    // Changes are delivered in order, one after the other: once a later one has come, an
+    // earlier one that has not never will.
     sim.set_delivery(|d| {
         d.duplicates = 0;
         d.loss_rate = 1.0;
@@ -338,18 +340,58 @@ async fn delivery_can_duplicate_lose_delay_and_stop() {
         d.loss_rate = 0.0;
         d.delay_millis = 200;
     });
-    sim.apply(|t| t.remove_member(id(100), id(3)));
-    let received = wait_for(&shared, 4).await;
+    let changed = std::time::Instant::now();
+    sim.apply(|t| t.upsert_group(id(200), "Delayed", None));
+    let received = wait_for_group(&shared, id(200)).await;
+    let took = changed.elapsed();
+    let groups: Vec<&str> = received
+        .iter()
+        .map(|n| n["resourceData"]["id"].as_str().unwrap())
+        .collect();
+    let (first, delayed) = (id(100).to_string(), id(200).to_string());
     assert_eq!(
-        received.len(),
-        4,
+        groups,
+        [first.as_str(), &first, &first, &delayed],
         "the lost one never came, the delayed one did"
     );
+    assert!(took >= Duration::from_millis(200), "delayed only {took:?}");
 
-    sim.set_delivery(|d| d.enabled = false);
+    sim.set_delivery(|d| {
+        d.enabled = false;
+        d.delay_millis = 0;
+    });
     sim.apply(|t| t.remove_member(id(100), id(2)));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(shared.lock().unwrap().notifications.len(), 4);
+    sim.set_delivery(|d| d.enabled = true);
+    sim.apply(|t| t.upsert_group(id(300), "After the stop", None));
+    let received = wait_for_group(&shared, id(300)).await;
+    let last: Vec<&str> = received[4..]
+        .iter()
+        .map(|n| n["resourceData"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        last,
+        [id(300).to_string()],
+        "a change made while delivery was off was delivered"
+    );
+}
+
+/// Waits until a notification about group `group` has come; returns all received by then.
+async fn wait_for_group(shared: &Shared, group: Uuid) -> Vec<Value> {
+    let about = |received: &[Value]| {
+        received
+            .iter()
+            .any(|n| n["resourceData"]["id"] == group.to_string())
+    };
+    for _ in 0..200 {
+        let received = shared.lock().unwrap().notifications.clone();
+        if about(&received) {
+            return received;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let received = shared.lock().unwrap().notifications.clone();
+    assert!(about(&received), "nothing about {group}: {received:?}");
+    received
 }
 
 #[tokio::test]
@@ -532,4 +574,32 @@ async fn delta_pages_have_graphs_shape() {
         value[1],
         json!({"id": id(200), "@removed": {"reason": "changed"}})
     );
+}
+
+#[tokio::test]
+async fn a_held_request_waits_until_the_faults_are_cleared() {
+    let sim = GraphSim::start(SimConfig::default(), tenant())
+        .await
+        .unwrap();
+    let caller = Caller::new(&sim).await;
+    sim.add_fault(Fault::hold("/groups/delta"));
+    let call = tokio::spawn(async move {
+        caller
+            .call(reqwest::Method::GET, "groups/delta", None)
+            .await
+            .0
+    });
+    while sim.held_requests() == 0 {
+        tokio::task::yield_now().await;
+    }
+    // Held: nothing answered, and the request is not in the log yet.
+    assert!(!call.is_finished());
+    assert!(
+        sim.requests()
+            .iter()
+            .all(|r| !r.path.ends_with("/groups/delta"))
+    );
+    sim.clear_faults();
+    assert_eq!(call.await.unwrap(), 200);
+    assert_eq!(sim.held_requests(), 0);
 }

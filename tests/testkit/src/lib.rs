@@ -8,6 +8,7 @@
 //! Test support code: it panics with one clear sentence when something it needs is missing.
 #![allow(clippy::expect_used, clippy::panic)]
 
+pub mod listen;
 mod litellm_schema;
 mod postgres;
 pub mod proxy;

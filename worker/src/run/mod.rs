@@ -32,6 +32,10 @@ pub struct RunSettings {
     /// How long one read waits for new entries; also how often the gauges are updated.
     pub block: Duration,
     pub max_deliveries: u64,
+    /// How many entries the reader reads ahead of the work; beyond that it waits, so that
+    /// memory stays bounded while PostgreSQL or Graph is away (what is not read stays in Redis,
+    /// and shows as the stream's lag).
+    pub read_ahead: usize,
     /// How often the stream is trimmed below its oldest unacknowledged entry.
     pub trim_interval: Duration,
     /// Full reconciliations; `None`: never (only on demand).
@@ -55,6 +59,7 @@ impl Default for RunSettings {
             poll_interval: Duration::from_secs(300),
             block: Duration::from_secs(2),
             max_deliveries: 5,
+            read_ahead: 10_000,
             trim_interval: Duration::from_secs(60),
             reconcile_interval: Some(Duration::from_secs(6 * 3600)),
             retry_check: Duration::from_secs(15),

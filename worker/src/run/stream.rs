@@ -20,10 +20,6 @@ use crate::error::{Error, Result};
 use crate::metrics::ResultLabel;
 use crate::stream::{Entry, StreamConsumer};
 
-/// Entries read but not yet worked on, beyond which the reader waits: memory stays bounded
-/// while PostgreSQL or Graph is away, and what is not read yet stays in Redis.
-const MOST_WAITING: usize = 10_000;
-
 /// Between attempts of failing work or failing reads: from a quarter of a second, doubling, to
 /// at most ten seconds (an outage's end is noticed within that), with jitter so that replicas do
 /// not retry in step.
@@ -70,7 +66,7 @@ async fn read(context: Context, mut reader: StreamConsumer) {
     let mut delays = retry_policy().build();
     while !context.stop.is_cancelled() {
         tokio::select! {
-            () = context.inbox.room_for(MOST_WAITING) => {}
+            () = context.inbox.room_for(context.settings.read_ahead) => {}
             () = context.stop.cancelled() => break,
         }
         let read = reader.next_batch(context.settings.block).await;

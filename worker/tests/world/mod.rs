@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use entity::litellm::team;
 use entra_sync_testkit::TestDatabase;
+use entra_sync_testkit::listen::ProcessLog;
 use entra_sync_testkit::redis::{RedisServer, TestStream};
 use graph_sim::GraphSim;
 use migration::database::Db;
@@ -44,7 +45,15 @@ pub struct World {
         oneshot::Sender<()>,
         tokio::task::JoinHandle<worker::Result<()>>,
     )>,
-    processes: Vec<Child>,
+    processes: Vec<WorkerProcess>,
+    /// How the in-process workers started from now on run.
+    pub run_settings: RunSettings,
+}
+
+/// `entra-sync-worker run` as a process, and what it logs.
+struct WorkerProcess {
+    child: Child,
+    log: ProcessLog,
 }
 
 impl World {
@@ -117,6 +126,15 @@ impl World {
             stop_webhook: Some(stop_webhook),
             workers: Vec::new(),
             processes: Vec::new(),
+            run_settings: RunSettings {
+                poll_interval: Duration::from_secs(3600),
+                block: Duration::from_millis(200),
+                max_deliveries: 3,
+                trim_interval: Duration::from_secs(3600),
+                reconcile_interval: None,
+                retry_check: Duration::from_millis(200),
+                ..RunSettings::default()
+            },
         }
     }
 
@@ -182,6 +200,7 @@ impl World {
             claim_idle: Duration::from_secs(1),
             max_deliveries: 3,
         };
+        let run_settings = self.run_settings.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let redis_url = self.redis.url().to_owned();
         let handle = tokio::spawn(async move {
@@ -190,15 +209,7 @@ impl World {
                 syncer,
                 consumer,
                 metrics,
-                settings: RunSettings {
-                    poll_interval: Duration::from_secs(3600),
-                    block: Duration::from_millis(200),
-                    max_deliveries: 3,
-                    trim_interval: Duration::from_secs(3600),
-                    reconcile_interval: None,
-                    retry_check: Duration::from_millis(200),
-                    subscription_keeper: None,
-                },
+                settings: run_settings,
                 subscriptions,
                 readiness: Readiness::new(),
             };
@@ -238,7 +249,8 @@ impl World {
             ("ENTRA_SYNC_POLL_SECONDS", "3600".to_owned()),
             // A killed worker's lease passes on quickly.
             ("ENTRA_SYNC_LEASE_SECONDS", "3".to_owned()),
-            ("RUST_LOG", "warn".to_owned()),
+            // Warnings, and the line that says where the health and metrics endpoint listens.
+            ("RUST_LOG", "warn,worker::health=info".to_owned()),
         ]
         .into_iter()
         .chain(self.sim.client_env())
@@ -263,19 +275,30 @@ impl World {
         for (key, value) in overrides {
             command.env(key, value);
         }
-        // ENTRA_SYNC_TEST_WORKER_LOGS=1 shows the workers' logs (with --nocapture).
-        let logs = if std::env::var_os("ENTRA_SYNC_TEST_WORKER_LOGS").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        };
-        let child = command
+        let mut child = command
             .stdout(Stdio::null())
-            .stderr(logs)
+            .stderr(Stdio::piped())
             .spawn()
             .expect("entra-sync-worker starts");
-        self.processes.push(child);
+        // Read for the address the worker listens on; ENTRA_SYNC_TEST_WORKER_LOGS=1 also shows
+        // the workers' logs.
+        let echo = std::env::var_os("ENTRA_SYNC_TEST_WORKER_LOGS").is_some();
+        let stderr = child.stderr.take().expect("the worker's stderr is a pipe");
+        let log = ProcessLog::capture(&format!("entra-sync-worker {consumer}"), stderr, echo);
+        self.processes.push(WorkerProcess { child, log });
         self.processes.len() - 1
+    }
+
+    /// The base URL of a worker process's health and metrics endpoint (`http://127.0.0.1:port`),
+    /// once the worker says which port it bound (`ENTRA_SYNC_METRICS_LISTEN` is `127.0.0.1:0`
+    /// unless a test says otherwise).
+    pub async fn metrics_url(&self, index: usize) -> String {
+        let address = self.processes[index]
+            .log
+            .listen_address(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        format!("http://{address}")
     }
 
     /// Whether a worker has committed its first round (the deltaLink is stored).
@@ -296,7 +319,7 @@ impl World {
 
     /// The process id of a worker process.
     pub fn process_id(&self, index: usize) -> u32 {
-        self.processes[index].id()
+        self.processes[index].child.id()
     }
 
     /// Waits for a worker process to exit, up to `limit`, without blocking the test's runtime
@@ -308,7 +331,7 @@ impl World {
     ) -> Option<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + limit;
         while std::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = self.processes[index].try_wait() {
+            if let Ok(Some(status)) = self.processes[index].child.try_wait() {
                 return Some(status);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -318,7 +341,7 @@ impl World {
 
     /// SIGKILL: no chance to finish the round or acknowledge anything.
     pub fn kill_process(&mut self, index: usize) {
-        let child = &mut self.processes[index];
+        let child = &mut self.processes[index].child;
         child.kill().unwrap();
         child.wait().unwrap();
     }
@@ -429,10 +452,31 @@ impl Drop for World {
         for (stop, _) in self.workers.drain(..) {
             let _ = stop.send(());
         }
-        for child in &mut self.processes {
-            let _ = child.kill();
-            let _ = child.wait();
+        for process in &mut self.processes {
+            let _ = process.child.kill();
+            let _ = process.child.wait();
         }
+    }
+}
+
+/// The value of one series in a Prometheus scrape, e.g.
+/// `entra_sync_rounds_total{result="ok"}`; `None` when the scrape does not have it.
+pub fn metric(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+/// A worker process's `/metrics`, or nothing while it does not answer.
+pub async fn scrape_url(metrics_url: &str) -> String {
+    match reqwest::get(format!("{metrics_url}/metrics")).await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
     }
 }
 
