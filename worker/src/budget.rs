@@ -242,6 +242,17 @@ mod tests {
         clock.next_reset(BudgetDuration::parse(duration).unwrap(), utc(now))
     }
 
+    /// The reset after `now` (RFC 3339) for `duration` is `expected` (UTC, as stored).
+    #[track_caller]
+    fn expect(clock: ResetClock, duration: &str, now: &str, expected: &str) {
+        assert_eq!(
+            reset(clock, duration, now),
+            naive(expected),
+            "{duration} from {now} in {}",
+            clock.timezone
+        );
+    }
+
     fn clock(tz: &str, reset_time: &str) -> ResetClock {
         ResetClock {
             timezone: tz.parse().unwrap(),
@@ -278,150 +289,72 @@ mod tests {
     #[test]
     fn one_day_is_next_midnight_in_utc() {
         let c = ResetClock::default();
-        assert_eq!(
-            reset(c, "1d", "2026-11-28T13:45:10Z"),
-            naive("2026-11-29 00:00:00")
-        );
+        expect(c, "1d", "2026-11-28T13:45:10Z", "2026-11-29 00:00:00");
         // Exactly at midnight: the next one, as LiteLLM does.
-        assert_eq!(
-            reset(c, "1d", "2026-11-28T00:00:00Z"),
-            naive("2026-11-29 00:00:00")
-        );
+        expect(c, "1d", "2026-11-28T00:00:00Z", "2026-11-29 00:00:00");
     }
 
     #[test]
     fn one_day_uses_the_reset_time_of_day() {
         let c = clock("UTC", "09:30");
-        assert_eq!(
-            reset(c, "1d", "2026-11-28T08:00:00Z"),
-            naive("2026-11-28 09:30:00")
-        );
-        assert_eq!(
-            reset(c, "1d", "2026-11-28T10:00:00Z"),
-            naive("2026-11-29 09:30:00")
-        );
+        expect(c, "1d", "2026-11-28T08:00:00Z", "2026-11-28 09:30:00");
+        expect(c, "1d", "2026-11-28T10:00:00Z", "2026-11-29 09:30:00");
     }
 
     #[test]
     fn one_day_in_a_time_zone_is_local_midnight_stored_as_utc() {
         // 2026-11-28 20:00 in New York (UTC-5) is 2026-11-29 01:00 UTC.
         let c = clock("America/New_York", "00:00");
-        assert_eq!(
-            reset(c, "1d", "2026-11-29T01:00:00Z"),
-            naive("2026-11-29 05:00:00")
-        );
+        expect(c, "1d", "2026-11-29T01:00:00Z", "2026-11-29 05:00:00");
         let c = clock("Asia/Kolkata", "00:00");
-        assert_eq!(
-            reset(c, "1d", "2026-11-28T20:00:00Z"),
-            naive("2026-11-29 18:30:00")
-        );
+        expect(c, "1d", "2026-11-28T20:00:00Z", "2026-11-29 18:30:00");
     }
 
     #[test]
     fn seven_days_is_next_monday_even_on_a_monday() {
         let c = ResetClock::default();
         // 2026-11-28 is a Saturday.
-        assert_eq!(
-            reset(c, "7d", "2026-11-28T12:00:00Z"),
-            naive("2026-11-30 00:00:00")
-        );
-        assert_eq!(
-            reset(c, "weekly", "2026-11-28T12:00:00Z"),
-            naive("2026-11-30 00:00:00")
-        );
-        assert_eq!(
-            reset(c, "1w", "2026-11-30T00:00:00Z"),
-            naive("2026-12-07 00:00:00")
-        );
+        expect(c, "7d", "2026-11-28T12:00:00Z", "2026-11-30 00:00:00");
+        expect(c, "weekly", "2026-11-28T12:00:00Z", "2026-11-30 00:00:00");
+        expect(c, "1w", "2026-11-30T00:00:00Z", "2026-12-07 00:00:00");
         let c = clock("Europe/Berlin", "06:00");
-        assert_eq!(
-            reset(c, "7d", "2026-11-29T23:30:00Z"),
-            naive("2026-12-07 05:00:00")
-        );
+        expect(c, "7d", "2026-11-29T23:30:00Z", "2026-12-07 05:00:00");
     }
 
     #[test]
     fn thirty_days_and_one_month_are_the_first_of_next_month() {
         let c = ResetClock::default();
-        assert_eq!(
-            reset(c, "30d", "2026-11-28T12:00:00Z"),
-            naive("2026-12-01 00:00:00")
-        );
-        assert_eq!(
-            reset(c, "1mo", "2026-12-31T23:59:59Z"),
-            naive("2027-01-01 00:00:00")
-        );
-        assert_eq!(
-            reset(c, "monthly", "2026-01-31T10:00:00Z"),
-            naive("2026-02-01 00:00:00")
-        );
+        expect(c, "30d", "2026-11-28T12:00:00Z", "2026-12-01 00:00:00");
+        expect(c, "1mo", "2026-12-31T23:59:59Z", "2027-01-01 00:00:00");
+        expect(c, "monthly", "2026-01-31T10:00:00Z", "2026-02-01 00:00:00");
         // In Tokyo (UTC+9) it is already December 1st.
         let c = clock("Asia/Tokyo", "00:00");
-        assert_eq!(
-            reset(c, "30d", "2026-11-30T16:00:00Z"),
-            naive("2026-12-31 15:00:00")
-        );
+        expect(c, "30d", "2026-11-30T16:00:00Z", "2026-12-31 15:00:00");
     }
 
     #[test]
     fn other_day_counts_are_today_plus_n() {
         let c = ResetClock::default();
-        assert_eq!(
-            reset(c, "10d", "2026-11-28T12:00:00Z"),
-            naive("2026-12-08 00:00:00")
-        );
-        assert_eq!(
-            reset(c, "2w", "2026-11-28T12:00:00Z"),
-            naive("2026-12-12 00:00:00")
-        );
+        expect(c, "10d", "2026-11-28T12:00:00Z", "2026-12-08 00:00:00");
+        expect(c, "2w", "2026-11-28T12:00:00Z", "2026-12-12 00:00:00");
         let c = clock("UTC", "12:00");
-        assert_eq!(
-            reset(c, "3d", "2026-11-28T18:00:00Z"),
-            naive("2026-12-01 12:00:00")
-        );
+        expect(c, "3d", "2026-11-28T18:00:00Z", "2026-12-01 12:00:00");
     }
 
     #[test]
     fn hours_minutes_seconds_are_the_next_multiple() {
         let c = ResetClock::default();
-        assert_eq!(
-            reset(c, "1h", "2026-11-28T13:45:10Z"),
-            naive("2026-11-28 14:00:00")
-        );
-        assert_eq!(
-            reset(c, "1h", "2026-11-28T13:00:00Z"),
-            naive("2026-11-28 14:00:00")
-        );
-        assert_eq!(
-            reset(c, "6h", "2026-11-28T13:45:10Z"),
-            naive("2026-11-28 18:00:00")
-        );
-        assert_eq!(
-            reset(c, "5h", "2026-11-28T22:30:00Z"),
-            naive("2026-11-29 01:00:00")
-        );
-        assert_eq!(
-            reset(c, "daily", "2026-11-28T22:30:00Z"),
-            naive("2026-11-29 00:00:00")
-        );
-        assert_eq!(
-            reset(c, "15m", "2026-11-28T13:45:10Z"),
-            naive("2026-11-28 14:00:00")
-        );
-        assert_eq!(
-            reset(c, "15m", "2026-11-28T23:50:00Z"),
-            naive("2026-11-29 00:00:00")
-        );
-        assert_eq!(
-            reset(c, "30s", "2026-11-28T13:45:10Z"),
-            naive("2026-11-28 13:45:30")
-        );
+        expect(c, "1h", "2026-11-28T13:45:10Z", "2026-11-28 14:00:00");
+        expect(c, "1h", "2026-11-28T13:00:00Z", "2026-11-28 14:00:00");
+        expect(c, "6h", "2026-11-28T13:45:10Z", "2026-11-28 18:00:00");
+        expect(c, "5h", "2026-11-28T22:30:00Z", "2026-11-29 01:00:00");
+        expect(c, "daily", "2026-11-28T22:30:00Z", "2026-11-29 00:00:00");
+        expect(c, "15m", "2026-11-28T13:45:10Z", "2026-11-28 14:00:00");
+        expect(c, "15m", "2026-11-28T23:50:00Z", "2026-11-29 00:00:00");
+        expect(c, "30s", "2026-11-28T13:45:10Z", "2026-11-28 13:45:30");
         let c = clock("Asia/Kolkata", "00:00");
         // 13:45:10 UTC is 19:15:10 in India; the next 6-hour mark there is 00:00 (18:30 UTC).
-        assert_eq!(
-            reset(c, "6h", "2026-11-28T13:45:10Z"),
-            naive("2026-11-28 18:30:00")
-        );
+        expect(c, "6h", "2026-11-28T13:45:10Z", "2026-11-28 18:30:00");
     }
 
     #[test]
@@ -492,9 +425,6 @@ mod tests {
     fn daylight_saving_gap_moves_forward() {
         // Europe/Berlin skips 02:00-03:00 on 2027-03-28; a 02:30 reset time that day is 03:30 CEST.
         let c = clock("Europe/Berlin", "02:30");
-        assert_eq!(
-            reset(c, "1d", "2027-03-27T12:00:00Z"),
-            naive("2027-03-28 01:30:00")
-        );
+        expect(c, "1d", "2027-03-27T12:00:00Z", "2027-03-28 01:30:00");
     }
 }

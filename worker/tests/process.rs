@@ -193,8 +193,17 @@ async fn health_metrics_and_a_graceful_stop_on_sigterm() {
     world
         .sim
         .apply(|t| t.upsert_group(gid(1), "Platform", None));
-    assert!(eventually(|| async { world.alias(1).await.as_deref() == Some("Platform") }).await);
-    assert_eq!(world.members(1).await, Some(users(1..=5)));
+    // A rename and a removal in one round are two transactions: wait for both.
+    assert!(
+        eventually(|| async {
+            world.alias(1).await.as_deref() == Some("Platform")
+                && world.members(1).await == Some(users(1..=5))
+        })
+        .await,
+        "alias {:?}, members {:?}",
+        world.alias(1).await,
+        world.members(1).await
+    );
 
     // The stream's pending entries and dead letters: an unreadable entry stays pending between
     // its deliveries, then goes to the dead-letter stream.

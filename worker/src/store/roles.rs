@@ -25,6 +25,33 @@ async fn managed_role(txn: &DatabaseTransaction, user_id: &str) -> Result<Option
     .map(|r| r.role))
 }
 
+/// Gives a LiteLLM user the role `to`; the change, or none when `from` is already `to`.
+async fn change_role(
+    txn: &DatabaseTransaction,
+    user_id: &str,
+    from: Option<&str>,
+    to: LiteLlmRole,
+    now: DateTime<Utc>,
+) -> Result<Vec<Change>> {
+    if from == Some(to.as_str()) {
+        return Ok(Vec::new());
+    }
+    txn.execute(stmt(
+        r#"UPDATE "LiteLLM_UserTable" SET user_role = $2, updated_at = $3 WHERE user_id = $1"#,
+        [
+            user_id.into(),
+            to.as_str().into(),
+            litellm_timestamp(now).into(),
+        ],
+    ))
+    .await?;
+    Ok(vec![Change::RoleChanged {
+        user_id: user_id.to_owned(),
+        from: from.map(str::to_owned),
+        to: to.as_str().to_owned(),
+    }])
+}
+
 /// Sets `user_role` to the most privileged valid role among the app-role values; with no valid
 /// value the stored role stays. The role set is remembered in `entra_sync_managed_roles`. A role
 /// that differs from the one entra-sync last set was set by an admin in LiteLLM: it stays.
@@ -53,25 +80,7 @@ pub(super) async fn set(
         );
         return Ok(Vec::new());
     }
-    let mut changes = Vec::new();
-    if row.user_role.as_deref() != Some(role.as_str()) {
-        changes.push(Change::RoleChanged {
-            user_id: row.user_id.clone(),
-            from: row.user_role.clone(),
-            to: role.as_str().to_owned(),
-        });
-    }
-    if !changes.is_empty() {
-        txn.execute(stmt(
-            r#"UPDATE "LiteLLM_UserTable" SET user_role = $2, updated_at = $3 WHERE user_id = $1"#,
-            [
-                row.user_id.clone().into(),
-                role.as_str().into(),
-                litellm_timestamp(now).into(),
-            ],
-        ))
-        .await?;
-    }
+    let changes = change_role(txn, &row.user_id, row.user_role.as_deref(), role, now).await?;
     txn.execute(stmt(
         r#"INSERT INTO entra_sync_managed_roles (user_id, entra_user_id, role, updated_at)
            VALUES ($1, $2, $3, $4)
@@ -120,25 +129,11 @@ pub(super) async fn revoke(
     let current = candidates
         .by_user_id(&ours.user_id)
         .and_then(|r| r.user_role.clone());
-    let mut changes = Vec::new();
-    if current.as_deref() == Some(ours.role.as_str()) && ours.role != default_role.as_str() {
-        changes.push(Change::RoleChanged {
-            user_id: ours.user_id.clone(),
-            from: current,
-            to: default_role.as_str().to_owned(),
-        });
-    }
-    if !changes.is_empty() {
-        txn.execute(stmt(
-            r#"UPDATE "LiteLLM_UserTable" SET user_role = $2, updated_at = $3 WHERE user_id = $1"#,
-            [
-                ours.user_id.clone().into(),
-                default_role.as_str().into(),
-                litellm_timestamp(now).into(),
-            ],
-        ))
-        .await?;
-    }
+    let changes = if current.as_deref() == Some(ours.role.as_str()) {
+        change_role(txn, &ours.user_id, current.as_deref(), default_role, now).await?
+    } else {
+        Vec::new()
+    };
     txn.execute(stmt(
         "DELETE FROM entra_sync_managed_roles WHERE user_id = $1",
         [ours.user_id.into()],

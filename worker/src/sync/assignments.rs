@@ -101,9 +101,7 @@ impl Syncer {
                 |(group, _)| Item::Group(group.clone()),
                 now,
                 move |syncer, (group, name)| async move {
-                    syncer
-                        .sync_group_fully_retrying(&group, Some(&name), now)
-                        .await
+                    syncer.sync_group_fully(&group, Some(&name), now).await
                 },
                 changes,
             )

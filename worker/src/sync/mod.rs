@@ -327,19 +327,9 @@ impl Syncer {
         Ok(changed)
     }
 
-    /// [`Self::sync_group_fully`], retried when another writer created the same user at the same
-    /// moment (groups synced in parallel share users).
-    async fn sync_group_fully_retrying(
-        &self,
-        group: &GroupId,
-        display_name: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<Change>> {
-        retrying(|| self.sync_group_fully(group, display_name, now)).await
-    }
-
     /// Reads the group's whole membership and makes the team equal it; with a display name the
-    /// team is created (or renamed) in the same transaction.
+    /// team is created (or renamed) in the same transaction, tried again when another writer
+    /// created the same user at the same moment (groups synced in parallel share users).
     async fn sync_group_fully(
         &self,
         group: &GroupId,
@@ -354,9 +344,11 @@ impl Syncer {
             .filter_map(|object| object.into_enabled_user())
             .filter(|user| self.included(&user.id))
             .collect();
-        self.store
-            .sync_team(group, display_name, &members, self.options(now))
-            .await
+        retrying(|| {
+            self.store
+                .sync_team(group, display_name, &members, self.options(now))
+        })
+        .await
     }
 
     /// The policy for a group that is no longer assigned, or no longer exists.

@@ -385,38 +385,8 @@ impl World {
             .and_then(|t| t.team_alias)
     }
 
-    /// Entries not yet read by the workers' group (all of them before it exists).
-    pub fn unread(&self) -> i64 {
-        let Ok(redis::Value::Array(groups)) =
-            self.stream
-                .try_command(&["XINFO", "GROUPS", self.stream.key()])
-        else {
-            return -1;
-        };
-        for group in groups {
-            let fields = match group {
-                redis::Value::Array(fields) => fields,
-                redis::Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-                _ => continue,
-            };
-            let mut lag = -1;
-            for pair in fields.chunks(2) {
-                if let [redis::Value::BulkString(key), value] = pair
-                    && key == b"lag"
-                {
-                    lag = match value {
-                        redis::Value::Int(n) => *n,
-                        _ => -1,
-                    };
-                }
-            }
-            return lag;
-        }
-        -1
-    }
-
-    /// The id of the last entry the workers' group was given, from XINFO GROUPS.
-    pub fn last_delivered(&self) -> Option<String> {
+    /// The workers' consumer group as `XINFO GROUPS` describes it; `None` before it exists.
+    fn workers_group(&self) -> Option<redis::streams::StreamInfoGroup> {
         let groups = self
             .stream
             .try_command(&["XINFO", "GROUPS", self.stream.key()])
@@ -426,15 +396,28 @@ impl World {
         groups
             .groups
             .into_iter()
-            .find(|g| g.name == "entra-sync-workers")
-            .map(|g| g.last_delivered_id)
+            .find(|g| g.name == entra_sync_core::record::CONSUMER_GROUP)
+    }
+
+    /// Entries not yet read by the workers' group; -1 before the group exists, or where the
+    /// server does not tell (before 7.0).
+    pub fn unread(&self) -> i64 {
+        self.workers_group()
+            .and_then(|g| g.lag)
+            .map_or(-1, |lag| lag as i64)
+    }
+
+    /// The id of the last entry the workers' group was given.
+    pub fn last_delivered(&self) -> Option<String> {
+        self.workers_group().map(|g| g.last_delivered_id)
     }
 
     pub fn pending(&self) -> i64 {
-        match self
-            .stream
-            .try_command(&["XPENDING", self.stream.key(), "entra-sync-workers"])
-        {
+        match self.stream.try_command(&[
+            "XPENDING",
+            self.stream.key(),
+            entra_sync_core::record::CONSUMER_GROUP,
+        ]) {
             Ok(redis::Value::Array(items)) => match items.first() {
                 Some(redis::Value::Int(n)) => *n,
                 _ => 0,
