@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use redis::streams::{StreamInfoGroupsReply, StreamRangeReply};
+use redis::streams::{StreamInfoGroup, StreamInfoGroupsReply, StreamRangeReply};
 
 use crate::record::CONSUMER_GROUP;
 
@@ -215,18 +215,7 @@ pub async fn group_progress(
     stream: &str,
     capabilities: &RedisCapabilities,
 ) -> redis::RedisResult<Option<GroupProgress>> {
-    let groups: redis::RedisResult<StreamInfoGroupsReply> = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(stream)
-        .query_async(&mut *connection)
-        .await;
-    let groups = match groups {
-        Ok(groups) => groups,
-        // "ERR no such key": no stream yet.
-        Err(error) if error.code() == Some("ERR") => return Ok(None),
-        Err(error) => return Err(error),
-    };
-    let Some(group) = groups.groups.into_iter().find(|g| g.name == CONSUMER_GROUP) else {
+    let Some(group) = workers_group(connection, stream).await? else {
         return Ok(None);
     };
     let pending = as_i64(group.pending);
@@ -239,6 +228,25 @@ pub async fn group_progress(
         None => count_lag(connection, stream, &group.last_delivered_id, pending).await?,
     };
     Ok(Some(GroupProgress { lag, pending }))
+}
+
+/// The workers' consumer group on `stream` as `XINFO GROUPS` describes it; `None` when there is
+/// no such stream or group yet.
+pub async fn workers_group(
+    connection: &mut impl redis::aio::ConnectionLike,
+    stream: &str,
+) -> redis::RedisResult<Option<StreamInfoGroup>> {
+    let groups: redis::RedisResult<StreamInfoGroupsReply> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(connection)
+        .await;
+    match groups {
+        Ok(groups) => Ok(groups.groups.into_iter().find(|g| g.name == CONSUMER_GROUP)),
+        // "ERR no such key": no stream yet.
+        Err(error) if error.code() == Some("ERR") => Ok(None),
+        Err(error) => Err(error),
+    }
 }
 
 async fn count_lag(

@@ -16,11 +16,12 @@ use std::time::Duration;
 use entra_sync_core::record::{CONSUMER_GROUP, StreamRecord};
 use entra_sync_core::redis_server::{
     ClaimMethod, RedisCapabilities, TrimMethod, fields_as_strings, group_progress, id_after,
+    workers_group,
 };
 use redis::aio::ConnectionManager;
 use redis::streams::{
-    StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply,
-    StreamPendingReply, StreamRangeReply, StreamReadReply,
+    StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamPendingReply, StreamRangeReply,
+    StreamReadReply,
 };
 
 /// One entry read from the stream.
@@ -403,15 +404,8 @@ impl StreamConsumer {
         if let StreamPendingReply::Data(pending) = summary {
             return Ok(Some(pending.start_id));
         }
-        let groups: StreamInfoGroupsReply = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&self.settings.stream)
-            .query_async(&mut self.connection)
-            .await?;
-        Ok(groups
-            .groups
-            .into_iter()
-            .find(|group| group.name == CONSUMER_GROUP)
+        Ok(workers_group(&mut self.connection, &self.settings.stream)
+            .await?
             .map(|group| group.last_delivered_id)
             .filter(|id| id != "0-0")
             .map(|id| id_after(&id)))

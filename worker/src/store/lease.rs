@@ -139,25 +139,42 @@ impl Lease {
     /// it could not give back (the database was away), and taking it over bumps the fence of
     /// whatever may still hold it.
     async fn take_within(&self, patience: Duration) -> Result<Fence> {
-        let started = tokio::time::Instant::now();
-        let mut pause = Duration::from_millis(50);
-        loop {
-            let taken = self.take(false).await?;
-            if let Some(token) = taken {
-                return Ok(Fence {
+        use backon::{ExponentialBuilder, Retryable};
+        let busy = || Error::LeaseBusy {
+            lease: self.name,
+            holder: String::new(),
+        };
+        let attempt = || async {
+            match self.take(false).await? {
+                Some(token) => Ok(Fence {
                     lease: self.name,
                     token,
-                });
+                }),
+                None => Err(busy()),
             }
-            if started.elapsed() >= patience {
-                let holder = holder(&self.db, self.name).await?.map(|l| l.holder);
-                return Err(Error::LeaseBusy {
-                    lease: self.name,
-                    holder: holder.unwrap_or_default(),
-                });
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(1));
+        };
+        // Asked again after 50 ms, doubling to a second, with jitter so that replicas waiting
+        // for the same lease do not ask in step, until `patience` has been spent waiting.
+        let taken = attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(50))
+                    .with_max_delay(Duration::from_secs(1))
+                    .with_jitter()
+                    .without_max_times()
+                    .with_total_delay(Some(patience)),
+            )
+            .when(|error| matches!(error, Error::LeaseBusy { .. }))
+            .await;
+        match taken {
+            Err(Error::LeaseBusy { .. }) => Err(Error::LeaseBusy {
+                lease: self.name,
+                holder: holder(&self.db, self.name)
+                    .await?
+                    .map(|l| l.holder)
+                    .unwrap_or_default(),
+            }),
+            other => other,
         }
     }
 
