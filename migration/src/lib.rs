@@ -10,6 +10,7 @@ mod m20261128_000002_assigned_groups;
 mod m20261128_000003_leases_and_reconciliations;
 mod m20261201_000004_audit_removals_index;
 mod m20261201_000005_fencing_and_failed_items;
+mod m20261202_000006_nesting_and_owners;
 
 pub use sea_orm_migration::MigratorTrait;
 pub use sea_orm_migration::sea_orm;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000003_leases_and_reconciliations::Migration),
             Box::new(m20261201_000004_audit_removals_index::Migration),
             Box::new(m20261201_000005_fencing_and_failed_items::Migration),
+            Box::new(m20261202_000006_nesting_and_owners::Migration),
         ]
     }
 

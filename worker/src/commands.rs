@@ -12,7 +12,6 @@ use crate::config::WorkerConfig;
 use crate::error::{Error, Result};
 use crate::graph::{GraphClient, GraphMetrics};
 use crate::subscriptions::{self, SubscriptionManager};
-use crate::sync::Syncer;
 
 fn graph(config: &WorkerConfig) -> Result<GraphClient> {
     GraphClient::new(
@@ -39,8 +38,7 @@ pub async fn sync(config: &WorkerConfig, full: bool, dry_run: bool) -> Result<()
         Default::default(),
     )?;
     let cache = store.litellm_cache().cloned();
-    let mut syncer = Syncer::new(graph(config)?, store, config.unassigned_policy)
-        .with_departed_users(config.departed_user_policy);
+    let mut syncer = crate::serve::syncer(config, graph(config)?, store);
     if dry_run {
         syncer = syncer.dry_run();
     }

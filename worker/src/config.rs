@@ -10,7 +10,7 @@ use crate::graph::GraphArgs;
 use crate::litellm_cache::CacheTarget;
 use crate::litellm_config::LiteLlmSettings;
 use crate::store::{DepartedUserKeys, KeyPolicy, RemovalMode, RemovedMemberKeys};
-use crate::sync::{DepartedUserPolicy, UnassignedPolicy};
+use crate::sync::{DepartedUserPolicy, Membership, UnassignedPolicy};
 use entra_sync_core::settings::{StreamArgs, secret};
 
 /// Settings every worker command needs.
@@ -102,6 +102,11 @@ pub struct WorkerConfig {
     /// What happens to the memberships of a user deleted or disabled in Entra.
     #[arg(long, env = "ENTRA_SYNC_DEPARTED_USER_POLICY", value_enum, default_value_t = DepartedUserPolicy::RemoveMemberships)]
     pub departed_user_policy: DepartedUserPolicy,
+
+    /// Whose membership of a group makes a team member: its `direct` members (as LiteLLM's
+    /// sign-in), or its `transitive` ones, through nested groups at any depth.
+    #[arg(long, env = "ENTRA_SYNC_MEMBERSHIP", value_enum, default_value_t = Membership::Direct)]
+    pub membership: Membership,
 
     /// A member removed from a team: their keys for that team are deleted (copied into
     /// LiteLLM_DeletedVerificationToken first, as LiteLLM's own member removal does), blocked

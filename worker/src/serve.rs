@@ -61,6 +61,13 @@ pub fn store(
     })
 }
 
+/// The syncer as configured: its policies and how it counts membership.
+pub fn syncer(config: &WorkerConfig, graph: GraphClient, store: Store) -> Syncer {
+    Syncer::new(graph, store, config.unassigned_policy)
+        .with_departed_users(config.departed_user_policy)
+        .with_membership(config.membership)
+}
+
 /// What an operator should know about LiteLLM's caches, said once at start.
 pub fn cache_advice(configured: bool, caches: &CacheSettings) -> Vec<String> {
     if configured {
@@ -138,9 +145,7 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
         );
     }
     let worker = Worker {
-        syncer: Syncer::new(graph, store, config.unassigned_policy)
-            .with_departed_users(config.departed_user_policy)
-            .with_lease(LeaseSettings {
+        syncer: syncer(&config, graph, store).with_lease(LeaseSettings {
                 holder: consumer_name,
                 ttl: Duration::from_secs(config.lease_seconds),
                 ..LeaseSettings::default()

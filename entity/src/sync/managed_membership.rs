@@ -1,5 +1,6 @@
-//! `entra_sync_managed_memberships`: the team memberships entra-sync created. In the default
-//! `managed` removal mode only these are ever removed, so members an admin added by hand stay.
+//! `entra_sync_managed_memberships`: the team memberships entra-sync created, and why it keeps
+//! them. In the default `managed` removal mode only these are ever removed, so members an admin
+//! added by hand stay.
 
 use sea_orm::entity::prelude::*;
 
@@ -16,6 +17,10 @@ pub struct Model {
     pub user_id: String,
     pub entra_user_id: UserId,
     pub created_at: DateTimeUtc,
+    /// The user is in the group (directly, or through nested groups in `transitive` mode).
+    pub member: bool,
+    /// The user owns the group (`ENTRA_SYNC_OWNERS_AS_ADMINS`).
+    pub owner: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -16,6 +16,7 @@ mod failures;
 mod keys;
 pub mod lease;
 mod members;
+mod nesting;
 mod roles;
 mod sql;
 mod state;

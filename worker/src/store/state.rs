@@ -104,6 +104,11 @@ impl Store {
         assigned_group::Entity::delete_by_id(group.clone())
             .exec(&txn)
             .await?;
+        txn.execute(stmt(
+            "DELETE FROM entra_sync_nested_groups WHERE group_id = $1",
+            [group.to_string().into()],
+        ))
+        .await?;
         txn.commit().await?;
         Ok(())
     }

@@ -9,6 +9,7 @@
 //! Notifications only say that a round is due; delta query is the truth.
 
 mod assignments;
+mod nesting;
 mod reconcile;
 mod round;
 mod users;
@@ -26,6 +27,7 @@ use crate::store::lease::{Fence, Lease};
 use crate::store::{ApplyOptions, Change, Changes, Item, LiteLlmWriter, Store};
 
 pub use assignments::AssignmentReport;
+pub use nesting::Membership;
 pub use reconcile::ReconcileReport;
 pub use round::RoundReport;
 pub use users::DepartedUserPolicy;
@@ -106,6 +108,7 @@ pub struct Syncer {
     fence: Option<Fence>,
     policy: UnassignedPolicy,
     departed_policy: DepartedUserPolicy,
+    membership: Membership,
     /// Plan every change and write nothing: neither LiteLLM's tables nor entra-sync's state.
     dry_run: bool,
     /// Users disabled or deleted in Entra (they may still be group members there): given no team
@@ -132,6 +135,7 @@ impl Syncer {
             fence: None,
             policy,
             departed_policy: DepartedUserPolicy::default(),
+            membership: Membership::default(),
             dry_run: false,
             excluded: Arc::default(),
             failing: Arc::default(),
@@ -257,6 +261,13 @@ impl Syncer {
         self
     }
 
+    /// Whose membership of a group makes a team member (`ENTRA_SYNC_MEMBERSHIP`).
+    #[must_use]
+    pub fn with_membership(mut self, membership: Membership) -> Self {
+        self.membership = membership;
+        self
+    }
+
     /// A syncer that plans the same changes and writes nothing (`sync --full --dry-run`).
     #[must_use]
     pub fn dry_run(mut self) -> Self {
@@ -327,7 +338,8 @@ impl Syncer {
         Ok(changed)
     }
 
-    /// Reads the group's whole membership and makes the team equal it; with a display name the
+    /// Reads the group's whole membership (as [`Membership`] counts it) and makes the team equal
+    /// it; with a display name the
     /// team is created (or renamed) in the same transaction, tried again when another writer
     /// created the same user at the same moment (groups synced in parallel share users).
     async fn sync_group_fully(
@@ -336,14 +348,7 @@ impl Syncer {
         display_name: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Change>> {
-        let members: Vec<_> = self
-            .graph
-            .group_members(group, false)
-            .await?
-            .into_iter()
-            .filter_map(|object| object.into_enabled_user())
-            .filter(|user| self.included(&user.id))
-            .collect();
+        let members = self.members_of(group, now).await?;
         retrying(|| {
             self.store
                 .sync_team(group, display_name, &members, self.options(now))

@@ -5,13 +5,16 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use entity::{GroupId, UserId};
 
-use super::{Syncer, retrying};
+use super::{Membership, Syncer, retrying};
 use crate::directory::EntraUser;
 use crate::error::{Error, Result};
 use crate::graph::DeltaStart;
-use crate::graph::GroupDelta;
+use crate::graph::{DeltaRound, GroupDelta};
 use crate::graph::model::ObjectKind;
 use crate::store::{Change, Changes, Item, LiteLlmWriter};
+
+/// Groups a resync reads and applies together: four filtered delta requests.
+const RESYNC_SLICE: usize = 200;
 
 /// What a round did.
 #[derive(Debug, Default)]
@@ -61,7 +64,34 @@ impl Syncer {
             changes: self.tally(),
             ..RoundReport::default()
         };
+        match self.membership {
+            Membership::Direct => self.apply_round(&round, &assigned, &mut report, now).await?,
+            Membership::Transitive => {
+                // Every assigned group a changed group reaches is read whole again.
+                let changed: Vec<GroupId> = round.groups.iter().map(|(g, _)| g.clone()).collect();
+                let reached: Vec<GroupId> =
+                    self.reached(&changed, &assigned).await?.into_iter().collect();
+                for slice in reached.chunks(RESYNC_SLICE) {
+                    report.groups_applied +=
+                        self.resync_slice(slice, now, &mut report.changes).await?;
+                }
+            }
+        }
+        self.store
+            .save_delta_link(&round.delta_link, self.options(now))
+            .await?;
+        report.changes.add(self.retry_failed(now).await?);
+        Ok(report)
+    }
 
+    /// A round's changes to the assigned groups' direct members, applied group by group.
+    async fn apply_round(
+        &self,
+        round: &DeltaRound,
+        assigned: &HashMap<GroupId, Option<String>>,
+        report: &mut RoundReport,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         // New members' details, for every assigned group of the round in one go.
         let users = self
             .users_added(
@@ -94,11 +124,7 @@ impl Syncer {
             }
             report.changes.add(changes);
         }
-        self.store
-            .save_delta_link(&round.delta_link, self.options(now))
-            .await?;
-        report.changes.add(self.retry_failed(now).await?);
-        Ok(report)
+        Ok(())
     }
 
     /// One assigned group's changes from a delta round.
@@ -171,8 +197,11 @@ impl Syncer {
             // Not in Graph's answer: the next poll settles whether it is still assigned.
             return Ok(Vec::new());
         };
-        let users = self.users_added(std::iter::once(delta)).await?;
-        let members = self.joining(delta, &users);
+        let direct = self
+            .direct_members(std::iter::once((group, delta)))
+            .await?
+            .remove(group);
+        let members = self.members_now(group, delta, direct, now).await?;
         let changes = self.resync_group(group, delta, &members, now).await?;
         if delta.group_removed.is_none()
             && let Some(name) = &delta.display_name
@@ -189,13 +218,15 @@ impl Syncer {
     /// first, so that whatever changes meanwhile is in the next round (applying it twice is
     /// harmless).
     pub(super) async fn resync(&self, now: DateTime<Utc>) -> Result<RoundReport> {
-        /// Groups read and applied together: four filtered delta requests.
-        const SLICE: usize = 200;
         let latest = self.graph.groups_delta(DeltaStart::Latest).await?;
+        if self.membership == Membership::Direct {
+            // Left from transitive membership: nothing reads it now.
+            self.store.forget_nesting(self.options(now)).await?;
+        }
         let assigned: Vec<GroupId> = self.store.assigned_groups().await?.into_keys().collect();
         let mut changes = self.tally();
         let mut groups_applied = 0;
-        for slice in assigned.chunks(SLICE) {
+        for slice in assigned.chunks(RESYNC_SLICE) {
             groups_applied += self.resync_slice(slice, now, &mut changes).await?;
         }
         let report = RoundReport {
@@ -218,14 +249,14 @@ impl Syncer {
         changes: &mut Changes,
     ) -> Result<usize> {
         let current = self.current_state(groups).await?;
-        let users = self.users_added(current.values()).await?;
+        let mut direct = self.direct_members(current.iter()).await?;
         let mut work = Vec::new();
         for group in groups {
             // Not returned at all: the next poll of assignments settles it.
             let Some(delta) = current.get(group) else {
                 continue;
             };
-            work.push((group.clone(), delta.clone(), self.joining(delta, &users)));
+            work.push((group.clone(), delta.clone(), direct.remove(group)));
         }
         // Renamed groups are recorded once the slice is applied.
         let named: Vec<(GroupId, Option<String>)> = work
@@ -241,6 +272,7 @@ impl Syncer {
                 |(group, _, _)| Item::Group(group.clone()),
                 now,
                 move |syncer, (group, delta, members)| async move {
+                    let members = syncer.members_now(&group, &delta, members, now).await?;
                     syncer.resync_group(&group, &delta, &members, now).await
                 },
                 changes,
@@ -248,6 +280,42 @@ impl Syncer {
             .await?;
         self.remember_assigned(&named, now).await?;
         Ok(changed)
+    }
+
+    /// With direct membership, each group's members from its current state (its users read
+    /// with getByIds, for all the groups in one go); nothing with transitive membership, where
+    /// each group is read on its own ([`Self::members_now`]).
+    async fn direct_members<'a>(
+        &self,
+        current: impl Iterator<Item = (&'a GroupId, &'a GroupDelta)>,
+    ) -> Result<HashMap<GroupId, Vec<EntraUser>>> {
+        if self.membership == Membership::Transitive {
+            return Ok(HashMap::new());
+        }
+        let current: Vec<(&GroupId, &GroupDelta)> = current.collect();
+        let users = self
+            .users_added(current.iter().map(|(_, delta)| *delta))
+            .await?;
+        Ok(current
+            .into_iter()
+            .map(|(group, delta)| (group.clone(), self.joining(delta, &users)))
+            .collect())
+    }
+
+    /// A group's members now: its direct members already read, or, with transitive membership,
+    /// its transitive members read from Graph (none for a group that is gone).
+    async fn members_now(
+        &self,
+        group: &GroupId,
+        delta: &GroupDelta,
+        direct: Option<Vec<EntraUser>>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<EntraUser>> {
+        match direct {
+            Some(members) => Ok(members),
+            None if delta.group_removed.is_some() => Ok(Vec::new()),
+            None => self.members_of(group, now).await,
+        }
     }
 
     /// The groups' current names and members, through delta with `$filter=id eq ...`.
