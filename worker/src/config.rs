@@ -108,6 +108,10 @@ pub struct WorkerConfig {
     #[arg(long, env = "ENTRA_SYNC_MEMBERSHIP", value_enum, default_value_t = Membership::Direct)]
     pub membership: Membership,
 
+    /// Group owners become their teams' admins (members with role `admin`).
+    #[arg(long, env = "ENTRA_SYNC_OWNERS_AS_ADMINS")]
+    pub owners_as_admins: bool,
+
     /// A member removed from a team: their keys for that team are deleted (copied into
     /// LiteLLM_DeletedVerificationToken first, as LiteLLM's own member removal does), blocked
     /// (unblocked if they rejoin), or kept.

@@ -76,7 +76,11 @@ pub fn cache_keys(change: &Change) -> Vec<String> {
         | Change::UserLinked { user_id, .. }
         | Change::UserUpdated { user_id, .. }
         | Change::RoleChanged { user_id, .. } => vec![user_id.clone()],
-        Change::MemberAdded { team_id, user_id } | Change::MemberRemoved { team_id, user_id } => {
+        Change::MemberAdded { team_id, user_id }
+        | Change::MemberRemoved { team_id, user_id }
+        | Change::MemberRoleChanged {
+            team_id, user_id, ..
+        } => {
             vec![
                 team(team_id),
                 user_id.clone(),

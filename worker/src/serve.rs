@@ -66,6 +66,7 @@ pub fn syncer(config: &WorkerConfig, graph: GraphClient, store: Store) -> Syncer
     Syncer::new(graph, store, config.unassigned_policy)
         .with_departed_users(config.departed_user_policy)
         .with_membership(config.membership)
+        .with_owners_as_admins(config.owners_as_admins)
 }
 
 /// What an operator should know about LiteLLM's caches, said once at start.
@@ -146,10 +147,10 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
     }
     let worker = Worker {
         syncer: syncer(&config, graph, store).with_lease(LeaseSettings {
-                holder: consumer_name,
-                ttl: Duration::from_secs(config.lease_seconds),
-                ..LeaseSettings::default()
-            }),
+            holder: consumer_name,
+            ttl: Duration::from_secs(config.lease_seconds),
+            ..LeaseSettings::default()
+        }),
         consumer,
         metrics,
         settings: RunSettings {

@@ -16,4 +16,6 @@ pub mod member_entry {
     pub const ROLE: &str = "role";
     /// The role LiteLLM gives a member added by its sign-in sync.
     pub const ROLE_USER: &str = "user";
+    /// A team admin: manages the team's members and keys in LiteLLM.
+    pub const ROLE_ADMIN: &str = "admin";
 }

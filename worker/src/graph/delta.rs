@@ -12,6 +12,9 @@ use crate::error::{Error, Result};
 const ENDPOINT: &str = "groups_delta";
 /// Graph's limit for `$filter=id eq ... or ...` on delta.
 const FILTER_CHUNK: usize = 50;
+/// What a round asks about each group. Owners too: Graph tracks any directoryObject relation
+/// selected, so a change of owners comes with the round like a change of members.
+const SELECT: &str = "displayName,description,members,owners";
 
 /// Where a delta round starts.
 #[derive(Clone, Debug)]
@@ -40,6 +43,8 @@ pub struct GroupDelta {
     pub removed: Vec<MemberChange>,
     /// The group itself was removed: `changed` (soft-deleted, restorable) or `deleted`.
     pub group_removed: Option<String>,
+    /// Its owners changed (delta names them by id only: they are read whole when needed).
+    pub owners_changed: bool,
 }
 
 /// The merged result of a delta round and the link to resume from.
@@ -75,6 +80,9 @@ impl DeltaRound {
         if let Some(removed) = object.removed {
             group.group_removed = Some(removed.reason);
         }
+        if !object.owners_delta.is_empty() {
+            group.owners_changed = true;
+        }
         for member in object.members_delta {
             let change = MemberChange {
                 kind: member.kind(),
@@ -107,9 +115,9 @@ impl GraphClient {
     pub async fn groups_delta(&self, start: DeltaStart) -> Result<DeltaRound> {
         let http = &self.inner;
         let first = match start {
-            DeltaStart::Initial => http.url("groups/delta?$select=displayName,description,members"),
+            DeltaStart::Initial => http.url(&format!("groups/delta?$select={SELECT}")),
             DeltaStart::Latest => {
-                http.url("groups/delta?$select=displayName,description,members&$deltatoken=latest")
+                http.url(&format!("groups/delta?$select={SELECT}&$deltatoken=latest"))
             }
             DeltaStart::Link(link) => {
                 http.check_link(&link, ENDPOINT)?;
@@ -129,7 +137,7 @@ impl GraphClient {
             let url = reqwest::Url::parse_with_params(
                 &self.inner.url("groups/delta"),
                 [
-                    ("$select", "displayName,description,members".to_owned()),
+                    ("$select", SELECT.to_owned()),
                     ("$filter", filter.join(" or ")),
                 ],
             )

@@ -34,6 +34,59 @@ impl GraphClient {
         self.inner.get_all("group_members", &url).await
     }
 
+    /// The owners of each group that are users with an enabled account, twenty groups a request
+    /// (JSON batching: Graph's groups delta does not carry owners). A group Graph no longer has
+    /// is left out; any other failure is that group's own.
+    #[tracing::instrument(skip(self, groups), fields(groups = groups.len()), err(level = "debug"))]
+    pub async fn group_owners(
+        &self,
+        groups: &[GroupId],
+    ) -> Result<Vec<(GroupId, Result<Vec<EntraUser>>)>> {
+        const ENDPOINT: &str = "group_owners";
+        let paths: Vec<String> = groups
+            .iter()
+            .map(|group| format!("/groups/{group}/owners?$select={USER_SELECT}&$top=999"))
+            .collect();
+        let answers = self.inner.batch_get(ENDPOINT, &paths).await?;
+        let mut owners = Vec::with_capacity(groups.len());
+        for (group, answer) in groups.iter().zip(answers) {
+            let found = match answer {
+                Ok(body) => self.all_of(ENDPOINT, body).await,
+                Err(Error::Graph { status: 404, .. }) => continue,
+                Err(error) => Err(error),
+            };
+            let users = found.map(|objects| {
+                objects
+                    .into_iter()
+                    .filter_map(DirectoryObject::into_enabled_user)
+                    .collect()
+            });
+            owners.push((group.clone(), users));
+        }
+        Ok(owners)
+    }
+
+    /// A collection's first page, answered in a batch, and the pages after it.
+    async fn all_of(
+        &self,
+        endpoint: &'static str,
+        first: serde_json::Value,
+    ) -> Result<Vec<DirectoryObject>> {
+        let page: super::http::Page<DirectoryObject> =
+            serde_json::from_value(first).map_err(|e| Error::Graph {
+                endpoint,
+                status: 200,
+                code: "unreadableResponse".into(),
+                message: e.to_string(),
+            })?;
+        let mut objects = page.value;
+        if let Some(next) = page.next_link {
+            self.inner.check_link(&next, endpoint)?;
+            objects.extend(self.inner.get_all(endpoint, &next).await?);
+        }
+        Ok(objects)
+    }
+
     /// Users by object id, 1,000 a request; ids that are not users, no longer exist, or whose
     /// account is disabled are absent from the result.
     #[tracing::instrument(skip(self, ids), fields(ids = ids.len()), err(level = "debug"))]

@@ -50,7 +50,7 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    fn backoff(&self) -> ExponentialBuilder {
+    pub(super) fn backoff(&self) -> ExponentialBuilder {
         ExponentialBuilder::default()
             .with_min_delay(self.min_delay)
             .with_max_delay(self.max_delay)
@@ -206,6 +206,10 @@ impl Http {
 
     pub fn config(&self) -> &GraphConfig {
         &self.config
+    }
+
+    pub(super) fn metrics(&self) -> &GraphMetrics {
+        &self.metrics
     }
 
     /// `{graph}/{path}`.

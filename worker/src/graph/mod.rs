@@ -1,6 +1,7 @@
 //! The Microsoft Graph client: every call entra-sync makes, with tokens, paging, throttling and
 //! retries handled in one place ([`http`]).
 
+mod batch;
 mod credential;
 mod delta;
 mod directory;

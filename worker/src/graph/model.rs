@@ -111,6 +111,9 @@ pub(super) struct DeltaGroupObject {
     pub description: Option<String>,
     #[serde(rename = "members@delta", default)]
     pub members_delta: Vec<DeltaMember>,
+    /// Present when the group's owners changed (ids only; `$select=owners`).
+    #[serde(rename = "owners@delta", default)]
+    pub owners_delta: Vec<DeltaMember>,
     #[serde(rename = "@removed")]
     pub removed: Option<Removed>,
 }

@@ -49,7 +49,7 @@ impl Work {
                 resource_id,
                 ..
             } => {
-                if let Some(user) = user_named(resource, resource_id.as_deref()) {
+                if let Some(user) = named(resource, "users/", resource_id.as_deref()) {
                     self.users.insert(user);
                 }
             }
@@ -57,18 +57,22 @@ impl Work {
     }
 }
 
-/// The user a `users` notification is about: its `resourceData.id`, or the id in its resource
-/// path (`Users/{id}`).
-fn user_named(resource: &str, resource_id: Option<&str>) -> Option<UserId> {
-    let is_user = resource
-        .get(..6)
-        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("users/"));
-    if !is_user {
+/// The user or group a notification on `collection` (`users/` or `groups/`) is about: its
+/// `resourceData.id`, or the id in its resource path (`Users/{id}`, `Groups/{id}`).
+fn named<Id: std::str::FromStr>(
+    resource: &str,
+    collection: &str,
+    resource_id: Option<&str>,
+) -> Option<Id> {
+    let is_in = resource
+        .get(..collection.len())
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(collection));
+    if !is_in {
         return None;
     }
     resource_id
-        .or_else(|| resource.get(6..))
-        .and_then(|id| UserId::parse(id).ok())
+        .or_else(|| resource.get(collection.len()..))
+        .and_then(|id| id.parse().ok())
 }
 
 /// Shared by the reader, which puts entries in, and the stream's worker, which takes them out.
@@ -143,6 +147,7 @@ impl Inbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use entity::GroupId;
     use entra_sync_core::record::StreamRecord;
     use std::collections::HashMap;
 
@@ -230,15 +235,21 @@ mod tests {
     }
 
     #[test]
-    fn a_users_notification_names_its_user_by_id_or_by_path() {
+    fn a_notification_names_its_user_or_group_by_id_or_by_path() {
+        let user = |resource: &str, id| named::<UserId>(resource, "users/", id);
+        let group = |resource: &str, id| named::<GroupId>(resource, "groups/", id);
         assert_eq!(
-            user_named(&format!("Users/{USER}"), None).map(|u| u.to_string()),
+            user(&format!("Users/{USER}"), None).map(|u| u.to_string()),
             Some(USER.to_owned())
         );
         assert_eq!(
-            user_named("users/anything", Some(USER)).map(|u| u.to_string()),
+            user("users/anything", Some(USER)).map(|u| u.to_string()),
             Some(USER.to_owned())
         );
-        assert!(user_named(&format!("Groups/{USER}"), None).is_none());
+        assert!(user(&format!("Groups/{USER}"), None).is_none());
+        assert_eq!(
+            group(&format!("Groups/{USER}"), None).map(|g| g.to_string()),
+            Some(USER.to_owned())
+        );
     }
 }

@@ -68,6 +68,15 @@ pub enum Change {
         from: Option<String>,
         to: String,
     },
+    /// A member's role in the team (`members_with_roles`): `admin` for the group's owners
+    /// (`ENTRA_SYNC_OWNERS_AS_ADMINS`), `user` again when the ownership ends. `from` is absent
+    /// for an owner who joined the team as its admin.
+    MemberRoleChanged {
+        team_id: String,
+        user_id: String,
+        from: Option<String>,
+        to: String,
+    },
     /// A virtual key was copied into `"LiteLLM_DeletedVerificationToken"` and deleted, as
     /// LiteLLM's own member removal does. `token` is the key's SHA-256 hash (LiteLLM's primary
     /// key), never the key itself.
@@ -125,6 +134,7 @@ impl Change {
             | Self::TeamBlocked { team_id }
             | Self::TeamUnblocked { team_id, .. }
             | Self::MemberAdded { team_id, .. }
+            | Self::MemberRoleChanged { team_id, .. }
             | Self::MemberRemoved { team_id, .. } => Some(team_id),
             Self::KeyDeleted { team_id, .. }
             | Self::KeyBlocked { team_id, .. }
@@ -147,6 +157,7 @@ impl Change {
             Self::UserLinked { .. } => "user_linked",
             Self::UserUpdated { .. } => "user_updated",
             Self::MemberAdded { .. } => "member_added",
+            Self::MemberRoleChanged { .. } => "member_role_changed",
             Self::MemberRemoved { .. } => "member_removed",
             Self::RoleChanged { .. } => "role_changed",
             Self::KeyDeleted { .. } => "key_deleted",

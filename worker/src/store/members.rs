@@ -3,8 +3,10 @@
 //! A LiteLLM membership has four traces, and the store keeps them consistent in both directions:
 //! the `{"user_id", "user_email", "role"}` entry in the team's `members_with_roles`, the team id in
 //! the user's `teams`, the `"LiteLLM_TeamMembership"` row, and (for memberships entra-sync
-//! created) the `entra_sync_managed_memberships` row. Every statement is set-based, so a group of
-//! 50,000 members costs a handful of statements, not one per member.
+//! created) the `entra_sync_managed_memberships` row, which says why entra-sync keeps it: the
+//! user is in the group, owns it, or both. A group's owners (`ENTRA_SYNC_OWNERS_AS_ADMINS`) are
+//! planned in [`super::owners`]. Every statement is set-based, so a group of 50,000 members costs
+//! a handful of statements, not one per member.
 
 use std::collections::{HashMap, HashSet};
 
@@ -35,25 +37,58 @@ pub(super) enum Leaving<'a> {
     AllManaged,
 }
 
+/// What the group's owners are to this request.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Owners<'a> {
+    /// As last read: they stay in the team whatever happens to the members.
+    Kept,
+    /// These, now (an owners sync): owners become team admins, former owners go back to being
+    /// members, or leave when they were in the team only as owners.
+    Now(&'a [EntraUser]),
+    /// Nobody stays for owning the group (a departed user, an unassigned group).
+    Ignored,
+}
+
 /// One membership intention for one team.
 pub(super) struct Request<'a> {
     pub group: &'a GroupId,
     pub joining: &'a [EntraUser],
     pub leaving: Leaving<'a>,
+    pub owners: Owners<'a>,
     pub mode: RemovalMode,
     /// What happens to the keys of members who leave.
     pub keys: RemovedMemberKeys,
 }
 
+/// Why entra-sync keeps a membership it established.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Managed {
+    pub entra_user_id: String,
+    /// The user is in the group.
+    pub member: bool,
+    /// The user owns the group.
+    pub owner: bool,
+}
+
+/// An owner of the group as the last owners sync left them.
+#[derive(Clone, Debug)]
+pub(super) struct OwnerRow {
+    pub entra_user_id: String,
+    /// entra-sync gave them the `admin` role (it was `user`, or they joined as owners).
+    pub made_admin: bool,
+}
+
 /// The team as the store found it, under LiteLLM's team lock.
-struct TeamState {
-    /// Users with an entry in `members_with_roles`.
-    entries: HashSet<String>,
+pub(super) struct TeamState {
+    /// Users with an entry in `members_with_roles`, and the entry's role.
+    pub entries: HashMap<String, String>,
     /// Users with a `"LiteLLM_TeamMembership"` row, among those this request looks at
     /// (see [`load_membership_rows`]).
-    rows: HashSet<String>,
-    /// Memberships entra-sync created: LiteLLM user id -> Entra object id.
-    managed: HashMap<String, String>,
+    pub rows: HashSet<String>,
+    /// Memberships entra-sync created, by LiteLLM user id.
+    pub managed: HashMap<String, Managed>,
+    /// The group's owners, by LiteLLM user id.
+    pub owners: HashMap<String, OwnerRow>,
     /// `metadata.team_member_budget_id`, given to new membership rows as LiteLLM does.
     member_budget_id: Option<String>,
     /// LiteLLM caches the team under its alias too.
@@ -76,6 +111,15 @@ struct UserIdRow {
 struct ManagedRow {
     user_id: String,
     entra_user_id: String,
+    member: bool,
+    owner: bool,
+}
+
+#[derive(FromQueryResult)]
+struct OwnerDbRow {
+    user_id: String,
+    entra_user_id: String,
+    made_admin: bool,
 }
 
 async fn load_team(txn: &DatabaseTransaction, team_id: &str) -> Result<TeamState> {
@@ -92,24 +136,54 @@ async fn load_team(txn: &DatabaseTransaction, team_id: &str) -> Result<TeamState
     let entries = match &team.members_with_roles {
         Value::Array(items) => items
             .iter()
-            .filter_map(|item| item.get(member_entry::USER_ID)?.as_str())
-            .map(str::to_owned)
+            .filter_map(|item| {
+                let user_id = item.get(member_entry::USER_ID)?.as_str()?;
+                let role = item
+                    .get(member_entry::ROLE)
+                    .and_then(Value::as_str)
+                    .unwrap_or(member_entry::ROLE_USER);
+                Some((user_id.to_owned(), role.to_owned()))
+            })
             .collect(),
-        _ => HashSet::new(),
+        _ => HashMap::new(),
     };
     let managed = ManagedRow::find_by_statement(stmt(
-        "SELECT user_id, entra_user_id FROM entra_sync_managed_memberships WHERE group_id = $1",
+        "SELECT user_id, entra_user_id, member, owner FROM entra_sync_managed_memberships
+         WHERE group_id = $1",
         [team_id.into()],
     ))
     .all(txn)
     .await?
     .into_iter()
-    .map(|row| (row.user_id, row.entra_user_id))
+    .map(|row| {
+        let managed = Managed {
+            entra_user_id: row.entra_user_id,
+            member: row.member,
+            owner: row.owner,
+        };
+        (row.user_id, managed)
+    })
+    .collect();
+    let owners = OwnerDbRow::find_by_statement(stmt(
+        "SELECT user_id, entra_user_id, made_admin FROM entra_sync_group_owners WHERE group_id = $1",
+        [team_id.into()],
+    ))
+    .all(txn)
+    .await?
+    .into_iter()
+    .map(|row| {
+        let owner = OwnerRow {
+            entra_user_id: row.entra_user_id,
+            made_admin: row.made_admin,
+        };
+        (row.user_id, owner)
+    })
     .collect();
     Ok(TeamState {
         entries,
         rows: HashSet::new(),
         managed,
+        owners,
         member_budget_id: team.member_budget_id,
         alias: team.team_alias,
     })
@@ -137,22 +211,39 @@ async fn load_membership_rows(
     .collect())
 }
 
-/// Everything one request will write, decided before anything is written (a dry run stops here).
+/// Everything one request will write, decided before anything is written.
 #[derive(Default)]
-struct Plan {
+pub(super) struct Plan {
     create: Vec<NewUser>,
     link: Vec<(String, String)>,
     add_team_to_user: Vec<String>,
     insert_rows: Vec<String>,
     add_entries: Vec<Value>,
-    mark_managed: Vec<(String, String)>,
     remove_entries: Vec<String>,
     remove_team_from_user: Vec<String>,
     delete_rows: Vec<String>,
+    /// Why entra-sync keeps each membership this request establishes or changes the reasons of.
+    managed: HashMap<String, Managed>,
     unmark_managed: Vec<String>,
+    /// Existing entries whose role changes: user id -> the new role.
+    pub roles: Vec<(String, &'static str)>,
+    /// The group's owners after an owners sync: user id -> the row.
+    pub owner_rows: Option<HashMap<String, OwnerRow>>,
     /// What happens to the keys of the members who leave, and of those who come back.
     keys: KeyPlan,
-    changes: Vec<Change>,
+    pub changes: Vec<Change>,
+}
+
+impl Plan {
+    /// The reasons entra-sync keeps `user_id`'s membership, to change: those already planned,
+    /// else those stored; a membership entra-sync does not manage has none (`None`).
+    pub fn managed_mut(&mut self, team: &TeamState, user_id: &str) -> Option<&mut Managed> {
+        if !self.managed.contains_key(user_id) {
+            let stored = team.managed.get(user_id)?.clone();
+            self.managed.insert(user_id.to_owned(), stored);
+        }
+        self.managed.get_mut(user_id)
+    }
 }
 
 pub(super) async fn apply(
@@ -166,25 +257,29 @@ pub(super) async fn apply(
     let mut team = load_team(txn, &team_id).await?;
 
     // Lock every user this request may touch, in one statement and in LiteLLM's order.
-    let mut joining_seen = HashSet::new();
-    let joining: Vec<&EntraUser> = request
-        .joining
-        .iter()
-        .filter(|user| joining_seen.insert(user.id.clone()))
-        .collect();
+    let joining = distinct(request.joining);
+    let owners_now = match request.owners {
+        Owners::Now(owners) => Some(distinct(owners)),
+        Owners::Kept | Owners::Ignored => None,
+    };
     let mut ids: Vec<String> = joining.iter().map(|u| u.id.to_string()).collect();
+    let mut emails: Vec<String> = joining.iter().filter_map(|u| u.email()).collect();
+    if let Some(owners) = &owners_now {
+        ids.extend(owners.iter().map(|u| u.id.to_string()));
+        emails.extend(owners.iter().filter_map(|u| u.email()));
+        ids.extend(team.owners.keys().cloned());
+    }
     match request.leaving {
         Leaving::Nobody => {}
         Leaving::These(leaving) => ids.extend(leaving.iter().map(ToString::to_string)),
         Leaving::EveryoneElse => ids.extend(current_members(&team).cloned()),
         Leaving::AllManaged => ids.extend(team.managed.keys().cloned()),
     }
-    let emails: Vec<String> = joining.iter().filter_map(|u| u.email()).collect();
     let mut candidates = Candidates::new(users::lock_candidates(txn, &ids, &emails).await?);
     let mut looked_at: HashSet<&str> = candidates.rows.iter().map(|r| r.user_id.as_str()).collect();
     looked_at.extend(team.managed.keys().map(String::as_str));
     if matches!(request.leaving, Leaving::EveryoneElse | Leaving::AllManaged) {
-        looked_at.extend(team.entries.iter().map(String::as_str));
+        looked_at.extend(team.entries.keys().map(String::as_str));
     }
     let looked_at: Vec<&str> = looked_at.into_iter().collect();
     team.rows = load_membership_rows(txn, &team_id, &looked_at).await?;
@@ -192,19 +287,77 @@ pub(super) async fn apply(
     let mut plan = Plan::default();
     let mut staying = HashSet::new();
     let mut arriving = HashSet::new();
+    let mut joined_members = HashMap::new();
+    let owner_ids: HashSet<&UserId> = owners_now.iter().flatten().map(|u| &u.id).collect();
     for user in joining {
-        let (user_id, added) =
-            plan_join(&mut plan, &mut candidates, &team, &team_id, user, settings);
-        if added {
-            arriving.insert(user_id.clone());
+        // An owner joining as a member joins as the team's admin.
+        let role = if owner_ids.contains(&user.id) {
+            member_entry::ROLE_ADMIN
+        } else {
+            member_entry::ROLE_USER
+        };
+        let joined = plan_join(
+            &mut plan,
+            &mut candidates,
+            &team,
+            &team_id,
+            user,
+            settings,
+            role,
+        );
+        if let Some(managed) = plan.managed_mut(&team, &joined.user_id) {
+            managed.member = true;
         }
-        staying.insert(user_id);
+        if joined.added {
+            arriving.insert(joined.user_id.clone());
+        }
+        joined_members.insert(user.id.clone(), joined.user_id.clone());
+        staying.insert(joined.user_id);
+    }
+    let mut leaving_owners = Vec::new();
+    if let Some(owners) = &owners_now {
+        let planned = super::owners::plan(
+            &mut plan,
+            &mut candidates,
+            &team,
+            &team_id,
+            owners,
+            &joined_members,
+            settings,
+        );
+        arriving.extend(planned.arriving);
+        staying.extend(planned.staying);
+        leaving_owners = planned.leaving;
     }
     // Users created just now have no keys to bring back.
     for new in &plan.create {
         arriving.remove(&new.user_id);
     }
-    let leaving = leaving_users(&request, &candidates, &team, &staying);
+    let mut leaving = leaving_users(&request, &candidates, &team, &staying);
+    // Owners stay in the team while they own the group: leaving it, they are members no more.
+    let kept_owners: HashSet<&String> = match request.owners {
+        Owners::Kept => team.owners.keys().collect(),
+        Owners::Now(_) => plan
+            .owner_rows
+            .iter()
+            .flat_map(|rows| rows.keys())
+            .collect(),
+        Owners::Ignored => HashSet::new(),
+    };
+    let kept: Vec<String> = leaving
+        .iter()
+        .filter(|user_id| kept_owners.contains(user_id))
+        .cloned()
+        .collect();
+    leaving.retain(|user_id| !kept_owners.contains(user_id));
+    for user_id in &kept {
+        if let Some(managed) = plan.managed_mut(&team, user_id) {
+            managed.member = false;
+        }
+    }
+    leaving.extend(leaving_owners);
+    leaving.sort();
+    leaving.dedup();
     for user_id in &leaving {
         plan_leave(&mut plan, &candidates, &team, &team_id, user_id.clone());
     }
@@ -217,20 +370,21 @@ pub(super) async fn apply(
                 .map(|alias| format!("team_alias:{alias}")),
         );
     }
-    execute(
-        txn,
-        &plan,
-        &team_id,
-        team.member_budget_id.as_deref(),
-        settings,
-        now,
-    )
-    .await?;
+    execute(txn, &plan, &team, &team_id, settings, now).await?;
     stale.extend(plan.keys.execute(txn, now).await?);
     Ok(Applied {
         changes: plan.changes,
         stale,
     })
+}
+
+/// Each user once, in the order given.
+fn distinct(users: &[EntraUser]) -> Vec<&EntraUser> {
+    let mut seen = HashSet::new();
+    users
+        .iter()
+        .filter(|user| seen.insert(user.id.clone()))
+        .collect()
 }
 
 /// Plans what happens to the keys of the members who leave (the removal policy) and of those who
@@ -272,7 +426,7 @@ fn leaving_users(
             let managed_by_entra_id: HashMap<&str, &String> = team
                 .managed
                 .iter()
-                .map(|(user_id, entra_id)| (entra_id.as_str(), user_id))
+                .map(|(user_id, managed)| (managed.entra_user_id.as_str(), user_id))
                 .collect();
             leaving
                 .iter()
@@ -306,21 +460,31 @@ fn leaving_users(
 fn current_members(team: &TeamState) -> impl Iterator<Item = &String> {
     let mut seen = HashSet::new();
     team.entries
-        .iter()
+        .keys()
         .chain(team.managed.keys())
         .filter(move |user_id| seen.insert(*user_id))
 }
 
-/// Plans whatever is missing for one joining user; returns the LiteLLM user id, and whether they
-/// were not a full member before.
-fn plan_join(
+/// A user a request brought into the team.
+pub(super) struct Joined {
+    /// LiteLLM's user id.
+    pub user_id: String,
+    /// They were not a full member before.
+    pub added: bool,
+}
+
+/// Plans whatever is missing for one joining user, with `role` for an entry it adds (an existing
+/// entry keeps its role). A membership entra-sync establishes is marked managed, with no reason
+/// yet: the caller says whether the user joins as a member or as an owner.
+pub(super) fn plan_join(
     plan: &mut Plan,
     candidates: &mut Candidates,
     team: &TeamState,
     team_id: &str,
     user: &EntraUser,
     settings: &LiteLlmSettings,
-) -> (String, bool) {
+    role: &'static str,
+) -> Joined {
     let (user_id, email, in_teams) = match candidates.find(user) {
         Match::New => {
             let new = NewUser::from_entra(user);
@@ -345,7 +509,7 @@ fn plan_join(
             )
         }
     };
-    let has_entry = team.entries.contains(&user_id);
+    let has_entry = team.entries.contains_key(&user_id);
     let has_row = team.rows.contains(&user_id);
     if !in_teams {
         plan.add_team_to_user.push(user_id.clone());
@@ -357,12 +521,18 @@ fn plan_join(
         plan.add_entries.push(json!({
             member_entry::USER_ID: user_id,
             member_entry::USER_EMAIL: email,
-            member_entry::ROLE: member_entry::ROLE_USER,
+            member_entry::ROLE: role,
         }));
         // Only a membership entra-sync established is entra-sync's to remove later.
-        if !team.managed.contains_key(&user_id) {
-            plan.mark_managed
-                .push((user_id.clone(), user.id.to_string()));
+        if !team.managed.contains_key(&user_id) && !plan.managed.contains_key(&user_id) {
+            plan.managed.insert(
+                user_id.clone(),
+                Managed {
+                    entra_user_id: user.id.to_string(),
+                    member: false,
+                    owner: false,
+                },
+            );
         }
     }
     let added = !(in_teams && has_row && has_entry);
@@ -371,8 +541,16 @@ fn plan_join(
             team_id: team_id.to_owned(),
             user_id: user_id.clone(),
         });
+        if !has_entry && role != member_entry::ROLE_USER {
+            plan.changes.push(Change::MemberRoleChanged {
+                team_id: team_id.to_owned(),
+                user_id: user_id.clone(),
+                from: None,
+                to: role.to_owned(),
+            });
+        }
     }
-    (user_id, added)
+    Joined { user_id, added }
 }
 
 /// Plans the removal of every trace of one user's membership.
@@ -386,9 +564,10 @@ fn plan_leave(
     let in_teams = candidates
         .by_user_id(&user_id)
         .is_some_and(|row| row.in_team(team_id));
-    let has_entry = team.entries.contains(&user_id);
+    let has_entry = team.entries.contains_key(&user_id);
     let has_row = team.rows.contains(&user_id);
     let managed = team.managed.contains_key(&user_id);
+    plan.managed.remove(&user_id);
     if in_teams {
         plan.remove_team_from_user.push(user_id.clone());
     }
@@ -412,11 +591,12 @@ fn plan_leave(
 async fn execute(
     txn: &DatabaseTransaction,
     plan: &Plan,
+    team: &TeamState,
     team_id: &str,
-    member_budget_id: Option<&str>,
     settings: &LiteLlmSettings,
     now: DateTime<Utc>,
 ) -> Result<()> {
+    let member_budget_id = team.member_budget_id.as_deref();
     let stamp = litellm_timestamp(now);
     // New users are created with the team already in their `teams`.
     users::create(txn, &plan.create, &[team_id], settings, now).await?;
@@ -492,14 +672,35 @@ async fn execute(
         ))
         .await?;
     }
-    if !plan.mark_managed.is_empty() {
-        let (user_ids, entra_ids): (Vec<_>, Vec<_>) = plan.mark_managed.iter().cloned().unzip();
+    let managed: Vec<(&String, &Managed)> = plan
+        .managed
+        .iter()
+        .filter(|(user_id, managed)| team.managed.get(*user_id) != Some(*managed))
+        .collect();
+    if !managed.is_empty() {
+        let user_ids: Vec<&str> = managed.iter().map(|(u, _)| u.as_str()).collect();
+        let entra_ids: Vec<&str> = managed
+            .iter()
+            .map(|(_, m)| m.entra_user_id.as_str())
+            .collect();
+        let member: Vec<bool> = managed.iter().map(|(_, m)| m.member).collect();
+        let owner: Vec<bool> = managed.iter().map(|(_, m)| m.owner).collect();
         txn.execute(stmt(
-            r#"INSERT INTO entra_sync_managed_memberships (group_id, user_id, entra_user_id, created_at)
-               SELECT $1, x.user_id, x.entra_user_id, $4
-               FROM unnest($2::text[], $3::text[]) AS x(user_id, entra_user_id)
-               ON CONFLICT (group_id, user_id) DO NOTHING"#,
-            [team_id.into(), text_array(user_ids), text_array(entra_ids), now.into()],
+            r#"INSERT INTO entra_sync_managed_memberships
+                 (group_id, user_id, entra_user_id, created_at, member, owner)
+               SELECT $1, x.user_id, x.entra_user_id, $4, x.member, x.owner
+               FROM unnest($2::text[], $3::text[], $5::bool[], $6::bool[])
+                    AS x(user_id, entra_user_id, member, owner)
+               ON CONFLICT (group_id, user_id)
+               DO UPDATE SET member = EXCLUDED.member, owner = EXCLUDED.owner"#,
+            [
+                team_id.into(),
+                text_array(user_ids),
+                text_array(entra_ids),
+                now.into(),
+                member.into(),
+                owner.into(),
+            ],
         ))
         .await?;
     }
@@ -509,6 +710,12 @@ async fn execute(
             [team_id.into(), text_array(&plan.unmark_managed)],
         ))
         .await?;
+    }
+    if !plan.roles.is_empty() {
+        super::owners::set_roles(txn, team_id, &plan.roles, now).await?;
+    }
+    if let Some(rows) = &plan.owner_rows {
+        super::owners::store_owners(txn, team_id, rows, &team.owners).await?;
     }
     Ok(())
 }

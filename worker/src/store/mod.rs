@@ -17,6 +17,7 @@ mod keys;
 pub mod lease;
 mod members;
 mod nesting;
+mod owners;
 mod roles;
 mod sql;
 mod state;
@@ -165,6 +166,16 @@ pub trait LiteLlmWriter {
     fn remove_managed_members(
         &self,
         group: &GroupId,
+        options: ApplyOptions,
+    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+
+    /// Makes the group's owners its team's admins (`ENTRA_SYNC_OWNERS_AS_ADMINS`): owners join
+    /// as admins (or become admins, from `user`), former owners go back to `user`, or leave when
+    /// they were in the team only as owners. An admin role set by hand stays.
+    fn sync_owners(
+        &self,
+        group: &GroupId,
+        owners: &[EntraUser],
         options: ApplyOptions,
     ) -> impl Future<Output = Result<Vec<Change>>> + Send;
 
@@ -361,6 +372,11 @@ impl Store {
             group,
             joining,
             leaving,
+            // Taking out every membership entra-sync manages takes out its owners too.
+            owners: match leaving {
+                members::Leaving::AllManaged => members::Owners::Ignored,
+                _ => members::Owners::Kept,
+            },
             mode: self.removal_mode,
             keys: self.keys.removed_member,
         };
@@ -470,6 +486,7 @@ impl LiteLlmWriter for Store {
                 group,
                 joining: members,
                 leaving: members::Leaving::EveryoneElse,
+                owners: members::Owners::Kept,
                 mode: self.removal_mode,
                 keys: self.keys.removed_member,
             };
@@ -489,6 +506,26 @@ impl LiteLlmWriter for Store {
     ) -> Result<Vec<Change>> {
         self.membership(group, &[], members::Leaving::AllManaged, options)
             .await
+    }
+
+    #[tracing::instrument(skip(self, owners), fields(owners = owners.len()), err(level = "debug"))]
+    async fn sync_owners(
+        &self,
+        group: &GroupId,
+        owners: &[EntraUser],
+        options: ApplyOptions,
+    ) -> Result<Vec<Change>> {
+        let txn = self.db.begin().await?;
+        let request = members::Request {
+            group,
+            joining: &[],
+            leaving: members::Leaving::Nobody,
+            owners: members::Owners::Now(owners),
+            mode: self.removal_mode,
+            keys: self.keys.removed_member,
+        };
+        let changes = members::apply(&txn, request, &self.settings, options.now).await;
+        self.settle(txn, changes, options).await
     }
 
     #[tracing::instrument(skip(self), err(level = "debug"))]
@@ -541,6 +578,7 @@ impl LiteLlmWriter for Store {
                         group,
                         joining: &[],
                         leaving: members::Leaving::These(std::slice::from_ref(user)),
+                        owners: members::Owners::Ignored,
                         mode: self.removal_mode,
                         keys: self.keys.removed_member,
                     };

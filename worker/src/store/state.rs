@@ -104,11 +104,13 @@ impl Store {
         assigned_group::Entity::delete_by_id(group.clone())
             .exec(&txn)
             .await?;
-        txn.execute(stmt(
-            "DELETE FROM entra_sync_nested_groups WHERE group_id = $1",
-            [group.to_string().into()],
-        ))
-        .await?;
+        for table in ["entra_sync_nested_groups", "entra_sync_group_owners"] {
+            txn.execute(stmt(
+                &format!("DELETE FROM {table} WHERE group_id = $1"),
+                [group.to_string().into()],
+            ))
+            .await?;
+        }
         txn.commit().await?;
         Ok(())
     }
@@ -279,4 +281,23 @@ pub async fn last_delta_round(db: &impl ConnectionTrait) -> Result<Option<DateTi
 pub async fn assigned_group_count(db: &impl ConnectionTrait) -> Result<u64> {
     use sea_orm::PaginatorTrait;
     Ok(assigned_group::Entity::find().count(db).await?)
+}
+
+impl Store {
+    /// The groups whose owners entra-sync made team admins at some point and still remembers.
+    pub async fn groups_with_owners(&self) -> Result<HashSet<GroupId>> {
+        #[derive(FromQueryResult)]
+        struct Row {
+            group_id: String,
+        }
+        Ok(Row::find_by_statement(stmt(
+            "SELECT DISTINCT group_id FROM entra_sync_group_owners",
+            [],
+        ))
+        .all(&self.db)
+        .await?
+        .into_iter()
+        .filter_map(|row| GroupId::parse(&row.group_id).ok())
+        .collect())
+    }
 }

@@ -73,6 +73,10 @@ impl Syncer {
             );
         }
 
+        // Owners last: the new groups' teams exist by now.
+        let groups: Vec<GroupId> = assigned.keys().cloned().collect();
+        self.sync_owners(&groups, now, &mut report.changes).await?;
+
         let role_values: HashMap<String, String> = app
             .app_roles
             .iter()

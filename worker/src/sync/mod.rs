@@ -10,6 +10,7 @@
 
 mod assignments;
 mod nesting;
+mod owners;
 mod reconcile;
 mod round;
 mod users;
@@ -109,6 +110,8 @@ pub struct Syncer {
     policy: UnassignedPolicy,
     departed_policy: DepartedUserPolicy,
     membership: Membership,
+    /// Group owners become their teams' admins.
+    owners_as_admins: bool,
     /// Plan every change and write nothing: neither LiteLLM's tables nor entra-sync's state.
     dry_run: bool,
     /// Users disabled or deleted in Entra (they may still be group members there): given no team
@@ -136,6 +139,7 @@ impl Syncer {
             policy,
             departed_policy: DepartedUserPolicy::default(),
             membership: Membership::default(),
+            owners_as_admins: false,
             dry_run: false,
             excluded: Arc::default(),
             failing: Arc::default(),
@@ -265,6 +269,13 @@ impl Syncer {
     #[must_use]
     pub fn with_membership(mut self, membership: Membership) -> Self {
         self.membership = membership;
+        self
+    }
+
+    /// Whether group owners become their teams' admins (`ENTRA_SYNC_OWNERS_AS_ADMINS`).
+    #[must_use]
+    pub fn with_owners_as_admins(mut self, owners_as_admins: bool) -> Self {
+        self.owners_as_admins = owners_as_admins;
         self
     }
 

@@ -84,7 +84,11 @@ impl Syncer {
             .cloned()
             .collect();
         for above in self.store.assigned_above(changed).await?.into_values() {
-            reached.extend(above.into_iter().filter(|group| assigned.contains_key(group)));
+            reached.extend(
+                above
+                    .into_iter()
+                    .filter(|group| assigned.contains_key(group)),
+            );
         }
         Ok(reached)
     }

@@ -9,8 +9,8 @@ use super::{Membership, Syncer, retrying};
 use crate::directory::EntraUser;
 use crate::error::{Error, Result};
 use crate::graph::DeltaStart;
-use crate::graph::{DeltaRound, GroupDelta};
 use crate::graph::model::ObjectKind;
+use crate::graph::{DeltaRound, GroupDelta};
 use crate::store::{Change, Changes, Item, LiteLlmWriter};
 
 /// Groups a resync reads and applies together: four filtered delta requests.
@@ -65,17 +65,33 @@ impl Syncer {
             ..RoundReport::default()
         };
         match self.membership {
-            Membership::Direct => self.apply_round(&round, &assigned, &mut report, now).await?,
+            Membership::Direct => {
+                self.apply_round(&round, &assigned, &mut report, now)
+                    .await?
+            }
             Membership::Transitive => {
                 // Every assigned group a changed group reaches is read whole again.
                 let changed: Vec<GroupId> = round.groups.iter().map(|(g, _)| g.clone()).collect();
-                let reached: Vec<GroupId> =
-                    self.reached(&changed, &assigned).await?.into_iter().collect();
+                let reached: Vec<GroupId> = self
+                    .reached(&changed, &assigned)
+                    .await?
+                    .into_iter()
+                    .collect();
                 for slice in reached.chunks(RESYNC_SLICE) {
                     report.groups_applied +=
                         self.resync_slice(slice, now, &mut report.changes).await?;
                 }
             }
+        }
+        if self.owners_as_admins {
+            let owners_changed: Vec<GroupId> = round
+                .groups
+                .iter()
+                .filter(|(group, delta)| delta.owners_changed && assigned.contains_key(group))
+                .map(|(group, _)| group.clone())
+                .collect();
+            self.sync_owners(&owners_changed, now, &mut report.changes)
+                .await?;
         }
         self.store
             .save_delta_link(&round.delta_link, self.options(now))
