@@ -41,6 +41,9 @@ pub struct World {
     /// The webhook's base URL (what `ENTRA_SYNC_PUBLIC_URL` would be).
     pub webhook_url: String,
     stop_webhook: Option<oneshot::Sender<()>>,
+    /// Settings of the syncers this world makes (its workers' and [`Self::syncer`]'s), e.g.
+    /// `|s| s.with_membership(Membership::Transitive)`.
+    pub syncer_settings: fn(Syncer) -> Syncer,
     workers: Vec<(
         oneshot::Sender<()>,
         tokio::task::JoinHandle<worker::Result<()>>,
@@ -124,6 +127,7 @@ impl World {
             dead,
             webhook_url: url,
             stop_webhook: Some(stop_webhook),
+            syncer_settings: |syncer| syncer,
             workers: Vec::new(),
             processes: Vec::new(),
             run_settings: RunSettings {
@@ -154,7 +158,7 @@ impl World {
         let (client, _) = secret_client(&self.sim);
         let conn = self.worker_db.clone();
         let store = Store::new(conn.clone(), Default::default(), RemovalMode::Managed);
-        Syncer::new(client, store, UnassignedPolicy::RemoveMembers)
+        (self.syncer_settings)(Syncer::new(client, store, UnassignedPolicy::RemoveMembers))
     }
 
     /// The subscription manager a worker with `ENTRA_SYNC_PUBLIC_URL` = the webhook would use.
@@ -186,12 +190,13 @@ impl World {
         subscriptions: Option<SubscriptionManager>,
     ) {
         let (client, _) = secret_client(&self.sim);
-        let syncer =
+        let syncer = (self.syncer_settings)(
             Syncer::new(client, store, UnassignedPolicy::RemoveMembers).with_lease(LeaseSettings {
                 holder: consumer.to_owned(),
                 ttl: Duration::from_secs(3),
                 ..LeaseSettings::default()
-            });
+            }),
+        );
         let settings = StreamSettings {
             stream: self.stream.key().to_owned(),
             dead_letter: self.dead.key().to_owned(),
