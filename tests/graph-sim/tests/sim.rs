@@ -33,6 +33,7 @@ fn tenant() -> TenantFile {
             display_name: "Engineering".into(),
             description: None,
             members: [id(1)].into(),
+            owners: Default::default(),
         }],
         app: Default::default(),
     }
