@@ -765,4 +765,81 @@ mod tests {
             [id(1), id(2), id(3), id(100)]
         );
     }
+
+    #[test]
+    fn first_round_reports_every_owner() {
+        let mut t = tenant();
+        t.add_owner(id(100), id(3));
+        let delta = t.delta(None, None).unwrap();
+        assert_eq!(delta[0].owners_added, [id(3)]);
+        assert!(delta[0].owners_removed.is_empty());
+    }
+
+    #[test]
+    fn later_rounds_report_net_owner_changes() {
+        let mut t = tenant();
+        t.add_owner(id(100), id(1));
+        let token = t.version();
+        t.add_owner(id(100), id(2));
+        t.remove_owner(id(100), id(1));
+        t.add_owner(id(100), id(3));
+        t.remove_owner(id(100), id(3));
+        let delta = t.delta(Some(token), None).unwrap();
+        assert_eq!(delta.len(), 1);
+        assert_eq!(delta[0].owners_added, [id(2)]);
+        assert_eq!(delta[0].owners_removed, [id(1), id(3)]);
+        assert!(delta[0].members_added.is_empty());
+        assert_eq!(t.owners_of(id(100)).unwrap(), [id(2)]);
+    }
+
+    #[test]
+    fn owner_changes_notify_the_group_as_owner_changes() {
+        let mut t = tenant();
+        let notices = t.add_owner(id(100), id(1));
+        assert_eq!(notices[0].resource, Resource::Group(id(100)));
+        assert!(notices[0].owner_change);
+        assert!(t.add_owner(id(100), id(1)).is_empty(), "already an owner");
+        assert!(t.add_owner(id(999), id(1)).is_empty(), "no such group");
+        assert!(!t.add_member(id(100), id(3))[0].owner_change);
+    }
+
+    #[test]
+    fn a_deleted_user_owns_nothing() {
+        let mut t = tenant();
+        t.add_owner(id(100), id(1));
+        let token = t.version();
+        t.delete_user(id(1));
+        assert!(t.owners_of(id(100)).unwrap().is_empty());
+        let delta = t.delta(Some(token), None).unwrap();
+        assert_eq!(delta[0].owners_removed, [id(1)]);
+        assert_eq!(delta[0].members_removed, [id(1)]);
+        assert_eq!(t.owners_of(id(999)), None);
+    }
+
+    #[test]
+    fn a_nested_tenant_has_the_documented_shape() {
+        let file = TenantFile::generate_nested(2, 3, 4);
+        assert_eq!(file.users.len(), 2 * 3 * 4);
+        assert_eq!(file.groups.len(), 2 + 2 * 3);
+        assert_eq!(file.app.assignments.len(), 2);
+        let t = Tenant::from_file(file);
+        let top = TenantFile::top_group_id(1);
+        let nested: Vec<Uuid> = (3..6).map(TenantFile::nested_group_id).collect();
+        assert_eq!(t.members_of(top, false).unwrap(), nested);
+        let deepest = TenantFile::nested_user_id(2 * 3 * 4 - 1);
+        assert!(t.members_of(top, true).unwrap().contains(&deepest));
+        assert!(
+            !t.members_of(TenantFile::top_group_id(0), true)
+                .unwrap()
+                .contains(&deepest)
+        );
+        assert!(
+            t.app
+                .assignments
+                .iter()
+                .all(|a| a.principal_id == TenantFile::top_group_id(0) || a.principal_id == top)
+        );
+        let users: HashSet<Uuid> = t.users.keys().copied().collect();
+        assert_eq!(users.len(), 24, "every user distinct");
+    }
 }
