@@ -316,10 +316,7 @@ fn add_change_entries(
 ) {
     let mut start = 0;
     for (annotation, ids, removed) in lists {
-        let entries = object[*annotation]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let entries = object[*annotation].as_array().cloned().unwrap_or_default();
         let from = range.start.max(start).min(start + ids.len()) - start;
         let to = range.end.max(start).min(start + ids.len()) - start;
         let more = ids[from..to].iter().map(|id| {

@@ -155,4 +155,3 @@ fn title_case(name: &str) -> String {
         .collect::<Vec<_>>()
         .join("-")
 }
-

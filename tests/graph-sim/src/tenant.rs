@@ -308,7 +308,11 @@ impl NetChanges {
     /// The added and the removed ids, each sorted.
     fn split(net: &HashMap<Uuid, bool>) -> (Vec<Uuid>, Vec<Uuid>) {
         let mut added: Vec<Uuid> = net.iter().filter(|(_, a)| **a).map(|(id, _)| *id).collect();
-        let mut removed: Vec<Uuid> = net.iter().filter(|(_, a)| !**a).map(|(id, _)| *id).collect();
+        let mut removed: Vec<Uuid> = net
+            .iter()
+            .filter(|(_, a)| !**a)
+            .map(|(id, _)| *id)
+            .collect();
         added.sort();
         removed.sort();
         (added, removed)

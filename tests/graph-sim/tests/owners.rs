@@ -103,8 +103,12 @@ impl Caller {
             .enumerate()
             .map(|(n, url)| json!({ "id": n.to_string(), "method": "GET", "url": url }))
             .collect();
-        self.call(Method::POST, "$batch", Some(json!({ "requests": requests })))
-            .await
+        self.call(
+            Method::POST,
+            "$batch",
+            Some(json!({ "requests": requests })),
+        )
+        .await
     }
 
     /// Every group object of a delta round, following nextLinks; and its deltaLink.
@@ -166,7 +170,10 @@ async fn delta_reports_owners_when_selected() {
     caller.sim.apply(|t| t.remove_owner(id(GROUP), id(1)));
     let (objects, _) = caller.delta_round(&delta_link).await;
     assert_eq!(objects.len(), 1, "only the changed group: {objects:?}");
-    assert_eq!(owner_changes(&objects, id(GROUP)), (vec![id(26)], vec![id(1)]));
+    assert_eq!(
+        owner_changes(&objects, id(GROUP)),
+        (vec![id(26)], vec![id(1)])
+    );
     assert_eq!(objects[0]["members@delta"], json!([]));
 }
 
@@ -306,7 +313,11 @@ async fn the_log_tells_http_requests_from_batched_reads() {
     let requests = caller.sim.requests();
     let parts: Vec<_> = requests.iter().filter(|r| r.batch).collect();
     assert_eq!(parts.len(), 25);
-    assert!(parts.iter().all(|r| r.method == "GET" && r.query.contains("$top=999")));
+    assert!(
+        parts
+            .iter()
+            .all(|r| r.method == "GET" && r.query.contains("$top=999"))
+    );
 }
 
 #[tokio::test]
