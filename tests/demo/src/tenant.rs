@@ -66,12 +66,14 @@ pub fn tenant() -> TenantFile {
             display_name: "Engineering".into(),
             description: None,
             members: [ADA, GRACE, LINUS].map(user_id).into(),
+            owners: Default::default(),
         },
         Group {
             id: group_id(RESEARCH),
             display_name: "Research".into(),
             description: None,
             members: [ALAN, BARBARA].map(user_id).into(),
+            owners: Default::default(),
         },
     ];
     let app = App {

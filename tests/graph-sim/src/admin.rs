@@ -29,6 +29,10 @@ pub(crate) fn router() -> Router<Arc<Inner>> {
             "/admin/groups/{id}/members/{member}",
             put(add_member).delete(remove_member),
         )
+        .route(
+            "/admin/groups/{id}/owners/{owner}",
+            put(add_owner).delete(remove_owner),
+        )
         .route("/admin/assignments", post(assign))
         .route("/admin/assignments/{principal}", delete(unassign))
         .route("/admin/faults", post(add_fault).delete(clear_faults))
@@ -123,6 +127,22 @@ async fn remove_member(
     Path((id, member)): Path<(Uuid, Uuid)>,
 ) -> StatusCode {
     inner.change(|t| ((), t.remove_member(id, member)));
+    StatusCode::NO_CONTENT
+}
+
+async fn add_owner(
+    State(inner): State<Arc<Inner>>,
+    Path((id, owner)): Path<(Uuid, Uuid)>,
+) -> StatusCode {
+    inner.change(|t| ((), t.add_owner(id, owner)));
+    StatusCode::NO_CONTENT
+}
+
+async fn remove_owner(
+    State(inner): State<Arc<Inner>>,
+    Path((id, owner)): Path<(Uuid, Uuid)>,
+) -> StatusCode {
+    inner.change(|t| ((), t.remove_owner(id, owner)));
     StatusCode::NO_CONTENT
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{Extensions, HeaderMap, Method, StatusCode, Uri};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
@@ -15,17 +15,28 @@ use uuid::Uuid;
 
 use crate::state::{Inner, lock};
 use crate::tenant::{DeltaError, DeltaGroup, PrincipalType, Tenant};
-use crate::{admin, auth, faults, notifications};
+use crate::{admin, auth, batch, faults, notifications};
+
+/// Graph expands at most this many objects of a relation (`$expand=owners`).
+const MOST_EXPANDED: usize = 20;
 
 pub(crate) fn router(inner: Arc<Inner>) -> Router {
-    let served = Router::new()
+    served(inner.clone())
+        .merge(admin::router())
+        .with_state(inner)
+}
+
+/// The token endpoint and Graph without the admin API: what a batch's requests go through, so
+/// that faults, the request log and errors apply to each of them as to a request of its own.
+pub(crate) fn graph_router(inner: Arc<Inner>) -> Router {
+    served(inner.clone()).with_state(inner)
+}
+
+fn served(inner: Arc<Inner>) -> Router<Arc<Inner>> {
+    Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(auth::token))
         .route("/v1.0/{*rest}", any(dispatch))
-        .layer(middleware::from_fn_with_state(
-            inner.clone(),
-            faults::middleware,
-        ));
-    served.merge(admin::router()).with_state(inner)
+        .layer(middleware::from_fn_with_state(inner, faults::middleware))
 }
 
 /// Graph's error body.
@@ -64,6 +75,7 @@ async fn dispatch(
     uri: Uri,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
+    extensions: Extensions,
     body: Bytes,
 ) -> Response {
     if !auth::authorised(&inner, &headers) {
@@ -76,7 +88,12 @@ async fn dispatch(
     let path = uri.path().trim_start_matches("/v1.0/");
     let segments: Vec<&str> = path.split('/').collect();
     match (&method, segments.as_slice()) {
+        (&Method::POST, ["$batch" | "%24batch"]) => {
+            batch::answer(&inner, &headers, &extensions, &body).await
+        }
         (&Method::GET, ["groups", "delta"]) => groups_delta(&inner, &query),
+        (&Method::GET, ["groups", id]) => group(&inner, id, &query),
+        (&Method::GET, ["groups", id, "owners"]) => owners(&inner, id, &query),
         (&Method::GET, ["groups", id, "members"]) => members(&inner, id, false, &query),
         (&Method::GET, ["groups", id, "transitiveMembers"]) => members(&inner, id, true, &query),
         (&Method::POST, ["directoryObjects", "getByIds"]) => get_by_ids(&inner, &body),
@@ -112,25 +129,77 @@ async fn dispatch(
 pub(crate) struct DeltaSession {
     groups: Vec<DeltaGroup>,
     group: usize,
+    /// How many of the current group's change entries earlier pages carried.
     offset: usize,
     /// The tenant version the round ends at: its deltaLink's token.
     version: u64,
-    with_members: bool,
+    relations: Relations,
 }
 
-fn encode_token(version: u64, with_members: bool) -> String {
-    format!("{}{version:x}", if with_members { "m" } else { "p" })
+/// The relations a delta round reports changes of (`$select=...,members,owners`); a delta token
+/// remembers them, as Graph's deltaLink keeps the round's query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Relations {
+    members: bool,
+    owners: bool,
 }
 
-fn decode_token(token: &str) -> Option<(u64, bool)> {
-    let with_members = match token.chars().next()? {
-        'm' => true,
-        'p' => false,
-        _ => return None,
-    };
+impl Relations {
+    fn selected(query: &HashMap<String, String>) -> Self {
+        let has = |field: &str| {
+            query
+                .get("$select")
+                .is_some_and(|s| s.split(',').any(|f| f.trim() == field))
+        };
+        Self {
+            members: has("members"),
+            owners: has("owners"),
+        }
+    }
+
+    /// One letter in front of a token's version: `p`lain, `m`embers, `o`wners, `b`oth.
+    fn token_prefix(self) -> char {
+        match (self.members, self.owners) {
+            (false, false) => 'p',
+            (true, false) => 'm',
+            (false, true) => 'o',
+            (true, true) => 'b',
+        }
+    }
+
+    fn from_token_prefix(prefix: char) -> Option<Self> {
+        let (members, owners) = match prefix {
+            'p' => (false, false),
+            'm' => (true, false),
+            'o' => (false, true),
+            'b' => (true, true),
+            _ => return None,
+        };
+        Some(Self { members, owners })
+    }
+
+    /// The `$metadata` fragment naming the selected properties.
+    fn context(self) -> String {
+        let mut fields = String::from("displayName,description");
+        if self.members {
+            fields.push_str(",members");
+        }
+        if self.owners {
+            fields.push_str(",owners");
+        }
+        format!("groups({fields})")
+    }
+}
+
+fn encode_token(version: u64, relations: Relations) -> String {
+    format!("{}{version:x}", relations.token_prefix())
+}
+
+fn decode_token(token: &str) -> Option<(u64, Relations)> {
+    let relations = Relations::from_token_prefix(token.chars().next()?)?;
     u64::from_str_radix(&token[1..], 16)
         .ok()
-        .map(|v| (v, with_members))
+        .map(|v| (v, relations))
 }
 
 fn parse_id_filter(filter: &str) -> Result<HashSet<Uuid>, Response> {
@@ -167,27 +236,20 @@ fn groups_delta(inner: &Inner, query: &HashMap<String, String>) -> Response {
         return delta_page(inner, skiptoken);
     }
     let tenant = lock(&inner.tenant);
-    let (since, with_members) = match query.get("$deltatoken").map(String::as_str) {
+    let (since, relations) = match query.get("$deltatoken").map(String::as_str) {
         Some("latest") => {
-            let with_members = query
-                .get("$select")
-                .is_some_and(|s| s.split(',').any(|f| f.trim() == "members"));
+            let relations = Relations::selected(query);
             return json_ok(json!({
-                "@odata.context": format!("{}/v1.0/$metadata#groups", inner.base_url),
-                "@odata.deltaLink": delta_link(inner, tenant.version(), with_members),
+                "@odata.context": format!("{}/v1.0/$metadata#{}", inner.base_url, relations.context()),
+                "@odata.deltaLink": delta_link(inner, tenant.version(), relations),
                 "value": [],
             }));
         }
         Some(token) => match decode_token(token) {
-            Some((version, with_members)) => (Some(version), with_members),
+            Some((version, relations)) => (Some(version), relations),
             None => return bad_request("Invalid delta token."),
         },
-        None => (
-            None,
-            query
-                .get("$select")
-                .is_some_and(|s| s.split(',').any(|f| f.trim() == "members")),
-        ),
+        None => (None, Relations::selected(query)),
     };
     let only = match query.get("$filter") {
         Some(filter) => match parse_id_filter(filter) {
@@ -211,7 +273,7 @@ fn groups_delta(inner: &Inner, query: &HashMap<String, String>) -> Response {
         group: 0,
         offset: 0,
         version: tenant.version(),
-        with_members,
+        relations,
     };
     drop(tenant);
     let id = Uuid::new_v4().simple().to_string();
@@ -219,12 +281,64 @@ fn groups_delta(inner: &Inner, query: &HashMap<String, String>) -> Response {
     delta_page(inner, &id)
 }
 
-fn delta_link(inner: &Inner, version: u64, with_members: bool) -> String {
+fn delta_link(inner: &Inner, version: u64, relations: Relations) -> String {
     format!(
         "{}/v1.0/groups/delta?$deltatoken={}",
         inner.base_url,
-        encode_token(version, with_members)
+        encode_token(version, relations)
     )
+}
+
+/// The lists of a group's change entries a round reports, in the order they are paged: member
+/// additions, member removals, owner additions, owner removals. Each is its annotation's name,
+/// the ids, and whether they were removed.
+fn change_lists(group: &DeltaGroup, relations: Relations) -> Vec<(&'static str, &[Uuid], bool)> {
+    let mut lists = Vec::with_capacity(4);
+    if relations.members {
+        lists.push(("members@delta", group.members_added.as_slice(), false));
+        lists.push(("members@delta", group.members_removed.as_slice(), true));
+    }
+    if relations.owners {
+        lists.push(("owners@delta", group.owners_added.as_slice(), false));
+        lists.push(("owners@delta", group.owners_removed.as_slice(), true));
+    }
+    lists
+}
+
+/// Adds the change entries `range` (of all the group's entries, in [`change_lists`]' order) to
+/// one group object: each selected relation gets its annotation, empty when this object carries
+/// none of its entries, as Graph's `members@delta` on a group whose members did not change.
+fn add_change_entries(
+    object: &mut Value,
+    tenant: &Tenant,
+    lists: &[(&'static str, &[Uuid], bool)],
+    range: std::ops::Range<usize>,
+) {
+    let mut start = 0;
+    for (annotation, ids, removed) in lists {
+        let entries = object[*annotation].as_array().cloned().unwrap_or_default();
+        let from = range.start.max(start).min(start + ids.len()) - start;
+        let to = range.end.max(start).min(start + ids.len()) - start;
+        let more = ids[from..to].iter().map(|id| {
+            let mut entry = json!({ "@odata.type": odata_type(tenant, *id), "id": id });
+            if *removed {
+                entry["@removed"] = json!({ "reason": "deleted" });
+            }
+            entry
+        });
+        object[*annotation] = Value::Array(entries.into_iter().chain(more).collect());
+        start += ids.len();
+    }
+}
+
+/// Members can be groups; owners here are always users (Graph's service principals as owners
+/// are not played).
+fn odata_type(tenant: &Tenant, id: Uuid) -> &'static str {
+    if tenant.is_group(id) {
+        "#microsoft.graph.group"
+    } else {
+        "#microsoft.graph.user"
+    }
 }
 
 fn delta_page(inner: &Inner, session_id: &str) -> Response {
@@ -242,7 +356,6 @@ fn delta_page(inner: &Inner, session_id: &str) -> Response {
     let mut value = Vec::new();
     while value.len() < page_size && session.group < session.groups.len() {
         let group = &session.groups[session.group];
-        let first = session.offset == 0;
         let mut object = json!({ "id": group.id });
         if let Some(reason) = group.removed {
             object["@removed"] = json!({ "reason": reason });
@@ -250,39 +363,21 @@ fn delta_page(inner: &Inner, session_id: &str) -> Response {
             value.push(object);
             continue;
         }
-        if first {
+        if session.offset == 0 {
             object["displayName"] = json!(group.display_name);
             object["description"] = json!(group.description);
         }
-        let total = group.members_added.len() + group.members_removed.len();
+        // A group with more entries than one object carries appears in several, as in Graph.
+        let lists = change_lists(group, session.relations);
+        let total: usize = lists.iter().map(|(_, ids, _)| ids.len()).sum();
         let end = (session.offset + per_object).min(total);
-        if session.with_members {
-            let tenant = lock(&inner.tenant);
-            let odata_type = |id: &Uuid| {
-                if tenant.is_group(*id) {
-                    "#microsoft.graph.group"
-                } else {
-                    "#microsoft.graph.user"
-                }
-            };
-            let entries: Vec<Value> = (session.offset..end)
-                .map(|i| {
-                    if i < group.members_added.len() {
-                        let id = &group.members_added[i];
-                        json!({ "@odata.type": odata_type(id), "id": id })
-                    } else {
-                        let id = &group.members_removed[i - group.members_added.len()];
-                        json!({
-                            "@odata.type": odata_type(id),
-                            "id": id,
-                            "@removed": { "reason": "deleted" },
-                        })
-                    }
-                })
-                .collect();
-            object["members@delta"] = Value::Array(entries);
-        }
-        if end >= total || !session.with_members {
+        add_change_entries(
+            &mut object,
+            &lock(&inner.tenant),
+            &lists,
+            session.offset..end,
+        );
+        if end >= total {
             session.group += 1;
             session.offset = 0;
         } else {
@@ -291,7 +386,7 @@ fn delta_page(inner: &Inner, session_id: &str) -> Response {
         value.push(object);
     }
     let mut page = json!({
-        "@odata.context": format!("{}/v1.0/$metadata#groups(displayName,description,members)", inner.base_url),
+        "@odata.context": format!("{}/v1.0/$metadata#{}", inner.base_url, session.relations.context()),
         "value": value,
     });
     if session.group < session.groups.len() {
@@ -300,13 +395,13 @@ fn delta_page(inner: &Inner, session_id: &str) -> Response {
             inner.base_url
         ));
     } else {
-        page["@odata.deltaLink"] = json!(delta_link(inner, session.version, session.with_members));
+        page["@odata.deltaLink"] = json!(delta_link(inner, session.version, session.relations));
         sessions.remove(session_id);
     }
     json_ok(page)
 }
 
-fn json_ok(value: Value) -> Response {
+pub(crate) fn json_ok(value: Value) -> Response {
     (StatusCode::OK, axum::Json(value)).into_response()
 }
 
@@ -410,6 +505,63 @@ fn members(inner: &Inner, id: &str, transitive: bool, query: &HashMap<String, St
         "members"
     };
     paged(inner, &format!("groups/{id}/{kind}"), query, items)
+}
+
+/// A group's owners, paged like its members.
+fn owners(inner: &Inner, id: &str, query: &HashMap<String, String>) -> Response {
+    let Ok(group) = Uuid::parse_str(id) else {
+        return bad_request(&format!("Invalid object identifier '{id}'."));
+    };
+    let items = {
+        let tenant = lock(&inner.tenant);
+        let Some(ids) = tenant.owners_of(group) else {
+            return not_found(id);
+        };
+        ids.into_iter()
+            .filter_map(|owner| directory_object(&tenant, owner))
+            .collect()
+    };
+    paged(inner, &format!("groups/{id}/owners"), query, items)
+}
+
+/// One group; `$expand=owners` adds its owners, at most [`MOST_EXPANDED`] as Graph does.
+fn group(inner: &Inner, id: &str, query: &HashMap<String, String>) -> Response {
+    let Ok(group) = Uuid::parse_str(id) else {
+        return bad_request(&format!("Invalid object identifier '{id}'."));
+    };
+    let tenant = lock(&inner.tenant);
+    let Some(mut object) = tenant
+        .is_group(group)
+        .then(|| directory_object(&tenant, group))
+        .flatten()
+    else {
+        return not_found(id);
+    };
+    if expands_owners(query) {
+        object["owners"] = expanded_owners(&tenant, group);
+    }
+    json_ok(object)
+}
+
+/// `$expand=owners`, also with options (`owners($select=id)`), which are accepted and ignored.
+fn expands_owners(query: &HashMap<String, String>) -> bool {
+    query.get("$expand").is_some_and(|expand| {
+        expand
+            .split(',')
+            .map(str::trim)
+            .any(|e| e == "owners" || e.starts_with("owners("))
+    })
+}
+
+fn expanded_owners(tenant: &Tenant, group: Uuid) -> Value {
+    let owners = tenant.owners_of(group).unwrap_or_default();
+    Value::Array(
+        owners
+            .into_iter()
+            .filter_map(|owner| directory_object(tenant, owner))
+            .take(MOST_EXPANDED)
+            .collect(),
+    )
 }
 
 fn get_by_ids(inner: &Inner, body: &[u8]) -> Response {

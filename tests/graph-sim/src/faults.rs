@@ -100,7 +100,14 @@ pub struct RequestRecord {
     pub millis: u64,
     /// The client's address: a new port means a new connection.
     pub peer: Option<std::net::SocketAddr>,
+    /// One request of a JSON batch (`POST /$batch`), answered inside the batch's answer: a
+    /// logical read, not an HTTP request of its own (the batch itself is logged as one).
+    pub batch: bool,
 }
+
+/// Marks a request as one part of a JSON batch, for the request log.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BatchPart;
 
 fn take_fault(inner: &Inner, path: &str) -> Option<FaultKind> {
     let mut faults = lock(&inner.faults);
@@ -130,6 +137,7 @@ pub(crate) async fn middleware(
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|info| info.0);
+    let batch = request.extensions().get::<BatchPart>().is_some();
     // Taken before the fault: a `hold` fault cleared from here on lets this request go.
     let mut release = inner.release.subscribe();
     let response = match take_fault(&inner, &path) {
@@ -178,6 +186,7 @@ pub(crate) async fn middleware(
         status: response.status().as_u16(),
         millis: started.elapsed().as_millis() as u64,
         peer,
+        batch,
     });
     response.into_response()
 }

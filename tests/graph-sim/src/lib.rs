@@ -4,7 +4,8 @@
 //! What it plays, following Microsoft's documentation: client-credential tokens (secret,
 //! certificate assertion, federated assertion); groups delta with paging, `members@delta`,
 //! soft and hard deletion, `$deltatoken=latest`, `$filter=id eq`, expired tokens; group members
-//! and transitive members; `directoryObjects/getByIds`; the service principal with its app roles
+//! and transitive members; group owners (`/owners`, `$expand=owners`, `owners@delta`); JSON
+//! batching (`$batch`); `directoryObjects/getByIds`; the service principal with its app roles
 //! and `appRoleAssignedTo`; subscriptions with the validation handshake and change and lifecycle
 //! notifications. On top: fault injection (429 with Retry-After, 503, slow answers), a request log,
 //! and an admin API (`/admin/...`) to change the tenant while it runs.
@@ -16,6 +17,7 @@
 mod admin;
 mod api;
 mod auth;
+mod batch;
 mod faults;
 mod notifications;
 mod state;

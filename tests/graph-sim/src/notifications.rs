@@ -100,6 +100,9 @@ pub struct DeliveryConfig {
     pub attempts: u32,
     pub retry_delay_millis: u64,
     pub seed: u64,
+    /// Whether a change of a group's owners alone notifies the group, as a member change does.
+    /// Graph's documentation does not promise it; off plays a Graph that stays silent.
+    pub owner_changes: bool,
 }
 
 impl Default for DeliveryConfig {
@@ -113,6 +116,7 @@ impl Default for DeliveryConfig {
             attempts: 3,
             retry_delay_millis: 200,
             seed: 7,
+            owner_changes: true,
         }
     }
 }
@@ -434,7 +438,12 @@ pub(crate) async fn deliver(
         let subscriptions: Vec<Subscription> = active(&inner).values().cloned().collect();
         for subscription in subscriptions {
             let mut batch = Vec::new();
-            for notice in notices.iter().filter(|n| subscription.covers(n.resource)) {
+            let notified = |n: &&Notice| config.owner_changes || !n.owner_change;
+            for notice in notices
+                .iter()
+                .filter(notified)
+                .filter(|n| subscription.covers(n.resource))
+            {
                 sequence += 1;
                 let notification = notification(&subscription, notice, tenant_id, sequence);
                 for _ in 0..=config.duplicates {

@@ -256,11 +256,21 @@ impl GraphSim {
         lock(&self.inner.requests).clone()
     }
 
-    /// How many requests went to paths containing `fragment`.
+    /// How many requests went to paths containing `fragment`: logical reads, each request of a
+    /// JSON batch counted on its own (the batch too, as `/$batch`).
     pub fn count(&self, fragment: &str) -> usize {
         lock(&self.inner.requests)
             .iter()
             .filter(|r| r.path.contains(fragment))
+            .count()
+    }
+
+    /// How many HTTP requests went to paths containing `fragment`: a JSON batch counts once (as
+    /// `/$batch`), its inner requests not at all.
+    pub fn http_count(&self, fragment: &str) -> usize {
+        lock(&self.inner.requests)
+            .iter()
+            .filter(|r| !r.batch && r.path.contains(fragment))
             .count()
     }
 

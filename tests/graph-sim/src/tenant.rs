@@ -32,6 +32,9 @@ pub struct Group {
     /// Direct members: users or other groups.
     #[serde(default)]
     pub members: BTreeSet<Uuid>,
+    /// Owners: users (Graph also allows service principals, which entra-sync does not need).
+    #[serde(default)]
+    pub owners: BTreeSet<Uuid>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -120,6 +123,7 @@ impl TenantFile {
                 members: (0..members)
                     .map(|k| user((g * members + k) % users.max(1)))
                     .collect(),
+                owners: BTreeSet::new(),
             })
             .collect();
         let app = App {
@@ -138,6 +142,90 @@ impl TenantFile {
             groups: groups_list,
             app,
         }
+    }
+}
+
+/// Where [`TenantFile::generate_nested`]'s ids start: apart from [`TenantFile::generate`]'s
+/// (`0x5b00…` users, `0x9a00…` groups), so that both can share a tenant.
+const NESTED_TOP_GROUPS: u128 = 0x9b00_0000_0000_4000_8000_0000_0000_0000;
+const NESTED_GROUPS: u128 = 0x9c00_0000_0000_4000_8000_0000_0000_0000;
+const NESTED_USERS: u128 = 0x5c00_0000_0000_4000_8000_0000_0000_0000;
+
+impl TenantFile {
+    /// A generated tree for benchmarks of transitive membership: `groups` top groups, each
+    /// assigned to the app (default access) and having `nested_per_group` nested groups as
+    /// members; each nested group (not assigned) has `users_per_nested` users, every user in
+    /// exactly one nested group. No group has owners.
+    ///
+    /// Ids are deterministic, numbered in order of the tree:
+    /// - top group `t` (0-based) is [`Self::top_group_id`]`(t)`, named `Top {t}`;
+    /// - its `k`-th nested group is [`Self::nested_group_id`]`(t * nested_per_group + k)`,
+    ///   named `Nested {n}` by that flat number `n`;
+    /// - nested group `n`'s `u`-th user is [`Self::nested_user_id`]`(n * users_per_nested + u)`,
+    ///   named `Nested user {m}` (`nested-user{m}@contoso.example`) by that flat number `m`.
+    ///
+    /// So the last user, deepest in the last top group, is
+    /// `nested_user_id(groups * nested_per_group * users_per_nested - 1)`.
+    pub fn generate_nested(groups: u128, nested_per_group: u128, users_per_nested: u128) -> Self {
+        let nested_count = groups * nested_per_group;
+        let users = (0..nested_count * users_per_nested)
+            .map(|m| User {
+                id: Self::nested_user_id(m),
+                display_name: format!("Nested user {m}"),
+                user_principal_name: format!("nested-user{m}@contoso.example"),
+                mail: None,
+                account_enabled: true,
+            })
+            .collect();
+        let top_groups = (0..groups).map(|t| Group {
+            id: Self::top_group_id(t),
+            display_name: format!("Top {t}"),
+            description: None,
+            members: (0..nested_per_group)
+                .map(|k| Self::nested_group_id(t * nested_per_group + k))
+                .collect(),
+            owners: BTreeSet::new(),
+        });
+        let nested_groups = (0..nested_count).map(|n| Group {
+            id: Self::nested_group_id(n),
+            display_name: format!("Nested {n}"),
+            description: None,
+            members: (0..users_per_nested)
+                .map(|u| Self::nested_user_id(n * users_per_nested + u))
+                .collect(),
+            owners: BTreeSet::new(),
+        });
+        let app = App {
+            assignments: (0..groups)
+                .map(|t| Assignment {
+                    id: format!("generated-top-{t}"),
+                    principal_id: Self::top_group_id(t),
+                    principal_type: PrincipalType::Group,
+                    app_role_id: Uuid::nil(),
+                })
+                .collect(),
+            ..App::default()
+        };
+        Self {
+            users,
+            groups: top_groups.chain(nested_groups).collect(),
+            app,
+        }
+    }
+
+    /// The `n`-th top group of [`Self::generate_nested`] (0-based).
+    pub fn top_group_id(n: u128) -> Uuid {
+        Uuid::from_u128(NESTED_TOP_GROUPS + n)
+    }
+
+    /// The `n`-th nested group of [`Self::generate_nested`], counted over all top groups.
+    pub fn nested_group_id(n: u128) -> Uuid {
+        Uuid::from_u128(NESTED_GROUPS + n)
+    }
+
+    /// The `n`-th user of [`Self::generate_nested`], counted over all nested groups.
+    pub fn nested_user_id(n: u128) -> Uuid {
+        Uuid::from_u128(NESTED_USERS + n)
     }
 }
 
@@ -160,6 +248,9 @@ pub enum ChangeType {
 pub struct Notice {
     pub resource: Resource,
     pub change_type: ChangeType,
+    /// Caused by an owner change only: Graph does not document whether those are notified, so
+    /// delivery can leave them out (`DeliveryConfig::owner_changes`).
+    pub owner_change: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,6 +258,8 @@ enum Event {
     GroupChanged,
     MemberAdded(Uuid),
     MemberRemoved(Uuid),
+    OwnerAdded(Uuid),
+    OwnerRemoved(Uuid),
     SoftDeleted,
     Restored,
     HardDeleted,
@@ -181,6 +274,8 @@ pub struct DeltaGroup {
     pub description: Option<String>,
     pub members_added: Vec<Uuid>,
     pub members_removed: Vec<Uuid>,
+    pub owners_added: Vec<Uuid>,
+    pub owners_removed: Vec<Uuid>,
     /// `changed` (soft-deleted) or `deleted` (gone for good).
     pub removed: Option<&'static str>,
 }
@@ -190,6 +285,38 @@ pub struct DeltaGroup {
 pub enum DeltaError {
     /// The token is older than the tenant keeps state for: the caller must resync.
     Expired,
+}
+
+/// The net change of a group's relations over a span of the log: `true` added, `false` removed.
+#[derive(Default)]
+struct NetChanges {
+    members: HashMap<Uuid, bool>,
+    owners: HashMap<Uuid, bool>,
+}
+
+impl NetChanges {
+    fn apply(&mut self, event: Event) {
+        match event {
+            Event::MemberAdded(m) => self.members.insert(m, true),
+            Event::MemberRemoved(m) => self.members.insert(m, false),
+            Event::OwnerAdded(o) => self.owners.insert(o, true),
+            Event::OwnerRemoved(o) => self.owners.insert(o, false),
+            Event::GroupChanged | Event::SoftDeleted | Event::Restored | Event::HardDeleted => None,
+        };
+    }
+
+    /// The added and the removed ids, each sorted.
+    fn split(net: &HashMap<Uuid, bool>) -> (Vec<Uuid>, Vec<Uuid>) {
+        let mut added: Vec<Uuid> = net.iter().filter(|(_, a)| **a).map(|(id, _)| *id).collect();
+        let mut removed: Vec<Uuid> = net
+            .iter()
+            .filter(|(_, a)| !**a)
+            .map(|(id, _)| *id)
+            .collect();
+        added.sort();
+        removed.sort();
+        (added, removed)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -242,6 +369,15 @@ impl Tenant {
         vec![Notice {
             resource: Resource::Group(id),
             change_type,
+            owner_change: false,
+        }]
+    }
+
+    fn owner_notice(id: Uuid) -> Vec<Notice> {
+        vec![Notice {
+            resource: Resource::Group(id),
+            change_type: ChangeType::Updated,
+            owner_change: true,
         }]
     }
 
@@ -252,30 +388,37 @@ impl Tenant {
         vec![Notice {
             resource: Resource::User(id),
             change_type: ChangeType::Updated,
+            owner_change: false,
         }]
     }
 
-    /// Deletes a user for good: it leaves every group.
+    /// Deletes a user for good: it leaves every group, as member and as owner.
     pub fn delete_user(&mut self, id: Uuid) -> Vec<Notice> {
         let mut notices = Vec::new();
         if self.users.remove(&id).is_none() {
             return notices;
         }
         self.deleted_users.insert(id);
-        let groups: Vec<Uuid> = self
-            .groups
-            .values()
-            .filter(|g| g.members.contains(&id))
-            .map(|g| g.id)
-            .collect();
-        for group in groups {
+        for group in self.groups_where(|g| g.members.contains(&id)) {
             notices.extend(self.remove_member(group, id));
+        }
+        for group in self.groups_where(|g| g.owners.contains(&id)) {
+            notices.extend(self.remove_owner(group, id));
         }
         notices.push(Notice {
             resource: Resource::User(id),
             change_type: ChangeType::Deleted,
+            owner_change: false,
         });
         notices
+    }
+
+    fn groups_where(&self, test: impl Fn(&Group) -> bool) -> Vec<Uuid> {
+        self.groups
+            .values()
+            .filter(|g| test(g))
+            .map(|g| g.id)
+            .collect()
     }
 
     /// Creates a group or changes its name and description (not its members).
@@ -290,6 +433,7 @@ impl Tenant {
             display_name: String::new(),
             description: None,
             members: BTreeSet::new(),
+            owners: BTreeSet::new(),
         });
         group.display_name = display_name.to_owned();
         group.description = description.map(str::to_owned);
@@ -317,6 +461,35 @@ impl Tenant {
         }
         self.record(group, Event::MemberRemoved(member));
         Self::group_notice(group, ChangeType::Updated)
+    }
+
+    pub fn add_owner(&mut self, group: Uuid, owner: Uuid) -> Vec<Notice> {
+        let Some(g) = self.groups.get_mut(&group) else {
+            return Vec::new();
+        };
+        if !g.owners.insert(owner) {
+            return Vec::new();
+        }
+        self.record(group, Event::OwnerAdded(owner));
+        Self::owner_notice(group)
+    }
+
+    pub fn remove_owner(&mut self, group: Uuid, owner: Uuid) -> Vec<Notice> {
+        let Some(g) = self.groups.get_mut(&group) else {
+            return Vec::new();
+        };
+        if !g.owners.remove(&owner) {
+            return Vec::new();
+        }
+        self.record(group, Event::OwnerRemoved(owner));
+        Self::owner_notice(group)
+    }
+
+    /// A group's owners in id order; `None` for a group the tenant does not have.
+    pub fn owners_of(&self, group: Uuid) -> Option<Vec<Uuid>> {
+        self.groups
+            .get(&group)
+            .map(|g| g.owners.iter().copied().collect())
     }
 
     /// Moves a group to the recycle bin: Graph reports this as `updated`.
@@ -418,7 +591,8 @@ impl Tenant {
     }
 
     /// The groups a delta round reports: everything since `since` (a token's version; `None` for
-    /// the first round, which reports every group and all its members), limited to `only`.
+    /// the first round, which reports every group with all its members and owners), limited to
+    /// `only`.
     pub fn delta(
         &self,
         since: Option<u64>,
@@ -436,6 +610,8 @@ impl Tenant {
                     description: g.description.clone(),
                     members_added: g.members.iter().copied().collect(),
                     members_removed: Vec::new(),
+                    owners_added: g.owners.iter().copied().collect(),
+                    owners_removed: Vec::new(),
                     removed: None,
                 })
                 .collect();
@@ -445,52 +621,55 @@ impl Tenant {
         if since < self.oldest_valid {
             return Err(DeltaError::Expired);
         }
-        // Net effect per group since the token: the last word on each member wins.
+        // Net effect per group since the token: the last word on each member and owner wins.
         let mut touched: Vec<Uuid> = Vec::new();
-        let mut members: HashMap<Uuid, HashMap<Uuid, bool>> = HashMap::new();
+        let mut changes: HashMap<Uuid, NetChanges> = HashMap::new();
         for (version, group, event) in &self.log {
             if *version <= since || !wanted(group) {
                 continue;
             }
-            if !members.contains_key(group) {
+            if !changes.contains_key(group) {
                 touched.push(*group);
             }
-            let net = members.entry(*group).or_default();
-            match event {
-                Event::MemberAdded(m) => {
-                    net.insert(*m, true);
-                }
-                Event::MemberRemoved(m) => {
-                    net.insert(*m, false);
-                }
-                _ => {}
-            }
+            changes.entry(*group).or_default().apply(*event);
         }
-        let mut out = Vec::new();
-        for id in touched {
-            let removed = if self.soft_deleted.contains_key(&id) {
-                Some("changed")
-            } else if !self.groups.contains_key(&id) {
-                Some("deleted")
-            } else {
-                None
-            };
-            let net = members.remove(&id).unwrap_or_default();
-            let mut added: Vec<Uuid> = net.iter().filter(|(_, a)| **a).map(|(m, _)| *m).collect();
-            let mut gone: Vec<Uuid> = net.iter().filter(|(_, a)| !**a).map(|(m, _)| *m).collect();
-            added.sort();
-            gone.sort();
-            let group = self.groups.get(&id);
-            out.push(DeltaGroup {
-                id,
-                display_name: group.map(|g| g.display_name.clone()),
-                description: group.and_then(|g| g.description.clone()),
-                members_added: if removed.is_some() { Vec::new() } else { added },
-                members_removed: if removed.is_some() { Vec::new() } else { gone },
-                removed,
-            });
-        }
+        let out = touched
+            .into_iter()
+            .map(|id| {
+                let net = changes.remove(&id).unwrap_or_default();
+                self.delta_group(id, net)
+            })
+            .collect();
         Ok(out)
+    }
+
+    /// One changed group as a later round reports it: a removed group carries no relations.
+    fn delta_group(&self, id: Uuid, net: NetChanges) -> DeltaGroup {
+        let removed = if self.soft_deleted.contains_key(&id) {
+            Some("changed")
+        } else if !self.groups.contains_key(&id) {
+            Some("deleted")
+        } else {
+            None
+        };
+        let net = if removed.is_some() {
+            NetChanges::default()
+        } else {
+            net
+        };
+        let (members_added, members_removed) = NetChanges::split(&net.members);
+        let (owners_added, owners_removed) = NetChanges::split(&net.owners);
+        let group = self.groups.get(&id);
+        DeltaGroup {
+            id,
+            display_name: group.map(|g| g.display_name.clone()),
+            description: group.and_then(|g| g.description.clone()),
+            members_added,
+            members_removed,
+            owners_added,
+            owners_removed,
+            removed,
+        }
     }
 
     pub fn is_group(&self, id: Uuid) -> bool {
@@ -589,5 +768,82 @@ mod tests {
             t.members_of(id(200), true).unwrap(),
             [id(1), id(2), id(3), id(100)]
         );
+    }
+
+    #[test]
+    fn first_round_reports_every_owner() {
+        let mut t = tenant();
+        t.add_owner(id(100), id(3));
+        let delta = t.delta(None, None).unwrap();
+        assert_eq!(delta[0].owners_added, [id(3)]);
+        assert!(delta[0].owners_removed.is_empty());
+    }
+
+    #[test]
+    fn later_rounds_report_net_owner_changes() {
+        let mut t = tenant();
+        t.add_owner(id(100), id(1));
+        let token = t.version();
+        t.add_owner(id(100), id(2));
+        t.remove_owner(id(100), id(1));
+        t.add_owner(id(100), id(3));
+        t.remove_owner(id(100), id(3));
+        let delta = t.delta(Some(token), None).unwrap();
+        assert_eq!(delta.len(), 1);
+        assert_eq!(delta[0].owners_added, [id(2)]);
+        assert_eq!(delta[0].owners_removed, [id(1), id(3)]);
+        assert!(delta[0].members_added.is_empty());
+        assert_eq!(t.owners_of(id(100)).unwrap(), [id(2)]);
+    }
+
+    #[test]
+    fn owner_changes_notify_the_group_as_owner_changes() {
+        let mut t = tenant();
+        let notices = t.add_owner(id(100), id(1));
+        assert_eq!(notices[0].resource, Resource::Group(id(100)));
+        assert!(notices[0].owner_change);
+        assert!(t.add_owner(id(100), id(1)).is_empty(), "already an owner");
+        assert!(t.add_owner(id(999), id(1)).is_empty(), "no such group");
+        assert!(!t.add_member(id(100), id(3))[0].owner_change);
+    }
+
+    #[test]
+    fn a_deleted_user_owns_nothing() {
+        let mut t = tenant();
+        t.add_owner(id(100), id(1));
+        let token = t.version();
+        t.delete_user(id(1));
+        assert!(t.owners_of(id(100)).unwrap().is_empty());
+        let delta = t.delta(Some(token), None).unwrap();
+        assert_eq!(delta[0].owners_removed, [id(1)]);
+        assert_eq!(delta[0].members_removed, [id(1)]);
+        assert_eq!(t.owners_of(id(999)), None);
+    }
+
+    #[test]
+    fn a_nested_tenant_has_the_documented_shape() {
+        let file = TenantFile::generate_nested(2, 3, 4);
+        assert_eq!(file.users.len(), 2 * 3 * 4);
+        assert_eq!(file.groups.len(), 2 + 2 * 3);
+        assert_eq!(file.app.assignments.len(), 2);
+        let t = Tenant::from_file(file);
+        let top = TenantFile::top_group_id(1);
+        let nested: Vec<Uuid> = (3..6).map(TenantFile::nested_group_id).collect();
+        assert_eq!(t.members_of(top, false).unwrap(), nested);
+        let deepest = TenantFile::nested_user_id(2 * 3 * 4 - 1);
+        assert!(t.members_of(top, true).unwrap().contains(&deepest));
+        assert!(
+            !t.members_of(TenantFile::top_group_id(0), true)
+                .unwrap()
+                .contains(&deepest)
+        );
+        assert!(
+            t.app
+                .assignments
+                .iter()
+                .all(|a| a.principal_id == TenantFile::top_group_id(0) || a.principal_id == top)
+        );
+        let users: HashSet<Uuid> = t.users.keys().copied().collect();
+        assert_eq!(users.len(), 24, "every user distinct");
     }
 }

@@ -33,6 +33,7 @@ fn tenant() -> TenantFile {
             display_name: "Engineering".into(),
             description: None,
             members: [id(1)].into(),
+            owners: Default::default(),
         }],
         app: Default::default(),
     }
@@ -373,6 +374,29 @@ async fn delivery_can_duplicate_lose_delay_and_stop() {
         [id(300).to_string()],
         "a change made while delivery was off was delivered"
     );
+}
+
+#[tokio::test]
+async fn owner_changes_are_notified_unless_delivery_leaves_them_out() {
+    let sim = GraphSim::start(SimConfig::default(), tenant())
+        .await
+        .unwrap();
+    let caller = Caller::new(&sim).await;
+    let (url, shared) = subscriber("echo").await;
+    caller.subscribe(&url, "groups").await;
+
+    sim.apply(|t| t.add_owner(id(100), id(2)));
+    wait_for_group(&shared, id(100)).await;
+    sim.set_delivery(|d| d.owner_changes = false);
+    sim.apply(|t| t.add_owner(id(100), id(3)));
+    // Delivered in order: once this one has come, the owner change would have come before it.
+    sim.apply(|t| t.upsert_group(id(200), "After the owner change", None));
+    let received = wait_for_group(&shared, id(200)).await;
+    let groups: Vec<&str> = received
+        .iter()
+        .map(|n| n["resourceData"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(groups, [id(100).to_string(), id(200).to_string()]);
 }
 
 /// Waits until a notification about group `group` has come; returns all received by then.

@@ -52,12 +52,14 @@ pub fn tenant() -> TenantFile {
             display_name: "Engineering".into(),
             description: Some("Builds things".into()),
             members: (1..=5).map(uid).collect(),
+            owners: Default::default(),
         },
         Group {
             id: gid(2),
             display_name: "Research".into(),
             description: None,
             members: (3..=8).map(uid).chain([gid(1)]).collect(),
+            owners: Default::default(),
         },
     ];
     let app = App {
