@@ -109,7 +109,7 @@ async fn main() {
             account_enabled: true,
         })
     });
-    sim.apply(|t| t.add_member(TenantFile::nested_group_id(500, 3), newcomer));
+    sim.apply(|t| t.add_member(TenantFile::nested_group_id(500 * NESTED + 3), newcomer));
     let started = Instant::now();
     let round = syncer.delta_round(chrono::Utc::now()).await.unwrap();
     println!(

@@ -265,3 +265,23 @@ async fn owners_of_many_groups_cost_one_request_per_twenty_groups() {
         vec![role(1, "user"), role(2, "admin")]
     );
 }
+
+/// The running worker: an owner change's notification makes the owner the team's admin.
+#[tokio::test]
+async fn the_worker_applies_an_owner_change_from_its_notification() {
+    let mut world = World::new().await;
+    world.syncer_settings = |syncer| syncer.with_owners_as_admins(true);
+    world.start_worker();
+    assert!(eventually(|| async { world.members(ENGINEERING).await == Some(users(1..=5)) }).await);
+
+    add_owner(&world, ENGINEERING, 8);
+    let expected = engineering_with(&[(8, "admin")]);
+    let arrived = eventually(|| async { roles(&world, ENGINEERING).await == expected }).await;
+    assert!(
+        arrived,
+        "{:?} {:?}",
+        roles(&world, ENGINEERING).await,
+        world.sim.deliveries()
+    );
+    world.stop_workers().await;
+}

@@ -229,7 +229,8 @@ impl Syncer {
     }
 
     /// Every assigned group read in full: its current name and members through delta with
-    /// `$filter=id eq ...` (50 groups a request), its users with getByIds, a slice of groups at a
+    /// `$filter=id eq ...` (50 groups a request), its users with getByIds, and its owners (20
+    /// groups a request), a slice of groups at a
     /// time so that memory stays bounded however large the tenant. The new deltaLink is taken
     /// first, so that whatever changes meanwhile is in the next round (applying it twice is
     /// harmless).
@@ -245,6 +246,8 @@ impl Syncer {
         for slice in assigned.chunks(RESYNC_SLICE) {
             groups_applied += self.resync_slice(slice, now, &mut changes).await?;
         }
+        // Owner changes made before the new deltaLink are in no round after it.
+        self.sync_owners(&assigned, now, &mut changes).await?;
         let report = RoundReport {
             resynced: true,
             groups_seen: assigned.len(),
