@@ -111,7 +111,7 @@ fn new_team(
         max_budget: Set(defaults.max_budget),
         soft_budget: Set(defaults.soft_budget),
         spend: NotSet,
-        models: Set(Some(defaults.models.clone())),
+        models: Set(Some(defaults.models.clone().unwrap_or_default())),
         max_parallel_requests: Set(defaults.max_parallel_requests),
         tpm_limit: Set(defaults.tpm_limit),
         rpm_limit: Set(defaults.rpm_limit),
