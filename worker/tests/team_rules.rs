@@ -229,7 +229,7 @@ async fn each_new_team_follows_its_first_matching_rule_over_the_defaults() {
     assert_eq!(
         budget,
         [json!({
-            "max_budget": 200.0, "budget_duration": "30d", "tpm_limit": null, "rpm_limit": null,
+            "max_budget": 200, "budget_duration": "30d", "tpm_limit": null, "rpm_limit": null,
             "created_by": "default_user_id", "updated_by": "default_user_id",
             "resets_with_team": true
         })]
