@@ -278,12 +278,13 @@ impl TeamRule {
         regex::Regex::new(&pattern)
             .map(Matcher::NameRegex)
             .map_err(|e| {
-                // regex's message spans lines (the pattern, a caret, the reason): one line here.
-                let reason = e
-                    .to_string()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ");
+                // regex's message spans lines (the pattern, a caret under the spot, then
+                // `error: <reason>`): one line here, the reason kept.
+                let text = e.to_string();
+                let reason = match text.lines().find_map(|line| line.strip_prefix("error: ")) {
+                    Some(reason) => format!("regex parse error: {reason}"),
+                    None => text.split_whitespace().collect::<Vec<_>>().join(" "),
+                };
                 rule_error(position, format!("name_regex {pattern:?}: {reason}"))
             })
     }
@@ -692,7 +693,7 @@ rules:
             ),
             (
                 "  - match: {name_regex: '^('}\n",
-                "name_regex \"^(\": regex parse error:",
+                "name_regex \"^(\": regex parse error: unclosed group",
             ),
             ("  - match: {name_glob: 'B[*'}\n", "name_glob \"B[*\": "),
             (

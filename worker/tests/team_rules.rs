@@ -516,7 +516,7 @@ async fn every_bad_rule_stops_the_worker_at_start_with_its_position_and_reason()
         (
             "invalid regex",
             "  - match: {name_regex: '^('}\n",
-            "name_regex \"^(\": regex parse error:",
+            "name_regex \"^(\": regex parse error: unclosed group",
         ),
         (
             "invalid glob",
