@@ -27,17 +27,18 @@ fn print_json_line(value: &impl Serialize) -> Result<()> {
     writeln!(out, "{line}").map_err(|e| Error::Settings(format!("cannot write to stdout: {e}")))
 }
 
-/// `sync --full [--dry-run]`: a full reconciliation, its changes printed as JSON lines.
-/// Without `--full`: the assignments polled and one delta round.
+/// `sync --full [--dry-run]`: a full reconciliation, its changes printed as JSON lines; a dry
+/// run then adds a `team_differs_from_rule` line for each team whose parameters differ from its
+/// team rule's (see [`crate::team_rules::RuleDrift`]). Without `--full`: the assignments polled
+/// and one delta round.
 pub async fn sync(config: &WorkerConfig, full: bool, dry_run: bool) -> Result<()> {
+    let settings = config.litellm_settings()?;
+    config.team_rules()?;
     let db = crate::serve::open_database(config).await?;
-    let store = crate::serve::store(
-        config,
-        db.clone(),
-        config.litellm_settings()?,
-        Default::default(),
-    )?;
+    let rules = crate::serve::team_rules(config, &db).await?;
+    let store = crate::serve::store(config, db.clone(), settings, rules, Default::default())?;
     let cache = store.litellm_cache().cloned();
+    let reporter = store.clone();
     let mut syncer = crate::serve::syncer(config, graph(config)?, store);
     if dry_run {
         syncer = syncer.dry_run();
@@ -62,6 +63,17 @@ pub async fn sync(config: &WorkerConfig, full: bool, dry_run: bool) -> Result<()
         if full { "reconciliation" } else { "sync" },
         changes.total()
     );
+    if full && dry_run {
+        // Reported, never changed: rules apply when a team is created, and an admin's edit since
+        // stands; the operator decides.
+        let drift = reporter.rule_drift().await?;
+        for team in &drift {
+            print_json_line(team)?;
+        }
+        if !drift.is_empty() {
+            eprintln!("{} teams differ from their team rule", drift.len());
+        }
+    }
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use crate::litellm_cache::CacheTarget;
 use crate::litellm_config::LiteLlmSettings;
 use crate::store::{DepartedUserKeys, KeyPolicy, RemovalMode, RemovedMemberKeys};
 use crate::sync::{DepartedUserPolicy, Membership, UnassignedPolicy};
+use crate::team_rules::TeamRules;
 use entra_sync_core::settings::{StreamArgs, secret};
 
 /// Settings every worker command needs.
@@ -24,6 +25,11 @@ pub struct WorkerConfig {
     /// and budget_reset_time. Unset: LiteLLM's defaults.
     #[arg(long, env = "LITELLM_CONFIG")]
     pub litellm_config: Option<PathBuf>,
+
+    /// A YAML file of ordered rules giving matching groups' new teams their own parameters over
+    /// default_team_params (format in the README). Unset: default_team_params for every team.
+    #[arg(long, env = "ENTRA_SYNC_TEAM_RULES")]
+    pub team_rules: Option<PathBuf>,
 
     /// Which members a removal may take out of a team: `managed` (only those entra-sync added)
     /// or `mirror` (everyone not in the Entra group).
@@ -141,6 +147,18 @@ impl WorkerConfig {
         match &self.litellm_config {
             None => Ok(LiteLlmSettings::default()),
             Some(path) => LiteLlmSettings::load(path, &|name| std::env::var(name).ok()),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Reads the team rules, resolving `os.environ/NAME` references in their values from this
+    /// process's environment. Their organizations are checked against the database separately
+    /// ([`TeamRules::check_organizations`]).
+    pub fn team_rules(&self) -> Result<TeamRules> {
+        match &self.team_rules {
+            None => Ok(TeamRules::default()),
+            Some(path) => TeamRules::load(path, &|name| std::env::var(name).ok()),
         }
     }
 }

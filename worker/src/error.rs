@@ -18,6 +18,9 @@ pub enum Error {
         key: String,
         problem: String,
     },
+    /// A team rule (`ENTRA_SYNC_TEAM_RULES`) cannot be used; `position` is the rule's, 1-based.
+    #[error("ENTRA_SYNC_TEAM_RULES rule {position}: {problem}")]
+    TeamRule { position: usize, problem: String },
     #[error("database: {0}")]
     Database(#[from] DbErr),
     #[error("team {0} does not exist in LiteLLM: ensure the team before changing its members")]
@@ -81,6 +84,7 @@ impl Error {
             | Self::Credential(_)
             | Self::Settings(_)
             | Self::Config { .. }
+            | Self::TeamRule { .. }
             | Self::DeltaExpired
             | Self::LeaseBusy { .. }
             | Self::LeaseLost { .. }

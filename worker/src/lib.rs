@@ -20,5 +20,6 @@ pub mod store;
 pub mod stream;
 pub mod subscriptions;
 pub mod sync;
+pub mod team_rules;
 
 pub use error::{Error, Result};

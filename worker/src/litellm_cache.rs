@@ -75,7 +75,9 @@ pub fn cache_keys(change: &Change) -> Vec<String> {
         Change::UserCreated { user_id, .. }
         | Change::UserLinked { user_id, .. }
         | Change::UserUpdated { user_id, .. }
-        | Change::RoleChanged { user_id, .. } => vec![user_id.clone()],
+        | Change::RoleChanged { user_id, .. }
+        // LiteLLM caches the user object with its organization memberships.
+        | Change::OrganizationMemberAdded { user_id, .. } => vec![user_id.clone()],
         Change::MemberAdded { team_id, user_id }
         | Change::MemberRemoved { team_id, user_id }
         | Change::MemberRoleChanged {

@@ -12,15 +12,17 @@ use crate::budget::{BudgetDuration, ResetClock};
 use crate::error::{Error, Result};
 use crate::roles::LiteLlmRole;
 
-/// Field values for teams entra-sync creates (LiteLLM's `default_team_params`). Applied only when a
-/// team is created; later edits by an admin are never overwritten.
+/// Field values for teams entra-sync creates (LiteLLM's `default_team_params`, or a team rule's
+/// `team`, see [`crate::team_rules`]). Applied only when a team is created; later edits by an
+/// admin are never overwritten. `None`: not given, so the team gets LiteLLM's default (and a
+/// rule's field falls back to `default_team_params`' one, see [`TeamDefaults::overlaid_on`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TeamDefaults {
     pub max_budget: Option<f64>,
     pub soft_budget: Option<f64>,
     pub budget_duration: Option<BudgetDuration>,
-    /// Empty means all models, as in LiteLLM.
-    pub models: Vec<String>,
+    /// Empty (or not given) means all models, as in LiteLLM.
+    pub models: Option<Vec<String>>,
     pub tpm_limit: Option<i64>,
     pub rpm_limit: Option<i64>,
     pub tpd_limit: Option<i64>,
@@ -33,6 +35,110 @@ pub struct TeamDefaults {
     pub metadata: Option<Map<String, Value>>,
     pub model_max_budget: Option<Map<String, Value>>,
     pub blocked: Option<bool>,
+    /// Each member's budget in the team: LiteLLM keeps it in a `"LiteLLM_BudgetTable"` row made
+    /// with the team, named in the team's `metadata.team_member_budget_id`.
+    pub team_member_budget: Option<f64>,
+    /// The member budget's reset period; not given: the team's `budget_duration`, as in LiteLLM.
+    pub team_member_budget_duration: Option<BudgetDuration>,
+    pub team_member_tpm_limit: Option<i64>,
+    pub team_member_rpm_limit: Option<i64>,
+}
+
+impl TeamDefaults {
+    /// The keys a params mapping may hold, in LiteLLM's spelling.
+    pub const KEYS: [&'static str; 20] = [
+        "max_budget",
+        "soft_budget",
+        "budget_duration",
+        "models",
+        "tpm_limit",
+        "rpm_limit",
+        "tpd_limit",
+        "max_parallel_requests",
+        "team_member_permissions",
+        "organization_id",
+        "access_group_ids",
+        "policies",
+        "default_team_member_models",
+        "metadata",
+        "model_max_budget",
+        "blocked",
+        "team_member_budget",
+        "team_member_budget_duration",
+        "team_member_tpm_limit",
+        "team_member_rpm_limit",
+    ];
+
+    /// These values, each field not given here taken from `base`: a team rule over
+    /// `default_team_params`. Whole fields, not their insides: a rule's `metadata` or `models`
+    /// replaces the default's.
+    #[must_use]
+    pub fn overlaid_on(&self, base: &TeamDefaults) -> TeamDefaults {
+        fn pick<T: Clone>(over: &Option<T>, base: &Option<T>) -> Option<T> {
+            over.clone().or_else(|| base.clone())
+        }
+        TeamDefaults {
+            max_budget: pick(&self.max_budget, &base.max_budget),
+            soft_budget: pick(&self.soft_budget, &base.soft_budget),
+            budget_duration: pick(&self.budget_duration, &base.budget_duration),
+            models: pick(&self.models, &base.models),
+            tpm_limit: pick(&self.tpm_limit, &base.tpm_limit),
+            rpm_limit: pick(&self.rpm_limit, &base.rpm_limit),
+            tpd_limit: pick(&self.tpd_limit, &base.tpd_limit),
+            max_parallel_requests: pick(&self.max_parallel_requests, &base.max_parallel_requests),
+            team_member_permissions: pick(
+                &self.team_member_permissions,
+                &base.team_member_permissions,
+            ),
+            organization_id: pick(&self.organization_id, &base.organization_id),
+            access_group_ids: pick(&self.access_group_ids, &base.access_group_ids),
+            policies: pick(&self.policies, &base.policies),
+            default_team_member_models: pick(
+                &self.default_team_member_models,
+                &base.default_team_member_models,
+            ),
+            metadata: pick(&self.metadata, &base.metadata),
+            model_max_budget: pick(&self.model_max_budget, &base.model_max_budget),
+            blocked: pick(&self.blocked, &base.blocked),
+            team_member_budget: pick(&self.team_member_budget, &base.team_member_budget),
+            team_member_budget_duration: pick(
+                &self.team_member_budget_duration,
+                &base.team_member_budget_duration,
+            ),
+            team_member_tpm_limit: pick(&self.team_member_tpm_limit, &base.team_member_tpm_limit),
+            team_member_rpm_limit: pick(&self.team_member_rpm_limit, &base.team_member_rpm_limit),
+        }
+    }
+
+    /// Whether the team gets a member budget row (LiteLLM's `should_create_budget`: any member
+    /// limit given).
+    pub fn has_member_budget(&self) -> bool {
+        self.team_member_budget.is_some()
+            || self.team_member_budget_duration.is_some()
+            || self.team_member_tpm_limit.is_some()
+            || self.team_member_rpm_limit.is_some()
+    }
+}
+
+/// What reading team params does with a key it does not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnknownKeys {
+    /// LiteLLM's own config: LiteLLM accepts more fields than entra-sync writes, so warn.
+    Warn,
+    /// entra-sync's own files (team rules): a key not known is a mistake.
+    Refuse,
+}
+
+/// Reads a mapping of team params (`default_team_params`' syntax, `os.environ/NAME` references
+/// resolved by `env`). Errors are [`Error::Config`] naming `origin` and `prefix.key`.
+pub fn parse_team_params(
+    params: &Map<String, Value>,
+    origin: &str,
+    prefix: &str,
+    unknown: UnknownKeys,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<TeamDefaults> {
+    Reader { origin, env }.team_params(params, prefix, unknown)
 }
 
 /// Field values for users entra-sync creates (LiteLLM's `default_internal_user_params`).
@@ -260,26 +366,33 @@ impl Reader<'_> {
     fn team_defaults(&self, value: Option<&Value>) -> Result<TeamDefaults> {
         const KEY: &str = "litellm_settings.default_team_params";
         let params = self.section(value, KEY)?;
-        let key = |name: &str| format!("{KEY}.{name}");
-        let known = [
-            "max_budget",
-            "soft_budget",
-            "budget_duration",
-            "models",
-            "tpm_limit",
-            "rpm_limit",
-            "tpd_limit",
-            "max_parallel_requests",
-            "team_member_permissions",
-            "organization_id",
-            "access_group_ids",
-            "policies",
-            "default_team_member_models",
-            "metadata",
-            "model_max_budget",
-            "blocked",
-        ];
-        warn_unknown(&params, &known, KEY);
+        self.team_params(&params, KEY, UnknownKeys::Warn)
+    }
+
+    fn team_params(
+        &self,
+        params: &Map<String, Value>,
+        prefix: &str,
+        unknown: UnknownKeys,
+    ) -> Result<TeamDefaults> {
+        let key = |name: &str| format!("{prefix}.{name}");
+        match unknown {
+            UnknownKeys::Warn => warn_unknown(params, &TeamDefaults::KEYS, prefix),
+            UnknownKeys::Refuse => {
+                if let Some(name) = params
+                    .keys()
+                    .find(|name| !TeamDefaults::KEYS.contains(&name.as_str()))
+                {
+                    return Err(self.error(
+                        &key(name),
+                        &format!(
+                            "unknown field; expected one of {}",
+                            TeamDefaults::KEYS.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
         let max_parallel_requests = self
             .integer(
                 params.get("max_parallel_requests"),
@@ -291,13 +404,11 @@ impl Reader<'_> {
             })
             .transpose()?;
         Ok(TeamDefaults {
-            max_budget: self.float(params.get("max_budget"), &key("max_budget"))?,
-            soft_budget: self.float(params.get("soft_budget"), &key("soft_budget"))?,
+            max_budget: self.budget(params.get("max_budget"), &key("max_budget"))?,
+            soft_budget: self.budget(params.get("soft_budget"), &key("soft_budget"))?,
             budget_duration: self
                 .duration(params.get("budget_duration"), &key("budget_duration"))?,
-            models: self
-                .strings(params.get("models"), &key("models"))?
-                .unwrap_or_default(),
+            models: self.strings(params.get("models"), &key("models"))?,
             tpm_limit: self.integer(params.get("tpm_limit"), &key("tpm_limit"))?,
             rpm_limit: self.integer(params.get("rpm_limit"), &key("rpm_limit"))?,
             tpd_limit: self.integer(params.get("tpd_limit"), &key("tpd_limit"))?,
@@ -318,7 +429,32 @@ impl Reader<'_> {
             model_max_budget: self
                 .object(params.get("model_max_budget"), &key("model_max_budget"))?,
             blocked: self.boolean(params.get("blocked"), &key("blocked"))?,
+            team_member_budget: self
+                .budget(params.get("team_member_budget"), &key("team_member_budget"))?,
+            team_member_budget_duration: self.duration(
+                params.get("team_member_budget_duration"),
+                &key("team_member_budget_duration"),
+            )?,
+            team_member_tpm_limit: self.integer(
+                params.get("team_member_tpm_limit"),
+                &key("team_member_tpm_limit"),
+            )?,
+            team_member_rpm_limit: self.integer(
+                params.get("team_member_rpm_limit"),
+                &key("team_member_rpm_limit"),
+            )?,
         })
+    }
+
+    /// A budget: LiteLLM's `new_team` refuses a negative or infinite one.
+    fn budget(&self, value: Option<&Value>, key: &str) -> Result<Option<f64>> {
+        match self.float(value, key)? {
+            Some(amount) if !amount.is_finite() || amount < 0.0 => Err(self.error(
+                key,
+                &format!("{amount} is not a non-negative finite number"),
+            )),
+            other => Ok(other),
+        }
     }
 
     fn user_defaults(&self, value: Option<&Value>) -> Result<UserDefaults> {
@@ -466,7 +602,10 @@ litellm_settings:
         let team = &settings.team_defaults;
         assert_eq!(team.max_budget, Some(100.0));
         assert_eq!(team.budget_duration, Some(BudgetDuration::Days(30)));
-        assert_eq!(team.models, ["gpt-4o", "gpt-4o-mini"]);
+        assert_eq!(
+            team.models.as_deref(),
+            Some(&["gpt-4o".to_owned(), "gpt-4o-mini".to_owned()][..])
+        );
         assert_eq!(team.tpm_limit, Some(1000));
         assert_eq!(
             team.team_member_permissions.as_deref(),
@@ -511,7 +650,10 @@ litellm_settings:
         )
         .unwrap();
         assert_eq!(settings.team_defaults.max_budget, Some(250.0));
-        assert_eq!(settings.team_defaults.models, ["claude"]);
+        assert_eq!(
+            settings.team_defaults.models.as_deref(),
+            Some(&["claude".to_owned()][..])
+        );
         assert_eq!(settings.reset_clock.timezone, chrono_tz::Asia::Kolkata);
     }
 

@@ -20,6 +20,7 @@ use crate::store::Store;
 use crate::stream::{StreamConsumer, StreamSettings};
 use crate::subscriptions::SubscriptionManager;
 use crate::sync::{LeaseSettings, Syncer};
+use crate::team_rules::TeamRules;
 
 /// Connects to LiteLLM's database with a clear error, which never holds the URL's password.
 pub async fn connect_database(config: &WorkerConfig) -> Result<Db> {
@@ -40,12 +41,24 @@ pub async fn open_database(config: &WorkerConfig) -> Result<Db> {
     Ok(db)
 }
 
-/// The store as configured: its removal mode, key policy and LiteLLM cache (whose evictions are
-/// counted in `evictions`).
+/// The team rules, read and checked: every rule, then its organization against LiteLLM's
+/// database (`db`). A bad rule stops the command with the rule's position.
+pub async fn team_rules(config: &WorkerConfig, db: &Db) -> Result<TeamRules> {
+    let rules = config.team_rules()?;
+    rules.check_organizations(db).await?;
+    if !rules.is_empty() {
+        tracing::info!(rules = rules.rules().len(), "team rules read");
+    }
+    Ok(rules)
+}
+
+/// The store as configured: its removal mode, key policy, team rules and LiteLLM cache (whose
+/// evictions are counted in `evictions`).
 pub fn store(
     config: &WorkerConfig,
     db: Db,
     settings: LiteLlmSettings,
+    rules: TeamRules,
     evictions: prometheus_client::metrics::family::Family<
         ResultLabel,
         prometheus_client::metrics::counter::Counter,
@@ -54,7 +67,9 @@ pub fn store(
     let cache = config
         .litellm_cache_target(&settings)?
         .map(|target| LiteLlmCache::start(target, evictions));
-    let store = Store::new(db, settings, config.removal_mode).with_key_policy(config.key_policy());
+    let store = Store::new(db, settings, config.removal_mode)
+        .with_key_policy(config.key_policy())
+        .with_team_rules(rules);
     Ok(match cache {
         Some(cache) => store.with_litellm_cache(cache),
         None => store,
@@ -94,9 +109,12 @@ pub fn cache_advice(configured: bool, caches: &CacheSettings) -> Vec<String> {
 pub async fn run(config: WorkerConfig) -> Result<()> {
     let intervals = config.intervals()?;
     let settings = config.litellm_settings()?;
+    // The rules file is read before anything connects, so that a mistake in it shows first.
+    config.team_rules()?;
     let graph_config = config.graph.clone().resolve()?;
     let target = config.subscription_target()?;
     let db = open_database(&config).await?;
+    let rules = team_rules(&config, &db).await?;
 
     let mut registry = Registry::default();
     let graph_metrics = GraphMetrics::register(&mut registry);
@@ -132,6 +150,7 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
         &config,
         db.clone(),
         settings,
+        rules,
         metrics.litellm_cache_evictions.clone(),
     )?;
     let cache = store.litellm_cache().cloned();

@@ -63,6 +63,14 @@ pub enum Change {
         team_id: String,
         user_id: String,
     },
+    /// A member who joined a team in an organization became a member of the organization, as
+    /// LiteLLM's `add_member_to_organization` makes them (a `"LiteLLM_OrganizationMembership"`
+    /// row with role `internal_user`).
+    OrganizationMemberAdded {
+        organization_id: String,
+        user_id: String,
+        user_role: String,
+    },
     RoleChanged {
         user_id: String,
         from: Option<String>,
@@ -142,6 +150,7 @@ impl Change {
             Self::UserCreated { .. }
             | Self::UserLinked { .. }
             | Self::UserUpdated { .. }
+            | Self::OrganizationMemberAdded { .. }
             | Self::RoleChanged { .. } => None,
         }
     }
@@ -159,6 +168,7 @@ impl Change {
             Self::MemberAdded { .. } => "member_added",
             Self::MemberRoleChanged { .. } => "member_role_changed",
             Self::MemberRemoved { .. } => "member_removed",
+            Self::OrganizationMemberAdded { .. } => "organization_member_added",
             Self::RoleChanged { .. } => "role_changed",
             Self::KeyDeleted { .. } => "key_deleted",
             Self::KeyBlocked { .. } => "key_blocked",

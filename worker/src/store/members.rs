@@ -93,6 +93,8 @@ pub(super) struct TeamState {
     member_budget_id: Option<String>,
     /// LiteLLM caches the team under its alias too.
     alias: Option<String>,
+    /// The team's organization: members who join become its members too.
+    organization_id: Option<String>,
 }
 
 #[derive(FromQueryResult)]
@@ -100,6 +102,7 @@ struct TeamRow {
     members_with_roles: Value,
     member_budget_id: Option<String>,
     team_alias: Option<String>,
+    organization_id: Option<String>,
 }
 
 #[derive(FromQueryResult)]
@@ -125,7 +128,7 @@ struct OwnerDbRow {
 async fn load_team(txn: &DatabaseTransaction, team_id: &str) -> Result<TeamState> {
     let team = TeamRow::find_by_statement(stmt(
         r#"SELECT members_with_roles, metadata->>'team_member_budget_id' AS member_budget_id,
-                  team_alias
+                  team_alias, organization_id
            FROM "LiteLLM_TeamTable" WHERE team_id = $1"#,
         [team_id.into()],
     ))
@@ -186,6 +189,7 @@ async fn load_team(txn: &DatabaseTransaction, team_id: &str) -> Result<TeamState
         owners,
         member_budget_id: team.member_budget_id,
         alias: team.team_alias,
+        organization_id: team.organization_id,
     })
 }
 
@@ -231,6 +235,10 @@ pub(super) struct Plan {
     pub owner_rows: Option<HashMap<String, OwnerRow>>,
     /// What happens to the keys of the members who leave, and of those who come back.
     keys: KeyPlan,
+    /// Users this request makes full members (as members or as owners).
+    joined: Vec<String>,
+    /// Users who become members of the team's organization.
+    organization_members: Vec<String>,
     pub changes: Vec<Change>,
 }
 
@@ -362,6 +370,7 @@ pub(super) async fn apply(
         plan_leave(&mut plan, &candidates, &team, &team_id, user_id.clone());
     }
     plan_keys(txn, &mut plan, &team_id, &leaving, &arriving, request.keys).await?;
+    plan_organization(txn, &mut plan, &team).await?;
     let mut stale = Vec::new();
     if !plan.changes.is_empty() {
         stale.extend(
@@ -410,6 +419,57 @@ async fn plan_keys(
     plan.keys.removed(keys::of_users(&found, &leaving), policy);
     plan.keys.rejoined(keys::of_users(&found, &arriving));
     plan.changes.append(&mut plan.keys.changes);
+    Ok(())
+}
+
+/// LiteLLM's role for a member its team brings into an organization
+/// (`_auto_add_team_members_to_organization`: `LitellmUserRoles.INTERNAL_USER`).
+const ORGANIZATION_MEMBER_ROLE: &str = "internal_user";
+
+/// Members who join a team in an organization become members of the organization, as LiteLLM
+/// makes a team's members when its team enters one (`team_endpoints.py`,
+/// `_auto_add_team_members_to_organization` calling `organization_endpoints.py`,
+/// `add_member_to_organization`): a `"LiteLLM_OrganizationMembership"` row with role
+/// `internal_user`, for users who have none; an existing membership and its role stay, and the
+/// user row's own `organization_id` is not touched (LiteLLM does not set it either). Leaving the
+/// team leaves the organization membership alone: LiteLLM's `team_member_delete` does too.
+async fn plan_organization(
+    txn: &DatabaseTransaction,
+    plan: &mut Plan,
+    team: &TeamState,
+) -> Result<()> {
+    let Some(organization_id) = &team.organization_id else {
+        return Ok(());
+    };
+    if plan.joined.is_empty() {
+        return Ok(());
+    }
+    let members: HashSet<String> = UserIdRow::find_by_statement(stmt(
+        r#"SELECT user_id FROM "LiteLLM_OrganizationMembership"
+           WHERE organization_id = $1 AND user_id = ANY($2)"#,
+        [organization_id.into(), text_array(&plan.joined)],
+    ))
+    .all(txn)
+    .await?
+    .into_iter()
+    .map(|row| row.user_id)
+    .collect();
+    let mut joining: Vec<String> = plan
+        .joined
+        .iter()
+        .filter(|user_id| !members.contains(*user_id))
+        .cloned()
+        .collect();
+    joining.sort();
+    joining.dedup();
+    for user_id in &joining {
+        plan.changes.push(Change::OrganizationMemberAdded {
+            organization_id: organization_id.clone(),
+            user_id: user_id.clone(),
+            user_role: ORGANIZATION_MEMBER_ROLE.to_owned(),
+        });
+    }
+    plan.organization_members = joining;
     Ok(())
 }
 
@@ -537,6 +597,7 @@ pub(super) fn plan_join(
     }
     let added = !(in_teams && has_row && has_entry);
     if added {
+        plan.joined.push(user_id.clone());
         plan.changes.push(Change::MemberAdded {
             team_id: team_id.to_owned(),
             user_id: user_id.clone(),
@@ -635,6 +696,24 @@ async fn execute(
                 team_id.into(),
                 text_array(&plan.insert_rows),
                 member_budget_id.into(),
+            ],
+        ))
+        .await?;
+    }
+    if let Some(organization_id) = &team.organization_id
+        && !plan.organization_members.is_empty()
+    {
+        // After the users exist (the row's foreign key); a row LiteLLM wrote meanwhile stays.
+        txn.execute(stmt(
+            r#"INSERT INTO "LiteLLM_OrganizationMembership"
+                 (user_id, organization_id, user_role, created_at, updated_at)
+               SELECT user_id, $1, $3, $4, $4 FROM unnest($2::text[]) AS user_id
+               ON CONFLICT (user_id, organization_id) DO NOTHING"#,
+            [
+                organization_id.into(),
+                text_array(&plan.organization_members),
+                ORGANIZATION_MEMBER_ROLE.into(),
+                stamp.into(),
             ],
         ))
         .await?;

@@ -45,6 +45,7 @@ use crate::directory::EntraUser;
 use crate::error::Result;
 use crate::litellm_cache::LiteLlmCache;
 use crate::litellm_config::LiteLlmSettings;
+use crate::team_rules::TeamRules;
 use lease::Fence;
 
 /// Which members a removal may take out of a team.
@@ -252,6 +253,8 @@ async fn rollback(txn: DatabaseTransaction) {
 pub struct Store {
     db: Db,
     settings: Arc<LiteLlmSettings>,
+    /// Per-group parameters for new teams (`ENTRA_SYNC_TEAM_RULES`).
+    rules: Arc<TeamRules>,
     removal_mode: RemovalMode,
     keys: KeyPolicy,
     /// Set: LiteLLM's Redis, where each commit's stale objects are evicted.
@@ -265,11 +268,26 @@ impl Store {
         Self {
             db: db.into(),
             settings: Arc::new(settings),
+            rules: Arc::new(TeamRules::default()),
             removal_mode,
             keys: KeyPolicy::default(),
             cache: None,
             statistics: Arc::new(statistics::Statistics::new()),
         }
+    }
+
+    /// The team rules new teams follow (checked at start, see [`TeamRules::check_organizations`]).
+    #[must_use]
+    pub fn with_team_rules(mut self, rules: TeamRules) -> Self {
+        self.rules = Arc::new(rules);
+        self
+    }
+
+    /// The assigned groups' teams whose parameters differ from their team rule's (for
+    /// `sync --full --dry-run`); nothing is changed.
+    pub async fn rule_drift(&self) -> Result<Vec<crate::team_rules::RuleDrift>> {
+        let groups = self.assigned_groups().await?;
+        teams::rule_drift(&self.db, &self.rules, &groups).await
     }
 
     /// What removals and departures do to keys.
@@ -394,7 +412,15 @@ impl LiteLlmWriter for Store {
         options: ApplyOptions,
     ) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
-        let changes = teams::ensure(&txn, group, display_name, &self.settings, options.now).await;
+        let changes = teams::ensure(
+            &txn,
+            group,
+            display_name,
+            &self.settings,
+            &self.rules,
+            options.now,
+        )
+        .await;
         self.settle(txn, changes, options).await
     }
 
@@ -479,7 +505,10 @@ impl LiteLlmWriter for Store {
         let txn = self.db.begin().await?;
         let work = async {
             let created = match display_name {
-                Some(name) => teams::ensure(&txn, group, name, &self.settings, options.now).await?,
+                Some(name) => {
+                    teams::ensure(&txn, group, name, &self.settings, &self.rules, options.now)
+                        .await?
+                }
                 None => Vec::new(),
             };
             let request = members::Request {

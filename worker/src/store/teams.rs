@@ -4,22 +4,31 @@ use chrono::{DateTime, Utc};
 use entity::GroupId;
 use entity::litellm::team;
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue::NotSet, ConnectionTrait, DatabaseTransaction, EntityTrait, Set};
+use sea_orm::{
+    ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait,
+    FromQueryResult, QueryFilter, Set,
+};
 use serde_json::Value;
+use std::collections::HashMap;
 
 use super::Applied;
 use super::change::Change;
 use super::sql::{litellm_timestamp, lock_team, stmt};
 use crate::error::Result;
-use crate::litellm_config::LiteLlmSettings;
+use crate::litellm_config::{LiteLlmSettings, TeamDefaults};
+use crate::team_rules::{MemberBudget, RuleDrift, TeamNow, TeamRules};
+
+/// Who LiteLLM's `new_budget` names as a budget's creator when the request has no user: its
+/// proxy admin (`LITELLM_PROXY_ADMIN_NAME`), as for the teams its SSO sign-in creates.
+const LITELLM_PROXY_ADMIN_NAME: &str = "default_user_id";
 
 /// The metadata key that says entra-sync blocked a team under the `block` policy.
 const BLOCKED_MARKER: &str = "entra_sync_blocked";
 /// Its value: the team's group was unassigned from the app, or deleted.
 const BLOCKED_UNASSIGNED: &str = "group_unassigned";
 
-/// Creates the team for a group (team_id = group id, team_alias = display name, LiteLLM's
-/// `default_team_params` applied) or, when it exists, brings its alias up to date, and unblocks
+/// Creates the team for a group (team_id = group id, team_alias = display name, the first
+/// matching team rule's fields over LiteLLM's `default_team_params` applied) or, when it exists, brings its alias up to date, and unblocks
 /// it when entra-sync had blocked it under the `block` policy (the group is assigned, or back,
 /// again). Nothing else of an existing team is touched: its budget, models and spend belong to
 /// LiteLLM's admins, and a team an admin blocked stays blocked.
@@ -28,6 +37,7 @@ pub(super) async fn ensure(
     group: &GroupId,
     display_name: &str,
     settings: &LiteLlmSettings,
+    rules: &TeamRules,
     now: DateTime<Utc>,
 ) -> Result<Vec<Change>> {
     let team_id = group.to_string();
@@ -70,7 +80,16 @@ pub(super) async fn ensure(
             }]
         }
         None => {
-            team::Entity::insert(new_team(&team_id, display_name, settings, now))
+            let params = rules.params_for(group, display_name, &settings.team_defaults);
+            let mut row = new_team(&team_id, display_name, &params, settings, now);
+            if params.has_member_budget() {
+                let budget_id =
+                    create_member_budget(txn, display_name, &params, settings, now).await?;
+                let mut metadata = params.metadata.clone().unwrap_or_default();
+                metadata.insert(MEMBER_BUDGET_KEY.into(), Value::String(budget_id));
+                row.metadata = Set(Value::Object(metadata));
+            }
+            team::Entity::insert(row)
                 .on_conflict(
                     OnConflict::column(team::Column::TeamId)
                         .do_nothing()
@@ -88,14 +107,63 @@ pub(super) async fn ensure(
     Ok(changes)
 }
 
-/// The new team's row; columns left `NotSet` keep LiteLLM's database defaults (spend among them).
+/// The team metadata key naming its member budget (LiteLLM's `team_member_budget_id`).
+const MEMBER_BUDGET_KEY: &str = "team_member_budget_id";
+
+/// Creates the team's member budget as LiteLLM's `new_team` does
+/// (`TeamMemberBudgetHandler.create_team_member_budget_table` through `new_budget`): a
+/// `"LiteLLM_BudgetTable"` row named `team-<alias, spaces as dashes>-budget-<uuid hex>` with the
+/// member limits, whose period is `team_member_budget_duration`, else the team's
+/// `budget_duration`, and whose first reset follows LiteLLM's rule. Returns its id, which the
+/// team's metadata keeps and every new membership row gets as its `budget_id`.
+#[tracing::instrument(skip(txn, params, settings), err(level = "debug"))]
+async fn create_member_budget(
+    txn: &DatabaseTransaction,
+    display_name: &str,
+    params: &TeamDefaults,
+    settings: &LiteLlmSettings,
+    now: DateTime<Utc>,
+) -> Result<String> {
+    let budget_id = format!(
+        "team-{}-budget-{}",
+        display_name.replace(' ', "-"),
+        uuid::Uuid::new_v4().simple()
+    );
+    let duration = params
+        .team_member_budget_duration
+        .or(params.budget_duration);
+    let stamp = litellm_timestamp(now);
+    txn.execute(stmt(
+        r#"INSERT INTO "LiteLLM_BudgetTable"
+             (budget_id, max_budget, tpm_limit, rpm_limit, budget_duration, budget_reset_at,
+              created_at, created_by, updated_at, updated_by)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, $8)"#,
+        [
+            budget_id.clone().into(),
+            params.team_member_budget.into(),
+            params.team_member_tpm_limit.into(),
+            params.team_member_rpm_limit.into(),
+            duration.map(|d| d.to_string()).into(),
+            duration
+                .map(|d| settings.reset_clock.next_reset(d, now))
+                .into(),
+            stamp.into(),
+            LITELLM_PROXY_ADMIN_NAME.into(),
+        ],
+    ))
+    .await?;
+    Ok(budget_id)
+}
+
+/// The new team's row from its parameters (a rule's over `default_team_params`); columns left
+/// `NotSet` keep LiteLLM's database defaults (spend among them).
 fn new_team(
     team_id: &str,
     display_name: &str,
+    defaults: &TeamDefaults,
     settings: &LiteLlmSettings,
     now: DateTime<Utc>,
 ) -> team::ActiveModel {
-    let defaults = &settings.team_defaults;
     let stamp = litellm_timestamp(now);
     let optional = |value: &Option<Vec<String>>| match value {
         Some(list) => Set(Some(list.clone())),
@@ -111,7 +179,7 @@ fn new_team(
         max_budget: Set(defaults.max_budget),
         soft_budget: Set(defaults.soft_budget),
         spend: NotSet,
-        models: Set(Some(defaults.models.clone())),
+        models: Set(Some(defaults.models.clone().unwrap_or_default())),
         max_parallel_requests: Set(defaults.max_parallel_requests),
         tpm_limit: Set(defaults.tpm_limit),
         rpm_limit: Set(defaults.rpm_limit),
@@ -173,4 +241,113 @@ pub(super) async fn block(
             .into_iter()
             .collect(),
     })
+}
+
+#[derive(FromQueryResult)]
+struct BudgetRow {
+    budget_id: String,
+    max_budget: Option<f64>,
+    budget_duration: Option<String>,
+    tpm_limit: Option<i64>,
+    rpm_limit: Option<i64>,
+}
+
+/// The teams of these groups (id -> the group's name, else the team's alias counts) whose
+/// parameters differ from their rule's, in team id order. Reads only: an admin's edit stands.
+#[tracing::instrument(skip_all, fields(groups = groups.len()), err(level = "debug"))]
+pub(super) async fn rule_drift(
+    db: &impl ConnectionTrait,
+    rules: &TeamRules,
+    groups: &HashMap<GroupId, Option<String>>,
+) -> Result<Vec<RuleDrift>> {
+    if rules.is_empty() || groups.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = groups.keys().map(ToString::to_string).collect();
+    let teams = team::Entity::find()
+        .filter(team::Column::TeamId.is_in(ids))
+        .all(db)
+        .await?;
+    let budget_ids: Vec<String> = teams
+        .iter()
+        .filter_map(|t| {
+            t.metadata
+                .get(MEMBER_BUDGET_KEY)?
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    let budgets: HashMap<String, BudgetRow> = if budget_ids.is_empty() {
+        HashMap::new()
+    } else {
+        BudgetRow::find_by_statement(stmt(
+            r#"SELECT budget_id, max_budget, budget_duration, tpm_limit, rpm_limit
+               FROM "LiteLLM_BudgetTable" WHERE budget_id = ANY($1)"#,
+            [budget_ids.into()],
+        ))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|row| (row.budget_id.clone(), row))
+        .collect()
+    };
+    let mut drift = Vec::new();
+    for team in teams {
+        let Ok(group) = GroupId::parse(&team.team_id) else {
+            continue;
+        };
+        let name = groups
+            .get(&group)
+            .cloned()
+            .flatten()
+            .or_else(|| team.team_alias.clone())
+            .unwrap_or_default();
+        let Some(rule) = rules.matching(&group, &name) else {
+            continue;
+        };
+        let member_budget = team
+            .metadata
+            .get(MEMBER_BUDGET_KEY)
+            .and_then(Value::as_str)
+            .and_then(|id| budgets.get(id))
+            .map(|row| MemberBudget {
+                max_budget: row.max_budget,
+                budget_duration: row.budget_duration.clone(),
+                tpm_limit: row.tpm_limit,
+                rpm_limit: row.rpm_limit,
+            });
+        let now = TeamNow {
+            max_budget: team.max_budget,
+            soft_budget: team.soft_budget,
+            budget_duration: team.budget_duration,
+            models: team.models,
+            tpm_limit: team.tpm_limit,
+            rpm_limit: team.rpm_limit,
+            tpd_limit: team.tpd_limit,
+            max_parallel_requests: team.max_parallel_requests,
+            team_member_permissions: team.team_member_permissions,
+            organization_id: team.organization_id,
+            access_group_ids: team.access_group_ids,
+            policies: team.policies,
+            default_team_member_models: team.default_team_member_models,
+            metadata: match team.metadata {
+                Value::Object(map) => map,
+                _ => serde_json::Map::new(),
+            },
+            model_max_budget: team.model_max_budget,
+            blocked: team.blocked,
+            member_budget,
+        };
+        let fields = rule.differences(&now);
+        if !fields.is_empty() {
+            drift.push(RuleDrift {
+                team_id: team.team_id,
+                team_alias: team.team_alias,
+                rule: rule.position(),
+                fields,
+            });
+        }
+    }
+    drift.sort_by(|a, b| a.team_id.cmp(&b.team_id));
+    Ok(drift)
 }
