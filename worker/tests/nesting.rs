@@ -65,7 +65,7 @@ fn three_levels(world: &World) {
     assign(world, TOP);
 }
 
-async fn first_sync(world: &World, syncer: &Syncer) {
+async fn first_sync(syncer: &Syncer) {
     syncer.poll_assignments(Utc::now()).await.unwrap();
     syncer.delta_round(Utc::now()).await.unwrap();
 }
@@ -75,7 +75,7 @@ async fn members_three_levels_down_are_team_members_and_their_changes_arrive_in_
     let world = World::new().await;
     three_levels(&world);
     let syncer = transitive(&world);
-    first_sync(&world, &syncer).await;
+    first_sync(&syncer).await;
     assert_eq!(world.members(TOP).await, Some(users(11..=16)));
 
     // A change at the bottom of the tree reaches the assigned group at the top.
@@ -97,7 +97,7 @@ async fn direct_membership_leaves_nested_members_out() {
     let world = World::new().await;
     three_levels(&world);
     let syncer = world.syncer();
-    first_sync(&world, &syncer).await;
+    first_sync(&syncer).await;
     assert_eq!(world.members(TOP).await, Some(users(11..=12)));
 }
 
@@ -112,7 +112,7 @@ async fn a_cycle_ends_and_every_user_on_it_is_a_member() {
     world.sim.apply(|t| t.add_member(gid(TOP), gid(BOTTOM)));
     assign(&world, TOP);
     let syncer = transitive(&world);
-    first_sync(&world, &syncer).await;
+    first_sync(&syncer).await;
     assert_eq!(world.members(TOP).await, Some(users(11..=13)));
 
     // A change on the cycle still reaches the team, and the round ends.
@@ -130,7 +130,7 @@ async fn a_user_reached_through_two_paths_stays_until_both_are_gone() {
     group(&world, TOP, &[gid(MIDDLE), gid(SIDE)]);
     assign(&world, TOP);
     let syncer = transitive(&world);
-    first_sync(&world, &syncer).await;
+    first_sync(&syncer).await;
     assert_eq!(world.members(TOP).await, Some(users(11..=13)));
 
     world.sim.apply(|t| t.remove_member(gid(MIDDLE), uid(12)));
@@ -162,7 +162,7 @@ async fn a_group_taken_out_of_its_parent_takes_its_members_and_one_nested_in_bri
     let world = World::new().await;
     three_levels(&world);
     let syncer = transitive(&world);
-    first_sync(&world, &syncer).await;
+    first_sync(&syncer).await;
 
     // BOTTOM leaves MIDDLE: its users leave TOP's team.
     world
@@ -200,7 +200,7 @@ async fn a_group_under_two_assigned_groups_reaches_both_teams() {
     group(&world, SIDE, &[gid(BOTTOM)]);
     assign(&world, SIDE);
     let syncer = transitive(&world);
-    first_sync(&world, &syncer).await;
+    first_sync(&syncer).await;
     assert_eq!(world.members(SIDE).await, Some(users(15..=16)));
 
     world.sim.apply(|t| t.remove_member(gid(BOTTOM), uid(16)));
@@ -217,7 +217,7 @@ async fn switching_to_transitive_and_back_takes_effect_at_reconciliation() {
     let world = World::new().await;
     three_levels(&world);
     let direct = world.syncer();
-    first_sync(&world, &direct).await;
+    first_sync(&direct).await;
     assert_eq!(world.members(TOP).await, Some(users(11..=12)));
 
     // The dry run lists exactly the members the switch adds, and writes nothing.

@@ -19,13 +19,17 @@ pub struct Team {
     pub members: Vec<Member>,
     /// The team's virtual keys that work (not blocked): alias and owner's email, sorted.
     pub keys: Vec<String>,
+    /// `max_budget` and `budget_duration`, e.g. `5000 per 30d`, or `none`.
+    pub budget: String,
 }
 
-/// A member of a team: the user's email and LiteLLM role.
+/// A member of a team: the user's email, LiteLLM role, and role in the team.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Member {
     pub email: String,
     pub role: String,
+    /// `user` or `admin` (`members_with_roles`).
+    pub team_role: String,
 }
 
 /// One change in Entra (or, first, by someone in LiteLLM) and what LiteLLM must show after it.
@@ -60,6 +64,7 @@ fn team(group: u128, alias: &str, members: &[(usize, &str)]) -> Team {
         .map(|&(person, role)| Member {
             email: email(person),
             role: role.to_owned(),
+            team_role: "user".to_owned(),
         })
         .collect();
     members.sort();
@@ -68,6 +73,7 @@ fn team(group: u128, alias: &str, members: &[(usize, &str)]) -> Team {
         id: group_id(group).to_string(),
         members,
         keys: Vec::new(),
+        budget: "none".to_owned(),
     }
 }
 
@@ -77,17 +83,48 @@ impl Team {
         self.keys.push(format!("{alias} ({})", email(owner)));
         self
     }
+
+    /// The same team, with `person` as one of its admins.
+    fn with_admin(mut self, person: usize) -> Self {
+        for member in &mut self.members {
+            if member.email == email(person) {
+                member.team_role = "admin".to_owned();
+            }
+        }
+        self
+    }
+
+    /// The same team, with this budget (`5000 per 30d`).
+    fn with_budget(mut self, budget: &str) -> Self {
+        self.budget = budget.to_owned();
+        self
+    }
 }
 
 /// The worker's first sync: the group assigned from the start.
-pub fn start() -> Step {
-    let research = team(
+/// The demo's team rules (`ENTRA_SYNC_TEAM_RULES`): Research's team gets a budget of its own;
+/// other teams get LiteLLM's `default_team_params` (none in the demo).
+pub const TEAM_RULES: &str = r#"rules:
+  - match: { name_glob: "Research*" }
+    team: { max_budget: 5000, budget_duration: 30d }
+"#;
+
+/// Research's budget from [`TEAM_RULES`], as the table shows it.
+const RESEARCH_BUDGET: &str = "5000 per 30d";
+
+fn research() -> Team {
+    team(
         RESEARCH,
         "Research",
         &[(ALAN, DEFAULT_ROLE), (BARBARA, DEFAULT_ROLE)],
-    );
+    )
+    .with_budget(RESEARCH_BUDGET)
+}
+
+pub fn start() -> Step {
+    let research = research();
     Step {
-        title: "The worker starts: Research, assigned to the app already, becomes a team",
+        title: "The worker starts: Research, assigned to the app already, becomes a team with its rule's budget",
         change: |_| {},
         in_litellm: None,
         expected: vec![research],
@@ -95,11 +132,7 @@ pub fn start() -> Step {
 }
 
 pub fn steps() -> Vec<Step> {
-    let research = team(
-        RESEARCH,
-        "Research",
-        &[(ALAN, DEFAULT_ROLE), (BARBARA, DEFAULT_ROLE)],
-    );
+    let research = research();
     let with_research = |engineering: Team| {
         let mut teams = vec![engineering, research.clone()];
         teams.sort_by(|a, b| a.alias.cmp(&b.alias));
@@ -108,6 +141,21 @@ pub fn steps() -> Vec<Step> {
     let engineering =
         |alias: &str, members: &[(usize, &str)]| with_research(team(ENGINEERING, alias, members));
     let iu = INTERNAL_USER;
+    let platform_engineering = team(
+        ENGINEERING,
+        "Platform Engineering",
+        &[(ADA, iu), (GRACE, PROXY_ADMIN), (MARGARET, iu)],
+    );
+    let research_with_katherine = team(
+        RESEARCH,
+        "Research",
+        &[
+            (ALAN, DEFAULT_ROLE),
+            (BARBARA, DEFAULT_ROLE),
+            (KATHERINE, DEFAULT_ROLE),
+        ],
+    )
+    .with_budget(RESEARCH_BUDGET);
     vec![
         Step {
             title: "Engineering is assigned to the app, with the app role internal_user",
@@ -162,6 +210,26 @@ pub fn steps() -> Vec<Step> {
                 "Platform Engineering",
                 &[(ADA, iu), (GRACE, PROXY_ADMIN), (MARGARET, iu)],
             ),
+        },
+        Step {
+            title: "Machine Learning (Katherine Johnson) is nested into Research: she joins its team",
+            change: |sim| {
+                sim.apply(|t| t.add_member(group_id(RESEARCH), group_id(MACHINE_LEARNING)))
+            },
+            in_litellm: None,
+            expected: vec![
+                platform_engineering.clone(),
+                research_with_katherine.clone(),
+            ],
+        },
+        Step {
+            title: "Barbara Liskov is made an owner of Research: she becomes its team admin",
+            change: |sim| sim.apply(|t| t.add_owner(group_id(RESEARCH), user_id(BARBARA))),
+            in_litellm: None,
+            expected: vec![
+                platform_engineering,
+                research_with_katherine.with_admin(BARBARA),
+            ],
         },
     ]
 }
@@ -224,8 +292,11 @@ async fn wait_for(demo: &mut Demo, expected: &[Team]) -> Result<Vec<Team>> {
 pub async fn teams(demo: &Demo) -> Result<Vec<Team>> {
     const SQL: &str = r#"
         SELECT t.team_id, coalesce(t.team_alias, '') AS team_alias,
+               coalesce(t.max_budget::text || ' per ' || coalesce(t.budget_duration, 'ever'),
+                        'none') AS budget,
                coalesce(u.user_email, m->>'user_email', m->>'user_id') AS email,
-               coalesce(u.user_role, '') AS user_role
+               coalesce(u.user_role, '') AS user_role,
+               coalesce(m->>'role', '') AS team_role
         FROM "LiteLLM_TeamTable" t
         LEFT JOIN LATERAL jsonb_array_elements(
             CASE jsonb_typeof(t.members_with_roles)
@@ -243,16 +314,23 @@ pub async fn teams(demo: &Demo) -> Result<Vec<Team>> {
         let alias: String = row.try_get("", "team_alias")?;
         let email: Option<String> = row.try_get("", "email")?;
         let role: String = row.try_get("", "user_role")?;
+        let team_role: String = row.try_get("", "team_role")?;
+        let budget: String = row.try_get("", "budget")?;
         if teams.last().is_none_or(|last| last.id != id) {
             teams.push(Team {
                 alias,
                 id,
                 members: Vec::new(),
                 keys: Vec::new(),
+                budget,
             });
         }
         if let (Some(email), Some(team)) = (email, teams.last_mut()) {
-            team.members.push(Member { email, role });
+            team.members.push(Member {
+                email,
+                role,
+                team_role,
+            });
         }
     }
     const KEYS: &str = r#"
@@ -295,14 +373,24 @@ pub fn write_table(out: &mut dyn Write, teams: &[Team]) -> std::io::Result<()> {
         "member",
         &mut teams.iter().flat_map(|t| &t.members).map(|m| m.email.len()),
     );
-    let line = |out: &mut dyn Write, alias: &str, id: &str, email: &str, role: &str| {
-        let text = format!("      {alias:alias_w$}  {id:id_w$}  {email:email_w$}  {role}");
+    let role_w = width(
+        "user_role",
+        &mut teams.iter().flat_map(|t| &t.members).map(|m| m.role.len()),
+    );
+    let line = |out: &mut dyn Write, cells: [&str; 5]| {
+        let [alias, id, email, role, team_role] = cells;
+        let text = format!(
+            "      {alias:alias_w$}  {id:id_w$}  {email:email_w$}  {role:role_w$}  {team_role}"
+        );
         writeln!(out, "{}", text.trim_end())
     };
-    line(out, "team_alias", "team_id", "member", "user_role")?;
+    line(
+        out,
+        ["team_alias", "team_id", "member", "user_role", "team role"],
+    )?;
     for team in teams {
         if team.members.is_empty() {
-            line(out, &team.alias, &team.id, "(no members)", "")?;
+            line(out, [&team.alias, &team.id, "(no members)", "", ""])?;
         }
         for (n, member) in team.members.iter().enumerate() {
             let (alias, id) = if n == 0 {
@@ -310,14 +398,18 @@ pub fn write_table(out: &mut dyn Write, teams: &[Team]) -> std::io::Result<()> {
             } else {
                 ("", "")
             };
-            line(out, alias, id, &member.email, &member.role)?;
+            line(
+                out,
+                [alias, id, &member.email, &member.role, &member.team_role],
+            )?;
         }
         let keys = if team.keys.is_empty() {
             "none".to_owned()
         } else {
             team.keys.join(", ")
         };
-        line(out, "", "", &format!("keys: {keys}"), "")?;
+        line(out, ["", "", &format!("keys: {keys}"), "", ""])?;
+        line(out, ["", "", &format!("budget: {}", team.budget), "", ""])?;
     }
     Ok(())
 }

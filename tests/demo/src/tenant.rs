@@ -1,16 +1,18 @@
-//! The demo's small tenant: six people, two groups, and LiteLLM's enterprise app with two roles.
+//! The demo's small tenant: seven people, three groups (one to be nested in another), and
+//! LiteLLM's enterprise app with two roles.
 
 use graph_sim::tenant::{App, AppRole, Assignment, Group, PrincipalType, TenantFile, User};
 use uuid::Uuid;
 
 /// The people, by first name: user `n` of the tenant is `PEOPLE[n]`.
-pub const PEOPLE: [(&str, &str); 6] = [
+pub const PEOPLE: [(&str, &str); 7] = [
     ("Ada", "Lovelace"),
     ("Grace", "Hopper"),
     ("Linus", "Torvalds"),
     ("Margaret", "Hamilton"),
     ("Alan", "Turing"),
     ("Barbara", "Liskov"),
+    ("Katherine", "Johnson"),
 ];
 
 pub const ADA: usize = 0;
@@ -19,10 +21,13 @@ pub const LINUS: usize = 2;
 pub const MARGARET: usize = 3;
 pub const ALAN: usize = 4;
 pub const BARBARA: usize = 5;
+pub const KATHERINE: usize = 6;
 
-/// The groups: Engineering starts unassigned, Research is assigned from the start.
+/// The groups: Engineering starts unassigned, Research is assigned from the start, and Machine
+/// Learning is never assigned (it is nested into Research later).
 pub const ENGINEERING: u128 = 1;
 pub const RESEARCH: u128 = 2;
+pub const MACHINE_LEARNING: u128 = 3;
 
 /// The app roles' values, as LiteLLM's roles are named.
 pub const PROXY_ADMIN: &str = "proxy_admin";
@@ -73,6 +78,13 @@ pub fn tenant() -> TenantFile {
             display_name: "Research".into(),
             description: None,
             members: [ALAN, BARBARA].map(user_id).into(),
+            owners: Default::default(),
+        },
+        Group {
+            id: group_id(MACHINE_LEARNING),
+            display_name: "Machine Learning".into(),
+            description: None,
+            members: [KATHERINE].map(user_id).into(),
             owners: Default::default(),
         },
     ];

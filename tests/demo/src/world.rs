@@ -148,6 +148,9 @@ impl Demo {
         )?;
         let webhook_addr = webhook.listen_address().await?;
 
+        let team_rules = logs.join("team-rules.yaml");
+        std::fs::write(&team_rules, crate::story::TEAM_RULES)
+            .with_context(|| format!("cannot write {}", team_rules.display()))?;
         let mut worker_env = shared.to_vec();
         worker_env.extend(sim.client_env());
         worker_env.extend([
@@ -158,6 +161,10 @@ impl Demo {
             // Graph sends no notifications for app role assignments: the worker polls them, and
             // every poll is followed by a delta round. Short, so the demo does not wait.
             ("ENTRA_SYNC_POLL_SECONDS", "2".to_owned()),
+            // Beyond sign-in: nested groups, owners as team admins, a team rule.
+            ("ENTRA_SYNC_MEMBERSHIP", "transitive".to_owned()),
+            ("ENTRA_SYNC_OWNERS_AS_ADMINS", "true".to_owned()),
+            ("ENTRA_SYNC_TEAM_RULES", team_rules.display().to_string()),
         ]);
         let mut worker = Process::spawn(
             "entra-sync-worker",

@@ -22,4 +22,12 @@ async fn the_demo_story_plays_to_the_end() {
         out.contains("keys: linus-laptop (linus@contoso.example)"),
         "{out}"
     );
+    // Beyond sign-in: a rule's budget, a nested group's member, an owner as admin.
+    assert!(out.contains("budget: 5000 per 30d"), "{out}");
+    assert!(out.contains("katherine@contoso.example"), "{out}");
+    assert!(
+        out.lines()
+            .any(|line| line.contains("barbara@contoso.example") && line.ends_with("admin")),
+        "{out}"
+    );
 }
