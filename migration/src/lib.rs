@@ -11,6 +11,7 @@ mod m20261128_000003_leases_and_reconciliations;
 mod m20261201_000004_audit_removals_index;
 mod m20261201_000005_fencing_and_failed_items;
 mod m20261202_000006_nesting_and_owners;
+mod m20261203_000007_poll_state;
 
 pub use sea_orm_migration::MigratorTrait;
 pub use sea_orm_migration::sea_orm;
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000004_audit_removals_index::Migration),
             Box::new(m20261201_000005_fencing_and_failed_items::Migration),
             Box::new(m20261202_000006_nesting_and_owners::Migration),
+            Box::new(m20261203_000007_poll_state::Migration),
         ]
     }
 

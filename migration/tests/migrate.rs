@@ -97,6 +97,7 @@ async fn up_down_up_leaves_litellm_schema_byte_identical() {
             "entra_sync_managed_roles",
             "entra_sync_migrations",
             "entra_sync_nested_groups",
+            "entra_sync_poll_state",
             "entra_sync_reconciliations",
             "entra_sync_subscriptions",
         ]
@@ -122,10 +123,14 @@ async fn up_down_up_leaves_litellm_schema_byte_identical() {
     assert!(migrate(&db, &["status"]).starts_with("Pending"));
 
     migrate(&db, &["up"]);
-    assert_eq!(entra_sync_tables(&db).len(), 13);
+    assert_eq!(entra_sync_tables(&db).len(), 14);
     assert!(has_index(&db, "entra_sync_audit_log_member_removed_idx"));
-    // One step down reverts only the newest migration: nesting and owners, the failed items
-    // and departed users, the audit log's index, then the leases.
+    assert!(has_index(&db, "entra_sync_managed_roles_entra_user"));
+    // One step down reverts only the newest migration: the poll's state, nesting and owners,
+    // the failed items and departed users, the audit log's index, then the leases.
+    migrate(&db, &["down"]);
+    assert_eq!(entra_sync_tables(&db).len(), 13);
+    assert!(!has_index(&db, "entra_sync_managed_roles_entra_user"));
     migrate(&db, &["down"]);
     assert_eq!(entra_sync_tables(&db).len(), 11);
     migrate(&db, &["down"]);
@@ -162,7 +167,7 @@ fn up_status_and_down_work_through_pgbouncer_in_transaction_mode() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     run(&["up"]);
-    assert_eq!(entra_sync_tables(&db).len(), 13);
+    assert_eq!(entra_sync_tables(&db).len(), 14);
     assert!(!run(&["status"]).contains("Pending"));
     run(&["down", "--all"]);
     assert_eq!(entra_sync_tables(&db), ["entra_sync_migrations"]);

@@ -2,7 +2,7 @@
 //! 20 users (100,000 users, 100,000 memberships), synced with `ENTRA_SYNC_MEMBERSHIP=transitive`
 //! from graph-sim into LiteLLM's real schema. Prints the Graph requests and the time of the first
 //! sync, and of a change deep in the tree (a user added to one nested group); then the cost of a
-//! poll that reads every group's owners (`ENTRA_SYNC_OWNERS_AS_ADMINS`).
+//! resync that reads every group's owners too (`ENTRA_SYNC_OWNERS_AS_ADMINS`).
 //!
 //! Run: `cargo bench -p worker --bench nesting`.
 
@@ -126,17 +126,17 @@ async fn main() {
         round.changes.total(),
     );
 
-    // With ENTRA_SYNC_OWNERS_AS_ADMINS, every poll also reads every assigned group's owners,
-    // twenty groups a JSON batch.
+    // With ENTRA_SYNC_OWNERS_AS_ADMINS, a resync (every reconciliation has one) also reads
+    // every assigned group's owners, twenty groups a JSON batch.
     let started = Instant::now();
     syncer
         .clone()
         .with_owners_as_admins(true)
-        .poll_assignments(chrono::Utc::now())
+        .resync_round(chrono::Utc::now())
         .await
         .unwrap();
     println!(
-        "  a poll with owners as admins (every group's owners read): {:.2} s, {} HTTP requests ({} of them $batch, carrying {} owners reads)",
+        "  a resync with owners as admins: {:.2} s, {} HTTP requests, of them {} $batch carrying {} owners reads",
         started.elapsed().as_secs_f64(),
         sim.requests().iter().filter(|r| !r.batch).count(),
         sim.http_count("$batch"),

@@ -64,7 +64,7 @@ pub struct WorkerConfig {
     pub unassigned_policy: UnassignedPolicy,
 
     /// Seconds between polls of the app's assignments (each followed by a delta round).
-    #[arg(long, env = "ENTRA_SYNC_POLL_SECONDS", default_value_t = 300)]
+    #[arg(long, env = "ENTRA_SYNC_POLL_SECONDS", default_value_t = 30)]
     pub poll_seconds: u64,
 
     /// Seconds a dead replica's pending entries wait before another replica claims them.
@@ -287,7 +287,7 @@ mod tests {
     #[test]
     fn default_intervals() {
         let intervals = config(&[]).intervals().unwrap();
-        assert_eq!(intervals.poll, Duration::from_secs(300));
+        assert_eq!(intervals.poll, Duration::from_secs(30));
         assert_eq!(intervals.claim_idle, Duration::from_secs(60));
         assert_eq!(intervals.reconcile, Some(Duration::from_secs(21_600)));
         assert_eq!(intervals.subscription_check, Duration::from_secs(60));

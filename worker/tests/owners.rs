@@ -190,18 +190,41 @@ async fn an_admin_role_set_by_hand_is_kept() {
 }
 
 #[tokio::test]
-async fn an_owner_change_without_a_notification_arrives_at_the_next_poll() {
+async fn an_owner_change_without_a_notification_arrives_with_the_polls_round() {
     let world = World::new().await;
     let syncer = owners_as_admins(&world);
     first_sync(&syncer).await;
-    // Graph does not promise a notification for an owner change; the stored deltaLink may also
-    // predate owner tracking. The poll reads every assigned group's owners.
+    // Graph does not promise a notification for an owner change. The round that follows every
+    // poll finds it in the groups delta (owners@delta).
     world.sim.set_delivery(|d| d.enabled = false);
     world.sim.change(|t| {
         let _ = t.add_owner(gid(ENGINEERING), uid(4));
         ((), Vec::new())
     });
     syncer.poll_assignments(Utc::now()).await.unwrap();
+    syncer.delta_round(Utc::now()).await.unwrap();
+    assert_eq!(
+        roles(&world, ENGINEERING).await,
+        engineering_with(&[(4, "admin")])
+    );
+}
+
+#[tokio::test]
+async fn a_reconciliation_reads_every_groups_owners() {
+    let world = World::new().await;
+    let syncer = owners_as_admins(&world);
+    first_sync(&syncer).await;
+    // An owner change the groups delta never reported (a deltaLink older than owner tracking,
+    // say): the reconciliation reads the owners of every assigned group.
+    world.sim.change(|t| {
+        let _ = t.add_owner(gid(ENGINEERING), uid(4));
+        ((), Vec::new())
+    });
+    world.sim.change(|t| {
+        t.expire_delta_tokens();
+        ((), Vec::new())
+    });
+    syncer.reconcile(Utc::now()).await.unwrap();
     assert_eq!(
         roles(&world, ENGINEERING).await,
         engineering_with(&[(4, "admin")])
@@ -219,7 +242,7 @@ async fn turning_the_setting_off_gives_back_the_admin_roles_it_gave() {
         engineering_with(&[(1, "admin"), (7, "admin")])
     );
 
-    // The dry run shows it; the next poll does it.
+    // The dry run shows it; the next reconciliation does it.
     let preview = world
         .syncer()
         .dry_run()
@@ -229,7 +252,7 @@ async fn turning_the_setting_off_gives_back_the_admin_roles_it_gave() {
     let mut kinds: Vec<&str> = preview.changes.list().iter().map(Change::kind).collect();
     kinds.sort();
     assert_eq!(kinds, ["member_removed", "member_role_changed"]);
-    world.syncer().poll_assignments(Utc::now()).await.unwrap();
+    world.syncer().reconcile(Utc::now()).await.unwrap();
     assert_eq!(roles(&world, ENGINEERING).await, engineering_with(&[]));
     assert_eq!(
         world
@@ -256,7 +279,7 @@ async fn owners_of_many_groups_cost_one_request_per_twenty_groups() {
     let syncer = owners_as_admins(&world);
     first_sync(&syncer).await;
     world.sim.clear_requests();
-    syncer.poll_assignments(Utc::now()).await.unwrap();
+    syncer.reconcile(Utc::now()).await.unwrap();
     // 26 assigned groups (Engineering and 25 more): two batches.
     assert_eq!(world.sim.http_count("$batch"), 2);
     assert_eq!(world.sim.count("/owners"), 26);

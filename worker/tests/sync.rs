@@ -117,14 +117,40 @@ async fn an_assigned_group_becomes_a_team_with_its_members_and_others_are_ignore
     );
 }
 
+/// The first start: the poll reads every assigned group whole, having taken the delta's starting
+/// point first; the first round then carries only what changed since, and reads nothing again.
+#[tokio::test]
+async fn the_first_round_after_the_first_sync_reads_only_what_changed() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    syncer.poll_assignments(now()).await.unwrap();
+    assert_eq!(members(&db, 1).await, users_named(1..=5));
+
+    sim.apply(|t| t.add_member(gid(1), uid(6)));
+    sim.clear_requests();
+    let first = syncer.delta_round(now()).await.unwrap();
+    assert!(!first.resynced, "the poll stored the deltaLink");
+    assert_eq!(members(&db, 1).await, users_named(1..=6));
+    assert_eq!(
+        first.changes.total(),
+        2,
+        "user 6 created and added: {:?}",
+        first.changes
+    );
+    assert_eq!(
+        sim.count("/groups/delta"),
+        1,
+        "one delta request from the stored link, no filtered full read"
+    );
+}
+
 #[tokio::test]
 async fn delta_rounds_apply_members_added_removed_and_renames_of_assigned_groups() {
     let sim = sim(|c| c.page_size = 2).await;
     let db = TestDatabase::new().await;
     let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
     syncer.poll_assignments(now()).await.unwrap();
-    let first = syncer.delta_round(now()).await.unwrap();
-    assert!(first.resynced, "the first round has no deltaLink yet");
 
     sim.apply(|t| t.add_member(gid(1), uid(6)));
     sim.apply(|t| t.remove_member(gid(1), uid(1)));
@@ -480,4 +506,101 @@ async fn work_whose_lease_passed_to_another_replica_commits_nothing() {
     let lost = ours.await.unwrap().unwrap_err();
     assert!(matches!(lost, worker::Error::LeaseLost { .. }), "{lost}");
     assert_eq!(members(&db, 1).await, before, "a stale round wrote");
+}
+
+/// A poll that finds the assignments and app roles as it left them reads them, compares, and
+/// stops: no group is read, no role written.
+#[tokio::test]
+async fn an_unchanged_poll_reads_the_assignments_and_nothing_else() {
+    let sim = sim(|_| {}).await;
+    sim.change(|t| {
+        t.assign(gid(2), role_id(2)).unwrap();
+        ((), Vec::new())
+    });
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    syncer.poll_assignments(now()).await.unwrap();
+    let audit_before = audit_rows(&db).await;
+
+    sim.clear_requests();
+    let report = syncer.poll_assignments(now()).await.unwrap();
+    assert!(report.changes.is_empty());
+    let paths: Vec<String> = sim.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(
+        paths.len(),
+        2,
+        "the app and its assignments only: {paths:?}"
+    );
+    assert!(
+        paths.iter().all(|p| p.contains("servicePrincipals")),
+        "{paths:?}"
+    );
+    assert_eq!(audit_rows(&db).await, audit_before);
+}
+
+/// A member joins a role-holding group: the round that brings the change marks the roles stale,
+/// and the next poll works them out again.
+#[tokio::test]
+async fn a_member_of_a_role_holding_group_gets_the_role_at_the_poll_after_its_round() {
+    let sim = sim(|_| {}).await;
+    sim.change(|t| {
+        t.assign(gid(2), role_id(2)).unwrap();
+        ((), Vec::new())
+    });
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    syncer.poll_assignments(now()).await.unwrap();
+    assert_eq!(role_of(&db, 10).await, None, "user 10 is in no group yet");
+
+    sim.apply(|t| t.add_member(gid(2), uid(10)));
+    syncer.delta_round(now()).await.unwrap();
+    sim.clear_requests();
+    syncer.poll_assignments(now()).await.unwrap();
+    assert_eq!(role_of(&db, 10).await.as_deref(), Some("internal_user"));
+    assert!(
+        sim.count("/members") >= 1,
+        "the role-holding group was read"
+    );
+
+    // Current again: the next poll reads nothing more.
+    sim.clear_requests();
+    syncer.poll_assignments(now()).await.unwrap();
+    assert_eq!(sim.count("/members"), 0);
+}
+
+/// An app role disabled in the app registration: same assignments, different roles.
+#[tokio::test]
+async fn an_app_role_disabled_changes_the_poll_and_its_holders_lose_it() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    syncer.poll_assignments(now()).await.unwrap();
+    assert_eq!(role_of(&db, 9).await.as_deref(), Some("proxy_admin"));
+
+    sim.change(|t| {
+        for role in &mut t.app.app_roles {
+            if role.id == role_id(PROXY_ADMIN_ROLE) {
+                role.is_enabled = false;
+            }
+        }
+        ((), Vec::new())
+    });
+    syncer.poll_assignments(now()).await.unwrap();
+    assert_eq!(
+        role_of(&db, 9).await.as_deref(),
+        Some("internal_user_viewer")
+    );
+}
+
+async fn audit_rows(db: &TestDatabase) -> i64 {
+    db.conn()
+        .query_one(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT count(*) FROM entra_sync_audit_log",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index::<i64>(0)
+        .unwrap()
 }

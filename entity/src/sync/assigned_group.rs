@@ -11,6 +11,8 @@ pub struct Model {
     pub group_id: GroupId,
     pub display_name: Option<String>,
     pub assigned_at: DateTimeUtc,
+    /// Assigned an app role (not only default access): its members' roles follow it.
+    pub holds_role: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

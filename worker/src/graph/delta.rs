@@ -56,8 +56,22 @@ pub struct DeltaRound {
     pub pages: usize,
 }
 
-impl DeltaRound {
-    fn merge(&mut self, index: &mut HashMap<GroupId, usize>, object: DeltaGroupObject) {
+/// Merges a round's pages as they come: groups by id, and each group's members by id, so that a
+/// member named again (later pages may repeat a group) replaces its earlier word in constant
+/// time, however large the group.
+#[derive(Default)]
+struct Merger {
+    /// Group id -> its position in the round.
+    groups: HashMap<GroupId, usize>,
+    /// (group position, member id) -> where the member's last word is: `removed` or `added`,
+    /// and its index there.
+    members: HashMap<(usize, String), (bool, usize)>,
+    /// Words replaced by a later one, left as empty ids until [`Self::finish`].
+    superseded: bool,
+}
+
+impl Merger {
+    fn merge(&mut self, round: &mut DeltaRound, object: DeltaGroupObject) {
         let Ok(id) = GroupId::parse(&object.id) else {
             tracing::warn!(
                 id = object.id,
@@ -65,11 +79,11 @@ impl DeltaRound {
             );
             return;
         };
-        let position = *index.entry(id.clone()).or_insert_with(|| {
-            self.groups.push((id, GroupDelta::default()));
-            self.groups.len() - 1
+        let position = *self.groups.entry(id.clone()).or_insert_with(|| {
+            round.groups.push((id, GroupDelta::default()));
+            round.groups.len() - 1
         });
-        let group = &mut self.groups[position].1;
+        let group = &mut round.groups[position].1;
         // Later pages may repeat a group with only some of its properties.
         if object.display_name.is_some() {
             group.display_name = object.display_name;
@@ -84,17 +98,38 @@ impl DeltaRound {
             group.owners_changed = true;
         }
         for member in object.members_delta {
+            let removed = member.removed.is_some();
             let change = MemberChange {
                 kind: member.kind(),
                 id: member.id,
             };
-            // A member named twice in one round: the last word wins.
-            group.added.retain(|m| m.id != change.id);
-            group.removed.retain(|m| m.id != change.id);
-            if member.removed.is_some() {
-                group.removed.push(change);
+            let list = if removed {
+                &mut group.removed
             } else {
-                group.added.push(change);
+                &mut group.added
+            };
+            list.push(change);
+            let now_at = (removed, list.len() - 1);
+            let key = (position, list[now_at.1].id.clone());
+            // A member named twice in one round: the last word wins.
+            if let Some((was_removed, at)) = self.members.insert(key, now_at) {
+                let earlier = if was_removed {
+                    &mut group.removed
+                } else {
+                    &mut group.added
+                };
+                earlier[at].id.clear();
+                self.superseded = true;
+            }
+        }
+    }
+
+    /// Takes the replaced words out.
+    fn finish(self, round: &mut DeltaRound) {
+        if self.superseded {
+            for (_, group) in &mut round.groups {
+                group.added.retain(|m| !m.id.is_empty());
+                group.removed.retain(|m| !m.id.is_empty());
             }
         }
     }
@@ -150,7 +185,7 @@ impl GraphClient {
     async fn delta_from(&self, first: String) -> Result<DeltaRound> {
         let http = &self.inner;
         let mut round = DeltaRound::default();
-        let mut index = HashMap::new();
+        let mut merger = Merger::default();
         let mut url = first;
         loop {
             let page: Page<DeltaGroupObject> =
@@ -163,7 +198,7 @@ impl GraphClient {
                 })?;
             round.pages += 1;
             for object in page.value {
-                round.merge(&mut index, object);
+                merger.merge(&mut round, object);
             }
             match (page.next_link, page.delta_link) {
                 (Some(next), _) => {
@@ -171,6 +206,7 @@ impl GraphClient {
                     url = next;
                 }
                 (None, Some(delta)) => {
+                    merger.finish(&mut round);
                     round.delta_link = delta;
                     return Ok(round);
                 }
@@ -184,5 +220,62 @@ impl GraphClient {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const GROUP: &str = "6c1f0d2e-8a4b-4c55-9e21-3f7a1b2c3d4e";
+
+    fn page(members: &[(&str, bool)]) -> DeltaGroupObject {
+        let members: Vec<serde_json::Value> = members
+            .iter()
+            .map(|(id, removed)| {
+                let mut entry =
+                    serde_json::json!({"@odata.type": "#microsoft.graph.user", "id": id});
+                if *removed {
+                    entry["@removed"] = serde_json::json!({"reason": "deleted"});
+                }
+                entry
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({"id": GROUP, "members@delta": members})).unwrap()
+    }
+
+    fn ids(changes: &[MemberChange]) -> Vec<&str> {
+        changes.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_member_named_again_on_a_later_page_keeps_only_its_last_word() {
+        let mut round = DeltaRound::default();
+        let mut merger = Merger::default();
+        merger.merge(&mut round, page(&[("a", false), ("b", false), ("c", true)]));
+        merger.merge(&mut round, page(&[("a", true), ("c", false), ("d", false)]));
+        merger.merge(&mut round, page(&[("a", false)]));
+        merger.finish(&mut round);
+        assert_eq!(round.groups.len(), 1);
+        let group = &round.groups[0].1;
+        assert_eq!(ids(&group.added), ["b", "c", "d", "a"]);
+        assert!(group.removed.is_empty());
+    }
+
+    #[test]
+    fn a_large_group_merges_in_linear_time() {
+        // 200,000 words about 100,000 members: quadratic merging would take minutes.
+        let first: Vec<String> = (0..100_000).map(|n| format!("user-{n}")).collect();
+        let mut round = DeltaRound::default();
+        let mut merger = Merger::default();
+        let added: Vec<(&str, bool)> = first.iter().map(|id| (id.as_str(), false)).collect();
+        merger.merge(&mut round, page(&added));
+        let removed: Vec<(&str, bool)> = first.iter().map(|id| (id.as_str(), true)).collect();
+        merger.merge(&mut round, page(&removed));
+        merger.finish(&mut round);
+        let group = &round.groups[0].1;
+        assert!(group.added.is_empty());
+        assert_eq!(group.removed.len(), 100_000);
     }
 }

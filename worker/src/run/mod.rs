@@ -56,7 +56,7 @@ pub struct KeeperSettings {
 impl Default for RunSettings {
     fn default() -> Self {
         Self {
-            poll_interval: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(30),
             block: Duration::from_secs(2),
             max_deliveries: 5,
             read_ahead: 10_000,

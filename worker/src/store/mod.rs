@@ -18,6 +18,7 @@ pub mod lease;
 mod members;
 mod nesting;
 mod owners;
+mod poll_state;
 mod roles;
 mod sql;
 mod state;
@@ -37,6 +38,7 @@ use sea_orm::{DatabaseTransaction, TransactionTrait};
 pub use change::{BlockReason, Change, Changes};
 pub use failures::{Item, failed_items};
 pub use keys::{DepartedUserKeys, KeyPolicy, RemovedMemberKeys};
+pub use poll_state::PollState;
 pub use state::{
     ReconciliationRecord, assigned_group_count, last_delta_round, last_reconciliation,
 };

@@ -83,6 +83,7 @@ impl Store {
                 group_id: Set(group.clone()),
                 display_name: Set(display_name.clone()),
                 assigned_at: Set(options.now),
+                holds_role: NotSet,
             }
         }))
         .on_conflict(

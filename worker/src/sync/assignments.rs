@@ -6,10 +6,12 @@ use chrono::{DateTime, Utc};
 use entity::{GroupId, UserId};
 
 use super::Syncer;
+use super::round::RESYNC_SLICE;
 use crate::directory::EntraUser;
 use crate::error::Result;
+use crate::graph::DeltaStart;
 use crate::graph::model::{AppRoleAssignment, DEFAULT_ACCESS};
-use crate::store::{Changes, Item, LiteLlmWriter};
+use crate::store::{Changes, Item, LiteLlmWriter, PollState};
 
 /// What a poll did.
 #[derive(Debug, Default)]
@@ -26,24 +28,49 @@ fn group_id(assignment: &AppRoleAssignment) -> Option<GroupId> {
         .flatten()
 }
 
+/// How much a poll does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum PollScope {
+    /// The periodic poll: new and unassigned groups; users' roles only when the assignments or
+    /// app roles changed, or the roles are stale (see [`crate::store::PollState`]).
+    WhatChanged,
+    /// A reconciliation: every user's role as well.
+    Everything,
+}
+
 impl Syncer {
     /// Polls the app's assignments: new groups get their team and full membership, groups no
-    /// longer assigned follow the policy, and every user's role follows their app roles. Under
-    /// the sync lease, so that a poll never interleaves with another replica's round.
+    /// longer assigned follow the policy, and users' roles follow their app roles when anything
+    /// they depend on changed. An unchanged poll costs two Graph requests and two reads of the
+    /// database. Under the sync lease, so that a poll never interleaves with another replica's
+    /// round.
     #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn poll_assignments(&self, now: DateTime<Utc>) -> Result<AssignmentReport> {
-        self.exclusively(|syncer| async move { syncer.poll_locked(now).await })
-            .await
+        self.exclusively(
+            |syncer| async move { syncer.poll_locked(now, PollScope::WhatChanged).await },
+        )
+        .await
     }
 
     /// [`Self::poll_assignments`], inside a unit of work that holds the lease.
-    pub(super) async fn poll_locked(&self, now: DateTime<Utc>) -> Result<AssignmentReport> {
+    pub(super) async fn poll_locked(
+        &self,
+        now: DateTime<Utc>,
+        scope: PollScope,
+    ) -> Result<AssignmentReport> {
         let app = self.graph.service_principal().await?;
         let assignments = self.graph.app_role_assignments().await?;
         let mut report = AssignmentReport {
             changes: self.tally(),
             ..AssignmentReport::default()
         };
+        let role_values: HashMap<String, String> = app
+            .app_roles
+            .iter()
+            .filter(|r| r.is_enabled)
+            .filter_map(|r| Some((r.id.to_lowercase(), r.value.clone()?)))
+            .collect();
+        let fingerprint = fingerprint(&assignments, &role_values);
 
         let mut assigned: HashMap<GroupId, String> = HashMap::new();
         for assignment in &assignments {
@@ -56,6 +83,13 @@ impl Syncer {
             }
         }
         report.assigned_groups = assigned.len();
+        // With no deltaLink yet (the first start), the delta's starting point is taken before
+        // the full read, so that the first round carries only what changed meanwhile instead
+        // of reading every group again.
+        let starting_point = match self.store.delta_link().await? {
+            None if !self.dry_run => Some(self.graph.groups_delta(DeltaStart::Latest).await?),
+            _ => None,
+        };
         let known = self.store.assigned_groups().await?;
         let new: Vec<(GroupId, String)> = assigned
             .iter()
@@ -63,6 +97,7 @@ impl Syncer {
             .map(|(group, name)| (group.clone(), name.clone()))
             .collect();
         report.newly_assigned = new.len();
+        let new_groups: Vec<GroupId> = new.iter().map(|(group, _)| group.clone()).collect();
         self.sync_new_groups(new, now, &mut report.changes).await?;
         for group in known.keys().filter(|g| !assigned.contains_key(*g)) {
             report.unassigned += 1;
@@ -72,19 +107,46 @@ impl Syncer {
                     .await?,
             );
         }
+        if starting_point.is_some() {
+            // Groups recorded by an earlier poll that stopped before a deltaLink was stored:
+            // read whole as well, so that the link covers every assigned group.
+            let earlier: Vec<GroupId> = known
+                .keys()
+                .filter(|group| assigned.contains_key(*group))
+                .cloned()
+                .collect();
+            for slice in earlier.chunks(RESYNC_SLICE) {
+                self.resync_slice(slice, now, &mut report.changes).await?;
+            }
+        }
 
-        // Owners last: the new groups' teams exist by now.
-        let groups: Vec<GroupId> = assigned.keys().cloned().collect();
-        self.sync_owners(&groups, now, &mut report.changes).await?;
-
-        let role_values: HashMap<String, String> = app
-            .app_roles
-            .iter()
-            .filter(|r| r.is_enabled)
-            .filter_map(|r| Some((r.id.to_lowercase(), r.value.clone()?)))
-            .collect();
-        self.sync_roles(&assignments, &role_values, now, &mut report.changes)
+        // The new groups' owners, now that their teams exist. The rounds' delta carries later
+        // owner changes (owners@delta), and a resync (a reconciliation's among them) reads
+        // every group's owners again.
+        self.sync_owners(&new_groups, now, &mut report.changes)
             .await?;
+        if let Some(start) = starting_point {
+            self.store
+                .save_delta_link(&start.delta_link, self.options(now))
+                .await?;
+        }
+
+        let unchanged = self.store.poll_state(&fingerprint).await? == PollState::Current;
+        if scope == PollScope::WhatChanged && unchanged {
+            return Ok(report);
+        }
+        let roles_applied = self
+            .sync_roles(&assignments, &role_values, now, &mut report.changes)
+            .await?;
+        if roles_applied {
+            self.store
+                .save_poll_state(
+                    &fingerprint,
+                    &role_groups(&assignments, &role_values),
+                    self.options(now),
+                )
+                .await?;
+        }
         Ok(report)
     }
 
@@ -130,8 +192,10 @@ impl Syncer {
         role_values: &HashMap<String, String>,
         now: DateTime<Utc>,
         changes: &mut Changes,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let options = self.options(now);
+        // Whether every role was applied: otherwise the next poll works them out again.
+        let mut applied = true;
         let mut values: HashMap<UserId, Vec<String>> = HashMap::new();
         let mut known_users: HashMap<UserId, EntraUser> = HashMap::new();
         let mut unknown_members = false;
@@ -199,6 +263,7 @@ impl Syncer {
             }
             granted.insert(user_id.clone());
             let outcome = self.store.set_user_role(user, user_values, options).await;
+            applied &= outcome.is_ok();
             changes.add(
                 self.settle_item(Item::User(user_id.clone()), outcome, now)
                     .await?,
@@ -206,14 +271,55 @@ impl Syncer {
         }
         if unknown_members {
             tracing::warn!("a role-holding group could not be read: no role is revoked this time");
-            return Ok(());
+            return Ok(false);
         }
         for holder in self.store.managed_role_holders().await? {
             if !granted.contains(&holder) {
                 let outcome = self.store.revoke_role(&holder, options).await;
+                applied &= outcome.is_ok();
                 changes.add(self.settle_item(Item::User(holder), outcome, now).await?);
             }
         }
-        Ok(())
+        Ok(applied)
     }
+}
+
+/// The assignments and app roles a poll applies, as a short fingerprint: equal fingerprints,
+/// the same roles for everyone (group members aside, which rounds watch).
+fn fingerprint(assignments: &[AppRoleAssignment], role_values: &HashMap<String, String>) -> String {
+    let mut lines: Vec<String> = assignments
+        .iter()
+        .map(|a| {
+            format!(
+                "assignment {} {} {}",
+                a.principal_type,
+                a.principal_id.to_lowercase(),
+                a.app_role_id.to_lowercase()
+            )
+        })
+        .chain(
+            role_values
+                .iter()
+                .map(|(id, value)| format!("role {id} {value}")),
+        )
+        .collect();
+    lines.sort_unstable();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, lines.join("\n").as_bytes());
+    digest
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// The groups assigned a role (not only default access) that is enabled.
+fn role_groups(
+    assignments: &[AppRoleAssignment],
+    role_values: &HashMap<String, String>,
+) -> Vec<GroupId> {
+    assignments
+        .iter()
+        .filter(|a| role_values.contains_key(&a.app_role_id.to_lowercase()))
+        .filter_map(group_id)
+        .collect()
 }

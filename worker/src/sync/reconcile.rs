@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use entity::UserId;
 
 use super::Syncer;
+use super::assignments::PollScope;
 use crate::error::Result;
 use crate::store::{Changes, LiteLlmWriter, ReconciliationRecord};
 
@@ -84,7 +85,7 @@ impl Syncer {
                 .map(|state| state.user.id.clone()),
         );
         let syncer = self.excluding(excluded);
-        let assignments = syncer.poll_locked(now).await?;
+        let assignments = syncer.poll_locked(now, PollScope::Everything).await?;
         // In a dry run, each step plans against the tables as they are, not as the steps before
         // would leave them: the tally lists a change they both plan once (see [`Changes`]).
         let mut changes = assignments.changes;

@@ -14,7 +14,7 @@ use crate::graph::{DeltaRound, GroupDelta};
 use crate::store::{Change, Changes, Item, LiteLlmWriter};
 
 /// Groups a resync reads and applies together: four filtered delta requests.
-const RESYNC_SLICE: usize = 200;
+pub(super) const RESYNC_SLICE: usize = 200;
 
 /// What a round did.
 #[derive(Debug, Default)]
@@ -93,6 +93,11 @@ impl Syncer {
             self.sync_owners(&owners_changed, now, &mut report.changes)
                 .await?;
         }
+        // A role-holding group's members changed: their roles are worked out at the next poll.
+        let changed: Vec<GroupId> = round.groups.iter().map(|(g, _)| g.clone()).collect();
+        self.store
+            .mark_roles_stale(Some(&changed), self.options(now))
+            .await?;
         self.store
             .save_delta_link(&round.delta_link, self.options(now))
             .await?;
@@ -246,8 +251,10 @@ impl Syncer {
         for slice in assigned.chunks(RESYNC_SLICE) {
             groups_applied += self.resync_slice(slice, now, &mut changes).await?;
         }
-        // Owner changes made before the new deltaLink are in no round after it.
+        // Owner changes made before the new deltaLink are in no round after it, and member
+        // changes of role-holding groups may be among what it found.
         self.sync_owners(&assigned, now, &mut changes).await?;
+        self.store.mark_roles_stale(None, self.options(now)).await?;
         let report = RoundReport {
             resynced: true,
             groups_seen: assigned.len(),
@@ -261,7 +268,7 @@ impl Syncer {
     }
 
     /// One slice of a resync; returns how many of its groups' teams changed.
-    async fn resync_slice(
+    pub(super) async fn resync_slice(
         &self,
         groups: &[GroupId],
         now: DateTime<Utc>,

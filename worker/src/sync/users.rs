@@ -30,6 +30,9 @@ impl Syncer {
         unique.dedup();
         self.exclusively(|syncer| async move {
             let mut changes = syncer.tally();
+            // A departed user may be back, and roles come back with them: worked out again at
+            // the next poll.
+            let departed_among = unique.iter().any(|id| syncer.excluded.contains(id));
             syncer
                 .in_parallel(
                     unique,
@@ -42,6 +45,12 @@ impl Syncer {
                     &mut changes,
                 )
                 .await?;
+            if departed_among || !changes.is_empty() {
+                syncer
+                    .store
+                    .mark_roles_stale(None, syncer.options(now))
+                    .await?;
+            }
             Ok(changes)
         })
         .await
