@@ -336,3 +336,55 @@ async fn disabled_users_never_flap_back_into_teams_or_roles() {
     assert_eq!(role(&world, 3).await.as_deref(), Some("proxy_admin"));
     world.stop_workers().await;
 }
+
+/// Roles are written a thousand users to a transaction; one user LiteLLM refuses fails that
+/// batch, and then only themselves: the others get their roles, and the next poll tries again.
+#[tokio::test]
+async fn one_user_whose_role_is_refused_never_holds_back_the_others() {
+    let world = World::new().await;
+    let syncer = world.syncer();
+    syncer.poll_assignments(Utc::now()).await.unwrap();
+    // From now on PostgreSQL refuses any new role for user 4.
+    execute(
+        &world,
+        &format!(
+            r#"CREATE FUNCTION refuse_user_four() RETURNS trigger AS $$
+               BEGIN RAISE EXCEPTION 'roles of user 4 are refused for this test'; END
+               $$ LANGUAGE plpgsql;
+               CREATE TRIGGER refuse_user_four BEFORE UPDATE ON "LiteLLM_UserTable"
+               FOR EACH ROW WHEN (NEW.user_id = '{}' AND NEW.user_role IS DISTINCT FROM OLD.user_role)
+               EXECUTE FUNCTION refuse_user_four();"#,
+            uid(4)
+        ),
+    )
+    .await;
+    // Engineering (users 1-5) is given the app role internal_user.
+    world.sim.change(|t| {
+        t.unassign(gid(1));
+        t.assign(gid(1), role_id(2)).unwrap();
+        ((), Vec::new())
+    });
+    syncer.poll_assignments(Utc::now()).await.unwrap();
+    for n in [1, 2, 3, 5] {
+        assert_eq!(role(&world, n).await.as_deref(), Some("internal_user"), "user {n}");
+    }
+    assert_eq!(role(&world, 4).await.as_deref(), Some("internal_user_viewer"));
+    assert_eq!(
+        world
+            .count(&format!(
+                "SELECT count(*) FROM entra_sync_failed_items WHERE id = '{}'",
+                uid(4)
+            ))
+            .await,
+        1
+    );
+
+    // LiteLLM takes it again: the next poll, though nothing changed in Entra, finishes the job.
+    execute(
+        &world,
+        r#"DROP TRIGGER refuse_user_four ON "LiteLLM_UserTable";"#,
+    )
+    .await;
+    syncer.poll_assignments(Utc::now()).await.unwrap();
+    assert_eq!(role(&world, 4).await.as_deref(), Some("internal_user"));
+}

@@ -127,6 +127,21 @@ pub trait LiteLlmWriter {
         options: ApplyOptions,
     ) -> impl Future<Output = Result<Vec<Change>>> + Send;
 
+    /// [`Self::set_user_role`] for many users in one transaction and a few statements: the
+    /// users made or linked, then each given the most privileged valid role of their values.
+    fn set_user_roles(
+        &self,
+        users: &[(EntraUser, Vec<String>)],
+        options: ApplyOptions,
+    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+
+    /// [`Self::revoke_role`] for many users in one transaction and a few statements.
+    fn revoke_roles(
+        &self,
+        users: &[UserId],
+        options: ApplyOptions,
+    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+
     /// Makes the users full members of the group's team (creating users as needed).
     fn add_members(
         &self,
@@ -463,6 +478,40 @@ impl LiteLlmWriter for Store {
         self.settle(txn, work, options).await
     }
 
+    #[tracing::instrument(skip(self, users), fields(users = users.len()), err(level = "debug"))]
+    async fn set_user_roles(
+        &self,
+        users: &[(EntraUser, Vec<String>)],
+        options: ApplyOptions,
+    ) -> Result<Vec<Change>> {
+        let txn = self.db.begin().await?;
+        let work = async {
+            let entra_users: Vec<&EntraUser> = users.iter().map(|(user, _)| user).collect();
+            let (found, mut changes) =
+                users::ensure_many(&txn, &entra_users, &self.settings, options.now).await?;
+            let wanted: Vec<(String, UserId, crate::roles::LiteLlmRole)> = users
+                .iter()
+                .filter_map(|(user, values)| {
+                    let role =
+                        crate::roles::LiteLlmRole::highest(values.iter().map(String::as_str))?;
+                    Some((found.get(&user.id)?.clone(), user.id.clone(), role))
+                })
+                .collect();
+            changes.extend(roles::set_many(&txn, &wanted, options.now).await?);
+            Ok(changes)
+        }
+        .await;
+        self.settle(txn, work, options).await
+    }
+
+    #[tracing::instrument(skip(self, users), fields(users = users.len()), err(level = "debug"))]
+    async fn revoke_roles(&self, users: &[UserId], options: ApplyOptions) -> Result<Vec<Change>> {
+        let default = self.default_role();
+        let txn = self.db.begin().await?;
+        let changes = roles::revoke(&txn, users, default, options.now).await;
+        self.settle(txn, changes, options).await
+    }
+
     #[tracing::instrument(skip(self, members), fields(members = members.len()), err(level = "debug"))]
     async fn add_members(
         &self,
@@ -570,7 +619,7 @@ impl LiteLlmWriter for Store {
     async fn revoke_role(&self, user: &UserId, options: ApplyOptions) -> Result<Vec<Change>> {
         let default = self.default_role();
         let txn = self.db.begin().await?;
-        let changes = roles::revoke(&txn, user, default, options.now).await;
+        let changes = roles::revoke(&txn, std::slice::from_ref(user), default, options.now).await;
         self.settle(txn, changes, options).await
     }
 
@@ -619,9 +668,9 @@ impl LiteLlmWriter for Store {
                     applied.stale.extend(removed.stale);
                 }
                 let default = self.default_role();
-                applied
-                    .changes
-                    .extend(roles::revoke(&txn, user, default, options.now).await?);
+                applied.changes.extend(
+                    roles::revoke(&txn, std::slice::from_ref(user), default, options.now).await?,
+                );
             }
             if self.keys.departed_user == DepartedUserKeys::Block {
                 applied

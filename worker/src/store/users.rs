@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use entity::UserId;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult};
 use serde_json::json;
 
@@ -247,25 +248,51 @@ pub(super) async fn ensure(
     settings: &LiteLlmSettings,
     now: DateTime<Utc>,
 ) -> Result<Vec<Change>> {
-    let emails: Vec<String> = user.email().into_iter().collect();
-    let mut candidates =
-        Candidates::new(lock_candidates(txn, &[user.id.to_string()], &emails).await?);
-    match candidates.find(user) {
-        Match::Existing { link: false, .. } => Ok(Vec::new()),
-        Match::Existing { row, link: true } => {
-            let user_id = candidates.rows[row].user_id.clone();
-            link(txn, &[(user_id.clone(), user.id.to_string())], now).await?;
-            Ok(vec![Change::UserLinked {
-                user_id,
-                sso_user_id: user.id.to_string(),
-            }])
-        }
-        Match::New => {
-            let new = NewUser::from_entra(user);
-            create(txn, std::slice::from_ref(&new), &[], settings, now).await?;
-            Ok(vec![new.change(settings)])
-        }
+    Ok(ensure_many(txn, &[user], settings, now).await?.1)
+}
+
+/// Ensures each user exists, outside of any team, in a few statements however many: one lock
+/// of every candidate row (in LiteLLM's order), one statement linking rows found by email, one
+/// creating the rest. Returns each user's LiteLLM `user_id`, and the changes.
+pub(super) async fn ensure_many(
+    txn: &DatabaseTransaction,
+    users: &[&EntraUser],
+    settings: &LiteLlmSettings,
+    now: DateTime<Utc>,
+) -> Result<(HashMap<UserId, String>, Vec<Change>)> {
+    let ids: Vec<String> = users.iter().map(|user| user.id.to_string()).collect();
+    let emails: Vec<String> = users.iter().filter_map(|user| user.email()).collect();
+    let mut candidates = Candidates::new(lock_candidates(txn, &ids, &emails).await?);
+    let mut found = HashMap::with_capacity(users.len());
+    let mut links = Vec::new();
+    let mut new = Vec::new();
+    let mut changes = Vec::new();
+    for user in users {
+        let user_id = match candidates.find(user) {
+            Match::Existing { row, link } => {
+                let user_id = candidates.rows[row].user_id.clone();
+                if link {
+                    links.push((user_id.clone(), user.id.to_string()));
+                    changes.push(Change::UserLinked {
+                        user_id: user_id.clone(),
+                        sso_user_id: user.id.to_string(),
+                    });
+                }
+                user_id
+            }
+            Match::New => {
+                let created = NewUser::from_entra(user);
+                changes.push(created.change(settings));
+                let user_id = created.user_id.clone();
+                new.push(created);
+                user_id
+            }
+        };
+        found.insert(user.id.clone(), user_id);
     }
+    link(txn, &links, now).await?;
+    create(txn, &new, &[], settings, now).await?;
+    Ok((found, changes))
 }
 
 /// Brings a known user's `user_email` and `user_alias` up to date with Entra, and the email in

@@ -5,13 +5,13 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use entity::{GroupId, UserId};
 
-use super::Syncer;
 use super::round::RESYNC_SLICE;
+use super::{Syncer, retrying};
 use crate::directory::EntraUser;
 use crate::error::Result;
 use crate::graph::DeltaStart;
-use crate::graph::model::{AppRoleAssignment, DEFAULT_ACCESS};
-use crate::store::{Changes, Item, LiteLlmWriter, PollState};
+use crate::graph::model::{AppRoleAssignment, DEFAULT_ACCESS, DirectoryObject};
+use crate::store::{Change, Changes, Item, LiteLlmWriter, PollState};
 
 /// What a poll did.
 #[derive(Debug, Default)]
@@ -21,6 +21,9 @@ pub struct AssignmentReport {
     pub unassigned: usize,
     pub changes: Changes,
 }
+
+/// Users whose roles are written in one transaction.
+const ROLE_BATCH: usize = 1_000;
 
 fn group_id(assignment: &AppRoleAssignment) -> Option<GroupId> {
     (assignment.principal_type == "Group")
@@ -198,7 +201,7 @@ impl Syncer {
         let mut applied = true;
         let mut values: HashMap<UserId, Vec<String>> = HashMap::new();
         let mut known_users: HashMap<UserId, EntraUser> = HashMap::new();
-        let mut unknown_members = false;
+        let mut role_groups: Vec<(GroupId, String)> = Vec::new();
         for assignment in assignments {
             if assignment.app_role_id.eq_ignore_ascii_case(DEFAULT_ACCESS) {
                 continue;
@@ -215,31 +218,34 @@ impl Syncer {
                     }
                 }
                 "Group" => {
-                    let Ok(group) = GroupId::parse(&assignment.principal_id) else {
-                        continue;
-                    };
-                    let members = match self.graph.group_members(&group, false).await {
-                        Ok(members) => members,
-                        Err(error) => {
-                            unknown_members = true;
-                            self.settle_item(Item::Group(group.clone()), Err(error), now)
-                                .await?;
-                            continue;
-                        }
-                    };
-                    for user in members
-                        .into_iter()
-                        .filter_map(|o| o.into_enabled_user())
-                        .filter(|user| self.included(&user.id))
-                    {
-                        values
-                            .entry(user.id.clone())
-                            .or_default()
-                            .push(value.clone());
-                        known_users.insert(user.id.clone(), user);
+                    if let Ok(group) = GroupId::parse(&assignment.principal_id) {
+                        role_groups.push((group, value.clone()));
                     }
                 }
                 _ => {}
+            }
+        }
+        let mut unknown_members = false;
+        for (group, value, members) in self.read_role_groups(role_groups).await {
+            let members = match members {
+                Ok(members) => members,
+                Err(error) => {
+                    unknown_members = true;
+                    self.settle_item(Item::Group(group), Err(error), now)
+                        .await?;
+                    continue;
+                }
+            };
+            for user in members
+                .into_iter()
+                .filter_map(|o| o.into_enabled_user())
+                .filter(|user| self.included(&user.id))
+            {
+                values
+                    .entry(user.id.clone())
+                    .or_default()
+                    .push(value.clone());
+                known_users.insert(user.id.clone(), user);
             }
         }
         // Users assigned directly may not be in any group yet: read them and create them.
@@ -252,35 +258,87 @@ impl Syncer {
             known_users.insert(user.id.clone(), user);
         }
         // Disabled accounts are absent from what getByIds gives back: no role for them.
-        let mut granted: HashSet<UserId> = HashSet::new();
-        for (user_id, user_values) in &values {
-            let Some(user) = known_users.get(user_id) else {
-                continue; // gone from Entra
-            };
-            if crate::roles::LiteLlmRole::highest(user_values.iter().map(String::as_str)).is_none()
-            {
+        let granting: Vec<(EntraUser, Vec<String>)> = values
+            .into_iter()
+            .filter(|(_, user_values)| {
+                crate::roles::LiteLlmRole::highest(user_values.iter().map(String::as_str)).is_some()
+            })
+            .filter_map(|(user_id, user_values)| Some((known_users.remove(&user_id)?, user_values)))
+            .collect();
+        let granted: HashSet<UserId> = granting.iter().map(|(user, _)| user.id.clone()).collect();
+        for batch in granting.chunks(ROLE_BATCH) {
+            let outcome = retrying(|| self.store.set_user_roles(batch, options)).await;
+            if let Some(made) = whole_batch(outcome, batch.len())? {
+                changes.add(made);
                 continue;
             }
-            granted.insert(user_id.clone());
-            let outcome = self.store.set_user_role(user, user_values, options).await;
-            applied &= outcome.is_ok();
-            changes.add(
-                self.settle_item(Item::User(user_id.clone()), outcome, now)
-                    .await?,
-            );
+            for (user, user_values) in batch {
+                let outcome = self.store.set_user_role(user, user_values, options).await;
+                applied &= outcome.is_ok();
+                changes.add(
+                    self.settle_item(Item::User(user.id.clone()), outcome, now)
+                        .await?,
+                );
+            }
         }
         if unknown_members {
             tracing::warn!("a role-holding group could not be read: no role is revoked this time");
             return Ok(false);
         }
-        for holder in self.store.managed_role_holders().await? {
-            if !granted.contains(&holder) {
-                let outcome = self.store.revoke_role(&holder, options).await;
+        let revoking: Vec<UserId> = self
+            .store
+            .managed_role_holders()
+            .await?
+            .into_iter()
+            .filter(|holder| !granted.contains(holder))
+            .collect();
+        for batch in revoking.chunks(ROLE_BATCH) {
+            let outcome = retrying(|| self.store.revoke_roles(batch, options)).await;
+            if let Some(made) = whole_batch(outcome, batch.len())? {
+                changes.add(made);
+                continue;
+            }
+            for holder in batch {
+                let outcome = self.store.revoke_role(holder, options).await;
                 applied &= outcome.is_ok();
-                changes.add(self.settle_item(Item::User(holder), outcome, now).await?);
+                changes.add(
+                    self.settle_item(Item::User(holder.clone()), outcome, now)
+                        .await?,
+                );
             }
         }
         Ok(applied)
+    }
+
+    /// The members of each role-holding group, read several groups at a time.
+    async fn read_role_groups(
+        &self,
+        groups: Vec<(GroupId, String)>,
+    ) -> Vec<(GroupId, String, Result<Vec<DirectoryObject>>)> {
+        const PARALLEL_READS: usize = 8;
+        let mut read = Vec::with_capacity(groups.len());
+        let mut pending = groups.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < PARALLEL_READS {
+                let Some((group, value)) = pending.next() else {
+                    break;
+                };
+                let graph = self.graph.clone();
+                running.spawn(async move {
+                    let members = graph.group_members(&group, false).await;
+                    (group, value, members)
+                });
+            }
+            match running.join_next().await {
+                Some(Ok(done)) => read.push(done),
+                Some(Err(failure)) => {
+                    tracing::error!(%failure, "a role-holding group's read failed");
+                }
+                None => break,
+            }
+        }
+        read
     }
 }
 
@@ -322,4 +380,18 @@ fn role_groups(
         .filter(|a| role_values.contains_key(&a.app_role_id.to_lowercase()))
         .filter_map(group_id)
         .collect()
+}
+
+/// A batch of users' outcome: its changes; `None` when it failed on its own (one user LiteLLM
+/// refuses, say), and each user is then tried alone, so that one bad user never holds the others
+/// back; a systemic error (the database away) as it is.
+fn whole_batch(outcome: Result<Vec<Change>>, users: usize) -> Result<Option<Vec<Change>>> {
+    match outcome {
+        Ok(changes) => Ok(Some(changes)),
+        Err(error) if error.is_systemic() => Err(error),
+        Err(error) => {
+            tracing::info!(%error, users, "a batch of users failed: each is tried on its own");
+            Ok(None)
+        }
+    }
 }
