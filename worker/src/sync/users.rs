@@ -33,14 +33,15 @@ impl Syncer {
             // A departed user may be back, and roles come back with them: worked out again at
             // the next poll.
             let departed_among = unique.iter().any(|id| syncer.excluded.contains(id));
+            // Read twenty to a request; each applied on its own.
+            let states = syncer.graph.user_states(&unique).await?;
             syncer
                 .in_parallel(
-                    unique,
-                    |id| Item::User(id.clone()),
+                    states,
+                    |(id, _)| Item::User(id.clone()),
                     now,
-                    move |syncer, id| async move {
-                        let state = syncer.graph.user_state(&id).await?;
-                        syncer.apply_user(&id, state.as_ref(), now).await
+                    move |syncer, (id, state)| async move {
+                        syncer.apply_user(&id, state?.as_ref(), now).await
                     },
                     &mut changes,
                 )
