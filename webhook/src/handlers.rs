@@ -11,8 +11,13 @@ use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
 use crate::error::WebhookError;
+use crate::group_commit::StoreError;
 use crate::notification;
 use crate::verify::Dropped;
+
+/// The longest a request waits for Redis, whatever the deadline says (hand-built `Settings` are
+/// not range-checked, and the clock's arithmetic would overflow on `Duration::MAX`).
+const LONGEST_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Graph's tokens are short; anything this long is not one.
 const MAX_VALIDATION_TOKEN: usize = 1024;
@@ -142,11 +147,13 @@ async fn receive(
         }
     }
     // What is left of the deadline. `Settings` may be built by hand with any deadline: unlike
-    // `Instant + Duration`, this cannot overflow.
+    // `Instant + Duration`, this cannot overflow, and the wait is capped for the clock's sake.
     let left = state.settings.deadline.saturating_sub(started.elapsed());
-    let enqueue_started = Instant::now();
-    match tokio::time::timeout(left, state.queue.append(&accepted)).await {
-        Ok(Ok(_ids)) => {
+    let entries = state.queue.entries(&accepted);
+    let enqueue_started = tokio::time::Instant::now();
+    let deadline = enqueue_started + left.min(LONGEST_WAIT);
+    match state.commits.store(entries, deadline).await {
+        Ok(()) => {
             state
                 .metrics
                 .enqueue_seconds
@@ -154,11 +161,11 @@ async fn receive(
             state.metrics.accepted.inc_by(accepted.len() as u64);
             Ok(accepted.len())
         }
-        Ok(Err(error)) => Err(WebhookError::Unavailable(format!("Redis: {error}"))),
-        Err(_) => Err(WebhookError::Unavailable(format!(
+        Err(StoreError::TimedOut) => Err(WebhookError::Unavailable(format!(
             "Redis did not answer within {} ms",
             state.settings.deadline.as_millis()
         ))),
+        Err(error) => Err(WebhookError::Unavailable(error.to_string())),
     }
 }
 

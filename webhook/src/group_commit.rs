@@ -1,0 +1,144 @@
+//! Group commit: the requests waiting at the same moment share one MULTI/EXEC.
+//!
+//! A request hands its entries to the committer over a bounded channel, with a oneshot for the
+//! answer and its deadline, and waits for that answer (or its deadline). One task takes whatever
+//! is queued (up to [`MAX_BATCH_ENTRIES`]), writes it in one transaction, and answers each
+//! request. While one transaction is in flight the next requests queue up, so the batches grow
+//! with the load and a lone request still goes out at once: nothing waits for a batch to fill.
+//!
+//! What each request can rely on, as before group commit:
+//! - an `Ok` means Redis has stored all of its entries (MULTI/EXEC: the batch is all or none);
+//! - a failed transaction answers every request in it with the error (503: Graph retries);
+//! - a request that gave up (its deadline passed) is left out of every later transaction, so
+//!   what was answered 503 is not stored behind its back (one already sent to Redis may still
+//!   land, as a single request's could before: a duplicate, which the worker absorbs);
+//! - a full channel answers at once: a slow Redis cannot make the queue grow without bound.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::queue::{Entries, Queue};
+
+/// Requests that may wait for the committer; one more is refused at once.
+pub const CHANNEL_CAPACITY: usize = 4096;
+
+/// Entries per transaction: more go out in the next one. A single request larger than this
+/// still goes out whole, alone.
+pub const MAX_BATCH_ENTRIES: usize = 1024;
+
+/// Why a request's entries were not stored.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("Redis: {0}")]
+    Redis(Arc<str>),
+    /// The committer has this many requests waiting already.
+    #[error("{0} requests are already waiting for Redis")]
+    Busy(usize),
+    #[error("Redis did not answer in time")]
+    TimedOut,
+    /// The committer has stopped (the server is shutting down).
+    #[error("the webhook is stopping")]
+    Stopped,
+}
+
+/// One request's entries on their way to Redis.
+struct Job {
+    entries: Entries,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+impl Job {
+    /// Nobody is waiting for this answer any more: leave the entries out.
+    fn abandoned(&self, now: Instant) -> bool {
+        self.reply.is_closed() || self.deadline <= now
+    }
+}
+
+/// The requests' side of the committer. Dropping every clone stops the committer once it has
+/// answered what was queued.
+#[derive(Clone)]
+pub struct GroupCommit {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl GroupCommit {
+    /// Starts the committer task, writing to `queue`.
+    pub fn start(queue: Arc<Queue>) -> Self {
+        Self::with_limits(queue, CHANNEL_CAPACITY, MAX_BATCH_ENTRIES)
+    }
+
+    pub fn with_limits(queue: Arc<Queue>, capacity: usize, max_batch_entries: usize) -> Self {
+        let (jobs, receiver) = mpsc::channel(capacity.max(1));
+        tokio::spawn(commit_loop(queue, receiver, max_batch_entries.max(1)));
+        Self { jobs }
+    }
+
+    /// Stores `entries`, answering once Redis has them, or with the reason it does not by
+    /// `deadline`.
+    pub async fn store(&self, entries: Entries, deadline: Instant) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            entries,
+            deadline,
+            reply,
+        };
+        self.jobs.try_send(job).map_err(|refused| match refused {
+            mpsc::error::TrySendError::Full(_) => StoreError::Busy(self.jobs.max_capacity()),
+            mpsc::error::TrySendError::Closed(_) => StoreError::Stopped,
+        })?;
+        // Dropping `answer` at the deadline closes the oneshot: the committer sees it and leaves
+        // these entries out if they have not gone to Redis yet.
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(StoreError::Stopped),
+            Err(_) => Err(StoreError::TimedOut),
+        }
+    }
+}
+
+/// Takes what is queued, commits it, answers; until every sender is gone.
+async fn commit_loop(queue: Arc<Queue>, mut receiver: mpsc::Receiver<Job>, max_entries: usize) {
+    let mut batch = Vec::new();
+    while let Some(first) = receiver.recv().await {
+        let mut entries = first.entries.len();
+        batch.push(first);
+        while entries < max_entries {
+            match receiver.try_recv() {
+                Ok(job) => {
+                    entries += job.entries.len();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        commit(&queue, &mut batch).await;
+    }
+}
+
+/// Writes the batch's live jobs in one transaction and answers each; empties `batch`.
+async fn commit(queue: &Queue, batch: &mut Vec<Job>) {
+    let now = Instant::now();
+    batch.retain(|job| !job.abandoned(now));
+    // Past the last deadline nobody waits for the transaction: a hanging Redis must not hold
+    // the committer (and every request queued behind it) any longer.
+    let Some(latest) = batch.iter().map(|job| job.deadline).max() else {
+        return;
+    };
+    let mut transaction = redis::pipe();
+    transaction.atomic();
+    for job in batch.iter_mut() {
+        job.entries.add_to(&mut transaction);
+    }
+    let result = match tokio::time::timeout_at(latest, queue.commit(&transaction)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(StoreError::Redis(error.to_string().into())),
+        Err(_) => Err(StoreError::TimedOut),
+    };
+    for job in batch.drain(..) {
+        // A request that gave up meanwhile has no one to answer: its send fails, silently.
+        let _ = job.reply.send(result.clone());
+    }
+}
