@@ -26,7 +26,6 @@ const MAX_VALIDATION_TOKEN: usize = 1024;
 pub(crate) async fn notifications(
     State(state): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
     request: Request,
 ) -> Response {
     if let Some(token) = query.get("validationToken") {
@@ -38,9 +37,9 @@ pub(crate) async fn notifications(
             Err(error) => failed(&state, error),
         };
     }
-    match receive(&state, &headers, request).await {
+    match receive(&state, request).await {
         Ok(count) => {
-            state.metrics.outcome("accepted");
+            state.metrics.requests_accepted.inc();
             tracing::debug!(count, "notifications stored");
             StatusCode::ACCEPTED.into_response()
         }
@@ -102,12 +101,9 @@ async fn read_body(state: &AppState, request: Request) -> Result<Bytes, WebhookE
 }
 
 /// Verifies, then stores; returns how many notifications were stored.
-async fn receive(
-    state: &AppState,
-    headers: &HeaderMap,
-    request: Request,
-) -> Result<usize, WebhookError> {
-    if !is_json(headers) {
+async fn receive(state: &AppState, request: Request) -> Result<usize, WebhookError> {
+    // Read from the request rather than extracted: a `HeaderMap` extractor copies every header.
+    if !is_json(request.headers()) {
         return Err(WebhookError::UnsupportedMediaType);
     }
     let body = read_body(state, request).await?;
