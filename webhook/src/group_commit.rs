@@ -121,7 +121,11 @@ async fn commit_loop(queue: Arc<Queue>, mut receiver: mpsc::Receiver<Job>, max_e
 /// Writes the batch's live jobs in one transaction and answers each; empties `batch`.
 async fn commit(queue: &Queue, batch: &mut Vec<Job>) {
     let now = Instant::now();
-    batch.retain(|job| !job.abandoned(now));
+    for job in batch.extract_if(.., |job| job.abandoned(now)) {
+        // Said, rather than left to a dropped sender, which would read as a stopped committer.
+        // Whoever still listens had its deadline pass; a closed oneshot makes this a no-op.
+        let _ = job.reply.send(Err(StoreError::TimedOut));
+    }
     // Past the last deadline nobody waits for the transaction: a hanging Redis must not hold
     // the committer (and every request queued behind it) any longer.
     let Some(latest) = batch.iter().map(|job| job.deadline).max() else {
@@ -140,5 +144,91 @@ async fn commit(queue: &Queue, batch: &mut Vec<Job>) {
     for job in batch.drain(..) {
         // A request that gave up meanwhile has no one to answer: its send fails, silently.
         let _ = job.reply.send(result.clone());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use entra_sync_core::record::{Kind, StreamRecord};
+    use entra_sync_testkit::redis::{RedisProxy, TestStream};
+
+    use super::*;
+
+    fn record(id: &str) -> StreamRecord {
+        StreamRecord {
+            subscription_id: "s".into(),
+            tenant_id: "t".into(),
+            kind: Kind::Change {
+                change_type: "updated".into(),
+                resource: format!("Groups/{id}"),
+                resource_id: Some(id.into()),
+                odata_type: None,
+            },
+            subscription_expires: None,
+            received_at: chrono::Utc::now(),
+        }
+    }
+
+    fn queue(url: &str, stream: &TestStream) -> Arc<Queue> {
+        Arc::new(Queue::new(url, stream.key().to_owned()).unwrap())
+    }
+
+    fn in_a_second() -> Instant {
+        Instant::now() + Duration::from_secs(1)
+    }
+
+    #[tokio::test]
+    async fn a_request_that_gave_up_is_left_out_of_later_transactions() {
+        let stream = TestStream::new();
+        let queue = queue(stream.server().url(), &stream);
+        let commits = GroupCommit::start(queue.clone());
+        // Its deadline has passed before the committer sees it.
+        let late = commits
+            .store(queue.entries(&[record("late")]), Instant::now())
+            .await;
+        assert!(matches!(late, Err(StoreError::TimedOut)), "{late:?}");
+        // The committer takes requests in order: once this one is stored, the late one was seen.
+        commits
+            .store(queue.entries(&[record("on-time")]), in_a_second())
+            .await
+            .unwrap();
+        let ids: Vec<String> = stream
+            .entries()
+            .iter()
+            .map(|e| e["resource_id"].clone())
+            .collect();
+        assert_eq!(ids, ["on-time"]);
+    }
+
+    #[tokio::test]
+    async fn a_full_channel_refuses_at_once() {
+        let stream = TestStream::new();
+        let proxy = RedisProxy::start().await;
+        proxy.stall();
+        let queue = queue(&proxy.url(), &stream);
+        let commits = GroupCommit::with_limits(queue.clone(), 1, MAX_BATCH_ENTRIES);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        // One in flight (Redis hangs), one waiting in the channel: the channel is full.
+        let in_flight = tokio::spawn({
+            let (commits, entries) = (commits.clone(), queue.entries(&[record("a")]));
+            async move { commits.store(entries, deadline).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let waiting = tokio::spawn({
+            let (commits, entries) = (commits.clone(), queue.entries(&[record("b")]));
+            async move { commits.store(entries, deadline).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        let refused = commits.store(queue.entries(&[record("c")]), deadline).await;
+        assert!(matches!(refused, Err(StoreError::Busy(1))), "{refused:?}");
+        assert!(started.elapsed() < Duration::from_millis(100));
+        // The others get their answers (failures: Redis hangs), none of them a success.
+        assert!(in_flight.await.unwrap().is_err());
+        assert!(waiting.await.unwrap().is_err());
+        assert!(stream.is_empty());
     }
 }
