@@ -16,6 +16,7 @@
 
 use std::sync::Arc;
 
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -65,14 +66,25 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the committer task, writing to `queue`.
-    pub fn start(queue: Arc<Queue>) -> Self {
-        Self::with_limits(queue, CHANNEL_CAPACITY, MAX_BATCH_ENTRIES)
+    /// Starts the committer task, writing to `queue`; each transaction's number of requests is
+    /// observed in `batch_sizes`.
+    pub fn start(queue: Arc<Queue>, batch_sizes: Histogram) -> Self {
+        Self::with_limits(queue, batch_sizes, CHANNEL_CAPACITY, MAX_BATCH_ENTRIES)
     }
 
-    pub fn with_limits(queue: Arc<Queue>, capacity: usize, max_batch_entries: usize) -> Self {
+    pub fn with_limits(
+        queue: Arc<Queue>,
+        batch_sizes: Histogram,
+        capacity: usize,
+        max_batch_entries: usize,
+    ) -> Self {
         let (jobs, receiver) = mpsc::channel(capacity.max(1));
-        tokio::spawn(commit_loop(queue, receiver, max_batch_entries.max(1)));
+        let committer = Committer {
+            queue,
+            batch_sizes,
+            max_entries: max_batch_entries.max(1),
+        };
+        tokio::spawn(committer.run(receiver));
         Self { jobs }
     }
 
@@ -99,51 +111,63 @@ impl GroupCommit {
     }
 }
 
-/// Takes what is queued, commits it, answers; until every sender is gone.
-async fn commit_loop(queue: Arc<Queue>, mut receiver: mpsc::Receiver<Job>, max_entries: usize) {
-    let mut batch = Vec::new();
-    while let Some(first) = receiver.recv().await {
-        let mut entries = first.entries.len();
-        batch.push(first);
-        while entries < max_entries {
-            match receiver.try_recv() {
-                Ok(job) => {
-                    entries += job.entries.len();
-                    batch.push(job);
-                }
-                Err(_) => break,
-            }
-        }
-        commit(&queue, &mut batch).await;
-    }
+/// The one task that talks to Redis for the requests.
+struct Committer {
+    queue: Arc<Queue>,
+    batch_sizes: Histogram,
+    max_entries: usize,
 }
 
-/// Writes the batch's live jobs in one transaction and answers each; empties `batch`.
-async fn commit(queue: &Queue, batch: &mut Vec<Job>) {
-    let now = Instant::now();
-    for job in batch.extract_if(.., |job| job.abandoned(now)) {
-        // Said, rather than left to a dropped sender, which would read as a stopped committer.
-        // Whoever still listens had its deadline pass; a closed oneshot makes this a no-op.
-        let _ = job.reply.send(Err(StoreError::TimedOut));
+impl Committer {
+    /// Takes what is queued, commits it, answers; until every sender is gone.
+    async fn run(self, mut receiver: mpsc::Receiver<Job>) {
+        let mut batch = Vec::new();
+        while let Some(first) = receiver.recv().await {
+            let mut entries = first.entries.len();
+            batch.push(first);
+            while entries < self.max_entries {
+                match receiver.try_recv() {
+                    Ok(job) => {
+                        entries += job.entries.len();
+                        batch.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut batch).await;
+        }
     }
-    // Past the last deadline nobody waits for the transaction: a hanging Redis must not hold
-    // the committer (and every request queued behind it) any longer.
-    let Some(latest) = batch.iter().map(|job| job.deadline).max() else {
-        return;
-    };
-    let mut transaction = redis::pipe();
-    transaction.atomic();
-    for job in batch.iter_mut() {
-        job.entries.add_to(&mut transaction);
-    }
-    let result = match tokio::time::timeout_at(latest, queue.commit(&transaction)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(StoreError::Redis(error.to_string().into())),
-        Err(_) => Err(StoreError::TimedOut),
-    };
-    for job in batch.drain(..) {
-        // A request that gave up meanwhile has no one to answer: its send fails, silently.
-        let _ = job.reply.send(result.clone());
+
+    /// Writes the batch's live jobs in one transaction and answers each; empties `batch`.
+    async fn commit(&self, batch: &mut Vec<Job>) {
+        let now = Instant::now();
+        for job in batch.extract_if(.., |job| job.abandoned(now)) {
+            // Said, rather than left to a dropped sender, which would read as a stopped
+            // committer. Whoever still listens had its deadline pass; a closed oneshot makes
+            // this a no-op.
+            let _ = job.reply.send(Err(StoreError::TimedOut));
+        }
+        // Past the last deadline nobody waits for the transaction: a hanging Redis must not
+        // hold the committer (and every request queued behind it) any longer.
+        let Some(latest) = batch.iter().map(|job| job.deadline).max() else {
+            return;
+        };
+        self.batch_sizes.observe(batch.len() as f64);
+        let mut transaction = redis::pipe();
+        transaction.atomic();
+        for job in batch.iter_mut() {
+            job.entries.add_to(&mut transaction);
+        }
+        let written = tokio::time::timeout_at(latest, self.queue.commit(&transaction)).await;
+        let result = match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(StoreError::Redis(error.to_string().into())),
+            Err(_) => Err(StoreError::TimedOut),
+        };
+        for job in batch.drain(..) {
+            // A request that gave up meanwhile has no one to answer: its send fails, silently.
+            let _ = job.reply.send(result.clone());
+        }
     }
 }
 
@@ -184,7 +208,7 @@ mod tests {
     async fn a_request_that_gave_up_is_left_out_of_later_transactions() {
         let stream = TestStream::new();
         let queue = queue(stream.server().url(), &stream);
-        let commits = GroupCommit::start(queue.clone());
+        let commits = GroupCommit::start(queue.clone(), Histogram::new([1.0].into_iter()));
         // Its deadline has passed before the committer sees it.
         let late = commits
             .store(queue.entries(&[record("late")]), Instant::now())
@@ -209,7 +233,12 @@ mod tests {
         let proxy = RedisProxy::start().await;
         proxy.stall();
         let queue = queue(&proxy.url(), &stream);
-        let commits = GroupCommit::with_limits(queue.clone(), 1, MAX_BATCH_ENTRIES);
+        let commits = GroupCommit::with_limits(
+            queue.clone(),
+            Histogram::new([1.0].into_iter()),
+            1,
+            MAX_BATCH_ENTRIES,
+        );
         let deadline = Instant::now() + Duration::from_secs(2);
         // One in flight (Redis hangs), one waiting in the channel: the channel is full.
         let in_flight = tokio::spawn({

@@ -47,15 +47,16 @@ pub fn router(settings: Settings) -> Result<Router, redis::RedisError> {
         settings.stream.clone(),
     )?);
     queue.watch_backlog(settings.backlog_interval);
+    let metrics = metrics::Metrics::new();
     let state = Arc::new(AppState {
         verifier: verify::Verifier::new(
             &settings.client_state,
             &settings.client_state_previous,
             &settings.tenant_id,
         ),
-        commits: group_commit::GroupCommit::start(queue.clone()),
+        commits: group_commit::GroupCommit::start(queue.clone(), metrics.commit_requests.clone()),
         queue,
-        metrics: metrics::Metrics::new(),
+        metrics,
         settings,
     });
     Ok(Router::new()

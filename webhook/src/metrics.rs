@@ -26,6 +26,8 @@ pub struct Metrics {
     pub accepted: Counter,
     pub dropped: Family<Reason, Counter>,
     pub enqueue_seconds: Histogram,
+    /// Requests per Redis transaction: how much group commit is sharing.
+    pub commit_requests: Histogram,
     pub backlog: Gauge,
     pub length: Gauge,
 }
@@ -44,6 +46,10 @@ impl Metrics {
         // 0.5 ms to about 4 s.
         let enqueue_seconds = Histogram::new(
             prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 14),
+        );
+        // 1 to 4096 (the committer's channel capacity).
+        let commit_requests = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 13),
         );
         let backlog = Gauge::default();
         let length = Gauge::default();
@@ -68,6 +74,11 @@ impl Metrics {
             enqueue_seconds.clone(),
         );
         registry.register(
+            "entra_sync_webhook_commit_requests",
+            "Requests whose notifications one Redis transaction stored (group commit)",
+            commit_requests.clone(),
+        );
+        registry.register(
             "entra_sync_stream_backlog",
             "Stream entries the workers have not finished (-1: unknown)",
             backlog.clone(),
@@ -84,6 +95,7 @@ impl Metrics {
             accepted,
             dropped,
             enqueue_seconds,
+            commit_requests,
             backlog,
             length,
         }
