@@ -2,8 +2,8 @@
 //!
 //! Its only job is to verify and store, fast: it answers Graph's validation handshake, keeps the
 //! notifications whose `clientState` and tenant are ours, appends them to a Redis stream (the
-//! requests arriving together share one MULTI/EXEC, see [`group_commit`]), and answers 202 only once Redis has them — or 503 before its deadline, so that
-//! Graph retries. It calls nothing else.
+//! requests arriving together share one MULTI/EXEC, see [`group_commit`]), and answers 202 only
+//! once Redis has them — or 503 before its deadline, so that Graph retries. It calls nothing else.
 
 pub mod config;
 mod error;
