@@ -2,7 +2,7 @@
 //!
 //! Its only job is to verify and store, fast: it answers Graph's validation handshake, keeps the
 //! notifications whose `clientState` and tenant are ours, appends them to a Redis stream (the
-//! requests arriving together share one MULTI/EXEC, see [`group_commit`]), and answers 202 only
+//! requests arriving together share one MULTI/EXEC, see `group_commit.rs`), and answers 202 only
 //! once Redis has them — or 503 before its deadline, so that Graph retries. It calls nothing else.
 
 pub mod config;
