@@ -11,8 +11,13 @@ use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
 use crate::error::WebhookError;
+use crate::group_commit::StoreError;
 use crate::notification;
 use crate::verify::Dropped;
+
+/// The longest a request waits for Redis, whatever the deadline says (hand-built `Settings` are
+/// not range-checked, and the clock's arithmetic would overflow on `Duration::MAX`).
+const LONGEST_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Graph's tokens are short; anything this long is not one.
 const MAX_VALIDATION_TOKEN: usize = 1024;
@@ -21,7 +26,6 @@ const MAX_VALIDATION_TOKEN: usize = 1024;
 pub(crate) async fn notifications(
     State(state): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
     request: Request,
 ) -> Response {
     if let Some(token) = query.get("validationToken") {
@@ -33,9 +37,9 @@ pub(crate) async fn notifications(
             Err(error) => failed(&state, error),
         };
     }
-    match receive(&state, &headers, request).await {
+    match receive(&state, request).await {
         Ok(count) => {
-            state.metrics.outcome("accepted");
+            state.metrics.requests_accepted.inc();
             tracing::debug!(count, "notifications stored");
             StatusCode::ACCEPTED.into_response()
         }
@@ -97,12 +101,9 @@ async fn read_body(state: &AppState, request: Request) -> Result<Bytes, WebhookE
 }
 
 /// Verifies, then stores; returns how many notifications were stored.
-async fn receive(
-    state: &AppState,
-    headers: &HeaderMap,
-    request: Request,
-) -> Result<usize, WebhookError> {
-    if !is_json(headers) {
+async fn receive(state: &AppState, request: Request) -> Result<usize, WebhookError> {
+    // Read from the request rather than extracted: a `HeaderMap` extractor copies every header.
+    if !is_json(request.headers()) {
         return Err(WebhookError::UnsupportedMediaType);
     }
     let body = read_body(state, request).await?;
@@ -142,11 +143,13 @@ async fn receive(
         }
     }
     // What is left of the deadline. `Settings` may be built by hand with any deadline: unlike
-    // `Instant + Duration`, this cannot overflow.
+    // `Instant + Duration`, this cannot overflow, and the wait is capped for the clock's sake.
     let left = state.settings.deadline.saturating_sub(started.elapsed());
-    let enqueue_started = Instant::now();
-    match tokio::time::timeout(left, state.queue.append(&accepted)).await {
-        Ok(Ok(_ids)) => {
+    let entries = state.queue.entries(&accepted);
+    let enqueue_started = tokio::time::Instant::now();
+    let deadline = enqueue_started + left.min(LONGEST_WAIT);
+    match state.commits.store(entries, deadline).await {
+        Ok(()) => {
             state
                 .metrics
                 .enqueue_seconds
@@ -154,11 +157,11 @@ async fn receive(
             state.metrics.accepted.inc_by(accepted.len() as u64);
             Ok(accepted.len())
         }
-        Ok(Err(error)) => Err(WebhookError::Unavailable(format!("Redis: {error}"))),
-        Err(_) => Err(WebhookError::Unavailable(format!(
+        Err(StoreError::TimedOut) => Err(WebhookError::Unavailable(format!(
             "Redis did not answer within {} ms",
             state.settings.deadline.as_millis()
         ))),
+        Err(error) => Err(WebhookError::Unavailable(error.to_string())),
     }
 }
 

@@ -1,12 +1,13 @@
 //! entra-sync's webhook: the HTTP endpoint Microsoft Graph delivers change notifications to.
 //!
 //! Its only job is to verify and store, fast: it answers Graph's validation handshake, keeps the
-//! notifications whose `clientState` and tenant are ours, appends them to a Redis stream in one
-//! round trip, and answers 202 only once Redis has them — or 503 before its deadline, so that
-//! Graph retries. It calls nothing else.
+//! notifications whose `clientState` and tenant are ours, appends them to a Redis stream (the
+//! requests arriving together share one MULTI/EXEC, see `group_commit.rs`), and answers 202 only
+//! once Redis has them — or 503 before its deadline, so that Graph retries. It calls nothing else.
 
 pub mod config;
 mod error;
+mod group_commit;
 mod handlers;
 mod metrics;
 mod notification;
@@ -33,6 +34,9 @@ pub(crate) struct AppState {
     settings: Settings,
     verifier: verify::Verifier,
     queue: Arc<queue::Queue>,
+    /// Where requests hand their entries to be stored, together with those of the requests
+    /// waiting at the same moment.
+    commits: group_commit::GroupCommit,
     metrics: metrics::Metrics,
 }
 
@@ -43,14 +47,16 @@ pub fn router(settings: Settings) -> Result<Router, redis::RedisError> {
         settings.stream.clone(),
     )?);
     queue.watch_backlog(settings.backlog_interval);
+    let metrics = metrics::Metrics::new();
     let state = Arc::new(AppState {
         verifier: verify::Verifier::new(
             &settings.client_state,
             &settings.client_state_previous,
             &settings.tenant_id,
         ),
+        commits: group_commit::GroupCommit::start(queue.clone(), metrics.commit_requests.clone()),
         queue,
-        metrics: metrics::Metrics::new(),
+        metrics,
         settings,
     });
     Ok(Router::new()

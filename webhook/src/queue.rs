@@ -13,6 +13,24 @@ use entra_sync_core::redis_server::{RedisCapabilities, group_progress};
 /// How long connecting to Redis may take; requests have their own, shorter, deadline.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// One request's stream entries, encoded, not yet stored.
+pub struct Entries {
+    commands: Vec<redis::Cmd>,
+}
+
+impl Entries {
+    pub fn len(&self) -> usize {
+        self.commands.len()
+    }
+
+    /// Moves the commands into `transaction`.
+    pub fn add_to(&mut self, transaction: &mut redis::Pipeline) {
+        for command in self.commands.drain(..) {
+            transaction.add_command(command);
+        }
+    }
+}
+
 /// The stream and a connection to Redis that is made on first use and remade after failures.
 pub struct Queue {
     client: redis::Client,
@@ -52,18 +70,28 @@ impl Queue {
         Ok(connection)
     }
 
-    /// Appends the records, one entry each, in one round trip (MULTI/EXEC: all or none).
-    pub async fn append(&self, records: &[StreamRecord]) -> redis::RedisResult<Vec<String>> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for record in records {
-            let command = pipe.cmd("XADD").arg(&self.stream).arg("*");
-            for (field, value) in record.to_fields() {
-                command.arg(field).arg(value);
-            }
-        }
+    /// One XADD per record, ready for [`Queue::commit`]. Built by the request, so that the
+    /// encoding runs on the request's own task and not on the one committer.
+    pub fn entries(&self, records: &[StreamRecord]) -> Entries {
+        let commands = records
+            .iter()
+            .map(|record| {
+                // Sized for a typical record (11 fields), so that it is allocated once.
+                let mut command = redis::Cmd::with_capacity(24, 512);
+                command.arg("XADD").arg(&self.stream).arg("*");
+                record.each_field(|field, value| {
+                    command.arg(field).arg(value);
+                });
+                command
+            })
+            .collect();
+        Entries { commands }
+    }
+
+    /// Runs `transaction` (MULTI/EXEC: all or none), in one round trip.
+    pub async fn commit(&self, transaction: &redis::Pipeline) -> redis::RedisResult<()> {
         let mut connection = self.connection().await?;
-        pipe.query_async(&mut connection).await
+        transaction.query_async(&mut connection).await
     }
 
     pub async fn ping(&self) -> redis::RedisResult<()> {

@@ -870,3 +870,169 @@ async fn a_megabyte_of_forged_notifications_is_one_refusal_counted_by_reason() {
         );
     }
 }
+
+/// Sends `count` requests at once, the n-th carrying `per_request(n)`; their answers in order.
+async fn notify_all(
+    app: &Running,
+    count: usize,
+    per_request: impl Fn(usize) -> Vec<Value>,
+) -> Vec<(u16, String, Duration)> {
+    let mut requests = tokio::task::JoinSet::new();
+    for n in 0..count {
+        let (http, url, body) = (
+            app.http.clone(),
+            format!("{}/notifications", app.url),
+            collection(per_request(n)),
+        );
+        requests.spawn(async move {
+            let started = Instant::now();
+            let response = http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (n, status, response.text().await.unwrap(), started.elapsed())
+        });
+    }
+    let mut answers = requests.join_all().await;
+    answers.sort_by_key(|(n, ..)| *n);
+    answers
+        .into_iter()
+        .map(|(_, status, body, took)| (status, body, took))
+        .collect()
+}
+
+#[tokio::test]
+async fn concurrent_requests_are_each_answered_202_and_stored_exactly_once() {
+    let app = start(|_| {}).await;
+    // One to three notifications each, all different.
+    let groups = |n: usize| -> Vec<String> { (0..=n % 3).map(|i| format!("g{n}-{i}")).collect() };
+    let answers = notify_all(&app, 200, |n| {
+        groups(n)
+            .iter()
+            .map(|g| change(SECRET, TENANT, g))
+            .collect()
+    })
+    .await;
+    for (status, body, _) in &answers {
+        assert_eq!(*status, 202, "{body}");
+    }
+    let mut stored: Vec<String> = app
+        .stream
+        .entries()
+        .iter()
+        .map(|e| e["resource_id"].clone())
+        .collect();
+    // Each request's entries are stored together and in its order, whatever shared the
+    // transaction.
+    for n in 0..200 {
+        let own: Vec<&String> = stored
+            .iter()
+            .filter(|id| id.starts_with(&format!("g{n}-")))
+            .collect();
+        let expected = groups(n);
+        assert_eq!(own, expected.iter().collect::<Vec<_>>(), "request {n}");
+    }
+    stored.sort();
+    let mut expected: Vec<String> = (0..200).flat_map(groups).collect();
+    expected.sort();
+    assert_eq!(stored, expected, "every entry exactly once");
+    let metrics = app.metrics().await;
+    for line in [
+        r#"entra_sync_webhook_requests_total{outcome="accepted"} 200"#.to_owned(),
+        format!(
+            "entra_sync_webhook_notifications_accepted_total {}",
+            expected.len()
+        ),
+        "entra_sync_webhook_enqueue_seconds_count 200".to_owned(),
+        // However they were grouped, the transactions stored the 200 requests.
+        "entra_sync_webhook_commit_requests_sum 200.0".to_owned(),
+    ] {
+        assert!(
+            metrics.contains(line.as_str()),
+            "{line} missing from:\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failing_transaction_answers_503_to_every_request_in_it() {
+    let app = start(|_| {}).await;
+    // The stream's key holds a string: every XADD of the transaction fails, whichever requests
+    // share it.
+    app.stream
+        .command(&["SET", app.stream.key(), "not a stream"]);
+    let answers = notify_all(&app, 50, |n| vec![change(SECRET, TENANT, &format!("g{n}"))]).await;
+    for (status, body, _) in &answers {
+        assert_eq!(*status, 503, "{body}");
+        assert!(body.contains("could not be stored: Redis"), "{body}");
+    }
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"entra_sync_webhook_requests_total{outcome="unavailable"} 50"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("entra_sync_webhook_notifications_accepted_total 0"),
+        "{metrics}"
+    );
+    // Once the key is a stream again, the next request is stored, alone.
+    app.stream.command(&["DEL", app.stream.key()]);
+    assert_eq!(
+        app.notify(vec![change(SECRET, TENANT, "after")]).await.0,
+        202
+    );
+    assert_eq!(app.stream.len(), 1);
+}
+
+#[tokio::test]
+async fn many_requests_waiting_on_a_hanging_redis_each_get_503_at_their_deadline_and_are_never_stored()
+ {
+    let app = start_behind_proxy().await;
+    let proxy = app.proxy.as_ref().unwrap();
+    // Connected first, so that the hang is Redis', not the connection's.
+    assert_eq!(
+        app.notify(vec![change(SECRET, TENANT, "before")]).await.0,
+        202
+    );
+    proxy.stall();
+    let answers = notify_all(&app, 40, |n| {
+        vec![change(SECRET, TENANT, &format!("lost{n}"))]
+    })
+    .await;
+    for (status, body, took) in &answers {
+        assert_eq!(*status, 503, "{body}");
+        assert!(body.contains("could not be stored"), "{body}");
+        // Not before the deadline (nothing was dropped early), and not long after it: none of
+        // them waited for another's transaction.
+        assert!(*took >= DEADLINE, "took {took:?}");
+        assert!(*took < DEADLINE * 3, "took {took:?}");
+    }
+    proxy.restore();
+    let mut status = 0;
+    for _ in 0..50 {
+        status = app.notify(vec![change(SECRET, TENANT, "after")]).await.0;
+        if status == 202 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 202, "the webhook did not recover");
+    // Give anything still travelling a moment to land: nothing answered 503 may.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stored: Vec<String> = app
+        .stream
+        .entries()
+        .iter()
+        .map(|e| e["resource_id"].clone())
+        .collect();
+    assert_eq!(stored.first().map(String::as_str), Some("before"));
+    assert_eq!(stored.last().map(String::as_str), Some("after"));
+    assert!(
+        stored.iter().all(|id| !id.starts_with("lost")),
+        "a 503 was stored: {stored:?}"
+    );
+}
