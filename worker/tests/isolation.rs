@@ -366,9 +366,16 @@ async fn one_user_whose_role_is_refused_never_holds_back_the_others() {
     });
     syncer.poll_assignments(Utc::now()).await.unwrap();
     for n in [1, 2, 3, 5] {
-        assert_eq!(role(&world, n).await.as_deref(), Some("internal_user"), "user {n}");
+        assert_eq!(
+            role(&world, n).await.as_deref(),
+            Some("internal_user"),
+            "user {n}"
+        );
     }
-    assert_eq!(role(&world, 4).await.as_deref(), Some("internal_user_viewer"));
+    assert_eq!(
+        role(&world, 4).await.as_deref(),
+        Some("internal_user_viewer")
+    );
     assert_eq!(
         world
             .count(&format!(
