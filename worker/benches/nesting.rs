@@ -97,7 +97,7 @@ async fn main() {
     let started = Instant::now();
     let round = syncer.delta_round(chrono::Utc::now()).await.unwrap();
     println!(
-        "  first delta round (no deltaLink yet: a resync of every team, nothing to change): {:.2} s, {}, {} changes",
+        "  the first delta round after it (from the deltaLink the first sync stored): {:.2} s, {}, {} changes",
         started.elapsed().as_secs_f64(),
         requests(&sim),
         round.changes.total(),

@@ -108,7 +108,7 @@ async fn full_sync(groups: u128, users: u128, members: u128) {
     let started = Instant::now();
     let again = syncer.delta_round(chrono::Utc::now()).await.unwrap();
     println!(
-        "  then the first delta round (a resync of every group, nothing to change): {:.2} s, {} changes; peak memory so far {:.0} MiB",
+        "  then the first delta round (from the deltaLink the first sync stored): {:.2} s, {} changes; peak memory so far {:.0} MiB",
         started.elapsed().as_secs_f64(),
         again.changes.total(),
         peak_rss_mib()
@@ -181,7 +181,9 @@ async fn main() {
         return;
     }
     if let Ok(groups) = std::env::var("ENTRA_SYNC_BENCH_GROUPS") {
-        let groups: u128 = groups.parse().expect("ENTRA_SYNC_BENCH_GROUPS: a number of groups");
+        let groups: u128 = groups
+            .parse()
+            .expect("ENTRA_SYNC_BENCH_GROUPS: a number of groups");
         full_sync(groups, groups * 10, 100).await;
         return;
     }
