@@ -10,32 +10,18 @@
 
 use std::time::Instant;
 
+mod common;
 #[path = "../tests/graph_common/mod.rs"]
 mod graph_common;
 
-use entra_sync_testkit::TestDatabase;
+use common::count;
+use graph_sim::GraphSim;
 use graph_sim::tenant::{TenantFile, User};
-use graph_sim::{GraphSim, SimConfig};
-use worker::litellm_config::LiteLlmSettings;
-use worker::store::{RemovalMode, Store};
-use worker::sync::{Membership, Syncer, UnassignedPolicy};
+use worker::sync::Membership;
 
 const GROUPS: u128 = 1_000;
 const NESTED: u128 = 5;
 const USERS: u128 = 20;
-
-async fn count(db: &sea_orm::DatabaseConnection, table: &str) -> i64 {
-    use sea_orm::ConnectionTrait;
-    db.query_one(sea_orm::Statement::from_string(
-        sea_orm::DbBackend::Postgres,
-        format!("SELECT count(*) FROM {table}"),
-    ))
-    .await
-    .unwrap()
-    .unwrap()
-    .try_get_by_index::<i64>(0)
-    .unwrap()
-}
 
 /// The requests graph-sim answered since the last call, by kind.
 fn requests(sim: &GraphSim) -> String {
@@ -58,22 +44,8 @@ async fn main() {
         return;
     }
     let tenant = TenantFile::generate_nested(GROUPS, NESTED, USERS);
-    // Pages as large as the worker asks for ($top=999), as Graph serves them.
-    let config = SimConfig {
-        page_size: 999,
-        ..SimConfig::default()
-    };
-    let sim = GraphSim::start(config, tenant).await.unwrap();
-    let db = TestDatabase::new().await;
-    let (graph, _) = graph_common::default_retry_client(&sim);
-    let store = Store::new(
-        db.conn().clone(),
-        LiteLlmSettings::default(),
-        RemovalMode::Managed,
-    );
-    let syncer = Syncer::new(graph, store, UnassignedPolicy::RemoveMembers)
-        .with_membership(Membership::Transitive)
-        .counting_only();
+    let (sim, db, syncer) = common::start(tenant).await;
+    let syncer = syncer.with_membership(Membership::Transitive);
     println!(
         "{GROUPS} assigned groups x {NESTED} nested groups x {USERS} users ({} users), transitive:",
         GROUPS * NESTED * USERS

@@ -11,35 +11,16 @@
 
 use std::time::Instant;
 
+mod common;
 #[path = "../tests/graph_common/mod.rs"]
 mod graph_common;
 
-use entra_sync_testkit::TestDatabase;
+use graph_sim::GraphSim;
 use graph_sim::tenant::{AppRole, Group, TenantFile};
-use graph_sim::{GraphSim, SimConfig};
 use uuid::Uuid;
-use worker::litellm_config::LiteLlmSettings;
-use worker::store::{RemovalMode, Store};
-use worker::sync::{Syncer, UnassignedPolicy};
+use worker::sync::Syncer;
 
 const INTERNAL_USER_ROLE: Uuid = Uuid::from_u128(0xa0_0000_0000_4000_8000_0000_0000_0002);
-
-async fn start(tenant: TenantFile) -> (GraphSim, TestDatabase, Syncer) {
-    let config = SimConfig {
-        page_size: 999,
-        ..SimConfig::default()
-    };
-    let sim = GraphSim::start(config, tenant).await.unwrap();
-    let db = TestDatabase::new().await;
-    let (graph, _) = graph_common::default_retry_client(&sim);
-    let store = Store::new(
-        db.conn().clone(),
-        LiteLlmSettings::default(),
-        RemovalMode::Managed,
-    );
-    let syncer = Syncer::new(graph, store, UnassignedPolicy::RemoveMembers).counting_only();
-    (sim, db, syncer)
-}
 
 /// Polls once, printing the time and the Graph requests.
 async fn timed_poll(sim: &GraphSim, syncer: &Syncer, what: &str) {
@@ -66,7 +47,7 @@ async fn many_assigned_groups() {
         members: tenant.users.iter().take(10).map(|u| u.id).collect(),
         owners: Default::default(),
     });
-    let (sim, _db, syncer) = start(tenant).await;
+    let (sim, _db, syncer) = common::start(tenant).await;
     println!("{GROUPS} assigned groups of 10 members:");
     timed_poll(&sim, &syncer, "first poll (every team made)").await;
     timed_poll(&sim, &syncer, "a poll that finds nothing changed").await;
@@ -91,7 +72,7 @@ async fn roles_through_groups() {
     for assignment in &mut tenant.app.assignments {
         assignment.app_role_id = INTERNAL_USER_ROLE;
     }
-    let (sim, _db, syncer) = start(tenant).await;
+    let (sim, _db, syncer) = common::start(tenant).await;
     println!("{USERS} users holding an app role through {GROUPS} groups:");
     timed_poll(&sim, &syncer, "first poll (teams made, every role set)").await;
     timed_poll(&sim, &syncer, "a poll that finds nothing changed").await;

@@ -9,33 +9,13 @@
 
 use std::time::Instant;
 
+mod common;
 #[path = "../tests/graph_common/mod.rs"]
 mod graph_common;
 
 use entity::UserId;
-use entra_sync_testkit::TestDatabase;
+use graph_sim::GraphSim;
 use graph_sim::tenant::{TenantFile, User};
-use graph_sim::{GraphSim, SimConfig};
-use worker::litellm_config::LiteLlmSettings;
-use worker::store::{RemovalMode, Store};
-use worker::sync::{Syncer, UnassignedPolicy};
-
-async fn start(tenant: TenantFile) -> (GraphSim, TestDatabase, Syncer) {
-    let config = SimConfig {
-        page_size: 999,
-        ..SimConfig::default()
-    };
-    let sim = GraphSim::start(config, tenant).await.unwrap();
-    let db = TestDatabase::new().await;
-    let (graph, _) = graph_common::default_retry_client(&sim);
-    let store = Store::new(
-        db.conn().clone(),
-        LiteLlmSettings::default(),
-        RemovalMode::Managed,
-    );
-    let syncer = Syncer::new(graph, store, UnassignedPolicy::RemoveMembers).counting_only();
-    (sim, db, syncer)
-}
 
 fn requests(sim: &GraphSim) -> usize {
     let count = sim.requests().iter().filter(|r| !r.batch).count();
@@ -46,7 +26,7 @@ fn requests(sim: &GraphSim) -> usize {
 async fn one_large_group() {
     const MEMBERS: u128 = 50_000;
     let tenant = TenantFile::generate(1, MEMBERS, MEMBERS);
-    let (sim, _db, syncer) = start(tenant).await;
+    let (sim, _db, syncer) = common::start(tenant).await;
     println!("one group of {MEMBERS} members:");
     let started = Instant::now();
     let report = syncer.poll_assignments(chrono::Utc::now()).await.unwrap();
@@ -82,7 +62,7 @@ async fn one_large_group() {
 async fn many_users_notified() {
     const USERS: u128 = 10_000;
     let tenant = TenantFile::generate(10, USERS, USERS / 10);
-    let (sim, _db, syncer) = start(tenant).await;
+    let (sim, _db, syncer) = common::start(tenant).await;
     syncer.poll_assignments(chrono::Utc::now()).await.unwrap();
     // Every user renamed in Entra: each notification names one user.
     let renamed: Vec<User> = sim.read(|t| t.to_file().users);

@@ -13,8 +13,11 @@
 
 use std::time::Instant;
 
+mod common;
 #[path = "../tests/graph_common/mod.rs"]
 mod graph_common;
+
+use common::count;
 
 use entra_sync_testkit::TestDatabase;
 use graph_sim::tenant::TenantFile;
@@ -25,19 +28,6 @@ use worker::sync::{Syncer, UnassignedPolicy};
 
 fn peak_rss_mib() -> f64 {
     peak_rss_of(std::process::id()).unwrap_or(0.0)
-}
-
-async fn count(db: &sea_orm::DatabaseConnection, table: &str) -> i64 {
-    use sea_orm::ConnectionTrait;
-    db.query_one(sea_orm::Statement::from_string(
-        sea_orm::DbBackend::Postgres,
-        format!("SELECT count(*) FROM {table}"),
-    ))
-    .await
-    .unwrap()
-    .unwrap()
-    .try_get_by_index::<i64>(0)
-    .unwrap()
 }
 
 /// `COPY ... FROM STDIN` of the membership rows the full sync of this tenant writes, into a fresh

@@ -508,10 +508,8 @@ async fn work_whose_lease_passed_to_another_replica_commits_nothing() {
     assert_eq!(members(&db, 1).await, before, "a stale round wrote");
 }
 
-/// A poll that finds the assignments and app roles as it left them reads them, compares, and
-/// stops: no group is read, no role written.
-#[tokio::test]
-async fn an_unchanged_poll_reads_the_assignments_and_nothing_else() {
+/// Research (users 3-8) holds the app role internal_user; polled once.
+async fn research_holds_internal_user() -> (GraphSim, TestDatabase, Syncer) {
     let sim = sim(|_| {}).await;
     sim.change(|t| {
         t.assign(gid(2), role_id(2)).unwrap();
@@ -520,6 +518,14 @@ async fn an_unchanged_poll_reads_the_assignments_and_nothing_else() {
     let db = TestDatabase::new().await;
     let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
     syncer.poll_assignments(now()).await.unwrap();
+    (sim, db, syncer)
+}
+
+/// A poll that finds the assignments and app roles as it left them reads them, compares, and
+/// stops: no group is read, no role written.
+#[tokio::test]
+async fn an_unchanged_poll_reads_the_assignments_and_nothing_else() {
+    let (sim, db, syncer) = research_holds_internal_user().await;
     let audit_before = audit_rows(&db).await;
 
     sim.clear_requests();
@@ -542,14 +548,7 @@ async fn an_unchanged_poll_reads_the_assignments_and_nothing_else() {
 /// and the next poll works them out again.
 #[tokio::test]
 async fn a_member_of_a_role_holding_group_gets_the_role_at_the_poll_after_its_round() {
-    let sim = sim(|_| {}).await;
-    sim.change(|t| {
-        t.assign(gid(2), role_id(2)).unwrap();
-        ((), Vec::new())
-    });
-    let db = TestDatabase::new().await;
-    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
-    syncer.poll_assignments(now()).await.unwrap();
+    let (sim, db, syncer) = research_holds_internal_user().await;
     assert_eq!(role_of(&db, 10).await, None, "user 10 is in no group yet");
 
     sim.apply(|t| t.add_member(gid(2), uid(10)));

@@ -44,7 +44,7 @@ pub(super) enum PollScope {
 impl Syncer {
     /// Polls the app's assignments: new groups get their team and full membership, groups no
     /// longer assigned follow the policy, and users' roles follow their app roles when anything
-    /// they depend on changed. An unchanged poll costs two Graph requests and two reads of the
+    /// they depend on changed. An unchanged poll costs two Graph requests and three small reads of the
     /// database. Under the sync lease, so that a poll never interleaves with another replica's
     /// round.
     #[tracing::instrument(skip(self), err(level = "debug"))]
