@@ -103,6 +103,13 @@ async fn full_sync(groups: u128, users: u128, members: u128) {
         again.changes.total(),
         peak_rss_mib()
     );
+    let started = Instant::now();
+    let resync = syncer.resync_round(chrono::Utc::now()).await.unwrap();
+    println!(
+        "  a resync when nothing changed (every group read whole and compared): {:.2} s, {} changes",
+        started.elapsed().as_secs_f64(),
+        resync.changes.total(),
+    );
     sim.shutdown();
 }
 
@@ -117,9 +124,22 @@ fn peak_rss_of(pid: u32) -> Option<f64> {
         .map(|kb| kb / 1024.0)
 }
 
-/// `entra-sync-worker run` against a fresh database, until its first round committed: the
-/// assignments polled (every group synced in full), then the first round (a resync that finds
-/// nothing to change). Its own peak memory, apart from graph-sim's.
+/// Committed rounds, from the worker's `/metrics`.
+async fn committed_rounds(metrics: &str) -> u64 {
+    let Ok(response) = reqwest::get(format!("http://{metrics}/metrics")).await else {
+        return 0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .find(|line| line.starts_with(r#"entra_sync_rounds_total{result="ok"}"#))
+        .and_then(|line| line.split_whitespace().last())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `entra-sync-worker run` against a fresh database, until its first round committed (seen on
+/// its `/metrics`): the assignments polled (every group synced in full), then the first round
+/// (only what changed meanwhile: nothing). Its own peak memory, apart from graph-sim's.
 async fn worker_process_sync(groups: u128, users: u128, members: u128) {
     let config = SimConfig::default();
     let sim = GraphSim::start(config.clone(), TenantFile::generate(groups, users, members))
@@ -127,6 +147,11 @@ async fn worker_process_sync(groups: u128, users: u128, members: u128) {
         .unwrap();
     let db = TestDatabase::new().await;
     let stream = entra_sync_testkit::redis::TestStream::new();
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
     let started = Instant::now();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_entra-sync-worker"))
         .arg("run")
@@ -134,7 +159,7 @@ async fn worker_process_sync(groups: u128, users: u128, members: u128) {
         .env("DATABASE_URL", db.url())
         .env("REDIS_URL", entra_sync_testkit::redis::redis_url())
         .env("ENTRA_SYNC_STREAM", stream.key())
-        .env("ENTRA_SYNC_METRICS_LISTEN", "127.0.0.1:0")
+        .env("ENTRA_SYNC_METRICS_LISTEN", &metrics)
         .env("ENTRA_SYNC_POLL_SECONDS", "36000")
         .env("AZURE_TENANT_ID", config.tenant_id.to_string())
         .env("AZURE_CLIENT_ID", config.client_id.to_string())
@@ -147,7 +172,7 @@ async fn worker_process_sync(groups: u128, users: u128, members: u128) {
         .unwrap();
     let pid = child.id();
     let mut peak = 0.0_f64;
-    while count(db.conn(), "entra_sync_delta_links").await == 0 {
+    while committed_rounds(&metrics).await == 0 {
         assert!(child.try_wait().unwrap().is_none(), "the worker stopped");
         peak = peak.max(peak_rss_of(pid).unwrap_or(0.0));
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -157,7 +182,7 @@ async fn worker_process_sync(groups: u128, users: u128, members: u128) {
     child.kill().unwrap();
     child.wait().unwrap();
     println!(
-        "entra-sync-worker run as a process, {groups} groups x {members} members, until its first round committed: {:.2} s (full sync, then a resync finding nothing), {} Graph requests, {} memberships, worker peak memory {peak:.0} MiB",
+        "entra-sync-worker run as a process, {groups} groups x {members} members, until its first round committed: {:.2} s (full sync, then a round finding nothing), {} Graph requests, {} memberships, worker peak memory {peak:.0} MiB",
         took.as_secs_f64(),
         sim.requests().len(),
         count(db.conn(), r#""LiteLLM_TeamMembership""#).await,

@@ -1060,3 +1060,121 @@ async fn a_team_blocked_by_the_policy_is_unblocked_when_its_group_is_back_and_on
     );
     assert!(team_row(db.conn(), &admins).await.blocked);
 }
+
+/// Two teams with members, a hand-added member, a SCIM user to be linked by email, a removed
+/// member's key: the state a batch and a sequence of single syncs both start from.
+async fn batch_setup(db: &TestDatabase) -> worker::store::Store {
+    let store = store(db, settings(TEAM_DEFAULTS), RemovalMode::Managed);
+    setup(&store).await;
+    add_member_by_hand(db.conn(), &group(1), "hand", "user").await;
+    insert_key(
+        db.conn(),
+        "key-of-user-2",
+        user_id(2).as_str(),
+        Some(group(1).as_str()),
+        None,
+        "2026-11-01 00:00:00",
+    )
+    .await;
+    // LiteLLM's SCIM made user 8 with user_id = UPN.
+    execute(
+        db.conn(),
+        r#"INSERT INTO "LiteLLM_UserTable" (user_id, user_email, user_role, metadata)
+           VALUES ('user8@contoso.com', 'User8@contoso.com', 'internal_user', '{}');
+           UPDATE "LiteLLM_UserTable" SET created_at = '2026-11-01', updated_at = '2026-11-01'
+           WHERE user_id IN ('hand', 'user8@contoso.com')"#,
+    )
+    .await;
+    store
+}
+
+#[tokio::test]
+async fn syncing_teams_in_one_batch_writes_exactly_what_syncing_them_one_by_one_writes() {
+    // Groups 1 (renamed, user 2 gone), 2 (new members) and 3 (a new team), sharing users: 8
+    // (linked by email), 9 and 10 (created) among them.
+    let groups = [
+        (group(1), "Engineering", vec![1, 3, 8, 9]),
+        (group(2), "Research", vec![1, 2, 3, 4, 5, 6, 8, 10]),
+        (group(3), "New team", vec![9, 10, 3]),
+    ];
+    let members: Vec<Vec<EntraUser>> = groups
+        .iter()
+        .map(|(_, _, ids)| ids.iter().map(|&n| entra_user(n)).collect())
+        .collect();
+    let teams: Vec<worker::store::TeamSync> = groups
+        .iter()
+        .zip(&members)
+        .map(|((group, name, _), members)| worker::store::TeamSync {
+            group,
+            display_name: Some(name),
+            members,
+        })
+        .collect();
+
+    let batched = TestDatabase::new().await;
+    let one_by_one = TestDatabase::new().await;
+    let batch_store = batch_setup(&batched).await;
+    let single_store = batch_setup(&one_by_one).await;
+    let audit_before = scalar_i64(batched.conn(), "SELECT max(id) FROM entra_sync_audit_log").await;
+
+    let in_batch = batch_store.sync_teams(&teams, commit()).await.unwrap();
+    let mut alone = Vec::new();
+    for team in &teams {
+        alone.extend(
+            single_store
+                .sync_team(team.group, team.display_name, team.members, commit())
+                .await
+                .unwrap(),
+        );
+    }
+
+    assert_eq!(in_batch, alone);
+    assert!(in_batch.contains(&Change::UserLinked {
+        user_id: "user8@contoso.com".into(),
+        sso_user_id: user_id(8).to_string(),
+    }));
+    assert!(in_batch.contains(&Change::MemberRemoved {
+        team_id: group(1).to_string(),
+        user_id: user_id(2).to_string(),
+    }));
+    assert_eq!(
+        snapshot(batched.conn(), false).await,
+        snapshot(one_by_one.conn(), false).await
+    );
+    // The removed member's key is gone, copied to LiteLLM's deleted keys, in both.
+    let keys = "SELECT concat_ws(' ', (SELECT count(*) FROM \"LiteLLM_VerificationToken\"),
+                  (SELECT string_agg(token || ' ' || deleted_by, ',')
+                   FROM \"LiteLLM_DeletedVerificationToken\"))";
+    assert_eq!(
+        scalar_text(batched.conn(), keys).await,
+        "0 key-of-user-2 entra-sync"
+    );
+    assert_eq!(
+        scalar_text(one_by_one.conn(), keys).await,
+        "0 key-of-user-2 entra-sync"
+    );
+    let audit = |db: &TestDatabase| {
+        let db = db.conn().clone();
+        async move {
+            scalar_text(
+                &db,
+                &format!(
+                    "SELECT string_agg(concat_ws(' ', kind, team_id, user_id), ', ' ORDER BY id)
+                     FROM entra_sync_audit_log WHERE id > {audit_before}"
+                ),
+            )
+            .await
+        }
+    };
+    assert_eq!(audit(&batched).await, audit(&one_by_one).await);
+    // Each user once in LiteLLM, and the users created in the batch in every team they joined.
+    assert_eq!(
+        user_row(batched.conn(), user_id(10).as_str()).await.teams,
+        Some(vec![group(2).to_string(), group(3).to_string()])
+    );
+    assert_eq!(
+        batch_store.sync_teams(&teams, commit()).await.unwrap(),
+        [],
+        "a second batch changed something"
+    );
+}

@@ -104,23 +104,23 @@ impl KeyRow {
 const KEY_COLUMNS: &str = r#"token, user_id, team_id, key_alias, blocked,
     CASE WHEN jsonb_typeof(metadata) = 'object' THEN metadata->>'entra_sync_blocked' END AS marker"#;
 
-/// Locks and reads these users' keys for one team, in a fixed order (LiteLLM's spend writer
-/// updates key rows too).
-pub(super) async fn lock_team_keys(
+/// Locks and reads the keys of these (team, user) pairs, in one statement and a fixed order
+/// (LiteLLM's spend writer updates key rows too).
+pub(super) async fn lock_member_keys(
     txn: &DatabaseTransaction,
-    team_id: &str,
-    user_ids: &[&str],
+    pairs: &[(&str, &str)],
 ) -> Result<Vec<KeyRow>> {
-    if user_ids.is_empty() {
+    if pairs.is_empty() {
         return Ok(Vec::new());
     }
+    let (teams, users): (Vec<&str>, Vec<&str>) = pairs.iter().copied().unzip();
     Ok(KeyRow::find_by_statement(stmt(
         &format!(
             r#"SELECT {KEY_COLUMNS} FROM "LiteLLM_VerificationToken"
-               WHERE team_id = $1 AND user_id = ANY($2)
+               WHERE (team_id, user_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
                ORDER BY token FOR UPDATE"#
         ),
-        [team_id.into(), text_array(user_ids)],
+        [text_array(teams), text_array(users)],
     ))
     .all(txn)
     .await?)
@@ -431,11 +431,13 @@ pub(super) async fn revoke_surviving(
     Ok((plan.changes, stale))
 }
 
-/// The keys of `users`, out of `keys`.
-pub(super) fn of_users<'k>(
+/// The keys of `users` in `team_id`, out of `keys`.
+pub(super) fn of_members<'k>(
     keys: &'k [KeyRow],
+    team_id: &'k str,
     users: &'k HashSet<&str>,
 ) -> impl Iterator<Item = &'k KeyRow> {
-    keys.iter()
-        .filter(|key| users.contains(key.user_id.as_str()))
+    keys.iter().filter(move |key| {
+        key.team_id.as_deref() == Some(team_id) && users.contains(key.user_id.as_str())
+    })
 }

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::change::Change;
 use super::keys::{self, KeyPlan, RemovedMemberKeys};
-use super::sql::{litellm_timestamp, lock_team, stmt, text_array};
+use super::sql::{litellm_timestamp, lock_teams, stmt, text_array};
 use super::users::{self, Candidates, Match, NewUser};
 use super::{Applied, RemovalMode};
 use crate::directory::EntraUser;
@@ -89,8 +89,6 @@ pub(super) struct TeamState {
     pub managed: HashMap<String, Managed>,
     /// The group's owners, by LiteLLM user id.
     pub owners: HashMap<String, OwnerRow>,
-    /// `metadata.team_member_budget_id`, given to new membership rows as LiteLLM does.
-    member_budget_id: Option<String>,
     /// LiteLLM caches the team under its alias too.
     alias: Option<String>,
     /// The team's organization: members who join become its members too.
@@ -99,8 +97,8 @@ pub(super) struct TeamState {
 
 #[derive(FromQueryResult)]
 struct TeamRow {
+    team_id: String,
     members_with_roles: Value,
-    member_budget_id: Option<String>,
     team_alias: Option<String>,
     organization_id: Option<String>,
 }
@@ -111,7 +109,14 @@ struct UserIdRow {
 }
 
 #[derive(FromQueryResult)]
+struct MembershipRow {
+    team_id: String,
+    user_id: String,
+}
+
+#[derive(FromQueryResult)]
 struct ManagedRow {
+    group_id: String,
     user_id: String,
     entra_user_id: String,
     member: bool,
@@ -120,23 +125,16 @@ struct ManagedRow {
 
 #[derive(FromQueryResult)]
 struct OwnerDbRow {
+    group_id: String,
     user_id: String,
     entra_user_id: String,
     made_admin: bool,
 }
 
-async fn load_team(txn: &DatabaseTransaction, team_id: &str) -> Result<TeamState> {
-    let team = TeamRow::find_by_statement(stmt(
-        r#"SELECT members_with_roles, metadata->>'team_member_budget_id' AS member_budget_id,
-                  team_alias, organization_id
-           FROM "LiteLLM_TeamTable" WHERE team_id = $1"#,
-        [team_id.into()],
-    ))
-    .one(txn)
-    .await?
-    .ok_or_else(|| Error::TeamNotFound(team_id.to_owned()))?;
-    // LiteLLM's column default is `{}`, which LiteLLM reads as an empty list.
-    let entries = match &team.members_with_roles {
+/// The entries of a `members_with_roles` value: LiteLLM's column default is `{}`, which
+/// LiteLLM reads as an empty list.
+fn entries_of(members_with_roles: &Value) -> HashMap<String, String> {
+    match members_with_roles {
         Value::Array(items) => items
             .iter()
             .filter_map(|item| {
@@ -149,70 +147,98 @@ async fn load_team(txn: &DatabaseTransaction, team_id: &str) -> Result<TeamState
             })
             .collect(),
         _ => HashMap::new(),
-    };
-    let managed = ManagedRow::find_by_statement(stmt(
-        "SELECT user_id, entra_user_id, member, owner FROM entra_sync_managed_memberships
-         WHERE group_id = $1",
-        [team_id.into()],
-    ))
-    .all(txn)
-    .await?
-    .into_iter()
-    .map(|row| {
-        let managed = Managed {
-            entra_user_id: row.entra_user_id,
-            member: row.member,
-            owner: row.owner,
-        };
-        (row.user_id, managed)
-    })
-    .collect();
-    let owners = OwnerDbRow::find_by_statement(stmt(
-        "SELECT user_id, entra_user_id, made_admin FROM entra_sync_group_owners WHERE group_id = $1",
-        [team_id.into()],
-    ))
-    .all(txn)
-    .await?
-    .into_iter()
-    .map(|row| {
-        let owner = OwnerRow {
-            entra_user_id: row.entra_user_id,
-            made_admin: row.made_admin,
-        };
-        (row.user_id, owner)
-    })
-    .collect();
-    Ok(TeamState {
-        entries,
-        rows: HashSet::new(),
-        managed,
-        owners,
-        member_budget_id: team.member_budget_id,
-        alias: team.team_alias,
-        organization_id: team.organization_id,
-    })
+    }
 }
 
-/// Which of these users have a `"LiteLLM_TeamMembership"` row in the team. LiteLLM's table is
-/// keyed `(user_id, team_id)` with no index on `team_id`, so the lookup names the users: a scan
-/// for one team would read every membership of every team.
-async fn load_membership_rows(
+/// The teams as the store found them, by team id, in three statements however many.
+async fn load_teams(
     txn: &DatabaseTransaction,
-    team_id: &str,
-    user_ids: &[&str],
-) -> Result<HashSet<String>> {
-    if user_ids.is_empty() {
-        return Ok(HashSet::new());
-    }
-    Ok(UserIdRow::find_by_statement(stmt(
-        r#"SELECT user_id FROM "LiteLLM_TeamMembership" WHERE team_id = $1 AND user_id = ANY($2)"#,
-        [team_id.into(), text_array(user_ids)],
+    team_ids: &[String],
+) -> Result<HashMap<String, TeamState>> {
+    let mut teams: HashMap<String, TeamState> = TeamRow::find_by_statement(stmt(
+        r#"SELECT team_id, members_with_roles, team_alias, organization_id
+           FROM "LiteLLM_TeamTable" WHERE team_id = ANY($1)"#,
+        [text_array(team_ids)],
     ))
     .all(txn)
     .await?
     .into_iter()
-    .map(|row| row.user_id)
-    .collect())
+    .map(|team| {
+        let state = TeamState {
+            entries: entries_of(&team.members_with_roles),
+            rows: HashSet::new(),
+            managed: HashMap::new(),
+            owners: HashMap::new(),
+            alias: team.team_alias,
+            organization_id: team.organization_id,
+        };
+        (team.team_id, state)
+    })
+    .collect();
+    if let Some(missing) = team_ids.iter().find(|id| !teams.contains_key(*id)) {
+        return Err(Error::TeamNotFound(missing.clone()));
+    }
+    for row in ManagedRow::find_by_statement(stmt(
+        "SELECT group_id, user_id, entra_user_id, member, owner
+         FROM entra_sync_managed_memberships WHERE group_id = ANY($1)",
+        [text_array(team_ids)],
+    ))
+    .all(txn)
+    .await?
+    {
+        if let Some(team) = teams.get_mut(&row.group_id) {
+            let managed = Managed {
+                entra_user_id: row.entra_user_id,
+                member: row.member,
+                owner: row.owner,
+            };
+            team.managed.insert(row.user_id, managed);
+        }
+    }
+    for row in OwnerDbRow::find_by_statement(stmt(
+        "SELECT group_id, user_id, entra_user_id, made_admin
+         FROM entra_sync_group_owners WHERE group_id = ANY($1)",
+        [text_array(team_ids)],
+    ))
+    .all(txn)
+    .await?
+    {
+        if let Some(team) = teams.get_mut(&row.group_id) {
+            let owner = OwnerRow {
+                entra_user_id: row.entra_user_id,
+                made_admin: row.made_admin,
+            };
+            team.owners.insert(row.user_id, owner);
+        }
+    }
+    Ok(teams)
+}
+
+/// Which of these (team, user) pairs have a `"LiteLLM_TeamMembership"` row, given to each team's
+/// state. LiteLLM's table is keyed `(user_id, team_id)` with no index on `team_id`, so the
+/// lookup names the users: a scan for one team would read every membership of every team.
+async fn load_membership_rows(
+    txn: &DatabaseTransaction,
+    pairs: &[(&str, &str)],
+    teams: &mut HashMap<String, TeamState>,
+) -> Result<()> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let (team_ids, user_ids): (Vec<&str>, Vec<&str>) = pairs.iter().copied().unzip();
+    for row in MembershipRow::find_by_statement(stmt(
+        r#"SELECT team_id, user_id FROM "LiteLLM_TeamMembership"
+           WHERE (user_id, team_id) IN (SELECT * FROM unnest($2::text[], $1::text[]))"#,
+        [text_array(team_ids), text_array(user_ids)],
+    ))
+    .all(txn)
+    .await?
+    {
+        if let Some(team) = teams.get_mut(&row.team_id) {
+            team.rows.insert(row.user_id);
+        }
+    }
+    Ok(())
 }
 
 /// Everything one request will write, decided before anything is written.
@@ -233,8 +259,6 @@ pub(super) struct Plan {
     pub roles: Vec<(String, &'static str)>,
     /// The group's owners after an owners sync: user id -> the row.
     pub owner_rows: Option<HashMap<String, OwnerRow>>,
-    /// What happens to the keys of the members who leave, and of those who come back.
-    keys: KeyPlan,
     /// Users this request makes full members (as members or as owners).
     joined: Vec<String>,
     /// Users who become members of the team's organization.
@@ -254,66 +278,196 @@ impl Plan {
     }
 }
 
+/// One request, with the users it names (each once) and the ids and emails of the user rows it
+/// may touch.
+struct Prepared<'r, 'a> {
+    request: &'r Request<'a>,
+    team_id: String,
+    joining: Vec<&'a EntraUser>,
+    owners_now: Option<Vec<&'a EntraUser>>,
+    ids: Vec<String>,
+    emails: Vec<String>,
+}
+
+impl<'r, 'a> Prepared<'r, 'a> {
+    fn new(request: &'r Request<'a>, team: &TeamState) -> Self {
+        let joining = distinct(request.joining);
+        let owners_now = match request.owners {
+            Owners::Now(owners) => Some(distinct(owners)),
+            Owners::Kept | Owners::Ignored => None,
+        };
+        let mut ids: Vec<String> = joining.iter().map(|u| u.id.to_string()).collect();
+        let mut emails: Vec<String> = joining.iter().filter_map(|u| u.email()).collect();
+        if let Some(owners) = &owners_now {
+            ids.extend(owners.iter().map(|u| u.id.to_string()));
+            emails.extend(owners.iter().filter_map(|u| u.email()));
+            ids.extend(team.owners.keys().cloned());
+        }
+        match request.leaving {
+            Leaving::Nobody => {}
+            Leaving::These(leaving) => ids.extend(leaving.iter().map(ToString::to_string)),
+            Leaving::EveryoneElse => ids.extend(current_members(team).cloned()),
+            Leaving::AllManaged => ids.extend(team.managed.keys().cloned()),
+        }
+        Self {
+            request,
+            team_id: request.group.to_string(),
+            joining,
+            owners_now,
+            ids,
+            emails,
+        }
+    }
+
+    /// The users whose membership rows the plan needs: those it may touch, and every member
+    /// for a replacement.
+    fn looked_at<'t>(
+        &'t self,
+        candidates: &'t Candidates,
+        team: &'t TeamState,
+    ) -> HashSet<&'t str> {
+        let mut looked_at: HashSet<&str> = candidates
+            .matching(&self.ids, &self.emails)
+            .map(|row| row.user_id.as_str())
+            .collect();
+        looked_at.extend(team.managed.keys().map(String::as_str));
+        if matches!(
+            self.request.leaving,
+            Leaving::EveryoneElse | Leaving::AllManaged
+        ) {
+            looked_at.extend(team.entries.keys().map(String::as_str));
+        }
+        looked_at
+    }
+}
+
+/// One request planned: what it writes, and who leaves the team and who comes back to it
+/// (whose keys the removal policy and a return concern).
+struct Planned<'r, 'a> {
+    prepared: Prepared<'r, 'a>,
+    plan: Plan,
+    leaving: Vec<String>,
+    arriving: HashSet<String>,
+}
+
+/// Applies one request (see [`apply_many`]).
 pub(super) async fn apply(
     txn: &DatabaseTransaction,
     request: Request<'_>,
     settings: &LiteLlmSettings,
     now: DateTime<Utc>,
 ) -> Result<Applied> {
-    let team_id = request.group.to_string();
-    lock_team(txn, &team_id).await?;
-    let mut team = load_team(txn, &team_id).await?;
+    let (changes, stale) = apply_many(txn, std::slice::from_ref(&request), settings, now).await?;
+    Ok(Applied {
+        changes: changes.into_iter().flatten().collect(),
+        stale,
+    })
+}
 
-    // Lock every user this request may touch, in one statement and in LiteLLM's order.
-    let joining = distinct(request.joining);
-    let owners_now = match request.owners {
-        Owners::Now(owners) => Some(distinct(owners)),
-        Owners::Kept | Owners::Ignored => None,
-    };
-    let mut ids: Vec<String> = joining.iter().map(|u| u.id.to_string()).collect();
-    let mut emails: Vec<String> = joining.iter().filter_map(|u| u.email()).collect();
-    if let Some(owners) = &owners_now {
-        ids.extend(owners.iter().map(|u| u.id.to_string()));
-        emails.extend(owners.iter().filter_map(|u| u.email()));
-        ids.extend(team.owners.keys().cloned());
-    }
-    match request.leaving {
-        Leaving::Nobody => {}
-        Leaving::These(leaving) => ids.extend(leaving.iter().map(ToString::to_string)),
-        Leaving::EveryoneElse => ids.extend(current_members(&team).cloned()),
-        Leaving::AllManaged => ids.extend(team.managed.keys().cloned()),
-    }
+/// Applies requests for several teams (each team once) in a fixed number of statements however
+/// many: the teams locked in one order, then every user the requests may touch, in LiteLLM's
+/// order; each team planned as if alone, in order, the users one request creates or links being
+/// found by the next; then each table written once for all. Returns each request's changes, and
+/// the cache keys the commit makes stale.
+pub(super) async fn apply_many(
+    txn: &DatabaseTransaction,
+    requests: &[Request<'_>],
+    settings: &LiteLlmSettings,
+    now: DateTime<Utc>,
+) -> Result<(Vec<Vec<Change>>, Vec<String>)> {
+    let team_ids: Vec<String> = requests.iter().map(|r| r.group.to_string()).collect();
+    lock_teams(txn, &team_ids).await?;
+    let mut teams = load_teams(txn, &team_ids).await?;
+    let prepared: Vec<Prepared> = requests
+        .iter()
+        .zip(&team_ids)
+        .map(|(request, team_id)| Prepared::new(request, &teams[team_id]))
+        .collect();
+
+    // Lock every user the requests may touch, in one statement and in LiteLLM's order.
+    let ids: Vec<&String> = prepared.iter().flat_map(|p| &p.ids).collect();
+    let emails: Vec<&String> = prepared.iter().flat_map(|p| &p.emails).collect();
     let mut candidates = Candidates::new(users::lock_candidates(txn, &ids, &emails).await?);
-    let mut looked_at: HashSet<&str> = candidates.rows.iter().map(|r| r.user_id.as_str()).collect();
-    looked_at.extend(team.managed.keys().map(String::as_str));
-    if matches!(request.leaving, Leaving::EveryoneElse | Leaving::AllManaged) {
-        looked_at.extend(team.entries.keys().map(String::as_str));
-    }
-    let looked_at: Vec<&str> = looked_at.into_iter().collect();
-    team.rows = load_membership_rows(txn, &team_id, &looked_at).await?;
+    let looked_at: Vec<(String, String)> = prepared
+        .iter()
+        .flat_map(|p| {
+            p.looked_at(&candidates, &teams[&p.team_id])
+                .into_iter()
+                .map(|user_id| (p.team_id.clone(), user_id.to_owned()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let pairs: Vec<(&str, &str)> = looked_at
+        .iter()
+        .map(|(team, user)| (team.as_str(), user.as_str()))
+        .collect();
+    load_membership_rows(txn, &pairs, &mut teams).await?;
 
+    let mut planned = Vec::with_capacity(prepared.len());
+    let mut created = HashSet::new();
+    for prepared in prepared {
+        let team = &teams[&prepared.team_id];
+        let mut one = plan_request(prepared, &mut candidates, team, settings);
+        let team_id = one.prepared.team_id.as_str();
+        // What this request creates, links and joins, the next ones find.
+        for new in &one.plan.create {
+            candidates.record_created(new, team_id);
+            created.insert(new.user_id.clone());
+        }
+        for (user_id, object_id) in &one.plan.link {
+            candidates.record_link(user_id, object_id);
+        }
+        for user_id in &one.plan.add_team_to_user {
+            candidates.record_team(user_id, team_id);
+        }
+        // Users created in this batch have no keys to bring back.
+        one.arriving.retain(|user_id| !created.contains(user_id));
+        planned.push(one);
+    }
+    let keys = plan_keys(txn, &mut planned).await?;
+    for one in &mut planned {
+        plan_organization(txn, &mut one.plan, &teams[&one.prepared.team_id]).await?;
+    }
+    let mut stale: Vec<String> = planned
+        .iter()
+        .filter(|one| !one.plan.changes.is_empty())
+        .filter_map(|one| teams[&one.prepared.team_id].alias.as_deref())
+        .map(|alias| format!("team_alias:{alias}"))
+        .collect();
+    execute(txn, &planned, &teams, settings, now).await?;
+    stale.extend(keys.execute(txn, now).await?);
+    let changes = planned.into_iter().map(|one| one.plan.changes).collect();
+    Ok((changes, stale))
+}
+
+/// Plans one request against its team as found, with the batch's candidates.
+fn plan_request<'r, 'a>(
+    prepared: Prepared<'r, 'a>,
+    candidates: &mut Candidates,
+    team: &TeamState,
+    settings: &LiteLlmSettings,
+) -> Planned<'r, 'a> {
+    let request = prepared.request;
+    let team_id = prepared.team_id.as_str();
     let mut plan = Plan::default();
     let mut staying = HashSet::new();
     let mut arriving = HashSet::new();
     let mut joined_members = HashMap::new();
-    let owner_ids: HashSet<&UserId> = owners_now.iter().flatten().map(|u| &u.id).collect();
-    for user in joining {
+    let owner_ids: HashSet<&UserId> = prepared
+        .owners_now
+        .iter()
+        .flatten()
+        .map(|u| &u.id)
+        .collect();
+    for user in &prepared.joining {
         // An owner joining as a member joins as the team's admin.
         let role = if owner_ids.contains(&user.id) {
             member_entry::ROLE_ADMIN
         } else {
             member_entry::ROLE_USER
         };
-        let joined = plan_join(
-            &mut plan,
-            &mut candidates,
-            &team,
-            &team_id,
-            user,
-            settings,
-            role,
-        );
-        if let Some(managed) = plan.managed_mut(&team, &joined.user_id) {
+        let joined = plan_join(&mut plan, candidates, team, team_id, user, settings, role);
+        if let Some(managed) = plan.managed_mut(team, &joined.user_id) {
             managed.member = true;
         }
         if joined.added {
@@ -323,12 +477,12 @@ pub(super) async fn apply(
         staying.insert(joined.user_id);
     }
     let mut leaving_owners = Vec::new();
-    if let Some(owners) = &owners_now {
+    if let Some(owners) = &prepared.owners_now {
         let planned = super::owners::plan(
             &mut plan,
-            &mut candidates,
-            &team,
-            &team_id,
+            candidates,
+            team,
+            team_id,
             owners,
             &joined_members,
             settings,
@@ -341,7 +495,7 @@ pub(super) async fn apply(
     for new in &plan.create {
         arriving.remove(&new.user_id);
     }
-    let mut leaving = leaving_users(&request, &candidates, &team, &staying);
+    let mut leaving = leaving_users(request, candidates, team, &staying);
     // Owners stay in the team while they own the group: leaving it, they are members no more.
     let kept_owners: HashSet<&String> = match request.owners {
         Owners::Kept => team.owners.keys().collect(),
@@ -359,7 +513,7 @@ pub(super) async fn apply(
         .collect();
     leaving.retain(|user_id| !kept_owners.contains(user_id));
     for user_id in &kept {
-        if let Some(managed) = plan.managed_mut(&team, user_id) {
+        if let Some(managed) = plan.managed_mut(team, user_id) {
             managed.member = false;
         }
     }
@@ -367,24 +521,14 @@ pub(super) async fn apply(
     leaving.sort();
     leaving.dedup();
     for user_id in &leaving {
-        plan_leave(&mut plan, &candidates, &team, &team_id, user_id.clone());
+        plan_leave(&mut plan, candidates, team, team_id, user_id.clone());
     }
-    plan_keys(txn, &mut plan, &team_id, &leaving, &arriving, request.keys).await?;
-    plan_organization(txn, &mut plan, &team).await?;
-    let mut stale = Vec::new();
-    if !plan.changes.is_empty() {
-        stale.extend(
-            team.alias
-                .as_deref()
-                .map(|alias| format!("team_alias:{alias}")),
-        );
+    Planned {
+        prepared,
+        plan,
+        leaving,
+        arriving,
     }
-    execute(txn, &plan, &team, &team_id, settings, now).await?;
-    stale.extend(plan.keys.execute(txn, now).await?);
-    Ok(Applied {
-        changes: plan.changes,
-        stale,
-    })
 }
 
 /// Each user once, in the order given.
@@ -397,29 +541,42 @@ fn distinct(users: &[EntraUser]) -> Vec<&EntraUser> {
 }
 
 /// Plans what happens to the keys of the members who leave (the removal policy) and of those who
-/// join again (keys entra-sync blocked when they left come back). The keys are read only when
-/// someone comes or goes, so an unchanged team costs no statement more.
-async fn plan_keys(
-    txn: &DatabaseTransaction,
-    plan: &mut Plan,
-    team_id: &str,
-    leaving: &[String],
-    arriving: &HashSet<String>,
-    policy: RemovedMemberKeys,
-) -> Result<()> {
-    let leaving: HashSet<&str> = match policy {
-        RemovedMemberKeys::Keep => HashSet::new(),
-        RemovedMemberKeys::Delete | RemovedMemberKeys::Block => {
-            leaving.iter().map(String::as_str).collect()
+/// join again (keys entra-sync blocked when they left come back), for every request at once.
+/// The keys are read only when someone comes or goes, so unchanged teams cost no statement more.
+async fn plan_keys(txn: &DatabaseTransaction, planned: &mut [Planned<'_, '_>]) -> Result<KeyPlan> {
+    let leaving_of = |one: &Planned| -> HashSet<String> {
+        match one.prepared.request.keys {
+            RemovedMemberKeys::Keep => HashSet::new(),
+            RemovedMemberKeys::Delete | RemovedMemberKeys::Block => {
+                one.leaving.iter().cloned().collect()
+            }
         }
     };
-    let arriving: HashSet<&str> = arriving.iter().map(String::as_str).collect();
-    let users: Vec<&str> = leaving.union(&arriving).copied().collect();
-    let found = keys::lock_team_keys(txn, team_id, &users).await?;
-    plan.keys.removed(keys::of_users(&found, &leaving), policy);
-    plan.keys.rejoined(keys::of_users(&found, &arriving));
-    plan.changes.append(&mut plan.keys.changes);
-    Ok(())
+    let leaving: Vec<HashSet<String>> = planned.iter().map(leaving_of).collect();
+    let pairs: Vec<(&str, &str)> = planned
+        .iter()
+        .zip(&leaving)
+        .flat_map(|(one, leaving)| {
+            leaving
+                .iter()
+                .chain(one.arriving.iter())
+                .map(|user_id| (one.prepared.team_id.as_str(), user_id.as_str()))
+        })
+        .collect();
+    let found = keys::lock_member_keys(txn, &pairs).await?;
+    let mut keys = KeyPlan::default();
+    for (one, leaving) in planned.iter_mut().zip(&leaving) {
+        let team_id = one.prepared.team_id.as_str();
+        let leaving: HashSet<&str> = leaving.iter().map(String::as_str).collect();
+        let arriving: HashSet<&str> = one.arriving.iter().map(String::as_str).collect();
+        keys.removed(
+            keys::of_members(&found, team_id, &leaving),
+            one.prepared.request.keys,
+        );
+        keys.rejoined(keys::of_members(&found, team_id, &arriving));
+        one.plan.changes.append(&mut keys.changes);
+    }
+    Ok(keys)
 }
 
 /// LiteLLM's role for a member its team brings into an organization
@@ -649,131 +806,237 @@ fn plan_leave(
     }
 }
 
+/// Writes every plan of the batch, one statement per table and kind of write.
 async fn execute(
     txn: &DatabaseTransaction,
-    plan: &Plan,
-    team: &TeamState,
-    team_id: &str,
+    planned: &[Planned<'_, '_>],
+    teams: &HashMap<String, TeamState>,
     settings: &LiteLlmSettings,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    let member_budget_id = team.member_budget_id.as_deref();
     let stamp = litellm_timestamp(now);
-    // New users are created with the team already in their `teams`.
-    users::create(txn, &plan.create, &[team_id], settings, now).await?;
-    users::link(txn, &plan.link, now).await?;
-    if !plan.add_team_to_user.is_empty() {
+    // New users are created with every team of the batch they join already in their `teams`.
+    let mut created: Vec<(&NewUser, Vec<&str>)> = Vec::new();
+    let mut created_at: HashMap<&str, usize> = HashMap::new();
+    let mut joining_teams: Vec<(&str, &str)> = Vec::new();
+    for one in planned {
+        let team_id = one.prepared.team_id.as_str();
+        for new in &one.plan.create {
+            created_at.insert(new.user_id.as_str(), created.len());
+            created.push((new, vec![team_id]));
+        }
+        for user_id in &one.plan.add_team_to_user {
+            match created_at.get(user_id.as_str()) {
+                Some(&at) => created[at].1.push(team_id),
+                None => joining_teams.push((user_id.as_str(), team_id)),
+            }
+        }
+    }
+    users::create(txn, &created, settings, now).await?;
+    let links: Vec<(String, String)> = planned
+        .iter()
+        .flat_map(|one| one.plan.link.iter().cloned())
+        .collect();
+    users::link(txn, &links, now).await?;
+    if !joining_teams.is_empty() {
+        let (user_ids, team_ids): (Vec<&str>, Vec<&str>) = joining_teams.into_iter().unzip();
         txn.execute(stmt(
-            r#"UPDATE "LiteLLM_UserTable"
-               SET teams = array_append(coalesce(teams, '{}'), $1), updated_at = $3
-               WHERE user_id = ANY($2) AND NOT ($1 = ANY(coalesce(teams, '{}')))"#,
+            r#"UPDATE "LiteLLM_UserTable" AS u
+               SET teams = coalesce(u.teams, '{}') || ARRAY(
+                     SELECT team_id FROM unnest(x.joining) WITH ORDINALITY AS j(team_id, position)
+                     WHERE NOT (team_id = ANY(coalesce(u.teams, '{}'))) ORDER BY position),
+                   updated_at = $3
+               FROM (SELECT user_id, array_agg(team_id ORDER BY position) AS joining
+                     FROM unnest($1::text[], $2::text[]) WITH ORDINALITY
+                          AS p(user_id, team_id, position)
+                     GROUP BY user_id) AS x
+               WHERE u.user_id = x.user_id AND NOT (coalesce(u.teams, '{}') @> x.joining)"#,
+            [text_array(user_ids), text_array(team_ids), stamp.into()],
+        ))
+        .await?;
+    }
+    let leaving_teams = pairs(planned, |plan| &plan.remove_team_from_user);
+    if !leaving_teams.0.is_empty() {
+        // As `array_remove` does: every occurrence goes, the rest keep their order.
+        txn.execute(stmt(
+            r#"UPDATE "LiteLLM_UserTable" AS u
+               SET teams = ARRAY(
+                     SELECT team_id FROM unnest(u.teams) WITH ORDINALITY AS t(team_id, position)
+                     WHERE team_id IS NULL OR team_id <> ALL(x.leaving) ORDER BY position),
+                   updated_at = $3
+               FROM (SELECT user_id, array_agg(team_id) AS leaving
+                     FROM unnest($2::text[], $1::text[]) AS p(team_id, user_id)
+                     GROUP BY user_id) AS x
+               WHERE u.user_id = x.user_id AND u.teams && x.leaving"#,
             [
-                team_id.into(),
-                text_array(&plan.add_team_to_user),
+                text_array(leaving_teams.0),
+                text_array(leaving_teams.1),
                 stamp.into(),
             ],
         ))
         .await?;
     }
-    if !plan.remove_team_from_user.is_empty() {
-        txn.execute(stmt(
-            r#"UPDATE "LiteLLM_UserTable" SET teams = array_remove(teams, $1), updated_at = $3
-               WHERE user_id = ANY($2) AND $1 = ANY(teams)"#,
-            [
-                team_id.into(),
-                text_array(&plan.remove_team_from_user),
-                stamp.into(),
-            ],
-        ))
-        .await?;
-    }
-    if !plan.insert_rows.is_empty() {
+    let new_rows = pairs(planned, |plan| &plan.insert_rows);
+    if !new_rows.0.is_empty() {
+        // Each row gets the team's member budget (`metadata.team_member_budget_id`), as LiteLLM
+        // gives it.
         txn.execute(stmt(
             r#"INSERT INTO "LiteLLM_TeamMembership" (user_id, team_id, budget_id)
-               SELECT user_id, $1, $3 FROM unnest($2::text[]) AS user_id
+               SELECT p.user_id, p.team_id, t.metadata->>'team_member_budget_id'
+               FROM unnest($1::text[], $2::text[]) AS p(user_id, team_id)
+               JOIN "LiteLLM_TeamTable" AS t ON t.team_id = p.team_id
                ON CONFLICT (user_id, team_id) DO NOTHING"#,
-            [
-                team_id.into(),
-                text_array(&plan.insert_rows),
-                member_budget_id.into(),
-            ],
+            [text_array(new_rows.0), text_array(new_rows.1)],
         ))
         .await?;
     }
-    if let Some(organization_id) = &team.organization_id
-        && !plan.organization_members.is_empty()
-    {
-        // After the users exist (the row's foreign key); a row LiteLLM wrote meanwhile stays.
+    for one in planned {
+        let team = &teams[&one.prepared.team_id];
+        if let Some(organization_id) = &team.organization_id
+            && !one.plan.organization_members.is_empty()
+        {
+            // After the users exist (the row's foreign key); a row LiteLLM wrote meanwhile stays.
+            txn.execute(stmt(
+                r#"INSERT INTO "LiteLLM_OrganizationMembership"
+                     (user_id, organization_id, user_role, created_at, updated_at)
+                   SELECT user_id, $1, $3, $4, $4 FROM unnest($2::text[]) AS user_id
+                   ON CONFLICT (user_id, organization_id) DO NOTHING"#,
+                [
+                    organization_id.into(),
+                    text_array(&one.plan.organization_members),
+                    ORGANIZATION_MEMBER_ROLE.into(),
+                    stamp.into(),
+                ],
+            ))
+            .await?;
+        }
+    }
+    let gone_rows = pairs(planned, |plan| &plan.delete_rows);
+    if !gone_rows.0.is_empty() {
         txn.execute(stmt(
-            r#"INSERT INTO "LiteLLM_OrganizationMembership"
-                 (user_id, organization_id, user_role, created_at, updated_at)
-               SELECT user_id, $1, $3, $4, $4 FROM unnest($2::text[]) AS user_id
-               ON CONFLICT (user_id, organization_id) DO NOTHING"#,
-            [
-                organization_id.into(),
-                text_array(&plan.organization_members),
-                ORGANIZATION_MEMBER_ROLE.into(),
-                stamp.into(),
-            ],
+            r#"DELETE FROM "LiteLLM_TeamMembership" AS m
+               USING unnest($1::text[], $2::text[]) AS p(user_id, team_id)
+               WHERE m.user_id = p.user_id AND m.team_id = p.team_id"#,
+            [text_array(gone_rows.0), text_array(gone_rows.1)],
         ))
         .await?;
     }
-    if !plan.delete_rows.is_empty() {
-        txn.execute(stmt(
-            r#"DELETE FROM "LiteLLM_TeamMembership" WHERE team_id = $1 AND user_id = ANY($2)"#,
-            [team_id.into(), text_array(&plan.delete_rows)],
-        ))
-        .await?;
+    write_entries(txn, planned, &stamp).await?;
+    write_managed(txn, planned, teams, now).await?;
+    for one in planned {
+        let team_id = one.prepared.team_id.as_str();
+        if !one.plan.roles.is_empty() {
+            super::owners::set_roles(txn, team_id, &one.plan.roles, now).await?;
+        }
+        if let Some(rows) = &one.plan.owner_rows {
+            super::owners::store_owners(txn, team_id, rows, &teams[team_id].owners).await?;
+        }
     }
-    if !plan.add_entries.is_empty() || !plan.remove_entries.is_empty() {
-        // Keeps every other entry, its order and its role; drops the leaving users' entries and
-        // appends the joining ones (a `{}` default counts as an empty list). NOT IN over a
-        // subquery is hashed, so this stays linear for large teams.
-        txn.execute(stmt(
-            r#"UPDATE "LiteLLM_TeamTable"
-               SET members_with_roles = (
-                     SELECT coalesce(jsonb_agg(entry ORDER BY position), '[]'::jsonb)
-                     FROM jsonb_array_elements(
-                            CASE WHEN jsonb_typeof(members_with_roles) = 'array'
-                                 THEN members_with_roles ELSE '[]'::jsonb END
-                          ) WITH ORDINALITY AS current(entry, position)
-                     WHERE entry->>'user_id' IS NULL
-                        OR entry->>'user_id' NOT IN (SELECT unnest($2::text[]))
-                   ) || $3::jsonb,
-                   updated_at = $4
-               WHERE team_id = $1"#,
-            [
-                team_id.into(),
-                text_array(&plan.remove_entries),
-                Value::Array(plan.add_entries.clone()).into(),
-                stamp.into(),
-            ],
-        ))
-        .await?;
-    }
-    let managed: Vec<(&String, &Managed)> = plan
-        .managed
+    Ok(())
+}
+
+/// The (user, team) pairs of one list of every plan, as two parallel lists.
+fn pairs<'p>(
+    planned: &'p [Planned<'_, '_>],
+    list: impl Fn(&'p Plan) -> &'p Vec<String>,
+) -> (Vec<&'p str>, Vec<&'p str>) {
+    planned
         .iter()
-        .filter(|(user_id, managed)| team.managed.get(*user_id) != Some(*managed))
-        .collect();
-    if !managed.is_empty() {
-        let user_ids: Vec<&str> = managed.iter().map(|(u, _)| u.as_str()).collect();
-        let entra_ids: Vec<&str> = managed
+        .flat_map(|one| {
+            list(&one.plan)
+                .iter()
+                .map(|user_id| (user_id.as_str(), one.prepared.team_id.as_str()))
+        })
+        .unzip()
+}
+
+/// Every team's `members_with_roles` in one statement: each keeps its other entries, their
+/// order and their roles, drops its leaving users' entries and appends its joining ones (a `{}`
+/// default counts as an empty list). The leaving users are a JSON object's keys, whose lookup is
+/// a binary search, so that this stays linear for large teams.
+async fn write_entries(
+    txn: &DatabaseTransaction,
+    planned: &[Planned<'_, '_>],
+    stamp: &chrono::NaiveDateTime,
+) -> Result<()> {
+    let mut teams = serde_json::Map::new();
+    for one in planned {
+        let plan = &one.plan;
+        if plan.add_entries.is_empty() && plan.remove_entries.is_empty() {
+            continue;
+        }
+        let leaving: serde_json::Map<String, Value> = plan
+            .remove_entries
             .iter()
-            .map(|(_, m)| m.entra_user_id.as_str())
+            .map(|user_id| (user_id.clone(), Value::Bool(true)))
             .collect();
-        let member: Vec<bool> = managed.iter().map(|(_, m)| m.member).collect();
-        let owner: Vec<bool> = managed.iter().map(|(_, m)| m.owner).collect();
+        teams.insert(
+            one.prepared.team_id.clone(),
+            json!({"leaving": leaving, "joining": plan.add_entries}),
+        );
+    }
+    if teams.is_empty() {
+        return Ok(());
+    }
+    txn.execute(stmt(
+        r#"WITH x AS MATERIALIZED (
+             SELECT key AS team_id, value->'leaving' AS leaving, value->'joining' AS joining
+             FROM jsonb_each($1::jsonb))
+           UPDATE "LiteLLM_TeamTable" AS t
+           SET members_with_roles = (
+                 SELECT coalesce(jsonb_agg(entry ORDER BY position), '[]'::jsonb)
+                 FROM jsonb_array_elements(
+                        CASE WHEN jsonb_typeof(t.members_with_roles) = 'array'
+                             THEN t.members_with_roles ELSE '[]'::jsonb END
+                      ) WITH ORDINALITY AS current(entry, position)
+                 WHERE entry->>'user_id' IS NULL
+                    OR NOT jsonb_exists(x.leaving, entry->>'user_id')
+               ) || x.joining,
+               updated_at = $2
+           FROM x WHERE t.team_id = x.team_id"#,
+        [Value::Object(teams).into(), (*stamp).into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Why entra-sync keeps each membership, for every team, in two statements: the reasons that
+/// changed written, the memberships it no longer manages forgotten.
+async fn write_managed(
+    txn: &DatabaseTransaction,
+    planned: &[Planned<'_, '_>],
+    teams: &HashMap<String, TeamState>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let mut group_ids = Vec::new();
+    let mut user_ids = Vec::new();
+    let mut entra_ids = Vec::new();
+    let mut member = Vec::new();
+    let mut owner = Vec::new();
+    for one in planned {
+        let team_id = one.prepared.team_id.as_str();
+        let stored = &teams[team_id].managed;
+        for (user_id, managed) in &one.plan.managed {
+            if stored.get(user_id) != Some(managed) {
+                group_ids.push(team_id);
+                user_ids.push(user_id.as_str());
+                entra_ids.push(managed.entra_user_id.as_str());
+                member.push(managed.member);
+                owner.push(managed.owner);
+            }
+        }
+    }
+    if !group_ids.is_empty() {
         txn.execute(stmt(
             r#"INSERT INTO entra_sync_managed_memberships
                  (group_id, user_id, entra_user_id, created_at, member, owner)
-               SELECT $1, x.user_id, x.entra_user_id, $4, x.member, x.owner
-               FROM unnest($2::text[], $3::text[], $5::bool[], $6::bool[])
-                    AS x(user_id, entra_user_id, member, owner)
+               SELECT x.group_id, x.user_id, x.entra_user_id, $4, x.member, x.owner
+               FROM unnest($1::text[], $2::text[], $3::text[], $5::bool[], $6::bool[])
+                    AS x(group_id, user_id, entra_user_id, member, owner)
                ON CONFLICT (group_id, user_id)
                DO UPDATE SET member = EXCLUDED.member, owner = EXCLUDED.owner"#,
             [
-                team_id.into(),
+                text_array(group_ids),
                 text_array(user_ids),
                 text_array(entra_ids),
                 now.into(),
@@ -783,18 +1046,15 @@ async fn execute(
         ))
         .await?;
     }
-    if !plan.unmark_managed.is_empty() {
+    let forgotten = pairs(planned, |plan| &plan.unmark_managed);
+    if !forgotten.0.is_empty() {
         txn.execute(stmt(
-            "DELETE FROM entra_sync_managed_memberships WHERE group_id = $1 AND user_id = ANY($2)",
-            [team_id.into(), text_array(&plan.unmark_managed)],
+            r#"DELETE FROM entra_sync_managed_memberships AS m
+               USING unnest($1::text[], $2::text[]) AS x(user_id, group_id)
+               WHERE m.group_id = x.group_id AND m.user_id = x.user_id"#,
+            [text_array(forgotten.0), text_array(forgotten.1)],
         ))
         .await?;
-    }
-    if !plan.roles.is_empty() {
-        super::owners::set_roles(txn, team_id, &plan.roles, now).await?;
-    }
-    if let Some(rows) = &plan.owner_rows {
-        super::owners::store_owners(txn, team_id, rows, &team.owners).await?;
     }
     Ok(())
 }

@@ -179,6 +179,15 @@ pub trait LiteLlmWriter {
         options: ApplyOptions,
     ) -> impl Future<Output = Result<Vec<Change>>> + Send;
 
+    /// [`Self::sync_team`] for several groups (each once) in one transaction and a fixed number
+    /// of statements however many: how a first sync and a resync apply groups, a batch at a
+    /// time. Changes come group by group, in the order given.
+    fn sync_teams(
+        &self,
+        teams: &[TeamSync<'_>],
+        options: ApplyOptions,
+    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+
     /// Takes out every membership entra-sync created in the group's team, whatever the removal
     /// mode (the `remove-members` policy for an unassigned or deleted group).
     fn remove_managed_members(
@@ -238,6 +247,15 @@ pub trait LiteLlmWriter {
         &self,
         options: ApplyOptions,
     ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+}
+
+/// One group's team brought up to date (see [`LiteLlmWriter::sync_teams`]): created or renamed
+/// first when a display name is given, then its membership made equal to `members`.
+#[derive(Clone, Copy, Debug)]
+pub struct TeamSync<'a> {
+    pub group: &'a GroupId,
+    pub display_name: Option<&'a str>,
+    pub members: &'a [EntraUser],
 }
 
 /// What one operation did: its changes, and the cache keys its commit made stale beyond those
@@ -553,26 +571,51 @@ impl LiteLlmWriter for Store {
         members: &[EntraUser],
         options: ApplyOptions,
     ) -> Result<Vec<Change>> {
+        let team = TeamSync {
+            group,
+            display_name,
+            members,
+        };
+        self.sync_teams(&[team], options).await
+    }
+
+    #[tracing::instrument(skip(self, teams), fields(teams = teams.len()), err(level = "debug"))]
+    async fn sync_teams(
+        &self,
+        teams: &[TeamSync<'_>],
+        options: ApplyOptions,
+    ) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
         let work = async {
-            let created = match display_name {
-                Some(name) => {
-                    teams::ensure(&txn, group, name, &self.settings, &self.rules, options.now)
-                        .await?
+            let named: Vec<(&GroupId, &str)> = teams
+                .iter()
+                .filter_map(|team| Some((team.group, team.display_name?)))
+                .collect();
+            let mut made =
+                teams::ensure_many(&txn, &named, &self.settings, &self.rules, options.now)
+                    .await?
+                    .into_iter();
+            let requests: Vec<members::Request> = teams
+                .iter()
+                .map(|team| members::Request {
+                    group: team.group,
+                    joining: team.members,
+                    leaving: members::Leaving::EveryoneElse,
+                    owners: members::Owners::Kept,
+                    mode: self.removal_mode,
+                    keys: self.keys.removed_member,
+                })
+                .collect();
+            let (memberships, stale) =
+                members::apply_many(&txn, &requests, &self.settings, options.now).await?;
+            let mut changes = Vec::new();
+            for (team, membership) in teams.iter().zip(memberships) {
+                if team.display_name.is_some() {
+                    changes.extend(made.next().unwrap_or_default());
                 }
-                None => Vec::new(),
-            };
-            let request = members::Request {
-                group,
-                joining: members,
-                leaving: members::Leaving::EveryoneElse,
-                owners: members::Owners::Kept,
-                mode: self.removal_mode,
-                keys: self.keys.removed_member,
-            };
-            let mut applied = members::apply(&txn, request, &self.settings, options.now).await?;
-            applied.changes.splice(0..0, created);
-            Ok(applied)
+                changes.extend(membership);
+            }
+            Ok(Applied { changes, stale })
         }
         .await;
         self.settle(txn, work, options).await

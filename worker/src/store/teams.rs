@@ -5,15 +5,15 @@ use entity::GroupId;
 use entity::litellm::team;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait,
-    FromQueryResult, QueryFilter, Set,
+    ActiveModelTrait, ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DatabaseTransaction,
+    EntityTrait, FromQueryResult, Iterable, QueryFilter, Set,
 };
 use serde_json::Value;
 use std::collections::HashMap;
 
 use super::Applied;
 use super::change::Change;
-use super::sql::{litellm_timestamp, lock_team, stmt};
+use super::sql::{litellm_timestamp, lock_team, lock_teams, stmt};
 use crate::error::Result;
 use crate::litellm_config::{LiteLlmSettings, TeamDefaults};
 use crate::team_rules::{MemberBudget, RuleDrift, TeamNow, TeamRules};
@@ -40,29 +40,54 @@ pub(super) async fn ensure(
     rules: &TeamRules,
     now: DateTime<Utc>,
 ) -> Result<Vec<Change>> {
-    let team_id = group.to_string();
-    lock_team(txn, &team_id).await?;
-    let existing = team::Entity::find_by_id(team_id.clone()).one(txn).await?;
-    let mut unblocked = Vec::new();
-    if let Some(team) = &existing
-        && team.blocked
-        && team.metadata.get(BLOCKED_MARKER).and_then(Value::as_str) == Some(BLOCKED_UNASSIGNED)
-    {
-        txn.execute(stmt(
-            r#"UPDATE "LiteLLM_TeamTable"
-               SET blocked = false, metadata = metadata - 'entra_sync_blocked', updated_at = $2
-               WHERE team_id = $1"#,
-            [team_id.clone().into(), litellm_timestamp(now).into()],
-        ))
-        .await?;
-        unblocked.push(Change::TeamUnblocked {
-            team_id: team_id.clone(),
-            team_alias: team.team_alias.clone(),
-        });
-    }
-    let mut changes = match existing {
-        Some(team) if team.team_alias.as_deref() == Some(display_name) => Vec::new(),
-        Some(team) => {
+    let mut changes = ensure_many(txn, &[(group, display_name)], settings, rules, now).await?;
+    Ok(changes.pop().unwrap_or_default())
+}
+
+/// [`ensure`] for several groups (each once) in one transaction: their teams locked in one
+/// order and read in one statement, the new ones inserted together. Returns each group's changes.
+pub(super) async fn ensure_many(
+    txn: &DatabaseTransaction,
+    groups: &[(&GroupId, &str)],
+    settings: &LiteLlmSettings,
+    rules: &TeamRules,
+    now: DateTime<Utc>,
+) -> Result<Vec<Vec<Change>>> {
+    let team_ids: Vec<String> = groups.iter().map(|(group, _)| group.to_string()).collect();
+    lock_teams(txn, &team_ids).await?;
+    let mut existing: HashMap<String, team::Model> = team::Entity::find()
+        .filter(team::Column::TeamId.is_in(team_ids.clone()))
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|team| (team.team_id.clone(), team))
+        .collect();
+    let mut new_rows: HashMap<Vec<bool>, Vec<team::ActiveModel>> = HashMap::new();
+    let mut all_changes = Vec::with_capacity(groups.len());
+    for ((group, display_name), team_id) in groups.iter().zip(team_ids) {
+        let display_name = *display_name;
+        let Some(team) = existing.remove(&team_id) else {
+            let params = rules.params_for(group, display_name, &settings.team_defaults);
+            let mut row = new_team(&team_id, display_name, &params, settings, now);
+            if params.has_member_budget() {
+                let budget_id =
+                    create_member_budget(txn, display_name, &params, settings, now).await?;
+                let mut metadata = params.metadata.clone().unwrap_or_default();
+                metadata.insert(MEMBER_BUDGET_KEY.into(), Value::String(budget_id));
+                row.metadata = Set(Value::Object(metadata));
+            }
+            // Rows are inserted together when they set the same columns: a column one row leaves
+            // to its database default must not be NULL because another row set it.
+            let columns = team::Column::iter().map(|c| row.get(c).is_set()).collect();
+            new_rows.entry(columns).or_default().push(row);
+            all_changes.push(vec![Change::TeamCreated {
+                team_id,
+                team_alias: display_name.to_owned(),
+            }]);
+            continue;
+        };
+        let mut changes = Vec::new();
+        if team.team_alias.as_deref() != Some(display_name) {
             txn.execute(stmt(
                 r#"UPDATE "LiteLLM_TeamTable" SET team_alias = $2, updated_at = $3
                    WHERE team_id = $1"#,
@@ -73,38 +98,40 @@ pub(super) async fn ensure(
                 ],
             ))
             .await?;
-            vec![Change::TeamRenamed {
-                team_id,
-                from: team.team_alias,
+            changes.push(Change::TeamRenamed {
+                team_id: team_id.clone(),
+                from: team.team_alias.clone(),
                 to: display_name.to_owned(),
-            }]
+            });
         }
-        None => {
-            let params = rules.params_for(group, display_name, &settings.team_defaults);
-            let mut row = new_team(&team_id, display_name, &params, settings, now);
-            if params.has_member_budget() {
-                let budget_id =
-                    create_member_budget(txn, display_name, &params, settings, now).await?;
-                let mut metadata = params.metadata.clone().unwrap_or_default();
-                metadata.insert(MEMBER_BUDGET_KEY.into(), Value::String(budget_id));
-                row.metadata = Set(Value::Object(metadata));
-            }
-            team::Entity::insert(row)
-                .on_conflict(
-                    OnConflict::column(team::Column::TeamId)
-                        .do_nothing()
-                        .to_owned(),
-                )
-                .exec_without_returning(txn)
-                .await?;
-            vec![Change::TeamCreated {
+        if team.blocked
+            && team.metadata.get(BLOCKED_MARKER).and_then(Value::as_str) == Some(BLOCKED_UNASSIGNED)
+        {
+            txn.execute(stmt(
+                r#"UPDATE "LiteLLM_TeamTable"
+                   SET blocked = false, metadata = metadata - 'entra_sync_blocked', updated_at = $2
+                   WHERE team_id = $1"#,
+                [team_id.clone().into(), litellm_timestamp(now).into()],
+            ))
+            .await?;
+            changes.push(Change::TeamUnblocked {
                 team_id,
-                team_alias: display_name.to_owned(),
-            }]
+                team_alias: team.team_alias,
+            });
         }
-    };
-    changes.append(&mut unblocked);
-    Ok(changes)
+        all_changes.push(changes);
+    }
+    for rows in new_rows.into_values() {
+        team::Entity::insert_many(rows)
+            .on_conflict(
+                OnConflict::column(team::Column::TeamId)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(all_changes)
 }
 
 /// The team metadata key naming its member budget (LiteLLM's `team_member_budget_id`).

@@ -38,10 +38,10 @@ impl UserRow {
 
 /// Locks and reads every user that may match: by id (`ids` as `user_id` or `sso_user_id`) or by
 /// lower-cased email. Rows are locked in LiteLLM's order, `user_id COLLATE "C"`, and returned in it.
-pub(super) async fn lock_candidates(
+pub(super) async fn lock_candidates<S: AsRef<str>>(
     txn: &DatabaseTransaction,
-    ids: &[String],
-    emails: &[String],
+    ids: &[S],
+    emails: &[S],
 ) -> Result<Vec<UserRow>> {
     if ids.is_empty() && emails.is_empty() {
         return Ok(Vec::new());
@@ -110,6 +110,59 @@ impl Candidates {
         self.by_id.get(user_id).map(|&i| &self.rows[i])
     }
 
+    /// The rows [`lock_candidates`] returns for these ids and emails alone (one request of a
+    /// batch that locked the candidates of all).
+    pub fn matching<'a>(
+        &'a self,
+        ids: &'a [String],
+        emails: &'a [String],
+    ) -> impl Iterator<Item = &'a UserRow> + 'a {
+        let by_ids = ids.iter().flat_map(|id| {
+            [self.by_id.get(id), self.by_sso.get(id)]
+                .into_iter()
+                .flatten()
+        });
+        let by_emails = emails
+            .iter()
+            .flat_map(|email| self.by_email.get(email).into_iter().flatten());
+        by_ids.chain(by_emails).map(|&row| &self.rows[row])
+    }
+
+    /// A user a request of the batch is creating, in `team_id`: the later requests find it as
+    /// an existing row (and add their team to it) instead of creating it again.
+    pub fn record_created(&mut self, user: &NewUser, team_id: &str) {
+        let row = self.rows.len();
+        self.by_id.insert(user.user_id.clone(), row);
+        self.by_sso.insert(user.user_id.clone(), row);
+        self.claimed.insert(row);
+        self.rows.push(UserRow {
+            user_id: user.user_id.clone(),
+            sso_user_id: Some(user.user_id.clone()),
+            user_email: user.user_email.clone(),
+            user_role: None,
+            teams: Some(vec![team_id.to_owned()]),
+        });
+    }
+
+    /// A row found by email that a request of the batch links to `object_id`: the later
+    /// requests find it by that id.
+    pub fn record_link(&mut self, user_id: &str, object_id: &str) {
+        if let Some(&row) = self.by_id.get(user_id) {
+            self.rows[row].sso_user_id = Some(object_id.to_owned());
+            self.by_sso.insert(object_id.to_owned(), row);
+        }
+    }
+
+    /// A request of the batch adds `team_id` to the user's `teams`.
+    pub fn record_team(&mut self, user_id: &str, team_id: &str) {
+        if let Some(&row) = self.by_id.get(user_id) {
+            self.rows[row]
+                .teams
+                .get_or_insert_with(Vec::new)
+                .push(team_id.to_owned());
+        }
+    }
+
     /// Matches an Entra user. An email match only takes a row that belongs to no other Entra
     /// user (no `sso_user_id`) and that no earlier user of the same batch took; among several,
     /// the first in LiteLLM's lock order, so the choice is deterministic.
@@ -169,11 +222,11 @@ fn new_user_role(settings: &LiteLlmSettings) -> LiteLlmRole {
 }
 
 /// Creates users as LiteLLM's Microsoft sign-in does: `user_id` = `sso_user_id` = object id,
-/// `metadata.auth_provider` = microsoft, `default_internal_user_params` applied, and `teams` set.
+/// `metadata.auth_provider` = microsoft, `default_internal_user_params` applied, and each user's
+/// `teams` set (the teams they join as they are created).
 pub(super) async fn create(
     txn: &DatabaseTransaction,
-    users: &[NewUser],
-    teams: &[&str],
+    users: &[(&NewUser, Vec<&str>)],
     settings: &LiteLlmSettings,
     now: DateTime<Utc>,
 ) -> Result<()> {
@@ -183,7 +236,14 @@ pub(super) async fn create(
     let defaults = &settings.user_defaults;
     let rows: Vec<_> = users
         .iter()
-        .map(|u| json!({"user_id": u.user_id, "user_email": u.user_email, "user_alias": u.user_alias}))
+        .map(|(u, teams)| {
+            json!({
+                "user_id": u.user_id,
+                "user_email": u.user_email,
+                "user_alias": u.user_alias,
+                "teams": teams,
+            })
+        })
         .collect();
     let reset_at = defaults
         .budget_duration
@@ -193,14 +253,14 @@ pub(super) async fn create(
             r#"INSERT INTO "LiteLLM_UserTable"
                  (user_id, sso_user_id, user_email, user_alias, user_role, teams, models, max_budget,
                   budget_duration, budget_reset_at, metadata, created_at, updated_at)
-               SELECT x.user_id, x.user_id, x.user_email, x.user_alias, $2, $3, $4, $5, $6, $7,
-                      '{"auth_provider": "microsoft"}'::jsonb, $8, $8
-               FROM jsonb_to_recordset($1::jsonb) AS x(user_id text, user_email text, user_alias text)
+               SELECT x.user_id, x.user_id, x.user_email, x.user_alias, $2, x.teams, $3, $4, $5,
+                      $6, '{"auth_provider": "microsoft"}'::jsonb, $7, $7
+               FROM jsonb_to_recordset($1::jsonb)
+                    AS x(user_id text, user_email text, user_alias text, teams text[])
                ON CONFLICT DO NOTHING"#,
             [
                 serde_json::Value::Array(rows).into(),
                 new_user_role(settings).as_str().into(),
-                text_array(teams),
                 text_array(&defaults.models),
                 defaults.max_budget.into(),
                 defaults.budget_duration.map(|d| d.to_string()).into(),
@@ -291,7 +351,8 @@ pub(super) async fn ensure_many(
         found.insert(user.id.clone(), user_id);
     }
     link(txn, &links, now).await?;
-    create(txn, &new, &[], settings, now).await?;
+    let new: Vec<(&NewUser, Vec<&str>)> = new.iter().map(|user| (user, Vec::new())).collect();
+    create(txn, &new, settings, now).await?;
     Ok((found, changes))
 }
 

@@ -4,7 +4,9 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use entity::{GroupId, UserId};
+use tokio::sync::mpsc;
 
+use super::batch::{BATCH_GROUPS, Batch, PARALLEL_READS, WholeGroup, read_in_parallel};
 use super::round::RESYNC_SLICE;
 use super::{Syncer, retrying};
 use crate::directory::EntraUser;
@@ -153,35 +155,77 @@ impl Syncer {
         Ok(report)
     }
 
-    /// New groups get their team and full membership, several at a time; each slice is
-    /// recorded as assigned once synced, so a failure repeats at most one slice.
+    /// New groups get their team and full membership: read several at a time while the groups
+    /// read are written a batch at a time (see [`Self::write_groups`]). Each batch's groups are
+    /// recorded as assigned once written, so a failure repeats at most one batch; a group that
+    /// fails on its own is recorded as assigned all the same, and its retry makes its team (see
+    /// `Syncer::retry_failed`).
     async fn sync_new_groups(
         &self,
         groups: Vec<(GroupId, String)>,
         now: DateTime<Utc>,
         changes: &mut Changes,
     ) -> Result<()> {
-        const SLICE: usize = 500;
-        for slice in groups.chunks(SLICE) {
-            // A group that fails on its own is recorded as assigned all the same, and its retry
-            // makes its team (see `Syncer::retry_failed`).
-            self.in_parallel(
-                slice.to_vec(),
-                |(group, _)| Item::Group(group.clone()),
-                now,
-                move |syncer, (group, name)| async move {
-                    syncer.sync_group_fully(&group, Some(&name), now).await
-                },
-                changes,
-            )
-            .await?;
-            let synced: Vec<(GroupId, Option<String>)> = slice
-                .iter()
-                .map(|(group, name)| (group.clone(), Some(name.clone())))
-                .collect();
-            self.remember_assigned(&synced, now).await?;
+        // A batch's worth read ahead, so that Graph answers while PostgreSQL writes.
+        let (sender, mut receiver) = mpsc::channel(BATCH_GROUPS);
+        let reader = self.clone();
+        // A JoinSet, so that the reads stop when this returns early.
+        let mut reading = tokio::task::JoinSet::new();
+        reading.spawn(read_in_parallel(
+            groups,
+            move |(group, _)| {
+                let syncer = reader.clone();
+                let group = group.clone();
+                async move { syncer.members_of(&group, now).await }
+            },
+            sender,
+        ));
+        let mut batch = Batch::default();
+        let mut failed = Vec::new();
+        while let Some(((group, name), members)) = receiver.recv().await {
+            match members {
+                Ok(members) => {
+                    let whole = WholeGroup {
+                        group,
+                        display_name: Some(name),
+                        members,
+                    };
+                    if batch.push(whole) {
+                        self.write_new_groups(batch.take(), &mut failed, now, changes)
+                            .await?;
+                    }
+                }
+                Err(error) => {
+                    self.settle_item(Item::Group(group.clone()), Err(error), now)
+                        .await?;
+                    failed.push((group, Some(name)));
+                }
+            }
         }
-        Ok(())
+        self.write_new_groups(batch.take(), &mut failed, now, changes)
+            .await
+    }
+
+    /// Writes a batch of new groups, then records them (and the groups that failed to be read
+    /// since the last batch) as assigned.
+    async fn write_new_groups(
+        &self,
+        batch: Vec<WholeGroup>,
+        failed: &mut Vec<(GroupId, Option<String>)>,
+        now: DateTime<Utc>,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        self.write_groups(&batch, now, changes).await?;
+        let mut assigned = std::mem::take(failed);
+        assigned.extend(
+            batch
+                .into_iter()
+                .map(|whole| (whole.group, whole.display_name)),
+        );
+        if assigned.is_empty() {
+            return Ok(());
+        }
+        self.remember_assigned(&assigned, now).await
     }
 
     /// A user's roles are those assigned to the user directly or to a group the user is a direct
@@ -226,7 +270,7 @@ impl Syncer {
             }
         }
         let mut unknown_members = false;
-        for (group, value, members) in self.read_role_groups(role_groups).await {
+        for ((group, value), members) in self.read_role_groups(role_groups).await {
             let members = match members {
                 Ok(members) => members,
                 Err(error) => {
@@ -314,31 +358,26 @@ impl Syncer {
     async fn read_role_groups(
         &self,
         groups: Vec<(GroupId, String)>,
-    ) -> Vec<(GroupId, String, Result<Vec<DirectoryObject>>)> {
-        const PARALLEL_READS: usize = 8;
-        let mut read = Vec::with_capacity(groups.len());
-        let mut pending = groups.into_iter();
-        let mut running = tokio::task::JoinSet::new();
-        loop {
-            while running.len() < PARALLEL_READS {
-                let Some((group, value)) = pending.next() else {
-                    break;
-                };
-                let graph = self.graph.clone();
-                running.spawn(async move {
-                    let members = graph.group_members(&group, false).await;
-                    (group, value, members)
-                });
+    ) -> Vec<((GroupId, String), Result<Vec<DirectoryObject>>)> {
+        let (sender, mut receiver) = mpsc::channel(PARALLEL_READS);
+        let graph = self.graph.clone();
+        let reading = read_in_parallel(
+            groups,
+            move |(group, _)| {
+                let graph = graph.clone();
+                let group = group.clone();
+                async move { graph.group_members(&group, false).await }
+            },
+            sender,
+        );
+        let collecting = async {
+            let mut read = Vec::new();
+            while let Some(done) = receiver.recv().await {
+                read.push(done);
             }
-            match running.join_next().await {
-                Some(Ok(done)) => read.push(done),
-                Some(Err(failure)) => {
-                    tracing::error!(%failure, "a role-holding group's read failed");
-                }
-                None => break,
-            }
-        }
-        read
+            read
+        };
+        tokio::join!(reading, collecting).1
     }
 }
 

@@ -9,6 +9,7 @@
 //! Notifications only say that a round is due; delta query is the truth.
 
 mod assignments;
+mod batch;
 mod nesting;
 mod owners;
 mod reconcile;
@@ -347,24 +348,6 @@ impl Syncer {
             changes.add(settled);
         }
         Ok(changed)
-    }
-
-    /// Reads the group's whole membership (as [`Membership`] counts it) and makes the team equal
-    /// it; with a display name the
-    /// team is created (or renamed) in the same transaction, tried again when another writer
-    /// created the same user at the same moment (groups synced in parallel share users).
-    async fn sync_group_fully(
-        &self,
-        group: &GroupId,
-        display_name: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<Change>> {
-        let members = self.members_of(group, now).await?;
-        retrying(|| {
-            self.store
-                .sync_team(group, display_name, &members, self.options(now))
-        })
-        .await
     }
 
     /// The policy for a group that is no longer assigned, or no longer exists.

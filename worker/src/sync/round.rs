@@ -4,7 +4,9 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use entity::{GroupId, UserId};
+use tokio::sync::mpsc;
 
+use super::batch::{Batch, PARALLEL_READS, WholeGroup, read_in_parallel};
 use super::{Membership, Syncer, retrying};
 use crate::directory::EntraUser;
 use crate::error::{Error, Result};
@@ -292,18 +294,64 @@ impl Syncer {
                 Some((group.clone(), Some(delta.display_name.clone()?)))
             })
             .collect();
-        let changed = self
-            .in_parallel(
-                work,
-                |(group, _, _)| Item::Group(group.clone()),
-                now,
-                move |syncer, (group, delta, members)| async move {
-                    let members = syncer.members_now(&group, &delta, members, now).await?;
-                    syncer.resync_group(&group, &delta, &members, now).await
-                },
-                changes,
-            )
-            .await?;
+        let mut changed = 0;
+        let mut whole = Vec::new();
+        let mut unread = Vec::new();
+        for (group, delta, members) in work {
+            if delta.group_removed.is_some() {
+                let outcome = self.retire_group(&group, now).await;
+                let made = self.settle_item(Item::Group(group), outcome, now).await?;
+                changed += usize::from(!made.is_empty());
+                changes.add(made);
+                continue;
+            }
+            match members {
+                Some(members) => whole.push(WholeGroup {
+                    group,
+                    display_name: delta.display_name,
+                    members,
+                }),
+                None => unread.push((group, delta.display_name)),
+            }
+        }
+        // With transitive membership, each group's members are read on their own.
+        let (sender, mut receiver) = mpsc::channel(PARALLEL_READS);
+        let reader = self.clone();
+        let reading = read_in_parallel(
+            unread,
+            move |(group, _)| {
+                let syncer = reader.clone();
+                let group = group.clone();
+                async move { syncer.members_of(&group, now).await }
+            },
+            sender,
+        );
+        let collecting = async {
+            while let Some(((group, display_name), members)) = receiver.recv().await {
+                match members {
+                    Ok(members) => whole.push(WholeGroup {
+                        group,
+                        display_name,
+                        members,
+                    }),
+                    Err(error) => {
+                        let made = self
+                            .settle_item(Item::Group(group), Err(error), now)
+                            .await?;
+                        changes.add(made);
+                    }
+                }
+            }
+            Ok::<(), Error>(())
+        };
+        tokio::join!(reading, collecting).1?;
+        let mut batch = Batch::default();
+        for group in whole {
+            if batch.push(group) {
+                changed += self.write_groups(&batch.take(), now, changes).await?;
+            }
+        }
+        changed += self.write_groups(&batch.take(), now, changes).await?;
         self.remember_assigned(&named, now).await?;
         Ok(changed)
     }

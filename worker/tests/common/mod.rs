@@ -117,6 +117,15 @@ pub async fn scalar_i64(db: &DatabaseConnection, sql: &str) -> i64 {
         .unwrap()
 }
 
+pub async fn scalar_text(db: &DatabaseConnection, sql: &str) -> String {
+    db.query_one(Statement::from_string(DbBackend::Postgres, sql.to_owned()))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index::<String>(0)
+        .unwrap()
+}
+
 pub async fn managed_memberships(db: &DatabaseConnection) -> i64 {
     scalar_i64(db, "SELECT count(*) FROM entra_sync_managed_memberships").await
 }

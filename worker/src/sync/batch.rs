@@ -1,0 +1,145 @@
+//! Groups read whole and written a batch at a time: how a first sync and a resync apply
+//! thousands of groups without a transaction, a commit and a score of statements for each.
+
+use chrono::{DateTime, Utc};
+use entity::GroupId;
+use std::future::Future;
+use tokio::sync::mpsc;
+
+use super::{Syncer, retrying};
+use crate::directory::EntraUser;
+use crate::error::{Error, Result};
+use crate::store::{Changes, Item, LiteLlmWriter, TeamSync};
+
+/// Graph reads in flight at once.
+pub(super) const PARALLEL_READS: usize = 8;
+
+/// A batch closes at this many groups, or at this many members, whichever comes first: large
+/// enough that statements and commits are few, small enough that a transaction holds LiteLLM's
+/// locks for a fraction of a second.
+pub(super) const BATCH_GROUPS: usize = 100;
+const BATCH_MEMBERS: usize = 10_000;
+
+/// A group read whole, its team to be made equal to it.
+pub(super) struct WholeGroup {
+    pub group: GroupId,
+    /// Set: the team is created, or renamed, to this.
+    pub display_name: Option<String>,
+    pub members: Vec<EntraUser>,
+}
+
+/// Groups read whole, collected until a batch is full.
+#[derive(Default)]
+pub(super) struct Batch {
+    groups: Vec<WholeGroup>,
+    members: usize,
+}
+
+impl Batch {
+    /// Adds a group; returns whether the batch is full now.
+    pub fn push(&mut self, group: WholeGroup) -> bool {
+        self.members += group.members.len();
+        self.groups.push(group);
+        self.groups.len() >= BATCH_GROUPS || self.members >= BATCH_MEMBERS
+    }
+
+    pub fn take(&mut self) -> Vec<WholeGroup> {
+        self.members = 0;
+        std::mem::take(&mut self.groups)
+    }
+}
+
+impl Syncer {
+    /// Makes each group's team equal it, the whole batch in one transaction
+    /// ([`LiteLlmWriter::sync_teams`]); returns how many teams changed. When the batch fails on
+    /// its own (one group LiteLLM refuses, say), each group is written alone, so that one bad
+    /// group never holds the others back, and a group that fails alone is settled as failed.
+    pub(super) async fn write_groups(
+        &self,
+        batch: &[WholeGroup],
+        now: DateTime<Utc>,
+        changes: &mut Changes,
+    ) -> Result<usize> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let options = self.options(now);
+        let teams: Vec<TeamSync> = batch
+            .iter()
+            .map(|whole| TeamSync {
+                group: &whole.group,
+                display_name: whole.display_name.as_deref(),
+                members: &whole.members,
+            })
+            .collect();
+        match retrying(|| self.store.sync_teams(&teams, options)).await {
+            Ok(made) => {
+                let mut changed: Vec<&str> = made.iter().filter_map(|c| c.team_id()).collect();
+                changed.sort_unstable();
+                changed.dedup();
+                let count = changed.len();
+                for whole in batch {
+                    self.settle_item(Item::Group(whole.group.clone()), Ok(Vec::new()), now)
+                        .await?;
+                }
+                changes.add(made);
+                return Ok(count);
+            }
+            Err(error) if error.is_systemic() => return Err(error),
+            Err(error) => {
+                tracing::info!(%error, groups = batch.len(), "a batch of groups failed: each is tried on its own");
+            }
+        }
+        let mut count = 0;
+        for team in &teams {
+            let outcome = match retrying(|| {
+                self.store
+                    .sync_team(team.group, team.display_name, team.members, options)
+            })
+            .await
+            {
+                // No team, and no name to create it with: the next poll settles it.
+                Err(Error::TeamNotFound(_)) if team.display_name.is_none() => Ok(Vec::new()),
+                outcome => outcome,
+            };
+            let made = self
+                .settle_item(Item::Group(team.group.clone()), outcome, now)
+                .await?;
+            count += usize::from(!made.is_empty());
+            changes.add(made);
+        }
+        Ok(count)
+    }
+}
+
+/// Runs `read` for every item, [`PARALLEL_READS`] at a time, and sends each item with its
+/// outcome as soon as it is read; stops when the receiver is gone.
+pub(super) async fn read_in_parallel<I, T, F, Fut>(
+    items: Vec<I>,
+    read: F,
+    sender: mpsc::Sender<(I, Result<T>)>,
+) where
+    I: Send + 'static,
+    T: Send + 'static,
+    F: Fn(&I) -> Fut,
+    Fut: Future<Output = Result<T>> + Send + 'static,
+{
+    let mut pending = items.into_iter();
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        while running.len() < PARALLEL_READS {
+            let Some(item) = pending.next() else { break };
+            let reading = read(&item);
+            running.spawn(async move { (item, reading.await) });
+        }
+        match running.join_next().await {
+            Some(Ok(done)) => {
+                if sender.send(done).await.is_err() {
+                    return;
+                }
+            }
+            Some(Err(failure)) => tracing::error!(%failure, "a Graph read failed"),
+            None => return,
+        }
+    }
+}
