@@ -1178,3 +1178,61 @@ async fn syncing_teams_in_one_batch_writes_exactly_what_syncing_them_one_by_one_
         "a second batch changed something"
     );
 }
+
+#[tokio::test]
+async fn a_re_read_user_is_left_alone_only_when_litellm_already_says_what_entra_says() {
+    let db = TestDatabase::new().await;
+    let store = plain_store(&db);
+    store.ensure_team(&group(1), "Eng", commit()).await.unwrap();
+    store
+        .add_members(&group(1), &users(1..5), commit())
+        .await
+        .unwrap();
+    // User 3's key was blocked when the user departed; user 4 is known by sso_user_id only.
+    insert_key(
+        db.conn(),
+        "key-of-user-3",
+        user_id(3).as_str(),
+        None,
+        Some(true),
+        "2026-11-01 00:00:00",
+    )
+    .await;
+    execute(
+        db.conn(),
+        &format!(
+            r#"UPDATE "LiteLLM_VerificationToken"
+               SET metadata = '{{"entra_sync_blocked": "user_departed"}}'
+               WHERE token = 'key-of-user-3';
+               UPDATE "LiteLLM_UserTable" SET user_id = 'user4@contoso.com'
+               WHERE user_id = '{}'"#,
+            user_id(4)
+        ),
+    )
+    .await;
+    let same = entra_user(1);
+    let mut renamed = entra_user(2);
+    renamed.display_name = Some("User 2 (renamed)".into());
+    let returning = entra_user(3);
+    let by_sso = entra_user(4);
+    let mut no_name = entra_user(4);
+    no_name.display_name = None;
+    let unknown = entra_user(9);
+
+    let unchanged = store
+        .unchanged_users(&[&same, &renamed, &returning, &by_sso, &unknown])
+        .await
+        .unwrap();
+
+    let mut unchanged: Vec<_> = unchanged.into_iter().collect();
+    unchanged.sort();
+    assert_eq!(unchanged, [user_id(1), user_id(4), user_id(9)]);
+    // Entra omitting an attribute is no difference: LiteLLM's value stays.
+    assert_eq!(store.unchanged_users(&[&no_name]).await.unwrap().len(), 1);
+    // What the filter leaves alone, a re-read indeed does not change.
+    for user in [&same, &by_sso, &unknown] {
+        assert_eq!(store.update_user(user, commit()).await.unwrap(), []);
+    }
+    assert_ne!(store.update_user(&renamed, commit()).await.unwrap(), []);
+    assert_ne!(store.update_user(&returning, commit()).await.unwrap(), []);
+}

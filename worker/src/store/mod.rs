@@ -347,6 +347,19 @@ impl Store {
             .unwrap_or(crate::roles::LiteLlmRole::DEFAULT_FOR_NEW_USER)
     }
 
+    /// Of these users (enabled in Entra, not departed), those a re-read finds nothing to change
+    /// for: LiteLLM already has their email and display name, and no key of theirs is blocked
+    /// for a departure. Two statements however many users.
+    pub async fn unchanged_users(
+        &self,
+        users: &[&EntraUser],
+    ) -> Result<std::collections::HashSet<UserId>> {
+        if users.is_empty() {
+            return Ok(std::collections::HashSet::new());
+        }
+        users::unchanged(&self.db, users).await
+    }
+
     /// LiteLLM's database, which this store writes.
     pub fn connection(&self) -> &Db {
         &self.db

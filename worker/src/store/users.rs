@@ -356,6 +356,84 @@ pub(super) async fn ensure_many(
     Ok((found, changes))
 }
 
+/// What of a user's LiteLLM row differs from Entra.
+struct Renamed {
+    email_changed: bool,
+    alias_changed: bool,
+}
+
+impl Renamed {
+    /// Entra may omit an attribute (no mail, no UPN): LiteLLM's value then stays rather than
+    /// being erased, and does not count as a difference.
+    fn compare(user: &EntraUser, email: Option<&str>, alias: Option<&str>) -> Self {
+        let entra_email = user.email();
+        Self {
+            email_changed: entra_email.is_some() && entra_email.as_deref() != email,
+            alias_changed: user.display_name.is_some() && user.display_name.as_deref() != alias,
+        }
+    }
+}
+
+/// Of these users (enabled in Entra), those [`update`] and a return from departure have nothing
+/// to do for, found in two statements however many: LiteLLM's row already has their email and
+/// display name (or there is no row), and no key of theirs is blocked for their departure.
+pub(super) async fn unchanged(
+    db: &impl ConnectionTrait,
+    users: &[&EntraUser],
+) -> Result<HashSet<UserId>> {
+    #[derive(FromQueryResult)]
+    struct Row {
+        user_id: String,
+        sso_user_id: Option<String>,
+        user_email: Option<String>,
+        user_alias: Option<String>,
+    }
+    #[derive(FromQueryResult)]
+    struct KeyOwner {
+        user_id: String,
+    }
+    let ids: Vec<String> = users.iter().map(|user| user.id.to_string()).collect();
+    let rows = Row::find_by_statement(stmt(
+        r#"SELECT user_id, sso_user_id, user_email, user_alias FROM "LiteLLM_UserTable"
+           WHERE user_id = ANY($1) OR sso_user_id = ANY($1)"#,
+        [text_array(&ids)],
+    ))
+    .all(db)
+    .await?;
+    let blocked: HashSet<String> = KeyOwner::find_by_statement(stmt(
+        r#"SELECT DISTINCT user_id FROM "LiteLLM_VerificationToken"
+           WHERE user_id = ANY($1) AND metadata->>'entra_sync_blocked' = 'user_departed'"#,
+        [text_array(rows.iter().map(|row| row.user_id.as_str()))],
+    ))
+    .all(db)
+    .await?
+    .into_iter()
+    .map(|owner| owner.user_id)
+    .collect();
+    // As `update` finds a user: by user_id, else by sso_user_id.
+    let mut by_id: HashMap<&str, &Row> = HashMap::new();
+    for row in &rows {
+        if let Some(sso) = row.sso_user_id.as_deref() {
+            by_id.entry(sso).or_insert(row);
+        }
+    }
+    for row in &rows {
+        by_id.insert(row.user_id.as_str(), row);
+    }
+    Ok(users
+        .iter()
+        .filter(|user| match by_id.get(user.id.as_str()) {
+            None => true,
+            Some(row) => {
+                let renamed =
+                    Renamed::compare(user, row.user_email.as_deref(), row.user_alias.as_deref());
+                !renamed.email_changed && !renamed.alias_changed && !blocked.contains(&row.user_id)
+            }
+        })
+        .map(|user| user.id.clone())
+        .collect())
+}
+
 /// Brings a known user's `user_email` and `user_alias` up to date with Entra, and the email in
 /// their entries of `members_with_roles`. An unknown user is left for the next membership change
 /// to create. Team locks are taken first, then the user row, as every other operation does.
@@ -402,9 +480,10 @@ pub(super) async fn update(
     .and_then(|a| a.user_alias);
     let email = user.email();
     let display_name = user.display_name.clone();
-    // Entra may omit an attribute (no mail, no UPN): keep what LiteLLM has rather than erase it.
-    let email_changed = email.is_some() && email != row.user_email;
-    let alias_changed = display_name.is_some() && display_name != alias;
+    let Renamed {
+        email_changed,
+        alias_changed,
+    } = Renamed::compare(user, row.user_email.as_deref(), alias.as_deref());
     if !email_changed && !alias_changed {
         return Ok(Vec::new());
     }
