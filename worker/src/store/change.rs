@@ -269,13 +269,15 @@ pub(super) async fn record(
     if changes.is_empty() {
         return Ok(());
     }
-    let detail = serde_json::to_value(changes).map_err(|e| {
+    // Serialised straight to text: a `serde_json::Value` tree of a first sync's million changes
+    // would cost an allocation per field, twice.
+    let detail = serde_json::to_string(changes).map_err(|e| {
         sea_orm::DbErr::Custom(format!("cannot serialise changes for the audit log: {e}"))
     })?;
     txn.execute(stmt(
         r#"INSERT INTO entra_sync_audit_log (recorded_at, kind, team_id, user_id, detail)
            SELECT $1, c->>'kind', c->>'team_id', c->>'user_id', c
-           FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS x(c, n)
+           FROM jsonb_array_elements($2::text::jsonb) WITH ORDINALITY AS x(c, n)
            ORDER BY n"#,
         [now.into(), detail.into()],
     ))

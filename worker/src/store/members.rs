@@ -376,6 +376,13 @@ pub(super) async fn apply_many(
     now: DateTime<Utc>,
 ) -> Result<(Vec<Vec<Change>>, Vec<String>)> {
     let team_ids: Vec<String> = requests.iter().map(|r| r.group.to_string()).collect();
+    if requests.len() > 1 {
+        // A batch's lookups read thousands of rows at once, where PostgreSQL may plan parallel
+        // workers: starting them costs more than they save here, and they compete with the
+        // writer for the cores. For this transaction only.
+        txn.execute(stmt("SET LOCAL max_parallel_workers_per_gather = 0", []))
+            .await?;
+    }
     lock_teams(txn, &team_ids).await?;
     let mut teams = load_teams(txn, &team_ids).await?;
     let prepared: Vec<Prepared> = requests
@@ -384,10 +391,11 @@ pub(super) async fn apply_many(
         .map(|(request, team_id)| Prepared::new(request, &teams[team_id]))
         .collect();
 
-    // Lock every user the requests may touch, in one statement and in LiteLLM's order.
+    // Every user the requests may touch, in one statement; only those written are locked, once
+    // planned (see `execute`).
     let ids: Vec<&String> = prepared.iter().flat_map(|p| &p.ids).collect();
     let emails: Vec<&String> = prepared.iter().flat_map(|p| &p.emails).collect();
-    let mut candidates = Candidates::new(users::lock_candidates(txn, &ids, &emails).await?);
+    let mut candidates = Candidates::new(users::read_candidates(txn, &ids, &emails).await?);
     let looked_at: Vec<(String, String)> = prepared
         .iter()
         .flat_map(|p| {
@@ -832,11 +840,22 @@ async fn execute(
             }
         }
     }
-    users::create(txn, &created, settings, now).await?;
     let links: Vec<(String, String)> = planned
         .iter()
         .flat_map(|one| one.plan.link.iter().cloned())
         .collect();
+    let leaving_teams = pairs(planned, |plan| &plan.remove_team_from_user);
+    // The rows this batch writes, locked as LiteLLM locks them, before any is written.
+    let mut written: Vec<&str> = joining_teams
+        .iter()
+        .map(|(user_id, _)| *user_id)
+        .chain(leaving_teams.0.iter().copied())
+        .chain(links.iter().map(|(user_id, _)| user_id.as_str()))
+        .collect();
+    written.sort_unstable();
+    written.dedup();
+    users::lock_users(txn, &written).await?;
+    users::create(txn, &created, settings, now).await?;
     users::link(txn, &links, now).await?;
     if !joining_teams.is_empty() {
         let (user_ids, team_ids): (Vec<&str>, Vec<&str>) = joining_teams.into_iter().unzip();
@@ -855,7 +874,6 @@ async fn execute(
         ))
         .await?;
     }
-    let leaving_teams = pairs(planned, |plan| &plan.remove_team_from_user);
     if !leaving_teams.0.is_empty() {
         // As `array_remove` does: every occurrence goes, the rest keep their order.
         txn.execute(stmt(
@@ -959,29 +977,36 @@ async fn write_entries(
     planned: &[Planned<'_, '_>],
     stamp: &chrono::NaiveDateTime,
 ) -> Result<()> {
-    let mut teams = serde_json::Map::new();
-    for one in planned {
-        let plan = &one.plan;
-        if plan.add_entries.is_empty() && plan.remove_entries.is_empty() {
-            continue;
-        }
-        let leaving: serde_json::Map<String, Value> = plan
-            .remove_entries
-            .iter()
-            .map(|user_id| (user_id.clone(), Value::Bool(true)))
-            .collect();
-        teams.insert(
-            one.prepared.team_id.clone(),
-            json!({"leaving": leaving, "joining": plan.add_entries}),
-        );
+    #[derive(serde::Serialize)]
+    struct EntryChanges<'p> {
+        leaving: HashMap<&'p str, bool>,
+        joining: &'p [Value],
     }
+    let teams: HashMap<&str, EntryChanges> = planned
+        .iter()
+        .filter(|one| !one.plan.add_entries.is_empty() || !one.plan.remove_entries.is_empty())
+        .map(|one| {
+            let changes = EntryChanges {
+                leaving: one
+                    .plan
+                    .remove_entries
+                    .iter()
+                    .map(|user_id| (user_id.as_str(), true))
+                    .collect(),
+                joining: &one.plan.add_entries,
+            };
+            (one.prepared.team_id.as_str(), changes)
+        })
+        .collect();
     if teams.is_empty() {
         return Ok(());
     }
+    let teams = serde_json::to_string(&teams)
+        .map_err(|e| sea_orm::DbErr::Custom(format!("cannot serialise team entries: {e}")))?;
     txn.execute(stmt(
         r#"WITH x AS MATERIALIZED (
              SELECT key AS team_id, value->'leaving' AS leaving, value->'joining' AS joining
-             FROM jsonb_each($1::jsonb))
+             FROM jsonb_each($1::text::jsonb))
            UPDATE "LiteLLM_TeamTable" AS t
            SET members_with_roles = (
                  SELECT coalesce(jsonb_agg(entry ORDER BY position), '[]'::jsonb)
@@ -994,7 +1019,7 @@ async fn write_entries(
                ) || x.joining,
                updated_at = $2
            FROM x WHERE t.team_id = x.team_id"#,
-        [Value::Object(teams).into(), (*stamp).into()],
+        [teams.into(), (*stamp).into()],
     ))
     .await?;
     Ok(())

@@ -55,13 +55,24 @@ pub(super) async fn ensure_many(
 ) -> Result<Vec<Vec<Change>>> {
     let team_ids: Vec<String> = groups.iter().map(|(group, _)| group.to_string()).collect();
     lock_teams(txn, &team_ids).await?;
-    let mut existing: HashMap<String, team::Model> = team::Entity::find()
-        .filter(team::Column::TeamId.is_in(team_ids.clone()))
-        .all(txn)
-        .await?
-        .into_iter()
-        .map(|team| (team.team_id.clone(), team))
-        .collect();
+    /// What of an existing team this decides on (not its members, which can be many).
+    #[derive(FromQueryResult)]
+    struct Existing {
+        team_id: String,
+        team_alias: Option<String>,
+        blocked: bool,
+        metadata: Value,
+    }
+    let mut existing: HashMap<String, Existing> = Existing::find_by_statement(stmt(
+        r#"SELECT team_id, team_alias, blocked, metadata FROM "LiteLLM_TeamTable"
+           WHERE team_id = ANY($1)"#,
+        [team_ids.clone().into()],
+    ))
+    .all(txn)
+    .await?
+    .into_iter()
+    .map(|team| (team.team_id.clone(), team))
+    .collect();
     let mut new_rows: HashMap<Vec<bool>, Vec<team::ActiveModel>> = HashMap::new();
     let mut all_changes = Vec::with_capacity(groups.len());
     for ((group, display_name), team_id) in groups.iter().zip(team_ids) {

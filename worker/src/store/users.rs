@@ -9,7 +9,6 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use entity::UserId;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult};
-use serde_json::json;
 
 use super::change::Change;
 use super::sql::{litellm_timestamp, stmt, text_array};
@@ -43,19 +42,57 @@ pub(super) async fn lock_candidates<S: AsRef<str>>(
     ids: &[S],
     emails: &[S],
 ) -> Result<Vec<UserRow>> {
+    candidates(txn, ids, emails, "FOR UPDATE").await
+}
+
+/// [`lock_candidates`] without the lock, for a plan that then locks only the rows it writes
+/// ([`lock_users`]). What it decides from these rows cannot change meanwhile: a user's
+/// membership of a team changes only under that team's lock, which the planner holds, and every
+/// write is relative to the row as it is then (a team appended if absent, an id set if unset).
+pub(super) async fn read_candidates<S: AsRef<str>>(
+    txn: &DatabaseTransaction,
+    ids: &[S],
+    emails: &[S],
+) -> Result<Vec<UserRow>> {
+    candidates(txn, ids, emails, "").await
+}
+
+async fn candidates<S: AsRef<str>>(
+    txn: &DatabaseTransaction,
+    ids: &[S],
+    emails: &[S],
+    locking: &str,
+) -> Result<Vec<UserRow>> {
     if ids.is_empty() && emails.is_empty() {
         return Ok(Vec::new());
     }
     Ok(UserRow::find_by_statement(stmt(
-        r#"SELECT user_id, sso_user_id, user_email, user_role, teams
-           FROM "LiteLLM_UserTable"
-           WHERE user_id = ANY($1) OR sso_user_id = ANY($1) OR lower(user_email) = ANY($2)
-           ORDER BY user_id COLLATE "C"
-           FOR UPDATE"#,
+        &format!(
+            r#"SELECT user_id, sso_user_id, user_email, user_role, teams
+               FROM "LiteLLM_UserTable"
+               WHERE user_id = ANY($1) OR sso_user_id = ANY($1) OR lower(user_email) = ANY($2)
+               ORDER BY user_id COLLATE "C"
+               {locking}"#
+        ),
         [text_array(ids), text_array(emails)],
     ))
     .all(txn)
     .await?)
+}
+
+/// Locks these users' rows as LiteLLM does before it writes them: in one statement, in
+/// `user_id COLLATE "C"` order.
+pub(super) async fn lock_users(txn: &DatabaseTransaction, user_ids: &[&str]) -> Result<()> {
+    if user_ids.is_empty() {
+        return Ok(());
+    }
+    txn.execute(stmt(
+        r#"SELECT user_id FROM "LiteLLM_UserTable" WHERE user_id = ANY($1)
+           ORDER BY user_id COLLATE "C" FOR UPDATE"#,
+        [text_array(user_ids)],
+    ))
+    .await?;
+    Ok(())
 }
 
 /// How an Entra user maps onto LiteLLM's user table.
@@ -234,20 +271,29 @@ pub(super) async fn create(
         return Ok(());
     }
     let defaults = &settings.user_defaults;
-    let rows: Vec<_> = users
+    #[derive(serde::Serialize)]
+    struct Row<'u> {
+        user_id: &'u str,
+        user_email: Option<&'u str>,
+        user_alias: Option<&'u str>,
+        teams: &'u [&'u str],
+    }
+    let rows: Vec<Row> = users
         .iter()
-        .map(|(u, teams)| {
-            json!({
-                "user_id": u.user_id,
-                "user_email": u.user_email,
-                "user_alias": u.user_alias,
-                "teams": teams,
-            })
+        .map(|(u, teams)| Row {
+            user_id: &u.user_id,
+            user_email: u.user_email.as_deref(),
+            user_alias: u.user_alias.as_deref(),
+            teams,
         })
         .collect();
+    let rows = serde_json::to_string(&rows)
+        .map_err(|e| sea_orm::DbErr::Custom(format!("cannot serialise new users: {e}")))?;
     let reset_at = defaults
         .budget_duration
         .map(|duration| settings.reset_clock.next_reset(duration, now));
+    // In user_id order, as rows are locked: two writers creating the same users wait for each
+    // other instead of deadlocking.
     let result = txn
         .execute(stmt(
             r#"INSERT INTO "LiteLLM_UserTable"
@@ -255,11 +301,12 @@ pub(super) async fn create(
                   budget_duration, budget_reset_at, metadata, created_at, updated_at)
                SELECT x.user_id, x.user_id, x.user_email, x.user_alias, $2, x.teams, $3, $4, $5,
                       $6, '{"auth_provider": "microsoft"}'::jsonb, $7, $7
-               FROM jsonb_to_recordset($1::jsonb)
+               FROM jsonb_to_recordset($1::text::jsonb)
                     AS x(user_id text, user_email text, user_alias text, teams text[])
+               ORDER BY x.user_id COLLATE "C"
                ON CONFLICT DO NOTHING"#,
             [
-                serde_json::Value::Array(rows).into(),
+                rows.into(),
                 new_user_role(settings).as_str().into(),
                 text_array(&defaults.models),
                 defaults.max_budget.into(),

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use entity::{GroupId, UserId};
 use tokio::sync::mpsc;
 
-use super::batch::{BATCH_GROUPS, Batch, PARALLEL_READS, WholeGroup, read_in_parallel};
+use super::batch::{BATCH_GROUPS, Batch, PARALLEL_READS, WRITERS, WholeGroup, read_in_parallel};
 use super::round::RESYNC_SLICE;
 use super::{Syncer, retrying};
 use crate::directory::EntraUser;
@@ -156,10 +156,11 @@ impl Syncer {
     }
 
     /// New groups get their team and full membership: read several at a time while the groups
-    /// read are written a batch at a time (see [`Self::write_groups`]). Each batch's groups are
-    /// recorded as assigned once written, so a failure repeats at most one batch; a group that
-    /// fails on its own is recorded as assigned all the same, and its retry makes its team (see
-    /// `Syncer::retry_failed`).
+    /// read are written a batch at a time (see [`Self::write_groups`]), by [`WRITERS`] writers
+    /// (PostgreSQL works on one batch while the next is planned). Each batch's groups are
+    /// recorded as assigned once written, so a failure repeats at most the batches in flight; a
+    /// group that fails on its own is recorded as assigned all the same, and its retry makes its
+    /// team (see `Syncer::retry_failed`).
     async fn sync_new_groups(
         &self,
         groups: Vec<(GroupId, String)>,
@@ -169,7 +170,7 @@ impl Syncer {
         // A batch's worth read ahead, so that Graph answers while PostgreSQL writes.
         let (sender, mut receiver) = mpsc::channel(BATCH_GROUPS);
         let reader = self.clone();
-        // A JoinSet, so that the reads stop when this returns early.
+        // JoinSets, so that the reads and writes stop when this returns early.
         let mut reading = tokio::task::JoinSet::new();
         reading.spawn(read_in_parallel(
             groups,
@@ -180,6 +181,7 @@ impl Syncer {
             },
             sender,
         ));
+        let mut writing = tokio::task::JoinSet::new();
         let mut batch = Batch::default();
         let mut failed = Vec::new();
         while let Some(((group, name), members)) = receiver.recv().await {
@@ -191,8 +193,12 @@ impl Syncer {
                         members,
                     };
                     if batch.push(whole) {
-                        self.write_new_groups(batch.take(), &mut failed, now, changes)
-                            .await?;
+                        while writing.len() >= WRITERS {
+                            changes.merge(written(writing.join_next().await)?);
+                        }
+                        let batch = batch.take();
+                        let failed = std::mem::take(&mut failed);
+                        writing.spawn(self.clone().write_new_groups(batch, failed, now));
                     }
                 }
                 Err(error) => {
@@ -202,30 +208,33 @@ impl Syncer {
                 }
             }
         }
-        self.write_new_groups(batch.take(), &mut failed, now, changes)
-            .await
+        writing.spawn(self.clone().write_new_groups(batch.take(), failed, now));
+        while !writing.is_empty() {
+            changes.merge(written(writing.join_next().await)?);
+        }
+        Ok(())
     }
 
     /// Writes a batch of new groups, then records them (and the groups that failed to be read
-    /// since the last batch) as assigned.
+    /// since the last batch) as assigned; returns the batch's changes.
     async fn write_new_groups(
-        &self,
+        self,
         batch: Vec<WholeGroup>,
-        failed: &mut Vec<(GroupId, Option<String>)>,
+        failed: Vec<(GroupId, Option<String>)>,
         now: DateTime<Utc>,
-        changes: &mut Changes,
-    ) -> Result<()> {
-        self.write_groups(&batch, now, changes).await?;
-        let mut assigned = std::mem::take(failed);
+    ) -> Result<Changes> {
+        let mut changes = self.tally();
+        self.write_groups(&batch, now, &mut changes).await?;
+        let mut assigned = failed;
         assigned.extend(
             batch
                 .into_iter()
                 .map(|whole| (whole.group, whole.display_name)),
         );
-        if assigned.is_empty() {
-            return Ok(());
+        if !assigned.is_empty() {
+            self.remember_assigned(&assigned, now).await?;
         }
-        self.remember_assigned(&assigned, now).await
+        Ok(changes)
     }
 
     /// A user's roles are those assigned to the user directly or to a group the user is a direct
@@ -378,6 +387,19 @@ impl Syncer {
             read
         };
         tokio::join!(reading, collecting).1
+    }
+}
+
+/// A batch writer's outcome, as `JoinSet::join_next` gives it.
+fn written(
+    joined: Option<std::result::Result<Result<Changes>, tokio::task::JoinError>>,
+) -> Result<Changes> {
+    match joined {
+        Some(Ok(outcome)) => outcome,
+        Some(Err(failure)) => Err(crate::Error::Settings(format!(
+            "a batch writer failed: {failure}"
+        ))),
+        None => Ok(Changes::counted()),
     }
 }
 

@@ -17,8 +17,13 @@ pub(super) const PARALLEL_READS: usize = 8;
 /// A batch closes at this many groups, or at this many members, whichever comes first: large
 /// enough that statements and commits are few, small enough that a transaction holds LiteLLM's
 /// locks for a fraction of a second.
-pub(super) const BATCH_GROUPS: usize = 100;
-const BATCH_MEMBERS: usize = 10_000;
+pub(super) const BATCH_GROUPS: usize = 25;
+const BATCH_MEMBERS: usize = 2_500;
+
+/// Batches written at once: one is planned while PostgreSQL writes the other. Their teams differ;
+/// users they share are locked in one order and created in one order, so that they wait for each
+/// other rather than deadlock, and a user both create is settled by the retry of one batch.
+pub(super) const WRITERS: usize = 2;
 
 /// A group read whole, its team to be made equal to it.
 pub(super) struct WholeGroup {
