@@ -3,9 +3,8 @@
 //! A request hands its entries to the committer over a bounded channel, with a oneshot for the
 //! answer and its deadline, and waits for that answer (or its deadline). One task takes whatever
 //! is queued (up to [`MAX_BATCH_ENTRIES`]), writes it in one transaction, and answers each
-//! request. While [`IN_FLIGHT`] transactions are on their way the next requests queue up, so the
-//! batches grow with the load and a lone request still goes out at once: nothing waits for a
-//! batch to fill.
+//! request. While one transaction is in flight the next requests queue up, so the batches grow
+//! with the load and a lone request still goes out at once: nothing waits for a batch to fill.
 //!
 //! What each request can rely on, as before group commit:
 //! - an `Ok` means Redis has stored all of its entries (MULTI/EXEC: the batch is all or none);
@@ -29,9 +28,6 @@ pub const CHANNEL_CAPACITY: usize = 4096;
 /// Entries per transaction: more go out in the next one. A single request larger than this
 /// still goes out whole, alone.
 pub const MAX_BATCH_ENTRIES: usize = 1024;
-
-/// Transactions on their way to Redis at once.
-pub const IN_FLIGHT: usize = 2;
 
 /// Why a request's entries were not stored.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -123,27 +119,13 @@ struct Committer {
 }
 
 impl Committer {
-    /// Takes what is queued, commits it, answers; until every sender is gone. Up to
-    /// [`IN_FLIGHT`] transactions are on their way at once: requests that arrive while one is
-    /// in flight go out in the next straight away instead of waiting a round trip for it.
-    /// Redis runs a connection's transactions in the order they were sent.
+    /// Takes what is queued, commits it, answers; until every sender is gone.
     async fn run(self, mut receiver: mpsc::Receiver<Job>) {
-        let committer = Arc::new(self);
-        let mut in_flight = tokio::task::JoinSet::new();
-        loop {
-            let first = if in_flight.len() < IN_FLIGHT {
-                tokio::select! {
-                    job = receiver.recv() => job,
-                    Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
-                }
-            } else {
-                in_flight.join_next().await;
-                continue;
-            };
-            let Some(first) = first else { break };
+        let mut batch = Vec::new();
+        while let Some(first) = receiver.recv().await {
             let mut entries = first.entries.len();
-            let mut batch = vec![first];
-            while entries < committer.max_entries {
+            batch.push(first);
+            while entries < self.max_entries {
                 match receiver.try_recv() {
                     Ok(job) => {
                         entries += job.entries.len();
@@ -152,10 +134,8 @@ impl Committer {
                     Err(_) => break,
                 }
             }
-            let committer = committer.clone();
-            in_flight.spawn(async move { committer.commit(&mut batch).await });
+            self.commit(&mut batch).await;
         }
-        while in_flight.join_next().await.is_some() {}
     }
 
     /// Writes the batch's live jobs in one transaction and answers each; empties `batch`.
@@ -260,25 +240,25 @@ mod tests {
             MAX_BATCH_ENTRIES,
         );
         let deadline = Instant::now() + Duration::from_secs(2);
-        // IN_FLIGHT transactions on their way (Redis hangs), one request waiting in the channel:
-        // the channel is full.
-        let mut answered = Vec::new();
-        for name in ["a", "b", "c"].into_iter().take(IN_FLIGHT + 1) {
-            answered.push(tokio::spawn({
-                let (commits, entries) = (commits.clone(), queue.entries(&[record(name)]));
-                async move { commits.store(entries, deadline).await }
-            }));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        // One in flight (Redis hangs), one waiting in the channel: the channel is full.
+        let in_flight = tokio::spawn({
+            let (commits, entries) = (commits.clone(), queue.entries(&[record("a")]));
+            async move { commits.store(entries, deadline).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let waiting = tokio::spawn({
+            let (commits, entries) = (commits.clone(), queue.entries(&[record("b")]));
+            async move { commits.store(entries, deadline).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let started = Instant::now();
-        let refused = commits.store(queue.entries(&[record("d")]), deadline).await;
+        let refused = commits.store(queue.entries(&[record("c")]), deadline).await;
         assert!(matches!(refused, Err(StoreError::Busy(1))), "{refused:?}");
         // At once: long before the 2-second deadline it would otherwise wait for.
         assert!(started.elapsed() < Duration::from_millis(500));
         // The others get their answers (failures: Redis hangs), none of them a success.
-        for answer in answered {
-            assert!(answer.await.unwrap().is_err());
-        }
+        assert!(in_flight.await.unwrap().is_err());
+        assert!(waiting.await.unwrap().is_err());
         assert!(stream.is_empty());
     }
 }
