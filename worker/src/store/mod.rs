@@ -1,7 +1,7 @@
 //! The store: the only writer of LiteLLM's tables and of entra-sync's own.
 //!
 //! Each operation applies one intention in one transaction, taking LiteLLM's own locks in
-//! LiteLLM's order (`pg_advisory_xact_lock(hashtext(team_id))`, then the user rows
+//! LiteLLM's order (`pg_advisory_xact_lock(hashtext(team_id))`, then the user rows it writes
 //! `ORDER BY user_id COLLATE "C" FOR UPDATE`), and returns the [`Change`]s it made, which are also
 //! written to the audit log. Operations are idempotent: applying the same intention again finds
 //! nothing to change and writes nothing. There is one dry-run mechanism: every operation does
