@@ -94,3 +94,82 @@ async fn membership_changes_wait_for_litellm_team_lock() {
     adding.await.unwrap().unwrap();
     assert_eq!(entry_ids(db.conn(), &g).await.len(), 2);
 }
+
+fn batch<'a>(
+    groups: &'a [entity::GroupId],
+    members: &'a [worker::directory::EntraUser],
+) -> Vec<worker::store::TeamSync<'a>> {
+    groups
+        .iter()
+        .map(|group| worker::store::TeamSync {
+            group,
+            display_name: Some("Team"),
+            members,
+        })
+        .collect()
+}
+
+/// Writes a batch, trying again after a `ConcurrentChange` as the syncer does.
+async fn write_batch(store: &Store, teams: &[worker::store::TeamSync<'_>]) -> worker::Result<()> {
+    for _ in 0..10 {
+        match store.sync_teams(teams, commit()).await {
+            Err(worker::Error::ConcurrentChange(_)) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            outcome => return outcome.map(|_| ()),
+        }
+    }
+    panic!("ten concurrent changes in a row");
+}
+
+/// Two batches written at once, as a first sync's two writers write them: different teams, the
+/// same users (new ones among them, which both plan to create). Neither deadlocks; one may have to
+/// try again (`ConcurrentChange`, as the syncer's retry does), and then every user is in every
+/// team of both batches, created once.
+#[tokio::test]
+async fn two_batches_sharing_users_neither_deadlock_nor_lose_a_membership() {
+    let db = TestDatabase::new().await;
+    let first = Store::new(
+        db.connect_again().await,
+        LiteLlmSettings::default(),
+        RemovalMode::Managed,
+    );
+    let second = Store::new(
+        db.connect_again().await,
+        LiteLlmSettings::default(),
+        RemovalMode::Managed,
+    );
+    // 3,000 users new to both batches, which name them in opposite orders (users the two share
+    // and both write as existing rows would make one wait for the other's commit at its lock).
+    let members = users(1..3001);
+    let mut reversed = members.clone();
+    reversed.reverse();
+    let (groups_a, groups_b): (Vec<_>, Vec<_>) =
+        ((1..6).map(group).collect(), (6..11).map(group).collect());
+    let (a, b) = (batch(&groups_a, &members), batch(&groups_b, &reversed));
+    let (ra, rb) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(write_batch(&first, &a), write_batch(&second, &b))
+    })
+    .await
+    .expect("the two batches waited on each other for a minute");
+    ra.unwrap();
+    rb.unwrap();
+
+    for group in groups_a.iter().chain(&groups_b) {
+        assert_eq!(entry_ids(db.conn(), group).await.len(), 3000, "{group}");
+        assert_eq!(
+            membership_rows(db.conn(), group).await.len(),
+            3000,
+            "{group}"
+        );
+    }
+    assert_eq!(
+        scalar_i64(
+            db.conn(),
+            r#"SELECT count(*) FROM "LiteLLM_UserTable" WHERE cardinality(teams) >= 10"#
+        )
+        .await,
+        3000,
+        "every user in the ten teams, each user once"
+    );
+}
