@@ -11,19 +11,22 @@ use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 use worker::litellm_config::LiteLlmSettings;
 use worker::store::{LiteLlmWriter, RemovalMode, Store};
 
+/// Two stores on connections of their own, as two writers have them.
+async fn two_stores(db: &TestDatabase) -> (Store, Store) {
+    let store = || async {
+        Store::new(
+            db.connect_again().await,
+            LiteLlmSettings::default(),
+            RemovalMode::Managed,
+        )
+    };
+    (store().await, store().await)
+}
+
 #[tokio::test]
 async fn concurrent_additions_to_one_team_lose_no_member() {
     let db = TestDatabase::new().await;
-    let first = Store::new(
-        db.connect_again().await,
-        LiteLlmSettings::default(),
-        RemovalMode::Managed,
-    );
-    let second = Store::new(
-        db.connect_again().await,
-        LiteLlmSettings::default(),
-        RemovalMode::Managed,
-    );
+    let (first, second) = two_stores(&db).await;
     let g = group(1);
     first.ensure_team(&g, "Team", commit()).await.unwrap();
 
@@ -129,16 +132,7 @@ async fn write_batch(store: &Store, teams: &[worker::store::TeamSync<'_>]) -> wo
 #[tokio::test]
 async fn two_batches_sharing_users_neither_deadlock_nor_lose_a_membership() {
     let db = TestDatabase::new().await;
-    let first = Store::new(
-        db.connect_again().await,
-        LiteLlmSettings::default(),
-        RemovalMode::Managed,
-    );
-    let second = Store::new(
-        db.connect_again().await,
-        LiteLlmSettings::default(),
-        RemovalMode::Managed,
-    );
+    let (first, second) = two_stores(&db).await;
     // 3,000 users new to both batches, which name them in opposite orders (users the two share
     // and both write as existing rows would make one wait for the other's commit at its lock).
     let members = users(1..3001);

@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use entity::{GroupId, UserId};
 use tokio::sync::mpsc;
 
-use super::batch::{BATCH_GROUPS, Batch, PARALLEL_READS, WRITERS, WholeGroup, read_in_parallel};
+use super::batch::{
+    BATCH_GROUPS, Batch, WRITERS, WholeGroup, read_all_in_parallel, read_in_parallel,
+};
 use super::round::RESYNC_SLICE;
 use super::{Syncer, retrying};
 use crate::directory::EntraUser;
@@ -368,25 +370,13 @@ impl Syncer {
         &self,
         groups: Vec<(GroupId, String)>,
     ) -> Vec<((GroupId, String), Result<Vec<DirectoryObject>>)> {
-        let (sender, mut receiver) = mpsc::channel(PARALLEL_READS);
         let graph = self.graph.clone();
-        let reading = read_in_parallel(
-            groups,
-            move |(group, _)| {
-                let graph = graph.clone();
-                let group = group.clone();
-                async move { graph.group_members(&group, false).await }
-            },
-            sender,
-        );
-        let collecting = async {
-            let mut read = Vec::new();
-            while let Some(done) = receiver.recv().await {
-                read.push(done);
-            }
-            read
-        };
-        tokio::join!(reading, collecting).1
+        read_all_in_parallel(groups, move |(group, _)| {
+            let graph = graph.clone();
+            let group = group.clone();
+            async move { graph.group_members(&group, false).await }
+        })
+        .await
     }
 }
 

@@ -117,6 +117,28 @@ impl Syncer {
     }
 }
 
+/// [`read_in_parallel`], every outcome collected (in the order they came).
+pub(super) async fn read_all_in_parallel<I, T, F, Fut>(
+    items: Vec<I>,
+    read: F,
+) -> Vec<(I, Result<T>)>
+where
+    I: Send + 'static,
+    T: Send + 'static,
+    F: Fn(&I) -> Fut,
+    Fut: Future<Output = Result<T>> + Send + 'static,
+{
+    let (sender, mut receiver) = mpsc::channel(PARALLEL_READS);
+    let collecting = async {
+        let mut read = Vec::new();
+        while let Some(done) = receiver.recv().await {
+            read.push(done);
+        }
+        read
+    };
+    tokio::join!(read_in_parallel(items, read, sender), collecting).1
+}
+
 /// Runs `read` for every item, [`PARALLEL_READS`] at a time, and sends each item with its
 /// outcome as soon as it is read; stops when the receiver is gone.
 pub(super) async fn read_in_parallel<I, T, F, Fut>(

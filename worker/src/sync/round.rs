@@ -4,9 +4,8 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use entity::{GroupId, UserId};
-use tokio::sync::mpsc;
 
-use super::batch::{Batch, PARALLEL_READS, WholeGroup, read_in_parallel};
+use super::batch::{Batch, WholeGroup, read_all_in_parallel};
 use super::{Membership, Syncer, retrying};
 use crate::directory::EntraUser;
 use crate::error::{Error, Result};
@@ -315,36 +314,26 @@ impl Syncer {
             }
         }
         // With transitive membership, each group's members are read on their own.
-        let (sender, mut receiver) = mpsc::channel(PARALLEL_READS);
         let reader = self.clone();
-        let reading = read_in_parallel(
-            unread,
-            move |(group, _)| {
-                let syncer = reader.clone();
-                let group = group.clone();
-                async move { syncer.members_of(&group, now).await }
-            },
-            sender,
-        );
-        let collecting = async {
-            while let Some(((group, display_name), members)) = receiver.recv().await {
-                match members {
-                    Ok(members) => whole.push(WholeGroup {
-                        group,
-                        display_name,
-                        members,
-                    }),
-                    Err(error) => {
-                        let made = self
-                            .settle_item(Item::Group(group), Err(error), now)
-                            .await?;
-                        changes.add(made);
-                    }
-                }
+        let read = read_all_in_parallel(unread, move |(group, _)| {
+            let syncer = reader.clone();
+            let group = group.clone();
+            async move { syncer.members_of(&group, now).await }
+        })
+        .await;
+        for ((group, display_name), members) in read {
+            match members {
+                Ok(members) => whole.push(WholeGroup {
+                    group,
+                    display_name,
+                    members,
+                }),
+                Err(error) => changes.add(
+                    self.settle_item(Item::Group(group), Err(error), now)
+                        .await?,
+                ),
             }
-            Ok::<(), Error>(())
-        };
-        tokio::join!(reading, collecting).1?;
+        }
         let mut batch = Batch::default();
         for group in whole {
             if batch.push(group) {
