@@ -286,7 +286,8 @@ struct Prepared<'r, 'a> {
     joining: Vec<&'a EntraUser>,
     owners_now: Option<Vec<&'a EntraUser>>,
     ids: Vec<String>,
-    emails: Vec<String>,
+    /// The joining users' and owners' emails, with their object ids.
+    emails: Vec<(String, String)>,
 }
 
 impl<'r, 'a> Prepared<'r, 'a> {
@@ -297,10 +298,11 @@ impl<'r, 'a> Prepared<'r, 'a> {
             Owners::Kept | Owners::Ignored => None,
         };
         let mut ids: Vec<String> = joining.iter().map(|u| u.id.to_string()).collect();
-        let mut emails: Vec<String> = joining.iter().filter_map(|u| u.email()).collect();
+        let with_email = |u: &&EntraUser| Some((u.id.to_string(), u.email()?));
+        let mut emails: Vec<(String, String)> = joining.iter().filter_map(with_email).collect();
         if let Some(owners) = &owners_now {
             ids.extend(owners.iter().map(|u| u.id.to_string()));
-            emails.extend(owners.iter().filter_map(|u| u.email()));
+            emails.extend(owners.iter().filter_map(with_email));
             ids.extend(team.owners.keys().cloned());
         }
         match request.leaving {
@@ -319,17 +321,31 @@ impl<'r, 'a> Prepared<'r, 'a> {
         }
     }
 
-    /// The users whose membership rows the plan needs: those it may touch, and every member
-    /// for a replacement.
+    /// The users whose membership rows the plan needs: those it may touch who are members now
+    /// (an entry, or a membership entra-sync manages), those named as leaving, and every member
+    /// for a replacement. A joining user who is not a member yet joins whether or not a bare row
+    /// exists (the row is inserted unless it does), so a first sync looks up no rows at all.
     fn looked_at<'t>(
         &'t self,
         candidates: &'t Candidates,
         team: &'t TeamState,
     ) -> HashSet<&'t str> {
+        let member = |user_id: &&str| {
+            team.entries.contains_key(*user_id) || team.managed.contains_key(*user_id)
+        };
         let mut looked_at: HashSet<&str> = candidates
             .matching(&self.ids, &self.emails)
             .map(|row| row.user_id.as_str())
+            .filter(member)
             .collect();
+        if let Leaving::These(leaving) = self.request.leaving {
+            let named: Vec<String> = leaving.iter().map(ToString::to_string).collect();
+            looked_at.extend(
+                candidates
+                    .matching(&named, &[])
+                    .map(|row| row.user_id.as_str()),
+            );
+        }
         looked_at.extend(team.managed.keys().map(String::as_str));
         if matches!(
             self.request.leaving,
@@ -394,7 +410,7 @@ pub(super) async fn apply_many(
     // Every user the requests may touch, in one statement; only those written are locked, once
     // planned (see `execute`).
     let ids: Vec<&String> = prepared.iter().flat_map(|p| &p.ids).collect();
-    let emails: Vec<&String> = prepared.iter().flat_map(|p| &p.emails).collect();
+    let emails: Vec<&(String, String)> = prepared.iter().flat_map(|p| &p.emails).collect();
     let mut candidates = Candidates::new(users::read_candidates(txn, &ids, &emails).await?);
     let looked_at: Vec<(String, String)> = prepared
         .iter()

@@ -49,12 +49,57 @@ pub(super) async fn lock_candidates<S: AsRef<str>>(
 /// ([`lock_users`]). What it decides from these rows cannot change meanwhile: a user's
 /// membership of a team changes only under that team's lock, which the planner holds, and every
 /// write is relative to the row as it is then (a team appended if absent, an id set if unset).
-pub(super) async fn read_candidates<S: AsRef<str>>(
+///
+/// `emails` pairs each email with its user's object id: rows are read by email only for users
+/// no row has the id of, since [`Candidates::find`] looks no further for the others. Two
+/// statements instead of one `OR`: PostgreSQL answers an `OR` over the three columns with a scan
+/// of the whole table (every user's `lower(user_email)` computed), where each lookup alone uses
+/// its index, and a batch whose users all exist needs no email lookup at all.
+pub(super) async fn read_candidates(
     txn: &DatabaseTransaction,
-    ids: &[S],
-    emails: &[S],
+    ids: &[&String],
+    emails: &[&(String, String)],
 ) -> Result<Vec<UserRow>> {
-    candidates(txn, ids, emails, "").await
+    let mut rows = if ids.is_empty() {
+        Vec::new()
+    } else {
+        UserRow::find_by_statement(stmt(
+            r#"SELECT user_id, sso_user_id, user_email, user_role, teams
+               FROM "LiteLLM_UserTable"
+               WHERE user_id = ANY($1) OR sso_user_id = ANY($1)"#,
+            [text_array(ids)],
+        ))
+        .all(txn)
+        .await?
+    };
+    let found: HashSet<&str> = rows
+        .iter()
+        .flat_map(|row| [Some(row.user_id.as_str()), row.sso_user_id.as_deref()])
+        .flatten()
+        .collect();
+    let unmatched: Vec<&str> = emails
+        .iter()
+        .filter(|(id, _)| !found.contains(id.as_str()))
+        .map(|(_, email)| email.as_str())
+        .collect();
+    if !unmatched.is_empty() {
+        let known: HashSet<String> = rows.iter().map(|row| row.user_id.clone()).collect();
+        let by_email = UserRow::find_by_statement(stmt(
+            r#"SELECT user_id, sso_user_id, user_email, user_role, teams
+               FROM "LiteLLM_UserTable" WHERE lower(user_email) = ANY($1)"#,
+            [text_array(&unmatched)],
+        ))
+        .all(txn)
+        .await?;
+        rows.extend(
+            by_email
+                .into_iter()
+                .filter(|row| !known.contains(&row.user_id)),
+        );
+    }
+    // LiteLLM's order, `user_id COLLATE "C"`: byte order, as Rust compares strings.
+    rows.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
+    Ok(rows)
 }
 
 async fn candidates<S: AsRef<str>>(
@@ -149,11 +194,11 @@ impl Candidates {
 
     /// The rows [`lock_candidates`] returns for these ids and emails alone (one request of a
     /// batch that locked the candidates of all).
-    pub fn matching<'a>(
-        &'a self,
-        ids: &'a [String],
-        emails: &'a [String],
-    ) -> impl Iterator<Item = &'a UserRow> + 'a {
+    pub fn matching<'c, 'q>(
+        &'c self,
+        ids: &'q [String],
+        emails: &'q [(String, String)],
+    ) -> impl Iterator<Item = &'c UserRow> + use<'c, 'q> {
         let by_ids = ids.iter().flat_map(|id| {
             [self.by_id.get(id), self.by_sso.get(id)]
                 .into_iter()
@@ -161,7 +206,7 @@ impl Candidates {
         });
         let by_emails = emails
             .iter()
-            .flat_map(|email| self.by_email.get(email).into_iter().flatten());
+            .flat_map(|(_, email)| self.by_email.get(email).into_iter().flatten());
         by_ids.chain(by_emails).map(|&row| &self.rows[row])
     }
 

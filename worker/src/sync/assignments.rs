@@ -7,9 +7,8 @@ use entity::{GroupId, UserId};
 use tokio::sync::mpsc;
 
 use super::batch::{
-    BATCH_GROUPS, Batch, WRITERS, WholeGroup, read_all_in_parallel, read_in_parallel,
+    BATCH_GROUPS, Batch, WholeGroup, Writers, read_all_in_parallel, read_in_parallel,
 };
-use super::round::RESYNC_SLICE;
 use super::{Syncer, retrying};
 use crate::directory::EntraUser;
 use crate::error::Result;
@@ -122,9 +121,8 @@ impl Syncer {
                 .filter(|group| assigned.contains_key(*group))
                 .cloned()
                 .collect();
-            for slice in earlier.chunks(RESYNC_SLICE) {
-                self.resync_slice(slice, now, &mut report.changes).await?;
-            }
+            self.resync_groups(earlier, now, &mut report.changes)
+                .await?;
         }
 
         // The new groups' owners, now that their teams exist. The rounds' delta carries later
@@ -158,7 +156,7 @@ impl Syncer {
     }
 
     /// New groups get their team and full membership: read several at a time while the groups
-    /// read are written a batch at a time (see [`Self::write_groups`]), by [`WRITERS`] writers
+    /// read are written a batch at a time (see [`Self::write_groups`]), by [`Writers`]
     /// (PostgreSQL works on one batch while the next is planned). Each batch's groups are
     /// recorded as assigned once written, so a failure repeats at most the batches in flight; a
     /// group that fails on its own is recorded as assigned all the same, and its retry makes its
@@ -183,7 +181,7 @@ impl Syncer {
             },
             sender,
         ));
-        let mut writing = tokio::task::JoinSet::new();
+        let mut writers = Writers::new(self, now);
         let mut batch = Batch::default();
         let mut failed = Vec::new();
         while let Some(((group, name), members)) = receiver.recv().await {
@@ -195,12 +193,8 @@ impl Syncer {
                         members,
                     };
                     if batch.push(whole) {
-                        while writing.len() >= WRITERS {
-                            changes.merge(written(writing.join_next().await)?);
-                        }
-                        let batch = batch.take();
                         let failed = std::mem::take(&mut failed);
-                        writing.spawn(self.clone().write_new_groups(batch, failed, now));
+                        writers.write(batch.take(), failed, changes).await?;
                     }
                 }
                 Err(error) => {
@@ -210,33 +204,9 @@ impl Syncer {
                 }
             }
         }
-        writing.spawn(self.clone().write_new_groups(batch.take(), failed, now));
-        while !writing.is_empty() {
-            changes.merge(written(writing.join_next().await)?);
-        }
+        writers.write(batch.take(), failed, changes).await?;
+        writers.finish(changes).await?;
         Ok(())
-    }
-
-    /// Writes a batch of new groups, then records them (and the groups that failed to be read
-    /// since the last batch) as assigned; returns the batch's changes.
-    async fn write_new_groups(
-        self,
-        batch: Vec<WholeGroup>,
-        failed: Vec<(GroupId, Option<String>)>,
-        now: DateTime<Utc>,
-    ) -> Result<Changes> {
-        let mut changes = self.tally();
-        self.write_groups(&batch, now, &mut changes).await?;
-        let mut assigned = failed;
-        assigned.extend(
-            batch
-                .into_iter()
-                .map(|whole| (whole.group, whole.display_name)),
-        );
-        if !assigned.is_empty() {
-            self.remember_assigned(&assigned, now).await?;
-        }
-        Ok(changes)
     }
 
     /// A user's roles are those assigned to the user directly or to a group the user is a direct
@@ -377,19 +347,6 @@ impl Syncer {
             async move { graph.group_members(&group, false).await }
         })
         .await
-    }
-}
-
-/// A batch writer's outcome, as `JoinSet::join_next` gives it.
-fn written(
-    joined: Option<std::result::Result<Result<Changes>, tokio::task::JoinError>>,
-) -> Result<Changes> {
-    match joined {
-        Some(Ok(outcome)) => outcome,
-        Some(Err(failure)) => Err(crate::Error::Settings(format!(
-            "a batch writer failed: {failure}"
-        ))),
-        None => Ok(Changes::counted()),
     }
 }
 

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use entity::GroupId;
 use std::future::Future;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use super::{Syncer, retrying};
 use crate::directory::EntraUser;
@@ -117,6 +118,76 @@ impl Syncer {
     }
 }
 
+/// Batches written by [`WRITERS`] tasks at once, each batch's groups recorded as assigned once
+/// it is written (so that a failure repeats at most the batches in flight). The tasks stop when
+/// this is dropped.
+pub(super) struct Writers {
+    syncer: Syncer,
+    now: DateTime<Utc>,
+    running: JoinSet<Result<(usize, Changes)>>,
+}
+
+impl Writers {
+    pub fn new(syncer: &Syncer, now: DateTime<Utc>) -> Self {
+        Self {
+            syncer: syncer.clone(),
+            now,
+            running: JoinSet::new(),
+        }
+    }
+
+    /// Writes `batch` as soon as a writer is free, then records its named groups and `also`
+    /// (groups that could not be read, say) as assigned. Returns how many teams the batches
+    /// that finished meanwhile changed, their changes added to `changes`.
+    pub async fn write(
+        &mut self,
+        batch: Vec<WholeGroup>,
+        also: Vec<(GroupId, Option<String>)>,
+        changes: &mut Changes,
+    ) -> Result<usize> {
+        let mut changed = 0;
+        while self.running.len() >= WRITERS {
+            changed += self.next_written(changes).await?;
+        }
+        let syncer = self.syncer.clone();
+        let now = self.now;
+        self.running.spawn(async move {
+            let mut written = syncer.tally();
+            let changed = syncer.write_groups(&batch, now, &mut written).await?;
+            let mut assigned = also;
+            assigned.extend(
+                batch
+                    .into_iter()
+                    .filter_map(|whole| Some((whole.group, Some(whole.display_name?)))),
+            );
+            syncer.remember_assigned(&assigned, now).await?;
+            Ok((changed, written))
+        });
+        Ok(changed)
+    }
+
+    /// Waits for every batch; returns how many teams they changed, as [`Self::write`] does.
+    pub async fn finish(mut self, changes: &mut Changes) -> Result<usize> {
+        let mut changed = 0;
+        while !self.running.is_empty() {
+            changed += self.next_written(changes).await?;
+        }
+        Ok(changed)
+    }
+
+    async fn next_written(&mut self, changes: &mut Changes) -> Result<usize> {
+        match self.running.join_next().await {
+            Some(Ok(outcome)) => {
+                let (changed, written) = outcome?;
+                changes.merge(written);
+                Ok(changed)
+            }
+            Some(Err(failure)) => Err(Error::Settings(format!("a batch writer failed: {failure}"))),
+            None => Ok(0),
+        }
+    }
+}
+
 /// [`read_in_parallel`], every outcome collected (in the order they came).
 pub(super) async fn read_all_in_parallel<I, T, F, Fut>(
     items: Vec<I>,
@@ -152,7 +223,7 @@ pub(super) async fn read_in_parallel<I, T, F, Fut>(
     Fut: Future<Output = Result<T>> + Send + 'static,
 {
     let mut pending = items.into_iter();
-    let mut running = tokio::task::JoinSet::new();
+    let mut running = JoinSet::new();
     loop {
         while running.len() < PARALLEL_READS {
             let Some(item) = pending.next() else { break };

@@ -5,7 +5,10 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use entity::{GroupId, UserId};
 
-use super::batch::{Batch, WholeGroup, read_all_in_parallel};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::batch::{Batch, WholeGroup, Writers, read_all_in_parallel};
 use super::{Membership, Syncer, retrying};
 use crate::directory::EntraUser;
 use crate::error::{Error, Result};
@@ -16,6 +19,17 @@ use crate::store::{Change, Changes, Item, LiteLlmWriter};
 
 /// Groups a resync reads and applies together: four filtered delta requests.
 pub(super) const RESYNC_SLICE: usize = 200;
+
+/// A slice of groups as a resync read them.
+#[derive(Default)]
+struct SliceRead {
+    /// Groups Graph says are gone.
+    removed: Vec<GroupId>,
+    /// Groups read whole.
+    whole: Vec<WholeGroup>,
+    /// Groups whose members could not be read, with their current names.
+    unreadable: Vec<(GroupId, Option<String>, Error)>,
+}
 
 /// What a round did.
 #[derive(Debug, Default)]
@@ -78,10 +92,9 @@ impl Syncer {
                     .await?
                     .into_iter()
                     .collect();
-                for slice in reached.chunks(RESYNC_SLICE) {
-                    report.groups_applied +=
-                        self.resync_slice(slice, now, &mut report.changes).await?;
-                }
+                report.groups_applied += self
+                    .resync_groups(reached, now, &mut report.changes)
+                    .await?;
             }
         }
         if self.owners_as_admins {
@@ -248,10 +261,9 @@ impl Syncer {
         }
         let assigned: Vec<GroupId> = self.store.assigned_groups().await?.into_keys().collect();
         let mut changes = self.tally();
-        let mut groups_applied = 0;
-        for slice in assigned.chunks(RESYNC_SLICE) {
-            groups_applied += self.resync_slice(slice, now, &mut changes).await?;
-        }
+        let groups_applied = self
+            .resync_groups(assigned.clone(), now, &mut changes)
+            .await?;
         // Owner changes made before the new deltaLink are in no round after it, and member
         // changes of role-holding groups may be among what it found.
         self.sync_owners(&assigned, now, &mut changes).await?;
@@ -268,81 +280,107 @@ impl Syncer {
         Ok(report)
     }
 
-    /// One slice of a resync; returns how many of its groups' teams changed.
-    pub(super) async fn resync_slice(
+    /// Groups read whole and their teams made equal to them (renamed, retired when gone), a slice
+    /// of [`RESYNC_SLICE`] groups read at a time: the next slice is read from Graph while the
+    /// last one's batches are written ([`Writers`]). Returns how many teams changed.
+    pub(super) async fn resync_groups(
         &self,
-        groups: &[GroupId],
+        groups: Vec<GroupId>,
         now: DateTime<Utc>,
         changes: &mut Changes,
     ) -> Result<usize> {
-        let current = self.current_state(groups).await?;
-        let mut direct = self.direct_members(current.iter()).await?;
-        let mut work = Vec::new();
-        for group in groups {
-            // Not returned at all: the next poll of assignments settles it.
-            let Some(delta) = current.get(group) else {
-                continue;
-            };
-            work.push((group.clone(), delta.clone(), direct.remove(group)));
-        }
-        // Renamed groups are recorded once the slice is applied.
-        let named: Vec<(GroupId, Option<String>)> = work
-            .iter()
-            .filter(|(_, delta, _)| delta.group_removed.is_none())
-            .filter_map(|(group, delta, _)| {
-                Some((group.clone(), Some(delta.display_name.clone()?)))
-            })
-            .collect();
+        // One slice read ahead; a JoinSet, so that the reads stop when this returns early.
+        let (sender, mut receiver) = mpsc::channel(1);
+        let reader = self.clone();
+        let mut reading = JoinSet::new();
+        reading.spawn(async move {
+            for slice in groups.chunks(RESYNC_SLICE) {
+                let read = reader.read_slice(slice, now).await;
+                let failed = read.is_err();
+                if sender.send(read).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
         let mut changed = 0;
-        let mut whole = Vec::new();
-        let mut unread = Vec::new();
-        for (group, delta, members) in work {
-            if delta.group_removed.is_some() {
+        let mut writers = Writers::new(self, now);
+        let mut batch = Batch::default();
+        // Groups whose members could not be read keep their new names all the same, recorded
+        // with the next batch.
+        let mut renamed = Vec::new();
+        while let Some(read) = receiver.recv().await {
+            let read = read?;
+            for group in read.removed {
                 let outcome = self.retire_group(&group, now).await;
                 let made = self.settle_item(Item::Group(group), outcome, now).await?;
                 changed += usize::from(!made.is_empty());
                 changes.add(made);
+            }
+            for (group, display_name, error) in read.unreadable {
+                changes.add(
+                    self.settle_item(Item::Group(group.clone()), Err(error), now)
+                        .await?,
+                );
+                if display_name.is_some() {
+                    renamed.push((group, display_name));
+                }
+            }
+            for whole in read.whole {
+                if batch.push(whole) {
+                    let renamed = std::mem::take(&mut renamed);
+                    changed += writers.write(batch.take(), renamed, changes).await?;
+                }
+            }
+        }
+        changed += writers.write(batch.take(), renamed, changes).await?;
+        changed += writers.finish(changes).await?;
+        Ok(changed)
+    }
+
+    /// One slice of groups as Graph has them now: their names and members (through delta with
+    /// `$filter`, their users with getByIds; with transitive membership each group's members
+    /// read on their own), and which are gone.
+    async fn read_slice(&self, groups: &[GroupId], now: DateTime<Utc>) -> Result<SliceRead> {
+        let mut current = self.current_state(groups).await?;
+        let mut direct = self.direct_members(current.iter()).await?;
+        let mut read = SliceRead::default();
+        let mut unread = Vec::new();
+        for group in groups {
+            // Not returned at all: the next poll of assignments settles it.
+            let Some(delta) = current.remove(group) else {
+                continue;
+            };
+            if delta.group_removed.is_some() {
+                read.removed.push(group.clone());
                 continue;
             }
-            match members {
-                Some(members) => whole.push(WholeGroup {
-                    group,
+            match direct.remove(group) {
+                Some(members) => read.whole.push(WholeGroup {
+                    group: group.clone(),
                     display_name: delta.display_name,
                     members,
                 }),
-                None => unread.push((group, delta.display_name)),
+                None => unread.push((group.clone(), delta.display_name)),
             }
         }
-        // With transitive membership, each group's members are read on their own.
         let reader = self.clone();
-        let read = read_all_in_parallel(unread, move |(group, _)| {
+        let members = read_all_in_parallel(unread, move |(group, _)| {
             let syncer = reader.clone();
             let group = group.clone();
             async move { syncer.members_of(&group, now).await }
         })
         .await;
-        for ((group, display_name), members) in read {
+        for ((group, display_name), members) in members {
             match members {
-                Ok(members) => whole.push(WholeGroup {
+                Ok(members) => read.whole.push(WholeGroup {
                     group,
                     display_name,
                     members,
                 }),
-                Err(error) => changes.add(
-                    self.settle_item(Item::Group(group), Err(error), now)
-                        .await?,
-                ),
+                Err(error) => read.unreadable.push((group, display_name, error)),
             }
         }
-        let mut batch = Batch::default();
-        for group in whole {
-            if batch.push(group) {
-                changed += self.write_groups(&batch.take(), now, changes).await?;
-            }
-        }
-        changed += self.write_groups(&batch.take(), now, changes).await?;
-        self.remember_assigned(&named, now).await?;
-        Ok(changed)
+        Ok(read)
     }
 
     /// With direct membership, each group's members from its current state (its users read
