@@ -12,6 +12,7 @@ mod m20261201_000004_audit_removals_index;
 mod m20261201_000005_fencing_and_failed_items;
 mod m20261202_000006_nesting_and_owners;
 mod m20261203_000007_poll_state;
+mod m20261204_000008_audit_cause_and_lookups;
 
 pub use sea_orm_migration::MigratorTrait;
 pub use sea_orm_migration::sea_orm;
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000005_fencing_and_failed_items::Migration),
             Box::new(m20261202_000006_nesting_and_owners::Migration),
             Box::new(m20261203_000007_poll_state::Migration),
+            Box::new(m20261204_000008_audit_cause_and_lookups::Migration),
         ]
     }
 

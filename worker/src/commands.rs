@@ -1,4 +1,4 @@
-//! The worker's one-shot commands: `sync`, `subscriptions` and `status`. Each prints for a human
+//! The worker's one-shot commands: `sync`, `subscriptions`, `status` and `audit`. Each prints for a human
 //! on stderr and, where a machine may read it, JSON on stdout.
 
 use std::io::Write;
@@ -305,5 +305,201 @@ fn human_duration(d: chrono::Duration) -> String {
         120..=7199 => format!("{sign}{}m", s / 60),
         7200..=172_799 => format!("{sign}{}h", s / 3600),
         _ => format!("{sign}{}d", s / 86_400),
+    }
+}
+
+/// `audit`'s arguments: which entries, and how to print them.
+#[derive(Clone, Debug, clap::Args)]
+pub struct AuditArgs {
+    /// A user: LiteLLM user id, Entra object id or email.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// A team: its id (the group's object id) or its alias.
+    #[arg(long)]
+    pub team: Option<String>,
+    /// Entries this recent (`7d`, `36h`, `90min`) or since this time (`2026-11-30`,
+    /// `2026-11-30T09:00:00Z`).
+    #[arg(long, value_parser = parse_since)]
+    pub since: Option<Since>,
+    /// Entries of this kind (`member_removed`, `team_created`, ...); repeat for several.
+    #[arg(long)]
+    pub kind: Vec<String>,
+    /// At most this many entries, the newest.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u64,
+    /// One JSON object a line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--since`: a time, or how long before now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Since {
+    Ago(std::time::Duration),
+    At(DateTime<Utc>),
+}
+
+impl Since {
+    fn at(self, now: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            Self::At(at) => at,
+            Self::Ago(ago) => chrono::Duration::from_std(ago)
+                .ok()
+                .and_then(|ago| now.checked_sub_signed(ago))
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+        }
+    }
+}
+
+/// Parses `--since`: an RFC 3339 time, a date (midnight UTC), or a duration.
+pub fn parse_since(text: &str) -> std::result::Result<Since, String> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Ok(Since::At(at.with_timezone(&Utc)));
+    }
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(Since::At(day.and_time(chrono::NaiveTime::MIN).and_utc()));
+    }
+    humantime::parse_duration(text)
+        .map(Since::Ago)
+        .map_err(|_| {
+            format!("{text:?} is neither a duration (7d, 36h) nor a time (2026-11-30, RFC 3339)")
+        })
+}
+
+/// `audit`: the audit log's entries that match, newest first: when, what, which team and user,
+/// and what made the change.
+pub async fn audit(config: &WorkerConfig, args: &AuditArgs) -> Result<()> {
+    let db = crate::serve::open_database(config).await?;
+    let store = crate::store::Store::new(
+        db,
+        crate::litellm_config::LiteLlmSettings::default(),
+        config.removal_mode,
+    );
+    let filter = crate::store::AuditFilter {
+        user: args.user.clone(),
+        team: args.team.clone(),
+        since: args.since.map(|since| since.at(Utc::now())),
+        kinds: args.kind.clone(),
+        limit: args.limit,
+    };
+    let entries = store.audit_entries(&filter).await?;
+    if args.json {
+        for entry in &entries {
+            print_json_line(entry)?;
+        }
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    let table = audit_table(&entries);
+    write!(out, "{table}").map_err(|e| Error::Settings(format!("cannot write to stdout: {e}")))
+}
+
+/// The entries as a table for a human: one line each, columns aligned.
+fn audit_table(entries: &[crate::store::AuditEntry]) -> String {
+    let header = ["WHEN (UTC)", "WHAT", "TEAM", "USER", "CAUSE", "DETAIL"].map(String::from);
+    let rows: Vec<[String; 6]> = entries
+        .iter()
+        .map(|entry| {
+            let named = |id: &Option<String>, name: &Option<String>| match (id, name) {
+                (Some(id), Some(name)) if name != id => format!("{name} ({id})"),
+                (Some(id), _) => id.clone(),
+                (None, _) => "-".to_owned(),
+            };
+            [
+                entry.recorded_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                entry.kind.clone(),
+                named(&entry.team_id, &entry.team_alias),
+                named(&entry.user_id, &entry.user_email),
+                entry.cause.clone().unwrap_or_else(|| "-".to_owned()),
+                detail_summary(&entry.detail),
+            ]
+        })
+        .collect();
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut table = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        table.push_str(cells.join("  ").trim_end());
+        table.push('\n');
+    }
+    if rows.is_empty() {
+        table.push_str("(no entries)\n");
+    }
+    table
+}
+
+/// What an entry's detail adds to its kind, team and user: the other fields, `key=value`.
+fn detail_summary(detail: &serde_json::Value) -> String {
+    let Some(fields) = detail.as_object() else {
+        return String::new();
+    };
+    fields
+        .iter()
+        .filter(|(key, _)| !matches!(key.as_str(), "kind" | "team_id" | "user_id"))
+        .filter(|(_, value)| !value.is_null())
+        .map(|(key, value)| match value {
+            serde_json::Value::String(text) => format!("{key}={text}"),
+            other => format!("{key}={other}"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_is_a_time_a_date_or_a_duration_before_now() {
+        let now = DateTime::parse_from_rfc3339("2026-12-02T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let at = |text: &str| parse_since(text).map(|since| since.at(now).to_rfc3339());
+        assert_eq!(at("7d").unwrap(), "2026-11-25T10:00:00+00:00");
+        assert_eq!(at("36h").unwrap(), "2026-11-30T22:00:00+00:00");
+        assert_eq!(at("2026-11-30").unwrap(), "2026-11-30T00:00:00+00:00");
+        assert_eq!(
+            at("2026-11-30T09:30:00+01:00").unwrap(),
+            "2026-11-30T08:30:00+00:00"
+        );
+        assert!(at("yesterday").unwrap_err().contains("neither a duration"));
+    }
+
+    #[test]
+    fn the_table_aligns_its_columns_and_names_teams_and_users() {
+        let entry = crate::store::AuditEntry {
+            id: 1,
+            recorded_at: DateTime::parse_from_rfc3339("2026-12-02T10:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            kind: "member_removed".into(),
+            team_id: Some("g-2".into()),
+            team_alias: Some("Research".into()),
+            user_id: Some("u-1".into()),
+            user_email: Some("ada@contoso.example".into()),
+            cause: Some("delta_round".into()),
+            detail: serde_json::json!({"kind": "member_removed", "team_id": "g-2", "user_id": "u-1"}),
+        };
+        let table = audit_table(&[entry]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 2, "{table}");
+        assert_eq!(
+            lines[1],
+            "2026-12-02 10:00:00  member_removed  Research (g-2)  ada@contoso.example (u-1)  delta_round"
+        );
+        assert_eq!(lines[0].find("WHAT"), lines[1].find("member_removed"));
+        assert_eq!(
+            audit_table(&[]),
+            "WHEN (UTC)  WHAT  TEAM  USER  CAUSE  DETAIL\n(no entries)\n"
+        );
     }
 }

@@ -91,6 +91,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "ENTRA_SYNC_RECONCILE_SECONDS", default_value_t = 21_600)]
     pub reconcile_seconds: u64,
 
+    /// Days the audit log keeps its entries; older ones are deleted (by one replica, in batches,
+    /// every hour). 0 keeps them for ever.
+    #[arg(long, env = "ENTRA_SYNC_AUDIT_RETENTION_DAYS", default_value_t = 365)]
+    pub audit_retention_days: u64,
+
     /// Seconds between checks of the subscriptions by the replica holding their lease (the lease
     /// passes to another replica three checks after its holder stops).
     #[arg(
@@ -212,6 +217,14 @@ impl WorkerConfig {
             subscription_check,
             subscription_lease,
         })
+    }
+
+    /// How long audit entries are kept; `None`: for ever.
+    pub fn audit_retention(&self) -> Option<Duration> {
+        match self.audit_retention_days {
+            0 => None,
+            days => Some(Duration::from_secs(days.saturating_mul(86_400))),
+        }
     }
 
     pub fn key_policy(&self) -> KeyPolicy {

@@ -39,6 +39,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the audit log: who gained or lost which team or role, when, and why.
+    Audit(worker::commands::AuditArgs),
 }
 
 #[tokio::main]
@@ -53,6 +55,7 @@ async fn main() -> ExitCode {
             worker::commands::subscriptions(&cli.config, &action).await
         }
         Command::Status { json } => worker::commands::status(&cli.config, json).await,
+        Command::Audit(args) => worker::commands::audit(&cli.config, &args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

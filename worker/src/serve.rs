@@ -176,6 +176,7 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
             poll_interval: intervals.poll,
             max_deliveries: config.max_deliveries,
             reconcile_interval: intervals.reconcile,
+            audit_retention: config.audit_retention(),
             subscription_keeper: Some(KeeperSettings {
                 check: intervals.subscription_check,
                 lease: intervals.subscription_lease,

@@ -42,6 +42,8 @@ pub struct RunSettings {
     pub reconcile_interval: Option<Duration>,
     /// How often the worker looks for failed items due for another attempt.
     pub retry_check: Duration,
+    /// How long audit entries are kept; `None`: for ever.
+    pub audit_retention: Option<Duration>,
     /// How often the subscription keeper checks the subscriptions, and how long its lease lasts
     /// without renewal; `None`: no keeper (lifecycle events are still handled).
     pub subscription_keeper: Option<KeeperSettings>,
@@ -63,6 +65,7 @@ impl Default for RunSettings {
             trim_interval: Duration::from_secs(60),
             reconcile_interval: Some(Duration::from_secs(6 * 3600)),
             retry_check: Duration::from_secs(15),
+            audit_retention: Some(Duration::from_secs(365 * 86_400)),
             subscription_keeper: None,
         }
     }
@@ -132,6 +135,9 @@ impl Worker {
             tasks.spawn(periodic::reconcile(context.clone(), interval));
         }
         tasks.spawn(periodic::housekeeping(context.clone(), housekeeper));
+        if let Some(retention) = context.settings.audit_retention {
+            tasks.spawn(periodic::audit_retention(context.clone(), retention));
+        }
         if let Some((settings, manager)) = keeper {
             let lease = manager.keeper_lease(&holder, settings.lease);
             tasks.spawn(subscriptions::keep(

@@ -62,6 +62,36 @@ pub(super) async fn reconcile(context: Context, interval: Duration) {
     .await;
 }
 
+/// How often audit entries past their retention are looked for.
+const AUDIT_PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Deletes the audit entries older than `retention` every hour (the first time after the first
+/// poll interval), on one replica at a time.
+pub(super) async fn audit_retention(context: Context, retention: Duration) {
+    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    every(
+        &context,
+        context.settings.poll_interval,
+        AUDIT_PURGE_INTERVAL,
+        || async {
+            match context
+                .syncer
+                .purge_audit_log(chrono::Utc::now(), retention)
+                .await
+            {
+                Ok(Some(0) | None) => {}
+                Ok(Some(purged)) => {
+                    tracing::info!(purged, "audit entries past their retention deleted")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot delete old audit entries; next hour retries")
+                }
+            }
+        },
+    )
+    .await;
+}
+
 /// Keeps the stream's and the failed items' gauges current, and trims the stream every
 /// `trim_interval`.
 pub(super) async fn housekeeping(context: Context, mut stream: StreamConsumer) {

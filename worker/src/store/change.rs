@@ -260,11 +260,41 @@ impl Changes {
     }
 }
 
+/// What made a change: the unit of work it belongs to. With the time it was recorded at (each
+/// unit's changes share one), it names the very round, poll or reconciliation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// A groups-delta round, after a notification or on the timer.
+    DeltaRound,
+    /// Every assigned group read whole again (the first round, an expired delta token, a
+    /// `missed` lifecycle notification).
+    Resync,
+    /// The poll of the app's assignments: new and unassigned groups, app roles.
+    AssignmentPoll,
+    /// The periodic reconciliation.
+    Reconciliation,
+    /// Users re-read after `users` notifications (or after notifications were missed).
+    UserNotification,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DeltaRound => "delta_round",
+            Self::Resync => "resync",
+            Self::AssignmentPoll => "assignment_poll",
+            Self::Reconciliation => "reconciliation",
+            Self::UserNotification => "user_notification",
+        }
+    }
+}
+
 /// Appends the changes to the audit log, in one statement.
 pub(super) async fn record(
     txn: &DatabaseTransaction,
     changes: &[Change],
     now: DateTime<Utc>,
+    cause: Option<Cause>,
 ) -> Result<()> {
     if changes.is_empty() {
         return Ok(());
@@ -275,11 +305,11 @@ pub(super) async fn record(
         sea_orm::DbErr::Custom(format!("cannot serialise changes for the audit log: {e}"))
     })?;
     txn.execute(stmt(
-        r#"INSERT INTO entra_sync_audit_log (recorded_at, kind, team_id, user_id, detail)
-           SELECT $1, c->>'kind', c->>'team_id', c->>'user_id', c
+        r#"INSERT INTO entra_sync_audit_log (recorded_at, kind, team_id, user_id, detail, cause)
+           SELECT $1, c->>'kind', c->>'team_id', c->>'user_id', c, $3
            FROM jsonb_array_elements($2::text::jsonb) WITH ORDINALITY AS x(c, n)
            ORDER BY n"#,
-        [now.into(), detail.into()],
+        [now.into(), detail.into(), cause.map(Cause::as_str).into()],
     ))
     .await?;
     Ok(())

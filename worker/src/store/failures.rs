@@ -10,7 +10,7 @@ use entity::sync::failed_item;
 use entity::{GroupId, UserId};
 use sea_orm::{ConnectionTrait, EntityTrait, FromQueryResult, QueryOrder, Statement};
 
-use super::{ApplyOptions, Store};
+use super::{ApplyOptions, Cause, Store};
 use crate::error::Result;
 
 /// What failed.
@@ -85,7 +85,7 @@ impl Store {
             ],
         ))
         .await?;
-        audit(&txn, "sync_failed", item, Some(error), options.now).await?;
+        audit(&txn, "sync_failed", item, Some(error), options).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -102,7 +102,7 @@ impl Store {
             ))
             .await?;
         if cleared.rows_affected() > 0 {
-            audit(&txn, "sync_recovered", item, None, options.now).await?;
+            audit(&txn, "sync_recovered", item, None, options).await?;
         }
         txn.commit().await?;
         Ok(())
@@ -145,7 +145,7 @@ async fn audit(
     kind: &str,
     item: &Item,
     error: Option<&str>,
-    now: DateTime<Utc>,
+    options: ApplyOptions,
 ) -> Result<()> {
     let (team, user) = match item {
         Item::Group(id) => (Some(id.to_string()), None),
@@ -155,14 +155,15 @@ async fn audit(
         "kind": kind, "item": item.kind(), "id": item.id(), "error": error,
     });
     txn.execute(statement(
-        "INSERT INTO entra_sync_audit_log (recorded_at, kind, team_id, user_id, detail)
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO entra_sync_audit_log (recorded_at, kind, team_id, user_id, detail, cause)
+         VALUES ($1, $2, $3, $4, $5, $6)",
         [
-            now.into(),
+            options.now.into(),
             kind.into(),
             team.into(),
             user.into(),
             detail.into(),
+            options.cause.map(Cause::as_str).into(),
         ],
     ))
     .await?;

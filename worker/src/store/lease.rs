@@ -69,6 +69,11 @@ impl Lease {
         }
     }
 
+    /// The replica that holds it when this does.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
     /// Takes the lease, or extends it when this replica already holds it. False when another
     /// replica holds it and it has not run out.
     #[tracing::instrument(skip(self), fields(lease = self.name, holder = self.holder), err(level = "debug"))]

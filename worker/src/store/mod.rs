@@ -11,6 +11,7 @@
 //! writes skipped in a dry run. After a commit, the objects it changed are evicted from LiteLLM's
 //! caches (see [`crate::litellm_cache`]).
 
+mod audit;
 mod change;
 mod failures;
 mod keys;
@@ -35,7 +36,8 @@ use chrono::{DateTime, Utc};
 use entity::{GroupId, UserId};
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 
-pub use change::{BlockReason, Change, Changes};
+pub use audit::{AuditEntry, AuditFilter};
+pub use change::{BlockReason, Cause, Change, Changes};
 pub use failures::{Item, failed_items};
 pub use keys::{DepartedUserKeys, KeyPolicy, RemovedMemberKeys};
 pub use poll_state::PollState;
@@ -68,6 +70,8 @@ pub struct ApplyOptions {
     /// Set: the commit happens only while this fence still holds its lease (see
     /// [`crate::store::lease`]), so that work whose lease passed to another replica writes nothing.
     pub fence: Option<Fence>,
+    /// What the changes are written to the audit log as made by.
+    pub cause: Option<Cause>,
 }
 
 impl ApplyOptions {
@@ -76,6 +80,7 @@ impl ApplyOptions {
             now,
             dry_run: false,
             fence: None,
+            cause: None,
         }
     }
 
@@ -84,7 +89,14 @@ impl ApplyOptions {
             now,
             dry_run: true,
             fence: None,
+            cause: None,
         }
+    }
+
+    /// The same, its changes recorded as made by `cause`.
+    #[must_use]
+    pub fn caused_by(self, cause: Option<Cause>) -> Self {
+        Self { cause, ..self }
     }
 
     /// The same, committing only under `fence`.
@@ -387,7 +399,7 @@ impl Store {
                 if let Some(fence) = options.fence {
                     crate::store::lease::check(&txn, fence).await?;
                 }
-                change::record(&txn, &changes, options.now).await
+                change::record(&txn, &changes, options.now, options.cause).await
             }
             .await;
             if let Err(error) = recorded {

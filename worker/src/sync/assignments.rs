@@ -14,7 +14,7 @@ use crate::directory::EntraUser;
 use crate::error::Result;
 use crate::graph::DeltaStart;
 use crate::graph::model::{AppRoleAssignment, DEFAULT_ACCESS, DirectoryObject};
-use crate::store::{Change, Changes, Item, LiteLlmWriter, PollState};
+use crate::store::{Cause, Change, Changes, Item, LiteLlmWriter, PollState};
 
 /// What a poll did.
 #[derive(Debug, Default)]
@@ -52,9 +52,9 @@ impl Syncer {
     /// round.
     #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn poll_assignments(&self, now: DateTime<Utc>) -> Result<AssignmentReport> {
-        self.exclusively(
-            |syncer| async move { syncer.poll_locked(now, PollScope::WhatChanged).await },
-        )
+        self.exclusively(Cause::AssignmentPoll, |syncer| async move {
+            syncer.poll_locked(now, PollScope::WhatChanged).await
+        })
         .await
     }
 

@@ -26,7 +26,7 @@ use entity::{GroupId, UserId};
 use crate::error::Result;
 use crate::graph::GraphClient;
 use crate::store::lease::{Fence, Lease};
-use crate::store::{ApplyOptions, Change, Changes, Item, LiteLlmWriter, Store};
+use crate::store::{ApplyOptions, Cause, Change, Changes, Item, LiteLlmWriter, Store};
 
 pub use assignments::AssignmentReport;
 pub use nesting::Membership;
@@ -74,6 +74,13 @@ pub enum UnassignedPolicy {
 /// re-read of users), so that replicas never interleave their intentions.
 pub const SYNC_LEASE: &str = "sync";
 
+/// The lease a replica holds while it deletes audit entries past their retention, apart from
+/// [`SYNC_LEASE`] so that a long purge never holds a round back.
+pub const AUDIT_RETENTION_LEASE: &str = "audit_retention";
+
+/// Audit entries deleted to a transaction.
+const AUDIT_PURGE_BATCH: u64 = 10_000;
+
 /// How a syncer takes the [`SYNC_LEASE`].
 #[derive(Clone, Debug)]
 pub struct LeaseSettings {
@@ -108,6 +115,8 @@ pub struct Syncer {
     turn: Arc<tokio::sync::Mutex<()>>,
     /// Set inside a unit of work: the lease it holds, checked at every commit.
     fence: Option<Fence>,
+    /// Set inside a unit of work: what it is, recorded with every change it makes.
+    cause: Option<Cause>,
     policy: UnassignedPolicy,
     departed_policy: DepartedUserPolicy,
     membership: Membership,
@@ -137,6 +146,7 @@ impl Syncer {
             patience: lease_settings.patience,
             turn: Arc::default(),
             fence: None,
+            cause: None,
             policy,
             departed_policy: DepartedUserPolicy::default(),
             membership: Membership::default(),
@@ -160,7 +170,9 @@ impl Syncer {
     /// fence; no transaction stays open meanwhile. Within the process, units wait their turn.
     /// Work already inside a unit (a reconciliation's poll) and dry runs (which write nothing)
     /// run as they are.
-    pub(super) async fn exclusively<T, F, Fut>(&self, work: F) -> Result<T>
+    /// Work inside a unit that is already running (a reconciliation's resync) keeps that unit's
+    /// lease and cause.
+    pub(super) async fn exclusively<T, F, Fut>(&self, cause: Cause, work: F) -> Result<T>
     where
         F: FnOnce(Syncer) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
@@ -169,20 +181,22 @@ impl Syncer {
             return work(self.clone()).await;
         }
         if self.dry_run {
-            return work(self.within_unit(None).await?).await;
+            return work(self.within_unit(None, cause).await?).await;
         }
         let _turn = self.turn.lock().await;
         self.lease
             .hold(self.patience, |fence| async move {
-                work(self.within_unit(Some(fence)).await?).await
+                work(self.within_unit(Some(fence), cause).await?).await
             })
             .await
     }
 
-    /// The syncer for one unit of work: its fence, the users to leave out, the failing items.
-    async fn within_unit(&self, fence: Option<Fence>) -> Result<Self> {
+    /// The syncer for one unit of work: its fence and cause, the users to leave out, the failing
+    /// items.
+    async fn within_unit(&self, fence: Option<Fence>, cause: Cause) -> Result<Self> {
         Ok(Self {
             fence,
+            cause: Some(cause),
             excluded: Arc::new(self.store.departed_users().await?),
             failing: Arc::new(self.store.failing_items().await?),
             ..self.clone()
@@ -214,6 +228,36 @@ impl Syncer {
                     .await?;
                 Ok(Vec::new())
             }
+        }
+    }
+
+    /// Deletes the audit entries recorded more than `retention` before `now`, in batches, on one
+    /// replica at a time: `None` when another replica is at it (it does the same work).
+    pub async fn purge_audit_log(
+        &self,
+        now: DateTime<Utc>,
+        retention: chrono::Duration,
+    ) -> Result<Option<u64>> {
+        if self.dry_run {
+            return Ok(Some(0));
+        }
+        let cutoff = now
+            .checked_sub_signed(retention)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let lease = self.store.lease(
+            AUDIT_RETENTION_LEASE,
+            self.lease.holder(),
+            Duration::from_secs(60),
+        );
+        match lease
+            .hold(Duration::ZERO, |_| {
+                self.store.purge_audit_log(cutoff, AUDIT_PURGE_BATCH)
+            })
+            .await
+        {
+            Ok(purged) => Ok(Some(purged)),
+            Err(crate::Error::LeaseBusy { .. }) => Ok(None),
+            Err(error) => Err(error),
         }
     }
 
@@ -293,6 +337,7 @@ impl Syncer {
         } else {
             ApplyOptions::commit(now).fenced(self.fence)
         }
+        .caused_by(self.cause)
     }
 
     /// Records groups as assigned, with their names.

@@ -11,7 +11,7 @@ use entity::UserId;
 use super::Syncer;
 use super::assignments::PollScope;
 use crate::error::Result;
-use crate::store::{Changes, LiteLlmWriter, ReconciliationRecord};
+use crate::store::{Cause, Changes, LiteLlmWriter, ReconciliationRecord};
 
 /// What a reconciliation found and fixed.
 #[derive(Debug, Default)]
@@ -27,8 +27,10 @@ impl Syncer {
     /// Runs a full reconciliation under the sync lease and records it (not in a dry run).
     #[tracing::instrument(skip(self), fields(dry_run = self.dry_run), err(level = "debug"))]
     pub async fn reconcile(&self, now: DateTime<Utc>) -> Result<ReconcileReport> {
-        self.exclusively(|syncer| async move { syncer.reconcile_locked(now).await })
-            .await
+        self.exclusively(Cause::Reconciliation, |syncer| async move {
+            syncer.reconcile_locked(now).await
+        })
+        .await
     }
 
     /// Reconciles when the last recorded run finished `interval` or longer before `now` (checked
@@ -38,7 +40,7 @@ impl Syncer {
         now: DateTime<Utc>,
         interval: chrono::Duration,
     ) -> Result<Option<ReconcileReport>> {
-        self.exclusively(|syncer| async move {
+        self.exclusively(Cause::Reconciliation, |syncer| async move {
             let last = syncer.store.last_reconciliation().await?;
             if last.is_some_and(|run| now - run.finished_at < interval) {
                 return Ok(None);

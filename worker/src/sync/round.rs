@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::graph::DeltaStart;
 use crate::graph::model::ObjectKind;
 use crate::graph::{DeltaRound, GroupDelta};
-use crate::store::{Change, Changes, Item, LiteLlmWriter};
+use crate::store::{Cause, Change, Changes, Item, LiteLlmWriter};
 
 /// Groups a resync reads and applies together: four filtered delta requests.
 pub(super) const RESYNC_SLICE: usize = 200;
@@ -49,16 +49,21 @@ impl Syncer {
     /// group's changes, and stores the new deltaLink only after they are committed.
     #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn delta_round(&self, now: DateTime<Utc>) -> Result<RoundReport> {
-        self.exclusively(|syncer| async move { syncer.round_locked(now).await })
-            .await
+        self.exclusively(Cause::DeltaRound, |syncer| async move {
+            syncer.round_locked(now).await
+        })
+        .await
     }
 
     /// A full resync of every assigned group, whatever the stored deltaLink (after a `missed`
     /// lifecycle event, or a subscription that was removed), under the same lease.
     #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn resync_round(&self, now: DateTime<Utc>) -> Result<RoundReport> {
-        self.exclusively(|syncer| async move { syncer.resync(now).await })
-            .await
+        self.exclusively(
+            Cause::Resync,
+            |syncer| async move { syncer.resync(now).await },
+        )
+        .await
     }
 
     async fn round_locked(&self, now: DateTime<Utc>) -> Result<RoundReport> {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::{Syncer, retrying};
 use crate::directory::UserState;
 use crate::error::Result;
-use crate::store::{Change, Changes, Item, LiteLlmWriter};
+use crate::store::{Cause, Change, Changes, Item, LiteLlmWriter};
 use chrono::{DateTime, Utc};
 use entity::UserId;
 
@@ -28,7 +28,7 @@ impl Syncer {
         let mut unique: Vec<UserId> = ids.to_vec();
         unique.sort();
         unique.dedup();
-        self.exclusively(|syncer| async move {
+        self.exclusively(Cause::UserNotification, |syncer| async move {
             let mut changes = syncer.tally();
             // A departed user may be back, and roles come back with them: worked out again at
             // the next poll.
@@ -59,7 +59,7 @@ impl Syncer {
     /// were missed).
     #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn refresh_all_users(&self, now: DateTime<Utc>) -> Result<Changes> {
-        self.exclusively(|syncer| async move {
+        self.exclusively(Cause::UserNotification, |syncer| async move {
             let tenant = syncer.graph.all_users().await?;
             syncer.apply_tenant_users(tenant, now).await
         })
