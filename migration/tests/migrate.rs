@@ -126,8 +126,14 @@ async fn up_down_up_leaves_litellm_schema_byte_identical() {
     assert_eq!(entra_sync_tables(&db).len(), 14);
     assert!(has_index(&db, "entra_sync_audit_log_member_removed_idx"));
     assert!(has_index(&db, "entra_sync_managed_roles_entra_user"));
-    // One step down reverts only the newest migration: the poll's state, nesting and owners,
-    // the failed items and departed users, the audit log's index, then the leases.
+    assert!(has_index(&db, "entra_sync_audit_log_user_idx"));
+    // One step down reverts only the newest migration: the audit log's cause and lookups, the
+    // poll's state, nesting and owners, the failed items and departed users, the audit log's
+    // index, then the leases.
+    migrate(&db, &["down"]);
+    assert_eq!(entra_sync_tables(&db).len(), 14);
+    assert!(!has_index(&db, "entra_sync_audit_log_user_idx"));
+    assert!(has_index(&db, "entra_sync_managed_roles_entra_user"));
     migrate(&db, &["down"]);
     assert_eq!(entra_sync_tables(&db).len(), 13);
     assert!(!has_index(&db, "entra_sync_managed_roles_entra_user"));
