@@ -17,6 +17,11 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabel {
+    pub resource: &'static str,
+}
+
 #[derive(Clone, Debug)]
 pub struct WorkerMetrics {
     pub stream_lag: Gauge,
@@ -29,6 +34,12 @@ pub struct WorkerMetrics {
     pub reconciliations: Family<ResultLabel, Counter>,
     /// Drift the last reconciliation found and fixed.
     pub reconciliation_drift: Gauge,
+    /// Reconciliations in a row, up to the newest, that found drift (from the database, so that
+    /// every replica says the same).
+    pub reconciliations_with_drift: Gauge,
+    /// When each resource's subscription expires, Unix seconds; 0: there is none. Set only
+    /// where subscriptions are kept (`ENTRA_SYNC_PUBLIC_URL`).
+    pub subscription_expiry: Family<ResourceLabel, Gauge>,
     /// Subscriptions created, renewed, reauthorized, re-created or deleted.
     pub subscription_actions: Family<KindLabel, Counter>,
     /// Cache keys evicted from LiteLLM's Redis and published to its proxy workers, or not.
@@ -52,6 +63,8 @@ impl WorkerMetrics {
             polls: Family::default(),
             reconciliations: Family::default(),
             reconciliation_drift: Gauge::default(),
+            reconciliations_with_drift: Gauge::default(),
+            subscription_expiry: Family::default(),
             subscription_actions: Family::default(),
             litellm_cache_evictions: Family::default(),
             failed_rounds: Gauge::default(),
@@ -81,6 +94,16 @@ impl WorkerMetrics {
             "entra_sync_reconciliation_drift",
             "Changes the last reconciliation made (drift notifications missed)",
             metrics.reconciliation_drift.clone(),
+        );
+        registry.register(
+            "entra_sync_reconciliations_with_drift_in_a_row",
+            "Reconciliations in a row, up to the newest that finished, that found and fixed drift",
+            metrics.reconciliations_with_drift.clone(),
+        );
+        registry.register(
+            "entra_sync_subscription_expiry_timestamp_seconds",
+            "When the Graph subscription for each resource expires (Unix seconds); 0 when there is none",
+            metrics.subscription_expiry.clone(),
         );
         registry.register(
             "entra_sync_subscription_actions",

@@ -322,3 +322,40 @@ async fn counting_only_a_report_counts_by_kind_exactly_what_the_audit_log_holds_
     assert_eq!(counted, audited);
     assert_eq!(world.members(1).await, Some(users(1..=5)));
 }
+
+#[tokio::test]
+async fn reconciliations_with_drift_in_a_row_are_counted_from_the_newest_failed_ones_aside() {
+    let world = World::new().await;
+    let store = worker::store::Store::new(
+        world.db.conn().clone(),
+        Default::default(),
+        worker::store::RemovalMode::Managed,
+    );
+    let record = |changes: u64, error: Option<&str>| {
+        let store = store.clone();
+        let error = error.map(str::to_owned);
+        async move {
+            let record = worker::store::ReconciliationRecord {
+                started_at: Utc::now(),
+                changes,
+                error,
+            };
+            store
+                .record_reconciliation(record, worker::store::ApplyOptions::commit(Utc::now()))
+                .await
+                .unwrap();
+        }
+    };
+    assert_eq!(store.reconciliations_with_drift(10).await.unwrap(), 0);
+    record(3, None).await;
+    record(0, None).await;
+    record(2, None).await;
+    assert_eq!(store.reconciliations_with_drift(10).await.unwrap(), 1);
+    // A failed one between them does not break the run.
+    record(0, Some("Graph away")).await;
+    record(5, None).await;
+    assert_eq!(store.reconciliations_with_drift(10).await.unwrap(), 2);
+    assert_eq!(store.reconciliations_with_drift(1).await.unwrap(), 1);
+    record(0, None).await;
+    assert_eq!(store.reconciliations_with_drift(10).await.unwrap(), 0);
+}

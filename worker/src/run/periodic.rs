@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Context;
-use crate::metrics::{KindLabel, ResultLabel};
+use crate::metrics::{KindLabel, ResourceLabel, ResultLabel};
 use crate::stream::StreamConsumer;
 
 /// Waits `first`, then runs `tick` every `interval` (measured from the end of the last one)
@@ -172,6 +172,21 @@ impl Context {
         if let Ok((lag, pending)) = stream.lag().await {
             self.metrics.stream_lag.set(lag);
             self.metrics.stream_pending.set(pending);
+        }
+        if let Ok(in_a_row) = self.syncer.reconciliations_with_drift().await {
+            self.metrics
+                .reconciliations_with_drift
+                .set(i64::try_from(in_a_row).unwrap_or(i64::MAX));
+        }
+        if let Some(subscriptions) = &self.subscriptions
+            && let Ok(expiries) = subscriptions.expiries().await
+        {
+            for (resource, expires_at) in expiries {
+                self.metrics
+                    .subscription_expiry
+                    .get_or_create(&ResourceLabel { resource })
+                    .set(expires_at.map_or(0, |at| at.timestamp()));
+            }
         }
         if let Ok((groups, users)) = self.syncer.failing_counts().await {
             for (kind, count) in [("group", groups), ("user", users)] {

@@ -236,6 +236,19 @@ impl Store {
         last_reconciliation(&self.db).await
     }
 
+    /// How many reconciliations in a row, up to the newest that finished (failed ones aside),
+    /// found drift; counted up to `up_to`.
+    pub async fn reconciliations_with_drift(&self, up_to: u64) -> Result<u64> {
+        let newest = reconciliation::Entity::find()
+            .filter(reconciliation::Column::Error.is_null())
+            .filter(reconciliation::Column::DryRun.eq(false))
+            .order_by_desc(reconciliation::Column::Id)
+            .limit(up_to)
+            .all(&self.db)
+            .await?;
+        Ok(newest.iter().take_while(|run| run.changes > 0).count() as u64)
+    }
+
     /// Records a reconciliation (not a dry run's), for `status` and for when the next is due.
     pub async fn record_reconciliation(
         &self,

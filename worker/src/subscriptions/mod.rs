@@ -119,6 +119,23 @@ impl SubscriptionManager {
         }
     }
 
+    /// When each resource's subscription expires, as stored (the latest, if there are several);
+    /// `None`: there is none.
+    pub async fn expiries(&self) -> Result<Vec<(&'static str, Option<DateTime<Utc>>)>> {
+        let stored = crate::store::subscriptions::stored(&self.db).await?;
+        Ok(RESOURCES
+            .iter()
+            .map(|&resource| {
+                let latest = stored
+                    .iter()
+                    .filter(|s| s.resource == resource)
+                    .map(|s| s.expires_at)
+                    .max();
+                (resource, latest)
+            })
+            .collect())
+    }
+
     /// The lease of the subscription keeper (see [`LEASE`]), held as `holder`.
     pub fn keeper_lease(
         &self,

@@ -266,6 +266,11 @@ impl Syncer {
         Ok(!self.store.due_items(now).await?.is_empty())
     }
 
+    /// How many reconciliations in a row, up to the newest, found drift (counted up to ten).
+    pub async fn reconciliations_with_drift(&self) -> Result<u64> {
+        self.store.reconciliations_with_drift(10).await
+    }
+
     /// How many groups and users fail now.
     pub async fn failing_counts(&self) -> Result<(i64, i64)> {
         self.store.failing_counts().await
