@@ -50,56 +50,80 @@ pub(super) async fn lock_candidates<S: AsRef<str>>(
 /// membership of a team changes only under that team's lock, which the planner holds, and every
 /// write is relative to the row as it is then (a team appended if absent, an id set if unset).
 ///
-/// `emails` pairs each email with its user's object id: rows are read by email only for users
-/// no row has the id of, since [`Candidates::find`] looks no further for the others. Two
-/// statements instead of one `OR`: PostgreSQL answers an `OR` over the three columns with a scan
-/// of the whole table (every user's `lower(user_email)` computed), where each lookup alone uses
-/// its index, and a batch whose users all exist needs no email lookup at all.
+/// `emails` pairs each email with its user's object id. Rows are read by `user_id`, then by
+/// `sso_user_id` for the ids no row has as its `user_id`, then by email for the users no row has
+/// the id of, since [`Candidates::find`] looks no further for the others: a batch whose users all
+/// exist costs one statement. One `OR` over the three columns would make PostgreSQL scan the
+/// whole table (every user's `lower(user_email)` computed) where each lookup alone uses its index.
 pub(super) async fn read_candidates(
     txn: &DatabaseTransaction,
     ids: &[&String],
     emails: &[&(String, String)],
 ) -> Result<Vec<UserRow>> {
-    let mut rows = if ids.is_empty() {
-        Vec::new()
-    } else {
-        UserRow::find_by_statement(stmt(
-            r#"SELECT user_id, sso_user_id, user_email, user_role, teams
-               FROM "LiteLLM_UserTable"
-               WHERE user_id = ANY($1) OR sso_user_id = ANY($1)"#,
-            [text_array(ids)],
-        ))
-        .all(txn)
-        .await?
+    let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+    let mut rows = rows_where(txn, "u.user_id", &ids).await?;
+    let mut found: HashSet<String> = HashSet::new();
+    let mut known: HashSet<String> = HashSet::new();
+    let remember = |rows: &[UserRow], found: &mut HashSet<String>| {
+        for row in rows {
+            found.insert(row.user_id.clone());
+            found.extend(row.sso_user_id.clone());
+        }
     };
-    let found: HashSet<&str> = rows
+    remember(&rows, &mut found);
+    known.extend(rows.iter().map(|row| row.user_id.clone()));
+    // Users LiteLLM knows by another user id (its SCIM's UPN), linked to the object id.
+    let by_sso: Vec<&str> = ids
         .iter()
-        .flat_map(|row| [Some(row.user_id.as_str()), row.sso_user_id.as_deref()])
-        .flatten()
+        .copied()
+        .filter(|id| !found.contains(*id))
         .collect();
+    let linked = rows_where(txn, "u.sso_user_id", &by_sso).await?;
+    remember(&linked, &mut found);
+    for row in linked {
+        if known.insert(row.user_id.clone()) {
+            rows.push(row);
+        }
+    }
     let unmatched: Vec<&str> = emails
         .iter()
         .filter(|(id, _)| !found.contains(id.as_str()))
         .map(|(_, email)| email.as_str())
         .collect();
-    if !unmatched.is_empty() {
-        let known: HashSet<String> = rows.iter().map(|row| row.user_id.clone()).collect();
-        let by_email = UserRow::find_by_statement(stmt(
-            r#"SELECT user_id, sso_user_id, user_email, user_role, teams
-               FROM "LiteLLM_UserTable" WHERE lower(user_email) = ANY($1)"#,
-            [text_array(&unmatched)],
-        ))
-        .all(txn)
-        .await?;
-        rows.extend(
-            by_email
-                .into_iter()
-                .filter(|row| !known.contains(&row.user_id)),
-        );
+    for row in rows_where(txn, "lower(u.user_email)", &unmatched).await? {
+        if known.insert(row.user_id.clone()) {
+            rows.push(row);
+        }
     }
     // LiteLLM's order, `user_id COLLATE "C"`: byte order, as Rust compares strings.
     rows.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
     Ok(rows)
+}
+
+/// The user rows whose `column` is one of `values`. A join on the values, so that each is looked
+/// up through the column's index: with `= ANY` of a few thousand values PostgreSQL reads the
+/// whole table instead.
+async fn rows_where(
+    txn: &DatabaseTransaction,
+    column: &str,
+    values: &[&str],
+) -> Result<Vec<UserRow>> {
+    if values.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut values = values.to_vec();
+    values.sort_unstable();
+    values.dedup();
+    Ok(UserRow::find_by_statement(stmt(
+        &format!(
+            r#"SELECT u.user_id, u.sso_user_id, u.user_email, u.user_role, u.teams
+               FROM unnest($1::text[]) AS x(value)
+               JOIN "LiteLLM_UserTable" u ON {column} = x.value"#
+        ),
+        [text_array(values)],
+    ))
+    .all(txn)
+    .await?)
 }
 
 async fn candidates<S: AsRef<str>>(
