@@ -42,7 +42,19 @@ pub(super) async fn lock_candidates<S: AsRef<str>>(
     ids: &[S],
     emails: &[S],
 ) -> Result<Vec<UserRow>> {
-    candidates(txn, ids, emails, "FOR UPDATE").await
+    if ids.is_empty() && emails.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(UserRow::find_by_statement(stmt(
+        r#"SELECT user_id, sso_user_id, user_email, user_role, teams
+           FROM "LiteLLM_UserTable"
+           WHERE user_id = ANY($1) OR sso_user_id = ANY($1) OR lower(user_email) = ANY($2)
+           ORDER BY user_id COLLATE "C"
+           FOR UPDATE"#,
+        [text_array(ids), text_array(emails)],
+    ))
+    .all(txn)
+    .await?)
 }
 
 /// [`lock_candidates`] without the lock, for a plan that then locks only the rows it writes
@@ -62,42 +74,43 @@ pub(super) async fn read_candidates(
 ) -> Result<Vec<UserRow>> {
     let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
     let mut rows = rows_where(txn, "u.user_id", &ids).await?;
-    let mut found: HashSet<String> = HashSet::new();
-    let mut known: HashSet<String> = HashSet::new();
-    let remember = |rows: &[UserRow], found: &mut HashSet<String>| {
-        for row in rows {
-            found.insert(row.user_id.clone());
-            found.extend(row.sso_user_id.clone());
-        }
-    };
-    remember(&rows, &mut found);
-    known.extend(rows.iter().map(|row| row.user_id.clone()));
     // Users LiteLLM knows by another user id (its SCIM's UPN), linked to the object id.
-    let by_sso: Vec<&str> = ids
-        .iter()
-        .copied()
-        .filter(|id| !found.contains(*id))
-        .collect();
+    let by_sso: Vec<&str> = {
+        let found = object_ids(&rows);
+        ids.iter()
+            .copied()
+            .filter(|id| !found.contains(id))
+            .collect()
+    };
     let linked = rows_where(txn, "u.sso_user_id", &by_sso).await?;
-    remember(&linked, &mut found);
-    for row in linked {
-        if known.insert(row.user_id.clone()) {
-            rows.push(row);
-        }
-    }
-    let unmatched: Vec<&str> = emails
-        .iter()
-        .filter(|(id, _)| !found.contains(id.as_str()))
-        .map(|(_, email)| email.as_str())
-        .collect();
-    for row in rows_where(txn, "lower(u.user_email)", &unmatched).await? {
-        if known.insert(row.user_id.clone()) {
-            rows.push(row);
-        }
-    }
+    add_new(&mut rows, linked);
+    let unmatched: Vec<&str> = {
+        let found = object_ids(&rows);
+        emails
+            .iter()
+            .filter(|(id, _)| !found.contains(id.as_str()))
+            .map(|(_, email)| email.as_str())
+            .collect()
+    };
+    let by_email = rows_where(txn, "lower(u.user_email)", &unmatched).await?;
+    add_new(&mut rows, by_email);
     // LiteLLM's order, `user_id COLLATE "C"`: byte order, as Rust compares strings.
     rows.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
     Ok(rows)
+}
+
+/// Every id these rows go by: their `user_id`s and `sso_user_id`s.
+fn object_ids(rows: &[UserRow]) -> HashSet<&str> {
+    rows.iter()
+        .flat_map(|row| [Some(row.user_id.as_str()), row.sso_user_id.as_deref()])
+        .flatten()
+        .collect()
+}
+
+/// Adds the rows `rows` does not hold yet.
+fn add_new(rows: &mut Vec<UserRow>, more: Vec<UserRow>) {
+    let known: HashSet<String> = rows.iter().map(|row| row.user_id.clone()).collect();
+    rows.extend(more.into_iter().filter(|row| !known.contains(&row.user_id)));
 }
 
 /// The user rows whose `column` is one of `values`. A join on the values, so that each is looked
@@ -121,29 +134,6 @@ async fn rows_where(
                JOIN "LiteLLM_UserTable" u ON {column} = x.value"#
         ),
         [text_array(values)],
-    ))
-    .all(txn)
-    .await?)
-}
-
-async fn candidates<S: AsRef<str>>(
-    txn: &DatabaseTransaction,
-    ids: &[S],
-    emails: &[S],
-    locking: &str,
-) -> Result<Vec<UserRow>> {
-    if ids.is_empty() && emails.is_empty() {
-        return Ok(Vec::new());
-    }
-    Ok(UserRow::find_by_statement(stmt(
-        &format!(
-            r#"SELECT user_id, sso_user_id, user_email, user_role, teams
-               FROM "LiteLLM_UserTable"
-               WHERE user_id = ANY($1) OR sso_user_id = ANY($1) OR lower(user_email) = ANY($2)
-               ORDER BY user_id COLLATE "C"
-               {locking}"#
-        ),
-        [text_array(ids), text_array(emails)],
     ))
     .all(txn)
     .await?)
@@ -216,8 +206,8 @@ impl Candidates {
         self.by_id.get(user_id).map(|&i| &self.rows[i])
     }
 
-    /// The rows [`lock_candidates`] returns for these ids and emails alone (one request of a
-    /// batch that locked the candidates of all).
+    /// The rows among these that match these ids and emails (one request of a batch whose
+    /// candidates were read together).
     pub fn matching<'c, 'q>(
         &'c self,
         ids: &'q [String],

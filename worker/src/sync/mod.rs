@@ -168,10 +168,9 @@ impl Syncer {
 
     /// Runs one unit of sync work holding the [`SYNC_LEASE`], every commit checked against its
     /// fence; no transaction stays open meanwhile. Within the process, units wait their turn.
-    /// Work already inside a unit (a reconciliation's poll) and dry runs (which write nothing)
-    /// run as they are.
-    /// Work inside a unit that is already running (a reconciliation's resync) keeps that unit's
-    /// lease and cause.
+    /// Work already inside a unit (a reconciliation's poll) runs as it is, under that unit's
+    /// lease and cause; dry runs (which write nothing) take no lease. `cause` is recorded with
+    /// every change the unit makes.
     pub(super) async fn exclusively<T, F, Fut>(&self, cause: Cause, work: F) -> Result<T>
     where
         F: FnOnce(Syncer) -> Fut,
