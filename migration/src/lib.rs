@@ -13,6 +13,7 @@ mod m20261201_000005_fencing_and_failed_items;
 mod m20261202_000006_nesting_and_owners;
 mod m20261203_000007_poll_state;
 mod m20261204_000008_audit_cause_and_lookups;
+mod m20261206_000009_removal_safety;
 
 pub use sea_orm_migration::MigratorTrait;
 pub use sea_orm_migration::sea_orm;
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000006_nesting_and_owners::Migration),
             Box::new(m20261203_000007_poll_state::Migration),
             Box::new(m20261204_000008_audit_cause_and_lookups::Migration),
+            Box::new(m20261206_000009_removal_safety::Migration),
         ]
     }
 

@@ -88,10 +88,12 @@ async fn up_down_up_leaves_litellm_schema_byte_identical() {
         [
             "entra_sync_assigned_groups",
             "entra_sync_audit_log",
+            "entra_sync_deletion_evidence",
             "entra_sync_delta_links",
             "entra_sync_departed_users",
             "entra_sync_failed_items",
             "entra_sync_group_owners",
+            "entra_sync_held_removals",
             "entra_sync_leases",
             "entra_sync_managed_memberships",
             "entra_sync_managed_roles",
@@ -123,13 +125,16 @@ async fn up_down_up_leaves_litellm_schema_byte_identical() {
     assert!(migrate(&db, &["status"]).starts_with("Pending"));
 
     migrate(&db, &["up"]);
-    assert_eq!(entra_sync_tables(&db).len(), 14);
+    assert_eq!(entra_sync_tables(&db).len(), 16);
     assert!(has_index(&db, "entra_sync_audit_log_member_removed_idx"));
     assert!(has_index(&db, "entra_sync_managed_roles_entra_user"));
     assert!(has_index(&db, "entra_sync_audit_log_user_idx"));
-    // One step down reverts only the newest migration: the audit log's cause and lookups, the
-    // poll's state, nesting and owners, the failed items and departed users, the audit log's
-    // index, then the leases.
+    // One step down reverts only the newest migration: held removals and deletion evidence,
+    // the audit log's cause and lookups, the poll's state, nesting and owners, the failed items
+    // and departed users, the audit log's index, then the leases.
+    migrate(&db, &["down"]);
+    assert_eq!(entra_sync_tables(&db).len(), 14);
+    assert!(has_index(&db, "entra_sync_audit_log_user_idx"));
     migrate(&db, &["down"]);
     assert_eq!(entra_sync_tables(&db).len(), 14);
     assert!(!has_index(&db, "entra_sync_audit_log_user_idx"));
@@ -173,7 +178,7 @@ fn up_status_and_down_work_through_pgbouncer_in_transaction_mode() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     run(&["up"]);
-    assert_eq!(entra_sync_tables(&db).len(), 14);
+    assert_eq!(entra_sync_tables(&db).len(), 16);
     assert!(!run(&["status"]).contains("Pending"));
     run(&["down", "--all"]);
     assert_eq!(entra_sync_tables(&db), ["entra_sync_migrations"]);

@@ -77,7 +77,7 @@ async fn many_users_notified() {
     sim.clear_requests();
     let started = Instant::now();
     let changes = syncer
-        .refresh_users(&ids, chrono::Utc::now())
+        .refresh_users(&ids, &Default::default(), chrono::Utc::now())
         .await
         .unwrap();
     println!(

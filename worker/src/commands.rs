@@ -20,7 +20,7 @@ fn graph(config: &WorkerConfig) -> Result<GraphClient> {
     )
 }
 
-fn print_json_line(value: &impl Serialize) -> Result<()> {
+pub(crate) fn print_json_line(value: &impl Serialize) -> Result<()> {
     let line = serde_json::to_string(value)
         .map_err(|e| Error::Settings(format!("cannot print as JSON: {e}")))?;
     let mut out = std::io::stdout().lock();
@@ -63,6 +63,17 @@ pub async fn sync(config: &WorkerConfig, full: bool, dry_run: bool) -> Result<()
         if full { "reconciliation" } else { "sync" },
         changes.total()
     );
+    let held = changes
+        .by_kind()
+        .find(|(kind, _)| *kind == "removal_held")
+        .map_or(0, |(_, count)| count);
+    if held > 0 {
+        eprintln!(
+            "{held} removals {} held for a person (more than ENTRA_SYNC_REMOVAL_THRESHOLD at once): \
+             see `entra-sync-worker removals list`",
+            if dry_run { "would be" } else { "are" }
+        );
+    }
     if full && dry_run {
         // Reported, never changed: rules apply when a team is created, and an admin's edit since
         // stands; the operator decides.
@@ -75,6 +86,20 @@ pub async fn sync(config: &WorkerConfig, full: bool, dry_run: bool) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Text from Entra made safe for a terminal: control characters (escape sequences, newlines)
+/// shown escaped rather than acted on.
+pub(crate) fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<char>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 /// `subscriptions list|ensure|delete`.
@@ -129,6 +154,8 @@ pub struct Status {
     pub last_reconciliation: Option<ReconciliationStatus>,
     /// Groups and users whose sync failed on their own, waiting for a retry (at most 100).
     pub failed_items: Vec<FailedItem>,
+    /// Removals held for a person (`removals list` shows them).
+    pub held_removals: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -202,7 +229,9 @@ pub async fn read_status(config: &WorkerConfig) -> Result<Status> {
             retry_at: item.retry_at,
         })
         .collect();
+    let held_removals = crate::store::held_count(&db).await?;
     Ok(Status {
+        held_removals,
         failed_items,
         subscriptions,
         subscription_keeper: keeper,
@@ -270,6 +299,13 @@ pub async fn status(config: &WorkerConfig, json: bool) -> Result<()> {
                 Some(error) => format!("{} ago, failed: {error}", ago(r.finished_at)),
                 None => format!("{} ago, drift fixed: {}", ago(r.finished_at), r.drift),
             },
+        },
+    ));
+    rows.push((
+        "held removals".into(),
+        match status.held_removals {
+            0 => "none".into(),
+            held => format!("{held}, waiting for a person: entra-sync-worker removals list"),
         },
     ));
     if status.failed_items.is_empty() {

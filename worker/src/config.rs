@@ -134,6 +134,13 @@ pub struct WorkerConfig {
     #[arg(long, env = "ENTRA_SYNC_DEPARTED_USER_KEYS", value_enum, default_value_t = DepartedUserKeys::Block)]
     pub departed_user_keys: DepartedUserKeys,
 
+    /// One unit of work (a delta round, a resync, a reconciliation, a poll, a batch of user
+    /// notifications) that would remove more memberships, or delete more keys, than this holds
+    /// all its removals for `entra-sync-worker removals release` (their keys blocked
+    /// meanwhile), as Entra Connect's accidental-deletion threshold does; 0: never held.
+    #[arg(long, env = "ENTRA_SYNC_REMOVAL_THRESHOLD", default_value_t = crate::sync::DEFAULT_REMOVAL_THRESHOLD)]
+    pub removal_threshold: u64,
+
     /// The Redis LiteLLM's proxy caches in: every commit evicts what it changed there and
     /// publishes the keys on LiteLLM's invalidation channel. Unset: LiteLLM may serve removed
     /// access until its cache TTL.

@@ -27,6 +27,29 @@ pub enum Error {
     TeamNotFound(String),
     #[error("user {0} does not exist in LiteLLM")]
     UserNotFound(String),
+    /// Two LiteLLM users go by one Entra object id, one as its `user_id` and the other as its
+    /// `sso_user_id`: entra-sync writes neither until an admin merges or relinks them.
+    #[error(
+        "Entra user {object_id} matches two LiteLLM users, {} (by user_id) and {} (by sso_user_id): merge or relink them in LiteLLM",
+        user_ids[0], user_ids[1]
+    )]
+    AmbiguousUser {
+        object_id: String,
+        user_ids: [String; 2],
+    },
+    /// Graph lists the user as a member of the group but cannot read the user yet (directory
+    /// replication lag): the member stays as they are, and the group is read again soon.
+    #[error("Graph lists user {user} in group {group} but cannot read the user yet")]
+    MemberUnreadable { group: String, user: String },
+    /// Graph answered once that the user does not exist; a deletion counts only when a second
+    /// answer, at least a minute later, says so too.
+    #[error(
+        "Graph does not find user {user}: checked again from {confirm_after} before it counts as deleted"
+    )]
+    DeletionUnconfirmed {
+        user: String,
+        confirm_after: chrono::DateTime<chrono::Utc>,
+    },
     /// A setting is missing or wrong; the message names it.
     #[error("configuration: {0}")]
     Settings(String),
@@ -90,7 +113,12 @@ impl Error {
             | Self::LeaseLost { .. }
             | Self::Redis(_)
             | Self::TaskEnded(_) => true,
-            Self::TeamNotFound(_) | Self::UserNotFound(_) | Self::ConcurrentChange(_) => false,
+            Self::TeamNotFound(_)
+            | Self::UserNotFound(_)
+            | Self::AmbiguousUser { .. }
+            | Self::MemberUnreadable { .. }
+            | Self::DeletionUnconfirmed { .. }
+            | Self::ConcurrentChange(_) => false,
         }
     }
 }

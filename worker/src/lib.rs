@@ -12,6 +12,7 @@ pub mod litellm_cache;
 pub mod litellm_config;
 pub mod metrics;
 pub mod readiness;
+pub mod removals;
 pub mod roles;
 pub mod run;
 pub mod serve;

@@ -94,6 +94,8 @@ pub fn cache_keys(change: &Change) -> Vec<String> {
         Change::KeyBlocked { token, .. } | Change::KeyUnblocked { token, .. } => {
             vec![token.clone(), format!("budget_windows_absent:key:{token}")]
         }
+        // Holding or dropping a removal changes no LiteLLM row (its keys' changes evict theirs).
+        Change::RemovalHeld { .. } | Change::RemovalDropped { .. } => Vec::new(),
     }
 }
 

@@ -41,6 +41,12 @@ enum Command {
     },
     /// Show the audit log: who gained or lost which team or role, when, and why.
     Audit(worker::commands::AuditArgs),
+    /// Removals held for a person (more than ENTRA_SYNC_REMOVAL_THRESHOLD at once): list them,
+    /// release them (each checked against Graph again) or discard them.
+    Removals {
+        #[command(subcommand)]
+        action: worker::removals::RemovalsAction,
+    },
 }
 
 #[tokio::main]
@@ -56,6 +62,7 @@ async fn main() -> ExitCode {
         }
         Command::Status { json } => worker::commands::status(&cli.config, json).await,
         Command::Audit(args) => worker::commands::audit(&cli.config, &args).await,
+        Command::Removals { action } => worker::removals::removals(&cli.config, &action).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -48,6 +48,8 @@ pub struct WorkerMetrics {
     pub failed_rounds: Gauge,
     /// Groups and users whose sync failed on their own and waits for a retry, by kind.
     pub failed_items: Family<KindLabel, Gauge>,
+    /// Removals held for a person (`ENTRA_SYNC_REMOVAL_THRESHOLD`), from the database.
+    pub removals_held: Gauge,
 }
 
 impl WorkerMetrics {
@@ -69,7 +71,13 @@ impl WorkerMetrics {
             litellm_cache_evictions: Family::default(),
             failed_rounds: Gauge::default(),
             failed_items: Family::default(),
+            removals_held: Gauge::default(),
         };
+        registry.register(
+            "entra_sync_removals_held",
+            "Removals held for a person because one unit of work would have removed more than ENTRA_SYNC_REMOVAL_THRESHOLD (entra-sync-worker removals list)",
+            metrics.removals_held.clone(),
+        );
         registry.register(
             "entra_sync_failed_rounds_in_a_row",
             "Rounds that failed as a whole (the database or Graph away) since the last that committed",

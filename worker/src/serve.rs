@@ -82,6 +82,7 @@ pub fn syncer(config: &WorkerConfig, graph: GraphClient, store: Store) -> Syncer
         .with_departed_users(config.departed_user_policy)
         .with_membership(config.membership)
         .with_owners_as_admins(config.owners_as_admins)
+        .with_removal_threshold(config.removal_threshold)
 }
 
 /// What an operator should know about LiteLLM's caches, said once at start.

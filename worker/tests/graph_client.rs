@@ -200,8 +200,12 @@ async fn users_by_ids_asks_a_thousand_at_a_time() {
 
     assert_eq!(sim.count("/directoryObjects/getByIds"), 3);
     assert_eq!(users.len(), 1);
-    assert_eq!(users[0].email().as_deref(), Some("user4@contoso.example"));
-    assert_eq!(users[0].display_name.as_deref(), Some("User 4"));
+    assert_eq!(
+        users[0].user.email().as_deref(),
+        Some("user4@contoso.example")
+    );
+    assert_eq!(users[0].user.display_name.as_deref(), Some("User 4"));
+    assert!(users[0].enabled);
 }
 
 #[tokio::test]

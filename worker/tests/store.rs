@@ -1108,6 +1108,7 @@ async fn syncing_teams_in_one_batch_writes_exactly_what_syncing_them_one_by_one_
             group,
             display_name: Some(name),
             members,
+            unreadable: &[],
         })
         .collect();
 

@@ -108,6 +108,7 @@ fn batch<'a>(
             group,
             display_name: Some("Team"),
             members,
+            unreadable: &[],
         })
         .collect()
 }

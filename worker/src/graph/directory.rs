@@ -87,10 +87,11 @@ impl GraphClient {
         Ok(objects)
     }
 
-    /// Users by object id, 1,000 a request; ids that are not users, no longer exist, or whose
-    /// account is disabled are absent from the result.
+    /// Users by object id, 1,000 a request, with whether each account is enabled. Ids that are
+    /// not users are absent from the result, and so are users Graph cannot read (deleted, or
+    /// not replicated yet: the answer does not say which).
     #[tracing::instrument(skip(self, ids), fields(ids = ids.len()), err(level = "debug"))]
-    pub async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<EntraUser>> {
+    pub async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<UserState>> {
         let url = self.inner.url("directoryObjects/getByIds");
         let mut users = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(GET_BY_IDS_CHUNK) {
@@ -102,7 +103,8 @@ impl GraphClient {
             users.extend(
                 page.value
                     .into_iter()
-                    .filter_map(DirectoryObject::into_enabled_user),
+                    .filter(|object| object.kind() != super::model::ObjectKind::Group)
+                    .filter_map(DirectoryObject::into_user_state),
             );
         }
         Ok(users)

@@ -3,7 +3,7 @@
 //! them asks for one round, plus a re-read of the users they name and their lifecycle events.
 //! A poll, or failed items falling due, ask for a round the same way.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use entity::UserId;
@@ -21,6 +21,9 @@ pub(super) struct Work {
     pub lifecycle: Vec<(String, String)>,
     /// Users named by `users` notifications.
     pub users: BTreeSet<UserId>,
+    /// Users named by `users` notifications of a deletion, with when the first of them arrived:
+    /// one piece of evidence that the user is gone (see [`crate::store::Deletion`]).
+    pub deleted: BTreeMap<UserId, chrono::DateTime<chrono::Utc>>,
     /// A round is due even without entries (after a poll, or for failed items).
     pub round: bool,
     /// Entries already in `ids`: an entry claimed again while it waits is counted once.
@@ -47,9 +50,17 @@ impl Work {
             Kind::Change {
                 resource,
                 resource_id,
+                change_type,
                 ..
             } => {
-                if let Some(user) = named(resource, "users/", resource_id.as_deref()) {
+                if let Some(user) = named::<UserId>(resource, "users/", resource_id.as_deref()) {
+                    if change_type.eq_ignore_ascii_case("deleted") {
+                        let first = self
+                            .deleted
+                            .entry(user.clone())
+                            .or_insert(record.received_at);
+                        *first = (*first).min(record.received_at);
+                    }
                     self.users.insert(user);
                 }
             }

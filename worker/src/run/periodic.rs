@@ -188,6 +188,9 @@ impl Context {
                     .set(expires_at.map_or(0, |at| at.timestamp()));
             }
         }
+        if let Ok(held) = self.syncer.held_removals().await {
+            self.metrics.removals_held.set(held);
+        }
         if let Ok((groups, users)) = self.syncer.failing_counts().await {
             for (kind, count) in [("group", groups), ("user", users)] {
                 self.metrics

@@ -139,8 +139,12 @@ impl Context {
                 .count_changes(&self.syncer.refresh_all_users(now).await?);
         } else if !work.users.is_empty() {
             let users: Vec<_> = work.users.iter().cloned().collect();
-            self.metrics
-                .count_changes(&self.syncer.refresh_users(&users, now).await?);
+            self.metrics.count_changes(
+                &self
+                    .syncer
+                    .refresh_users(&users, &work.deleted, now)
+                    .await?,
+            );
         }
         Ok(())
     }

@@ -108,6 +108,65 @@ pub enum Change {
         team_id: Option<String>,
         reason: BlockReason,
     },
+    /// A removal held for a person (`ENTRA_SYNC_REMOVAL_THRESHOLD`): the member stays in the
+    /// team, the keys the removal would have deleted are blocked meanwhile (their own
+    /// `key_blocked` changes, reason `removal_held`), until `removals release` or `discard`.
+    RemovalHeld {
+        team_id: String,
+        user_id: String,
+        reason: RemovalReason,
+    },
+    /// A held removal that no longer stands: Graph lists the member again, or a person
+    /// discarded it. The member stays; the keys blocked for the hold are unblocked.
+    RemovalDropped {
+        team_id: String,
+        user_id: String,
+    },
+}
+
+/// What Graph said that makes a member leave a team: the evidence behind a removal, kept with a
+/// held one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemovalReason {
+    /// The groups delta named the member as removed from the group.
+    LeftGroup,
+    /// A complete read of the group's members (every page, no error) does not list them.
+    NotInGroup,
+    /// The group is no longer assigned to the app, or Graph deleted it (`remove-members`).
+    GroupRetired,
+    /// The user was disabled, or their deletion confirmed (`remove-memberships`).
+    UserDeparted,
+    /// They were in the team only as the group's owner, and own it no more.
+    OwnershipEnded,
+    /// Their keys for a team they were removed from earlier survived the removal.
+    KeysSurvived,
+}
+
+impl RemovalReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LeftGroup => "left_group",
+            Self::NotInGroup => "not_in_group",
+            Self::GroupRetired => "group_retired",
+            Self::UserDeparted => "user_departed",
+            Self::OwnershipEnded => "ownership_ended",
+            Self::KeysSurvived => "keys_survived",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::LeftGroup,
+            Self::NotInGroup,
+            Self::GroupRetired,
+            Self::UserDeparted,
+            Self::OwnershipEnded,
+            Self::KeysSurvived,
+        ]
+        .into_iter()
+        .find(|reason| reason.as_str() == text)
+    }
 }
 
 /// Why entra-sync blocked a key: the value of the key's `metadata.entra_sync_blocked` marker.
@@ -121,6 +180,9 @@ pub enum BlockReason {
     /// The user was disabled or deleted in Entra (`ENTRA_SYNC_DEPARTED_USER_KEYS=block`);
     /// unblocked when they are enabled again.
     UserDeparted,
+    /// The removal that would have deleted (or blocked) the key is held for a person
+    /// (`ENTRA_SYNC_REMOVAL_THRESHOLD`); deleted if it is released, unblocked if it is dropped.
+    RemovalHeld,
 }
 
 impl BlockReason {
@@ -129,6 +191,7 @@ impl BlockReason {
         match self {
             Self::MemberRemoved => "member_removed",
             Self::UserDeparted => "user_departed",
+            Self::RemovalHeld => "removal_held",
         }
     }
 }
@@ -143,7 +206,9 @@ impl Change {
             | Self::TeamUnblocked { team_id, .. }
             | Self::MemberAdded { team_id, .. }
             | Self::MemberRoleChanged { team_id, .. }
-            | Self::MemberRemoved { team_id, .. } => Some(team_id),
+            | Self::MemberRemoved { team_id, .. }
+            | Self::RemovalHeld { team_id, .. }
+            | Self::RemovalDropped { team_id, .. } => Some(team_id),
             Self::KeyDeleted { team_id, .. }
             | Self::KeyBlocked { team_id, .. }
             | Self::KeyUnblocked { team_id, .. } => team_id.as_deref(),
@@ -173,6 +238,8 @@ impl Change {
             Self::KeyDeleted { .. } => "key_deleted",
             Self::KeyBlocked { .. } => "key_blocked",
             Self::KeyUnblocked { .. } => "key_unblocked",
+            Self::RemovalHeld { .. } => "removal_held",
+            Self::RemovalDropped { .. } => "removal_dropped",
         }
     }
 }
@@ -275,6 +342,10 @@ pub enum Cause {
     Reconciliation,
     /// Users re-read after `users` notifications (or after notifications were missed).
     UserNotification,
+    /// Held removals a person released (`removals release`), each checked against Graph again.
+    RemovalRelease,
+    /// Held removals a person discarded (`removals discard`).
+    RemovalDiscard,
 }
 
 impl Cause {
@@ -285,6 +356,8 @@ impl Cause {
             Self::AssignmentPoll => "assignment_poll",
             Self::Reconciliation => "reconciliation",
             Self::UserNotification => "user_notification",
+            Self::RemovalRelease => "removal_release",
+            Self::RemovalDiscard => "removal_discard",
         }
     }
 }

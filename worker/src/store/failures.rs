@@ -18,6 +18,9 @@ use crate::error::Result;
 pub enum Item {
     Group(GroupId),
     User(UserId),
+    /// A member a group lists whose user object Graph could not read yet: they stay as they are
+    /// until the group, read again, shows them readable (or no longer lists them).
+    Member(GroupId, UserId),
 }
 
 impl Item {
@@ -25,13 +28,16 @@ impl Item {
         match self {
             Self::Group(_) => "group",
             Self::User(_) => "user",
+            Self::Member(..) => "member",
         }
     }
 
-    fn id(&self) -> &str {
+    /// The id stored for it: the object id, or `group/user` for a member.
+    fn id(&self) -> String {
         match self {
-            Self::Group(id) => id.as_str(),
-            Self::User(id) => id.as_str(),
+            Self::Group(id) => id.to_string(),
+            Self::User(id) => id.to_string(),
+            Self::Member(group, user) => format!("{group}/{user}"),
         }
     }
 
@@ -39,6 +45,13 @@ impl Item {
         match kind {
             "group" => GroupId::parse(id).ok().map(Self::Group),
             "user" => UserId::parse(id).ok().map(Self::User),
+            "member" => {
+                let (group, user) = id.split_once('/')?;
+                Some(Self::Member(
+                    GroupId::parse(group).ok()?,
+                    UserId::parse(user).ok()?,
+                ))
+            }
             _ => None,
         }
     }
@@ -55,12 +68,13 @@ fn statement(sql: &str, values: impl IntoIterator<Item = sea_orm::Value>) -> Sta
 }
 
 impl Store {
-    /// Records a failure (or one more): retried 30 s after the first, doubling up to an hour.
-    /// The audit log says what failed and why.
+    /// Records a failure (or one more): retried 5 s after the first, doubling up to an hour
+    /// (and not before `not_before`). The audit log says what failed and why.
     pub async fn record_failure(
         &self,
         item: &Item,
         error: &str,
+        not_before: Option<DateTime<Utc>>,
         options: ApplyOptions,
     ) -> Result<()> {
         let Some(txn) = self.state_transaction(options).await? else {
@@ -69,19 +83,23 @@ impl Store {
         txn.execute(statement(
             "INSERT INTO entra_sync_failed_items
                (kind, id, error, attempts, first_failed_at, last_failed_at, retry_at)
-             VALUES ($1, $2, $3, 1, $4, $4, $4 + interval '30 seconds')
+             VALUES ($1, $2, $3, 1, $4, $4,
+                     greatest($4 + interval '5 seconds', coalesce($5, '-infinity')))
              ON CONFLICT (kind, id) DO UPDATE
                SET error = excluded.error, attempts = entra_sync_failed_items.attempts + 1,
                    last_failed_at = excluded.last_failed_at,
-                   retry_at = excluded.last_failed_at
-                     + least(interval '30 seconds'
-                               * power(2, least(entra_sync_failed_items.attempts, 20)),
-                             interval '1 hour')",
+                   retry_at = greatest(
+                     excluded.last_failed_at
+                       + least(interval '5 seconds'
+                                 * power(2, least(entra_sync_failed_items.attempts, 20)),
+                               interval '1 hour'),
+                     coalesce($5, '-infinity'))",
             [
                 item.kind().into(),
                 item.id().into(),
                 error.into(),
                 options.now.into(),
+                not_before.into(),
             ],
         ))
         .await?;
@@ -150,6 +168,7 @@ async fn audit(
     let (team, user) = match item {
         Item::Group(id) => (Some(id.to_string()), None),
         Item::User(id) => (None, Some(id.to_string())),
+        Item::Member(group, user) => (Some(group.to_string()), Some(user.to_string())),
     };
     let detail = serde_json::json!({
         "kind": kind, "item": item.kind(), "id": item.id(), "error": error,
@@ -186,7 +205,8 @@ pub async fn failed_items(db: &impl ConnectionTrait) -> Result<Vec<failed_item::
         .await?)
 }
 
-/// How many items fail now, by kind (for the metrics).
+/// How many items fail now, by kind (for the metrics): a member Graph could not read counts
+/// as a user.
 pub async fn failing_counts(db: &impl ConnectionTrait) -> Result<(i64, i64)> {
     #[derive(FromQueryResult)]
     struct Counts {
@@ -195,7 +215,7 @@ pub async fn failing_counts(db: &impl ConnectionTrait) -> Result<(i64, i64)> {
     }
     let counts = Counts::find_by_statement(statement(
         "SELECT count(*) FILTER (WHERE kind = 'group') AS groups,
-                count(*) FILTER (WHERE kind = 'user') AS users
+                count(*) FILTER (WHERE kind IN ('user', 'member')) AS users
          FROM entra_sync_failed_items",
         [],
     ))

@@ -162,11 +162,14 @@ impl KeyPlan {
             match policy {
                 RemovedMemberKeys::Keep => {}
                 RemovedMemberKeys::Delete => self.delete(key),
-                // A key blocked because its user departed is now blocked because they left the
-                // team too: re-enabling the user must not bring it back. Other blocked keys
-                // (an admin's, or already ours) stay as they are.
+                // A key blocked because its user departed (or while the removal was held) is now
+                // blocked because they left the team: re-enabling the user must not bring it
+                // back. Other blocked keys (an admin's, or already ours) stay as they are.
                 RemovedMemberKeys::Block => {
-                    if !key.blocked() || key.blocked_for(BlockReason::UserDeparted) {
+                    if !key.blocked()
+                        || key.blocked_for(BlockReason::UserDeparted)
+                        || key.blocked_for(BlockReason::RemovalHeld)
+                    {
                         self.block(key, BlockReason::MemberRemoved);
                     }
                 }
@@ -174,12 +177,25 @@ impl KeyPlan {
         }
     }
 
-    /// Keys of users who joined the team again: those entra-sync blocked when they left it come
-    /// back.
+    /// Keys of a removal held for a person: those not blocked yet are blocked (deleted if the
+    /// removal is released, unblocked if it is dropped). Keys blocked already (by an admin, or
+    /// for a departure) stay as they are.
+    pub fn hold<'k>(&mut self, keys: impl IntoIterator<Item = &'k KeyRow>) {
+        for key in keys {
+            if !key.blocked() {
+                self.block(key, BlockReason::RemovalHeld);
+            }
+        }
+    }
+
+    /// Keys of users who are members of the team again, or whose held removal was dropped:
+    /// those entra-sync blocked when they left it, or while their removal was held, come back.
     pub fn rejoined<'k>(&mut self, keys: impl IntoIterator<Item = &'k KeyRow>) {
         for key in keys {
-            if key.blocked_for(BlockReason::MemberRemoved) {
-                self.unblock(key, BlockReason::MemberRemoved);
+            for reason in [BlockReason::MemberRemoved, BlockReason::RemovalHeld] {
+                if key.blocked_for(reason) {
+                    self.unblock(key, reason);
+                }
             }
         }
     }
@@ -404,6 +420,27 @@ pub(super) async fn teams_with_surviving_keys(db: &impl ConnectionTrait) -> Resu
     .await?
     .into_iter()
     .map(|row| row.team_id)
+    .collect())
+}
+
+/// The (team, user) pairs that have surviving keys.
+pub(super) async fn surviving_pairs(db: &impl ConnectionTrait) -> Result<Vec<(String, String)>> {
+    #[derive(FromQueryResult)]
+    struct Row {
+        team_id: String,
+        user_id: String,
+    }
+    Ok(Row::find_by_statement(stmt(
+        &format!(
+            r#"SELECT DISTINCT k.team_id, k.user_id FROM "LiteLLM_VerificationToken" k
+               WHERE {SURVIVING} ORDER BY k.team_id, k.user_id"#
+        ),
+        [],
+    ))
+    .all(db)
+    .await?
+    .into_iter()
+    .map(|row| (row.team_id, row.user_id))
     .collect())
 }
 

@@ -16,8 +16,9 @@ use entity::{GroupId, UserId};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult};
 use serde_json::{Value, json};
 
-use super::change::Change;
+use super::change::{Change, RemovalReason};
 use super::keys::{self, KeyPlan, RemovedMemberKeys};
+use super::removals::{Removals, StagedRemoval};
 use super::sql::{litellm_timestamp, lock_teams, stmt, text_array};
 use super::users::{self, Candidates, Match, NewUser};
 use super::{Applied, RemovalMode};
@@ -35,6 +36,9 @@ pub(super) enum Leaving<'a> {
     EveryoneElse,
     /// Every membership entra-sync created, whatever the removal mode.
     AllManaged,
+    /// These LiteLLM users, whatever the removal mode: removals a unit of work staged (already
+    /// filtered by the mode when they were planned), or a held removal a person released.
+    Exactly(&'a [String]),
 }
 
 /// What the group's owners are to this request.
@@ -58,6 +62,13 @@ pub(super) struct Request<'a> {
     pub mode: RemovalMode,
     /// What happens to the keys of members who leave.
     pub keys: RemovedMemberKeys,
+    /// Members the group lists whose user objects Graph could not read (replication lag): they
+    /// stay exactly as they are, never taken for leavers.
+    pub unreadable: &'a [UserId],
+    /// Whether those who leave leave now, or are staged for the unit of work to decide.
+    pub removals: Removals,
+    /// What Graph said that makes them leave (recorded with a held removal).
+    pub reason: RemovalReason,
 }
 
 /// Why entra-sync keeps a membership it established.
@@ -89,6 +100,8 @@ pub(super) struct TeamState {
     pub managed: HashMap<String, Managed>,
     /// The group's owners, by LiteLLM user id.
     pub owners: HashMap<String, OwnerRow>,
+    /// Members whose removal is held for a person (`entra_sync_held_removals`).
+    pub held: HashSet<String>,
     /// LiteLLM caches the team under its alias too.
     alias: Option<String>,
     /// The team's organization: members who join become its members too.
@@ -169,6 +182,7 @@ async fn load_teams(
             rows: HashSet::new(),
             managed: HashMap::new(),
             owners: HashMap::new(),
+            held: HashSet::new(),
             alias: team.team_alias,
             organization_id: team.organization_id,
         };
@@ -209,6 +223,18 @@ async fn load_teams(
                 made_admin: row.made_admin,
             };
             team.owners.insert(row.user_id, owner);
+        }
+    }
+    for row in MembershipRow::find_by_statement(stmt(
+        "SELECT group_id AS team_id, user_id FROM entra_sync_held_removals
+         WHERE group_id = ANY($1)",
+        [text_array(team_ids)],
+    ))
+    .all(txn)
+    .await?
+    {
+        if let Some(team) = teams.get_mut(&row.team_id) {
+            team.held.insert(row.user_id);
         }
     }
     Ok(teams)
@@ -263,6 +289,8 @@ pub(super) struct Plan {
     joined: Vec<String>,
     /// Users who become members of the team's organization.
     organization_members: Vec<String>,
+    /// Members whose held removal goes: they stay (Graph lists them again), or they left now.
+    drop_holds: Vec<String>,
     pub changes: Vec<Change>,
 }
 
@@ -298,6 +326,7 @@ impl<'r, 'a> Prepared<'r, 'a> {
             Owners::Kept | Owners::Ignored => None,
         };
         let mut ids: Vec<String> = joining.iter().map(|u| u.id.to_string()).collect();
+        ids.extend(request.unreadable.iter().map(ToString::to_string));
         let with_email = |u: &&EntraUser| Some((u.id.to_string(), u.email()?));
         let mut emails: Vec<(String, String)> = joining.iter().filter_map(with_email).collect();
         if let Some(owners) = &owners_now {
@@ -310,6 +339,7 @@ impl<'r, 'a> Prepared<'r, 'a> {
             Leaving::These(leaving) => ids.extend(leaving.iter().map(ToString::to_string)),
             Leaving::EveryoneElse => ids.extend(current_members(team).cloned()),
             Leaving::AllManaged => ids.extend(team.managed.keys().cloned()),
+            Leaving::Exactly(leaving) => ids.extend(leaving.iter().cloned()),
         }
         Self {
             request,
@@ -338,14 +368,16 @@ impl<'r, 'a> Prepared<'r, 'a> {
             .map(|row| row.user_id.as_str())
             .filter(member)
             .collect();
-        if let Leaving::These(leaving) = self.request.leaving {
-            let named: Vec<String> = leaving.iter().map(ToString::to_string).collect();
-            looked_at.extend(
-                candidates
-                    .matching(&named, &[])
-                    .map(|row| row.user_id.as_str()),
-            );
-        }
+        let named: Vec<String> = match self.request.leaving {
+            Leaving::These(leaving) => leaving.iter().map(ToString::to_string).collect(),
+            Leaving::Exactly(leaving) => leaving.to_vec(),
+            Leaving::Nobody | Leaving::EveryoneElse | Leaving::AllManaged => Vec::new(),
+        };
+        looked_at.extend(
+            candidates
+                .matching(&named, &[])
+                .map(|row| row.user_id.as_str()),
+        );
         looked_at.extend(team.managed.keys().map(String::as_str));
         if matches!(
             self.request.leaving,
@@ -358,12 +390,22 @@ impl<'r, 'a> Prepared<'r, 'a> {
 }
 
 /// One request planned: what it writes, and who leaves the team and who comes back to it
-/// (whose keys the removal policy and a return concern).
+/// (whose keys the removal policy and a return concern), and the removals it leaves to its unit
+/// of work.
 struct Planned<'r, 'a> {
     prepared: Prepared<'r, 'a>,
     plan: Plan,
     leaving: Vec<String>,
     arriving: HashSet<String>,
+    staged: Vec<StagedRemoval>,
+}
+
+/// What [`apply_many`] did: each request's changes, the cache keys the commit makes stale, and
+/// the removals staged for the unit of work.
+pub(super) struct AppliedMany {
+    pub changes: Vec<Vec<Change>>,
+    pub stale: Vec<String>,
+    pub staged: Vec<StagedRemoval>,
 }
 
 /// Applies one request (see [`apply_many`]).
@@ -373,10 +415,11 @@ pub(super) async fn apply(
     settings: &LiteLlmSettings,
     now: DateTime<Utc>,
 ) -> Result<Applied> {
-    let (changes, stale) = apply_many(txn, std::slice::from_ref(&request), settings, now).await?;
+    let applied = apply_many(txn, std::slice::from_ref(&request), settings, now).await?;
     Ok(Applied {
-        changes: changes.into_iter().flatten().collect(),
-        stale,
+        changes: applied.changes.into_iter().flatten().collect(),
+        stale: applied.stale,
+        staged: applied.staged,
     })
 }
 
@@ -390,7 +433,7 @@ pub(super) async fn apply_many(
     requests: &[Request<'_>],
     settings: &LiteLlmSettings,
     now: DateTime<Utc>,
-) -> Result<(Vec<Vec<Change>>, Vec<String>)> {
+) -> Result<AppliedMany> {
     let team_ids: Vec<String> = requests.iter().map(|r| r.group.to_string()).collect();
     if requests.len() > 1 {
         // A batch's lookups read thousands of rows at once, where PostgreSQL may plan parallel
@@ -431,7 +474,7 @@ pub(super) async fn apply_many(
     let mut created = HashSet::new();
     for prepared in prepared {
         let team = &teams[&prepared.team_id];
-        let mut one = plan_request(prepared, &mut candidates, team, settings);
+        let mut one = plan_request(prepared, &mut candidates, team, settings)?;
         let team_id = one.prepared.team_id.as_str();
         // What this request creates, links and joins, the next ones find.
         for new in &one.plan.create {
@@ -460,8 +503,17 @@ pub(super) async fn apply_many(
         .collect();
     execute(txn, &planned, &teams, settings, now).await?;
     stale.extend(keys.execute(txn, now).await?);
-    let changes = planned.into_iter().map(|one| one.plan.changes).collect();
-    Ok((changes, stale))
+    let mut staged = Vec::new();
+    let mut changes = Vec::with_capacity(planned.len());
+    for mut one in planned {
+        staged.append(&mut one.staged);
+        changes.push(one.plan.changes);
+    }
+    Ok(AppliedMany {
+        changes,
+        stale,
+        staged,
+    })
 }
 
 /// Plans one request against its team as found, with the batch's candidates.
@@ -470,7 +522,7 @@ fn plan_request<'r, 'a>(
     candidates: &mut Candidates,
     team: &TeamState,
     settings: &LiteLlmSettings,
-) -> Planned<'r, 'a> {
+) -> Result<Planned<'r, 'a>> {
     let request = prepared.request;
     let team_id = prepared.team_id.as_str();
     let mut plan = Plan::default();
@@ -490,7 +542,7 @@ fn plan_request<'r, 'a>(
         } else {
             member_entry::ROLE_USER
         };
-        let joined = plan_join(&mut plan, candidates, team, team_id, user, settings, role);
+        let joined = plan_join(&mut plan, candidates, team, team_id, user, settings, role)?;
         if let Some(managed) = plan.managed_mut(team, &joined.user_id) {
             managed.member = true;
         }
@@ -499,6 +551,12 @@ fn plan_request<'r, 'a>(
         }
         joined_members.insert(user.id.clone(), joined.user_id.clone());
         staying.insert(joined.user_id);
+    }
+    // Listed by the group but unreadable: not evidence of leaving, so they stay as they are.
+    for id in request.unreadable {
+        if let Some(user_id) = litellm_user_of(candidates, team, id.as_str())? {
+            staying.insert(user_id);
+        }
     }
     let mut leaving_owners = Vec::new();
     if let Some(owners) = &prepared.owners_now {
@@ -510,7 +568,7 @@ fn plan_request<'r, 'a>(
             owners,
             &joined_members,
             settings,
-        );
+        )?;
         arriving.extend(planned.arriving);
         staying.extend(planned.staying);
         leaving_owners = planned.leaving;
@@ -519,7 +577,7 @@ fn plan_request<'r, 'a>(
     for new in &plan.create {
         arriving.remove(&new.user_id);
     }
-    let mut leaving = leaving_users(request, candidates, team, &staying);
+    let mut leaving = leaving_users(request, candidates, team, &staying)?;
     // Owners stay in the team while they own the group: leaving it, they are members no more.
     let kept_owners: HashSet<&String> = match request.owners {
         Owners::Kept => team.owners.keys().collect(),
@@ -541,18 +599,97 @@ fn plan_request<'r, 'a>(
             managed.member = false;
         }
     }
-    leaving.extend(leaving_owners);
+    let leaving_owners: HashSet<String> = leaving_owners.into_iter().collect();
+    leaving.extend(leaving_owners.iter().cloned());
     leaving.sort();
     leaving.dedup();
-    for user_id in &leaving {
-        plan_leave(&mut plan, candidates, team, team_id, user_id.clone());
+    // A member who stays, whose removal a unit of work held: the hold no longer stands.
+    plan.drop_holds = staying
+        .iter()
+        .filter(|user_id| team.held.contains(*user_id) && !leaving.contains(*user_id))
+        .cloned()
+        .collect();
+    plan.drop_holds.sort();
+    for user_id in &plan.drop_holds {
+        plan.changes.push(Change::RemovalDropped {
+            team_id: team_id.to_owned(),
+            user_id: user_id.clone(),
+        });
     }
-    Planned {
+    let mut staged = Vec::new();
+    if let Removals::Stage(_) = request.removals {
+        // Members leave at the end of the unit of work, or are held then. What is not a
+        // membership (only entra-sync's own record of one) is forgotten now.
+        let (members, records): (Vec<String>, Vec<String>) = leaving
+            .into_iter()
+            .partition(|user_id| is_member(candidates, team, team_id, user_id));
+        for user_id in records {
+            plan_leave(&mut plan, candidates, team, team_id, user_id);
+        }
+        staged = members
+            .into_iter()
+            .map(|user_id| StagedRemoval {
+                team_id: team_id.to_owned(),
+                entra_user_id: entra_user_of(candidates, team, &user_id),
+                reason: if leaving_owners.contains(&user_id) {
+                    RemovalReason::OwnershipEnded
+                } else {
+                    request.reason
+                },
+                user_id,
+            })
+            .collect();
+        leaving = Vec::new();
+    } else {
+        for user_id in &leaving {
+            if team.held.contains(user_id) {
+                plan.drop_holds.push(user_id.clone());
+            }
+            plan_leave(&mut plan, candidates, team, team_id, user_id.clone());
+        }
+    }
+    Ok(Planned {
         prepared,
         plan,
         leaving,
         arriving,
+        staged,
+    })
+}
+
+/// Whether the user has a trace of membership in the team: an entry, the team in their `teams`,
+/// or a membership row.
+fn is_member(candidates: &Candidates, team: &TeamState, team_id: &str, user_id: &str) -> bool {
+    team.entries.contains_key(user_id)
+        || team.rows.contains(user_id)
+        || candidates
+            .by_user_id(user_id)
+            .is_some_and(|row| row.in_team(team_id))
+}
+
+/// The LiteLLM user of an Entra object id: its row, or a membership entra-sync made for it (the
+/// row may be gone while traces remain).
+fn litellm_user_of(
+    candidates: &Candidates,
+    team: &TeamState,
+    object_id: &str,
+) -> Result<Option<String>> {
+    if let Some(row) = candidates.object(object_id)? {
+        return Ok(Some(candidates.rows[row].user_id.clone()));
     }
+    Ok(team
+        .managed
+        .iter()
+        .find(|(_, managed)| managed.entra_user_id == object_id)
+        .map(|(user_id, _)| user_id.clone()))
+}
+
+/// The Entra object id of a LiteLLM user, when entra-sync knows it.
+fn entra_user_of(candidates: &Candidates, team: &TeamState, user_id: &str) -> Option<String> {
+    team.managed
+        .get(user_id)
+        .map(|managed| managed.entra_user_id.clone())
+        .or_else(|| candidates.by_user_id(user_id)?.sso_user_id.clone())
 }
 
 /// Each user once, in the order given.
@@ -584,6 +721,7 @@ async fn plan_keys(txn: &DatabaseTransaction, planned: &mut [Planned<'_, '_>]) -
             leaving
                 .iter()
                 .chain(one.arriving.iter())
+                .chain(one.plan.drop_holds.iter())
                 .map(|user_id| (one.prepared.team_id.as_str(), user_id.as_str()))
         })
         .collect();
@@ -592,7 +730,18 @@ async fn plan_keys(txn: &DatabaseTransaction, planned: &mut [Planned<'_, '_>]) -
     for (one, leaving) in planned.iter_mut().zip(&leaving) {
         let team_id = one.prepared.team_id.as_str();
         let leaving: HashSet<&str> = leaving.iter().map(String::as_str).collect();
-        let arriving: HashSet<&str> = one.arriving.iter().map(String::as_str).collect();
+        // Back in the team, or their held removal dropped: keys blocked for it come back.
+        let arriving: HashSet<&str> = one
+            .arriving
+            .iter()
+            .chain(
+                one.plan
+                    .drop_holds
+                    .iter()
+                    .filter(|u| !leaving.contains(u.as_str())),
+            )
+            .map(String::as_str)
+            .collect();
         keys.removed(
             keys::of_members(&found, team_id, &leaving),
             one.prepared.request.keys,
@@ -660,39 +809,32 @@ fn leaving_users(
     candidates: &Candidates,
     team: &TeamState,
     staying: &HashSet<String>,
-) -> Vec<String> {
+) -> Result<Vec<String>> {
     let mut leaving: Vec<String> = match request.leaving {
         Leaving::Nobody => Vec::new(),
         Leaving::These(leaving) => {
-            let managed_by_entra_id: HashMap<&str, &String> = team
-                .managed
-                .iter()
-                .map(|(user_id, managed)| (managed.entra_user_id.as_str(), user_id))
-                .collect();
-            leaving
-                .iter()
-                .filter_map(|id| {
-                    candidates
-                        .by_object_id(id.as_str())
-                        .map(|row| candidates.rows[row].user_id.clone())
-                        // The user row may be gone (an admin deleted it) while traces remain.
-                        .or_else(|| managed_by_entra_id.get(id.as_str()).map(|u| (*u).clone()))
-                })
-                .collect()
+            let mut users = Vec::with_capacity(leaving.len());
+            for id in leaving {
+                users.extend(litellm_user_of(candidates, team, id.as_str())?);
+            }
+            users
         }
         Leaving::EveryoneElse => current_members(team).cloned().collect(),
         Leaving::AllManaged => team.managed.keys().cloned().collect(),
+        Leaving::Exactly(leaving) => leaving.to_vec(),
     };
+    let filtered = matches!(request.leaving, Leaving::These(_) | Leaving::EveryoneElse);
     leaving.retain(|user_id| {
         !staying.contains(user_id)
-            && match request.mode {
-                RemovalMode::Managed => team.managed.contains_key(user_id),
-                RemovalMode::Mirror => true,
-            }
+            && (!filtered
+                || match request.mode {
+                    RemovalMode::Managed => team.managed.contains_key(user_id),
+                    RemovalMode::Mirror => true,
+                })
     });
     leaving.sort();
     leaving.dedup();
-    leaving
+    Ok(leaving)
 }
 
 /// The team's members: everyone in `members_with_roles` (what LiteLLM shows as the team's
@@ -725,8 +867,8 @@ pub(super) fn plan_join(
     user: &EntraUser,
     settings: &LiteLlmSettings,
     role: &'static str,
-) -> Joined {
-    let (user_id, email, in_teams) = match candidates.find(user) {
+) -> Result<Joined> {
+    let (user_id, email, in_teams) = match candidates.find(user)? {
         Match::New => {
             let new = NewUser::from_entra(user);
             plan.changes.push(new.change(settings));
@@ -792,7 +934,7 @@ pub(super) fn plan_join(
             });
         }
     }
-    Joined { user_id, added }
+    Ok(Joined { user_id, added })
 }
 
 /// Plans the removal of every trace of one user's membership.
@@ -957,6 +1099,16 @@ async fn execute(
     }
     write_entries(txn, planned, &stamp).await?;
     write_managed(txn, planned, teams, now).await?;
+    let dropped = pairs(planned, |plan| &plan.drop_holds);
+    if !dropped.0.is_empty() {
+        txn.execute(stmt(
+            "DELETE FROM entra_sync_held_removals AS h
+             USING unnest($1::text[], $2::text[]) AS x(user_id, group_id)
+             WHERE h.group_id = x.group_id AND h.user_id = x.user_id",
+            [text_array(dropped.0), text_array(dropped.1)],
+        ))
+        .await?;
+    }
     for one in planned {
         let team_id = one.prepared.team_id.as_str();
         if !one.plan.roles.is_empty() {

@@ -13,6 +13,7 @@
 
 mod audit;
 mod change;
+mod deletions;
 mod failures;
 mod keys;
 pub mod lease;
@@ -20,6 +21,7 @@ mod members;
 mod nesting;
 mod owners;
 mod poll_state;
+mod removals;
 mod roles;
 mod sql;
 mod state;
@@ -37,10 +39,12 @@ use entity::{GroupId, UserId};
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 
 pub use audit::{AuditEntry, AuditFilter};
-pub use change::{BlockReason, Cause, Change, Changes};
+pub use change::{BlockReason, Cause, Change, Changes, RemovalReason};
+pub use deletions::{CONFIRMATION_GAP, Deletion};
 pub use failures::{Item, failed_items};
 pub use keys::{DepartedUserKeys, KeyPolicy, RemovedMemberKeys};
 pub use poll_state::PollState;
+pub use removals::{HeldRemoval, Removals, StagedRemoval, UnitId, held_count};
 pub use state::{
     ReconciliationRecord, assigned_group_count, last_delta_round, last_reconciliation,
 };
@@ -72,6 +76,8 @@ pub struct ApplyOptions {
     pub fence: Option<Fence>,
     /// What the changes are written to the audit log as made by.
     pub cause: Option<Cause>,
+    /// Whether removals happen now or are left to the unit of work (see [`removals`]).
+    pub removals: Removals,
 }
 
 impl ApplyOptions {
@@ -81,6 +87,7 @@ impl ApplyOptions {
             dry_run: false,
             fence: None,
             cause: None,
+            removals: Removals::Apply,
         }
     }
 
@@ -90,7 +97,14 @@ impl ApplyOptions {
             dry_run: true,
             fence: None,
             cause: None,
+            removals: Removals::Apply,
         }
+    }
+
+    /// The same, its removals staged for a unit of work (or applied).
+    #[must_use]
+    pub fn removing(self, removals: Removals) -> Self {
+        Self { removals, ..self }
     }
 
     /// The same, its changes recorded as made by `cause`.
@@ -268,6 +282,8 @@ pub struct TeamSync<'a> {
     pub group: &'a GroupId,
     pub display_name: Option<&'a str>,
     pub members: &'a [EntraUser],
+    /// Members the group lists whose user objects Graph could not read: they stay as they are.
+    pub unreadable: &'a [UserId],
 }
 
 /// What one operation did: its changes, and the cache keys its commit made stale beyond those
@@ -276,13 +292,15 @@ pub struct TeamSync<'a> {
 pub(super) struct Applied {
     pub changes: Vec<Change>,
     pub stale: Vec<String>,
+    /// Removals left to the unit of work ([`Removals::Stage`]).
+    pub staged: Vec<StagedRemoval>,
 }
 
 impl From<Vec<Change>> for Applied {
     fn from(changes: Vec<Change>) -> Self {
         Self {
             changes,
-            stale: Vec::new(),
+            ..Self::default()
         }
     }
 }
@@ -307,6 +325,8 @@ pub struct Store {
     /// Set: LiteLLM's Redis, where each commit's stale objects are evicted.
     cache: Option<LiteLlmCache>,
     statistics: Arc<statistics::Statistics>,
+    /// The removals each unit of work staged, until its end.
+    staging: Arc<removals::Staging>,
 }
 
 impl Store {
@@ -320,6 +340,7 @@ impl Store {
             keys: KeyPolicy::default(),
             cache: None,
             statistics: Arc::new(statistics::Statistics::new()),
+            staging: Arc::default(),
         }
     }
 
@@ -391,7 +412,11 @@ impl Store {
         applied: Applied,
         options: ApplyOptions,
     ) -> Result<Vec<Change>> {
-        let Applied { changes, stale } = applied;
+        let Applied {
+            changes,
+            stale,
+            staged,
+        } = applied;
         if options.dry_run {
             txn.rollback().await?;
         } else {
@@ -419,6 +444,10 @@ impl Store {
             }
             self.statistics.after_commit(&self.db, &changes).await;
         }
+        // Committed (or, in a dry run, planned): the unit of work decides on them at its end.
+        if let Removals::Stage(unit) = options.removals {
+            self.staging.stage(unit, staged);
+        }
         Ok(changes)
     }
 
@@ -443,6 +472,7 @@ impl Store {
         group: &GroupId,
         joining: &[EntraUser],
         leaving: members::Leaving<'_>,
+        reason: RemovalReason,
         options: ApplyOptions,
     ) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
@@ -457,6 +487,9 @@ impl Store {
             },
             mode: self.removal_mode,
             keys: self.keys.removed_member,
+            unreadable: &[],
+            removals: options.removals,
+            reason,
         };
         let changes = members::apply(&txn, request, &self.settings, options.now).await;
         self.settle(txn, changes, options).await
@@ -562,8 +595,14 @@ impl LiteLlmWriter for Store {
         members: &[EntraUser],
         options: ApplyOptions,
     ) -> Result<Vec<Change>> {
-        self.membership(group, members, members::Leaving::Nobody, options)
-            .await
+        self.membership(
+            group,
+            members,
+            members::Leaving::Nobody,
+            RemovalReason::LeftGroup,
+            options,
+        )
+        .await
     }
 
     #[tracing::instrument(skip(self, members), fields(members = members.len()), err(level = "debug"))]
@@ -573,8 +612,14 @@ impl LiteLlmWriter for Store {
         members: &[UserId],
         options: ApplyOptions,
     ) -> Result<Vec<Change>> {
-        self.membership(group, &[], members::Leaving::These(members), options)
-            .await
+        self.membership(
+            group,
+            &[],
+            members::Leaving::These(members),
+            RemovalReason::LeftGroup,
+            options,
+        )
+        .await
     }
 
     #[tracing::instrument(skip(self, members), fields(members = members.len()), err(level = "debug"))]
@@ -584,8 +629,14 @@ impl LiteLlmWriter for Store {
         members: &[EntraUser],
         options: ApplyOptions,
     ) -> Result<Vec<Change>> {
-        self.membership(group, members, members::Leaving::EveryoneElse, options)
-            .await
+        self.membership(
+            group,
+            members,
+            members::Leaving::EveryoneElse,
+            RemovalReason::NotInGroup,
+            options,
+        )
+        .await
     }
 
     #[tracing::instrument(skip(self, members), fields(members = members.len()), err(level = "debug"))]
@@ -600,6 +651,7 @@ impl LiteLlmWriter for Store {
             group,
             display_name,
             members,
+            unreadable: &[],
         };
         self.sync_teams(&[team], options).await
     }
@@ -629,18 +681,24 @@ impl LiteLlmWriter for Store {
                     owners: members::Owners::Kept,
                     mode: self.removal_mode,
                     keys: self.keys.removed_member,
+                    unreadable: team.unreadable,
+                    removals: options.removals,
+                    reason: RemovalReason::NotInGroup,
                 })
                 .collect();
-            let (memberships, stale) =
-                members::apply_many(&txn, &requests, &self.settings, options.now).await?;
+            let applied = members::apply_many(&txn, &requests, &self.settings, options.now).await?;
             let mut changes = Vec::new();
-            for (team, membership) in teams.iter().zip(memberships) {
+            for (team, membership) in teams.iter().zip(applied.changes) {
                 if team.display_name.is_some() {
                     changes.extend(made.next().unwrap_or_default());
                 }
                 changes.extend(membership);
             }
-            Ok(Applied { changes, stale })
+            Ok(Applied {
+                changes,
+                stale: applied.stale,
+                staged: applied.staged,
+            })
         }
         .await;
         self.settle(txn, work, options).await
@@ -652,8 +710,14 @@ impl LiteLlmWriter for Store {
         group: &GroupId,
         options: ApplyOptions,
     ) -> Result<Vec<Change>> {
-        self.membership(group, &[], members::Leaving::AllManaged, options)
-            .await
+        self.membership(
+            group,
+            &[],
+            members::Leaving::AllManaged,
+            RemovalReason::GroupRetired,
+            options,
+        )
+        .await
     }
 
     #[tracing::instrument(skip(self, owners), fields(owners = owners.len()), err(level = "debug"))]
@@ -671,6 +735,9 @@ impl LiteLlmWriter for Store {
             owners: members::Owners::Now(owners),
             mode: self.removal_mode,
             keys: self.keys.removed_member,
+            unreadable: &[],
+            removals: options.removals,
+            reason: RemovalReason::OwnershipEnded,
         };
         let changes = members::apply(&txn, request, &self.settings, options.now).await;
         self.settle(txn, changes, options).await
@@ -729,11 +796,15 @@ impl LiteLlmWriter for Store {
                         owners: members::Owners::Ignored,
                         mode: self.removal_mode,
                         keys: self.keys.removed_member,
+                        unreadable: &[],
+                        removals: options.removals,
+                        reason: RemovalReason::UserDeparted,
                     };
                     let removed =
                         members::apply(&txn, request, &self.settings, options.now).await?;
                     applied.changes.extend(removed.changes);
                     applied.stale.extend(removed.stale);
+                    applied.staged.extend(removed.staged);
                 }
                 let default = self.default_role();
                 applied.changes.extend(
@@ -757,12 +828,31 @@ impl LiteLlmWriter for Store {
         if policy == RemovedMemberKeys::Keep {
             return Ok(Vec::new());
         }
+        if let Removals::Stage(unit) = options.removals {
+            // Key deletions count towards the unit's threshold like any removal's.
+            let staged = keys::surviving_pairs(&self.db)
+                .await?
+                .into_iter()
+                .map(|(team_id, user_id)| StagedRemoval {
+                    team_id,
+                    user_id,
+                    entra_user_id: None,
+                    reason: RemovalReason::KeysSurvived,
+                })
+                .collect();
+            self.staging.stage(unit, staged);
+            return Ok(Vec::new());
+        }
         let mut changes = Vec::new();
         for team in keys::teams_with_surviving_keys(&self.db).await? {
             let txn = self.db.begin().await?;
             let work = keys::revoke_surviving(&txn, &team, policy, options.now)
                 .await
-                .map(|(changes, stale)| Applied { changes, stale });
+                .map(|(changes, stale)| Applied {
+                    changes,
+                    stale,
+                    staged: Vec::new(),
+                });
             changes.extend(self.settle(txn, work, options).await?);
         }
         Ok(changes)

@@ -45,7 +45,7 @@ pub(super) fn plan(
     owners: &[&EntraUser],
     joined: &HashMap<UserId, String>,
     settings: &LiteLlmSettings,
-) -> Planned {
+) -> Result<Planned> {
     let mut planned = Planned::default();
     let mut rows = HashMap::new();
     for owner in owners {
@@ -60,7 +60,7 @@ pub(super) fn plan(
                     owner,
                     settings,
                     member_entry::ROLE_ADMIN,
-                );
+                )?;
                 if joining.added {
                     planned.arriving.push(joining.user_id.clone());
                 }
@@ -119,7 +119,7 @@ pub(super) fn plan(
         }
     }
     plan.owner_rows = Some(rows);
-    planned
+    Ok(planned)
 }
 
 fn role_change(team_id: &str, user_id: &str, from: &str, to: &str) -> Change {

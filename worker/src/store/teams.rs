@@ -278,6 +278,7 @@ pub(super) async fn block(
             .map(|alias| format!("team_alias:{alias}"))
             .into_iter()
             .collect(),
+        staged: Vec::new(),
     })
 }
 

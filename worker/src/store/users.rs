@@ -202,6 +202,21 @@ impl Candidates {
         self.by_id.get(id).or_else(|| self.by_sso.get(id)).copied()
     }
 
+    /// [`Self::by_object_id`], refusing an id that two rows go by (one as its `user_id`,
+    /// another as its `sso_user_id`): writing either could be writing the wrong person.
+    pub fn object(&self, id: &str) -> Result<Option<usize>> {
+        match (self.by_id.get(id), self.by_sso.get(id)) {
+            (Some(&by_id), Some(&by_sso)) if by_id != by_sso => Err(Error::AmbiguousUser {
+                object_id: id.to_owned(),
+                user_ids: [
+                    self.rows[by_id].user_id.clone(),
+                    self.rows[by_sso].user_id.clone(),
+                ],
+            }),
+            (by_id, by_sso) => Ok(by_id.or(by_sso).copied()),
+        }
+    }
+
     pub fn by_user_id(&self, user_id: &str) -> Option<&UserRow> {
         self.by_id.get(user_id).map(|&i| &self.rows[i])
     }
@@ -262,10 +277,10 @@ impl Candidates {
     /// Matches an Entra user. An email match only takes a row that belongs to no other Entra
     /// user (no `sso_user_id`) and that no earlier user of the same batch took; among several,
     /// the first in LiteLLM's lock order, so the choice is deterministic.
-    pub fn find(&mut self, user: &EntraUser) -> Match {
-        if let Some(row) = self.by_object_id(user.id.as_str()) {
+    pub fn find(&mut self, user: &EntraUser) -> Result<Match> {
+        if let Some(row) = self.object(user.id.as_str())? {
             self.claimed.insert(row);
-            return Match::Existing { row, link: false };
+            return Ok(Match::Existing { row, link: false });
         }
         let by_email = user.email().and_then(|email| {
             self.by_email.get(&email).and_then(|rows| {
@@ -274,13 +289,13 @@ impl Candidates {
                     .find(|&i| self.rows[i].sso_user_id.is_none() && !self.claimed.contains(&i))
             })
         });
-        match by_email {
+        Ok(match by_email {
             Some(row) => {
                 self.claimed.insert(row);
                 Match::Existing { row, link: true }
             }
             None => Match::New,
-        }
+        })
     }
 }
 
@@ -434,7 +449,7 @@ pub(super) async fn ensure_many(
     let mut new = Vec::new();
     let mut changes = Vec::new();
     for user in users {
-        let user_id = match candidates.find(user) {
+        let user_id = match candidates.find(user)? {
             Match::Existing { row, link } => {
                 let user_id = candidates.rows[row].user_id.clone();
                 if link {

@@ -52,7 +52,7 @@ impl Syncer {
     /// round.
     #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn poll_assignments(&self, now: DateTime<Utc>) -> Result<AssignmentReport> {
-        self.exclusively(Cause::AssignmentPoll, |syncer| async move {
+        self.exclusively(Cause::AssignmentPoll, now, |syncer| async move {
             syncer.poll_locked(now, PollScope::WhatChanged).await
         })
         .await
@@ -131,9 +131,7 @@ impl Syncer {
         self.sync_owners(&new_groups, now, &mut report.changes)
             .await?;
         if let Some(start) = starting_point {
-            self.store
-                .save_delta_link(&start.delta_link, self.options(now))
-                .await?;
+            self.defer_delta_link(&start.delta_link, now).await?;
         }
 
         let unchanged = self.store.poll_state(&fingerprint).await? == PollState::Current;
@@ -191,6 +189,7 @@ impl Syncer {
                         group,
                         display_name: Some(name),
                         members,
+                        unreadable: Vec::new(),
                     };
                     if batch.push(whole) {
                         let failed = std::mem::take(&mut failed);
@@ -279,8 +278,21 @@ impl Syncer {
             .filter(|u| !known_users.contains_key(*u))
             .cloned()
             .collect();
-        for user in self.graph.users_by_ids(&unknown).await? {
-            known_users.insert(user.id.clone(), user);
+        let mut unreadable: HashSet<UserId> = unknown.iter().cloned().collect();
+        for state in self.graph.users_by_ids(&unknown).await? {
+            unreadable.remove(&state.user.id);
+            if state.enabled {
+                known_users.insert(state.user.id.clone(), state.user);
+            }
+        }
+        if !unreadable.is_empty() {
+            // Assigned, but not readable yet (replication lag): their roles stay as they are
+            // and are worked out again at the next poll.
+            tracing::info!(
+                users = unreadable.len(),
+                "users assigned a role could not be read yet; their roles are left as they are"
+            );
+            applied = false;
         }
         // Disabled accounts are absent from what getByIds gives back: no role for them.
         let granting: Vec<(EntraUser, Vec<String>)> = values
@@ -315,7 +327,7 @@ impl Syncer {
             .managed_role_holders()
             .await?
             .into_iter()
-            .filter(|holder| !granted.contains(holder))
+            .filter(|holder| !granted.contains(holder) && !unreadable.contains(holder))
             .collect();
         for batch in revoking.chunks(ROLE_BATCH) {
             let outcome = retrying(|| self.store.revoke_roles(batch, options)).await;

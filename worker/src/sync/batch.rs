@@ -32,6 +32,8 @@ pub(super) struct WholeGroup {
     /// Set: the team is created, or renamed, to this.
     pub display_name: Option<String>,
     pub members: Vec<EntraUser>,
+    /// Members the group lists whose user objects Graph could not read: they stay as they are.
+    pub unreadable: Vec<entity::UserId>,
 }
 
 /// Groups read whole, collected until a batch is full.
@@ -76,6 +78,7 @@ impl Syncer {
                 group: &whole.group,
                 display_name: whole.display_name.as_deref(),
                 members: &whole.members,
+                unreadable: &whole.unreadable,
             })
             .collect();
         match retrying(|| self.store.sync_teams(&teams, options)).await {
@@ -86,6 +89,8 @@ impl Syncer {
                 let count = changed.len();
                 for whole in batch {
                     self.settle_item(Item::Group(whole.group.clone()), Ok(Vec::new()), now)
+                        .await?;
+                    self.settle_members(&whole.group, &whole.unreadable, now)
                         .await?;
                 }
                 changes.add(made);
@@ -98,16 +103,16 @@ impl Syncer {
         }
         let mut count = 0;
         for team in &teams {
-            let outcome = match retrying(|| {
-                self.store
-                    .sync_team(team.group, team.display_name, team.members, options)
-            })
-            .await
-            {
+            let one = [*team];
+            let outcome = match retrying(|| self.store.sync_teams(&one, options)).await {
                 // No team, and no name to create it with: the next poll settles it.
                 Err(Error::TeamNotFound(_)) if team.display_name.is_none() => Ok(Vec::new()),
                 outcome => outcome,
             };
+            if outcome.is_ok() {
+                self.settle_members(team.group, team.unreadable, now)
+                    .await?;
+            }
             let made = self
                 .settle_item(Item::Group(team.group.clone()), outcome, now)
                 .await?;

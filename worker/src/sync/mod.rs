@@ -13,6 +13,7 @@ mod batch;
 mod nesting;
 mod owners;
 mod reconcile;
+mod removals;
 mod round;
 mod users;
 
@@ -26,11 +27,14 @@ use entity::{GroupId, UserId};
 use crate::error::Result;
 use crate::graph::GraphClient;
 use crate::store::lease::{Fence, Lease};
-use crate::store::{ApplyOptions, Cause, Change, Changes, Item, LiteLlmWriter, Store};
+use crate::store::{
+    ApplyOptions, Cause, Change, Changes, Item, LiteLlmWriter, Removals, Store, UnitId,
+};
 
 pub use assignments::AssignmentReport;
 pub use nesting::Membership;
 pub use reconcile::ReconcileReport;
+pub use removals::{DEFAULT_REMOVAL_THRESHOLD, ReleaseReport, UnitReport};
 pub use round::RoundReport;
 pub use users::DepartedUserPolicy;
 
@@ -117,6 +121,12 @@ pub struct Syncer {
     fence: Option<Fence>,
     /// Set inside a unit of work: what it is, recorded with every change it makes.
     cause: Option<Cause>,
+    /// Set inside a unit of work: its number (its removals are staged under it) and the
+    /// deltaLink it stores once its removals are settled.
+    unit: Option<Arc<removals::Unit>>,
+    /// A unit of work that would remove more memberships, or delete more keys, than this holds
+    /// its removals for a person; 0: never.
+    removal_threshold: u64,
     policy: UnassignedPolicy,
     departed_policy: DepartedUserPolicy,
     membership: Membership,
@@ -147,6 +157,8 @@ impl Syncer {
             turn: Arc::default(),
             fence: None,
             cause: None,
+            unit: None,
+            removal_threshold: DEFAULT_REMOVAL_THRESHOLD,
             policy,
             departed_policy: DepartedUserPolicy::default(),
             membership: Membership::default(),
@@ -170,36 +182,51 @@ impl Syncer {
     /// fence; no transaction stays open meanwhile. Within the process, units wait their turn.
     /// Work already inside a unit (a reconciliation's poll) runs as it is, under that unit's
     /// lease and cause; dry runs (which write nothing) take no lease. `cause` is recorded with
-    /// every change the unit makes.
-    pub(super) async fn exclusively<T, F, Fut>(&self, cause: Cause, work: F) -> Result<T>
+    /// every change the unit makes. The removals the unit staged are applied, or held, at its
+    /// end, and only then is its deltaLink stored ([`Self::finish_unit`]).
+    pub(super) async fn exclusively<T, F, Fut>(
+        &self,
+        cause: Cause,
+        now: DateTime<Utc>,
+        work: F,
+    ) -> Result<T>
     where
+        T: UnitReport,
         F: FnOnce(Syncer) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        if self.fence.is_some() {
+        if self.unit.is_some() {
             return work(self.clone()).await;
         }
         if self.dry_run {
-            return work(self.within_unit(None, cause).await?).await;
+            let unit = self.within_unit(None, cause).await?;
+            return unit.run_unit(now, work).await;
         }
         let _turn = self.turn.lock().await;
         self.lease
             .hold(self.patience, |fence| async move {
-                work(self.within_unit(Some(fence), cause).await?).await
+                let unit = self.within_unit(Some(fence), cause).await?;
+                unit.run_unit(now, work).await
             })
             .await
     }
 
-    /// The syncer for one unit of work: its fence and cause, the users to leave out, the failing
-    /// items.
+    /// The syncer for one unit of work: its fence, cause and number, the users to leave out, the
+    /// failing items.
     async fn within_unit(&self, fence: Option<Fence>, cause: Cause) -> Result<Self> {
         Ok(Self {
             fence,
             cause: Some(cause),
+            unit: Some(Arc::new(removals::Unit::new(self.store.new_unit()))),
             excluded: Arc::new(self.store.departed_users().await?),
             failing: Arc::new(self.store.failing_items().await?),
             ..self.clone()
         })
+    }
+
+    /// A unit of work's number, inside one.
+    fn unit_id(&self) -> Option<UnitId> {
+        self.unit.as_ref().map(|unit| unit.id)
     }
 
     /// One item's outcome: its changes; or, for an error of its own, nothing now and a retry
@@ -222,8 +249,13 @@ impl Syncer {
             Err(error) if error.is_systemic() => Err(error),
             Err(error) => {
                 tracing::warn!(%item, %error, "failed on its own; the rest goes on, and it is retried later");
+                // A deletion is confirmed no sooner than a minute after Graph first said so.
+                let not_before = match &error {
+                    crate::Error::DeletionUnconfirmed { confirm_after, .. } => Some(*confirm_after),
+                    _ => None,
+                };
                 self.store
-                    .record_failure(&item, &error.to_string(), self.options(now))
+                    .record_failure(&item, &error.to_string(), not_before, self.options(now))
                     .await?;
                 Ok(Vec::new())
             }
@@ -268,6 +300,11 @@ impl Syncer {
     /// How many reconciliations in a row, up to the newest, found drift (counted up to ten).
     pub async fn reconciliations_with_drift(&self) -> Result<u64> {
         self.store.reconciliations_with_drift(10).await
+    }
+
+    /// How many removals are held for a person now.
+    pub async fn held_removals(&self) -> Result<i64> {
+        crate::store::held_count(self.store.connection()).await
     }
 
     /// How many groups and users fail now.
@@ -342,6 +379,15 @@ impl Syncer {
             ApplyOptions::commit(now).fenced(self.fence)
         }
         .caused_by(self.cause)
+        .removing(self.unit_id().map_or(Removals::Apply, Removals::Stage))
+    }
+
+    /// How many memberships (or key deletions) one unit of work may remove before it holds its
+    /// removals for a person (`ENTRA_SYNC_REMOVAL_THRESHOLD`); 0 turns the hold off.
+    #[must_use]
+    pub fn with_removal_threshold(mut self, threshold: u64) -> Self {
+        self.removal_threshold = threshold;
+        self
     }
 
     /// Records groups as assigned, with their names.

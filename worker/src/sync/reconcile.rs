@@ -27,7 +27,7 @@ impl Syncer {
     /// Runs a full reconciliation under the sync lease and records it (not in a dry run).
     #[tracing::instrument(skip(self), fields(dry_run = self.dry_run), err(level = "debug"))]
     pub async fn reconcile(&self, now: DateTime<Utc>) -> Result<ReconcileReport> {
-        self.exclusively(Cause::Reconciliation, |syncer| async move {
+        self.exclusively(Cause::Reconciliation, now, |syncer| async move {
             syncer.reconcile_locked(now).await
         })
         .await
@@ -40,7 +40,7 @@ impl Syncer {
         now: DateTime<Utc>,
         interval: chrono::Duration,
     ) -> Result<Option<ReconcileReport>> {
-        self.exclusively(Cause::Reconciliation, |syncer| async move {
+        self.exclusively(Cause::Reconciliation, now, |syncer| async move {
             let last = syncer.store.last_reconciliation().await?;
             if last.is_some_and(|run| now - run.finished_at < interval) {
                 return Ok(None);
@@ -96,6 +96,9 @@ impl Syncer {
         // Keys that outlived a removal (made before entra-sync revoked keys, or created while
         // the member was being removed); departed users' keys were blocked just above.
         changes.add(self.store.revoke_surviving_keys(self.options(now)).await?);
+        // The removals it staged, applied or held now, so that its record counts them and a
+        // failure to apply them fails the reconciliation.
+        changes.add(self.finish_unit(now).await?);
         Ok(ReconcileReport {
             changes,
             assigned_groups: assignments.assigned_groups,

@@ -10,12 +10,12 @@ use tokio::task::JoinSet;
 
 use super::batch::{Batch, WholeGroup, Writers, read_all_in_parallel};
 use super::{Membership, Syncer, retrying};
-use crate::directory::EntraUser;
+use crate::directory::{EntraUser, UserState};
 use crate::error::{Error, Result};
 use crate::graph::DeltaStart;
 use crate::graph::model::ObjectKind;
 use crate::graph::{DeltaRound, GroupDelta};
-use crate::store::{Cause, Change, Changes, Item, LiteLlmWriter};
+use crate::store::{Cause, Change, Changes, Item, LiteLlmWriter, TeamSync};
 
 /// Groups a resync reads and applies together: four filtered delta requests.
 pub(super) const RESYNC_SLICE: usize = 200;
@@ -29,6 +29,16 @@ struct SliceRead {
     whole: Vec<WholeGroup>,
     /// Groups whose members could not be read, with their current names.
     unreadable: Vec<(GroupId, Option<String>, Error)>,
+}
+
+/// A group's members as one read found them.
+#[derive(Debug, Default)]
+pub(super) struct Members {
+    /// Those who may be the team's members (readable, enabled, not departed).
+    pub joining: Vec<EntraUser>,
+    /// Those the group lists whose user objects Graph could not read (replication lag): left
+    /// exactly as they are, and read again soon.
+    pub unreadable: Vec<UserId>,
 }
 
 /// What a round did.
@@ -49,7 +59,7 @@ impl Syncer {
     /// group's changes, and stores the new deltaLink only after they are committed.
     #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn delta_round(&self, now: DateTime<Utc>) -> Result<RoundReport> {
-        self.exclusively(Cause::DeltaRound, |syncer| async move {
+        self.exclusively(Cause::DeltaRound, now, |syncer| async move {
             syncer.round_locked(now).await
         })
         .await
@@ -59,10 +69,9 @@ impl Syncer {
     /// lifecycle event, or a subscription that was removed), under the same lease.
     #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn resync_round(&self, now: DateTime<Utc>) -> Result<RoundReport> {
-        self.exclusively(
-            Cause::Resync,
-            |syncer| async move { syncer.resync(now).await },
-        )
+        self.exclusively(Cause::Resync, now, |syncer| async move {
+            syncer.resync(now).await
+        })
         .await
     }
 
@@ -117,10 +126,9 @@ impl Syncer {
         self.store
             .mark_roles_stale(Some(&changed), self.options(now))
             .await?;
-        self.store
-            .save_delta_link(&round.delta_link, self.options(now))
-            .await?;
         report.changes.add(self.retry_failed(now).await?);
+        // Stored once the round's removals are settled (see `Syncer::finish_unit`).
+        self.defer_delta_link(&round.delta_link, now).await?;
         Ok(report)
     }
 
@@ -172,7 +180,7 @@ impl Syncer {
         &self,
         group: &GroupId,
         delta: &GroupDelta,
-        users: &HashMap<UserId, EntraUser>,
+        users: &HashMap<UserId, UserState>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Change>> {
         if delta.group_removed.is_some() {
@@ -194,10 +202,16 @@ impl Syncer {
                 return Ok(changes);
             }
         }
-        let joining = self.joining(delta, users);
-        if !joining.is_empty() {
-            changes.extend(self.store.add_members(group, &joining, options).await?);
+        let members = self.joining(delta, users);
+        if !members.joining.is_empty() {
+            changes.extend(
+                self.store
+                    .add_members(group, &members.joining, options)
+                    .await?,
+            );
         }
+        // New members Graph cannot read yet join once it can: each is retried on its own.
+        self.settle_members(group, &members.unreadable, now).await?;
         let leaving: Vec<UserId> = delta
             .removed
             .iter()
@@ -222,6 +236,14 @@ impl Syncer {
                 Item::Group(group) => self.resync_group_by_id(group, now).await,
                 Item::User(user) => match self.graph.user_state(user).await {
                     Ok(state) => self.apply_user(user, state.as_ref(), now).await,
+                    Err(error) => Err(error),
+                },
+                // The group read whole again settles its members, this one among them.
+                Item::Member(group, _) => match self.resync_group_by_id(group, now).await {
+                    Ok(made) => {
+                        changes.extend(made);
+                        continue;
+                    }
                     Err(error) => Err(error),
                 },
             };
@@ -249,6 +271,7 @@ impl Syncer {
             self.remember_assigned(&[(group.clone(), Some(name.clone()))], now)
                 .await?;
         }
+        self.settle_members(group, &members.unreadable, now).await?;
         Ok(changes)
     }
 
@@ -279,9 +302,7 @@ impl Syncer {
             groups_applied,
             changes,
         };
-        self.store
-            .save_delta_link(&latest.delta_link, self.options(now))
-            .await?;
+        self.defer_delta_link(&latest.delta_link, now).await?;
         Ok(report)
     }
 
@@ -363,7 +384,8 @@ impl Syncer {
                 Some(members) => read.whole.push(WholeGroup {
                     group: group.clone(),
                     display_name: delta.display_name,
-                    members,
+                    members: members.joining,
+                    unreadable: members.unreadable,
                 }),
                 None => unread.push((group.clone(), delta.display_name)),
             }
@@ -381,6 +403,7 @@ impl Syncer {
                     group,
                     display_name,
                     members,
+                    unreadable: Vec::new(),
                 }),
                 Err(error) => read.unreadable.push((group, display_name, error)),
             }
@@ -394,7 +417,7 @@ impl Syncer {
     async fn direct_members<'a>(
         &self,
         current: impl Iterator<Item = (&'a GroupId, &'a GroupDelta)>,
-    ) -> Result<HashMap<GroupId, Vec<EntraUser>>> {
+    ) -> Result<HashMap<GroupId, Members>> {
         if self.membership == Membership::Transitive {
             return Ok(HashMap::new());
         }
@@ -414,13 +437,16 @@ impl Syncer {
         &self,
         group: &GroupId,
         delta: &GroupDelta,
-        direct: Option<Vec<EntraUser>>,
+        direct: Option<Members>,
         now: DateTime<Utc>,
-    ) -> Result<Vec<EntraUser>> {
+    ) -> Result<Members> {
         match direct {
             Some(members) => Ok(members),
-            None if delta.group_removed.is_some() => Ok(Vec::new()),
-            None => self.members_of(group, now).await,
+            None if delta.group_removed.is_some() => Ok(Members::default()),
+            None => Ok(Members {
+                joining: self.members_of(group, now).await?,
+                unreadable: Vec::new(),
+            }),
         }
     }
 
@@ -435,11 +461,12 @@ impl Syncer {
             .collect())
     }
 
-    /// The users the deltas add (groups that still exist), read with getByIds in one go.
+    /// The users the deltas add (groups that still exist), read with getByIds in one go: each
+    /// user Graph could read, enabled or not.
     async fn users_added(
         &self,
         deltas: impl Iterator<Item = &GroupDelta>,
-    ) -> Result<HashMap<UserId, EntraUser>> {
+    ) -> Result<HashMap<UserId, UserState>> {
         let ids: HashSet<UserId> = deltas
             .filter(|delta| delta.group_removed.is_none())
             .flat_map(|delta| delta.added.iter())
@@ -452,19 +479,62 @@ impl Syncer {
             .users_by_ids(&ids)
             .await?
             .into_iter()
-            .map(|u| (u.id.clone(), u))
+            .map(|state| (state.user.id.clone(), state))
             .collect())
     }
 
-    /// The members a delta adds that may join (known to Graph, not disabled).
-    fn joining(&self, delta: &GroupDelta, users: &HashMap<UserId, EntraUser>) -> Vec<EntraUser> {
-        delta
+    /// The members a delta adds: those who may join (enabled, not departed), and those Graph
+    /// could not read (replication lag), who are neither added nor taken for leavers. A
+    /// disabled account, or a user entra-sync holds as departed, is neither.
+    fn joining(&self, delta: &GroupDelta, users: &HashMap<UserId, UserState>) -> Members {
+        let mut members = Members::default();
+        for id in delta
             .added
             .iter()
+            .filter(|m| m.kind == ObjectKind::User)
             .filter_map(|m| UserId::parse(&m.id).ok())
-            .filter(|id| self.included(id))
-            .filter_map(|id| users.get(&id).cloned())
-            .collect()
+        {
+            if !self.included(&id) {
+                continue;
+            }
+            match users.get(&id) {
+                Some(state) if state.enabled => members.joining.push(state.user.clone()),
+                Some(_) => {}
+                None => members.unreadable.push(id),
+            }
+        }
+        members
+    }
+
+    /// After a group was applied: each member it lists that Graph could not read is a failed
+    /// item of its own (retried soon, never a removal), and those that failed before and are
+    /// readable now (or no longer listed) are cleared.
+    pub(super) async fn settle_members(
+        &self,
+        group: &GroupId,
+        unreadable: &[UserId],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        for user in unreadable {
+            let error = Error::MemberUnreadable {
+                group: group.to_string(),
+                user: user.to_string(),
+            };
+            self.settle_item(Item::Member(group.clone(), user.clone()), Err(error), now)
+                .await?;
+        }
+        let recovered: Vec<Item> = self
+            .failing
+            .iter()
+            .filter(|item| {
+                matches!(item, Item::Member(failed, user) if failed == group && !unreadable.contains(user))
+            })
+            .cloned()
+            .collect();
+        for item in recovered {
+            self.settle_item(item, Ok(Vec::new()), now).await?;
+        }
+        Ok(())
     }
 
     /// One group of a resync: retired when Graph says it is gone, otherwise renamed to its
@@ -473,19 +543,20 @@ impl Syncer {
         &self,
         group: &GroupId,
         delta: &GroupDelta,
-        members: &[EntraUser],
+        members: &Members,
         now: DateTime<Utc>,
     ) -> Result<Vec<Change>> {
         if delta.group_removed.is_some() {
             return self.retire_group(group, now).await;
         }
-        let name = delta.display_name.as_deref();
-        match retrying(|| {
-            self.store
-                .sync_team(group, name, members, self.options(now))
-        })
-        .await
-        {
+        let team = TeamSync {
+            group,
+            display_name: delta.display_name.as_deref(),
+            members: &members.joining,
+            unreadable: &members.unreadable,
+        };
+        let one = [team];
+        match retrying(|| self.store.sync_teams(&one, self.options(now))).await {
             Ok(changes) => Ok(changes),
             // No team (the group has no name to create it with): the next poll settles it.
             Err(Error::TeamNotFound(_)) => Ok(Vec::new()),

@@ -1,12 +1,12 @@
 //! Users: a `users` notification, or a reconciliation, re-reads users from Graph. A rename
 //! follows into LiteLLM; a user deleted or disabled in Entra loses what entra-sync gave them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::{Syncer, retrying};
 use crate::directory::UserState;
-use crate::error::Result;
-use crate::store::{Cause, Change, Changes, Item, LiteLlmWriter};
+use crate::error::{Error, Result};
+use crate::store::{Cause, Change, Changes, Deletion, Item, LiteLlmWriter};
 use chrono::{DateTime, Utc};
 use entity::UserId;
 
@@ -23,13 +23,26 @@ pub enum DepartedUserPolicy {
 
 impl Syncer {
     /// Re-reads these users (named by `users` notifications) and applies what changed.
-    #[tracing::instrument(skip(self, ids), fields(users = ids.len()), err(level = "debug"))]
-    pub async fn refresh_users(&self, ids: &[UserId], now: DateTime<Utc>) -> Result<Changes> {
+    /// `deleted`: those named by notifications of a deletion, with when the first arrived, each
+    /// one piece of evidence that the user is gone (a second, a minute later, confirms it).
+    #[tracing::instrument(skip(self, ids, deleted), fields(users = ids.len()), err(level = "debug"))]
+    pub async fn refresh_users(
+        &self,
+        ids: &[UserId],
+        deleted: &BTreeMap<UserId, DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Changes> {
         let mut unique: Vec<UserId> = ids.to_vec();
         unique.sort();
         unique.dedup();
-        self.exclusively(Cause::UserNotification, |syncer| async move {
+        self.exclusively(Cause::UserNotification, now, |syncer| async move {
             let mut changes = syncer.tally();
+            for (user, notified_at) in deleted {
+                syncer
+                    .store
+                    .deletion_seen(user, *notified_at, syncer.options(now))
+                    .await?;
+            }
             // A departed user may be back, and roles come back with them: worked out again at
             // the next poll.
             let departed_among = unique.iter().any(|id| syncer.excluded.contains(id));
@@ -59,7 +72,7 @@ impl Syncer {
     /// were missed).
     #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn refresh_all_users(&self, now: DateTime<Utc>) -> Result<Changes> {
-        self.exclusively(Cause::UserNotification, |syncer| async move {
+        self.exclusively(Cause::UserNotification, now, |syncer| async move {
             let tenant = syncer.graph.all_users().await?;
             syncer.apply_tenant_users(tenant, now).await
         })
@@ -81,11 +94,15 @@ impl Syncer {
             .into_iter()
             .map(|state| (state.user.id.clone(), state))
             .collect();
+        // A user the listing leaves out may be deleted, or only not replicated yet: that is
+        // one piece of evidence, which a read a minute later confirms or not. Users already
+        // held as departed need no more.
         let states: Vec<(UserId, Option<UserState>)> = known
             .into_iter()
-            .map(|id| {
-                let state = tenant.get(&id).cloned();
-                (id, state)
+            .filter_map(|id| match tenant.get(&id) {
+                Some(state) => Some((id, Some(state.clone()))),
+                None if self.excluded.contains(&id) => None,
+                None => Some((id, None)),
             })
             .collect();
         self.apply_users(states, now, &mut changes).await?;
@@ -109,6 +126,15 @@ impl Syncer {
                 (state.enabled && !self.excluded.contains(id)).then_some(&state.user)
             })
             .collect();
+        // Every user read now: an earlier "not found" for them no longer counts.
+        let read: Vec<UserId> = states
+            .iter()
+            .filter(|(_, state)| state.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.store
+            .forget_deletions(&read, self.options(now))
+            .await?;
         let unchanged = self.store.unchanged_users(&settled).await?;
         let work: Vec<(UserId, Option<UserState>)> = states
             .into_iter()
@@ -129,14 +155,29 @@ impl Syncer {
         Ok(())
     }
 
-    /// A user as Graph describes it now (`None`: deleted). Whether the user departed is
-    /// remembered, so that every path leaves them out (or lets them back) alike.
+    /// A user as Graph describes it now (`None`: not found). Whether the user departed is
+    /// remembered, so that every path leaves them out (or lets them back) alike. A disabled
+    /// account departs at once; a user Graph does not find departs only once a second answer,
+    /// at least a minute after the first, confirms the deletion (until then the user is a failed
+    /// item, read again then).
     pub(super) async fn apply_user(
         &self,
         id: &UserId,
         state: Option<&UserState>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Change>> {
+        if state.is_none() {
+            if let Deletion::Unconfirmed { confirm_after } =
+                self.store.deletion_seen(id, now, self.options(now)).await?
+            {
+                return Err(Error::DeletionUnconfirmed {
+                    user: id.to_string(),
+                    confirm_after,
+                });
+            }
+        } else {
+            self.store.forget_deletion(id, self.options(now)).await?;
+        }
         match state {
             Some(state) if state.enabled => {
                 let changes = self
