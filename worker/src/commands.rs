@@ -22,9 +22,9 @@ fn graph(config: &WorkerConfig) -> Result<GraphClient> {
 
 pub(crate) fn print_json_line(value: &impl Serialize) -> Result<()> {
     let line = serde_json::to_string(value)
-        .map_err(|e| Error::Settings(format!("cannot print as JSON: {e}")))?;
+        .map_err(|e| Error::Output(format!("cannot print as JSON: {e}")))?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").map_err(|e| Error::Settings(format!("cannot write to stdout: {e}")))
+    writeln!(out, "{line}").map_err(|e| Error::Output(format!("cannot write to stdout: {e}")))
 }
 
 /// `sync --full [--dry-run]`: a full reconciliation, its changes printed as JSON lines; a dry
@@ -327,7 +327,7 @@ pub async fn status(config: &WorkerConfig, json: bool) -> Result<()> {
     let mut out = std::io::stdout().lock();
     for (key, value) in rows {
         writeln!(out, "{key:<width$}  {value}")
-            .map_err(|e| Error::Settings(format!("cannot write to stdout: {e}")))?;
+            .map_err(|e| Error::Output(format!("cannot write to stdout: {e}")))?;
     }
     Ok(())
 }
@@ -427,7 +427,7 @@ pub async fn audit(config: &WorkerConfig, args: &AuditArgs) -> Result<()> {
     }
     let mut out = std::io::stdout().lock();
     let table = audit_table(&entries);
-    write!(out, "{table}").map_err(|e| Error::Settings(format!("cannot write to stdout: {e}")))
+    write!(out, "{table}").map_err(|e| Error::Output(format!("cannot write to stdout: {e}")))
 }
 
 /// The entries as a table for a human: one line each, columns aligned.

@@ -90,6 +90,20 @@ pub enum Error {
     /// One of `run`'s tasks ended before the shutdown (it panicked).
     #[error("the worker's {0}")]
     TaskEnded(String),
+    /// The task that read or wrote one item (a group, a batch's groups) in parallel with others
+    /// panicked or was cancelled: that item's failure, retried as any other; the rest goes on.
+    #[error("its task failed: {0}")]
+    ItemTaskFailed(String),
+    /// LiteLLM's tables are not as entra-sync needs them (a table or column it relies on is
+    /// missing): every item would fail alike.
+    #[error("LiteLLM's schema: {0}")]
+    LiteLlmSchema(String),
+    /// The HTTP client could not be built (its TLS setup failed).
+    #[error("the HTTP client: {0}")]
+    HttpClient(String),
+    /// A command's output could not be written (stdout closed, say).
+    #[error("output: {0}")]
+    Output(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -112,13 +126,17 @@ impl Error {
             | Self::LeaseBusy { .. }
             | Self::LeaseLost { .. }
             | Self::Redis(_)
-            | Self::TaskEnded(_) => true,
+            | Self::TaskEnded(_)
+            | Self::LiteLlmSchema(_)
+            | Self::HttpClient(_)
+            | Self::Output(_) => true,
             Self::TeamNotFound(_)
             | Self::UserNotFound(_)
             | Self::AmbiguousUser { .. }
             | Self::MemberUnreadable { .. }
             | Self::DeletionUnconfirmed { .. }
-            | Self::ConcurrentChange(_) => false,
+            | Self::ConcurrentChange(_)
+            | Self::ItemTaskFailed(_) => false,
         }
     }
 }

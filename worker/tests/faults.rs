@@ -568,3 +568,79 @@ async fn readyz_fails_after_five_rounds_fail_in_a_row_and_recovers() {
     assert!(eventually(|| async { world.members(1).await == Some(users(1..=6)) }).await);
     assert!(eventually(|| async { world.pending() == 0 }).await);
 }
+
+#[tokio::test]
+async fn fault_18_a_reconciliation_that_fails_then_succeeds_at_the_next_check() {
+    use entity::sync::reconciliation;
+    use sea_orm::{EntityTrait, QueryOrder};
+
+    let mut world = World::new().await;
+    // Reconciliations every hour, whether one is due looked at every 200 ms (the first look
+    // after the first poll interval, a second here).
+    let interval = Duration::from_secs(3600);
+    world.run_settings.poll_interval = Duration::from_secs(1);
+    world.run_settings.reconcile_interval = Some(interval);
+    world.run_settings.reconcile_check = Duration::from_millis(200);
+    // Graph refuses the tenant's users listing, each reconciliation's first read, until the
+    // faults are cleared.
+    world.sim.add_fault(Fault {
+        times: None,
+        ..Fault::status("/v1.0/users", 400, 1)
+    });
+    world.start_worker();
+    assert!(eventually(|| async { world.members(1).await == Some(users(1..=5)) }).await);
+    // Drift only a reconciliation repairs: the team renamed by hand (no notification, no delta).
+    world
+        .db
+        .conn()
+        .execute_unprepared(&format!(
+            r#"UPDATE "LiteLLM_TeamTable" SET team_alias = 'Renamed by hand' WHERE team_id = '{}'"#,
+            gid(1)
+        ))
+        .await
+        .unwrap();
+    let failed = "SELECT count(*) FROM entra_sync_reconciliations WHERE error IS NOT NULL";
+    assert!(
+        eventually(|| async { world.count(failed).await >= 1 }).await,
+        "no failed reconciliation was recorded"
+    );
+    assert_eq!(world.alias(1).await.as_deref(), Some("Renamed by hand"));
+    let started = Instant::now();
+
+    world.sim.clear_faults();
+    converges(
+        &world,
+        18,
+        "reconciliation fails, succeeds at next check",
+        started,
+        &[1],
+    )
+    .await;
+    // The failed runs are recorded with their error; the next check's run succeeded and fixed
+    // the drift, long before the interval since the first failure had passed. (Its record is
+    // written after its changes commit.)
+    let succeeded = "SELECT count(*) FROM entra_sync_reconciliations WHERE error IS NULL";
+    assert!(eventually(|| async { world.count(succeeded).await >= 1 }).await);
+    let runs = reconciliation::Entity::find()
+        .order_by_asc(reconciliation::Column::Id)
+        .all(world.db.conn())
+        .await
+        .unwrap();
+    let succeeded: Vec<_> = runs.iter().filter(|run| run.error.is_none()).collect();
+    assert_eq!(succeeded.len(), 1, "{runs:?}");
+    let (failures, after) = runs.split_at(runs.len() - 1);
+    assert_eq!(after[0].error, None, "{runs:?}");
+    assert!(after[0].changes >= 1, "{runs:?}");
+    assert!(
+        failures
+            .iter()
+            .all(|run| run.error.as_deref().is_some_and(|e| e.contains("400"))),
+        "{runs:?}"
+    );
+    let first_failure = &failures[0];
+    assert!(
+        after[0].started_at - first_failure.finished_at
+            < chrono::Duration::from_std(interval).unwrap(),
+        "{runs:?}"
+    );
+}

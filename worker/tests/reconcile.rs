@@ -359,3 +359,65 @@ async fn reconciliations_with_drift_in_a_row_are_counted_from_the_newest_failed_
     record(0, None).await;
     assert_eq!(store.reconciliations_with_drift(10).await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn a_failed_reconciliation_is_due_again_at_the_next_check_and_a_successful_one_after_the_interval()
+ {
+    use sea_orm::QueryOrder;
+
+    let world = World::new().await;
+    let syncer = world.syncer();
+    let hour = chrono::Duration::hours(1);
+    let minute = chrono::Duration::minutes(1);
+    // Whole seconds, as the table keeps them exactly.
+    let first = chrono::SubsecRound::trunc_subsecs(Utc::now(), 0);
+    // Graph refuses the tenant's users listing, the reconciliation's first read.
+    world.sim.add_fault(graph_sim::Fault {
+        times: None,
+        ..graph_sim::Fault::status("/v1.0/users", 400, 1)
+    });
+    assert!(syncer.reconcile_if_due(first, hour).await.is_err());
+
+    // A minute later (the next check), it is due again: the failed run does not count.
+    world.sim.clear_faults();
+    let second = first + minute;
+    assert!(
+        syncer
+            .reconcile_if_due(second, hour)
+            .await
+            .unwrap()
+            .is_some(),
+        "a failed reconciliation waited for the interval"
+    );
+    // A successful one does: not due before the interval has passed since it.
+    assert!(
+        syncer
+            .reconcile_if_due(second + minute, hour)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        syncer
+            .reconcile_if_due(second + hour + minute, hour)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let runs: Vec<(Option<String>, chrono::DateTime<Utc>)> =
+        entity::sync::reconciliation::Entity::find()
+            .order_by_asc(entity::sync::reconciliation::Column::Id)
+            .all(world.db.conn())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|run| (run.error, run.started_at))
+            .collect();
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    assert!(
+        runs[0].0.as_deref().is_some_and(|e| e.contains("400")),
+        "{runs:?}"
+    );
+    assert_eq!(runs[1], (None, second));
+    assert_eq!(runs[2], (None, second + hour + minute));
+}

@@ -1,6 +1,6 @@
-//! The admin API (`/admin/...`): change the tenant while the simulator runs, inject faults,
-//! steer notification delivery, send lifecycle events and read the request log. The binary and
-//! the demo use it; in-process tests call [`crate::GraphSim`] directly.
+//! The admin API (`/admin/...`): change the tenant while the simulator runs, inject faults and
+//! replication lag, steer notification delivery, send lifecycle events and read the request
+//! log. The binary and the demo use it; in-process tests call [`crate::GraphSim`] directly.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,6 +36,8 @@ pub(crate) fn router() -> Router<Arc<Inner>> {
         .route("/admin/assignments", post(assign))
         .route("/admin/assignments/{principal}", delete(unassign))
         .route("/admin/faults", post(add_fault).delete(clear_faults))
+        .route("/admin/lag", get(lagging).delete(clear_lag))
+        .route("/admin/lag/{id}", put(start_lag).delete(end_lag))
         .route("/admin/delta/expire", post(expire_delta))
         .route("/admin/delivery", put(put_delivery))
         .route("/admin/deliveries", get(deliveries))
@@ -174,6 +176,39 @@ async fn add_fault(State(inner): State<Arc<Inner>>, Json(fault): Json<Fault>) ->
 async fn clear_faults(State(inner): State<Arc<Inner>>) -> StatusCode {
     inner.clear_faults();
     StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct LagQuery {
+    /// How long the lag lasts; without it, until cleared.
+    #[serde(default)]
+    millis: Option<u64>,
+}
+
+/// `PUT /admin/lag/{id}[?millis=N]`: a user or group lags (see [`crate::lag`]).
+async fn start_lag(
+    State(inner): State<Arc<Inner>>,
+    Path(id): Path<Uuid>,
+    Query(query): Query<LagQuery>,
+) -> StatusCode {
+    let duration = query.millis.map(std::time::Duration::from_millis);
+    lock(&inner.lagging).start(id, duration);
+    StatusCode::NO_CONTENT
+}
+
+async fn end_lag(State(inner): State<Arc<Inner>>, Path(id): Path<Uuid>) -> StatusCode {
+    lock(&inner.lagging).end(id);
+    StatusCode::NO_CONTENT
+}
+
+async fn clear_lag(State(inner): State<Arc<Inner>>) -> StatusCode {
+    lock(&inner.lagging).clear();
+    StatusCode::NO_CONTENT
+}
+
+/// The ids lagging now.
+async fn lagging(State(inner): State<Arc<Inner>>) -> Json<Vec<Uuid>> {
+    Json(lock(&inner.lagging).now())
 }
 
 async fn expire_delta(State(inner): State<Arc<Inner>>) -> StatusCode {

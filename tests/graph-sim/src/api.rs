@@ -468,7 +468,9 @@ fn users(inner: &Inner, query: &HashMap<String, String>) -> Response {
         let tenant = lock(&inner.tenant);
         let mut ids: Vec<Uuid> = tenant.users.keys().copied().collect();
         ids.sort_unstable();
+        // A listing served by a replica that lags.
         ids.into_iter()
+            .filter(|id| !inner.lags(*id))
             .filter_map(|id| directory_object(&tenant, id))
             .collect()
     };
@@ -479,6 +481,9 @@ fn user(inner: &Inner, id: &str) -> Response {
     let Ok(user) = Uuid::parse_str(id) else {
         return bad_request(&format!("Invalid object identifier '{id}'."));
     };
+    if inner.lags(user) {
+        return not_found(id);
+    }
     let tenant = lock(&inner.tenant);
     match tenant.users.get(&user).and(directory_object(&tenant, user)) {
         Some(object) => json_ok(object),
@@ -490,6 +495,9 @@ fn members(inner: &Inner, id: &str, transitive: bool, query: &HashMap<String, St
     let Ok(group) = Uuid::parse_str(id) else {
         return bad_request(&format!("Invalid object identifier '{id}'."));
     };
+    if inner.lags(group) {
+        return not_found(id);
+    }
     let items = {
         let tenant = lock(&inner.tenant);
         let Some(ids) = tenant.members_of(group, transitive) else {
@@ -512,6 +520,9 @@ fn owners(inner: &Inner, id: &str, query: &HashMap<String, String>) -> Response 
     let Ok(group) = Uuid::parse_str(id) else {
         return bad_request(&format!("Invalid object identifier '{id}'."));
     };
+    if inner.lags(group) {
+        return not_found(id);
+    }
     let items = {
         let tenant = lock(&inner.tenant);
         let Some(ids) = tenant.owners_of(group) else {
@@ -529,6 +540,9 @@ fn group(inner: &Inner, id: &str, query: &HashMap<String, String>) -> Response {
     let Ok(group) = Uuid::parse_str(id) else {
         return bad_request(&format!("Invalid object identifier '{id}'."));
     };
+    if inner.lags(group) {
+        return not_found(id);
+    }
     let tenant = lock(&inner.tenant);
     let Some(mut object) = tenant
         .is_group(group)
@@ -587,6 +601,7 @@ fn get_by_ids(inner: &Inner, body: &[u8]) -> Response {
     let value: Vec<Value> = ids
         .iter()
         .filter_map(|id| id.as_str().and_then(|id| Uuid::parse_str(id).ok()))
+        .filter(|id| !inner.lags(*id))
         .filter_map(|id| directory_object(&tenant, id))
         .filter(|object| {
             let kind = object["@odata.type"]

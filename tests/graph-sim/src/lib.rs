@@ -7,8 +7,9 @@
 //! and transitive members; group owners (`/owners`, `$expand=owners`, `owners@delta`); JSON
 //! batching (`$batch`); `directoryObjects/getByIds`; the service principal with its app roles
 //! and `appRoleAssignedTo`; subscriptions with the validation handshake and change and lifecycle
-//! notifications. On top: fault injection (429 with Retry-After, 503, slow answers), a request log,
-//! and an admin API (`/admin/...`) to change the tenant while it runs.
+//! notifications. On top: fault injection (429 with Retry-After, 503, slow answers), directory
+//! replication lag (users and groups that reads of themselves miss while membership reads list
+//! them), a request log, and an admin API (`/admin/...`) to change the tenant while it runs.
 //!
 //! Use it in-process with [`GraphSim::start`], or as the `graph-sim` binary.
 #![allow(clippy::expect_used)] // a poisoned lock in a test double is a bug worth a panic
@@ -19,6 +20,7 @@ mod api;
 mod auth;
 mod batch;
 mod faults;
+mod lag;
 mod notifications;
 mod state;
 pub mod tenant;

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::api::DeltaSession;
 use crate::faults::{Fault, RequestRecord};
+use crate::lag::Lagging;
 use crate::notifications::{DeliveryConfig, DeliveryRecord, Subscription};
 use crate::tenant::{Notice, Tenant, TenantFile};
 
@@ -60,6 +61,8 @@ pub(crate) struct Inner {
     pub tokens: Mutex<HashMap<String, Instant>>,
     pub delta_sessions: Mutex<HashMap<String, DeltaSession>>,
     pub faults: Mutex<Vec<Fault>>,
+    /// Users and groups that reads of themselves miss (see [`crate::lag`]).
+    pub lagging: Mutex<Lagging>,
     /// Requests a `hold` fault keeps waiting, and the signal that lets them go (sent when the
     /// faults are cleared).
     pub held: std::sync::atomic::AtomicUsize,
@@ -135,6 +138,7 @@ impl GraphSim {
             tokens: Mutex::default(),
             delta_sessions: Mutex::default(),
             faults: Mutex::default(),
+            lagging: Mutex::default(),
             held: Default::default(),
             release: tokio::sync::watch::Sender::new(0),
             requests: Mutex::default(),
@@ -238,6 +242,34 @@ impl GraphSim {
     /// Clears every fault, and lets the requests a `hold` fault keeps go on.
     pub fn clear_faults(&self) {
         self.inner.clear_faults();
+    }
+
+    /// Replication lag for a user or group, until [`Self::end_lag`] or [`Self::clear_lag`]:
+    /// `getByIds` and the users listing leave it out, `GET /users/{id}` (and `GET /groups/{id}`
+    /// with a group's members and owners) answer 404, while membership reads, groups delta and
+    /// the app's assignments still list it.
+    pub fn lag(&self, id: Uuid) {
+        lock(&self.inner.lagging).start(id, None);
+    }
+
+    /// [`Self::lag`] that ends by itself `duration` from now.
+    pub fn lag_for(&self, id: Uuid, duration: Duration) {
+        lock(&self.inner.lagging).start(id, Some(duration));
+    }
+
+    /// Ends one object's lag: every read finds it again.
+    pub fn end_lag(&self, id: Uuid) {
+        lock(&self.inner.lagging).end(id);
+    }
+
+    /// Ends every lag.
+    pub fn clear_lag(&self) {
+        lock(&self.inner.lagging).clear();
+    }
+
+    /// The users and groups lagging now, in id order.
+    pub fn lagging(&self) -> Vec<Uuid> {
+        lock(&self.inner.lagging).now()
     }
 
     /// How many requests a `hold` fault keeps waiting now.

@@ -627,3 +627,273 @@ async fn a_held_request_waits_until_the_faults_are_cleared() {
     assert_eq!(call.await.unwrap(), 200);
     assert_eq!(sim.held_requests(), 0);
 }
+
+/// The ids of a list's `value`, in order.
+fn ids_of(body: &Value) -> Vec<Uuid> {
+    body["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|object| object["id"].as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// The tenant with group 100 of users 1 and 2, owned by user 1, nested in group 200, and
+/// assigned to the app.
+async fn lag_tenant() -> GraphSim {
+    let sim = GraphSim::start(SimConfig::default(), tenant())
+        .await
+        .unwrap();
+    sim.apply(|t| {
+        let mut notices = t.add_member(id(100), id(2));
+        notices.extend(t.add_owner(id(100), id(1)));
+        notices.extend(t.upsert_group(id(200), "Parent", None));
+        notices.extend(t.add_member(id(200), id(100)));
+        t.assign(id(100), Uuid::nil()).unwrap();
+        notices
+    });
+    sim
+}
+
+#[tokio::test]
+async fn a_lagging_user_is_missing_from_reads_of_users_while_membership_reads_list_her() {
+    let sim = lag_tenant().await;
+    let caller = Caller::new(&sim).await;
+    sim.lag(id(1));
+    assert_eq!(sim.lagging(), [id(1)]);
+
+    // Reads of the user herself miss her.
+    let (status, body) = caller
+        .call(
+            reqwest::Method::POST,
+            "directoryObjects/getByIds",
+            Some(json!({"ids": [id(1), id(2)], "types": ["user"]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(ids_of(&body), [id(2)]);
+    let (status, body) = caller
+        .call(reqwest::Method::GET, &format!("users/{}", id(1)), None)
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "Request_ResourceNotFound");
+    let (status, body) = caller
+        .call(
+            reqwest::Method::POST,
+            "$batch",
+            Some(json!({"requests": [
+                {"id": "1", "method": "GET", "url": format!("/users/{}", id(1))},
+                {"id": "2", "method": "GET", "url": format!("/users/{}", id(2))},
+            ]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let responses = body["responses"].as_array().unwrap();
+    assert_eq!(responses[0]["status"], 404);
+    assert_eq!(
+        responses[0]["body"]["error"]["code"],
+        "Request_ResourceNotFound"
+    );
+    assert_eq!(responses[1]["status"], 200);
+    assert_eq!(responses[1]["body"]["id"], id(2).to_string());
+    let (_, body) = caller.call(reqwest::Method::GET, "users", None).await;
+    assert_eq!(ids_of(&body), [id(2), id(3)]);
+
+    // Membership reads and delta list her, with her properties.
+    for path in [
+        format!("groups/{}/members", id(100)),
+        format!("groups/{}/owners", id(100)),
+        format!("groups/{}/transitiveMembers", id(200)),
+    ] {
+        let (status, body) = caller.call(reqwest::Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let her = body["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|object| object["id"] == id(1).to_string())
+            .unwrap_or_else(|| panic!("{path} leaves her out: {body}"));
+        assert_eq!(her["displayName"], "User 1", "{path}");
+        assert_eq!(her["userPrincipalName"], "user1@sim.example", "{path}");
+    }
+    let (_, body) = caller
+        .call(
+            reqwest::Method::GET,
+            "groups/delta?$select=displayName,description,members",
+            None,
+        )
+        .await;
+    let group = body["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["id"] == id(100).to_string())
+        .unwrap();
+    assert!(
+        group["members@delta"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == id(1).to_string())
+    );
+
+    // The lag over, every read finds her again.
+    sim.end_lag(id(1));
+    assert!(sim.lagging().is_empty());
+    let (status, body) = caller
+        .call(reqwest::Method::GET, &format!("users/{}", id(1)), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["displayName"], "User 1");
+    let (_, body) = caller.call(reqwest::Method::GET, "users", None).await;
+    assert_eq!(ids_of(&body), [id(1), id(2), id(3)]);
+}
+
+#[tokio::test]
+async fn a_lagging_group_answers_404_while_delta_and_the_assignments_list_it() {
+    let sim = lag_tenant().await;
+    let caller = Caller::new(&sim).await;
+    sim.lag(id(100));
+
+    for path in [
+        format!("groups/{}", id(100)),
+        format!("groups/{}?$expand=owners", id(100)),
+        format!("groups/{}/members", id(100)),
+        format!("groups/{}/transitiveMembers", id(100)),
+        format!("groups/{}/owners", id(100)),
+    ] {
+        let (status, body) = caller.call(reqwest::Method::GET, &path, None).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "Request_ResourceNotFound", "{path}");
+    }
+    let (_, body) = caller
+        .call(
+            reqwest::Method::POST,
+            "directoryObjects/getByIds",
+            Some(json!({"ids": [id(100), id(200)]})),
+        )
+        .await;
+    assert_eq!(ids_of(&body), [id(200)]);
+
+    // Delta, the app's assignments and the parent's members still list it.
+    let (_, body) = caller
+        .call(
+            reqwest::Method::GET,
+            "groups/delta?$select=displayName,description,members",
+            None,
+        )
+        .await;
+    let group = body["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["id"] == id(100).to_string())
+        .unwrap();
+    assert_eq!(group["displayName"], "Engineering");
+    let sp = sim.read(|t| t.app.service_principal_id);
+    let (_, body) = caller
+        .call(
+            reqwest::Method::GET,
+            &format!("servicePrincipals/{sp}/appRoleAssignedTo"),
+            None,
+        )
+        .await;
+    assert_eq!(body["value"][0]["principalId"], id(100).to_string());
+    assert_eq!(body["value"][0]["principalDisplayName"], "Engineering");
+    let (_, body) = caller
+        .call(
+            reqwest::Method::GET,
+            &format!("groups/{}/members", id(200)),
+            None,
+        )
+        .await;
+    assert_eq!(ids_of(&body), [id(100)]);
+    assert_eq!(body["value"][0]["displayName"], "Engineering");
+
+    sim.clear_lag();
+    let (status, body) = caller
+        .call(
+            reqwest::Method::GET,
+            &format!("groups/{}/members", id(100)),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(ids_of(&body), [id(1), id(2)]);
+}
+
+#[tokio::test]
+async fn a_lag_for_a_duration_ends_by_itself() {
+    let sim = lag_tenant().await;
+    let caller = Caller::new(&sim).await;
+    let status = |n: u128| {
+        let caller = &caller;
+        async move {
+            caller
+                .call(reqwest::Method::GET, &format!("users/{}", id(n)), None)
+                .await
+                .0
+        }
+    };
+    sim.lag_for(id(1), Duration::from_secs(3600));
+    sim.lag_for(id(2), Duration::ZERO);
+    assert_eq!(status(1).await, 404);
+    assert_eq!(status(2).await, 200, "a lag of no time is over");
+    assert_eq!(sim.lagging(), [id(1)]);
+
+    // A short lag: the user is readable once it is over, without anyone clearing it.
+    sim.lag_for(id(3), Duration::from_millis(200));
+    assert_eq!(status(3).await, 404);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while status(3).await != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lag did not end by itself"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sim.lagging(), [id(1)]);
+}
+
+#[tokio::test]
+async fn lag_through_the_admin_api() {
+    let sim = lag_tenant().await;
+    let caller = Caller::new(&sim).await;
+    let http = reqwest::Client::new();
+    let admin = |path: String| format!("{}/admin/{path}", sim.url());
+    let lagging = || async {
+        http.get(admin("lag".into()))
+            .send()
+            .await
+            .unwrap()
+            .json::<Vec<Uuid>>()
+            .await
+            .unwrap()
+    };
+    for path in [
+        format!("lag/{}", id(1)),
+        format!("lag/{}?millis=3600000", id(100)),
+        format!("lag/{}?millis=0", id(2)),
+    ] {
+        let status = http.put(admin(path)).send().await.unwrap().status();
+        assert_eq!(status, 204);
+    }
+    assert_eq!(lagging().await, [id(1), id(100)]);
+    let path = format!("users/{}", id(1));
+    assert_eq!(caller.call(reqwest::Method::GET, &path, None).await.0, 404);
+    let group = format!("groups/{}", id(100));
+    assert_eq!(caller.call(reqwest::Method::GET, &group, None).await.0, 404);
+
+    let status = http
+        .delete(admin(format!("lag/{}", id(1))))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 204);
+    assert_eq!(caller.call(reqwest::Method::GET, &path, None).await.0, 200);
+    assert_eq!(lagging().await, [id(100)]);
+    http.delete(admin("lag".into())).send().await.unwrap();
+    assert!(lagging().await.is_empty());
+    assert_eq!(caller.call(reqwest::Method::GET, &group, None).await.0, 200);
+}

@@ -189,7 +189,7 @@ fn new_client(timeout: Duration) -> Result<reqwest::Client> {
         .connect_timeout(CONNECT_TIMEOUT)
         .user_agent(concat!("entra-sync/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| Error::Settings(format!("cannot build the HTTP client: {e}")))
+        .map_err(|e| Error::HttpClient(format!("cannot be built: {e}")))
 }
 
 impl Http {

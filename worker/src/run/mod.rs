@@ -40,6 +40,9 @@ pub struct RunSettings {
     pub trim_interval: Duration,
     /// Full reconciliations; `None`: never (only on demand).
     pub reconcile_interval: Option<Duration>,
+    /// How often the worker looks whether a reconciliation is due (no more often than the
+    /// interval): a failed one is tried again this long after.
+    pub reconcile_check: Duration,
     /// How often the worker looks for failed items due for another attempt.
     pub retry_check: Duration,
     /// How long audit entries are kept; `None`: for ever.
@@ -64,6 +67,7 @@ impl Default for RunSettings {
             read_ahead: 10_000,
             trim_interval: Duration::from_secs(60),
             reconcile_interval: Some(Duration::from_secs(6 * 3600)),
+            reconcile_check: Duration::from_secs(60),
             retry_check: Duration::from_secs(15),
             audit_retention: Some(Duration::from_secs(365 * 86_400)),
             subscription_keeper: None,

@@ -52,14 +52,26 @@ pub(super) async fn retry_failed_items(context: Context) {
     .await;
 }
 
-/// Runs a full reconciliation whenever the last one finished `interval` ago, checked every
-/// minute at most (the first check after the first poll interval).
+/// Runs a full reconciliation whenever the last successful one finished `interval` ago,
+/// checked every minute at most (`reconcile_check`; the first check after the first poll
+/// interval): one that fails is tried again at the next check.
 pub(super) async fn reconcile(context: Context, interval: Duration) {
-    let check = interval.min(Duration::from_secs(60));
+    let check = interval.min(context.settings.reconcile_check);
     every(&context, context.settings.poll_interval, check, || {
-        context.reconcile_if_due(interval)
+        context.reconcile_if_due(interval, check)
     })
     .await;
+}
+
+/// The time `wait` from now, as the log says when something comes next.
+fn from_now(wait: Duration) -> String {
+    chrono::Duration::from_std(wait)
+        .ok()
+        .and_then(|wait| chrono::Utc::now().checked_add_signed(wait))
+        .map_or_else(
+            || "never".to_owned(),
+            |at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        )
 }
 
 /// How often audit entries past their retention are looked for.
@@ -134,11 +146,13 @@ impl Context {
         self.inbox.ask_for_round();
     }
 
-    async fn reconcile_if_due(&self, interval: Duration) {
-        let interval = chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::MAX);
+    async fn reconcile_if_due(&self, interval: Duration, check: Duration) {
         let result = self
             .syncer
-            .reconcile_if_due(chrono::Utc::now(), interval)
+            .reconcile_if_due(
+                chrono::Utc::now(),
+                chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::MAX),
+            )
             .await;
         let report = match result {
             Ok(None) => return,
@@ -148,7 +162,11 @@ impl Context {
                     .reconciliations
                     .get_or_create(&ResultLabel { result: "error" })
                     .inc();
-                tracing::warn!(%error, "reconciliation failed; retried at the next check");
+                tracing::warn!(
+                    %error,
+                    next_attempt = from_now(check),
+                    "reconciliation failed; retried at the next check"
+                );
                 return;
             }
         };
@@ -164,6 +182,7 @@ impl Context {
         tracing::info!(
             drift,
             groups = report.assigned_groups,
+            next = from_now(interval),
             "reconciliation done"
         );
     }

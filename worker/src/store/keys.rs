@@ -286,7 +286,7 @@ async fn shared_columns(txn: &DatabaseTransaction) -> Result<String> {
     .await?
     .and_then(|row| row.columns);
     columns.ok_or_else(|| {
-        crate::Error::Settings(
+        crate::Error::LiteLlmSchema(
             "LiteLLM_DeletedVerificationToken shares no column with LiteLLM_VerificationToken"
                 .into(),
         )

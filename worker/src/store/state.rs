@@ -231,9 +231,14 @@ impl Store {
         Ok(known)
     }
 
-    /// The most recent reconciliation, if any ran.
-    pub async fn last_reconciliation(&self) -> Result<Option<reconciliation::Model>> {
-        last_reconciliation(&self.db).await
+    /// The most recent reconciliation that finished without an error, if any did: the one the
+    /// next is due after (a failed one is tried again at the next check).
+    pub async fn last_successful_reconciliation(&self) -> Result<Option<reconciliation::Model>> {
+        Ok(reconciliation::Entity::find()
+            .filter(reconciliation::Column::Error.is_null())
+            .order_by_desc(reconciliation::Column::Id)
+            .one(&self.db)
+            .await?)
     }
 
     /// How many reconciliations in a row, up to the newest that finished (failed ones aside),

@@ -9,9 +9,10 @@ use tokio::sync::mpsc;
 use super::batch::{
     BATCH_GROUPS, Batch, WholeGroup, Writers, read_all_in_parallel, read_in_parallel,
 };
+use super::tasks::task_failure;
 use super::{Syncer, retrying};
 use crate::directory::EntraUser;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graph::DeltaStart;
 use crate::graph::model::{AppRoleAssignment, DEFAULT_ACCESS, DirectoryObject};
 use crate::store::{Cause, Change, Changes, Item, LiteLlmWriter, PollState};
@@ -168,6 +169,7 @@ impl Syncer {
         // A batch's worth read ahead, so that Graph answers while PostgreSQL writes.
         let (sender, mut receiver) = mpsc::channel(BATCH_GROUPS);
         let reader = self.clone();
+        let mut unread: HashMap<GroupId, String> = groups.iter().cloned().collect();
         // JoinSets, so that the reads and writes stop when this returns early.
         let mut reading = tokio::task::JoinSet::new();
         reading.spawn(read_in_parallel(
@@ -183,6 +185,7 @@ impl Syncer {
         let mut batch = Batch::default();
         let mut failed = Vec::new();
         while let Some(((group, name), members)) = receiver.recv().await {
+            unread.remove(&group);
             match members {
                 Ok(members) => {
                     let whole = WholeGroup {
@@ -201,6 +204,17 @@ impl Syncer {
                         .await?;
                     failed.push((group, Some(name)));
                 }
+            }
+        }
+        // A reader that panicked ended the channel early: the groups it did not send are never
+        // taken as read, but fail as items, recorded as assigned like any group that failed.
+        if let Some(Err(failure)) = reading.join_next().await {
+            let reason = task_failure(&failure);
+            for (group, name) in unread {
+                let outcome = Err(Error::ItemTaskFailed(reason.clone()));
+                self.settle_item(Item::Group(group.clone()), outcome, now)
+                    .await?;
+                failed.push((group, Some(name)));
             }
         }
         writers.write(batch.take(), failed, changes).await?;
@@ -347,7 +361,9 @@ impl Syncer {
         Ok(applied)
     }
 
-    /// The members of each role-holding group, read several groups at a time.
+    /// The members of each role-holding group, read several groups at a time: every group has
+    /// its outcome, a read that panicked an error of that group's ([`Error::ItemTaskFailed`]),
+    /// so that its members are unknown (nobody's role is revoked), never none.
     async fn read_role_groups(
         &self,
         groups: Vec<(GroupId, String)>,

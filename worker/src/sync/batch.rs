@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use entity::GroupId;
 use std::future::Future;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 
+use super::tasks::ItemTasks;
 use super::{Syncer, retrying};
 use crate::directory::EntraUser;
 use crate::error::{Error, Result};
@@ -129,7 +129,13 @@ impl Syncer {
 pub(super) struct Writers {
     syncer: Syncer,
     now: DateTime<Utc>,
-    running: JoinSet<Result<(usize, Changes)>>,
+    running: ItemTasks<Writing, Result<(usize, Changes)>>,
+}
+
+/// One batch being written: its groups, and every group it records as assigned.
+struct Writing {
+    groups: Vec<GroupId>,
+    assigned: Vec<(GroupId, Option<String>)>,
 }
 
 impl Writers {
@@ -137,7 +143,7 @@ impl Writers {
         Self {
             syncer: syncer.clone(),
             now,
-            running: JoinSet::new(),
+            running: ItemTasks::new(),
         }
     }
 
@@ -154,17 +160,21 @@ impl Writers {
         while self.running.len() >= WRITERS {
             changed += self.next_written(changes).await?;
         }
+        let mut assigned = also;
+        assigned.extend(
+            batch
+                .iter()
+                .filter_map(|whole| Some((whole.group.clone(), Some(whole.display_name.clone()?)))),
+        );
+        let writing = Writing {
+            groups: batch.iter().map(|whole| whole.group.clone()).collect(),
+            assigned: assigned.clone(),
+        };
         let syncer = self.syncer.clone();
         let now = self.now;
-        self.running.spawn(async move {
+        self.running.spawn(writing, async move {
             let mut written = syncer.tally();
             let changed = syncer.write_groups(&batch, now, &mut written).await?;
-            let mut assigned = also;
-            assigned.extend(
-                batch
-                    .into_iter()
-                    .filter_map(|whole| Some((whole.group, Some(whole.display_name?)))),
-            );
             syncer.remember_assigned(&assigned, now).await?;
             Ok((changed, written))
         });
@@ -180,16 +190,31 @@ impl Writers {
         Ok(changed)
     }
 
+    /// The next batch written. A writer that panicked fails its batch's groups as items (each
+    /// is read whole again at its retry), recorded as assigned all the same, as a group that
+    /// fails on its own is.
     async fn next_written(&mut self, changes: &mut Changes) -> Result<usize> {
-        match self.running.join_next().await {
-            Some(Ok(outcome)) => {
+        let (writing, reason) = match self.running.next().await {
+            Some((_, Ok(outcome))) => {
                 let (changed, written) = outcome?;
                 changes.merge(written);
-                Ok(changed)
+                return Ok(changed);
             }
-            Some(Err(failure)) => Err(Error::Settings(format!("a batch writer failed: {failure}"))),
-            None => Ok(0),
+            Some((writing, Err(reason))) => (writing, reason),
+            None => return Ok(0),
+        };
+        for group in writing.groups {
+            let outcome = Err(Error::ItemTaskFailed(reason.clone()));
+            changes.add(
+                self.syncer
+                    .settle_item(Item::Group(group), outcome, self.now)
+                    .await?,
+            );
         }
+        self.syncer
+            .remember_assigned(&writing.assigned, self.now)
+            .await?;
+        Ok(0)
     }
 }
 
@@ -216,7 +241,8 @@ where
 }
 
 /// Runs `read` for every item, [`PARALLEL_READS`] at a time, and sends each item with its
-/// outcome as soon as it is read; stops when the receiver is gone.
+/// outcome as soon as it is read; stops when the receiver is gone. A read whose task panicked
+/// is that item's failure ([`Error::ItemTaskFailed`]): every item is sent, none dropped.
 pub(super) async fn read_in_parallel<I, T, F, Fut>(
     items: Vec<I>,
     read: F,
@@ -228,21 +254,75 @@ pub(super) async fn read_in_parallel<I, T, F, Fut>(
     Fut: Future<Output = Result<T>> + Send + 'static,
 {
     let mut pending = items.into_iter();
-    let mut running = JoinSet::new();
+    let mut running = ItemTasks::new();
     loop {
         while running.len() < PARALLEL_READS {
             let Some(item) = pending.next() else { break };
             let reading = read(&item);
-            running.spawn(async move { (item, reading.await) });
+            running.spawn(item, reading);
         }
-        match running.join_next().await {
-            Some(Ok(done)) => {
-                if sender.send(done).await.is_err() {
-                    return;
+        let Some((item, outcome)) = running.next().await else {
+            return;
+        };
+        let outcome = outcome.unwrap_or_else(|reason| Err(Error::ItemTaskFailed(reason)));
+        if sender.send((item, outcome)).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Reads item `n`: item 13's read panics, item 5's fails on its own, the others double it.
+    async fn read(n: u32) -> Result<u32> {
+        match n {
+            13 => panic!("a bug met by item 13"),
+            5 => Err(Error::UserNotFound("five".into())),
+            n => Ok(n * 2),
+        }
+    }
+
+    /// Checks every item's outcome: each item once, item 13's an item error of its own.
+    fn check(mut read: Vec<(u32, Result<u32>)>) {
+        read.sort_by_key(|(n, _)| *n);
+        assert_eq!(
+            read.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            (0..30).collect::<Vec<_>>(),
+            "every item once, none dropped"
+        );
+        for (n, outcome) in read {
+            match (n, outcome) {
+                (13, Err(error)) => {
+                    assert!(matches!(error, Error::ItemTaskFailed(_)), "{error}");
+                    assert!(!error.is_systemic(), "an item's failure, not the unit's");
+                    assert!(error.to_string().contains("a bug met by item 13"));
                 }
+                (5, Err(Error::UserNotFound(_))) => {}
+                (n, Ok(doubled)) if n != 5 && n != 13 => assert_eq!(doubled, n * 2),
+                (n, outcome) => panic!("item {n}: {outcome:?}"),
             }
-            Some(Err(failure)) => tracing::error!(%failure, "a Graph read failed"),
-            None => return,
         }
+    }
+
+    #[tokio::test]
+    async fn a_read_that_panics_is_that_items_failure_and_every_outcome_arrives() {
+        // More items than reads in flight, so that reads start after the panic too.
+        check(read_all_in_parallel((0..30).collect(), |n| read(*n)).await);
+    }
+
+    #[tokio::test]
+    async fn a_reader_sends_every_item_when_one_read_panics() {
+        // As a poll reads new groups: the reader a task of its own, one item read ahead.
+        let (sender, mut receiver) = mpsc::channel(1);
+        let reader = tokio::spawn(read_in_parallel((0..30).collect(), |n| read(*n), sender));
+        let mut read = Vec::new();
+        while let Some(done) = receiver.recv().await {
+            read.push(done);
+        }
+        reader.await.unwrap();
+        check(read);
     }
 }

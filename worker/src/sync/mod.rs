@@ -15,6 +15,7 @@ mod owners;
 mod reconcile;
 mod removals;
 mod round;
+mod tasks;
 mod users;
 
 use std::collections::HashSet;
@@ -403,9 +404,10 @@ impl Syncer {
 
     /// Runs `work` for every item, `PARALLEL_GROUPS` at a time, adding the changes to
     /// `changes`; returns how many items changed something. An item's own failure is settled as
-    /// such ([`Self::settle_item`], `key` names the item) and the others go on; a systemic error
-    /// stops the rest. Group after group, a sync of thousands of groups is bound by round trips,
-    /// not by PostgreSQL.
+    /// such ([`Self::settle_item`], `key` names the item) and the others go on, a task that
+    /// panicked among them ([`crate::Error::ItemTaskFailed`]); a systemic error stops the rest.
+    /// Group after group, a sync of thousands of groups is bound by round trips, not by
+    /// PostgreSQL.
     async fn in_parallel<I, F, Fut>(
         &self,
         items: Vec<I>,
@@ -422,20 +424,18 @@ impl Syncer {
         const PARALLEL_GROUPS: usize = 8;
         let mut changed = 0;
         let mut pending = items.into_iter();
-        let mut running = tokio::task::JoinSet::new();
+        let mut running = tasks::ItemTasks::new();
         loop {
             while running.len() < PARALLEL_GROUPS {
                 let Some(item) = pending.next() else { break };
                 let item_key = key(&item);
-                let task = work(self.clone(), item);
-                running.spawn(async move { (item_key, task.await) });
+                running.spawn(item_key, work(self.clone(), item));
             }
-            let Some(done) = running.join_next().await else {
+            let Some((item, outcome)) = running.next().await else {
                 break;
             };
-            let (item, outcome) = done.map_err(|failure| {
-                crate::Error::Settings(format!("a group sync task failed: {failure}"))
-            })?;
+            let outcome =
+                outcome.unwrap_or_else(|reason| Err(crate::Error::ItemTaskFailed(reason)));
             let settled = self.settle_item(item, outcome, now).await?;
             if !settled.is_empty() {
                 changed += 1;

@@ -33,15 +33,16 @@ impl Syncer {
         .await
     }
 
-    /// Reconciles when the last recorded run finished `interval` or longer before `now` (checked
-    /// under the lease, so that of several replicas only one runs it). `None`: not due.
+    /// Reconciles when the last successful run finished `interval` or longer before `now`
+    /// (checked under the lease, so that of several replicas only one runs it): a run that
+    /// failed is tried again at the next check, not an interval later. `None`: not due.
     pub async fn reconcile_if_due(
         &self,
         now: DateTime<Utc>,
         interval: chrono::Duration,
     ) -> Result<Option<ReconcileReport>> {
         self.exclusively(Cause::Reconciliation, now, |syncer| async move {
-            let last = syncer.store.last_reconciliation().await?;
+            let last = syncer.store.last_successful_reconciliation().await?;
             if last.is_some_and(|run| now - run.finished_at < interval) {
                 return Ok(None);
             }

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::batch::{Batch, WholeGroup, Writers, read_all_in_parallel};
+use super::tasks::task_failure;
 use super::{Membership, Syncer, retrying};
 use crate::directory::{EntraUser, UserState};
 use crate::error::{Error, Result};
@@ -318,9 +319,10 @@ impl Syncer {
         // One slice read ahead; a JoinSet, so that the reads stop when this returns early.
         let (sender, mut receiver) = mpsc::channel(1);
         let reader = self.clone();
+        let to_read = groups.clone();
         let mut reading = JoinSet::new();
         reading.spawn(async move {
-            for slice in groups.chunks(RESYNC_SLICE) {
+            for slice in to_read.chunks(RESYNC_SLICE) {
                 let read = reader.read_slice(slice, now).await;
                 let failed = read.is_err();
                 if sender.send(read).await.is_err() || failed {
@@ -334,7 +336,9 @@ impl Syncer {
         // Groups whose members could not be read keep their new names all the same, recorded
         // with the next batch.
         let mut renamed = Vec::new();
+        let mut slices_read = 0;
         while let Some(read) = receiver.recv().await {
+            slices_read += 1;
             let read = read?;
             for group in read.removed {
                 let outcome = self.retire_group(&group, now).await;
@@ -356,6 +360,18 @@ impl Syncer {
                     let renamed = std::mem::take(&mut renamed);
                     changed += writers.write(batch.take(), renamed, changes).await?;
                 }
+            }
+        }
+        // A reader that panicked ended the slices early: the groups it did not send are never
+        // taken as read, but fail as items (each read whole at its retry).
+        if let Some(Err(failure)) = reading.join_next().await {
+            let reason = task_failure(&failure);
+            for group in groups.chunks(RESYNC_SLICE).skip(slices_read).flatten() {
+                let outcome = Err(Error::ItemTaskFailed(reason.clone()));
+                changes.add(
+                    self.settle_item(Item::Group(group.clone()), outcome, now)
+                        .await?,
+                );
             }
         }
         changed += writers.write(batch.take(), renamed, changes).await?;
