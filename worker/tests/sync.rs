@@ -4,6 +4,7 @@
 
 mod graph_common;
 
+use entity::UserId;
 use entity::litellm::{team, user};
 use entra_sync_testkit::TestDatabase;
 use graph_common::*;
@@ -602,4 +603,461 @@ async fn audit_rows(db: &TestDatabase) -> i64 {
         .unwrap()
         .try_get_by_index::<i64>(0)
         .unwrap()
+}
+
+// Nothing irreversible on missing evidence (issue 21): what entra-sync needs before it removes a
+// member or revokes a key, and the threshold over which it holds removals for a person.
+
+mod common;
+
+const CREATED: &str = "2026-11-01 00:00:00";
+
+async fn key(db: &TestDatabase, token: &str, user: u128, team: Option<u128>) {
+    let team = team.map(|t| gid(t).to_string());
+    common::insert_key(
+        db.conn(),
+        token,
+        &uid(user).to_string(),
+        team.as_deref(),
+        None,
+        CREATED,
+    )
+    .await;
+}
+
+async fn key_state(db: &TestDatabase, token: &str) -> Option<(Option<bool>, serde_json::Value)> {
+    common::key_state(db.conn(), token).await
+}
+
+fn untouched() -> Option<(Option<bool>, serde_json::Value)> {
+    Some((None, serde_json::json!({"note": "kept"})))
+}
+
+/// A key entra-sync blocked and unblocked again.
+fn unblocked() -> Option<(Option<bool>, serde_json::Value)> {
+    Some((Some(false), serde_json::json!({"note": "kept"})))
+}
+
+fn blocked_for(reason: &str) -> Option<(Option<bool>, serde_json::Value)> {
+    Some((
+        Some(true),
+        serde_json::json!({"note": "kept", "entra_sync_blocked": reason}),
+    ))
+}
+
+async fn failed_items(db: &TestDatabase) -> Vec<(String, String, String)> {
+    db.conn()
+        .query_all(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT kind, id, error FROM entra_sync_failed_items ORDER BY kind, id",
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| {
+            (
+                row.try_get("", "kind").unwrap(),
+                row.try_get("", "id").unwrap(),
+                row.try_get("", "error").unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn kinds(changes: &worker::store::Changes) -> Vec<(&'static str, u64)> {
+    changes.by_kind().collect()
+}
+
+#[tokio::test]
+async fn a_member_graph_cannot_read_keeps_her_team_and_key_through_a_reconciliation() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    let t0 = now();
+    syncer.poll_assignments(t0).await.unwrap();
+    key(&db, "three-team", 3, Some(1)).await;
+    // Replication lag: getByIds and GET /users leave her out; the group still lists her.
+    sim.lag(uid(3));
+
+    let report = syncer.reconcile(t0).await.unwrap();
+
+    assert_eq!(members(&db, 1).await, users_named(1..=5));
+    assert_eq!(key_state(&db, "three-team").await, untouched());
+    assert!(
+        !report
+            .changes
+            .list()
+            .iter()
+            .any(|c| c.kind() == "member_removed" || c.kind().starts_with("key_")),
+        "{:?}",
+        report.changes.list()
+    );
+    let failed = failed_items(&db).await;
+    let member = format!("{}/{}", gid(1), uid(3));
+    assert!(
+        failed
+            .iter()
+            .any(|(kind, id, _)| kind == "member" && *id == member),
+        "{failed:?}"
+    );
+
+    // Readable again: the member's retry (5 s later) reads the group again and clears it; the
+    // tenant listing's "not found" is forgotten once the user is read (a minute later).
+    sim.end_lag(uid(3));
+    syncer
+        .delta_round(t0 + chrono::Duration::seconds(10))
+        .await
+        .unwrap();
+    syncer
+        .delta_round(t0 + chrono::Duration::seconds(61))
+        .await
+        .unwrap();
+    assert_eq!(failed_items(&db).await, []);
+    assert_eq!(members(&db, 1).await, users_named(1..=5));
+    assert_eq!(key_state(&db, "three-team").await, untouched());
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entra_sync_deletion_evidence").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_new_member_graph_cannot_read_yet_joins_once_it_can() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    let t0 = now();
+    syncer.poll_assignments(t0).await.unwrap();
+    sim.lag(uid(6));
+    sim.apply(|t| t.add_member(gid(1), uid(6)));
+
+    syncer.delta_round(t0).await.unwrap();
+    assert_eq!(members(&db, 1).await, users_named(1..=5));
+    assert_eq!(failed_items(&db).await.len(), 1);
+
+    // Not due yet: nothing changes.
+    sim.end_lag(uid(6));
+    syncer
+        .delta_round(t0 + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(members(&db, 1).await, users_named(1..=5));
+    // Due: the group is read again and she joins.
+    syncer
+        .delta_round(t0 + chrono::Duration::seconds(6))
+        .await
+        .unwrap();
+    assert_eq!(members(&db, 1).await, users_named(1..=6));
+    assert_eq!(failed_items(&db).await, []);
+}
+
+#[tokio::test]
+async fn a_deleted_user_departs_only_when_a_second_answer_a_minute_later_confirms_it() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    let t0 = now();
+    syncer.poll_assignments(t0).await.unwrap();
+    key(&db, "four-personal", 4, None).await;
+    sim.apply(|t| t.delete_user(uid(4)));
+    let notified =
+        std::collections::BTreeMap::from([(UserId::parse(&uid(4).to_string()).unwrap(), t0)]);
+
+    // The notification and the read that follows it: one answer, not yet proof.
+    syncer
+        .refresh_users(
+            &[UserId::parse(&uid(4).to_string()).unwrap()],
+            &notified,
+            t0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(key_state(&db, "four-personal").await, untouched());
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entra_sync_departed_users").await,
+        0
+    );
+
+    // Half a minute on, the round removes her from the group (the delta says so) but she is not
+    // read again yet.
+    syncer
+        .delta_round(t0 + chrono::Duration::seconds(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        members(&db, 1).await,
+        users_named(1..=5)
+            .into_iter()
+            .filter(|u| *u != uid(4).to_string())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(key_state(&db, "four-personal").await, untouched());
+
+    // A minute after the first answer, the second confirms it: her keys are blocked.
+    syncer
+        .delta_round(t0 + chrono::Duration::seconds(61))
+        .await
+        .unwrap();
+    assert_eq!(
+        key_state(&db, "four-personal").await,
+        blocked_for("user_departed")
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entra_sync_departed_users").await,
+        1
+    );
+    assert_eq!(failed_items(&db).await, []);
+}
+
+/// Three removals against a threshold of two: every one of them held, keys blocked.
+async fn three_removals_held(sim: &GraphSim, db: &TestDatabase) -> Syncer {
+    let syncer = syncer(sim, db, UnassignedPolicy::RemoveMembers)
+        .await
+        .with_removal_threshold(2);
+    syncer.poll_assignments(now()).await.unwrap();
+    for n in 1..=3 {
+        key(db, &format!("team-{n}"), n, Some(1)).await;
+    }
+    sim.apply(|t| {
+        let mut notices = t.remove_member(gid(1), uid(1));
+        notices.extend(t.remove_member(gid(1), uid(2)));
+        notices.extend(t.remove_member(gid(1), uid(3)));
+        notices
+    });
+    let round = syncer.delta_round(now()).await.unwrap();
+    assert_eq!(
+        kinds(&round.changes),
+        [("key_blocked", 3), ("removal_held", 3)],
+        "{:?}",
+        round.changes.list()
+    );
+    assert_eq!(members(db, 1).await, users_named(1..=5));
+    for n in 1..=3 {
+        assert_eq!(
+            key_state(db, &format!("team-{n}")).await,
+            blocked_for("removal_held")
+        );
+    }
+    assert_eq!(
+        count(db, "SELECT count(*) FROM entra_sync_held_removals").await,
+        3
+    );
+    assert_eq!(
+        count(
+            db,
+            "SELECT count(*) FROM entra_sync_audit_log WHERE kind = 'removal_held'"
+        )
+        .await,
+        3
+    );
+    syncer
+}
+
+#[tokio::test]
+async fn removals_over_the_threshold_are_held_then_released_after_a_fresh_look_at_graph() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = three_removals_held(&sim, &db).await;
+    // User 2 is back in the group before a person releases the hold.
+    sim.apply(|t| t.add_member(gid(1), uid(2)));
+
+    let report = syncer.release_removals(None, now()).await.unwrap();
+
+    assert_eq!((report.released, report.dropped), (2, 1));
+    let mut kept = users_named(4..=5);
+    kept.insert(0, uid(2).to_string());
+    assert_eq!(members(&db, 1).await, kept);
+    assert_eq!(key_state(&db, "team-1").await, None);
+    assert_eq!(key_state(&db, "team-3").await, None);
+    assert_eq!(key_state(&db, "team-2").await, unblocked());
+    assert_eq!(
+        count(
+            &db,
+            r#"SELECT count(*) FROM "LiteLLM_DeletedVerificationToken""#
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entra_sync_held_removals").await,
+        0
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entra_sync_audit_log WHERE cause = 'removal_release' AND kind = 'member_removed'").await,
+        2
+    );
+    // Nothing left to do: the next round (which sees user 2 added) changes nothing.
+    let round = syncer.delta_round(now()).await.unwrap();
+    assert!(round.changes.is_empty(), "{:?}", round.changes.list());
+}
+
+#[tokio::test]
+async fn discarded_holds_keep_the_members_and_a_reconciliation_holds_them_again() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = three_removals_held(&sim, &db).await;
+
+    let report = syncer.discard_removals(None, now()).await.unwrap();
+
+    assert_eq!((report.released, report.dropped), (0, 3));
+    assert_eq!(members(&db, 1).await, users_named(1..=5));
+    for n in 1..=3 {
+        assert_eq!(key_state(&db, &format!("team-{n}")).await, unblocked());
+    }
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entra_sync_held_removals").await,
+        0
+    );
+
+    // A dry run says what a reconciliation would hold, and writes nothing.
+    let planned = syncer.clone().dry_run().reconcile(now()).await.unwrap();
+    assert_eq!(
+        planned
+            .changes
+            .list()
+            .iter()
+            .filter(|c| c.kind() == "removal_held")
+            .count(),
+        3,
+        "{:?}",
+        planned.changes.list()
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entra_sync_held_removals").await,
+        0
+    );
+    // The reconciliation finds them still due and, still over the threshold, holds them again.
+    syncer.reconcile(now()).await.unwrap();
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entra_sync_held_removals").await,
+        3
+    );
+    assert_eq!(members(&db, 1).await, users_named(1..=5));
+}
+
+#[tokio::test]
+async fn a_held_member_back_in_the_group_is_kept_by_the_next_round() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = three_removals_held(&sim, &db).await;
+    sim.apply(|t| t.add_member(gid(1), uid(1)));
+
+    let round = syncer.delta_round(now()).await.unwrap();
+
+    assert_eq!(
+        kinds(&round.changes),
+        [("key_unblocked", 1), ("removal_dropped", 1)],
+        "{:?}",
+        round.changes.list()
+    );
+    assert_eq!(key_state(&db, "team-1").await, unblocked());
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entra_sync_held_removals").await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn removals_up_to_the_threshold_are_applied_at_the_end_of_the_unit() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers)
+        .await
+        .with_removal_threshold(2);
+    syncer.poll_assignments(now()).await.unwrap();
+    key(&db, "team-1", 1, Some(1)).await;
+    sim.apply(|t| {
+        let mut notices = t.remove_member(gid(1), uid(1));
+        notices.extend(t.remove_member(gid(1), uid(2)));
+        notices
+    });
+
+    let round = syncer.delta_round(now()).await.unwrap();
+
+    assert_eq!(
+        kinds(&round.changes),
+        [("key_deleted", 1), ("member_removed", 2)]
+    );
+    assert_eq!(members(&db, 1).await, users_named(3..=5));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entra_sync_held_removals").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn an_entra_user_two_litellm_users_go_by_is_a_failed_item_naming_both() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    syncer.poll_assignments(now()).await.unwrap();
+    let object_id = uid(6).to_string();
+    db.conn()
+        .execute_unprepared(&format!(
+            r#"INSERT INTO "LiteLLM_UserTable" (user_id, sso_user_id, user_email, metadata)
+               VALUES ('{object_id}', NULL, 'one@contoso.example', '{{}}'),
+                      ('scim-six@contoso.example', '{object_id}', 'six@contoso.example', '{{}}')"#
+        ))
+        .await
+        .unwrap();
+    sim.apply(|t| t.add_member(gid(1), uid(6)));
+
+    syncer.delta_round(now()).await.unwrap();
+
+    assert_eq!(members(&db, 1).await, users_named(1..=5));
+    let failed = failed_items(&db).await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0].2.contains(&object_id) && failed[0].2.contains("scim-six@contoso.example"),
+        "{failed:?}"
+    );
+}
+
+#[tokio::test]
+async fn discarding_holds_never_unblocks_a_key_blocked_for_an_earlier_removal() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let store = Store::new(
+        db.conn().clone(),
+        LiteLlmSettings::default(),
+        RemovalMode::Managed,
+    )
+    .with_key_policy(worker::store::KeyPolicy {
+        removed_member: worker::store::RemovedMemberKeys::Block,
+        departed_user: worker::store::DepartedUserKeys::Block,
+    });
+    let (client, _) = secret_client(&sim);
+    let syncer =
+        Syncer::new(client, store, UnassignedPolicy::RemoveMembers).with_removal_threshold(2);
+    syncer.poll_assignments(now()).await.unwrap();
+    for n in 1..=5 {
+        key(&db, &format!("team-{n}"), n, Some(1)).await;
+    }
+    // User 5 left earlier: her key is blocked for it.
+    sim.apply(|t| t.remove_member(gid(1), uid(5)));
+    syncer.delta_round(now()).await.unwrap();
+    assert_eq!(
+        key_state(&db, "team-5").await,
+        blocked_for("member_removed")
+    );
+    // Three leave at once: held, and a reconciliation stages no "surviving" key of user 5's.
+    sim.apply(|t| {
+        let mut notices = t.remove_member(gid(1), uid(1));
+        notices.extend(t.remove_member(gid(1), uid(2)));
+        notices.extend(t.remove_member(gid(1), uid(3)));
+        notices
+    });
+    syncer.reconcile(now()).await.unwrap();
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entra_sync_held_removals").await,
+        3
+    );
+
+    syncer.discard_removals(None, now()).await.unwrap();
+
+    assert_eq!(key_state(&db, "team-1").await, unblocked());
+    assert_eq!(
+        key_state(&db, "team-5").await,
+        blocked_for("member_removed")
+    );
 }

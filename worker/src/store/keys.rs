@@ -188,14 +188,25 @@ impl KeyPlan {
         }
     }
 
-    /// Keys of users who are members of the team again, or whose held removal was dropped:
-    /// those entra-sync blocked when they left it, or while their removal was held, come back.
+    /// Keys of users who are members of the team again: those entra-sync blocked when they
+    /// left it, or while their removal was held, come back.
     pub fn rejoined<'k>(&mut self, keys: impl IntoIterator<Item = &'k KeyRow>) {
         for key in keys {
             for reason in [BlockReason::MemberRemoved, BlockReason::RemovalHeld] {
                 if key.blocked_for(reason) {
                     self.unblock(key, reason);
                 }
+            }
+        }
+    }
+
+    /// Keys of a held removal that no longer stands (the member stays, or a person discarded
+    /// it): only those blocked for the hold come back; a key blocked because its user left the
+    /// team earlier stays blocked.
+    pub fn unheld<'k>(&mut self, keys: impl IntoIterator<Item = &'k KeyRow>) {
+        for key in keys {
+            if key.blocked_for(BlockReason::RemovalHeld) {
+                self.unblock(key, BlockReason::RemovalHeld);
             }
         }
     }
@@ -423,8 +434,13 @@ pub(super) async fn teams_with_surviving_keys(db: &impl ConnectionTrait) -> Resu
     .collect())
 }
 
-/// The (team, user) pairs that have surviving keys.
-pub(super) async fn surviving_pairs(db: &impl ConnectionTrait) -> Result<Vec<(String, String)>> {
+/// The (team, user) pairs with surviving keys that `policy` would still change: any key when
+/// it deletes them; when it blocks them, keys not blocked yet, or blocked for another reason of
+/// ours (a key already blocked for the removal is revoked already).
+pub(super) async fn surviving_pairs(
+    db: &impl ConnectionTrait,
+    policy: RemovedMemberKeys,
+) -> Result<Vec<(String, String)>> {
     #[derive(FromQueryResult)]
     struct Row {
         team_id: String,
@@ -433,9 +449,13 @@ pub(super) async fn surviving_pairs(db: &impl ConnectionTrait) -> Result<Vec<(St
     Ok(Row::find_by_statement(stmt(
         &format!(
             r#"SELECT DISTINCT k.team_id, k.user_id FROM "LiteLLM_VerificationToken" k
-               WHERE {SURVIVING} ORDER BY k.team_id, k.user_id"#
+               WHERE {SURVIVING}
+                 AND ($1 OR k.blocked IS NOT TRUE
+                      OR (jsonb_typeof(k.metadata) = 'object'
+                          AND k.metadata->>'entra_sync_blocked' IN ('user_departed', 'removal_held')))
+               ORDER BY k.team_id, k.user_id"#
         ),
-        [],
+        [(policy == RemovedMemberKeys::Delete).into()],
     ))
     .all(db)
     .await?

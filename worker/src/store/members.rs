@@ -730,23 +730,21 @@ async fn plan_keys(txn: &DatabaseTransaction, planned: &mut [Planned<'_, '_>]) -
     for (one, leaving) in planned.iter_mut().zip(&leaving) {
         let team_id = one.prepared.team_id.as_str();
         let leaving: HashSet<&str> = leaving.iter().map(String::as_str).collect();
-        // Back in the team, or their held removal dropped: keys blocked for it come back.
-        let arriving: HashSet<&str> = one
-            .arriving
+        let arriving: HashSet<&str> = one.arriving.iter().map(String::as_str).collect();
+        // Staying, their held removal dropped: the keys blocked for the hold come back.
+        let unheld: HashSet<&str> = one
+            .plan
+            .drop_holds
             .iter()
-            .chain(
-                one.plan
-                    .drop_holds
-                    .iter()
-                    .filter(|u| !leaving.contains(u.as_str())),
-            )
             .map(String::as_str)
+            .filter(|user_id| !leaving.contains(user_id) && !arriving.contains(user_id))
             .collect();
         keys.removed(
             keys::of_members(&found, team_id, &leaving),
             one.prepared.request.keys,
         );
         keys.rejoined(keys::of_members(&found, team_id, &arriving));
+        keys.unheld(keys::of_members(&found, team_id, &unheld));
         one.plan.changes.append(&mut keys.changes);
     }
     Ok(keys)

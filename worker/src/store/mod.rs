@@ -830,7 +830,7 @@ impl LiteLlmWriter for Store {
         }
         if let Removals::Stage(unit) = options.removals {
             // Key deletions count towards the unit's threshold like any removal's.
-            let staged = keys::surviving_pairs(&self.db)
+            let staged = keys::surviving_pairs(&self.db, policy)
                 .await?
                 .into_iter()
                 .map(|(team_id, user_id)| StagedRemoval {

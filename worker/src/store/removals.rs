@@ -292,7 +292,7 @@ pub(super) async fn drop_holds(
         .collect();
     let found = keys::lock_member_keys(txn, &pairs).await?;
     let mut plan = KeyPlan::default();
-    plan.rejoined(&found);
+    plan.unheld(&found);
     let stale = plan.execute(txn, now).await?;
     let mut changes: Vec<Change> = dropped
         .into_iter()

@@ -74,6 +74,16 @@ pub(super) async fn read_candidates(
 ) -> Result<Vec<UserRow>> {
     let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
     let mut rows = rows_where(txn, "u.user_id", &ids).await?;
+    // A row found by its user_id that does not also carry the id as its sso_user_id (LiteLLM's
+    // sign-in sets both) may share the id with another row's sso_user_id: read that one too,
+    // so that [`Candidates::object`] refuses to pick between them.
+    let unlinked: Vec<&str> = rows
+        .iter()
+        .filter(|row| row.sso_user_id.as_deref() != Some(row.user_id.as_str()))
+        .map(|row| row.user_id.as_str())
+        .collect();
+    let sharing = rows_where(txn, "u.sso_user_id", &unlinked).await?;
+    add_new(&mut rows, sharing);
     // Users LiteLLM knows by another user id (its SCIM's UPN), linked to the object id.
     let by_sso: Vec<&str> = {
         let found = object_ids(&rows);
