@@ -1236,3 +1236,61 @@ async fn a_re_read_user_is_left_alone_only_when_litellm_already_says_what_entra_
     assert_ne!(store.update_user(&renamed, commit()).await.unwrap(), []);
     assert_ne!(store.update_user(&returning, commit()).await.unwrap(), []);
 }
+
+/// Waits up to a minute until `check` holds; returns whether it did.
+async fn within_a_minute<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A transaction that began while its lease held, checking its fence after the lease ran out by
+/// the database's clock, finds it lost: the lease is checked against the clock, not against the
+/// transaction's start.
+#[tokio::test]
+async fn a_fence_checked_after_its_lease_ran_out_is_lost_however_early_the_transaction_began() {
+    use sea_orm::TransactionTrait;
+    use worker::store::lease::{Fence, check};
+    let db = TestDatabase::new().await;
+    execute(
+        db.conn(),
+        "INSERT INTO entra_sync_leases (name, holder, expires_at, fence)
+         VALUES ('sync', 'us', clock_timestamp() + interval '1 second', 7)",
+    )
+    .await;
+    let fence = Fence {
+        lease: "sync",
+        token: 7,
+    };
+    let txn = db.conn().begin().await.unwrap();
+    check(&txn, fence).await.expect("the lease holds at first");
+
+    let ran_out = within_a_minute(|| async {
+        scalar_i64(
+            db.conn(),
+            "SELECT count(*) FROM entra_sync_leases WHERE expires_at < clock_timestamp()",
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert!(ran_out, "the lease never ran out");
+
+    let lost = check(&txn, fence).await.unwrap_err();
+    assert!(
+        matches!(lost, worker::Error::LeaseLost { lease: "sync" }),
+        "{lost}"
+    );
+}
+
