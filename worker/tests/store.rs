@@ -1294,3 +1294,82 @@ async fn a_fence_checked_after_its_lease_ran_out_is_lost_however_early_the_trans
     );
 }
 
+/// LiteLLM creates a team itself (its `/team/new` takes no team lock) between our read and our
+/// insert: our insert meets its row, and that is a concurrent change (retried), not a team we
+/// created. No `team_created` entry, no member budget made for it; the retry finds the team.
+#[tokio::test]
+async fn a_team_created_by_litellm_meanwhile_is_a_concurrent_change_with_nothing_of_ours_written() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let db = TestDatabase::new().await;
+    let store = store(
+        &db,
+        settings("litellm_settings:\n  default_team_params:\n    team_member_budget: 25\n"),
+        RemovalMode::Managed,
+    );
+    let g = group(1);
+    // LiteLLM's transaction has inserted the team's row, not committed yet: our read does not
+    // see it, our insert waits for it.
+    let litellm = db.connect_again().await;
+    let litellm_txn = litellm.begin().await.unwrap();
+    litellm_txn
+        .execute_unprepared(&format!(
+            r#"INSERT INTO "LiteLLM_TeamTable" (team_id, team_alias) VALUES ('{g}', 'By LiteLLM')"#
+        ))
+        .await
+        .unwrap();
+    let ensuring = tokio::spawn({
+        let (store, g) = (store.clone(), g.clone());
+        async move { store.ensure_team(&g, "Team", commit()).await }
+    });
+    let waiting = within_a_minute(|| async {
+        scalar_i64(
+            db.conn(),
+            r#"SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+               AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO "LiteLLM_TeamTable"%'"#,
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert!(waiting, "our insert did not meet LiteLLM's row");
+    litellm_txn.commit().await.unwrap();
+
+    let outcome = ensuring.await.unwrap();
+    assert!(
+        matches!(outcome, Err(worker::Error::ConcurrentChange(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        scalar_i64(
+            db.conn(),
+            "SELECT count(*) FROM entra_sync_audit_log WHERE kind = 'team_created'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar_i64(db.conn(), r#"SELECT count(*) FROM "LiteLLM_BudgetTable""#).await,
+        0,
+        "a member budget was made for a team we did not create"
+    );
+    assert_eq!(
+        team_row(db.conn(), &g).await.team_alias.as_deref(),
+        Some("By LiteLLM")
+    );
+
+    let retried = store.ensure_team(&g, "Team", commit()).await.unwrap();
+    assert_eq!(
+        retried,
+        [Change::TeamRenamed {
+            team_id: g.to_string(),
+            from: Some("By LiteLLM".into()),
+            to: "Team".into()
+        }]
+    );
+    // A team the store did not create gets no member budget from it.
+    assert_eq!(
+        scalar_i64(db.conn(), r#"SELECT count(*) FROM "LiteLLM_BudgetTable""#).await,
+        0
+    );
+}
+
