@@ -1373,3 +1373,72 @@ async fn a_team_created_by_litellm_meanwhile_is_a_concurrent_change_with_nothing
     );
 }
 
+/// A commit's ANALYZE runs in the background: with another session holding a lock ANALYZE waits
+/// for (but writes do not), a bulk load's commit returns while its ANALYZE waits, and once the
+/// lock is gone the statistics are updated all the same.
+#[tokio::test]
+async fn a_bulk_loads_analyze_runs_after_its_commit_returned() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let db = TestDatabase::new().await;
+    let store = plain_store(&db);
+    store
+        .ensure_team(&group(1), "Everyone", commit())
+        .await
+        .unwrap();
+    let other = db.connect_again().await;
+    let holder = other.begin().await.unwrap();
+    holder
+        .execute_unprepared(
+            r#"LOCK TABLE "LiteLLM_UserTable", "LiteLLM_TeamMembership"
+               IN SHARE UPDATE EXCLUSIVE MODE"#,
+        )
+        .await
+        .unwrap();
+
+    let adding = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .add_members(&group(1), &users(0..1200), commit())
+                .await
+        }
+    });
+    let analyze_waiting = || async {
+        scalar_i64(
+            db.conn(),
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+             AND wait_event_type = 'Lock' AND query LIKE 'ANALYZE%'",
+        )
+        .await
+            == 1
+    };
+    assert!(
+        within_a_minute(analyze_waiting).await,
+        "1,200 new users and memberships were not followed by ANALYZE"
+    );
+    assert!(
+        within_a_minute(|| async { adding.is_finished() }).await,
+        "the commit waited for its ANALYZE"
+    );
+    adding.await.unwrap().unwrap();
+    assert!(analyze_waiting().await, "ANALYZE did not wait for the lock");
+    let analysed = r#"SELECT count(*) FROM pg_stat_user_tables
+                      WHERE relname IN ('LiteLLM_UserTable', 'LiteLLM_TeamMembership')
+                        AND last_analyze IS NOT NULL"#;
+    assert_eq!(scalar_i64(db.conn(), analysed).await, 0);
+
+    holder.commit().await.unwrap();
+    let updated = within_a_minute(|| async {
+        execute(db.conn(), "SELECT pg_stat_clear_snapshot()").await;
+        scalar_i64(db.conn(), analysed).await == 2
+            && scalar_i64(
+                db.conn(),
+                r#"SELECT reltuples::bigint FROM pg_class WHERE relname = 'LiteLLM_UserTable'"#,
+            )
+            .await
+                == 1200
+    })
+    .await;
+    assert!(updated, "the statistics were not updated");
+}
+

@@ -417,7 +417,7 @@ impl Store {
                 keys.extend(stale);
                 cache.evict(keys);
             }
-            self.statistics.after_commit(&self.db, &changes).await;
+            self.statistics.after_commit(&self.db, &changes);
         }
         Ok(changes)
     }
