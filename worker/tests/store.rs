@@ -1442,3 +1442,143 @@ async fn a_bulk_loads_analyze_runs_after_its_commit_returned() {
     assert!(updated, "the statistics were not updated");
 }
 
+/// `seq_scan` and `idx_scan` of LiteLLM's user table, once this session (the only one the store
+/// under test has) has flushed its statistics: it does so before answering the request to.
+async fn user_table_scans(conn: &sea_orm::DatabaseConnection) -> (i64, i64) {
+    execute(conn, "SELECT pg_stat_force_next_flush()").await;
+    let scans = |column: &str| {
+        format!(
+            "SELECT coalesce({column}, 0) FROM pg_stat_user_tables
+             WHERE relname = 'LiteLLM_UserTable'"
+        )
+    };
+    (
+        scalar_i64(conn, &scans("seq_scan")).await,
+        scalar_i64(conn, &scans("idx_scan")).await,
+    )
+}
+
+/// The role path finds users as the membership path does (by id, then sso id, then email, each an
+/// index lookup, each only for what the step before did not find), and so do a re-read, a rename
+/// and a departure's keys: on 20,000 users, a role batch of 90 (found by id, by sso id, by email,
+/// and new) and the rest never make PostgreSQL read the whole user table. The store works on one
+/// session, whose statistics say it: `seq_scan` stays put while `idx_scan` grows.
+#[tokio::test]
+async fn the_role_path_finds_users_by_index_never_scanning_the_user_table() {
+    use worker::store::Store;
+    let db = TestDatabase::new().await;
+    let conn = sea_orm::Database::connect(
+        sea_orm::ConnectOptions::new(db.url())
+            .max_connections(1)
+            .min_connections(1)
+            .to_owned(),
+    )
+    .await
+    .unwrap();
+    let store = Store::new(
+        conn.clone(),
+        worker::litellm_config::LiteLlmSettings::default(),
+        RemovalMode::Managed,
+    );
+    let entra_id = "'5b000000-0000-4000-8000-' || lpad(n::text, 12, '0')";
+    execute(
+        &conn,
+        &format!(
+            r#"INSERT INTO "LiteLLM_UserTable" (user_id, sso_user_id, user_email, user_alias, metadata)
+               SELECT 'filler-' || n, NULL, 'filler-' || n || '@example.com', NULL, '{{}}'
+               FROM generate_series(1, 20000) AS n;
+               -- Made by entra-sync: found by id.
+               INSERT INTO "LiteLLM_UserTable" (user_id, sso_user_id, user_email, user_alias, metadata)
+               SELECT {entra_id}, {entra_id}, 'user' || n || '@contoso.com', 'User ' || n, '{{}}'
+               FROM generate_series(1, 30) AS n;
+               -- Made by LiteLLM's SCIM (user id = UPN), linked: found by sso id.
+               INSERT INTO "LiteLLM_UserTable" (user_id, sso_user_id, user_email, user_alias, metadata)
+               SELECT 'User' || n || '@Contoso.com', {entra_id}, 'user' || n || '@contoso.com',
+                      'User ' || n, '{{}}'
+               FROM generate_series(31, 60) AS n;
+               -- Invited by email, never signed in: found by email.
+               INSERT INTO "LiteLLM_UserTable" (user_id, sso_user_id, user_email, user_alias, metadata)
+               SELECT 'invited-' || n, NULL, 'user' || n || '@contoso.com', NULL, '{{}}'
+               FROM generate_series(61, 80) AS n;
+               ANALYZE "LiteLLM_UserTable";"#
+        ),
+    )
+    .await;
+    insert_key(
+        &conn,
+        "k-50",
+        "User50@Contoso.com",
+        None,
+        None,
+        "2026-11-01 00:00:00",
+    )
+    .await;
+    let admins: Vec<(EntraUser, Vec<String>)> = users(1..91)
+        .into_iter()
+        .map(|user| (user, vec!["PROXY_ADMIN".to_owned()]))
+        .collect();
+    let (seq_before, idx_before) = user_table_scans(&conn).await;
+
+    let made = store.set_user_roles(&admins, commit()).await.unwrap();
+    let kinds = |kind: fn(&Change) -> bool| made.iter().filter(|c| kind(c)).count();
+    assert_eq!(kinds(|c| matches!(c, Change::UserLinked { .. })), 20);
+    assert_eq!(kinds(|c| matches!(c, Change::UserCreated { .. })), 10);
+    assert_eq!(kinds(|c| matches!(c, Change::RoleChanged { .. })), 90);
+    store
+        .set_user_role(&entra_user(91), &["PROXY_ADMIN".into()], commit())
+        .await
+        .unwrap();
+    store
+        .set_role(&user_id(31), &["INTERNAL_USER".into()], commit())
+        .await
+        .unwrap();
+    let everyone: Vec<EntraUser> = users(1..92);
+    let unchanged = store
+        .unchanged_users(&everyone.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    // Those invited by email have no alias yet.
+    assert_eq!(unchanged.len(), 71);
+    let mut renamed = entra_user(40);
+    renamed.display_name = Some("Renamed".into());
+    store.update_user(&renamed, commit()).await.unwrap();
+    store
+        .revoke_roles(&(1..31).map(user_id).collect::<Vec<_>>(), commit())
+        .await
+        .unwrap();
+    store
+        .depart_user(&user_id(50), None, commit())
+        .await
+        .unwrap();
+    store.update_user(&entra_user(50), commit()).await.unwrap();
+    let (seq_after, idx_after) = user_table_scans(&conn).await;
+
+    assert_eq!(
+        user_row(&conn, "User40@Contoso.com")
+            .await
+            .user_alias
+            .as_deref(),
+        Some("Renamed")
+    );
+    assert_eq!(
+        user_row(&conn, "User31@Contoso.com")
+            .await
+            .user_role
+            .as_deref(),
+        Some("internal_user")
+    );
+    assert_eq!(
+        key_state(&conn, "k-50").await.map(|(blocked, _)| blocked),
+        Some(Some(false)),
+        "the departed user's key was not blocked and unblocked"
+    );
+    assert!(
+        idx_after > idx_before,
+        "the store's lookups were not counted"
+    );
+    assert_eq!(
+        seq_after - seq_before,
+        0,
+        "the store read the whole user table"
+    );
+}
