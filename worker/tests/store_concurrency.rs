@@ -378,3 +378,74 @@ async fn a_removal_blocking_keys_and_the_same_users_departure_neither_deadlock_n
     removal_and_departure_meet(Block, First::Departure).await;
 }
 
+/// Two group ids whose team locks are one (`hashtext` collides), the first before the second,
+/// and a third whose id lies between them: found among a few hundred thousand ids (about a second).
+async fn colliding_groups(
+    db: &TestDatabase,
+) -> (entity::GroupId, entity::GroupId, entity::GroupId) {
+    let ids = scalar_text(
+        db.conn(),
+        "WITH ids AS (
+           SELECT n, hashtext('9a000000-0000-4000-8000-' || lpad(n::text, 12, '0')) AS lock_key
+           FROM generate_series(1, 400000) AS n),
+         pair AS (
+           SELECT min(n) AS low, max(n) AS high, lock_key FROM ids
+           GROUP BY lock_key HAVING count(*) = 2 ORDER BY max(n) - min(n) DESC LIMIT 1)
+         SELECT pair.low || ' ' || pair.high || ' ' || (
+           SELECT min(ids.n) FROM ids
+           WHERE ids.n > pair.low AND ids.n < pair.high AND ids.lock_key <> pair.lock_key)
+         FROM pair",
+    )
+    .await;
+    let ids: Vec<u32> = ids.split(' ').map(|n| n.parse().unwrap()).collect();
+    (group(ids[0]), group(ids[1]), group(ids[2]))
+}
+
+/// Team locks are taken in the order of their lock keys, not of team ids. With two ids sharing
+/// a lock (a `hashtext` collision) and a third between them by id, one writer locking the first
+/// and the third, and another the second and the third, would take the shared lock first and
+/// last by id order: the first writer is stopped at the shared lock (held by a third session),
+/// the second takes what it can and waits; once the shared lock is free, both finish.
+#[tokio::test]
+async fn teams_whose_lock_keys_collide_are_locked_in_one_order() {
+    let db = TestDatabase::new().await;
+    let (low, high, between) = colliding_groups(&db).await;
+    let (first, second) = two_stores(&db).await;
+    for g in [&low, &high, &between] {
+        first.ensure_team(g, "Team", commit()).await.unwrap();
+    }
+    let holder = hold(
+        &db,
+        &format!("SELECT pg_advisory_xact_lock(hashtext('{low}'))"),
+    )
+    .await;
+    let sync = |store: &Store, groups: [entity::GroupId; 2]| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let teams: Vec<worker::store::TeamSync> = groups
+                .iter()
+                .map(|group| worker::store::TeamSync {
+                    group,
+                    display_name: Some("Renamed"),
+                    members: &[],
+                })
+                .collect();
+            store.sync_teams(&teams, commit()).await
+        })
+    };
+    let one = sync(&first, [low.clone(), between.clone()]);
+    until_waiting(&db, 1, "the first writer does not wait for the shared lock").await;
+    let two = sync(&second, [high.clone(), between.clone()]);
+    until_waiting(&db, 2, "the second writer does not wait").await;
+    holder.commit().await.unwrap();
+
+    // A deadlock (SQLSTATE 40P01) fails one of them.
+    one.await.unwrap().expect("the first writer failed");
+    two.await.unwrap().expect("the second writer failed");
+    for g in [&low, &high, &between] {
+        assert_eq!(
+            team_row(db.conn(), g).await.team_alias.as_deref(),
+            Some("Renamed")
+        );
+    }
+}
