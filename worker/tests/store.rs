@@ -1237,3 +1237,349 @@ async fn a_re_read_user_is_left_alone_only_when_litellm_already_says_what_entra_
     assert_ne!(store.update_user(&renamed, commit()).await.unwrap(), []);
     assert_ne!(store.update_user(&returning, commit()).await.unwrap(), []);
 }
+
+/// Waits up to a minute until `check` holds; returns whether it did.
+async fn within_a_minute<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A transaction that began while its lease held, checking its fence after the lease ran out by
+/// the database's clock, finds it lost: the lease is checked against the clock, not against the
+/// transaction's start.
+#[tokio::test]
+async fn a_fence_checked_after_its_lease_ran_out_is_lost_however_early_the_transaction_began() {
+    use sea_orm::TransactionTrait;
+    use worker::store::lease::{Fence, check};
+    let db = TestDatabase::new().await;
+    execute(
+        db.conn(),
+        "INSERT INTO entra_sync_leases (name, holder, expires_at, fence)
+         VALUES ('sync', 'us', clock_timestamp() + interval '1 second', 7)",
+    )
+    .await;
+    let fence = Fence {
+        lease: "sync",
+        token: 7,
+    };
+    let txn = db.conn().begin().await.unwrap();
+    check(&txn, fence).await.expect("the lease holds at first");
+
+    let ran_out = within_a_minute(|| async {
+        scalar_i64(
+            db.conn(),
+            "SELECT count(*) FROM entra_sync_leases WHERE expires_at < clock_timestamp()",
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert!(ran_out, "the lease never ran out");
+
+    let lost = check(&txn, fence).await.unwrap_err();
+    assert!(
+        matches!(lost, worker::Error::LeaseLost { lease: "sync" }),
+        "{lost}"
+    );
+}
+
+/// LiteLLM creates a team itself (its `/team/new` takes no team lock) between our read and our
+/// insert: our insert meets its row, and that is a concurrent change (retried), not a team we
+/// created. No `team_created` entry, no member budget made for it; the retry finds the team.
+#[tokio::test]
+async fn a_team_created_by_litellm_meanwhile_is_a_concurrent_change_with_nothing_of_ours_written() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let db = TestDatabase::new().await;
+    let store = store(
+        &db,
+        settings("litellm_settings:\n  default_team_params:\n    team_member_budget: 25\n"),
+        RemovalMode::Managed,
+    );
+    let g = group(1);
+    // LiteLLM's transaction has inserted the team's row, not committed yet: our read does not
+    // see it, our insert waits for it.
+    let litellm = db.connect_again().await;
+    let litellm_txn = litellm.begin().await.unwrap();
+    litellm_txn
+        .execute_unprepared(&format!(
+            r#"INSERT INTO "LiteLLM_TeamTable" (team_id, team_alias) VALUES ('{g}', 'By LiteLLM')"#
+        ))
+        .await
+        .unwrap();
+    let ensuring = tokio::spawn({
+        let (store, g) = (store.clone(), g.clone());
+        async move { store.ensure_team(&g, "Team", commit()).await }
+    });
+    let waiting = within_a_minute(|| async {
+        scalar_i64(
+            db.conn(),
+            r#"SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+               AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO "LiteLLM_TeamTable"%'"#,
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert!(waiting, "our insert did not meet LiteLLM's row");
+    litellm_txn.commit().await.unwrap();
+
+    let outcome = ensuring.await.unwrap();
+    assert!(
+        matches!(outcome, Err(worker::Error::ConcurrentChange(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        scalar_i64(
+            db.conn(),
+            "SELECT count(*) FROM entra_sync_audit_log WHERE kind = 'team_created'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar_i64(db.conn(), r#"SELECT count(*) FROM "LiteLLM_BudgetTable""#).await,
+        0,
+        "a member budget was made for a team we did not create"
+    );
+    assert_eq!(
+        team_row(db.conn(), &g).await.team_alias.as_deref(),
+        Some("By LiteLLM")
+    );
+
+    let retried = store.ensure_team(&g, "Team", commit()).await.unwrap();
+    assert_eq!(
+        retried,
+        [Change::TeamRenamed {
+            team_id: g.to_string(),
+            from: Some("By LiteLLM".into()),
+            to: "Team".into()
+        }]
+    );
+    // A team the store did not create gets no member budget from it.
+    assert_eq!(
+        scalar_i64(db.conn(), r#"SELECT count(*) FROM "LiteLLM_BudgetTable""#).await,
+        0
+    );
+}
+
+/// A commit's ANALYZE runs in the background: with another session holding a lock ANALYZE waits
+/// for (but writes do not), a bulk load's commit returns while its ANALYZE waits, and once the
+/// lock is gone the statistics are updated all the same.
+#[tokio::test]
+async fn a_bulk_loads_analyze_runs_after_its_commit_returned() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let db = TestDatabase::new().await;
+    let store = plain_store(&db);
+    store
+        .ensure_team(&group(1), "Everyone", commit())
+        .await
+        .unwrap();
+    let other = db.connect_again().await;
+    let holder = other.begin().await.unwrap();
+    holder
+        .execute_unprepared(
+            r#"LOCK TABLE "LiteLLM_UserTable", "LiteLLM_TeamMembership"
+               IN SHARE UPDATE EXCLUSIVE MODE"#,
+        )
+        .await
+        .unwrap();
+
+    let adding = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .add_members(&group(1), &users(0..1200), commit())
+                .await
+        }
+    });
+    let analyze_waiting = || async {
+        scalar_i64(
+            db.conn(),
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+             AND wait_event_type = 'Lock' AND query LIKE 'ANALYZE%'",
+        )
+        .await
+            == 1
+    };
+    assert!(
+        within_a_minute(analyze_waiting).await,
+        "1,200 new users and memberships were not followed by ANALYZE"
+    );
+    assert!(
+        within_a_minute(|| async { adding.is_finished() }).await,
+        "the commit waited for its ANALYZE"
+    );
+    adding.await.unwrap().unwrap();
+    assert!(analyze_waiting().await, "ANALYZE did not wait for the lock");
+    let analysed = r#"SELECT count(*) FROM pg_stat_user_tables
+                      WHERE relname IN ('LiteLLM_UserTable', 'LiteLLM_TeamMembership')
+                        AND last_analyze IS NOT NULL"#;
+    assert_eq!(scalar_i64(db.conn(), analysed).await, 0);
+
+    holder.commit().await.unwrap();
+    let updated = within_a_minute(|| async {
+        execute(db.conn(), "SELECT pg_stat_clear_snapshot()").await;
+        scalar_i64(db.conn(), analysed).await == 2
+            && scalar_i64(
+                db.conn(),
+                r#"SELECT reltuples::bigint FROM pg_class WHERE relname = 'LiteLLM_UserTable'"#,
+            )
+            .await
+                == 1200
+    })
+    .await;
+    assert!(updated, "the statistics were not updated");
+}
+
+/// `seq_scan` and `idx_scan` of LiteLLM's user table, once this session (the only one the store
+/// under test has) has flushed its statistics: it does so before answering the request to.
+async fn user_table_scans(conn: &sea_orm::DatabaseConnection) -> (i64, i64) {
+    execute(conn, "SELECT pg_stat_force_next_flush()").await;
+    let scans = |column: &str| {
+        format!(
+            "SELECT coalesce({column}, 0) FROM pg_stat_user_tables
+             WHERE relname = 'LiteLLM_UserTable'"
+        )
+    };
+    (
+        scalar_i64(conn, &scans("seq_scan")).await,
+        scalar_i64(conn, &scans("idx_scan")).await,
+    )
+}
+
+/// The role path finds users as the membership path does (by id, then sso id, then email, each an
+/// index lookup, each only for what the step before did not find), and so do a re-read, a rename
+/// and a departure's keys: on 20,000 users, a role batch of 90 (found by id, by sso id, by email,
+/// and new) and the rest never make PostgreSQL read the whole user table. The store works on one
+/// session, whose statistics say it: `seq_scan` stays put while `idx_scan` grows.
+#[tokio::test]
+async fn the_role_path_finds_users_by_index_never_scanning_the_user_table() {
+    use worker::store::Store;
+    let db = TestDatabase::new().await;
+    let conn = sea_orm::Database::connect(
+        sea_orm::ConnectOptions::new(db.url())
+            .max_connections(1)
+            .min_connections(1)
+            .to_owned(),
+    )
+    .await
+    .unwrap();
+    let store = Store::new(
+        conn.clone(),
+        worker::litellm_config::LiteLlmSettings::default(),
+        RemovalMode::Managed,
+    );
+    let entra_id = "'5b000000-0000-4000-8000-' || lpad(n::text, 12, '0')";
+    execute(
+        &conn,
+        &format!(
+            r#"INSERT INTO "LiteLLM_UserTable" (user_id, sso_user_id, user_email, user_alias, metadata)
+               SELECT 'filler-' || n, NULL, 'filler-' || n || '@example.com', NULL, '{{}}'
+               FROM generate_series(1, 20000) AS n;
+               -- Made by entra-sync: found by id.
+               INSERT INTO "LiteLLM_UserTable" (user_id, sso_user_id, user_email, user_alias, metadata)
+               SELECT {entra_id}, {entra_id}, 'user' || n || '@contoso.com', 'User ' || n, '{{}}'
+               FROM generate_series(1, 30) AS n;
+               -- Made by LiteLLM's SCIM (user id = UPN), linked: found by sso id.
+               INSERT INTO "LiteLLM_UserTable" (user_id, sso_user_id, user_email, user_alias, metadata)
+               SELECT 'User' || n || '@Contoso.com', {entra_id}, 'user' || n || '@contoso.com',
+                      'User ' || n, '{{}}'
+               FROM generate_series(31, 60) AS n;
+               -- Invited by email, never signed in: found by email.
+               INSERT INTO "LiteLLM_UserTable" (user_id, sso_user_id, user_email, user_alias, metadata)
+               SELECT 'invited-' || n, NULL, 'user' || n || '@contoso.com', NULL, '{{}}'
+               FROM generate_series(61, 80) AS n;
+               ANALYZE "LiteLLM_UserTable";"#
+        ),
+    )
+    .await;
+    insert_key(
+        &conn,
+        "k-50",
+        "User50@Contoso.com",
+        None,
+        None,
+        "2026-11-01 00:00:00",
+    )
+    .await;
+    let admins: Vec<(EntraUser, Vec<String>)> = users(1..91)
+        .into_iter()
+        .map(|user| (user, vec!["PROXY_ADMIN".to_owned()]))
+        .collect();
+    let (seq_before, idx_before) = user_table_scans(&conn).await;
+
+    let made = store.set_user_roles(&admins, commit()).await.unwrap();
+    let kinds = |kind: fn(&Change) -> bool| made.iter().filter(|c| kind(c)).count();
+    assert_eq!(kinds(|c| matches!(c, Change::UserLinked { .. })), 20);
+    assert_eq!(kinds(|c| matches!(c, Change::UserCreated { .. })), 10);
+    assert_eq!(kinds(|c| matches!(c, Change::RoleChanged { .. })), 90);
+    store
+        .set_user_role(&entra_user(91), &["PROXY_ADMIN".into()], commit())
+        .await
+        .unwrap();
+    store
+        .set_role(&user_id(31), &["INTERNAL_USER".into()], commit())
+        .await
+        .unwrap();
+    let everyone: Vec<EntraUser> = users(1..92);
+    let unchanged = store
+        .unchanged_users(&everyone.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    // Those invited by email have no alias yet.
+    assert_eq!(unchanged.len(), 71);
+    let mut renamed = entra_user(40);
+    renamed.display_name = Some("Renamed".into());
+    store.update_user(&renamed, commit()).await.unwrap();
+    store
+        .revoke_roles(&(1..31).map(user_id).collect::<Vec<_>>(), commit())
+        .await
+        .unwrap();
+    store
+        .depart_user(&user_id(50), None, commit())
+        .await
+        .unwrap();
+    store.update_user(&entra_user(50), commit()).await.unwrap();
+    let (seq_after, idx_after) = user_table_scans(&conn).await;
+
+    assert_eq!(
+        user_row(&conn, "User40@Contoso.com")
+            .await
+            .user_alias
+            .as_deref(),
+        Some("Renamed")
+    );
+    assert_eq!(
+        user_row(&conn, "User31@Contoso.com")
+            .await
+            .user_role
+            .as_deref(),
+        Some("internal_user")
+    );
+    assert_eq!(
+        key_state(&conn, "k-50").await.map(|(blocked, _)| blocked),
+        Some(Some(false)),
+        "the departed user's key was not blocked and unblocked"
+    );
+    assert!(
+        idx_after > idx_before,
+        "the store's lookups were not counted"
+    );
+    assert_eq!(
+        seq_after - seq_before,
+        0,
+        "the store read the whole user table"
+    );
+}

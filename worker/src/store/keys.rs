@@ -20,6 +20,7 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult};
 
 use super::change::{BlockReason, Change};
 use super::sql::{litellm_timestamp, lock_team, stmt, text_array};
+use super::users;
 use crate::error::Result;
 
 /// What happens to a removed member's keys for the team (`ENTRA_SYNC_REMOVED_MEMBER_KEYS`).
@@ -105,7 +106,8 @@ const KEY_COLUMNS: &str = r#"token, user_id, team_id, key_alias, blocked,
     CASE WHEN jsonb_typeof(metadata) = 'object' THEN metadata->>'entra_sync_blocked' END AS marker"#;
 
 /// Locks and reads the keys of these (team, user) pairs, in one statement and a fixed order
-/// (LiteLLM's spend writer updates key rows too).
+/// (LiteLLM's spend writer updates key rows too), the rows of their users being locked already
+/// (see the lock order in [`super`]).
 pub(super) async fn lock_member_keys(
     txn: &DatabaseTransaction,
     pairs: &[(&str, &str)],
@@ -342,22 +344,25 @@ async fn jwt_mapping_cache_keys(
     .collect())
 }
 
-/// The keys of the LiteLLM user linked to this Entra object id (`user_id` or `sso_user_id`),
-/// locked, with `condition` on the key row `k`.
+/// The keys of the LiteLLM user of this Entra object id (by `user_id`, else `sso_user_id`: see
+/// [`users::by_object_id`]), with `condition` on the key row `k`, locked in the store's order:
+/// the user's row, then the keys.
 async fn lock_user_keys(
     txn: &DatabaseTransaction,
     entra_id: &str,
     condition: &str,
 ) -> Result<Vec<KeyRow>> {
+    let Some(user) = users::by_object_id(txn, entra_id).await? else {
+        return Ok(Vec::new());
+    };
+    users::lock_users(txn, &[&user.user_id]).await?;
     Ok(KeyRow::find_by_statement(stmt(
         &format!(
             r#"SELECT {KEY_COLUMNS} FROM "LiteLLM_VerificationToken" k
-               WHERE k.user_id IN (SELECT user_id FROM "LiteLLM_UserTable"
-                                   WHERE user_id = $1 OR sso_user_id = $1)
-                 AND ({condition})
+               WHERE k.user_id = $1 AND ({condition})
                ORDER BY token FOR UPDATE"#
         ),
-        [entra_id.into()],
+        [user.user_id.into()],
     ))
     .all(txn)
     .await?)
@@ -464,21 +469,39 @@ pub(super) async fn surviving_pairs(
     .collect())
 }
 
-/// Revokes one team's surviving keys under LiteLLM's team lock, as a removal would have.
+/// Revokes one team's surviving keys under LiteLLM's team lock, as a removal would have, in the
+/// store's lock order: the team, the rows of the keys' users, then the keys.
 pub(super) async fn revoke_surviving(
     txn: &DatabaseTransaction,
     team_id: &str,
     policy: RemovedMemberKeys,
     now: DateTime<Utc>,
 ) -> Result<(Vec<Change>, Vec<String>)> {
+    #[derive(FromQueryResult)]
+    struct Owner {
+        user_id: String,
+    }
     lock_team(txn, team_id).await?;
+    let owners: Vec<String> = Owner::find_by_statement(stmt(
+        &format!(
+            r#"SELECT DISTINCT k.user_id FROM "LiteLLM_VerificationToken" k
+               WHERE k.team_id = $1 AND {SURVIVING}"#
+        ),
+        [team_id.into()],
+    ))
+    .all(txn)
+    .await?
+    .into_iter()
+    .map(|owner| owner.user_id)
+    .collect();
+    users::lock_users(txn, &owners.iter().map(String::as_str).collect::<Vec<_>>()).await?;
     let keys = KeyRow::find_by_statement(stmt(
         &format!(
             r#"SELECT {KEY_COLUMNS} FROM "LiteLLM_VerificationToken" k
-               WHERE k.team_id = $1 AND {SURVIVING}
+               WHERE k.team_id = $1 AND k.user_id = ANY($2) AND {SURVIVING}
                ORDER BY token FOR UPDATE"#
         ),
-        [team_id.into()],
+        [team_id.into(), text_array(&owners)],
     ))
     .all(txn)
     .await?;

@@ -3,7 +3,9 @@
 //!
 //! A lease is a row of `entra_sync_leases`: its holder, when it runs out (by the database's
 //! clock, so replicas' clocks never matter), and a fence, a number that grows each time the
-//! lease changes hands. Two ways to hold one:
+//! lease changes hands. The clock is read as it is when a statement asks (`clock_timestamp()`),
+//! never as the transaction's start (`now()`): a transaction that began while its lease held
+//! may reach its commit after the lease ran out. Two ways to hold one:
 //! - [`Lease::try_acquire`]: taken or extended by one replica that keeps it for long (the
 //!   subscription keeper), passing to another replica when it runs out;
 //! - [`Lease::hold`]: taken for one unit of work (a round, a poll, a reconciliation), renewed
@@ -87,15 +89,15 @@ impl Lease {
     async fn take(&self, extending: bool) -> Result<Option<i64>> {
         Ok(Token::find_by_statement(statement(
             "INSERT INTO entra_sync_leases (name, holder, expires_at, fence)
-             VALUES ($1, $2, now() + $3 * interval '1 millisecond', 1)
+             VALUES ($1, $2, clock_timestamp() + $3 * interval '1 millisecond', 1)
              ON CONFLICT (name) DO UPDATE
                SET holder = excluded.holder, expires_at = excluded.expires_at,
                    fence = CASE WHEN $4 AND entra_sync_leases.holder = excluded.holder
-                                 AND entra_sync_leases.expires_at > now()
+                                 AND entra_sync_leases.expires_at > clock_timestamp()
                                 THEN entra_sync_leases.fence
                                 ELSE entra_sync_leases.fence + 1 END
              WHERE entra_sync_leases.holder = excluded.holder
-                OR entra_sync_leases.expires_at <= now()
+                OR entra_sync_leases.expires_at <= clock_timestamp()
              RETURNING fence",
             [
                 self.name.into(),
@@ -188,8 +190,9 @@ impl Lease {
         let renewed = self
             .db
             .execute(statement(
-                "UPDATE entra_sync_leases SET expires_at = now() + $3 * interval '1 millisecond'
-                 WHERE name = $1 AND fence = $2 AND expires_at > now()",
+                "UPDATE entra_sync_leases
+                 SET expires_at = clock_timestamp() + $3 * interval '1 millisecond'
+                 WHERE name = $1 AND fence = $2 AND expires_at > clock_timestamp()",
                 [
                     self.name.into(),
                     fence.token.into(),
@@ -204,8 +207,8 @@ impl Lease {
     async fn give_back(&self, fence: Fence) -> Result<()> {
         self.db
             .execute(statement(
-                "UPDATE entra_sync_leases SET expires_at = now()
-                 WHERE name = $1 AND fence = $2 AND expires_at > now()",
+                "UPDATE entra_sync_leases SET expires_at = clock_timestamp()
+                 WHERE name = $1 AND fence = $2 AND expires_at > clock_timestamp()",
                 [self.name.into(), fence.token.into()],
             ))
             .await?;
@@ -234,9 +237,10 @@ async fn renew(lease: Lease, fence: Fence) {
     }
 }
 
-/// Fails with [`Error::LeaseLost`] unless `fence` is still its lease's current one. Called in the
-/// transaction about to commit: the share lock it takes on the lease row keeps any other replica
-/// from taking the lease over before the commit.
+/// Fails with [`Error::LeaseLost`] unless `fence` is still its lease's current one and has not run
+/// out by the clock now (however long ago the transaction began). Called in the transaction about
+/// to commit: the share lock it takes on the lease row keeps any other replica from taking the
+/// lease over before the commit.
 pub async fn check(txn: &DatabaseTransaction, fence: Fence) -> Result<()> {
     #[derive(FromQueryResult)]
     struct Held {
@@ -245,7 +249,7 @@ pub async fn check(txn: &DatabaseTransaction, fence: Fence) -> Result<()> {
     }
     let held = Held::find_by_statement(statement(
         "SELECT fence FROM entra_sync_leases
-         WHERE name = $1 AND fence = $2 AND expires_at > now()
+         WHERE name = $1 AND fence = $2 AND expires_at > clock_timestamp()
          FOR SHARE",
         [fence.lease.into(), fence.token.into()],
     ))
@@ -283,7 +287,8 @@ pub async fn held(
         expires_at: DateTime<Utc>,
     }
     Ok(Row::find_by_statement(statement(
-        "SELECT holder, expires_at FROM entra_sync_leases WHERE name = $1 AND expires_at > now()",
+        "SELECT holder, expires_at FROM entra_sync_leases
+         WHERE name = $1 AND expires_at > clock_timestamp()",
         [name.into()],
     ))
     .one(db)

@@ -424,10 +424,11 @@ pub(super) async fn apply(
 }
 
 /// Applies requests for several teams (each team once) in a fixed number of statements however
-/// many: the teams locked in one order, then every user the requests may touch, in LiteLLM's
-/// order; each team planned as if alone, in order, the users one request creates or links being
-/// found by the next; then each table written once for all. Returns each request's changes, and
-/// the cache keys the commit makes stale.
+/// many: the teams locked in one order, then every user the requests may touch read; each team
+/// planned as if alone, in order, the users one request creates or links being found by the
+/// next; the user rows written locked, then the keys (the store's lock order); then each table
+/// written once for all. Returns each request's changes, and the cache keys the commit makes
+/// stale.
 pub(super) async fn apply_many(
     txn: &DatabaseTransaction,
     requests: &[Request<'_>],
@@ -491,6 +492,8 @@ pub(super) async fn apply_many(
         one.arriving.retain(|user_id| !created.contains(user_id));
         planned.push(one);
     }
+    // The store's lock order: the user rows before the keys (see `locked_users`).
+    users::lock_users(txn, &locked_users(&planned)).await?;
     let keys = plan_keys(txn, &mut planned).await?;
     for one in &mut planned {
         plan_organization(txn, &mut one.plan, &teams[&one.prepared.team_id]).await?;
@@ -699,6 +702,36 @@ fn distinct(users: &[EntraUser]) -> Vec<&EntraUser> {
         .iter()
         .filter(|user| seen.insert(user.id.clone()))
         .collect()
+}
+
+/// The existing user rows the batch writes (teams joined or left, links), and those whose keys
+/// [`plan_keys`] locks (members leaving under a key policy, members coming back), locked before
+/// the keys as the store's lock order says. Users the batch creates have no row yet.
+fn locked_users<'p>(planned: &'p [Planned<'_, '_>]) -> Vec<&'p str> {
+    let created: HashSet<&str> = planned
+        .iter()
+        .flat_map(|one| &one.plan.create)
+        .map(|new| new.user_id.as_str())
+        .collect();
+    let mut users: Vec<&str> = planned
+        .iter()
+        .flat_map(|one| {
+            let keys_locked = one.prepared.request.keys != RemovedMemberKeys::Keep;
+            one.plan
+                .add_team_to_user
+                .iter()
+                .chain(&one.plan.remove_team_from_user)
+                .chain(one.plan.link.iter().map(|(user_id, _)| user_id))
+                .chain(one.leaving.iter().filter(move |_| keys_locked))
+                .chain(&one.arriving)
+                .chain(&one.plan.drop_holds)
+                .map(String::as_str)
+        })
+        .filter(|user_id| !created.contains(user_id))
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    users
 }
 
 /// Plans what happens to the keys of the members who leave (the removal policy) and of those who
@@ -1001,16 +1034,6 @@ async fn execute(
         .flat_map(|one| one.plan.link.iter().cloned())
         .collect();
     let leaving_teams = pairs(planned, |plan| &plan.remove_team_from_user);
-    // The rows this batch writes, locked as LiteLLM locks them, before any is written.
-    let mut written: Vec<&str> = joining_teams
-        .iter()
-        .map(|(user_id, _)| *user_id)
-        .chain(leaving_teams.0.iter().copied())
-        .chain(links.iter().map(|(user_id, _)| user_id.as_str()))
-        .collect();
-    written.sort_unstable();
-    written.dedup();
-    users::lock_users(txn, &written).await?;
     users::create(txn, &created, settings, now).await?;
     users::link(txn, &links, now).await?;
     if !joining_teams.is_empty() {

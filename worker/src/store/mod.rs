@@ -1,15 +1,34 @@
 //! The store: the only writer of LiteLLM's tables and of entra-sync's own.
 //!
-//! Each operation applies one intention in one transaction, taking LiteLLM's own locks in
-//! LiteLLM's order (`pg_advisory_xact_lock(hashtext(team_id))`, then the user rows it writes
-//! `ORDER BY user_id COLLATE "C" FOR UPDATE`), and returns the [`Change`]s it made, which are also
-//! written to the audit log. Operations are idempotent: applying the same intention again finds
+//! Each operation applies one intention in one transaction, taking LiteLLM's own locks in the
+//! lock order below, and returns the [`Change`]s it made, which are also written to the audit
+//! log. Operations are idempotent: applying the same intention again finds
 //! nothing to change and writes nothing. There is one dry-run mechanism: every operation does
 //! its work in its transaction, and [`ApplyOptions::dry_run`] decides at the end whether it
 //! commits or rolls back, so a dry run lists exactly what a real run would change. entra-sync's
 //! own state (assigned groups, delta links, failed items, departed users) is kept here too, its
 //! writes skipped in a dry run. After a commit, the objects it changed are evicted from LiteLLM's
 //! caches (see [`crate::litellm_cache`]).
+//!
+//! # Lock order
+//!
+//! Every operation takes its locks in this order, each kind in one statement, so that two
+//! writers (ours, or ours and LiteLLM's) wait for each other instead of deadlocking:
+//! 1. LiteLLM's team locks, `pg_advisory_xact_lock(hashtext(team_id))`: every team the
+//!    operation writes or whose members it changes, all at once, in the order of their lock keys
+//!    (see [`sql::lock_teams`]);
+//! 2. the LiteLLM user rows it writes, and the rows of the users whose keys it locks,
+//!    `ORDER BY user_id COLLATE "C" FOR UPDATE` (LiteLLM's own statement and order). Rows are
+//!    read without a lock first, and only those written are locked, once planned; every write
+//!    is relative to the row as it is then, and one that finds the row changed since the read is
+//!    an [`crate::Error::ConcurrentChange`], which the caller retries;
+//! 3. key rows, `ORDER BY token FOR UPDATE`, only ever under the row locks of their users, so
+//!    that the keys one operation locks in two statements (a departure: the keys of the teams
+//!    the user leaves, then the rest) cannot cross another's.
+//!
+//! A lock taken again later in the same transaction (a team or a user row held already) does not
+//! wait. A member removal and the same user's departure thus meet at the user's row, whichever
+//! comes first, and never wait for each other's keys.
 
 mod audit;
 mod change;
@@ -442,7 +461,7 @@ impl Store {
                 keys.extend(stale);
                 cache.evict(keys);
             }
-            self.statistics.after_commit(&self.db, &changes).await;
+            self.statistics.after_commit(&self.db, &changes);
         }
         // Committed (or, in a dry run, planned): the unit of work decides on them at its end.
         if let Removals::Stage(unit) = options.removals {
@@ -545,13 +564,9 @@ impl LiteLlmWriter for Store {
         options: ApplyOptions,
     ) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
-        let work = async {
-            let mut changes = users::ensure(&txn, user, &self.settings, options.now).await?;
-            changes.extend(roles::set(&txn, &user.id, role_values, options.now).await?);
-            Ok(changes)
-        }
-        .await;
-        self.settle(txn, work, options).await
+        let changes =
+            roles::ensure_and_set(&txn, &[(user, role_values)], &self.settings, options.now).await;
+        self.settle(txn, changes, options).await
     }
 
     #[tracing::instrument(skip(self, users), fields(users = users.len()), err(level = "debug"))]
@@ -561,23 +576,12 @@ impl LiteLlmWriter for Store {
         options: ApplyOptions,
     ) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
-        let work = async {
-            let entra_users: Vec<&EntraUser> = users.iter().map(|(user, _)| user).collect();
-            let (found, mut changes) =
-                users::ensure_many(&txn, &entra_users, &self.settings, options.now).await?;
-            let wanted: Vec<(String, UserId, crate::roles::LiteLlmRole)> = users
-                .iter()
-                .filter_map(|(user, values)| {
-                    let role =
-                        crate::roles::LiteLlmRole::highest(values.iter().map(String::as_str))?;
-                    Some((found.get(&user.id)?.clone(), user.id.clone(), role))
-                })
-                .collect();
-            changes.extend(roles::set_many(&txn, &wanted, options.now).await?);
-            Ok(changes)
-        }
-        .await;
-        self.settle(txn, work, options).await
+        let users: Vec<(&EntraUser, &[String])> = users
+            .iter()
+            .map(|(user, values)| (user, values.as_slice()))
+            .collect();
+        let changes = roles::ensure_and_set(&txn, &users, &self.settings, options.now).await;
+        self.settle(txn, changes, options).await
     }
 
     #[tracing::instrument(skip(self, users), fields(users = users.len()), err(level = "debug"))]
@@ -664,6 +668,9 @@ impl LiteLlmWriter for Store {
     ) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
         let work = async {
+            // Every team's lock at once, before those of the teams to create or rename.
+            let all: Vec<String> = teams.iter().map(|team| team.group.to_string()).collect();
+            sql::lock_teams(&txn, &all).await?;
             let named: Vec<(&GroupId, &str)> = teams
                 .iter()
                 .filter_map(|team| Some((team.group, team.display_name?)))
@@ -780,16 +787,33 @@ impl LiteLlmWriter for Store {
         let txn = self.db.begin().await?;
         let work = async {
             let mut applied = Applied::default();
-            if let Some(groups) = leaving {
-                // All team locks first, in one order, then the user row: LiteLLM's order.
-                let mut teams: Vec<String> = groups.iter().map(ToString::to_string).collect();
-                teams.sort();
-                teams.dedup();
-                for team in &teams {
-                    sql::lock_team(&txn, team).await?;
+            let blocking = self.keys.departed_user == DepartedUserKeys::Block;
+            if leaving.is_none() && !blocking {
+                return Ok(applied);
+            }
+            // The store's lock order: every team the user leaves, then the user's rows (the one
+            // Entra's id finds, and any whose role entra-sync manages for them), then keys.
+            let mut groups: Vec<&GroupId> = Vec::new();
+            for group in leaving.unwrap_or_default() {
+                if !groups.contains(&group) {
+                    groups.push(group);
                 }
-                for group in groups {
-                    let request = members::Request {
+            }
+            let team_ids: Vec<String> = groups.iter().map(ToString::to_string).collect();
+            sql::lock_teams(&txn, &team_ids).await?;
+            let mut rows: Vec<String> = users::by_object_id(&txn, user.as_str())
+                .await?
+                .map(|row| row.user_id)
+                .into_iter()
+                .collect();
+            rows.extend(roles::managed_users(&txn, &[user.as_str()]).await?);
+            rows.sort_unstable();
+            rows.dedup();
+            users::lock_users(&txn, &rows.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+            if let Some(leaving) = leaving {
+                let requests: Vec<members::Request> = groups
+                    .iter()
+                    .map(|group| members::Request {
                         group,
                         joining: &[],
                         leaving: members::Leaving::These(std::slice::from_ref(user)),
@@ -799,10 +823,14 @@ impl LiteLlmWriter for Store {
                         unreadable: &[],
                         removals: options.removals,
                         reason: RemovalReason::UserDeparted,
-                    };
+                    })
+                    .collect();
+                if !leaving.is_empty() {
                     let removed =
-                        members::apply(&txn, request, &self.settings, options.now).await?;
-                    applied.changes.extend(removed.changes);
+                        members::apply_many(&txn, &requests, &self.settings, options.now).await?;
+                    applied
+                        .changes
+                        .extend(removed.changes.into_iter().flatten());
                     applied.stale.extend(removed.stale);
                     applied.staged.extend(removed.staged);
                 }
@@ -811,7 +839,7 @@ impl LiteLlmWriter for Store {
                     roles::revoke(&txn, std::slice::from_ref(user), default, options.now).await?,
                 );
             }
-            if self.keys.departed_user == DepartedUserKeys::Block {
+            if blocking {
                 applied
                     .changes
                     .extend(keys::block_departed(&txn, user.as_str(), options.now).await?);

@@ -222,6 +222,7 @@ pub(super) async fn hold(
         .iter()
         .map(|r| (r.team_id.as_str(), r.user_id.as_str()))
         .collect();
+    lock_users_of(txn, &pairs).await?;
     let found = keys::lock_member_keys(txn, &pairs).await?;
     let mut plan = KeyPlan::default();
     plan.hold(&found);
@@ -260,6 +261,14 @@ pub(super) async fn hold(
     Ok((changes, stale))
 }
 
+/// The store's lock order: the user rows of these (team, user) pairs before their keys.
+async fn lock_users_of(txn: &DatabaseTransaction, pairs: &[(&str, &str)]) -> Result<()> {
+    let mut users: Vec<&str> = pairs.iter().map(|(_, user)| *user).collect();
+    users.sort_unstable();
+    users.dedup();
+    super::users::lock_users(txn, &users).await
+}
+
 /// Drops these holds (a person discarded them, or Graph lists the members again): the held rows
 /// go, and the keys blocked for them are unblocked. The members stay in their teams.
 pub(super) async fn drop_holds(
@@ -290,6 +299,7 @@ pub(super) async fn drop_holds(
         .iter()
         .map(|d| (d.group_id.as_str(), d.user_id.as_str()))
         .collect();
+    lock_users_of(txn, &pairs).await?;
     let found = keys::lock_member_keys(txn, &pairs).await?;
     let mut plan = KeyPlan::default();
     plan.unheld(&found);

@@ -31,22 +31,25 @@ pub(super) async fn lock_team(txn: &DatabaseTransaction, team_id: &str) -> Resul
     lock_teams(txn, &[team_id]).await
 }
 
-/// [`lock_team`] for several teams, in one statement and one order (team id, bytewise), so that
-/// two writers locking overlapping sets never wait on each other in a circle.
+/// [`lock_team`] for several teams, in one statement and in the order of their lock keys
+/// (`hashtext(team_id)`, each key once), so that two writers locking overlapping sets never wait
+/// on each other in a circle. Ordering by team id would not do: two ids whose hashes collide
+/// share one lock, which the id order can put on both sides of a third team's.
 pub(super) async fn lock_teams<S: AsRef<str>>(
     txn: &DatabaseTransaction,
     team_ids: &[S],
 ) -> Result<()> {
-    let mut ids: Vec<&str> = team_ids.iter().map(AsRef::as_ref).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    if ids.is_empty() {
+    if team_ids.is_empty() {
         return Ok(());
     }
+    // A volatile function in the select list is evaluated after the sort (PostgreSQL 9.6 and
+    // later), so the locks are taken in `lock_key` order.
     txn.execute(stmt(
-        "SELECT pg_advisory_xact_lock(hashtext(team_id))
-         FROM unnest($1::text[]) WITH ORDINALITY AS x(team_id, position) ORDER BY position",
-        [text_array(ids)],
+        "SELECT pg_advisory_xact_lock(lock_key)
+         FROM (SELECT DISTINCT hashtext(team_id) AS lock_key
+               FROM unnest($1::text[]) AS team_id) AS keys
+         ORDER BY lock_key",
+        [text_array(team_ids.iter().map(AsRef::as_ref))],
     ))
     .await?;
     Ok(())

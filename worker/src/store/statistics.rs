@@ -5,10 +5,12 @@
 //! an empty table, PostgreSQL plans the store's key lookups as sequential scans, which makes every
 //! team cost milliseconds more per thousand rows. So, like any bulk loader, the store runs ANALYZE
 //! once a table has doubled (grown by at least 1,000 rows) since it last did: ten times on the way
-//! to a million rows, each reading a sample of at most 30,000.
+//! to a million rows, each reading a sample of at most 30,000. It does so off the commit path:
+//! the commit returns, and a background task runs the ANALYZE.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use migration::database::Db;
 use sea_orm::{ConnectionTrait, FromQueryResult};
 
 use super::change::Change;
@@ -21,6 +23,8 @@ struct Table {
     name: &'static str,
     grown: u64,
     threshold: u64,
+    /// Grown past its threshold, waiting for its ANALYZE.
+    due: bool,
 }
 
 #[derive(Debug)]
@@ -35,6 +39,8 @@ struct State {
     /// Set when ANALYZE is refused (the role does not own LiteLLM's tables): autovacuum then has
     /// to do it, and the store stops asking.
     disabled: bool,
+    /// A task is analysing the due tables.
+    running: bool,
 }
 
 #[derive(FromQueryResult)]
@@ -48,6 +54,7 @@ impl Statistics {
             name,
             grown: 0,
             threshold: MIN_GROWTH,
+            due: false,
         };
         Self {
             state: Mutex::new(State {
@@ -56,12 +63,17 @@ impl Statistics {
                     table("\"LiteLLM_TeamMembership\""),
                 ],
                 disabled: false,
+                running: false,
             }),
         }
     }
 
-    /// Counts committed growth and analyses the tables that grew past their threshold.
-    pub async fn after_commit(&self, db: &impl ConnectionTrait, changes: &[Change]) {
+    /// Counts committed growth; the tables that grew past their threshold are analysed in the
+    /// background, so that the commit that made them grow returns at once (an ANALYZE of a large
+    /// table takes a while, and waits for any other ANALYZE of it). One task at a time: the
+    /// tables falling due while it runs are analysed by it, once however many commits made them
+    /// due.
+    pub fn after_commit(self: &Arc<Self>, db: &Db, changes: &[Change]) {
         let users = changes
             .iter()
             .filter(|c| matches!(c, Change::UserCreated { .. }))
@@ -73,7 +85,7 @@ impl Statistics {
         if users == 0 && memberships == 0 {
             return;
         }
-        let due: Vec<&'static str> = {
+        let start = {
             let Ok(mut state) = self.state.lock() else {
                 return;
             };
@@ -82,31 +94,58 @@ impl Statistics {
             }
             state.tables[0].grown += users;
             state.tables[1].grown += memberships;
-            state
-                .tables
-                .iter_mut()
-                .filter(|t| t.grown >= t.threshold)
-                .map(|t| {
-                    t.grown = 0;
-                    t.name
-                })
-                .collect()
+            for table in state.tables.iter_mut().filter(|t| t.grown >= t.threshold) {
+                table.grown = 0;
+                table.due = true;
+            }
+            let start = !state.running && state.tables.iter().any(|t| t.due);
+            state.running |= start;
+            start
         };
-        for table in due {
-            match analyze(db, table).await {
+        if start {
+            let statistics = Arc::clone(self);
+            let db = db.clone();
+            tokio::spawn(async move { statistics.analyse_due(&db).await });
+        }
+    }
+
+    /// Analyses the due tables one after the other, until none is due.
+    async fn analyse_due(&self, db: &Db) {
+        loop {
+            let table = {
+                let Ok(mut state) = self.state.lock() else {
+                    return;
+                };
+                let next = if state.disabled {
+                    None
+                } else {
+                    state.tables.iter_mut().find(|t| t.due).map(|t| {
+                        t.due = false;
+                        t.name
+                    })
+                };
+                match next {
+                    Some(table) => table,
+                    None => {
+                        state.running = false;
+                        return;
+                    }
+                }
+            };
+            let analysed = analyze(db, table).await;
+            let Ok(mut state) = self.state.lock() else {
+                return;
+            };
+            match analysed {
                 Ok(rows) => {
-                    if let Ok(mut state) = self.state.lock() {
-                        let threshold = rows.max(MIN_GROWTH);
-                        for t in state.tables.iter_mut().filter(|t| t.name == table) {
-                            t.threshold = threshold;
-                        }
+                    let threshold = rows.max(MIN_GROWTH);
+                    for t in state.tables.iter_mut().filter(|t| t.name == table) {
+                        t.threshold = threshold;
                     }
                 }
                 Err(error) => {
                     tracing::warn!(%error, table, "cannot ANALYZE; leaving statistics to autovacuum");
-                    if let Ok(mut state) = self.state.lock() {
-                        state.disabled = true;
-                    }
+                    state.disabled = true;
                 }
             }
         }

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use super::Applied;
 use super::change::Change;
 use super::sql::{litellm_timestamp, lock_team, lock_teams, stmt};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::litellm_config::{LiteLlmSettings, TeamDefaults};
 use crate::team_rules::{MemberBudget, RuleDrift, TeamNow, TeamRules};
 
@@ -46,6 +46,7 @@ pub(super) async fn ensure(
 
 /// [`ensure`] for several groups (each once) in one transaction: their teams locked in one
 /// order and read in one statement, the new ones inserted together. Returns each group's changes.
+/// A team that appears between the read and the insert is [`Error::ConcurrentChange`].
 pub(super) async fn ensure_many(
     txn: &DatabaseTransaction,
     groups: &[(&GroupId, &str)],
@@ -133,7 +134,8 @@ pub(super) async fn ensure_many(
         all_changes.push(changes);
     }
     for rows in new_rows.into_values() {
-        team::Entity::insert_many(rows)
+        let planned = rows.len() as u64;
+        let inserted = team::Entity::insert_many(rows)
             .on_conflict(
                 OnConflict::column(team::Column::TeamId)
                     .do_nothing()
@@ -141,6 +143,15 @@ pub(super) async fn ensure_many(
             )
             .exec_without_returning(txn)
             .await?;
+        // LiteLLM creates teams without the team lock (`/team/new`, its SSO sign-in): a row
+        // that appeared since the read is theirs. Nothing of ours may stand for it (the
+        // `team_created` change, the member budget made for it): it all rolls back, and the
+        // retry finds the team as it is.
+        if inserted != planned {
+            return Err(Error::ConcurrentChange(
+                "a team being created appeared meanwhile (LiteLLM's own /team/new?)".into(),
+            ));
+        }
     }
     Ok(all_changes)
 }

@@ -23,6 +23,7 @@ pub(super) struct UserRow {
     pub user_id: String,
     pub sso_user_id: Option<String>,
     pub user_email: Option<String>,
+    pub user_alias: Option<String>,
     pub user_role: Option<String>,
     pub teams: Option<Vec<String>>,
 }
@@ -35,32 +36,12 @@ impl UserRow {
     }
 }
 
-/// Locks and reads every user that may match: by id (`ids` as `user_id` or `sso_user_id`) or by
-/// lower-cased email. Rows are locked in LiteLLM's order, `user_id COLLATE "C"`, and returned in it.
-pub(super) async fn lock_candidates<S: AsRef<str>>(
-    txn: &DatabaseTransaction,
-    ids: &[S],
-    emails: &[S],
-) -> Result<Vec<UserRow>> {
-    if ids.is_empty() && emails.is_empty() {
-        return Ok(Vec::new());
-    }
-    Ok(UserRow::find_by_statement(stmt(
-        r#"SELECT user_id, sso_user_id, user_email, user_role, teams
-           FROM "LiteLLM_UserTable"
-           WHERE user_id = ANY($1) OR sso_user_id = ANY($1) OR lower(user_email) = ANY($2)
-           ORDER BY user_id COLLATE "C"
-           FOR UPDATE"#,
-        [text_array(ids), text_array(emails)],
-    ))
-    .all(txn)
-    .await?)
-}
-
-/// [`lock_candidates`] without the lock, for a plan that then locks only the rows it writes
-/// ([`lock_users`]). What it decides from these rows cannot change meanwhile: a user's
-/// membership of a team changes only under that team's lock, which the planner holds, and every
-/// write is relative to the row as it is then (a team appended if absent, an id set if unset).
+/// Reads every user that may match these Entra users, without a lock, for a plan that then locks
+/// only the rows it writes ([`lock_users`]). What a membership plan decides from these rows cannot
+/// change meanwhile: a user's membership of a team changes only under that team's lock, which the
+/// planner holds; and every write is relative to the row as it is then (a team appended if absent,
+/// an id set if unset, a role changed from the one read), a write that finds the row changed
+/// failing with [`Error::ConcurrentChange`].
 ///
 /// `emails` pairs each email with its user's object id. Rows are read by `user_id`, then by
 /// `sso_user_id` for the ids no row has as its `user_id`, then by email for the users no row has
@@ -73,27 +54,7 @@ pub(super) async fn read_candidates(
     emails: &[&(String, String)],
 ) -> Result<Vec<UserRow>> {
     let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
-    let mut rows = rows_where(txn, "u.user_id", &ids).await?;
-    // A row found by its user_id that does not also carry the id as its sso_user_id (LiteLLM's
-    // sign-in sets both) may share the id with another row's sso_user_id: read that one too,
-    // so that [`Candidates::object`] refuses to pick between them.
-    let unlinked: Vec<&str> = rows
-        .iter()
-        .filter(|row| row.sso_user_id.as_deref() != Some(row.user_id.as_str()))
-        .map(|row| row.user_id.as_str())
-        .collect();
-    let sharing = rows_where(txn, "u.sso_user_id", &unlinked).await?;
-    add_new(&mut rows, sharing);
-    // Users LiteLLM knows by another user id (its SCIM's UPN), linked to the object id.
-    let by_sso: Vec<&str> = {
-        let found = object_ids(&rows);
-        ids.iter()
-            .copied()
-            .filter(|id| !found.contains(id))
-            .collect()
-    };
-    let linked = rows_where(txn, "u.sso_user_id", &by_sso).await?;
-    add_new(&mut rows, linked);
+    let mut rows = by_object_ids(txn, &ids).await?;
     let unmatched: Vec<&str> = {
         let found = object_ids(&rows);
         emails
@@ -107,6 +68,46 @@ pub(super) async fn read_candidates(
     // LiteLLM's order, `user_id COLLATE "C"`: byte order, as Rust compares strings.
     rows.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
     Ok(rows)
+}
+
+/// The users of these Entra object ids, without a lock: by `user_id`, then by `sso_user_id` for
+/// the ids no row has as its `user_id` (users LiteLLM knows by another user id, its SCIM's UPN,
+/// linked to the object id). One index lookup per id, two for those not found by the first.
+pub(super) async fn by_object_ids(db: &impl ConnectionTrait, ids: &[&str]) -> Result<Vec<UserRow>> {
+    let mut rows = rows_where(db, "u.user_id", ids).await?;
+    // A row found by its user_id that does not also carry the id as its sso_user_id (LiteLLM's
+    // sign-in sets both) may share the id with another row's sso_user_id: read that one too,
+    // so that [`Candidates::object`] refuses to pick between them.
+    let unlinked: Vec<&str> = rows
+        .iter()
+        .filter(|row| row.sso_user_id.as_deref() != Some(row.user_id.as_str()))
+        .map(|row| row.user_id.as_str())
+        .collect();
+    let sharing = rows_where(db, "u.sso_user_id", &unlinked).await?;
+    add_new(&mut rows, sharing);
+    let by_sso: Vec<&str> = {
+        let found = object_ids(&rows);
+        ids.iter()
+            .copied()
+            .filter(|id| !found.contains(id))
+            .collect()
+    };
+    let linked = rows_where(db, "u.sso_user_id", &by_sso).await?;
+    add_new(&mut rows, linked);
+    Ok(rows)
+}
+
+/// The user of one Entra object id (see [`by_object_ids`]).
+pub(super) async fn by_object_id(db: &impl ConnectionTrait, id: &str) -> Result<Option<UserRow>> {
+    Ok(by_object_ids(db, &[id]).await?.into_iter().next())
+}
+
+/// The users with these LiteLLM user ids, without a lock.
+pub(super) async fn by_user_ids(
+    db: &impl ConnectionTrait,
+    user_ids: &[&str],
+) -> Result<Vec<UserRow>> {
+    rows_where(db, "u.user_id", user_ids).await
 }
 
 /// Every id these rows go by: their `user_id`s and `sso_user_id`s.
@@ -123,11 +124,15 @@ fn add_new(rows: &mut Vec<UserRow>, more: Vec<UserRow>) {
     rows.extend(more.into_iter().filter(|row| !known.contains(&row.user_id)));
 }
 
+/// The columns of [`UserRow`], of the user table as `u`.
+const USER_COLUMNS: &str =
+    "u.user_id, u.sso_user_id, u.user_email, u.user_alias, u.user_role, u.teams";
+
 /// The user rows whose `column` is one of `values`. A join on the values, so that each is looked
 /// up through the column's index: with `= ANY` of a few thousand values PostgreSQL reads the
 /// whole table instead.
 async fn rows_where(
-    txn: &DatabaseTransaction,
+    db: &impl ConnectionTrait,
     column: &str,
     values: &[&str],
 ) -> Result<Vec<UserRow>> {
@@ -139,18 +144,18 @@ async fn rows_where(
     values.dedup();
     Ok(UserRow::find_by_statement(stmt(
         &format!(
-            r#"SELECT u.user_id, u.sso_user_id, u.user_email, u.user_role, u.teams
+            r#"SELECT {USER_COLUMNS}
                FROM unnest($1::text[]) AS x(value)
                JOIN "LiteLLM_UserTable" u ON {column} = x.value"#
         ),
         [text_array(values)],
     ))
-    .all(txn)
+    .all(db)
     .await?)
 }
 
 /// Locks these users' rows as LiteLLM does before it writes them: in one statement, in
-/// `user_id COLLATE "C"` order.
+/// `user_id COLLATE "C"` order (the second of the store's locks, see [`super`]).
 pub(super) async fn lock_users(txn: &DatabaseTransaction, user_ids: &[&str]) -> Result<()> {
     if user_ids.is_empty() {
         return Ok(());
@@ -164,6 +169,18 @@ pub(super) async fn lock_users(txn: &DatabaseTransaction, user_ids: &[&str]) -> 
     Ok(())
 }
 
+/// [`lock_users`] for one user, returning the row as it is once locked.
+async fn lock_user(txn: &DatabaseTransaction, user_id: &str) -> Result<Option<UserRow>> {
+    Ok(UserRow::find_by_statement(stmt(
+        &format!(
+            r#"SELECT {USER_COLUMNS} FROM "LiteLLM_UserTable" u WHERE u.user_id = $1 FOR UPDATE"#
+        ),
+        [user_id.into()],
+    ))
+    .one(txn)
+    .await?)
+}
+
 /// How an Entra user maps onto LiteLLM's user table.
 #[derive(Clone, Debug)]
 pub(super) enum Match {
@@ -175,7 +192,7 @@ pub(super) enum Match {
     New,
 }
 
-/// The locked candidate rows, indexed for matching.
+/// The candidate rows, indexed for matching.
 pub(super) struct Candidates {
     pub rows: Vec<UserRow>,
     by_id: HashMap<String, usize>,
@@ -207,13 +224,9 @@ impl Candidates {
         }
     }
 
-    /// The row of a LiteLLM user whose `user_id` or `sso_user_id` is this object id.
-    pub fn by_object_id(&self, id: &str) -> Option<usize> {
-        self.by_id.get(id).or_else(|| self.by_sso.get(id)).copied()
-    }
-
-    /// [`Self::by_object_id`], refusing an id that two rows go by (one as its `user_id`,
-    /// another as its `sso_user_id`): writing either could be writing the wrong person.
+    /// The row of a LiteLLM user whose `user_id` or `sso_user_id` is this object id, refusing
+    /// an id that two rows go by (one as its `user_id`, another as its `sso_user_id`): writing
+    /// either could be writing the wrong person.
     pub fn object(&self, id: &str) -> Result<Option<usize>> {
         match (self.by_id.get(id), self.by_sso.get(id)) {
             (Some(&by_id), Some(&by_sso)) if by_id != by_sso => Err(Error::AmbiguousUser {
@@ -260,6 +273,7 @@ impl Candidates {
             user_id: user.user_id.clone(),
             sso_user_id: Some(user.user_id.clone()),
             user_email: user.user_email.clone(),
+            user_alias: user.user_alias.clone(),
             user_role: None,
             teams: Some(vec![team_id.to_owned()]),
         });
@@ -408,7 +422,9 @@ pub(super) async fn create(
     Ok(())
 }
 
-/// Sets `sso_user_id` on users found by email: (LiteLLM user_id, Entra object id) pairs.
+/// Sets `sso_user_id` on users found by email: (LiteLLM user_id, Entra object id) pairs. A row
+/// linked meanwhile (to whichever id) is a [`Error::ConcurrentChange`]: it was found for the
+/// plan as a row no Entra user had.
 pub(super) async fn link(
     txn: &DatabaseTransaction,
     links: &[(String, String)],
@@ -418,17 +434,25 @@ pub(super) async fn link(
         return Ok(());
     }
     let (user_ids, object_ids): (Vec<_>, Vec<_>) = links.iter().cloned().unzip();
-    txn.execute(stmt(
-        r#"UPDATE "LiteLLM_UserTable" AS u SET sso_user_id = x.object_id, updated_at = $3
-           FROM unnest($1::text[], $2::text[]) AS x(user_id, object_id)
-           WHERE u.user_id = x.user_id AND u.sso_user_id IS NULL"#,
-        [
-            text_array(user_ids),
-            text_array(object_ids),
-            litellm_timestamp(now).into(),
-        ],
-    ))
-    .await?;
+    let rows: HashSet<&String> = user_ids.iter().collect();
+    let expected = rows.len() as u64;
+    let linked = txn
+        .execute(stmt(
+            r#"UPDATE "LiteLLM_UserTable" AS u SET sso_user_id = x.object_id, updated_at = $3
+               FROM unnest($1::text[], $2::text[]) AS x(user_id, object_id)
+               WHERE u.user_id = x.user_id AND u.sso_user_id IS NULL"#,
+            [
+                text_array(&user_ids),
+                text_array(object_ids),
+                litellm_timestamp(now).into(),
+            ],
+        ))
+        .await?;
+    if linked.rows_affected() != expected {
+        return Err(Error::ConcurrentChange(
+            "a user being linked by email was linked or removed meanwhile".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -442,49 +466,112 @@ pub(super) async fn ensure(
     Ok(ensure_many(txn, &[user], settings, now).await?.1)
 }
 
-/// Ensures each user exists, outside of any team, in a few statements however many: one lock
-/// of every candidate row (in LiteLLM's order), one statement linking rows found by email, one
-/// creating the rest. Returns each user's LiteLLM `user_id`, and the changes.
+/// Ensures each user exists, outside of any team, in a few statements however many: the
+/// candidate rows read ([`read_candidates`]), the rows found by email locked and linked, the
+/// rest created. Returns each user's LiteLLM `user_id`, and the changes.
 pub(super) async fn ensure_many(
     txn: &DatabaseTransaction,
     users: &[&EntraUser],
     settings: &LiteLlmSettings,
     now: DateTime<Utc>,
 ) -> Result<(HashMap<UserId, String>, Vec<Change>)> {
-    let ids: Vec<String> = users.iter().map(|user| user.id.to_string()).collect();
-    let emails: Vec<String> = users.iter().filter_map(|user| user.email()).collect();
-    let mut candidates = Candidates::new(lock_candidates(txn, &ids, &emails).await?);
-    let mut found = HashMap::with_capacity(users.len());
-    let mut links = Vec::new();
-    let mut new = Vec::new();
-    let mut changes = Vec::new();
-    for user in users {
-        let user_id = match candidates.find(user)? {
-            Match::Existing { row, link } => {
-                let user_id = candidates.rows[row].user_id.clone();
-                if link {
-                    links.push((user_id.clone(), user.id.to_string()));
-                    changes.push(Change::UserLinked {
-                        user_id: user_id.clone(),
-                        sso_user_id: user.id.to_string(),
-                    });
+    let ensuring = Ensuring::plan(txn, users, settings).await?;
+    lock_users(txn, &ensuring.written().collect::<Vec<_>>()).await?;
+    ensuring.execute(txn, settings, now).await?;
+    Ok((ensuring.found, ensuring.changes))
+}
+
+/// Users made to exist, planned from their rows as read: the caller locks the rows it writes
+/// ([`Self::written`], with any others it writes, in one statement), then executes it.
+pub(super) struct Ensuring {
+    /// Each user's LiteLLM `user_id`.
+    pub found: HashMap<UserId, String>,
+    /// The rows of the users who exist, as read, by `user_id`.
+    pub rows: HashMap<String, UserRow>,
+    links: Vec<(String, String)>,
+    new: Vec<NewUser>,
+    pub changes: Vec<Change>,
+}
+
+impl Ensuring {
+    pub async fn plan(
+        txn: &DatabaseTransaction,
+        users: &[&EntraUser],
+        settings: &LiteLlmSettings,
+    ) -> Result<Self> {
+        let ids: Vec<String> = users.iter().map(|user| user.id.to_string()).collect();
+        let emails: Vec<(String, String)> = users
+            .iter()
+            .filter_map(|user| Some((user.id.to_string(), user.email()?)))
+            .collect();
+        let mut candidates = Candidates::new(
+            read_candidates(
+                txn,
+                &ids.iter().collect::<Vec<_>>(),
+                &emails.iter().collect::<Vec<_>>(),
+            )
+            .await?,
+        );
+        let mut found = HashMap::with_capacity(users.len());
+        let mut rows = HashMap::new();
+        let mut links = Vec::new();
+        let mut new = Vec::new();
+        let mut changes = Vec::new();
+        for user in users {
+            let user_id = match candidates.find(user)? {
+                Match::Existing { row, link } => {
+                    let row = &candidates.rows[row];
+                    if link {
+                        links.push((row.user_id.clone(), user.id.to_string()));
+                        changes.push(Change::UserLinked {
+                            user_id: row.user_id.clone(),
+                            sso_user_id: user.id.to_string(),
+                        });
+                    }
+                    rows.insert(row.user_id.clone(), row.clone());
+                    row.user_id.clone()
                 }
-                user_id
-            }
-            Match::New => {
-                let created = NewUser::from_entra(user);
-                changes.push(created.change(settings));
-                let user_id = created.user_id.clone();
-                new.push(created);
-                user_id
-            }
-        };
-        found.insert(user.id.clone(), user_id);
+                Match::New => {
+                    let created = NewUser::from_entra(user);
+                    changes.push(created.change(settings));
+                    let user_id = created.user_id.clone();
+                    new.push(created);
+                    user_id
+                }
+            };
+            found.insert(user.id.clone(), user_id);
+        }
+        Ok(Self {
+            found,
+            rows,
+            links,
+            new,
+            changes,
+        })
     }
-    link(txn, &links, now).await?;
-    let new: Vec<(&NewUser, Vec<&str>)> = new.iter().map(|user| (user, Vec::new())).collect();
-    create(txn, &new, settings, now).await?;
-    Ok((found, changes))
+
+    /// The existing rows it writes: those it links.
+    pub fn written(&self) -> impl Iterator<Item = &str> {
+        self.links.iter().map(|(user_id, _)| user_id.as_str())
+    }
+
+    /// The users it creates, by `user_id`.
+    pub fn created(&self) -> impl Iterator<Item = &str> {
+        self.new.iter().map(|user| user.user_id.as_str())
+    }
+
+    /// Links and creates, [`Self::written`] being locked.
+    pub async fn execute(
+        &self,
+        txn: &DatabaseTransaction,
+        settings: &LiteLlmSettings,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        link(txn, &self.links, now).await?;
+        let new: Vec<(&NewUser, Vec<&str>)> =
+            self.new.iter().map(|user| (user, Vec::new())).collect();
+        create(txn, &new, settings, now).await
+    }
 }
 
 /// What of a user's LiteLLM row differs from Entra.
@@ -513,24 +600,11 @@ pub(super) async fn unchanged(
     users: &[&EntraUser],
 ) -> Result<HashSet<UserId>> {
     #[derive(FromQueryResult)]
-    struct Row {
-        user_id: String,
-        sso_user_id: Option<String>,
-        user_email: Option<String>,
-        user_alias: Option<String>,
-    }
-    #[derive(FromQueryResult)]
     struct KeyOwner {
         user_id: String,
     }
     let ids: Vec<String> = users.iter().map(|user| user.id.to_string()).collect();
-    let rows = Row::find_by_statement(stmt(
-        r#"SELECT user_id, sso_user_id, user_email, user_alias FROM "LiteLLM_UserTable"
-           WHERE user_id = ANY($1) OR sso_user_id = ANY($1)"#,
-        [text_array(&ids)],
-    ))
-    .all(db)
-    .await?;
+    let rows = by_object_ids(db, &ids.iter().map(String::as_str).collect::<Vec<_>>()).await?;
     let blocked: HashSet<String> = KeyOwner::find_by_statement(stmt(
         r#"SELECT DISTINCT user_id FROM "LiteLLM_VerificationToken"
            WHERE user_id = ANY($1) AND metadata->>'entra_sync_blocked' = 'user_departed'"#,
@@ -542,7 +616,7 @@ pub(super) async fn unchanged(
     .map(|owner| owner.user_id)
     .collect();
     // As `update` finds a user: by user_id, else by sso_user_id.
-    let mut by_id: HashMap<&str, &Row> = HashMap::new();
+    let mut by_id: HashMap<&str, &UserRow> = HashMap::new();
     for row in &rows {
         if let Some(sso) = row.sso_user_id.as_deref() {
             by_id.entry(sso).or_insert(row);
@@ -567,63 +641,58 @@ pub(super) async fn unchanged(
 
 /// Brings a known user's `user_email` and `user_alias` up to date with Entra, and the email in
 /// their entries of `members_with_roles`. An unknown user is left for the next membership change
-/// to create. Team locks are taken first, then the user row, as every other operation does.
+/// to create. The row is read first, and nothing is locked when it is up to date; otherwise the
+/// locks are taken in the store's order (the user's teams, then the row) and the row is read
+/// again under them.
 pub(super) async fn update(
     txn: &DatabaseTransaction,
     user: &EntraUser,
     now: DateTime<Utc>,
 ) -> Result<Vec<Change>> {
-    #[derive(FromQueryResult)]
-    struct Teams {
-        teams: Option<Vec<String>>,
-    }
-    let id = user.id.to_string();
-    let Some(found) = Teams::find_by_statement(stmt(
-        r#"SELECT teams FROM "LiteLLM_UserTable" WHERE user_id = $1 OR sso_user_id = $1"#,
-        [id.clone().into()],
-    ))
-    .one(txn)
-    .await?
-    else {
+    let Some(read) = by_object_id(txn, user.id.as_str()).await? else {
         return Ok(Vec::new());
     };
-    let mut teams = found.teams.unwrap_or_default();
+    let renamed = Renamed::compare(user, read.user_email.as_deref(), read.user_alias.as_deref());
+    if !renamed.email_changed && !renamed.alias_changed {
+        return Ok(Vec::new());
+    }
+    let mut teams = read.teams.clone().unwrap_or_default();
     teams.sort();
     teams.dedup();
-    for team in &teams {
-        super::sql::lock_team(txn, team).await?;
-    }
-    let candidates = Candidates::new(lock_candidates(txn, &[id], &[]).await?);
-    let Some(row) = candidates.by_object_id(user.id.as_str()) else {
-        return Ok(Vec::new());
+    super::sql::lock_teams(txn, &teams).await?;
+    let Some(row) = lock_user(txn, &read.user_id).await? else {
+        return Err(Error::ConcurrentChange(
+            "a user being renamed was deleted meanwhile".into(),
+        ));
     };
-    let row = &candidates.rows[row];
-    #[derive(FromQueryResult)]
-    struct Alias {
-        user_alias: Option<String>,
+    // A team joined since the read would keep the old email in its member list.
+    if let Some(joined) = row
+        .teams
+        .iter()
+        .flatten()
+        .find(|team| teams.binary_search(team).is_err())
+    {
+        return Err(Error::ConcurrentChange(format!(
+            "a user being renamed joined team {joined} meanwhile"
+        )));
     }
-    let alias = Alias::find_by_statement(stmt(
-        r#"SELECT user_alias FROM "LiteLLM_UserTable" WHERE user_id = $1"#,
-        [row.user_id.clone().into()],
-    ))
-    .one(txn)
-    .await?
-    .and_then(|a| a.user_alias);
-    let email = user.email();
-    let display_name = user.display_name.clone();
     let Renamed {
         email_changed,
         alias_changed,
-    } = Renamed::compare(user, row.user_email.as_deref(), alias.as_deref());
+    } = Renamed::compare(user, row.user_email.as_deref(), row.user_alias.as_deref());
     if !email_changed && !alias_changed {
         return Ok(Vec::new());
     }
     let new_email = if email_changed {
-        email
+        user.email()
     } else {
         row.user_email.clone()
     };
-    let new_alias = if alias_changed { display_name } else { alias };
+    let new_alias = if alias_changed {
+        user.display_name.clone()
+    } else {
+        row.user_alias.clone()
+    };
     txn.execute(stmt(
         r#"UPDATE "LiteLLM_UserTable" SET user_email = $2, user_alias = $3, updated_at = $4
            WHERE user_id = $1"#,
