@@ -64,6 +64,10 @@ pub enum Error {
     /// The notification stream's Redis failed.
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// An id taken from outside (a notification, a stored row) that would go into a Graph URL
+    /// is not a GUID: Graph is not asked.
+    #[error("{what} {id:?} is not a GUID; Graph is not asked about it")]
+    NotAGuid { what: &'static str, id: String },
     /// One of `run`'s tasks ended before the shutdown (it panicked).
     #[error("the worker's {0}")]
     TaskEnded(String),
@@ -90,7 +94,10 @@ impl Error {
             | Self::LeaseLost { .. }
             | Self::Redis(_)
             | Self::TaskEnded(_) => true,
-            Self::TeamNotFound(_) | Self::UserNotFound(_) | Self::ConcurrentChange(_) => false,
+            Self::TeamNotFound(_)
+            | Self::UserNotFound(_)
+            | Self::ConcurrentChange(_)
+            | Self::NotAGuid { .. } => false,
         }
     }
 }
