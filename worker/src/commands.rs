@@ -287,13 +287,41 @@ pub async fn status(config: &WorkerConfig, json: bool) -> Result<()> {
             ),
         ));
     }
-    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut out = std::io::stdout().lock();
+    let rows: Vec<(String, String)> = rows
+        .iter()
+        .map(|(key, value)| (printable(key).into_owned(), printable(value).into_owned()))
+        .collect();
+    let width = rows
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
     for (key, value) in rows {
         writeln!(out, "{key:<width$}  {value}")
             .map_err(|e| Error::Settings(format!("cannot write to stdout: {e}")))?;
     }
     Ok(())
+}
+
+/// `text` with every control character escaped (`\n`, `\u{1b}`, ...): names and messages come
+/// from Entra and Graph, and an ANSI escape sequence or a line break in one must not rewrite an
+/// operator's terminal or forge a line of the table.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
 }
 
 fn human_duration(d: chrono::Duration) -> String {
@@ -413,6 +441,7 @@ fn audit_table(entries: &[crate::store::AuditEntry]) -> String {
                 entry.cause.clone().unwrap_or_else(|| "-".to_owned()),
                 detail_summary(&entry.detail),
             ]
+            .map(|cell| printable(&cell).into_owned())
         })
         .collect();
     let mut widths = header.clone().map(|h| h.len());
@@ -500,6 +529,15 @@ mod tests {
         assert_eq!(
             audit_table(&[]),
             "WHEN (UTC)  WHAT  TEAM  USER  CAUSE  DETAIL\n(no entries)\n"
+        );
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_every_other_character_kept() {
+        assert_eq!(printable("Équipe Ünïcode – 研究"), "Équipe Ünïcode – 研究");
+        assert_eq!(
+            printable("a\u{1b}[31mb\nc\td\r\u{7f}\u{9b}2J"),
+            r"a\u{1b}[31mb\nc\td\r\u{7f}\u{9b}2J"
         );
     }
 }
