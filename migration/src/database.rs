@@ -14,8 +14,19 @@
 //! URL already carries behind PgBouncer) makes [`Db`] do what Prisma does there: no prepared
 //! statement is reused, every statement runs inside a transaction, and each transaction starts
 //! with `DEALLOCATE ALL`, dropping whatever statements an earlier client left on that server
-//! connection.
+//! connection. Without `pgbouncer=true` behind such a pooler, PostgreSQL soon answers that a
+//! prepared statement already exists or does not exist ([`is_lost_prepared_statement`]), which
+//! no retry mends: the worker stops on the first one, naming the fix ([`PGBOUNCER_FIX`]).
+//!
+//! The password travels to whatever server answers at the URL's host. Before connecting,
+//! [`check_transport`] refuses a host that is neither loopback nor a Unix socket unless the
+//! server's certificate is verified (`sslmode=verify-full` or `verify-ca`): with `require`
+//! (or less) this driver hands the password to any certificate, see the README's "PostgreSQL
+//! over TLS".
 
+use std::net::IpAddr;
+
+use sea_orm_migration::sea_orm::sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sea_orm_migration::sea_orm::{
     AccessMode, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction,
     DbBackend, DbErr, ExecResult, IsolationLevel, QueryResult, Statement, TransactionError,
@@ -188,6 +199,113 @@ impl TransactionTrait for Db {
 /// What stands in for a secret in an error.
 const REDACTED: &str = "***";
 
+/// How `DATABASE_URL` reaches its server, as far as its password is concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// A Unix socket, or TCP to a loopback address: no one else is on the path.
+    Local,
+    /// TCP with the server's certificate checked (`sslmode=verify-full` or `verify-ca`).
+    Verified,
+    /// TCP to `host` without checking whom it reaches: anyone on the path may answer, and be
+    /// handed the password.
+    Unverified { host: String },
+}
+
+/// How `url` reaches its server, read as the driver reads it: the URL's host or a `host=`
+/// parameter (a path there is a Unix socket folder), `sslmode`, and the `PG*` variables the
+/// URL leaves to them. The error quotes nothing of the URL.
+pub fn transport(url: &str) -> Result<Transport, String> {
+    let secrets = checked_secrets(url)?;
+    let (url, _) = without_pgbouncer_parameter(url)?;
+    let options = url.parse::<PgConnectOptions>().map_err(|error| {
+        format!(
+            "DATABASE_URL cannot be read: {}",
+            redact(&error.to_string(), &secrets)
+        )
+    })?;
+    if options.get_socket().is_some() || options.get_host().starts_with('/') {
+        return Ok(Transport::Local);
+    }
+    if is_loopback(options.get_host()) {
+        return Ok(Transport::Local);
+    }
+    Ok(match options.get_ssl_mode() {
+        PgSslMode::VerifyFull | PgSslMode::VerifyCa => Transport::Verified,
+        PgSslMode::Disable | PgSslMode::Allow | PgSslMode::Prefer | PgSslMode::Require => {
+            Transport::Unverified {
+                host: options.get_host().to_owned(),
+            }
+        }
+    })
+}
+
+/// `localhost`, 127.0.0.0/8 or ::1 (also as an IPv4-mapped address, and in brackets).
+fn is_loopback(host: &str) -> bool {
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    match bare.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => ip.is_loopback(),
+        Ok(IpAddr::V6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|ip| ip.is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
+/// The setting that lets [`check_transport`] pass an unverified connection.
+pub const ALLOW_UNVERIFIED_TLS: &str = "ENTRA_SYNC_ALLOW_UNVERIFIED_TLS";
+
+/// Refuses, before anything connects, a `url` whose password anyone on the path could read
+/// (see [`Transport::Unverified`]), unless `allow_unverified` (the operator's
+/// `ENTRA_SYNC_ALLOW_UNVERIFIED_TLS=true`) says to go ahead. The error says why and what to do.
+pub fn check_transport(url: &str, allow_unverified: bool) -> Result<Transport, String> {
+    let transport = transport(url)?;
+    if let Transport::Unverified { host } = &transport
+        && !allow_unverified
+    {
+        return Err(format!(
+            "DATABASE_URL reaches {host} without sslmode=verify-full (or verify-ca): without \
+             a verified certificate the password goes to whoever answers, so a man in the \
+             middle could read it (see the README's \"PostgreSQL over TLS\"). Add \
+             sslmode=verify-full to DATABASE_URL (and sslrootcert=<CA file> for a private CA), \
+             or set {ALLOW_UNVERIFIED_TLS}=true to connect anyway"
+        ));
+    }
+    Ok(transport)
+}
+
+/// What PostgreSQL answers a client whose prepared statements a pooler lost track of: 42P05
+/// (duplicate_prepared_statement: "prepared statement ... already exists") and 26000
+/// (invalid_sql_statement_name: "... does not exist").
+const LOST_PREPARED_STATEMENT: [&str; 2] = ["42P05", "26000"];
+
+/// What to do when [`is_lost_prepared_statement`]: an error's last words.
+pub const PGBOUNCER_FIX: &str = "DATABASE_URL goes through PgBouncer in transaction mode (or \
+     another pooler that shares server connections) without pgbouncer=true: add pgbouncer=true \
+     to DATABASE_URL, as LiteLLM's own URL has it behind PgBouncer";
+
+/// Whether `error` is PostgreSQL saying that a prepared statement already exists or does not
+/// exist: a pooler in transaction mode handing this client's statements to server connections
+/// of its choosing (a `DATABASE_URL` without `pgbouncer=true`). No retry mends it.
+pub fn is_lost_prepared_statement(error: &DbErr) -> bool {
+    use sea_orm_migration::sea_orm::RuntimeErr;
+    use sea_orm_migration::sea_orm::sqlx;
+    let (DbErr::Exec(runtime) | DbErr::Query(runtime) | DbErr::Conn(runtime)) = error else {
+        return false;
+    };
+    let RuntimeErr::SqlxError(sqlx::Error::Database(database)) = runtime else {
+        return false;
+    };
+    database
+        .code()
+        .is_some_and(|code| LOST_PREPARED_STATEMENT.contains(&code.as_ref()))
+}
+
 /// Connects to the database `url` names, with `configure`'s pool settings; behind PgBouncer
 /// when the URL says `pgbouncer=true`. The error says what went wrong, naming `DATABASE_URL`,
 /// and never contains the URL's password.
@@ -349,6 +467,125 @@ mod tests {
             redact("connection refused (os error 111)", &secrets),
             "connection refused (os error 111)"
         );
+    }
+
+    #[test]
+    fn loopback_and_unix_sockets_are_local_other_hosts_need_a_verified_certificate() {
+        let unverified = |host: &str| Transport::Unverified { host: host.into() };
+        for (url, expected) in [
+            ("postgres://u:p@127.0.0.1:5432/db", Transport::Local),
+            ("postgres://u:p@127.8.9.10/db", Transport::Local),
+            ("postgresql://u:p@LocalHost/db", Transport::Local),
+            ("postgres://u:p@[::1]:5432/db", Transport::Local),
+            ("postgres://u:p@[::ffff:127.0.0.1]/db", Transport::Local),
+            // A socket folder, as a parameter or (percent-encoded) as the host.
+            (
+                "postgres://u@localhost/db?host=/var/run/postgresql",
+                Transport::Local,
+            ),
+            (
+                "postgres://u@db.example.com/db?host=/tmp&port=6433",
+                Transport::Local,
+            ),
+            (
+                "postgres://u@%2Fvar%2Frun%2Fpostgresql/db",
+                Transport::Local,
+            ),
+            (
+                "postgres://u:p@db.example.com/db",
+                unverified("db.example.com"),
+            ),
+            (
+                "postgres://u:p@192.0.2.1:5432/db?sslmode=require",
+                unverified("192.0.2.1"),
+            ),
+            (
+                "postgres://u:p@10.1.2.3/db?sslmode=prefer&pgbouncer=true",
+                unverified("10.1.2.3"),
+            ),
+            (
+                "postgres://u:p@[2001:db8::1]/db?sslmode=disable",
+                unverified("[2001:db8::1]"),
+            ),
+            // Names that only look local.
+            (
+                "postgres://u:p@localhost.example.com/db",
+                unverified("localhost.example.com"),
+            ),
+            (
+                "postgres://u:p@127.0.0.1.nip.io/db",
+                unverified("127.0.0.1.nip.io"),
+            ),
+            // A `host=` parameter wins over the URL's host, as in the driver.
+            (
+                "postgres://u:p@localhost/db?host=db.example.com",
+                unverified("db.example.com"),
+            ),
+            (
+                "postgres://u:p@localhost/db?hostaddr=10.0.0.5",
+                unverified("10.0.0.5"),
+            ),
+            (
+                "postgres://u:p@db.example.com/db?sslmode=verify-full&sslrootcert=/ca.pem",
+                Transport::Verified,
+            ),
+            (
+                "postgres://u:p@db.example.com/db?sslmode=verify-ca",
+                Transport::Verified,
+            ),
+            (
+                "postgres://u:p@db.example.com/db?sslmode=VERIFY-FULL",
+                Transport::Verified,
+            ),
+        ] {
+            assert_eq!(transport(url).unwrap(), expected, "{url}");
+        }
+        // No host at all: a socket the driver finds, else localhost; both local (unless the
+        // PG* variables say otherwise, which this test cannot set without racing the others).
+        if std::env::var_os("PGHOST").is_none() && std::env::var_os("PGHOSTADDR").is_none() {
+            assert_eq!(transport("postgres:///db").unwrap(), Transport::Local);
+        }
+    }
+
+    #[test]
+    fn an_unverified_remote_host_stops_unless_allowed_naming_the_opt_out() {
+        let url = "postgres://u:s3cr3t@db.example.com:5432/litellm?sslmode=require";
+        let error = check_transport(url, false).unwrap_err();
+        for expected in [
+            "db.example.com",
+            "sslmode=verify-full",
+            "PostgreSQL over TLS",
+            "ENTRA_SYNC_ALLOW_UNVERIFIED_TLS=true",
+        ] {
+            assert!(error.contains(expected), "{expected} not in {error}");
+        }
+        assert!(!error.contains("s3cr3t"), "{error}");
+        assert_eq!(
+            check_transport(url, true).unwrap(),
+            Transport::Unverified {
+                host: "db.example.com".into()
+            }
+        );
+        assert_eq!(
+            check_transport("postgres://u:p@127.0.0.1/db", false).unwrap(),
+            Transport::Local
+        );
+        // A URL the driver cannot read is refused without quoting it.
+        let error = check_transport("postgres://u:s3cr3t@db.example.com/db?sslmode=bogus", true)
+            .unwrap_err();
+        assert!(error.contains("DATABASE_URL"), "{error}");
+        assert!(!error.contains("s3cr3t"), "{error}");
+    }
+
+    #[test]
+    fn lost_prepared_statements_are_told_from_other_database_errors() {
+        use sea_orm_migration::sea_orm::RuntimeErr;
+        assert!(!is_lost_prepared_statement(&DbErr::Exec(
+            RuntimeErr::Internal("prepared statement \"sqlx_s_1\" does not exist".into())
+        )));
+        assert!(!is_lost_prepared_statement(&DbErr::RecordNotFound(
+            "x".into()
+        )));
     }
 
     #[tokio::test]

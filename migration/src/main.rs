@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use entra_sync_core::settings::secret;
-use migration::sea_orm::TransactionTrait;
+use migration::database::{self, Transport};
+use migration::sea_orm::{DbErr, TransactionTrait};
 use migration::{Migrator, MigratorTrait};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -17,6 +18,10 @@ struct Cli {
     /// LiteLLM's PostgreSQL database.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = secret)]
     database_url: SecretString,
+    /// Connect to a `DATABASE_URL` host other than loopback or a Unix socket without
+    /// `sslmode=verify-full` (or `verify-ca`), whose password a man in the middle could read.
+    #[arg(long, env = "ENTRA_SYNC_ALLOW_UNVERIFIED_TLS")]
+    allow_unverified_tls: bool,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "ENTRA_SYNC_LOG_JSON", default_value_t = false)]
     log_json: bool,
@@ -55,13 +60,33 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let db = migration::database::connect(cli.database_url.expose_secret(), |_| {})
+    let url = cli.database_url.expose_secret();
+    if let Transport::Unverified { host } =
+        database::check_transport(url, cli.allow_unverified_tls).map_err(anyhow::Error::msg)?
+    {
+        tracing::warn!(
+            host,
+            "connecting to DATABASE_URL without verifying the server's certificate ({}=true)",
+            database::ALLOW_UNVERIFIED_TLS
+        );
+    }
+    let db = database::connect(url, |_| {})
         .await
         .map_err(anyhow::Error::msg)?;
+    migrate(&db, cli.command).await.map_err(|error| {
+        if database::is_lost_prepared_statement(&error) {
+            anyhow::anyhow!("{error}: {}", database::PGBOUNCER_FIX)
+        } else {
+            error.into()
+        }
+    })
+}
+
+async fn migrate(db: &database::Db, command: Command) -> Result<(), DbErr> {
     // In one transaction: PostgreSQL's DDL is transactional, a half-done migration cannot be
     // left behind, and behind PgBouncer in transaction mode every statement needs one anyway.
     let transaction = db.begin().await?;
-    match cli.command {
+    match command {
         Command::Up => Migrator::up(&transaction, None).await?,
         Command::Down { steps, all } => {
             Migrator::down(&transaction, (!all).then_some(steps)).await?

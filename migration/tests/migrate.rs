@@ -183,3 +183,50 @@ fn up_status_and_down_work_through_pgbouncer_in_transaction_mode() {
     run(&["down", "--all"]);
     assert_eq!(entra_sync_tables(&db), ["entra_sync_migrations"]);
 }
+
+/// Runs `entra-sync-migrate` with only this `DATABASE_URL`: its exit code and stderr.
+fn migrate_with(url: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_entra-sync-migrate"))
+        .args(args)
+        .env_clear()
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("entra-sync-migrate runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_remote_database_url_without_a_verified_certificate_stops_every_command_before_connecting() {
+    // TEST-NET-1, which no server answers for: the refusal comes from the check before any
+    // connection, the opt-out's error from the attempt to connect.
+    let url = "postgres://litellm:s3cr3t-Pa55@192.0.2.1:5432/litellm?sslmode=require";
+    for args in [&["up"][..], &["down"], &["down", "--all"], &["status"]] {
+        let (code, stderr) = migrate_with(url, args);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        for expected in [
+            "DATABASE_URL reaches 192.0.2.1 without sslmode=verify-full",
+            "PostgreSQL over TLS",
+            "ENTRA_SYNC_ALLOW_UNVERIFIED_TLS=true",
+        ] {
+            assert!(
+                stderr.contains(expected),
+                "{args:?}: {expected} not in {stderr}"
+            );
+        }
+        assert!(!stderr.contains("cannot connect"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("s3cr3t-Pa55"), "{args:?}: {stderr}");
+    }
+    // The opt-out, as a flag: it goes on to connect, which fails there.
+    let (code, stderr) = migrate_with(url, &["--allow-unverified-tls", "status"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to DATABASE_URL"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("PostgreSQL over TLS"), "{stderr}");
+    assert!(!stderr.contains("s3cr3t-Pa55"), "{stderr}");
+}

@@ -10,7 +10,9 @@ const PASSWORD: &str = "s3cr3t-Pa55";
 fn a_database_url_that_fails_never_shows_its_password() {
     let server = entra_sync_testkit::server_addr();
     for url in [
-        // A host that does not resolve.
+        // A host that does not resolve (with verify-full, so that connecting is tried).
+        format!("postgres://u:{PASSWORD}@unreachable.invalid:5432/db?sslmode=verify-full"),
+        // A remote host without it: refused before connecting.
         format!("postgres://u:{PASSWORD}@unreachable.invalid:5432/db"),
         // Not a URL: sea-orm alone would quote it whole.
         format!("postgres://u:{PASSWORD}@[bad"),

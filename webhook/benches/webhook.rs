@@ -13,7 +13,7 @@ use entra_sync_testkit::redis::{TestStream, redis_url};
 use serde_json::json;
 
 const TENANT: &str = "7d3c1b2a-1111-4222-8333-944455556666";
-const SECRET: &str = "bench-secret";
+const SECRET: &str = "bench-secret-bench-secret-bench-secret";
 const CONNECTIONS: usize = 32;
 const RUN_FOR: Duration = Duration::from_secs(5);
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 
 const PASSWORD: &str = "s3cr3t-Pa55";
-const CLIENT_STATE: &str = "client-state-s3cr3t";
+const CLIENT_STATE: &str = entra_sync_testkit::CLIENT_STATE;
 const TENANT: &str = "7d3c1b2a-1111-4222-8333-944455556666";
 
 fn webhook(redis_url: &str, listen: &str) -> tokio::process::Command {
@@ -39,6 +39,44 @@ async fn a_malformed_redis_url_stops_the_webhook_without_showing_its_password() 
     assert_eq!(out.status.code(), Some(1), "{printed}");
     assert!(printed.contains("REDIS_URL"), "{printed}");
     assert!(!printed.contains(PASSWORD), "{printed}");
+}
+
+/// Runs the webhook to its exit with `name` set to `value`: its exit code and what it printed.
+async fn refused_with(name: &str, value: &str) -> (Option<i32>, String) {
+    let out = webhook("redis://127.0.0.1:9", "127.0.0.1:0")
+        .env(name, value)
+        .output()
+        .await
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), printed)
+}
+
+#[tokio::test]
+async fn a_short_client_state_or_a_tenant_that_is_no_id_stops_the_webhook_saying_why() {
+    let short = "short-s3cr3t";
+    let (code, printed) = refused_with("ENTRA_SYNC_CLIENT_STATE", short).await;
+    assert_eq!(code, Some(1), "{printed}");
+    assert!(
+        printed.contains("ENTRA_SYNC_CLIENT_STATE is shorter than 32 characters"),
+        "{printed}"
+    );
+    assert!(printed.contains("openssl rand -hex 32"), "{printed}");
+    assert!(!printed.contains(short), "{printed}");
+
+    let (code, printed) = refused_with("AZURE_TENANT_ID", "contoso.onmicrosoft.com").await;
+    assert_eq!(code, Some(1), "{printed}");
+    assert!(printed.contains("needs the tenant's id"), "{printed}");
+    let (code, printed) = refused_with("AZURE_TENANT_ID", "../evil").await;
+    assert_eq!(code, Some(1), "{printed}");
+    assert!(
+        printed.contains("AZURE_TENANT_ID \"../evil\" is neither a tenant id"),
+        "{printed}"
+    );
 }
 
 #[tokio::test]

@@ -10,7 +10,8 @@ use tokio::sync::oneshot;
 use webhook::Settings;
 
 const TENANT: &str = "7d3c1b2a-1111-4222-8333-944455556666";
-const SECRET: &str = "current-secret";
+const SECRET: &str = entra_sync_testkit::CLIENT_STATE;
+/// A clientState from before the 32-character rule, still heard during a rotation.
 const OLD_SECRET: &str = "old-secret";
 const DEADLINE: Duration = Duration::from_millis(600);
 

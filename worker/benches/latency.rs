@@ -26,7 +26,7 @@ use worker::stream::{StreamConsumer, StreamSettings};
 use worker::sync::{Syncer, UnassignedPolicy};
 
 const CHANGES: usize = 100;
-const CLIENT_STATE: &str = "latency-bench";
+const CLIENT_STATE: &str = entra_sync_testkit::CLIENT_STATE;
 
 fn user(n: u128) -> Uuid {
     Uuid::from_u128(0x5b00_0000_0000_4000_8000_0000_0000_0000 + n)

@@ -88,20 +88,6 @@ pub async fn sync(config: &WorkerConfig, full: bool, dry_run: bool) -> Result<()
     Ok(())
 }
 
-/// Text from Entra made safe for a terminal: control characters (escape sequences, newlines)
-/// shown escaped rather than acted on.
-pub(crate) fn printable(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<char>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
-}
-
 /// `subscriptions list|ensure|delete`.
 pub async fn subscriptions(config: &WorkerConfig, action: &str) -> Result<()> {
     let target = config.subscription_target()?.ok_or_else(|| {
@@ -323,13 +309,41 @@ pub async fn status(config: &WorkerConfig, json: bool) -> Result<()> {
             ),
         ));
     }
-    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut out = std::io::stdout().lock();
+    let rows: Vec<(String, String)> = rows
+        .iter()
+        .map(|(key, value)| (printable(key).into_owned(), printable(value).into_owned()))
+        .collect();
+    let width = rows
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
     for (key, value) in rows {
         writeln!(out, "{key:<width$}  {value}")
             .map_err(|e| Error::Output(format!("cannot write to stdout: {e}")))?;
     }
     Ok(())
+}
+
+/// `text` with every control character escaped (`\n`, `\u{1b}`, ...): names and messages come
+/// from Entra and Graph, and an ANSI escape sequence or a line break in one must not rewrite an
+/// operator's terminal or forge a line of the table.
+pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
 }
 
 fn human_duration(d: chrono::Duration) -> String {
@@ -432,7 +446,7 @@ pub async fn audit(config: &WorkerConfig, args: &AuditArgs) -> Result<()> {
 
 /// The entries as a table for a human: one line each, columns aligned.
 fn audit_table(entries: &[crate::store::AuditEntry]) -> String {
-    let header = ["WHEN (UTC)", "WHAT", "TEAM", "USER", "CAUSE", "DETAIL"].map(String::from);
+    let header = ["WHEN (UTC)", "WHAT", "TEAM", "USER", "CAUSE", "DETAIL"];
     let rows: Vec<[String; 6]> = entries
         .iter()
         .map(|entry| {
@@ -451,7 +465,22 @@ fn audit_table(entries: &[crate::store::AuditEntry]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.clone().map(|h| h.len());
+    table(header, &rows, "(no entries)")
+}
+
+/// Rows for a human under `header`, columns aligned, every cell [`printable`]; `empty` when
+/// there are none.
+pub(crate) fn table<const N: usize>(
+    header: [&str; N],
+    rows: &[[String; N]],
+    empty: &str,
+) -> String {
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|row| row.clone().map(|cell| printable(&cell).into_owned()))
+        .collect();
+    let header = header.map(String::from);
+    let mut widths = header.clone().map(|h| h.chars().count());
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
@@ -468,7 +497,8 @@ fn audit_table(entries: &[crate::store::AuditEntry]) -> String {
         table.push('\n');
     }
     if rows.is_empty() {
-        table.push_str("(no entries)\n");
+        table.push_str(empty);
+        table.push('\n');
     }
     table
 }
@@ -536,6 +566,15 @@ mod tests {
         assert_eq!(
             audit_table(&[]),
             "WHEN (UTC)  WHAT  TEAM  USER  CAUSE  DETAIL\n(no entries)\n"
+        );
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_every_other_character_kept() {
+        assert_eq!(printable("Équipe Ünïcode – 研究"), "Équipe Ünïcode – 研究");
+        assert_eq!(
+            printable("a\u{1b}[31mb\nc\td\r\u{7f}\u{9b}2J"),
+            r"a\u{1b}[31mb\nc\td\r\u{7f}\u{9b}2J"
         );
     }
 }

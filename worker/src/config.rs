@@ -12,7 +12,7 @@ use crate::litellm_config::LiteLlmSettings;
 use crate::store::{DepartedUserKeys, KeyPolicy, RemovalMode, RemovedMemberKeys};
 use crate::sync::{DepartedUserPolicy, Membership, UnassignedPolicy};
 use crate::team_rules::TeamRules;
-use entra_sync_core::settings::{StreamArgs, secret};
+use entra_sync_core::settings::{StreamArgs, check_client_state, secret};
 
 /// Settings every worker command needs.
 #[derive(Clone, Debug, clap::Args)]
@@ -20,6 +20,11 @@ pub struct WorkerConfig {
     /// LiteLLM's PostgreSQL database (the variable LiteLLM itself uses).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = secret)]
     pub database_url: SecretString,
+
+    /// Connect to a `DATABASE_URL` host other than loopback or a Unix socket without
+    /// `sslmode=verify-full` (or `verify-ca`), whose password a man in the middle could read.
+    #[arg(long, env = "ENTRA_SYNC_ALLOW_UNVERIFIED_TLS")]
+    pub allow_unverified_tls: bool,
 
     /// LiteLLM's config.yaml, for default_team_params, default_internal_user_params, timezone
     /// and budget_reset_time. Unset: LiteLLM's defaults.
@@ -81,8 +86,8 @@ pub struct WorkerConfig {
     #[arg(long, env = "ENTRA_SYNC_PUBLIC_URL")]
     pub public_url: Option<String>,
 
-    /// The secret Graph echoes in every notification (the webhook's `ENTRA_SYNC_CLIENT_STATE`);
-    /// required with `ENTRA_SYNC_PUBLIC_URL`.
+    /// The secret Graph echoes in every notification (the webhook's `ENTRA_SYNC_CLIENT_STATE`,
+    /// 32 to 128 characters); required with `ENTRA_SYNC_PUBLIC_URL`.
     #[arg(long, env = "ENTRA_SYNC_CLIENT_STATE", hide_env_values = true, value_parser = secret)]
     pub client_state: Option<SecretString>,
 
@@ -269,6 +274,9 @@ impl WorkerConfig {
 
     /// Where subscriptions point, when `ENTRA_SYNC_PUBLIC_URL` is set; checked at start.
     pub fn subscription_target(&self) -> Result<Option<crate::subscriptions::Target>> {
+        if let Some(client_state) = &self.client_state {
+            check_client_state("ENTRA_SYNC_CLIENT_STATE", client_state).map_err(Error::Settings)?;
+        }
         let Some(url) = &self.public_url else {
             return Ok(None);
         };
@@ -373,5 +381,40 @@ mod tests {
                 assert!(error.contains(value.as_str()), "{flag} {value}: {error}");
             }
         }
+    }
+
+    #[test]
+    fn a_client_state_shorter_than_32_characters_is_refused_without_showing_it() {
+        let short = "short-s3cr3t";
+        for args in [
+            vec!["--client-state", short],
+            vec![
+                "--client-state",
+                short,
+                "--public-url",
+                "https://sync.contoso.com",
+            ],
+        ] {
+            let error = config(&args).subscription_target().unwrap_err().to_string();
+            assert!(
+                error.contains("ENTRA_SYNC_CLIENT_STATE is shorter than 32"),
+                "{error}"
+            );
+            assert!(!error.contains(short), "{error}");
+        }
+        let long = "k".repeat(40);
+        let target = config(&[
+            "--client-state",
+            &long,
+            "--public-url",
+            "https://sync.contoso.com",
+        ])
+        .subscription_target()
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            target.notification_url,
+            "https://sync.contoso.com/notifications"
+        );
     }
 }

@@ -21,8 +21,10 @@ pub enum Error {
     /// A team rule (`ENTRA_SYNC_TEAM_RULES`) cannot be used; `position` is the rule's, 1-based.
     #[error("ENTRA_SYNC_TEAM_RULES rule {position}: {problem}")]
     TeamRule { position: usize, problem: String },
+    /// Made by `From<DbErr>`, which turns a lost prepared statement into a [`Self::Settings`]
+    /// error that stops the worker (see [`must_stop`]).
     #[error("database: {0}")]
-    Database(#[from] DbErr),
+    Database(DbErr),
     #[error("team {0} does not exist in LiteLLM: ensure the team before changing its members")]
     TeamNotFound(String),
     #[error("user {0} does not exist in LiteLLM")]
@@ -87,6 +89,10 @@ pub enum Error {
     /// The notification stream's Redis failed.
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// An id taken from outside (a notification, a stored row) that would go into a Graph URL
+    /// is not a GUID: Graph is not asked.
+    #[error("{what} {id:?} is not a GUID; Graph is not asked about it")]
+    NotAGuid { what: &'static str, id: String },
     /// One of `run`'s tasks ended before the shutdown (it panicked).
     #[error("the worker's {0}")]
     TaskEnded(String),
@@ -107,6 +113,43 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The first error met anywhere in the process that no retry mends and that must stop `run`,
+/// whatever the code that met it did next: an item's error is recorded and retried later, a
+/// unit's is retried, and either would go on for ever. Today there is one such error, a
+/// prepared statement lost behind PgBouncer without `pgbouncer=true` (see
+/// [`migration::database::PGBOUNCER_FIX`]); every database error passes through
+/// `From<DbErr>`, which notes it here.
+static MUST_STOP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+static MUST_STOP_NOTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Resolves with the first error that must stop the worker (see [`MUST_STOP`]).
+pub async fn must_stop() -> Error {
+    loop {
+        // Created before the check: a note made in between still wakes it.
+        let noted = MUST_STOP_NOTED.notified();
+        if let Some(message) = MUST_STOP.get() {
+            return Error::Settings(message.clone());
+        }
+        noted.await;
+    }
+}
+
+impl From<DbErr> for Error {
+    fn from(error: DbErr) -> Self {
+        if !migration::database::is_lost_prepared_statement(&error) {
+            return Self::Database(error);
+        }
+        let message = format!(
+            "{} (PostgreSQL answered: {error})",
+            migration::database::PGBOUNCER_FIX
+        );
+        if MUST_STOP.set(message.clone()).is_ok() {
+            MUST_STOP_NOTED.notify_waiters();
+        }
+        Self::Settings(message)
+    }
+}
 
 impl Error {
     /// Whether the error says the service itself is unwell (the database or Graph unreachable,
@@ -136,7 +179,8 @@ impl Error {
             | Self::MemberUnreadable { .. }
             | Self::DeletionUnconfirmed { .. }
             | Self::ConcurrentChange(_)
-            | Self::ItemTaskFailed(_) => false,
+            | Self::ItemTaskFailed(_)
+            | Self::NotAGuid { .. } => false,
         }
     }
 }

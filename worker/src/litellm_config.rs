@@ -205,10 +205,13 @@ impl LiteLlmSettings {
 
         let timezone = match reader.string(settings.get("timezone"), "litellm_settings.timezone")? {
             None => chrono_tz::Tz::UTC,
-            Some(name) => name.parse().map_err(|_| {
+            Some((name, origin)) => name.parse().map_err(|_| {
                 reader.error(
                     "litellm_settings.timezone",
-                    &format!("{name:?} is not an IANA time zone (e.g. Europe/Berlin, UTC)"),
+                    &format!(
+                        "{} is not an IANA time zone (e.g. Europe/Berlin, UTC)",
+                        origin.quote(&name)
+                    ),
                 )
             })?,
         };
@@ -217,10 +220,10 @@ impl LiteLlmSettings {
             "litellm_settings.budget_reset_time",
         )? {
             None => NaiveTime::MIN,
-            Some(text) => NaiveTime::parse_from_str(&text, "%H:%M").map_err(|_| {
+            Some((text, origin)) => NaiveTime::parse_from_str(&text, "%H:%M").map_err(|_| {
                 reader.error(
                     "litellm_settings.budget_reset_time",
-                    &format!("{text:?} is not a time of day as HH:MM"),
+                    &format!("{} is not a time of day as HH:MM", origin.quote(&text)),
                 )
             })?,
         };
@@ -246,6 +249,44 @@ struct Reader<'a> {
 
 const ENV_PREFIX: &str = "os.environ/";
 
+/// Where a value was read: the file itself, or the environment variable an `os.environ/NAME`
+/// reference names. A variable's value may be a secret (LiteLLM's configs keep keys and
+/// passwords there), so an error about it names the reference and never shows the value.
+#[derive(Clone, Debug, Default)]
+struct Origin {
+    /// `os.environ/NAME`, when the value came from there.
+    reference: Option<String>,
+}
+
+impl Origin {
+    /// How an error refers to the value `text`: quoted, or by its reference.
+    fn quote(&self, text: &str) -> String {
+        match &self.reference {
+            Some(reference) => reference.clone(),
+            None => format!("{text:?}"),
+        }
+    }
+
+    /// How an error refers to a number read from the value: as it is, or by its reference.
+    fn number(&self, number: impl std::fmt::Display) -> String {
+        match &self.reference {
+            Some(reference) => reference.clone(),
+            None => number.to_string(),
+        }
+    }
+
+    /// A `problem` worded elsewhere, which quotes the value `text` (as `{text:?}`, trimmed or
+    /// not), with the quotation replaced by the reference.
+    fn hide(&self, problem: &str, text: &str) -> String {
+        match &self.reference {
+            None => problem.to_owned(),
+            Some(reference) => problem
+                .replace(&format!("{text:?}"), reference)
+                .replace(&format!("{:?}", text.trim()), reference),
+        }
+    }
+}
+
 impl Reader<'_> {
     fn error(&self, key: &str, problem: &str) -> Error {
         Error::Config {
@@ -255,51 +296,53 @@ impl Reader<'_> {
         }
     }
 
-    /// Replaces an `os.environ/NAME` string with the variable's value.
-    fn resolve(&self, value: Option<&Value>, key: &str) -> Result<Option<Value>> {
+    /// Replaces an `os.environ/NAME` string with the variable's value, saying so in its
+    /// [`Origin`].
+    fn resolve(&self, value: Option<&Value>, key: &str) -> Result<Option<(Value, Origin)>> {
         match value {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(text)) if text.starts_with(ENV_PREFIX) => {
                 let name = &text[ENV_PREFIX.len()..];
-                (self.env)(name)
-                    .map(|resolved| Some(Value::String(resolved)))
-                    .ok_or_else(|| {
-                        self.error(
-                            key,
-                            &format!("refers to environment variable {name}, which is not set"),
-                        )
-                    })
+                let resolved = (self.env)(name).ok_or_else(|| {
+                    self.error(
+                        key,
+                        &format!("refers to environment variable {name}, which is not set"),
+                    )
+                })?;
+                let origin = Origin {
+                    reference: Some(text.clone()),
+                };
+                Ok(Some((Value::String(resolved), origin)))
             }
-            Some(other) => Ok(Some(other.clone())),
+            Some(other) => Ok(Some((other.clone(), Origin::default()))),
         }
     }
 
     fn section(&self, value: Option<&Value>, key: &str) -> Result<Map<String, Value>> {
         match self.resolve(value, key)? {
             None => Ok(Map::new()),
-            Some(Value::Object(map)) => Ok(map),
+            Some((Value::Object(map), _)) => Ok(map),
             Some(_) => Err(self.error(key, "must be a mapping")),
         }
     }
 
-    fn string(&self, value: Option<&Value>, key: &str) -> Result<Option<String>> {
+    fn string(&self, value: Option<&Value>, key: &str) -> Result<Option<(String, Origin)>> {
         match self.resolve(value, key)? {
             None => Ok(None),
-            Some(Value::String(text)) => Ok(Some(text)),
-            Some(Value::Number(number)) => Ok(Some(number.to_string())),
+            Some((Value::String(text), origin)) => Ok(Some((text, origin))),
+            Some((Value::Number(number), origin)) => Ok(Some((number.to_string(), origin))),
             Some(_) => Err(self.error(key, "must be a string")),
         }
     }
 
-    fn float(&self, value: Option<&Value>, key: &str) -> Result<Option<f64>> {
+    fn float(&self, value: Option<&Value>, key: &str) -> Result<Option<(f64, Origin)>> {
         match self.resolve(value, key)? {
             None => Ok(None),
-            Some(Value::Number(number)) => Ok(number.as_f64()),
-            Some(Value::String(text)) => text
-                .trim()
-                .parse()
-                .map(Some)
-                .map_err(|_| self.error(key, &format!("{text:?} is not a number"))),
+            Some((Value::Number(number), origin)) => Ok(number.as_f64().map(|n| (n, origin))),
+            Some((Value::String(text), origin)) => match text.trim().parse() {
+                Ok(number) => Ok(Some((number, origin))),
+                Err(_) => Err(self.error(key, &format!("{} is not a number", origin.quote(&text)))),
+            },
             Some(_) => Err(self.error(key, "must be a number")),
         }
     }
@@ -307,15 +350,18 @@ impl Reader<'_> {
     fn integer(&self, value: Option<&Value>, key: &str) -> Result<Option<i64>> {
         match self.resolve(value, key)? {
             None => Ok(None),
-            Some(Value::Number(number)) => number
-                .as_i64()
-                .map(Some)
-                .ok_or_else(|| self.error(key, &format!("{number} is not a whole number"))),
-            Some(Value::String(text)) => text
-                .trim()
-                .parse()
-                .map(Some)
-                .map_err(|_| self.error(key, &format!("{text:?} is not a whole number"))),
+            Some((Value::Number(number), origin)) => number.as_i64().map(Some).ok_or_else(|| {
+                self.error(
+                    key,
+                    &format!("{} is not a whole number", origin.number(&number)),
+                )
+            }),
+            Some((Value::String(text), origin)) => text.trim().parse().map(Some).map_err(|_| {
+                self.error(
+                    key,
+                    &format!("{} is not a whole number", origin.quote(&text)),
+                )
+            }),
             Some(_) => Err(self.error(key, "must be a whole number")),
         }
     }
@@ -323,12 +369,17 @@ impl Reader<'_> {
     fn boolean(&self, value: Option<&Value>, key: &str) -> Result<Option<bool>> {
         match self.resolve(value, key)? {
             None => Ok(None),
-            Some(Value::Bool(flag)) => Ok(Some(flag)),
-            Some(Value::String(text)) => match text.trim().to_ascii_lowercase().as_str() {
-                "true" => Ok(Some(true)),
-                "false" => Ok(Some(false)),
-                _ => Err(self.error(key, &format!("{text:?} is not true or false"))),
-            },
+            Some((Value::Bool(flag), _)) => Ok(Some(flag)),
+            Some((Value::String(text), origin)) => {
+                match text.trim().to_ascii_lowercase().as_str() {
+                    "true" => Ok(Some(true)),
+                    "false" => Ok(Some(false)),
+                    _ => Err(self.error(
+                        key,
+                        &format!("{} is not true or false", origin.quote(&text)),
+                    )),
+                }
+            }
             Some(_) => Err(self.error(key, "must be true or false")),
         }
     }
@@ -336,11 +387,12 @@ impl Reader<'_> {
     fn strings(&self, value: Option<&Value>, key: &str) -> Result<Option<Vec<String>>> {
         match self.resolve(value, key)? {
             None => Ok(None),
-            Some(Value::Array(items)) => items
+            Some((Value::Array(items), _)) => items
                 .iter()
                 .enumerate()
                 .map(|(i, item)| {
                     self.string(Some(item), &format!("{key}[{i}]"))?
+                        .map(|(text, _)| text)
                         .ok_or_else(|| self.error(&format!("{key}[{i}]"), "must be a string"))
                 })
                 .collect::<Result<Vec<_>>>()
@@ -352,14 +404,17 @@ impl Reader<'_> {
     fn object(&self, value: Option<&Value>, key: &str) -> Result<Option<Map<String, Value>>> {
         match self.resolve(value, key)? {
             None => Ok(None),
-            Some(Value::Object(map)) => Ok(Some(map)),
+            Some((Value::Object(map), _)) => Ok(Some(map)),
             Some(_) => Err(self.error(key, "must be a mapping")),
         }
     }
 
     fn duration(&self, value: Option<&Value>, key: &str) -> Result<Option<BudgetDuration>> {
         self.string(value, key)?
-            .map(|text| BudgetDuration::parse(&text).map_err(|problem| self.error(key, &problem)))
+            .map(|(text, origin)| {
+                BudgetDuration::parse(&text)
+                    .map_err(|problem| self.error(key, &origin.hide(&problem, &text)))
+            })
             .transpose()
     }
 
@@ -417,7 +472,9 @@ impl Reader<'_> {
                 params.get("team_member_permissions"),
                 &key("team_member_permissions"),
             )?,
-            organization_id: self.string(params.get("organization_id"), &key("organization_id"))?,
+            organization_id: self
+                .string(params.get("organization_id"), &key("organization_id"))?
+                .map(|(id, _)| id),
             access_group_ids: self
                 .strings(params.get("access_group_ids"), &key("access_group_ids"))?,
             policies: self.strings(params.get("policies"), &key("policies"))?,
@@ -449,11 +506,14 @@ impl Reader<'_> {
     /// A budget: LiteLLM's `new_team` refuses a negative or infinite one.
     fn budget(&self, value: Option<&Value>, key: &str) -> Result<Option<f64>> {
         match self.float(value, key)? {
-            Some(amount) if !amount.is_finite() || amount < 0.0 => Err(self.error(
+            Some((amount, origin)) if !amount.is_finite() || amount < 0.0 => Err(self.error(
                 key,
-                &format!("{amount} is not a non-negative finite number"),
+                &format!(
+                    "{} is not a non-negative finite number",
+                    origin.number(amount)
+                ),
             )),
-            other => Ok(other),
+            other => Ok(other.map(|(amount, _)| amount)),
         }
     }
 
@@ -468,13 +528,14 @@ impl Reader<'_> {
         );
         let user_role = self
             .string(params.get("user_role"), &key("user_role"))?
-            .map(|value| {
+            .map(|(value, origin)| {
                 LiteLlmRole::from_app_role_value(&value).ok_or_else(|| {
                     self.error(
                         &key("user_role"),
                         &format!(
-                            "{value:?} is not one of proxy_admin, proxy_admin_viewer, org_admin, \
-                             internal_user, internal_user_viewer"
+                            "{} is not one of proxy_admin, proxy_admin_viewer, org_admin, \
+                             internal_user, internal_user_viewer",
+                            origin.quote(&value)
                         ),
                     )
                 })
@@ -482,7 +543,9 @@ impl Reader<'_> {
             .transpose()?;
         Ok(UserDefaults {
             user_role,
-            max_budget: self.float(params.get("max_budget"), &key("max_budget"))?,
+            max_budget: self
+                .float(params.get("max_budget"), &key("max_budget"))?
+                .map(|(amount, _)| amount),
             budget_duration: self
                 .duration(params.get("budget_duration"), &key("budget_duration"))?,
             models: self
@@ -500,7 +563,9 @@ impl Reader<'_> {
         let general = self
             .section(root.get("general_settings"), "general_settings")
             .unwrap_or_default();
-        let lenient = |value: Option<&Value>, key: &str| self.string(value, key).ok().flatten();
+        let lenient = |value: Option<&Value>, key: &str| {
+            self.string(value, key).ok().flatten().map(|(text, _)| text)
+        };
         let coordination = self
             .object(
                 general.get("coordination_redis"),
@@ -550,7 +615,8 @@ impl Reader<'_> {
                     "general_settings.user_api_key_cache_ttl",
                 )
                 .ok()
-                .flatten(),
+                .flatten()
+                .map(|(seconds, _)| seconds),
         }
     }
 }
@@ -693,6 +759,82 @@ litellm_settings:
             e.contains("MISSING") && e.contains("default_team_params.max_budget"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn errors_name_an_environment_reference_and_never_show_its_value() {
+        const SECRET: &str = "sk-live-5ecr3t-Value";
+        let env = |name: &str| match name {
+            "LEAKY" => Some(format!(" {SECRET} ")),
+            "NEGATIVE" => Some("-7.25".to_owned()),
+            _ => None,
+        };
+        let team = |field: &str, reference: &str| {
+            format!("litellm_settings:\n  default_team_params:\n    {field}: {reference}\n")
+        };
+        let user = |field: &str| {
+            format!(
+                "litellm_settings:\n  default_internal_user_params:\n    {field}: os.environ/LEAKY\n"
+            )
+        };
+        let cases = [
+            (
+                "litellm_settings:\n  timezone: os.environ/LEAKY\n".to_owned(),
+                "litellm_settings.timezone",
+            ),
+            (
+                "litellm_settings:\n  budget_reset_time: os.environ/LEAKY\n".to_owned(),
+                "litellm_settings.budget_reset_time",
+            ),
+            (
+                team("max_budget", "os.environ/LEAKY"),
+                "default_team_params.max_budget",
+            ),
+            (
+                team("tpm_limit", "os.environ/LEAKY"),
+                "default_team_params.tpm_limit",
+            ),
+            (
+                team("blocked", "os.environ/LEAKY"),
+                "default_team_params.blocked",
+            ),
+            (
+                team("budget_duration", "os.environ/LEAKY"),
+                "default_team_params.budget_duration",
+            ),
+            (
+                team("team_member_budget_duration", "os.environ/LEAKY"),
+                "default_team_params.team_member_budget_duration",
+            ),
+            (user("user_role"), "default_internal_user_params.user_role"),
+            (
+                user("max_budget"),
+                "default_internal_user_params.max_budget",
+            ),
+        ];
+        for (yaml, key) in cases {
+            let e = LiteLlmSettings::parse(&yaml, "config.yaml", &env)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{key}: {e}");
+            assert!(e.contains("os.environ/LEAKY"), "{key}: {e}");
+            assert!(!e.contains("5ecr3t"), "{key}: {e}");
+        }
+        let e = LiteLlmSettings::parse(
+            &team("team_member_budget", "os.environ/NEGATIVE"),
+            "config.yaml",
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("os.environ/NEGATIVE is not a non-negative finite number"),
+            "{e}"
+        );
+        assert!(!e.contains("7.25"), "{e}");
+        // The file's own values are still quoted: they are not secrets.
+        let e = error_text(&team("tpm_limit", "lots"));
+        assert!(e.contains("\"lots\" is not a whole number"), "{e}");
     }
 
     #[test]

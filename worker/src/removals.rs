@@ -122,8 +122,7 @@ fn held_table(held: &[HeldRemoval]) -> String {
         "KEYS",
         "REASON",
         "CAUSE",
-    ]
-    .map(String::from);
+    ];
     let rows: Vec<[String; 7]> = held
         .iter()
         .map(|hold| {
@@ -140,27 +139,7 @@ fn held_table(held: &[HeldRemoval]) -> String {
                 hold.reason.clone(),
                 hold.cause.clone().unwrap_or_else(|| "-".to_owned()),
             ]
-            .map(|cell| crate::commands::printable(&cell))
         })
         .collect();
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut table = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        table.push_str(cells.join("  ").trim_end());
-        table.push('\n');
-    }
-    if rows.is_empty() {
-        table.push_str("(no held removals)\n");
-    }
-    table
+    crate::commands::table(header, &rows, "(no held removals)")
 }

@@ -22,9 +22,21 @@ use crate::subscriptions::SubscriptionManager;
 use crate::sync::{LeaseSettings, Syncer};
 use crate::team_rules::TeamRules;
 
-/// Connects to LiteLLM's database with a clear error, which never holds the URL's password.
+/// Connects to LiteLLM's database with a clear error, which never holds the URL's password;
+/// first refuses a URL whose password a man in the middle could read, unless
+/// `ENTRA_SYNC_ALLOW_UNVERIFIED_TLS` allows it.
 pub async fn connect_database(config: &WorkerConfig) -> Result<Db> {
-    migration::database::connect(config.database_url.expose_secret(), |options| {
+    let url = config.database_url.expose_secret();
+    let transport = migration::database::check_transport(url, config.allow_unverified_tls)
+        .map_err(Error::Settings)?;
+    if let migration::database::Transport::Unverified { host } = transport {
+        tracing::warn!(
+            host,
+            "connecting to DATABASE_URL without verifying the server's certificate ({}=true)",
+            migration::database::ALLOW_UNVERIFIED_TLS
+        );
+    }
+    migration::database::connect(url, |options| {
         options
             .max_connections(16)
             .connect_timeout(Duration::from_secs(10))

@@ -23,16 +23,31 @@ pub async fn check_database(db: &impl ConnectionTrait) -> Result<()> {
             "LiteLLM's tables are not in DATABASE_URL: run LiteLLM's migrations first (start LiteLLM once)".into(),
         ));
     }
-    let applied: Vec<String> = db
-        .query_all(Statement::from_string(
+    // No migrations table: none ran. Any other failure is the database's, said as such (a
+    // lost prepared statement behind PgBouncer, say, is not a missing migration).
+    let has_table = db
+        .query_one(Statement::from_string(
+            DbBackend::Postgres,
+            format!(
+                "SELECT (to_regclass('{}') IS NOT NULL)::int",
+                migration::MIGRATION_TABLE
+            ),
+        ))
+        .await?
+        .and_then(|row| row.try_get_by_index::<i32>(0).ok())
+        == Some(1);
+    let applied: Vec<String> = if has_table {
+        db.query_all(Statement::from_string(
             DbBackend::Postgres,
             format!("SELECT version FROM {}", migration::MIGRATION_TABLE),
         ))
-        .await
-        .unwrap_or_default()
+        .await?
         .into_iter()
         .filter_map(|row| row.try_get_by_index::<String>(0).ok())
-        .collect();
+        .collect()
+    } else {
+        Vec::new()
+    };
     let missing: Vec<String> = migration::Migrator::migrations()
         .iter()
         .map(|m| m.name().to_owned())

@@ -652,6 +652,29 @@ rules:
     }
 
     #[test]
+    fn a_bad_value_from_the_environment_is_named_by_its_reference_never_shown() {
+        let env = |name: &str| (name == "INTERN_BUDGET").then(|| "sk-5ecr3t-budget".to_owned());
+        for field in ["max_budget", "budget_duration", "rpm_limit", "blocked"] {
+            let e = TeamRules::parse(
+                &format!(
+                    "rules:\n  - match: {{name_glob: 'I*'}}\n    team: {{{field}: os.environ/INTERN_BUDGET}}\n"
+                ),
+                "rules.yaml",
+                &env,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "ENTRA_SYNC_TEAM_RULES rule 1: team.{field}: os.environ/INTERN_BUDGET "
+                )),
+                "{e}"
+            );
+            assert!(!e.contains("5ecr3t"), "{field}: {e}");
+        }
+    }
+
+    #[test]
     fn team_values_resolve_environment_references() {
         let env = |name: &str| (name == "INTERN_BUDGET").then(|| "75".to_owned());
         let rules = TeamRules::parse(

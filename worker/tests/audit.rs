@@ -166,6 +166,103 @@ async fn why_a_user_lost_a_team_is_answered_by_email_and_alias_with_the_round_th
     assert!(none.contains("(no entries)"), "{none}");
 }
 
+/// Runs `entra-sync-worker status` with these arguments; returns its stdout.
+fn status_command(world: &World, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_entra-sync-worker"))
+        .arg("status")
+        .args(args)
+        .env_clear()
+        .envs(world.worker_env("status"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn audit_and_status_print_entras_names_and_errors_with_their_control_characters_escaped() {
+    let world = World::new().await;
+    // Clears the screen, turns red, and forges a line of the table.
+    let name = "\u{1b}[2J\u{1b}[31mPayroll\nWHEN (UTC)  forged";
+    let escaped = r"\u{1b}[2J\u{1b}[31mPayroll\nWHEN (UTC)  forged";
+    world.sim.apply(|t| t.upsert_group(gid(1), name, None));
+    world.syncer().poll_assignments(Utc::now()).await.unwrap();
+    assert_eq!(world.alias(1).await.as_deref(), Some(name));
+
+    let table = audit_command(&world, &["--team", &gid(1).to_string()]);
+    assert!(!table.contains('\u{1b}'), "{table:?}");
+    let rows: Vec<&str> = table.lines().collect();
+    // The header, the team's creation and its five members: one line each, nothing forged.
+    assert_eq!(rows.len(), 7, "{table}");
+    assert_eq!(
+        rows.iter()
+            .filter(|row| row.starts_with("WHEN (UTC)"))
+            .count(),
+        1,
+        "{table}"
+    );
+    assert!(
+        rows[1..]
+            .iter()
+            .all(|row| row.contains(&format!("{escaped} ({})", gid(1)))),
+        "{table}"
+    );
+    // JSON stays JSON: the name as it is, escaped by JSON's own rules.
+    let json = audit_command(&world, &["--team", &gid(1).to_string(), "--json"]);
+    assert!(!json.contains('\u{1b}'), "{json:?}");
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6, "{json}");
+    assert!(
+        lines.iter().all(|line| line["team_alias"] == name),
+        "{json}"
+    );
+
+    // An error message from Entra, as a failed item carries it.
+    world
+        .db
+        .conn()
+        .execute(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "INSERT INTO entra_sync_failed_items \
+             (kind, id, error, attempts, first_failed_at, last_failed_at, retry_at) \
+             VALUES ('group', $1, $2, 1, now(), now(), now() + interval '1 minute')",
+            [
+                gid(9).to_string().into(),
+                format!("Graph said: {name}").into(),
+            ],
+        ))
+        .await
+        .unwrap();
+    let status = status_command(&world, &[]);
+    assert!(!status.contains('\u{1b}'), "{status:?}");
+    let failed: Vec<&str> = status
+        .lines()
+        .filter(|line| line.starts_with("failed group"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{status}");
+    assert!(
+        failed[0].ends_with(&format!("Graph said: {escaped}")),
+        "{status}"
+    );
+    assert!(
+        !status.lines().any(|line| line.starts_with("WHEN")),
+        "{status}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(status_command(&world, &["--json"]).trim()).unwrap();
+    assert_eq!(
+        json["failed_items"][0]["error"],
+        format!("Graph said: {name}")
+    );
+}
+
 #[tokio::test]
 async fn entries_past_their_retention_are_deleted_in_batches_by_one_replica_at_a_time() {
     let world = World::new().await;

@@ -545,7 +545,7 @@ async fn subscriptions_create_get_list_renew_reauthorize_delete() {
         change_type: "updated,deleted".into(),
         notification_url: format!("{endpoint}/notifications"),
         lifecycle_notification_url: format!("{endpoint}/lifecycle"),
-        client_state: "s3cret-state".to_owned().into(),
+        client_state: entra_sync_testkit::CLIENT_STATE.to_owned().into(),
         expiration: Utc::now() + chrono::Duration::days(2),
     };
 

@@ -9,6 +9,8 @@ mod common;
 mod graph_common;
 mod world;
 
+use std::time::Duration;
+
 use common::{commit, group, insert_key, key_state, scalar_i64, user_id};
 use entra_sync_testkit::TestDatabase;
 use graph_common::{gid, uid};
@@ -139,4 +141,127 @@ async fn two_worker_processes_through_pgbouncer_sync_revoke_and_take_turns() {
             >= 2
     );
     assert!(world.dead.is_empty());
+}
+
+#[tokio::test]
+async fn without_pgbouncer_true_the_first_lost_prepared_statement_stops_the_worker_naming_the_fix()
+{
+    let world = World::new().await;
+    // The URL an operator might copy from a direct connection, pointed at PgBouncer.
+    let url = world
+        .db
+        .url_through_pgbouncer()
+        .replace("?pgbouncer=true", "");
+    assert!(!url.contains("pgbouncer"), "{url}");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_entra-sync-worker"))
+        .arg("run")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(world.worker_env("unpooled"))
+        .env("DATABASE_URL", &url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("entra-sync-worker starts")
+        .wait_with_output();
+    tokio::pin!(output);
+    // Busy, as in production: each change is a notification, and a round's statements on
+    // several of the worker's connections, which PgBouncer hands server connections of its
+    // choosing. It may take a few statements before PostgreSQL says one went missing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut next_user = 10;
+    let out = loop {
+        tokio::select! {
+            out = &mut output => break out.unwrap(),
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the worker kept running through PgBouncer without pgbouncer=true"
+                );
+                world.sim.apply(|t| t.add_member(gid(1), uid(next_user)));
+                next_user += 1;
+            }
+        }
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // 1: a clean stop; a panic would exit with 101.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("add pgbouncer=true to DATABASE_URL"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("prepared statement"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_lost_prepared_statement_while_running_stops_run_with_the_fix_whichever_task_met_it() {
+    use worker::metrics::WorkerMetrics;
+    use worker::readiness::Readiness;
+    use worker::run::Worker;
+    use worker::stream::{StreamConsumer, StreamSettings};
+    use worker::sync::{Syncer, UnassignedPolicy};
+
+    // Past the start-up checks (which usually meet the error first, see the test above): the
+    // worker's tasks meet it, each handling its errors its own way (a poll logs and waits for
+    // the next, an item is recorded and retried, a round is retried).
+    let world = World::new().await;
+    let url = world
+        .db
+        .url_through_pgbouncer()
+        .replace("?pgbouncer=true", "");
+    let db = migration::database::connect(&url, |options| {
+        options.max_connections(8).sqlx_logging(false);
+    })
+    .await
+    .unwrap();
+    assert!(!db.behind_pgbouncer());
+    let (client, _) = graph_common::secret_client(&world.sim);
+    let store = Store::new(db, Default::default(), RemovalMode::Managed);
+    let consumer = StreamConsumer::connect(
+        world.redis.url(),
+        StreamSettings {
+            stream: world.stream.key().to_owned(),
+            dead_letter: world.dead.key().to_owned(),
+            consumer: "unpooled".into(),
+            batch: 500,
+            claim_idle: Duration::from_secs(1),
+            max_deliveries: 3,
+        },
+    )
+    .await
+    .unwrap();
+    let worker = Worker {
+        syncer: Syncer::new(client, store, UnassignedPolicy::RemoveMembers),
+        consumer,
+        metrics: WorkerMetrics::register(&mut prometheus_client::registry::Registry::default()),
+        settings: world.run_settings.clone(),
+        subscriptions: None,
+        readiness: Readiness::new(),
+    };
+    let run = worker.run(std::future::pending());
+    tokio::pin!(run);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut next_user = 10;
+    let result = loop {
+        tokio::select! {
+            result = &mut run => break result,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the worker kept running through PgBouncer without pgbouncer=true"
+                );
+                world.sim.apply(|t| t.add_member(gid(1), uid(next_user)));
+                next_user += 1;
+            }
+        }
+    };
+    let error = result
+        .expect_err("run stopped without an error")
+        .to_string();
+    assert!(
+        error.contains("add pgbouncer=true to DATABASE_URL"),
+        "{error}"
+    );
+    assert!(error.contains("prepared statement"), "{error}");
 }

@@ -92,7 +92,7 @@ async fn absurd_intervals_stop_the_worker_at_start_naming_the_setting() {
     let base = [
         ("DATABASE_URL", "postgres://postgres@127.0.0.1:9/nowhere"),
         ("REDIS_URL", "redis://127.0.0.1:9"),
-        ("AZURE_TENANT_ID", "tenant"),
+        ("AZURE_TENANT_ID", TENANT),
         ("AZURE_CLIENT_ID", "client"),
         ("AZURE_CLIENT_SECRET", "secret"),
     ];
@@ -121,6 +121,116 @@ async fn absurd_intervals_stop_the_worker_at_start_naming_the_setting() {
         // 1: a clean refusal; a panic would exit with 101.
         assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
         assert!(stderr.contains(name), "{name}: {stderr}");
+    }
+}
+
+const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+
+/// Runs `entra-sync-worker <args>` to its exit with this environment (and nothing else): its
+/// exit code and stderr.
+async fn worker_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_entra-sync-worker"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("the worker exits")
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_remote_database_without_a_verified_certificate_stops_run_and_sync_before_connecting() {
+    // TEST-NET-1, which no server answers for: the refusal comes from the check made before
+    // any connection; with the opt-out, the worker goes on to connect, and that fails.
+    let url = "postgres://litellm:s3cr3t-Pa55@192.0.2.1:5432/litellm?sslmode=require";
+    let env = [
+        ("DATABASE_URL", url),
+        ("REDIS_URL", "redis://127.0.0.1:9"),
+        ("AZURE_TENANT_ID", TENANT),
+        ("AZURE_CLIENT_ID", "client"),
+        ("AZURE_CLIENT_SECRET", "secret"),
+        ("ENTRA_SYNC_METRICS_LISTEN", "127.0.0.1:0"),
+    ];
+    for args in [&["run"][..], &["sync", "--full"], &["sync"], &["status"]] {
+        let (code, stderr) = worker_exit(args, &env).await;
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        for expected in [
+            "DATABASE_URL reaches 192.0.2.1 without sslmode=verify-full",
+            "a man in the middle could read it",
+            "PostgreSQL over TLS",
+            "ENTRA_SYNC_ALLOW_UNVERIFIED_TLS=true",
+        ] {
+            assert!(
+                stderr.contains(expected),
+                "{args:?}: {expected} not in {stderr}"
+            );
+        }
+        assert!(!stderr.contains("cannot connect"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("s3cr3t-Pa55"), "{args:?}: {stderr}");
+    }
+    let mut allowed = env.to_vec();
+    allowed.push(("ENTRA_SYNC_ALLOW_UNVERIFIED_TLS", "true"));
+    for args in [&["run"][..], &["sync", "--full"]] {
+        let (code, stderr) = worker_exit(args, &allowed).await;
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot connect to DATABASE_URL"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("PostgreSQL over TLS"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("s3cr3t-Pa55"), "{args:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn a_short_client_state_or_a_tenant_that_cannot_be_one_stops_the_worker_at_start() {
+    // Checked before anything is connected: nothing here needs to be reachable.
+    let base = [
+        ("DATABASE_URL", "postgres://postgres@127.0.0.1:9/nowhere"),
+        ("REDIS_URL", "redis://127.0.0.1:9"),
+        ("AZURE_TENANT_ID", TENANT),
+        ("AZURE_CLIENT_ID", "client"),
+        ("AZURE_CLIENT_SECRET", "secret"),
+        ("ENTRA_SYNC_PUBLIC_URL", "https://sync.contoso.com"),
+    ];
+    let short = "short-s3cr3t";
+    let mut env = base.to_vec();
+    env.push(("ENTRA_SYNC_CLIENT_STATE", short));
+    let (code, stderr) = worker_exit(&["run"], &env).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("ENTRA_SYNC_CLIENT_STATE is shorter than 32 characters"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(short), "{stderr}");
+
+    for (name, tenant) in [
+        ("AZURE_TENANT_ID", "contoso.com/../../common"),
+        ("MICROSOFT_TENANT", "tenant?x="),
+    ] {
+        let mut env: Vec<(&str, &str)> = base
+            .iter()
+            .copied()
+            .filter(|(key, _)| *key != "AZURE_TENANT_ID")
+            .collect();
+        env.push(("ENTRA_SYNC_CLIENT_STATE", entra_sync_testkit::CLIENT_STATE));
+        env.push((name, tenant));
+        let (code, stderr) = worker_exit(&["run"], &env).await;
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{name} {tenant:?} is neither a tenant id")),
+            "{stderr}"
+        );
     }
 }
 

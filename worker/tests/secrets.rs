@@ -19,7 +19,7 @@ const PASSWORD: &str = "s3cr3t-Pa55";
 /// as much as there is, for a leak to have every chance to show.
 fn env_with(settings: &[(&str, &str)]) -> Vec<(String, String)> {
     [
-        ("AZURE_TENANT_ID", "tenant"),
+        ("AZURE_TENANT_ID", "72f988bf-86f1-41af-91ab-2d7cd011db47"),
         ("AZURE_CLIENT_ID", "client"),
         ("AZURE_CLIENT_SECRET", "client-secret"),
         ("ENTRA_SYNC_METRICS_LISTEN", "127.0.0.1:0"),
@@ -55,6 +55,8 @@ async fn run_to_exit(env: Vec<(String, String)>) -> (Option<i32>, String) {
 async fn a_database_url_that_fails_never_shows_its_password() {
     let server = entra_sync_testkit::server_addr();
     for url in [
+        format!("postgres://u:{PASSWORD}@unreachable.invalid:5432/db?sslmode=verify-full"),
+        // Refused before connecting: a remote host without verify-full.
         format!("postgres://u:{PASSWORD}@unreachable.invalid:5432/db"),
         // sea-orm alone would quote these whole.
         format!("postgres://u:{PASSWORD}@[bad"),

@@ -247,6 +247,95 @@ async fn lifecycle_events_are_acted_on() {
     assert!(world.dead.is_empty());
 }
 
+/// Posts a lifecycle notification to the world's webhook as Graph would (our clientState, our
+/// tenant), about any subscription id.
+async fn post_lifecycle(world: &World, subscription: &str, event: &str) {
+    let body = serde_json::json!({ "value": [{
+        "subscriptionId": subscription,
+        "subscriptionExpirationDateTime": "2026-12-20T00:00:00Z",
+        "tenantId": world.sim.config().tenant_id.to_string(),
+        "clientState": CLIENT_STATE,
+        "lifecycleEvent": event,
+    }]});
+    let status = reqwest::Client::new()
+        .post(format!("{}/lifecycle", world.webhook_url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 202, "{subscription} {event}");
+}
+
+/// graph-sim's requests about subscriptions, as `METHOD path`.
+fn subscription_requests(world: &World) -> Vec<String> {
+    world
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("subscriptions"))
+        .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
+        .collect()
+}
+
+#[tokio::test]
+async fn lifecycle_events_about_subscriptions_not_ours_are_never_acted_on() {
+    let mut world = World::new().await;
+    let manager = world.subscription_manager();
+    manager.ensure(Utc::now()).await.unwrap();
+    let ours = stored(&world).await;
+    let conn = world.db.conn().clone();
+    world.start_worker_with(conn, "foreign", Some(manager));
+    assert!(eventually(|| world.first_round_committed()).await);
+    let before = subscription_requests(&world);
+    let resyncs = count(&world, "deltatoken=latest");
+
+    // Another app's subscription (a GUID we never stored), and ids that are no GUIDs at all,
+    // some made to steer a Graph URL elsewhere.
+    let foreign = "0b1d2c3e-aaaa-4bbb-8ccc-000000000001";
+    let malformed = [
+        "../users",
+        "x/reauthorize",
+        "../../servicePrincipals?$top=1#",
+        "%2e%2e",
+        "",
+    ];
+    for subscription in std::iter::once(foreign).chain(malformed) {
+        for event in ["reauthorizationRequired", "subscriptionRemoved", "missed"] {
+            post_lifecycle(&world, subscription, event).await;
+        }
+    }
+    assert!(
+        eventually(|| async { world.pending() == 0 && world.unread() == 0 }).await,
+        "the events were not processed"
+    );
+    assert_eq!(
+        subscription_requests(&world),
+        before,
+        "Graph was asked about subscriptions that are not ours"
+    );
+    assert_eq!(
+        count(&world, "deltatoken=latest"),
+        resyncs,
+        "a lifecycle event not ours made a resync"
+    );
+    assert_eq!(stored(&world).await, ours);
+    assert_eq!(live(&world), ours);
+
+    // Ours, as Graph sends it: acted on, so the worker was listening all along.
+    let (_, groups) = ours.iter().find(|(r, _)| r == "groups").unwrap().clone();
+    world
+        .sim
+        .lifecycle(&groups, "reauthorizationRequired")
+        .await;
+    assert!(
+        eventually(|| async { count(&world, &format!("subscriptions/{groups}/reauthorize")) == 1 })
+            .await
+    );
+    world.stop_workers().await;
+    assert!(world.dead.is_empty());
+}
+
 async fn lease_holder(world: &World) -> Option<String> {
     lease::Entity::find_by_id("subscriptions".to_owned())
         .one(world.db.conn())

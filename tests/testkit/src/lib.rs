@@ -19,6 +19,10 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
 pub use litellm_schema::LITELLM_PROXY_EXTRAS_VERSION;
+
+/// The clientState the tests give the webhook, the worker and their subscriptions: as long as
+/// `ENTRA_SYNC_CLIENT_STATE` must be (32 to 128 characters).
+pub const CLIENT_STATE: &str = "entra-sync-tests-client-state-0123456789";
 pub use postgres::{server_addr, server_url};
 
 /// A database of its own for one test, dropped when the value is dropped (set

@@ -439,7 +439,7 @@ mod tests {
 
     fn http_for(graph_endpoint: &str) -> Http {
         let config = super::super::GraphArgs {
-            azure_tenant_id: Some("tenant".into()),
+            azure_tenant_id: Some("contoso.onmicrosoft.com".into()),
             microsoft_tenant: None,
             azure_client_id: Some("client".into()),
             microsoft_client_id: None,

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use entra_sync_core::settings::secret;
+use entra_sync_core::settings::{Tenant, secret};
 use reqwest::Url;
 use secrecy::SecretString;
 
@@ -65,13 +65,20 @@ impl GraphArgs {
     /// Checks the settings and chooses the credential: a client secret, else a certificate, else
     /// a federated token file (the Azure SDK's EnvironmentCredential order).
     pub fn resolve(self) -> Result<GraphConfig> {
-        let tenant_id = self
-            .azure_tenant_id
-            .or(self.microsoft_tenant)
-            .filter(|t| !t.trim().is_empty())
-            .ok_or_else(|| {
-                Error::Settings("AZURE_TENANT_ID (or MICROSOFT_TENANT) is required".into())
-            })?;
+        let (name, tenant) = [
+            ("AZURE_TENANT_ID", self.azure_tenant_id),
+            ("MICROSOFT_TENANT", self.microsoft_tenant),
+        ]
+        .into_iter()
+        .find_map(|(name, value)| value.filter(|t| !t.trim().is_empty()).map(|t| (name, t)))
+        .ok_or_else(|| {
+            Error::Settings("AZURE_TENANT_ID (or MICROSOFT_TENANT) is required".into())
+        })?;
+        // It goes into the token endpoint's path: nothing but an id or a domain name.
+        let tenant_id = Tenant::parse(name, &tenant)
+            .map_err(Error::Settings)?
+            .as_str()
+            .to_owned();
         let client_id = self
             .azure_client_id
             .or(self.microsoft_client_id)
@@ -157,6 +164,8 @@ mod tests {
 mod resolve_tests {
     use super::*;
 
+    const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+
     fn args() -> GraphArgs {
         GraphArgs {
             azure_tenant_id: None,
@@ -176,19 +185,19 @@ mod resolve_tests {
     #[test]
     fn litellm_names_are_accepted_where_azure_names_are_unset() {
         let config = GraphArgs {
-            microsoft_tenant: Some("contoso-tenant".into()),
+            microsoft_tenant: Some("contoso.onmicrosoft.com".into()),
             microsoft_client_id: Some("app".into()),
             microsoft_client_secret: Some("s".to_owned().into()),
             ..args()
         }
         .resolve()
         .unwrap();
-        assert_eq!(config.tenant_id, "contoso-tenant");
+        assert_eq!(config.tenant_id, "contoso.onmicrosoft.com");
         assert_eq!(config.client_id, "app");
         assert!(matches!(config.credential, Credential::Secret(_)));
         assert_eq!(
             config.token_url.as_str(),
-            "https://login.microsoftonline.com/contoso-tenant/oauth2/v2.0/token"
+            "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
         );
         assert_eq!(config.graph_endpoint, "https://graph.microsoft.com/v1.0");
     }
@@ -196,8 +205,8 @@ mod resolve_tests {
     #[test]
     fn azure_names_win_and_a_secret_comes_before_a_token_file() {
         let config = GraphArgs {
-            azure_tenant_id: Some("a".into()),
-            microsoft_tenant: Some("m".into()),
+            azure_tenant_id: Some(TENANT.into()),
+            microsoft_tenant: Some("m.example".into()),
             azure_client_id: Some("client".into()),
             azure_client_secret: Some("s".to_owned().into()),
             azure_federated_token_file: Some("/var/run/token".into()),
@@ -205,11 +214,11 @@ mod resolve_tests {
         }
         .resolve()
         .unwrap();
-        assert_eq!(config.tenant_id, "a");
+        assert_eq!(config.tenant_id, TENANT);
         assert!(matches!(config.credential, Credential::Secret(_)));
         // Without a secret, the federated token file.
         let config = GraphArgs {
-            azure_tenant_id: Some("a".into()),
+            azure_tenant_id: Some(TENANT.into()),
             azure_client_id: Some("client".into()),
             azure_federated_token_file: Some("/var/run/token".into()),
             ..args()
@@ -227,7 +236,7 @@ mod resolve_tests {
         let e = args().resolve().unwrap_err().to_string();
         assert!(e.contains("AZURE_TENANT_ID"), "{e}");
         let e = GraphArgs {
-            azure_tenant_id: Some("a".into()),
+            azure_tenant_id: Some(TENANT.into()),
             ..args()
         }
         .resolve()
@@ -235,7 +244,7 @@ mod resolve_tests {
         .to_string();
         assert!(e.contains("AZURE_CLIENT_ID"), "{e}");
         let e = GraphArgs {
-            azure_tenant_id: Some("a".into()),
+            azure_tenant_id: Some(TENANT.into()),
             azure_client_id: Some("c".into()),
             ..args()
         }
@@ -244,7 +253,7 @@ mod resolve_tests {
         .to_string();
         assert!(e.contains("AZURE_CLIENT_SECRET"), "{e}");
         let e = GraphArgs {
-            azure_tenant_id: Some("a".into()),
+            azure_tenant_id: Some(TENANT.into()),
             azure_client_id: Some("c".into()),
             azure_client_certificate_path: Some("/nonexistent.pem".into()),
             ..args()
@@ -258,7 +267,7 @@ mod resolve_tests {
     #[test]
     fn secrets_stay_out_of_debug_output() {
         let config = GraphArgs {
-            azure_tenant_id: Some("a".into()),
+            azure_tenant_id: Some(TENANT.into()),
             azure_client_id: Some("c".into()),
             azure_client_secret: Some("very-secret-value".to_owned().into()),
             ..args()
@@ -266,5 +275,38 @@ mod resolve_tests {
         .resolve()
         .unwrap();
         assert!(!format!("{config:?}").contains("very-secret-value"));
+    }
+
+    #[test]
+    fn a_tenant_that_is_neither_an_id_nor_a_domain_is_refused_by_name() {
+        for (tenant, name) in [
+            ("contoso.com/../../common", "AZURE_TENANT_ID"),
+            ("evil.example?x=", "AZURE_TENANT_ID"),
+            ("common", "AZURE_TENANT_ID"),
+        ] {
+            let e = GraphArgs {
+                azure_tenant_id: Some(tenant.into()),
+                azure_client_id: Some("c".into()),
+                azure_client_secret: Some("s".to_owned().into()),
+                ..args()
+            }
+            .resolve()
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains(name) && e.contains("neither a tenant id"),
+                "{tenant}: {e}"
+            );
+        }
+        let e = GraphArgs {
+            microsoft_tenant: Some("tenant/x".into()),
+            azure_client_id: Some("c".into()),
+            azure_client_secret: Some("s".to_owned().into()),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("MICROSOFT_TENANT"), "{e}");
     }
 }

@@ -7,7 +7,7 @@ use serde_json::json;
 use super::GraphClient;
 use super::http::Page;
 use super::model::Subscription;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 const ENDPOINT: &str = "subscriptions";
 
@@ -22,6 +22,18 @@ pub struct NewSubscription {
     pub lifecycle_notification_url: String,
     pub client_state: secrecy::SecretString,
     pub expiration: DateTime<Utc>,
+}
+
+/// The path of subscription `id`, followed by `rest`. Ids come from notifications and stored
+/// rows as well as from Graph: anything but a GUID never goes into the URL.
+fn path(id: &str, rest: &str) -> Result<String> {
+    if !entra_sync_core::settings::is_guid(id) {
+        return Err(Error::NotAGuid {
+            what: "subscription id",
+            id: id.to_owned(),
+        });
+    }
+    Ok(format!("subscriptions/{id}{rest}"))
 }
 
 fn timestamp(at: DateTime<Utc>) -> String {
@@ -50,7 +62,7 @@ impl GraphClient {
 
     #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn get_subscription(&self, id: &str) -> Result<Subscription> {
-        let url = self.inner.url(&format!("subscriptions/{id}"));
+        let url = self.inner.url(&path(id, "")?);
         self.inner.get_json(ENDPOINT, &url).await
     }
 
@@ -69,7 +81,7 @@ impl GraphClient {
         id: &str,
         expiration: DateTime<Utc>,
     ) -> Result<Subscription> {
-        let url = self.inner.url(&format!("subscriptions/{id}"));
+        let url = self.inner.url(&path(id, "")?);
         let body = json!({ "expirationDateTime": timestamp(expiration) });
         self.inner
             .json(ENDPOINT, Method::PATCH, &url, Some(&body))
@@ -78,17 +90,38 @@ impl GraphClient {
 
     #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn reauthorize_subscription(&self, id: &str) -> Result<()> {
-        let url = self.inner.url(&format!("subscriptions/{id}/reauthorize"));
+        let url = self.inner.url(&path(id, "/reauthorize")?);
         self.inner.send(ENDPOINT, Method::POST, &url, None).await?;
         Ok(())
     }
 
     #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn delete_subscription(&self, id: &str) -> Result<()> {
-        let url = self.inner.url(&format!("subscriptions/{id}"));
+        let url = self.inner.url(&path(id, "")?);
         self.inner
             .send(ENDPOINT, Method::DELETE, &url, None)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_a_guid_goes_into_a_subscription_url() {
+        assert_eq!(
+            super::path("0b1d2c3e-aaaa-4bbb-8ccc-000000000001", "/reauthorize").ok(),
+            Some("subscriptions/0b1d2c3e-aaaa-4bbb-8ccc-000000000001/reauthorize".into())
+        );
+        for id in [
+            "",
+            "../users",
+            "x/reauthorize",
+            "%2e%2e",
+            "0b1d2c3e-aaaa-4bbb-8ccc-00000000000/",
+        ] {
+            let error = super::path(id, "").unwrap_err().to_string();
+            assert!(error.contains("is not a GUID"), "{id}: {error}");
+        }
     }
 }

@@ -112,7 +112,9 @@ impl Context {
 
 impl Worker {
     /// Runs until `shutdown` resolves; then each task finishes what it is doing (the stream's
-    /// work is acknowledged) before this returns. A task that ends early is an error.
+    /// work is acknowledged) before this returns. A task that ends early is an error, and so
+    /// is an error that must stop the worker wherever it happened
+    /// ([`crate::error::must_stop`]): the tasks stop the same way, and it is returned.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let writer = self.consumer.another().await?;
         let housekeeper = self.consumer.another().await?;
@@ -152,12 +154,16 @@ impl Worker {
             ));
         }
 
-        let early = tokio::select! {
-            () = shutdown => None,
-            ended = tasks.join_next() => ended,
+        let (early, stopping) = tokio::select! {
+            () = shutdown => (None, None),
+            ended = tasks.join_next() => (ended, None),
+            error = crate::error::must_stop() => (None, Some(error)),
         };
         context.stop.cancel();
         while tasks.join_next().await.is_some() {}
+        if let Some(error) = stopping {
+            return Err(error);
+        }
         match early {
             None => Ok(()),
             Some(Ok(())) => Err(Error::TaskEnded("task ended early".into())),

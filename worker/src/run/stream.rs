@@ -130,7 +130,7 @@ impl Context {
         let now = chrono::Utc::now();
         let mut resync = false;
         for (subscription, event) in &work.lifecycle {
-            resync |= self.lifecycle_event(subscription, event, now).await;
+            resync |= self.lifecycle_event(subscription, event, now).await?;
         }
         self.round(resync).await?;
         if resync {

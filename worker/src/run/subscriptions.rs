@@ -38,54 +38,61 @@ pub(super) async fn keep(
 }
 
 impl Context {
-    /// Acts on a lifecycle event; returns whether it calls for a full resync (notifications
-    /// were lost).
+    /// Acts on a lifecycle event about one of our subscriptions; returns whether it calls for
+    /// a full resync (notifications were lost). An event about any other subscription id (not
+    /// a GUID, or not stored as ours) is ignored: it is not ours to reauthorize, re-create or
+    /// resync for. An error (the database unreachable) leaves the event to be tried again.
     pub(super) async fn lifecycle_event(
         &self,
         subscription: &str,
         event: &str,
         now: DateTime<Utc>,
-    ) -> bool {
+    ) -> Result<bool> {
+        let Some(manager) = &self.subscriptions else {
+            tracing::warn!(
+                subscription = %subscription.escape_debug(),
+                event = %event.escape_debug(),
+                "lifecycle event, but ENTRA_SYNC_PUBLIC_URL is unset: no subscriptions are ours; ignored"
+            );
+            return Ok(false);
+        };
+        let Some(subscription) = manager.ours(subscription).await? else {
+            tracing::warn!(
+                subscription = %subscription.escape_debug(),
+                event = %event.escape_debug(),
+                "lifecycle event for a subscription that is not ours; ignored"
+            );
+            return Ok(false);
+        };
+        let subscription = subscription.as_str();
         tracing::info!(subscription, event, "lifecycle event");
-        match event {
+        Ok(match event {
             "reauthorizationRequired" => {
-                self.keep_subscriptions(event, |m| async move {
-                    m.reauthorize(subscription, now).await
-                })
-                .await;
+                self.keep_subscriptions(event, manager.reauthorize(subscription, now))
+                    .await;
                 false
             }
             "subscriptionRemoved" => {
-                self.keep_subscriptions(
-                    event,
-                    |m| async move { m.recreate(subscription, now).await },
-                )
-                .await;
+                self.keep_subscriptions(event, manager.recreate(subscription, now))
+                    .await;
                 true
             }
             "missed" => true,
             other => {
-                tracing::warn!(event = other, "unknown lifecycle event; ignored");
+                tracing::warn!(event = %other.escape_debug(), "unknown lifecycle event; ignored");
                 false
             }
-        }
+        })
     }
 
-    /// Runs a subscription action. A failure is logged, not fatal: the subscription keeper
-    /// checks every subscription again within its interval.
-    async fn keep_subscriptions<'a, F, Fut>(&'a self, event: &str, action: F)
-    where
-        F: FnOnce(&'a SubscriptionManager) -> Fut,
-        Fut: Future<Output = Result<Vec<Action>>>,
-    {
-        let Some(manager) = &self.subscriptions else {
-            tracing::warn!(
-                event,
-                "lifecycle event, but ENTRA_SYNC_PUBLIC_URL is unset: no subscriptions to keep"
-            );
-            return;
-        };
-        match action(manager).await {
+    /// Counts what a subscription action did. A failure is logged, not fatal: the subscription
+    /// keeper checks every subscription again within its interval.
+    async fn keep_subscriptions(
+        &self,
+        event: &str,
+        action: impl Future<Output = Result<Vec<Action>>>,
+    ) {
+        match action.await {
             Ok(actions) => self.count_subscription_actions(&actions),
             Err(error) => {
                 tracing::warn!(%error, event, "cannot act on the lifecycle event; the subscription keeper will retry")

@@ -136,6 +136,19 @@ impl SubscriptionManager {
             .collect())
     }
 
+    /// The stored subscription a notification's `id` names: `None` when it is not a GUID or
+    /// not one of ours (stored in `entra_sync_subscriptions`), and must not be acted on.
+    pub async fn ours(&self, id: &str) -> Result<Option<String>> {
+        if !entra_sync_core::settings::is_guid(id) {
+            return Ok(None);
+        }
+        Ok(table::stored(&self.db)
+            .await?
+            .into_iter()
+            .map(|row| row.id)
+            .find(|stored| stored.eq_ignore_ascii_case(id)))
+    }
+
     /// The lease of the subscription keeper (see [`LEASE`]), held as `holder`.
     pub fn keeper_lease(
         &self,

@@ -25,7 +25,7 @@ use worker::sync::{LeaseSettings, Syncer, UnassignedPolicy};
 
 use crate::graph_common::*;
 
-pub const CLIENT_STATE: &str = "e2e-client-state";
+pub const CLIENT_STATE: &str = entra_sync_testkit::CLIENT_STATE;
 
 pub struct World {
     pub sim: GraphSim,
