@@ -65,7 +65,7 @@ pub async fn removals(config: &WorkerConfig, action: &RemovalsAction) -> Result<
             }
             let mut out = std::io::stdout().lock();
             write!(out, "{}", held_table(&held))
-                .map_err(|e| Error::Settings(format!("cannot write to stdout: {e}")))
+                .map_err(|e| Error::Output(format!("cannot write to stdout: {e}")))
         }
         RemovalsAction::Release(selection) | RemovalsAction::Discard(selection) => {
             let settings = config.litellm_settings()?;
