@@ -8,6 +8,7 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+mod common;
 mod graph_common;
 mod world;
 
@@ -118,6 +119,91 @@ fn assign(world: &World, n: u128) {
         t.assign(gid(n), Uuid::nil()).unwrap();
         ((), Vec::new())
     });
+}
+
+/// A key of user `user`'s in LiteLLM, for a group's team or their own.
+async fn key(world: &World, token: &str, user: u128, team: Option<u128>) {
+    let team = team.map(|t| gid(t).to_string());
+    common::insert_key(
+        world.db.conn(),
+        token,
+        &uid(user).to_string(),
+        team.as_deref(),
+        None,
+        "2026-01-01 00:00:00",
+    )
+    .await;
+}
+
+/// A key's `blocked` and `metadata`; `None` once it is deleted.
+async fn key_state(world: &World, token: &str) -> Option<(Option<bool>, serde_json::Value)> {
+    common::key_state(world.db.conn(), token).await
+}
+
+/// A key as it was made: never blocked, its metadata as it was.
+fn untouched() -> Option<(Option<bool>, serde_json::Value)> {
+    Some((None, serde_json::json!({"note": "kept"})))
+}
+
+/// A key entra-sync blocked and unblocked again.
+fn unblocked() -> Option<(Option<bool>, serde_json::Value)> {
+    Some((Some(false), serde_json::json!({"note": "kept"})))
+}
+
+/// Keys copied to LiteLLM's deleted keys (as deleted keys are).
+async fn deleted_keys(world: &World) -> i64 {
+    world
+        .count(r#"SELECT count(*) FROM "LiteLLM_DeletedVerificationToken""#)
+        .await
+}
+
+/// The failed items of this kind (`group`, `user`, `member`) and id.
+async fn failed_items(world: &World, kind: &str, id: &str) -> i64 {
+    world
+        .count(&format!(
+            "SELECT count(*) FROM entra_sync_failed_items WHERE kind = '{kind}' AND id = '{id}'"
+        ))
+        .await
+}
+
+/// A member of group `group` that Graph could not read, as a failed item's id.
+fn member_item(group: u128, user: u128) -> String {
+    format!("{}/{}", gid(group), uid(user))
+}
+
+/// A number of seconds the test database answers, `None` for no row or NULL.
+async fn seconds(world: &World, sql: &str) -> Option<f64> {
+    world
+        .db
+        .conn()
+        .query_one(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            sql,
+        ))
+        .await
+        .unwrap()
+        .and_then(|row| row.try_get_by_index::<Option<f64>>(0).unwrap())
+}
+
+/// `entra-sync-worker` with `args` as a process of its own, configured as the world's workers
+/// are, to its exit: whether it succeeded, and what it wrote to stderr.
+async fn worker_command(world: &World, args: &[&str]) -> (bool, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_entra-sync-worker"));
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (key, value) in world.worker_env("command") {
+        command.env(key, value);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(120), command.output())
+        .await
+        .expect("the command exits")
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test]
@@ -643,4 +729,540 @@ async fn fault_18_a_reconciliation_that_fails_then_succeeds_at_the_next_check() 
             < chrono::Duration::from_std(interval).unwrap(),
         "{runs:?}"
     );
+}
+
+/// While Graph cannot read user 2 (group 1 still lists her): she is still group 1's member with
+/// her keys as they were, and a failed item of her own, after `after`.
+async fn unreadable_member_kept(world: &World, after: &str) {
+    assert_eq!(
+        world.members(1).await,
+        Some(users(1..=5)),
+        "after {after}: the member Graph could not read left her team"
+    );
+    assert_eq!(
+        key_state(world, "two-team").await,
+        untouched(),
+        "after {after}: her team key"
+    );
+    assert_eq!(
+        key_state(world, "two-personal").await,
+        untouched(),
+        "after {after}: her own key"
+    );
+    assert_eq!(deleted_keys(world).await, 0, "after {after}");
+    assert_eq!(
+        failed_items(world, "member", &member_item(1, 2)).await,
+        1,
+        "after {after}: no failed item for the member Graph could not read"
+    );
+}
+
+#[tokio::test]
+async fn fault_13_a_member_unreadable_during_a_reconciliation_and_a_full_sync() {
+    let mut world = World::new().await;
+    // The worker reconciles every two seconds (whether one is due looked at every 200 ms, the
+    // first time after the first poll interval, a second).
+    world.run_settings.poll_interval = Duration::from_secs(1);
+    world.run_settings.reconcile_interval = Some(Duration::from_secs(2));
+    world.run_settings.reconcile_check = Duration::from_millis(200);
+    world.start_worker();
+    assert!(eventually(|| async { world.members(1).await == Some(users(1..=5)) }).await);
+    key(&world, "two-team", 2, Some(1)).await;
+    key(&world, "two-personal", 2, None).await;
+    let started = Instant::now();
+
+    // Replication lag: group 1 still lists user 2, but getByIds leaves her out, the users
+    // listing too, and reading her answers 404.
+    let lag_began = chrono::Utc::now();
+    world.sim.lag(uid(2));
+    let reconciled = format!(
+        "SELECT count(*) FROM entra_sync_reconciliations
+         WHERE error IS NULL AND started_at > '{}'",
+        lag_began.to_rfc3339()
+    );
+    assert!(
+        eventually(|| async { world.count(&reconciled).await >= 1 }).await,
+        "no reconciliation ran during the lag"
+    );
+    unreadable_member_kept(&world, "a reconciliation").await;
+
+    // An operator's full sync, as a process of its own, meets the same lag.
+    let (ok, stderr) = worker_command(&world, &["sync", "--full"]).await;
+    assert!(ok, "sync --full failed: {stderr}");
+    unreadable_member_kept(&world, "sync --full").await;
+
+    // Graph reads her again: nothing to repair, and nothing left failing.
+    world.sim.end_lag(uid(2));
+    assert!(
+        eventually(|| async {
+            world
+                .count("SELECT count(*) FROM entra_sync_failed_items")
+                .await
+                == 0
+        })
+        .await,
+        "failed items left once Graph reads her again"
+    );
+    converges(
+        &world,
+        13,
+        "member unreadable: reconcile, sync --full",
+        started,
+        &[1],
+    )
+    .await;
+    assert_eq!(key_state(&world, "two-team").await, untouched());
+    assert_eq!(key_state(&world, "two-personal").await, untouched());
+    assert_eq!(deleted_keys(&world).await, 0);
+}
+
+#[tokio::test]
+async fn fault_14_a_new_member_unreadable_for_five_seconds() {
+    let mut world = World::new().await;
+    world.start_worker();
+    assert!(eventually(|| async { world.members(1).await == Some(users(1..=5)) }).await);
+    assert!(eventually(|| async { world.unread() == 0 && world.pending() == 0 }).await);
+    let started = Instant::now();
+
+    // User 6 joins group 1 while Graph's replicas cannot read her yet, for five seconds.
+    let lag = Duration::from_secs(5);
+    let lag_began = Instant::now();
+    world.sim.lag_for(uid(6), lag);
+    world.sim.apply(|t| t.add_member(gid(1), uid(6)));
+    let item = member_item(1, 6);
+    assert!(
+        eventually(|| async { failed_items(&world, "member", &item).await == 1 }).await,
+        "the new member Graph cannot read is not a failed item"
+    );
+    assert!(eventually(|| async { world.unread() == 0 && world.pending() == 0 }).await);
+    let entries = world.stream.len();
+    // Not added while Graph cannot read her (a lower bound: waiting is the behaviour here).
+    while lag_began.elapsed() < lag {
+        assert_eq!(
+            world.members(1).await,
+            Some(users(1..=5)),
+            "added while Graph could not read her"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Her failed item's retry adds her: no notification came, no reconciliation ran.
+    converges(&world, 14, "a new member unreadable for 5 s", started, &[1]).await;
+    assert_eq!(world.stream.len(), entries, "a notification came meanwhile");
+    assert_eq!(
+        world
+            .count("SELECT count(*) FROM entra_sync_reconciliations")
+            .await,
+        0
+    );
+    assert!(
+        eventually(|| async { failed_items(&world, "member", &item).await == 0 }).await,
+        "her failed item was not cleared"
+    );
+    let recovered = format!(
+        "SELECT count(*) FROM entra_sync_audit_log
+         WHERE kind = 'sync_recovered' AND detail->>'id' = '{item}'"
+    );
+    assert_eq!(world.count(&recovered).await, 1);
+}
+
+/// Whether Graph failed a resync's members read mid-paging (a `$filter` page answered, the page
+/// after it 503), and a later attempt since failed too (so the first is over).
+fn failed_mid_paging(world: &World) -> bool {
+    let reads: Vec<_> = world
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/groups/delta") && !r.batch)
+        .collect();
+    let Some(first) = reads.iter().position(|r| r.status == 503) else {
+        return false;
+    };
+    first > 0
+        && reads[first].query.contains("skiptoken")
+        && reads[first - 1].status == 200
+        && reads[first - 1].query.contains("filter")
+        && reads[first..]
+            .iter()
+            .any(|r| r.status == 503 && r.query.contains("deltatoken"))
+}
+
+#[tokio::test]
+async fn fault_15_a_resync_whose_members_read_fails_mid_paging() {
+    let mut world = World::new().await;
+    world.start_worker();
+    assert!(eventually(|| async { world.members(1).await == Some(users(1..=5)) }).await);
+    assert!(eventually(|| async { world.unread() == 0 && world.pending() == 0 }).await);
+    for n in 1..=5 {
+        key(&world, &format!("team-key-{n}"), n, Some(1)).await;
+    }
+    let started = Instant::now();
+
+    // Group 1's members come two to a page of its delta read. The token expired: the next
+    // round resyncs. Its delta query (410), the resync's new deltaLink and the first page of
+    // group 1's members are answered; the second page, and every delta request after it, fails
+    // until the faults are cleared.
+    world.sim.set_config(|c| {
+        c.page_size = 1;
+        c.delta_members_per_object = 2;
+    });
+    world.sim.add_fault(Fault::delay("/groups/delta", 0, 3));
+    world.sim.add_fault(Fault {
+        times: None,
+        ..Fault::status("/groups/delta", 503, 1)
+    });
+    world.sim.change(|t| {
+        t.expire_delta_tokens();
+        ((), Vec::new())
+    });
+    world.sim.apply(|t| t.add_member(gid(1), uid(6)));
+    assert!(
+        eventually(|| async { failed_mid_paging(&world) }).await,
+        "the resync's members read did not fail mid-paging: {:?}",
+        world.sim.requests()
+    );
+    // Nobody removed (the first page alone lists two of the five), no key deleted or blocked.
+    assert_eq!(world.members(1).await, Some(users(1..=5)));
+    for n in 1..=5 {
+        assert_eq!(
+            key_state(&world, &format!("team-key-{n}")).await,
+            untouched(),
+            "user {n}'s key"
+        );
+    }
+    assert_eq!(deleted_keys(&world).await, 0);
+    assert_eq!(
+        world
+            .count("SELECT count(*) FROM entra_sync_held_removals")
+            .await,
+        0
+    );
+
+    world.sim.clear_faults();
+    converges(
+        &world,
+        15,
+        "resync's members read fails mid-paging",
+        started,
+        &[1],
+    )
+    .await;
+    for n in 1..=5 {
+        assert_eq!(
+            key_state(&world, &format!("team-key-{n}")).await,
+            untouched(),
+            "user {n}'s key"
+        );
+    }
+    assert_eq!(deleted_keys(&world).await, 0);
+    assert!(world.sim.requests().iter().any(|r| r.status == 410));
+}
+
+/// Fault 16's group: group 3, "Bulk", 600 users (1000 to 1599), each with a key for its team.
+const BULK: std::ops::RangeInclusive<u128> = 1000..=1599;
+
+/// Rows of keys in LiteLLM for the bulk group's team, matching `condition`.
+async fn bulk_keys(world: &World, condition: &str) -> i64 {
+    world
+        .count(&format!(
+            r#"SELECT count(*) FROM "LiteLLM_VerificationToken"
+               WHERE team_id = '{}' AND ({condition})"#,
+            gid(3)
+        ))
+        .await
+}
+
+/// The removals held now.
+async fn held(world: &World) -> i64 {
+    world
+        .count("SELECT count(*) FROM entra_sync_held_removals")
+        .await
+}
+
+/// The audit log's entries of this kind.
+async fn audited(world: &World, kind: &str) -> i64 {
+    world
+        .count(&format!(
+            "SELECT count(*) FROM entra_sync_audit_log WHERE kind = '{kind}'"
+        ))
+        .await
+}
+
+/// Fault 16 up to the hold: a worker process syncs group 3's 600 members, each is given a team
+/// key, and then Entra removes all of them at once. The round holds the 600 removals: the
+/// members stay, their keys are blocked, the worker's gauge and the audit log say so. Returns
+/// the worker's metrics URL.
+async fn six_hundred_removals_held(world: &mut World) -> String {
+    world.sim.change(|t| {
+        t.upsert_group(gid(3), "Bulk", None);
+        for n in BULK {
+            t.upsert_user(user(n, true));
+            t.add_member(gid(3), uid(n));
+        }
+        t.assign(gid(3), Uuid::nil()).unwrap();
+        ((), Vec::new())
+    });
+    let worker = world.spawn_worker_process("holder");
+    let metrics = world.metrics_url(worker).await;
+    assert!(
+        eventually_within(Duration::from_secs(120), || async {
+            world.members(3).await == Some(users(BULK))
+        })
+        .await,
+        "the 600 members were not synced"
+    );
+    assert!(eventually(|| async { world.first_round_committed().await }).await);
+    let values: Vec<String> = BULK
+        .map(|n| {
+            format!(
+                "('bulk-{n}', '{}', '{}', ARRAY['gpt-4o'], 0, '{{\"note\": \"kept\"}}')",
+                uid(n),
+                gid(3)
+            )
+        })
+        .collect();
+    world
+        .db
+        .conn()
+        .execute_unprepared(&format!(
+            r#"INSERT INTO "LiteLLM_VerificationToken"
+                 (token, user_id, team_id, models, spend, metadata)
+               VALUES {}"#,
+            values.join(",\n")
+        ))
+        .await
+        .unwrap();
+
+    // All 600 leave group 3 at once (an accidental bulk edit), one notification for them.
+    world.sim.apply(|t| {
+        let mut notices = Vec::new();
+        for n in BULK {
+            notices.extend(t.remove_member(gid(3), uid(n)));
+        }
+        notices.truncate(1);
+        notices
+    });
+    assert!(
+        eventually_within(Duration::from_secs(60), || async {
+            held(world).await == 600
+        })
+        .await,
+        "the 600 removals were not held: {} held",
+        held(world).await
+    );
+    assert!(eventually(|| async { world.unread() == 0 && world.pending() == 0 }).await);
+    assert_eq!(
+        world.members(3).await,
+        Some(users(BULK)),
+        "held members left their team"
+    );
+    let held_keys = "blocked AND metadata->>'entra_sync_blocked' = 'removal_held'";
+    assert_eq!(bulk_keys(world, held_keys).await, 600);
+    assert_eq!(
+        bulk_keys(world, "true").await,
+        600,
+        "a held removal's key was deleted"
+    );
+    assert_eq!(deleted_keys(world).await, 0);
+    assert_eq!(audited(world, "removal_held").await, 600);
+    assert!(
+        eventually(|| async {
+            metric(&scrape_url(&metrics).await, "entra_sync_removals_held") == Some(600.0)
+        })
+        .await,
+        "the gauge does not say 600: {}",
+        scrape_url(&metrics).await
+    );
+    // Group 1 and its keys are none of it.
+    assert_eq!(world.members(1).await, Some(users(1..=5)));
+    metrics
+}
+
+#[tokio::test]
+async fn fault_16_six_hundred_removals_held_then_released() {
+    let mut world = World::new().await;
+    let started = Instant::now();
+    let metrics = six_hundred_removals_held(&mut world).await;
+
+    // The first of them is back in group 3 before a person releases the holds (its
+    // notification has not come yet): the release checks each against Graph.
+    let back = *BULK.start();
+    world.sim.change(|t| {
+        t.add_member(gid(3), uid(back));
+        ((), Vec::new())
+    });
+    let (ok, stderr) = worker_command(&world, &["removals", "release", "--all"]).await;
+    assert!(ok, "removals release failed: {stderr}");
+
+    assert_eq!(world.members(3).await, Some(users(back..=back)));
+    assert_eq!(held(&world).await, 0);
+    assert_eq!(
+        key_state(&world, &format!("bulk-{back}")).await,
+        unblocked(),
+        "the member back in the group has her key blocked"
+    );
+    assert_eq!(
+        bulk_keys(&world, "true").await,
+        1,
+        "the leavers' keys are not deleted"
+    );
+    assert_eq!(deleted_keys(&world).await, 599);
+    let archived = format!(
+        r#"SELECT count(*) FROM "LiteLLM_DeletedVerificationToken"
+           WHERE token LIKE 'bulk-%' AND team_id = '{}' AND token <> 'bulk-{back}'"#,
+        gid(3)
+    );
+    assert_eq!(world.count(&archived).await, 599);
+    assert_eq!(audited(&world, "removal_dropped").await, 1);
+    assert!(
+        eventually(|| async {
+            metric(&scrape_url(&metrics).await, "entra_sync_removals_held") == Some(0.0)
+        })
+        .await,
+        "the gauge still counts held removals"
+    );
+    converges(
+        &world,
+        16,
+        "600 removals held, then released",
+        started,
+        &[1, 3],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn fault_16_six_hundred_removals_held_then_discarded() {
+    let mut world = World::new().await;
+    let started = Instant::now();
+    let metrics = six_hundred_removals_held(&mut world).await;
+
+    // A person discards the holds: the members stay, their keys work again.
+    let (ok, stderr) = worker_command(&world, &["removals", "discard", "--all"]).await;
+    assert!(ok, "removals discard failed: {stderr}");
+    assert_eq!(world.members(3).await, Some(users(BULK)));
+    assert_eq!(held(&world).await, 0);
+    assert_eq!(
+        bulk_keys(
+            &world,
+            "blocked = false AND metadata = '{\"note\": \"kept\"}'::jsonb"
+        )
+        .await,
+        600,
+        "keys still blocked after the discard"
+    );
+    assert_eq!(deleted_keys(&world).await, 0);
+    assert_eq!(audited(&world, "removal_dropped").await, 600);
+    assert!(
+        eventually(|| async {
+            metric(&scrape_url(&metrics).await, "entra_sync_removals_held") == Some(0.0)
+        })
+        .await,
+        "the gauge still counts held removals"
+    );
+
+    // And Entra is put right (the bulk edit undone): LiteLLM had never lost anything.
+    world.sim.apply(|t| {
+        let mut notices = Vec::new();
+        for n in BULK {
+            notices.extend(t.add_member(gid(3), uid(n)));
+        }
+        notices.truncate(1);
+        notices
+    });
+    converges(
+        &world,
+        16,
+        "600 removals held, then discarded",
+        started,
+        &[1, 3],
+    )
+    .await;
+    assert_eq!(deleted_keys(&world).await, 0);
+    assert_eq!(bulk_keys(&world, "blocked = false").await, 600);
+}
+
+#[tokio::test]
+async fn fault_19_a_user_deleted_in_entra_is_departed_on_the_second_answer() {
+    let mut world = World::new().await;
+    // The worker hears of users too (a `users` subscription, as its keeper makes).
+    world
+        .subscription_manager()
+        .ensure(chrono::Utc::now())
+        .await
+        .unwrap();
+    world.start_worker();
+    assert!(eventually(|| async { world.members(1).await == Some(users(1..=5)) }).await);
+    key(&world, "four-team", 4, Some(1)).await;
+    key(&world, "four-personal", 4, None).await;
+    let started = Instant::now();
+
+    // Deleted for good: she leaves group 1 (a removal Graph states, applied at once, her team
+    // key with it), Graph notifies her deletion and answers 404 for her. That is one answer.
+    world.sim.apply(|t| t.delete_user(uid(4)));
+    let user = uid(4).to_string();
+    assert!(
+        eventually(|| async { failed_items(&world, "user", &user).await == 1 }).await,
+        "the deleted user is not waiting for a second answer"
+    );
+    let first_answer = seconds(
+        &world,
+        &format!(
+            "SELECT extract(epoch FROM first_seen_at)::float8
+             FROM entra_sync_deletion_evidence WHERE entra_user_id = '{user}'"
+        ),
+    )
+    .await
+    .expect("the first answer is not recorded");
+    let first_failed = seconds(
+        &world,
+        &format!(
+            "SELECT extract(epoch FROM first_failed_at)::float8
+             FROM entra_sync_failed_items WHERE kind = 'user' AND id = '{user}'"
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(first_answer <= first_failed);
+    assert!(eventually(|| async { world.members(1).await == Some(with(users(1..=3), 5)) }).await);
+    assert_eq!(key_state(&world, "four-team").await, None);
+    assert_eq!(
+        key_state(&world, "four-personal").await,
+        untouched(),
+        "her keys were blocked on the first answer"
+    );
+
+    // The second answer, a minute later at the earliest (waiting is the behaviour here),
+    // confirms the deletion: her keys are blocked.
+    assert!(
+        eventually_within(Duration::from_secs(150), || async {
+            key_state(&world, "four-personal").await
+                == Some((
+                    Some(true),
+                    serde_json::json!({"note": "kept", "entra_sync_blocked": "user_departed"}),
+                ))
+        })
+        .await,
+        "her keys were not blocked after the second answer: {:?}",
+        key_state(&world, "four-personal").await
+    );
+    let blocked_at = seconds(
+        &world,
+        &format!(
+            "SELECT extract(epoch FROM min(recorded_at))::float8 FROM entra_sync_audit_log
+             WHERE kind = 'key_blocked' AND user_id = '{user}'"
+        ),
+    )
+    .await
+    .expect("the block is not in the audit log");
+    assert!(
+        blocked_at - first_answer >= 60.0,
+        "blocked {:.1} s after the first answer",
+        blocked_at - first_answer
+    );
+    assert!(
+        eventually(|| async { failed_items(&world, "user", &user).await == 0 }).await,
+        "the confirmed deletion is still a failed item"
+    );
+    converges(&world, 19, "a user deleted in Entra", started, &[1]).await;
 }
