@@ -35,8 +35,8 @@ pub struct Selection {
     /// Every held removal.
     #[arg(long)]
     pub all: bool,
-    /// A held removal's id; repeat for several.
-    #[arg(long = "id")]
+    /// Held removals' ids (`--id 3 7` or `--id 3 --id 7`).
+    #[arg(long = "id", num_args = 1..)]
     pub ids: Vec<i64>,
 }
 

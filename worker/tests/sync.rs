@@ -1061,3 +1061,60 @@ async fn discarding_holds_never_unblocks_a_key_blocked_for_an_earlier_removal() 
         blocked_for("member_removed")
     );
 }
+
+#[tokio::test]
+async fn the_first_sync_updates_an_existing_users_email_and_empty_alias_as_litellms_sign_in_does() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    // Users LiteLLM made before: one without an alias and with an old email, one with an alias
+    // of an admin's choosing.
+    db.conn()
+        .execute_unprepared(&format!(
+            r#"INSERT INTO "LiteLLM_UserTable" (user_id, sso_user_id, user_email, user_alias, metadata)
+               VALUES ('{two}', '{two}', 'old@contoso.example', NULL, '{{}}'),
+                      ('{three}', '{three}', 'user3@contoso.example', 'Ada', '{{}}')"#,
+            two = uid(2),
+            three = uid(3),
+        ))
+        .await
+        .unwrap();
+
+    let report = syncer.poll_assignments(now()).await.unwrap();
+
+    let two = user::Entity::find_by_id(uid(2).to_string())
+        .one(db.conn())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(two.user_email.as_deref(), Some("user2@contoso.example"));
+    assert_eq!(two.user_alias.as_deref(), Some("User 2"));
+    let three = user::Entity::find_by_id(uid(3).to_string())
+        .one(db.conn())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(three.user_alias.as_deref(), Some("Ada"));
+    assert_eq!(
+        report
+            .changes
+            .list()
+            .iter()
+            .filter(|c| c.kind() == "user_updated")
+            .count(),
+        1,
+        "{:?}",
+        report.changes.list()
+    );
+    let entry = team(&db, 1)
+        .await
+        .unwrap()
+        .members_with_roles
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["user_id"] == uid(2).to_string())
+        .cloned()
+        .unwrap();
+    assert_eq!(entry["user_email"], "user2@contoso.example");
+}

@@ -20,7 +20,7 @@ use super::change::{Change, RemovalReason};
 use super::keys::{self, KeyPlan, RemovedMemberKeys};
 use super::removals::{Removals, StagedRemoval};
 use super::sql::{litellm_timestamp, lock_teams, stmt, text_array};
-use super::users::{self, Candidates, Match, NewUser};
+use super::users::{self, Candidates, Match, NewUser, UserRow};
 use super::{Applied, RemovalMode};
 use crate::directory::EntraUser;
 use crate::error::{Error, Result};
@@ -291,6 +291,9 @@ pub(super) struct Plan {
     organization_members: Vec<String>,
     /// Members whose held removal goes: they stay (Graph lists them again), or they left now.
     drop_holds: Vec<String>,
+    /// Existing users whose email (and empty alias) follow Entra, as LiteLLM's sign-in does:
+    /// (user id, new email, new alias).
+    sign_in: Vec<(String, Option<String>, Option<String>)>,
     pub changes: Vec<Change>,
 }
 
@@ -722,6 +725,7 @@ fn locked_users<'p>(planned: &'p [Planned<'_, '_>]) -> Vec<&'p str> {
                 .iter()
                 .chain(&one.plan.remove_team_from_user)
                 .chain(one.plan.link.iter().map(|(user_id, _)| user_id))
+                .chain(one.plan.sign_in.iter().map(|(user_id, _, _)| user_id))
                 .chain(one.leaving.iter().filter(move |_| keys_locked))
                 .chain(&one.arriving)
                 .chain(&one.plan.drop_holds)
@@ -908,13 +912,25 @@ pub(super) fn plan_join(
             found
         }
         Match::Existing { row, link } => {
-            let row = &candidates.rows[row];
+            let signed_in = signed_in(&candidates.rows[row], user);
+            let row = &mut candidates.rows[row];
             if link {
                 plan.link.push((row.user_id.clone(), user.id.to_string()));
                 plan.changes.push(Change::UserLinked {
                     user_id: row.user_id.clone(),
                     sso_user_id: user.id.to_string(),
                 });
+            }
+            if let Some((email, alias)) = signed_in {
+                // The next team of the batch finds the row as this one leaves it.
+                row.user_email = email.clone().or(row.user_email.take());
+                row.user_alias = alias.clone().or(row.user_alias.take());
+                plan.changes.push(Change::UserUpdated {
+                    user_id: row.user_id.clone(),
+                    user_email: row.user_email.clone(),
+                    user_alias: row.user_alias.clone(),
+                });
+                plan.sign_in.push((row.user_id.clone(), email, alias));
             }
             (
                 row.user_id.clone(),
@@ -966,6 +982,23 @@ pub(super) fn plan_join(
         }
     }
     Ok(Joined { user_id, added })
+}
+
+/// What LiteLLM's own sign-in would change on an existing user's row (`upsert_sso_user`, its
+/// `_build_sso_user_update_data`): the email, to Entra's; the alias only when it has none yet.
+/// `None` when nothing changes; each part `None` when it stays.
+fn signed_in(row: &UserRow, user: &EntraUser) -> Option<(Option<String>, Option<String>)> {
+    let email = user
+        .email()
+        .filter(|email| row.user_email.as_deref() != Some(email.as_str()));
+    let alias = match row.user_alias.as_deref() {
+        Some(alias) if !alias.trim().is_empty() => None,
+        _ => user
+            .display_name
+            .clone()
+            .filter(|name| !name.trim().is_empty()),
+    };
+    (email.is_some() || alias.is_some()).then_some((email, alias))
 }
 
 /// Plans the removal of every trace of one user's membership.
@@ -1036,6 +1069,9 @@ async fn execute(
     let leaving_teams = pairs(planned, |plan| &plan.remove_team_from_user);
     users::create(txn, &created, settings, now).await?;
     users::link(txn, &links, now).await?;
+    let signed_in: Vec<&(String, Option<String>, Option<String>)> =
+        planned.iter().flat_map(|one| &one.plan.sign_in).collect();
+    users::signed_in(txn, &signed_in, now).await?;
     if !joining_teams.is_empty() {
         let (user_ids, team_ids): (Vec<&str>, Vec<&str>) = joining_teams.into_iter().unzip();
         txn.execute(stmt(

@@ -456,6 +456,46 @@ pub(super) async fn link(
     Ok(())
 }
 
+/// Existing users' rows as LiteLLM's sign-in leaves them: (user id, new email, new alias), each
+/// part `None` when it stays. One statement however many.
+pub(super) async fn signed_in(
+    txn: &DatabaseTransaction,
+    users: &[&(String, Option<String>, Option<String>)],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    #[derive(serde::Serialize)]
+    struct Row<'u> {
+        user_id: &'u str,
+        user_email: Option<&'u str>,
+        user_alias: Option<&'u str>,
+    }
+    let rows: Vec<Row> = users
+        .iter()
+        .map(|(user_id, email, alias)| Row {
+            user_id,
+            user_email: email.as_deref(),
+            user_alias: alias.as_deref(),
+        })
+        .collect();
+    let rows = serde_json::to_string(&rows)
+        .map_err(|e| sea_orm::DbErr::Custom(format!("cannot serialise signed-in users: {e}")))?;
+    txn.execute(stmt(
+        r#"UPDATE "LiteLLM_UserTable" AS u
+           SET user_email = coalesce(x.user_email, u.user_email),
+               user_alias = coalesce(x.user_alias, u.user_alias),
+               updated_at = $2
+           FROM jsonb_to_recordset($1::text::jsonb)
+                AS x(user_id text, user_email text, user_alias text)
+           WHERE u.user_id = x.user_id"#,
+        [rows.into(), litellm_timestamp(now).into()],
+    ))
+    .await?;
+    Ok(())
+}
+
 /// Ensures one user exists (created or linked), outside of any team.
 pub(super) async fn ensure(
     txn: &DatabaseTransaction,

@@ -180,10 +180,8 @@ impl Syncer {
         }
         match state {
             Some(state) if state.enabled => {
-                let changes = self
-                    .store
-                    .update_user(&state.user, self.options(now))
-                    .await?;
+                let options = self.options(now);
+                let changes = retrying(|| self.store.update_user(&state.user, options)).await?;
                 if self.excluded.contains(id) {
                     self.store
                         .set_departed(id, false, self.options(now))
