@@ -204,6 +204,12 @@ async fn a_scim_user_is_matched_by_email_and_given_its_sso_user_id() {
                 user_id: "user1@contoso.com".into(),
                 sso_user_id: alice.id.to_string()
             },
+            // As LiteLLM's sign-in leaves the row: its email normalised, its empty alias filled.
+            Change::UserUpdated {
+                user_id: "user1@contoso.com".into(),
+                user_email: Some("user1@contoso.com".into()),
+                user_alias: Some("User 1".into()),
+            },
             Change::MemberAdded {
                 team_id: g.to_string(),
                 user_id: "user1@contoso.com".into()
@@ -212,6 +218,8 @@ async fn a_scim_user_is_matched_by_email_and_given_its_sso_user_id() {
     );
     let row = user_row(db.conn(), "user1@contoso.com").await;
     assert_eq!(row.sso_user_id.as_deref(), Some(alice.id.as_str()));
+    assert_eq!(row.user_email.as_deref(), Some("user1@contoso.com"));
+    assert_eq!(row.user_alias.as_deref(), Some("User 1"));
     assert_eq!(row.teams.as_deref(), Some(&[g.to_string()][..]));
     assert_eq!(row.spend, 3.5);
     assert_eq!(row.metadata, serde_json::json!({"scim": true}));

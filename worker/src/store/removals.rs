@@ -222,11 +222,7 @@ pub(super) async fn hold(
         .iter()
         .map(|r| (r.team_id.as_str(), r.user_id.as_str()))
         .collect();
-    lock_users_of(txn, &pairs).await?;
-    let found = keys::lock_member_keys(txn, &pairs).await?;
-    let mut plan = KeyPlan::default();
-    plan.hold(&found);
-    let stale = plan.execute(txn, now).await?;
+    let (mut plan, stale) = revise_keys(txn, &pairs, now, |plan, keys| plan.hold(keys)).await?;
     // Each held row remembers the keys blocked for it.
     let blocked: Vec<(&str, &str, &str)> = plan
         .changes
@@ -261,12 +257,24 @@ pub(super) async fn hold(
     Ok((changes, stale))
 }
 
-/// The store's lock order: the user rows of these (team, user) pairs before their keys.
-async fn lock_users_of(txn: &DatabaseTransaction, pairs: &[(&str, &str)]) -> Result<()> {
+/// The keys of these (team, user) pairs, locked in the store's order (the users' rows, then
+/// the keys), planned by `revise` and written. Returns the plan (its changes) and the cache keys
+/// it made stale.
+async fn revise_keys(
+    txn: &DatabaseTransaction,
+    pairs: &[(&str, &str)],
+    now: DateTime<Utc>,
+    revise: impl FnOnce(&mut KeyPlan, &[keys::KeyRow]),
+) -> Result<(KeyPlan, Vec<String>)> {
     let mut users: Vec<&str> = pairs.iter().map(|(_, user)| *user).collect();
     users.sort_unstable();
     users.dedup();
-    super::users::lock_users(txn, &users).await
+    super::users::lock_users(txn, &users).await?;
+    let found = keys::lock_member_keys(txn, pairs).await?;
+    let mut plan = KeyPlan::default();
+    revise(&mut plan, &found);
+    let stale = plan.execute(txn, now).await?;
+    Ok((plan, stale))
 }
 
 /// Drops these holds (a person discarded them, or Graph lists the members again): the held rows
@@ -299,11 +307,7 @@ pub(super) async fn drop_holds(
         .iter()
         .map(|d| (d.group_id.as_str(), d.user_id.as_str()))
         .collect();
-    lock_users_of(txn, &pairs).await?;
-    let found = keys::lock_member_keys(txn, &pairs).await?;
-    let mut plan = KeyPlan::default();
-    plan.unheld(&found);
-    let stale = plan.execute(txn, now).await?;
+    let (mut plan, stale) = revise_keys(txn, &pairs, now, |plan, keys| plan.unheld(keys)).await?;
     let mut changes: Vec<Change> = dropped
         .into_iter()
         .map(|d| Change::RemovalDropped {

@@ -29,7 +29,8 @@ pub struct AssignmentReport {
 /// Users whose roles are written in one transaction.
 const ROLE_BATCH: usize = 1_000;
 
-fn group_id(assignment: &AppRoleAssignment) -> Option<GroupId> {
+/// The group an assignment assigns, if it assigns one.
+pub(super) fn group_id(assignment: &AppRoleAssignment) -> Option<GroupId> {
     (assignment.principal_type == "Group")
         .then(|| GroupId::parse(&assignment.principal_id).ok())
         .flatten()

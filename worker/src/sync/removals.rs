@@ -288,9 +288,8 @@ impl Syncer {
             .graph
             .app_role_assignments()
             .await?
-            .into_iter()
-            .filter(|assignment| assignment.principal_type == "Group")
-            .filter_map(|assignment| GroupId::parse(&assignment.principal_id).ok())
+            .iter()
+            .filter_map(super::assignments::group_id)
             .collect();
         let groups: Vec<GroupId> = held
             .iter()
@@ -304,11 +303,7 @@ impl Syncer {
         let mut staying = Vec::new();
         for hold in held {
             let group = GroupId::parse(&hold.team_id).ok();
-            let user = hold
-                .entra_user_id
-                .as_deref()
-                .or(Some(hold.user_id.as_str()))
-                .and_then(|id| UserId::parse(id).ok());
+            let user = UserId::parse(hold.entra_user_id.as_deref().unwrap_or(&hold.user_id)).ok();
             let decision = match (&group, &user) {
                 (Some(group), Some(user)) if assigned.contains(group) => match members.get(group) {
                     Some(Ok(listed)) => Ok(listed.contains(user) && self.included(user)),
@@ -321,24 +316,20 @@ impl Syncer {
             };
             match decision {
                 Ok(true) => staying.push((hold.team_id, hold.user_id)),
-                Ok(false) => leaving.push(staged_from(hold)),
+                Ok(false) => leaving.push((hold.id, staged_from(hold))),
                 Err(error) => report.still_held.push((hold.team_id, error)),
             }
         }
-        let releasing = leaving.len();
+        let releasing: Vec<i64> = leaving.iter().map(|(id, _)| *id).collect();
+        let leaving: Vec<StagedRemoval> = leaving.into_iter().map(|(_, removal)| removal).collect();
         for batch in team_batches(leaving) {
             report
                 .changes
                 .add(self.settle_batch(&batch, false, now).await?);
         }
         // A team that failed on its own keeps its holds (and is retried as a failed item).
-        let failed = self
-            .store
-            .held_removals(ids)
-            .await?
-            .len()
-            .saturating_sub(staying.len() + report.still_held.len());
-        report.released = releasing.saturating_sub(failed);
+        let kept = self.store.held_removals(Some(&releasing)).await?.len();
+        report.released = releasing.len() - kept.min(releasing.len());
         for batch in staying.chunks(BATCH_REMOVALS) {
             let made = self.store.drop_holds(batch, self.options(now)).await?;
             report.dropped += count_dropped(&made);
