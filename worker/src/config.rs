@@ -96,6 +96,16 @@ pub struct WorkerConfig {
     #[arg(long, env = "ENTRA_SYNC_RECONCILE_SECONDS", default_value_t = 21_600)]
     pub reconcile_seconds: u64,
 
+    /// Seconds between re-reads of the users entra-sync holds as departed (one getByIds request
+    /// per thousand): one enabled again whose notification was lost comes back within this long.
+    /// 0 turns them off.
+    #[arg(
+        long,
+        env = "ENTRA_SYNC_DEPARTED_RECHECK_SECONDS",
+        default_value_t = 300
+    )]
+    pub departed_recheck_seconds: u64,
+
     /// Days the audit log keeps its entries; older ones are deleted (by one replica, in batches,
     /// every hour). 0 keeps them for ever.
     #[arg(long, env = "ENTRA_SYNC_AUDIT_RETENTION_DAYS", default_value_t = 365)]
@@ -201,6 +211,8 @@ pub struct Intervals {
     pub claim_idle: Duration,
     /// `None`: reconciliations only on demand.
     pub reconcile: Option<Duration>,
+    /// `None`: departed users are read again only by reconciliations and notifications.
+    pub departed_recheck: Option<Duration>,
     pub subscription_check: Duration,
     /// How long the subscription lease lasts: three checks, so that it passes to another
     /// replica only after its holder missed several.
@@ -225,6 +237,10 @@ impl WorkerConfig {
             reconcile: match self.reconcile_seconds {
                 0 => None,
                 seconds => Some(interval("ENTRA_SYNC_RECONCILE_SECONDS", seconds)?),
+            },
+            departed_recheck: match self.departed_recheck_seconds {
+                0 => None,
+                seconds => Some(interval("ENTRA_SYNC_DEPARTED_RECHECK_SECONDS", seconds)?),
             },
             subscription_check,
             subscription_lease,

@@ -28,8 +28,12 @@ impl EntraUser {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserState {
     pub user: EntraUser,
-    /// `accountEnabled`: a disabled account cannot sign in, and loses its memberships.
+    /// `accountEnabled`: a disabled account cannot sign in, and loses its memberships. An
+    /// answer that does not say counts as enabled.
     pub enabled: bool,
+    /// The answer said `accountEnabled: true`: evidence enough that a user entra-sync holds as
+    /// departed is back (an answer that does not say is not).
+    pub confirmed_enabled: bool,
 }
 
 #[cfg(test)]

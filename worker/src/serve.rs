@@ -189,6 +189,7 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
             poll_interval: intervals.poll,
             max_deliveries: config.max_deliveries,
             reconcile_interval: intervals.reconcile,
+            departed_recheck: intervals.departed_recheck,
             audit_retention: config.audit_retention(),
             subscription_keeper: Some(KeeperSettings {
                 check: intervals.subscription_check,

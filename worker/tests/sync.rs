@@ -1118,3 +1118,133 @@ async fn the_first_sync_updates_an_existing_users_email_and_empty_alias_as_litel
         .unwrap();
     assert_eq!(entry["user_email"], "user2@contoso.example");
 }
+
+// What Graph says now wins over what entra-sync remembers (issue 22).
+
+/// User 3 disabled (departed: out of the team, keys blocked), then enabled in Entra without a
+/// notification reaching entra-sync.
+async fn departed_then_enabled_silently(
+    sim: &GraphSim,
+    db: &TestDatabase,
+    syncer: &Syncer,
+    t0: chrono::DateTime<chrono::Utc>,
+) {
+    syncer.poll_assignments(t0).await.unwrap();
+    key(db, "three-personal", 3, None).await;
+    sim.apply(|t| t.upsert_user(user(3, false)));
+    let three = UserId::parse(&uid(3).to_string()).unwrap();
+    syncer
+        .refresh_users(std::slice::from_ref(&three), &Default::default(), t0)
+        .await
+        .unwrap();
+    assert_eq!(
+        count(db, "SELECT count(*) FROM entra_sync_departed_users").await,
+        1
+    );
+    assert!(!members(db, 1).await.contains(&uid(3).to_string()));
+    assert_eq!(
+        key_state(db, "three-personal").await,
+        blocked_for("user_departed")
+    );
+    // Enabled again; the `users` notification is lost.
+    sim.change(|t| {
+        t.upsert_user(user(3, true));
+        ((), Vec::new())
+    });
+}
+
+#[tokio::test]
+async fn a_departed_user_a_later_group_read_finds_enabled_is_restored_at_once() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    let t0 = now();
+    departed_then_enabled_silently(&sim, &db, &syncer, t0).await;
+
+    // Research is assigned: the poll reads its members, which says user 3 is enabled.
+    sim.change(|t| {
+        t.assign(gid(2), Uuid::nil()).unwrap();
+        ((), Vec::new())
+    });
+    let t1 = t0 + chrono::Duration::seconds(1);
+    syncer.poll_assignments(t1).await.unwrap();
+
+    assert!(members(&db, 2).await.contains(&uid(3).to_string()));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entra_sync_departed_users").await,
+        0
+    );
+    assert_eq!(key_state(&db, "three-personal").await, unblocked());
+    // The next round reads every assigned group whole: she is back in Engineering's team too.
+    syncer
+        .delta_round(t1 + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    assert!(members(&db, 1).await.contains(&uid(3).to_string()));
+}
+
+#[tokio::test]
+async fn a_read_older_than_the_departure_does_not_bring_the_user_back() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    let t0 = now();
+    departed_then_enabled_silently(&sim, &db, &syncer, t0).await;
+    sim.change(|t| {
+        t.assign(gid(2), Uuid::nil()).unwrap();
+        ((), Vec::new())
+    });
+
+    // A unit that started before the departure was read (its clock behind it) proves nothing.
+    syncer
+        .poll_assignments(t0 - chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+
+    assert!(!members(&db, 2).await.contains(&uid(3).to_string()));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entra_sync_departed_users").await,
+        1
+    );
+    assert_eq!(
+        key_state(&db, "three-personal").await,
+        blocked_for("user_departed")
+    );
+}
+
+#[tokio::test]
+async fn the_departed_users_recheck_brings_back_one_whose_enabling_was_never_notified() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    let t0 = now();
+    departed_then_enabled_silently(&sim, &db, &syncer, t0).await;
+    // User 4 is disabled too, and stays so.
+    sim.change(|t| {
+        t.upsert_user(user(4, false));
+        ((), Vec::new())
+    });
+    let four = UserId::parse(&uid(4).to_string()).unwrap();
+    syncer
+        .refresh_users(std::slice::from_ref(&four), &Default::default(), t0)
+        .await
+        .unwrap();
+    let requests = sim.count("/directoryObjects/getByIds");
+
+    let t1 = t0 + chrono::Duration::seconds(300);
+    syncer.recheck_departed(t1).await.unwrap();
+
+    assert_eq!(sim.count("/directoryObjects/getByIds"), requests + 1);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entra_sync_departed_users").await,
+        1
+    );
+    assert_eq!(key_state(&db, "three-personal").await, unblocked());
+    syncer
+        .delta_round(t1 + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    let mut back = users_named(1..=5);
+    back.retain(|u| *u != uid(4).to_string());
+    assert_eq!(members(&db, 1).await, back);
+}

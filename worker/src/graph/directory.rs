@@ -92,7 +92,11 @@ impl GraphClient {
     /// not replicated yet: the answer does not say which).
     #[tracing::instrument(skip(self, ids), fields(ids = ids.len()), err(level = "debug"))]
     pub async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<UserState>> {
-        let url = self.inner.url("directoryObjects/getByIds");
+        // Only a subset of a user's properties comes back by default: `accountEnabled` must be
+        // asked for.
+        let url = self
+            .inner
+            .url(&format!("directoryObjects/getByIds?$select={USER_SELECT}"));
         let mut users = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(GET_BY_IDS_CHUNK) {
             let body = json!({ "ids": chunk, "types": ["user"] });

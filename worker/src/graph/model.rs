@@ -63,11 +63,20 @@ impl DirectoryObject {
         self.into_user()
     }
 
+    /// The user and whether the account is enabled, when this is a user (a members read).
+    pub fn into_member_state(self) -> Option<crate::directory::UserState> {
+        if self.kind() != ObjectKind::User {
+            return None;
+        }
+        self.into_user_state()
+    }
+
     /// The user and whether the account is enabled, for an object read from `/users` (which
     /// carries no `@odata.type`).
     pub fn into_user_state(self) -> Option<crate::directory::UserState> {
         Some(crate::directory::UserState {
             enabled: self.account_enabled.unwrap_or(true),
+            confirmed_enabled: self.account_enabled == Some(true),
             user: EntraUser {
                 id: entity::UserId::parse(&self.id).ok()?,
                 user_principal_name: self.user_principal_name,

@@ -45,6 +45,8 @@ pub struct RunSettings {
     pub reconcile_check: Duration,
     /// How often the worker looks for failed items due for another attempt.
     pub retry_check: Duration,
+    /// How often the users entra-sync holds as departed are read again; `None`: never.
+    pub departed_recheck: Option<Duration>,
     /// How long audit entries are kept; `None`: for ever.
     pub audit_retention: Option<Duration>,
     /// How often the subscription keeper checks the subscriptions, and how long its lease lasts
@@ -68,7 +70,9 @@ impl Default for RunSettings {
             trim_interval: Duration::from_secs(60),
             reconcile_interval: Some(Duration::from_secs(6 * 3600)),
             reconcile_check: Duration::from_secs(60),
-            retry_check: Duration::from_secs(15),
+            // Failed items are first retried 5 s after they failed.
+            retry_check: Duration::from_secs(5),
+            departed_recheck: Some(Duration::from_secs(300)),
             audit_retention: Some(Duration::from_secs(365 * 86_400)),
             subscription_keeper: None,
         }
@@ -139,6 +143,9 @@ impl Worker {
         tasks.spawn(periodic::retry_failed_items(context.clone()));
         if let Some(interval) = context.settings.reconcile_interval {
             tasks.spawn(periodic::reconcile(context.clone(), interval));
+        }
+        if let Some(interval) = context.settings.departed_recheck {
+            tasks.spawn(periodic::recheck_departed(context.clone(), interval));
         }
         tasks.spawn(periodic::housekeeping(context.clone(), housekeeper));
         if let Some(retention) = context.settings.audit_retention {

@@ -74,6 +74,21 @@ fn from_now(wait: Duration) -> String {
         )
 }
 
+/// Reads the users entra-sync holds as departed again every `interval` (the first time after
+/// one interval): one enabled again whose notification was lost comes back within it.
+pub(super) async fn recheck_departed(context: Context, interval: Duration) {
+    every(&context, interval, interval, || async {
+        match context.syncer.recheck_departed(chrono::Utc::now()).await {
+            Ok(changes) => context.metrics.count_changes(&changes),
+            Err(crate::Error::LeaseBusy { .. }) => {}
+            Err(error) => {
+                tracing::warn!(%error, ?interval, "cannot read the departed users again; trying at the next interval")
+            }
+        }
+    })
+    .await;
+}
+
 /// How often audit entries past their retention are looked for.
 const AUDIT_PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 

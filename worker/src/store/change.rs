@@ -342,6 +342,8 @@ pub enum Cause {
     Reconciliation,
     /// Users re-read after `users` notifications (or after notifications were missed).
     UserNotification,
+    /// The users held as departed, read again (`ENTRA_SYNC_DEPARTED_RECHECK_SECONDS`).
+    DepartedRecheck,
     /// Held removals a person released (`removals release`), each checked against Graph again.
     RemovalRelease,
     /// Held removals a person discarded (`removals discard`).
@@ -356,6 +358,7 @@ impl Cause {
             Self::AssignmentPoll => "assignment_poll",
             Self::Reconciliation => "reconciliation",
             Self::UserNotification => "user_notification",
+            Self::DepartedRecheck => "departed_recheck",
             Self::RemovalRelease => "removal_release",
             Self::RemovalDiscard => "removal_discard",
         }

@@ -145,43 +145,63 @@ impl Store {
         Ok(())
     }
 
-    /// Users entra-sync saw disabled or deleted in Entra.
-    pub async fn departed_users(&self) -> Result<HashSet<UserId>> {
+    /// Forgets where the groups' delta query resumes: the next round reads every assigned group
+    /// whole (a user back from a departure rejoins the teams of every group they are in).
+    pub async fn forget_delta_link(&self, options: ApplyOptions) -> Result<()> {
+        let Some(txn) = self.state_transaction(options).await? else {
+            return Ok(());
+        };
+        delta_link::Entity::delete_by_id(GROUPS.to_owned())
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Users entra-sync saw disabled or deleted in Entra, with when the last read that said so
+    /// was made.
+    pub async fn departed_users(&self) -> Result<HashMap<UserId, DateTime<Utc>>> {
         #[derive(FromQueryResult)]
         struct Row {
             entra_user_id: String,
+            since: DateTime<Utc>,
         }
         Ok(Row::find_by_statement(stmt(
-            "SELECT entra_user_id FROM entra_sync_departed_users",
+            "SELECT entra_user_id, since FROM entra_sync_departed_users",
             [],
         ))
         .all(&self.db)
         .await?
         .into_iter()
-        .filter_map(|row| UserId::parse(&row.entra_user_id).ok())
+        .filter_map(|row| Some((UserId::parse(&row.entra_user_id).ok()?, row.since)))
         .collect())
     }
 
-    /// Remembers that a user was disabled or deleted in Entra (`departed`), or is back.
+    /// Remembers that a read made at `options.now` found the user disabled or deleted in Entra
+    /// (`departed`), or enabled. The newer read wins: a departure read after the user was read
+    /// as enabled stands, and an enabled read older than the departure's changes nothing.
+    /// Returns whether the user was departed and is back.
     pub async fn set_departed(
         &self,
         user: &UserId,
         departed: bool,
         options: ApplyOptions,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let Some(txn) = self.state_transaction(options).await? else {
-            return Ok(());
+            return Ok(false);
         };
         let sql = if departed {
             "INSERT INTO entra_sync_departed_users (entra_user_id, since) VALUES ($1, $2)
-             ON CONFLICT (entra_user_id) DO NOTHING"
+             ON CONFLICT (entra_user_id) DO UPDATE
+               SET since = greatest(entra_sync_departed_users.since, excluded.since)"
         } else {
-            "DELETE FROM entra_sync_departed_users WHERE entra_user_id = $1 AND $2 IS NOT NULL"
+            "DELETE FROM entra_sync_departed_users WHERE entra_user_id = $1 AND since < $2"
         };
-        txn.execute(stmt(sql, [user.to_string().into(), options.now.into()]))
+        let done = txn
+            .execute(stmt(sql, [user.to_string().into(), options.now.into()]))
             .await?;
         txn.commit().await?;
-        Ok(())
+        Ok(!departed && done.rows_affected() > 0)
     }
 
     /// The groups in whose teams entra-sync manages a membership of this Entra user.

@@ -250,9 +250,8 @@ impl Syncer {
             };
             match assignment.principal_type.as_str() {
                 "User" => {
-                    if let Ok(user) = UserId::parse(&assignment.principal_id)
-                        && self.included(&user)
-                    {
+                    // Departed or not, read below: what the read says decides.
+                    if let Ok(user) = UserId::parse(&assignment.principal_id) {
                         values.entry(user).or_default().push(value.clone());
                     }
                 }
@@ -277,8 +276,9 @@ impl Syncer {
             };
             for user in members
                 .into_iter()
-                .filter_map(|o| o.into_enabled_user())
-                .filter(|user| self.included(&user.id))
+                .filter_map(|o| o.into_member_state())
+                .filter(|state| self.admits(state))
+                .map(|state| state.user)
             {
                 values
                     .entry(user.id.clone())
@@ -296,10 +296,12 @@ impl Syncer {
         let mut unreadable: HashSet<UserId> = unknown.iter().cloned().collect();
         for state in self.graph.users_by_ids(&unknown).await? {
             unreadable.remove(&state.user.id);
-            if state.enabled {
+            if self.admits(&state) {
                 known_users.insert(state.user.id.clone(), state.user);
             }
         }
+        // Departed users Graph could not read stay out (their roles go, as before).
+        unreadable.retain(|user| self.included(user));
         if !unreadable.is_empty() {
             // Assigned, but not readable yet (replication lag): their roles stay as they are
             // and are worked out again at the next poll.

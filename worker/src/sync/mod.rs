@@ -18,13 +18,14 @@ mod round;
 mod tasks;
 mod users;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use entity::{GroupId, UserId};
 
+use crate::directory::UserState;
 use crate::error::Result;
 use crate::graph::GraphClient;
 use crate::store::lease::{Fence, Lease};
@@ -135,10 +136,12 @@ pub struct Syncer {
     owners_as_admins: bool,
     /// Plan every change and write nothing: neither LiteLLM's tables nor entra-sync's state.
     dry_run: bool,
-    /// Users disabled or deleted in Entra (they may still be group members there): given no team
-    /// and no role on any path. Loaded at the start of each unit of work; a reconciliation adds
-    /// the tenant's disabled users, so that it does not add what it then takes away.
-    excluded: Arc<HashSet<UserId>>,
+    /// Users disabled or deleted in Entra (they may still be group members there), with when
+    /// the read that said so was made: given no team and no role on any path, unless a read of
+    /// this unit of work, newer than that, says they are enabled ([`Self::admits`]). Loaded at
+    /// the start of each unit of work; a reconciliation adds the tenant's disabled users, so that
+    /// it does not add what it then takes away.
+    excluded: Arc<HashMap<UserId, DateTime<Utc>>>,
     /// Items failing at the start of this unit of work, cleared when they succeed.
     failing: Arc<HashSet<Item>>,
     /// Whether reports list their changes, or only count them (see [`Changes`]).
@@ -200,13 +203,13 @@ impl Syncer {
             return work(self.clone()).await;
         }
         if self.dry_run {
-            let unit = self.within_unit(None, cause).await?;
+            let unit = self.within_unit(None, cause, now).await?;
             return unit.run_unit(now, work).await;
         }
         let _turn = self.turn.lock().await;
         self.lease
             .hold(self.patience, |fence| async move {
-                let unit = self.within_unit(Some(fence), cause).await?;
+                let unit = self.within_unit(Some(fence), cause, now).await?;
                 unit.run_unit(now, work).await
             })
             .await
@@ -214,11 +217,16 @@ impl Syncer {
 
     /// The syncer for one unit of work: its fence, cause and number, the users to leave out, the
     /// failing items.
-    async fn within_unit(&self, fence: Option<Fence>, cause: Cause) -> Result<Self> {
+    async fn within_unit(
+        &self,
+        fence: Option<Fence>,
+        cause: Cause,
+        now: DateTime<Utc>,
+    ) -> Result<Self> {
         Ok(Self {
             fence,
             cause: Some(cause),
-            unit: Some(Arc::new(removals::Unit::new(self.store.new_unit()))),
+            unit: Some(Arc::new(removals::Unit::new(self.store.new_unit(), now))),
             excluded: Arc::new(self.store.departed_users().await?),
             failing: Arc::new(self.store.failing_items().await?),
             ..self.clone()
@@ -331,8 +339,8 @@ impl Syncer {
     }
 
     /// The same syncer, leaving exactly these users out of every team and role (a
-    /// reconciliation, which knows every account's state).
-    fn excluding(&self, users: HashSet<UserId>) -> Self {
+    /// reconciliation, which knows every account's state), each as of the time given.
+    fn excluding(&self, users: HashMap<UserId, DateTime<Utc>>) -> Self {
         Self {
             excluded: Arc::new(users),
             ..self.clone()
@@ -342,7 +350,32 @@ impl Syncer {
     /// Whether a user may hold a team or a role: not disabled or deleted in Entra (unless the
     /// departed-user policy keeps such users where they are).
     fn included(&self, user: &UserId) -> bool {
-        self.departed_policy == DepartedUserPolicy::Keep || !self.excluded.contains(user)
+        self.departed_policy == DepartedUserPolicy::Keep || !self.excluded.contains_key(user)
+    }
+
+    /// Whether a user this unit of work read may hold a team or a role: enabled, and not
+    /// departed, or departed before this read, which says the account is enabled: what Graph
+    /// says now wins over what entra-sync remembers, and the user is restored at the unit's end
+    /// (see `Syncer::finish_unit`). A read that does not say whether the account is enabled
+    /// brings nobody back.
+    fn admits(&self, state: &UserState) -> bool {
+        if !state.enabled {
+            return false;
+        }
+        if self.included(&state.user.id) {
+            return true;
+        }
+        let read_after = match (&self.unit, self.excluded.get(&state.user.id)) {
+            (Some(unit), Some(since)) => unit.started > *since,
+            _ => false,
+        };
+        if read_after && state.confirmed_enabled {
+            if let Some(unit) = &self.unit {
+                unit.restore(state.user.clone());
+            }
+            return true;
+        }
+        false
     }
 
     /// What happens to the memberships of a user deleted or disabled in Entra.

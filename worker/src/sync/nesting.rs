@@ -26,7 +26,8 @@ pub enum Membership {
 }
 
 impl Syncer {
-    /// The group's members as [`Membership`] counts them (enabled, not departed), read whole.
+    /// The group's members as [`Membership`] counts them (enabled, not departed unless the read
+    /// says they are back), read whole.
     pub(super) async fn members_of(
         &self,
         group: &GroupId,
@@ -38,8 +39,9 @@ impl Syncer {
                 .group_members(group, false)
                 .await?
                 .into_iter()
-                .filter_map(|object| object.into_enabled_user())
-                .filter(|user| self.included(&user.id))
+                .filter_map(|object| object.into_member_state())
+                .filter(|state| self.admits(state))
+                .map(|state| state.user)
                 .collect()),
             Membership::Transitive => self.transitive_members(group, now).await,
         }
@@ -58,7 +60,7 @@ impl Syncer {
         for object in objects {
             match object.kind() {
                 ObjectKind::Group => nested.extend(GroupId::parse(&object.id).ok()),
-                ObjectKind::User => users.extend(object.into_enabled_user()),
+                ObjectKind::User => users.extend(object.into_member_state()),
                 ObjectKind::Other => {}
             }
         }
@@ -67,7 +69,8 @@ impl Syncer {
             .await?;
         Ok(users
             .into_iter()
-            .filter(|user| self.included(&user.id))
+            .filter(|state| self.admits(state))
+            .map(|state| state.user)
             .collect())
     }
 

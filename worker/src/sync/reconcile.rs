@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use entity::UserId;
 
@@ -75,17 +75,17 @@ impl Syncer {
         // again is let back in at once.
         let tenant = self.graph.all_users().await?;
         let in_tenant: HashSet<&UserId> = tenant.iter().map(|state| &state.user.id).collect();
-        let mut excluded: HashSet<UserId> = self
+        let mut excluded: HashMap<UserId, DateTime<Utc>> = self
             .excluded
             .iter()
-            .filter(|user| !in_tenant.contains(user))
-            .cloned()
+            .filter(|(user, _)| !in_tenant.contains(user))
+            .map(|(user, since)| (user.clone(), *since))
             .collect();
         excluded.extend(
             tenant
                 .iter()
                 .filter(|state| !state.enabled)
-                .map(|state| state.user.id.clone()),
+                .map(|state| (state.user.id.clone(), now)),
         );
         let syncer = self.excluding(excluded);
         let assignments = syncer.poll_locked(now, PollScope::Everything).await?;

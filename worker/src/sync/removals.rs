@@ -5,12 +5,14 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 use entity::{GroupId, UserId};
 
 use super::assignments::AssignmentReport;
 use super::{Membership, ReconcileReport, RoundReport, Syncer};
+use crate::directory::EntraUser;
 use crate::error::Result;
 use crate::graph::model::{DirectoryObject, ObjectKind};
 use crate::store::{
@@ -30,16 +32,28 @@ const BATCH_REMOVALS: usize = 2_500;
 #[derive(Debug)]
 pub(super) struct Unit {
     pub id: UnitId,
+    /// When it started: its reads are newer than anything remembered from before.
+    pub started: DateTime<Utc>,
     /// The deltaLink to store once the unit's removals are settled: stored before, it would let
     /// a failed settlement's removals fall out of every later round.
     delta_link: Mutex<Option<String>>,
+    /// Departed users one of its reads found enabled, to restore at its end.
+    restoring: Mutex<HashMap<UserId, EntraUser>>,
+    /// A departed user came back in this unit: every group they are in must be read again.
+    restored: AtomicBool,
+    /// It read every assigned group whole (a resync): nothing needs reading again for them.
+    resynced: AtomicBool,
 }
 
 impl Unit {
-    pub fn new(id: UnitId) -> Self {
+    pub fn new(id: UnitId, started: DateTime<Utc>) -> Self {
         Self {
             id,
+            started,
             delta_link: Mutex::new(None),
+            restoring: Mutex::default(),
+            restored: AtomicBool::new(false),
+            resynced: AtomicBool::new(false),
         }
     }
 
@@ -47,6 +61,27 @@ impl Unit {
         self.delta_link
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn restoring(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, EntraUser>> {
+        self.restoring
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A departed user a read found enabled: restored at the unit's end.
+    pub fn restore(&self, user: EntraUser) {
+        self.restoring().insert(user.id.clone(), user);
+    }
+
+    /// A departed user is back (their departure forgotten).
+    pub fn note_restored(&self) {
+        self.restored.store(true, Ordering::Relaxed);
+    }
+
+    /// The unit read every assigned group whole.
+    pub fn note_resynced(&self) {
+        self.resynced.store(true, Ordering::Relaxed);
     }
 }
 
@@ -144,12 +179,41 @@ impl Syncer {
         }
     }
 
-    /// The end of a unit of work: its staged removals applied or held, then its deltaLink
-    /// stored.
+    /// The end of a unit of work: departed users its reads found enabled restored, its staged
+    /// removals applied or held, then its deltaLink stored; or, when a departed user came back
+    /// and the unit did not read every group whole, forgotten, so that the next round reads
+    /// every assigned group and they rejoin the teams of all the groups they are in.
     pub(super) async fn finish_unit(&self, now: DateTime<Utc>) -> Result<Vec<Change>> {
-        let changes = self.settle_removals(now).await?;
-        let link = self.unit.as_ref().and_then(|unit| unit.delta_link().take());
-        if let Some(link) = link {
+        let Some(unit) = &self.unit else {
+            return Ok(Vec::new());
+        };
+        let restoring: Vec<EntraUser> = unit.restoring().drain().map(|(_, user)| user).collect();
+        let mut changes = Vec::new();
+        for user in restoring {
+            let state = crate::directory::UserState {
+                user,
+                enabled: true,
+                confirmed_enabled: true,
+            };
+            let outcome = self.apply_user(&state.user.id, Some(&state), now).await;
+            changes.extend(
+                self.settle_item(Item::User(state.user.id.clone()), outcome, now)
+                    .await?,
+            );
+        }
+        changes.extend(self.settle_removals(now).await?);
+        let link = unit.delta_link().take();
+        let restored = unit.restored.swap(false, Ordering::Relaxed);
+        if restored {
+            // Roles come back with the user too.
+            self.store.mark_roles_stale(None, self.options(now)).await?;
+        }
+        if restored && !unit.resynced.load(Ordering::Relaxed) {
+            tracing::info!(
+                "a departed user is back: every assigned group is read whole at the next round"
+            );
+            self.store.forget_delta_link(self.options(now)).await?;
+        } else if let Some(link) = link {
             self.store.save_delta_link(&link, self.options(now)).await?;
         }
         Ok(changes)

@@ -284,6 +284,9 @@ impl Syncer {
     /// harmless).
     pub(super) async fn resync(&self, now: DateTime<Utc>) -> Result<RoundReport> {
         let latest = self.graph.groups_delta(DeltaStart::Latest).await?;
+        if let Some(unit) = &self.unit {
+            unit.note_resynced();
+        }
         if self.membership == Membership::Direct {
             // Left from transitive membership: nothing reads it now.
             self.store.forget_nesting(self.options(now)).await?;
@@ -499,9 +502,10 @@ impl Syncer {
             .collect())
     }
 
-    /// The members a delta adds: those who may join (enabled, not departed), and those Graph
-    /// could not read (replication lag), who are neither added nor taken for leavers. A
-    /// disabled account, or a user entra-sync holds as departed, is neither.
+    /// The members a delta adds: those who may join (enabled, and not departed unless this
+    /// read says they are back, see [`Syncer::admits`]), and those Graph could not read
+    /// (replication lag), who are neither added nor taken for leavers. A disabled account, or a
+    /// user entra-sync holds as departed, is neither.
     fn joining(&self, delta: &GroupDelta, users: &HashMap<UserId, UserState>) -> Members {
         let mut members = Members::default();
         for id in delta
@@ -510,13 +514,11 @@ impl Syncer {
             .filter(|m| m.kind == ObjectKind::User)
             .filter_map(|m| UserId::parse(&m.id).ok())
         {
-            if !self.included(&id) {
-                continue;
-            }
             match users.get(&id) {
-                Some(state) if state.enabled => members.joining.push(state.user.clone()),
+                Some(state) if self.admits(state) => members.joining.push(state.user.clone()),
                 Some(_) => {}
-                None => members.unreadable.push(id),
+                None if self.included(&id) => members.unreadable.push(id),
+                None => {}
             }
         }
         members

@@ -45,7 +45,7 @@ impl Syncer {
             }
             // A departed user may be back, and roles come back with them: worked out again at
             // the next poll.
-            let departed_among = unique.iter().any(|id| syncer.excluded.contains(id));
+            let departed_among = unique.iter().any(|id| syncer.excluded.contains_key(id));
             // Read twenty to a request.
             let mut read = Vec::with_capacity(unique.len());
             for (id, state) in syncer.graph.user_states(&unique).await? {
@@ -62,6 +62,34 @@ impl Syncer {
                     .store
                     .mark_roles_stale(None, syncer.options(now))
                     .await?;
+            }
+            Ok(changes)
+        })
+        .await
+    }
+
+    /// The users entra-sync holds as departed, read again (a thousand to a getByIds request):
+    /// those Graph says are enabled are restored; the others stay departed.
+    #[tracing::instrument(skip(self), err(level = "debug"))]
+    pub async fn recheck_departed(&self, now: DateTime<Utc>) -> Result<Changes> {
+        self.exclusively(Cause::DepartedRecheck, now, |syncer| async move {
+            let mut changes = syncer.tally();
+            let departed: Vec<UserId> = syncer.excluded.keys().cloned().collect();
+            if departed.is_empty() {
+                return Ok(changes);
+            }
+            // Not found: deleted (or not readable a moment): they stay departed either way.
+            let back: Vec<(UserId, Option<UserState>)> = syncer
+                .graph
+                .users_by_ids(&departed)
+                .await?
+                .into_iter()
+                .filter(|state| state.confirmed_enabled)
+                .map(|state| (state.user.id.clone(), Some(state)))
+                .collect();
+            if !back.is_empty() {
+                tracing::info!(users = back.len(), "departed users are enabled again");
+                syncer.apply_users(back, now, &mut changes).await?;
             }
             Ok(changes)
         })
@@ -101,7 +129,7 @@ impl Syncer {
             .into_iter()
             .filter_map(|id| match tenant.get(&id) {
                 Some(state) => Some((id, Some(state.clone()))),
-                None if self.excluded.contains(&id) => None,
+                None if self.excluded.contains_key(&id) => None,
                 None => Some((id, None)),
             })
             .collect();
@@ -123,7 +151,7 @@ impl Syncer {
             .iter()
             .filter_map(|(id, state)| {
                 let state = state.as_ref()?;
-                (state.enabled && !self.excluded.contains(id)).then_some(&state.user)
+                (state.enabled && !self.excluded.contains_key(id)).then_some(&state.user)
             })
             .collect();
         // Every user read now: an earlier "not found" for them no longer counts.
@@ -179,13 +207,24 @@ impl Syncer {
             self.store.forget_deletion(id, self.options(now)).await?;
         }
         match state {
+            // Held as departed, and this answer does not say the account is enabled: no
+            // evidence that the user is back.
+            Some(state)
+                if state.enabled && !state.confirmed_enabled && self.excluded.contains_key(id) =>
+            {
+                Ok(Vec::new())
+            }
             Some(state) if state.enabled => {
                 let options = self.options(now);
                 let changes = retrying(|| self.store.update_user(&state.user, options)).await?;
-                if self.excluded.contains(id) {
-                    self.store
+                if self.excluded.contains_key(id)
+                    && self
+                        .store
                         .set_departed(id, false, self.options(now))
-                        .await?;
+                        .await?
+                    && let Some(unit) = &self.unit
+                {
+                    unit.note_restored();
                 }
                 Ok(changes)
             }
