@@ -752,6 +752,40 @@ async fn a_new_member_graph_cannot_read_yet_joins_once_it_can() {
 }
 
 #[tokio::test]
+async fn a_new_member_graph_cannot_read_stays_failed_through_a_round_that_does_not_name_her() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    let t0 = now();
+    syncer.poll_assignments(t0).await.unwrap();
+    sim.lag(uid(6));
+    sim.apply(|t| t.add_member(gid(1), uid(6)));
+    syncer.delta_round(t0).await.unwrap();
+    assert_eq!(failed_items(&db).await.len(), 1);
+
+    // Another member joins the same group: that round says nothing about her, so her failure
+    // stands (it was cleared here once, and she never joined).
+    sim.apply(|t| t.add_member(gid(1), uid(7)));
+    syncer
+        .delta_round(t0 + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    let mut joined = users_named(1..=5);
+    joined.push(uid(7).to_string());
+    joined.sort();
+    assert_eq!(members(&db, 1).await, joined);
+    assert_eq!(failed_items(&db).await.len(), 1);
+
+    sim.end_lag(uid(6));
+    syncer
+        .delta_round(t0 + chrono::Duration::seconds(6))
+        .await
+        .unwrap();
+    assert_eq!(members(&db, 1).await, users_named(1..=7));
+    assert_eq!(failed_items(&db).await, []);
+}
+
+#[tokio::test]
 async fn a_deleted_user_departs_only_when_a_second_answer_a_minute_later_confirms_it() {
     let sim = sim(|_| {}).await;
     let db = TestDatabase::new().await;
