@@ -222,6 +222,41 @@ async fn an_unassigned_group_follows_each_policy() {
 }
 
 #[tokio::test]
+async fn a_poll_that_fails_after_finding_a_group_unassigned_retires_it_at_the_next() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    syncer.poll_assignments(now()).await.unwrap();
+    assert_eq!(members(&db, 1).await, users_named(1..=5));
+
+    // Group 1 is unassigned; the poll that finds it fails afterwards (reading user 9, whose
+    // role is assigned directly, is refused): it removes nobody, and forgets nothing.
+    sim.change(|t| {
+        t.unassign(gid(1));
+        ((), Vec::new())
+    });
+    sim.add_fault(graph_sim::Fault {
+        times: None,
+        ..graph_sim::Fault::status("/directoryObjects/getByIds", 400, 1)
+    });
+    assert!(syncer.poll_assignments(now()).await.is_err());
+    assert_eq!(members(&db, 1).await, users_named(1..=5));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entra_sync_assigned_groups").await,
+        1
+    );
+
+    // The next poll retires it (it was forgotten once, its members kept for good).
+    sim.clear_faults();
+    syncer.poll_assignments(now()).await.unwrap();
+    assert!(members(&db, 1).await.is_empty());
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entra_sync_assigned_groups").await,
+        0
+    );
+}
+
+#[tokio::test]
 async fn under_the_block_policy_a_reassigned_or_restored_group_is_unblocked() {
     for restore in [false, true] {
         let sim = sim(|_| {}).await;

@@ -33,6 +33,10 @@ pub(super) struct Unit {
     /// The deltaLink to store once the unit's removals are settled: stored before, it would let
     /// a failed settlement's removals fall out of every later round.
     delta_link: Mutex<Option<String>>,
+    /// Groups retired (unassigned or gone), forgotten as assigned once the unit's removals are
+    /// settled: forgotten before, a unit that fails would leave their members in for good, since
+    /// nothing would find them unassigned again.
+    retired: Mutex<Vec<GroupId>>,
 }
 
 impl Unit {
@@ -40,11 +44,18 @@ impl Unit {
         Self {
             id,
             delta_link: Mutex::new(None),
+            retired: Mutex::new(Vec::new()),
         }
     }
 
     fn delta_link(&self) -> std::sync::MutexGuard<'_, Option<String>> {
         self.delta_link
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn retired(&self) -> std::sync::MutexGuard<'_, Vec<GroupId>> {
+        self.retired
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -144,10 +155,38 @@ impl Syncer {
         }
     }
 
-    /// The end of a unit of work: its staged removals applied or held, then its deltaLink
-    /// stored.
+    /// Forgets a retired group as assigned once this unit's removals are settled (at once
+    /// outside a unit).
+    pub(super) async fn forget_assigned(&self, group: &GroupId, now: DateTime<Utc>) -> Result<()> {
+        match &self.unit {
+            Some(unit) => {
+                unit.retired().push(group.clone());
+                Ok(())
+            }
+            None => self.store.forget_assigned(group, self.options(now)).await,
+        }
+    }
+
+    /// The groups this unit retired so far (none outside a unit).
+    pub(super) fn retired_groups(&self) -> Vec<GroupId> {
+        self.unit
+            .as_ref()
+            .map(|unit| unit.retired().clone())
+            .unwrap_or_default()
+    }
+
+    /// The end of a unit of work: its staged removals applied or held, the groups it retired
+    /// forgotten as assigned, then its deltaLink stored.
     pub(super) async fn finish_unit(&self, now: DateTime<Utc>) -> Result<Vec<Change>> {
         let changes = self.settle_removals(now).await?;
+        let retired = self
+            .unit
+            .as_ref()
+            .map(|unit| std::mem::take(&mut *unit.retired()))
+            .unwrap_or_default();
+        for group in &retired {
+            self.store.forget_assigned(group, self.options(now)).await?;
+        }
         let link = self.unit.as_ref().and_then(|unit| unit.delta_link().take());
         if let Some(link) = link {
             self.store.save_delta_link(&link, self.options(now)).await?;

@@ -298,7 +298,15 @@ impl Syncer {
             // Left from transitive membership: nothing reads it now.
             self.store.forget_nesting(self.options(now)).await?;
         }
-        let assigned: Vec<GroupId> = self.store.assigned_groups().await?.into_keys().collect();
+        // Groups this unit retired (a reconciliation's poll) are forgotten at its end.
+        let retired = self.retired_groups();
+        let assigned: Vec<GroupId> = self
+            .store
+            .assigned_groups()
+            .await?
+            .into_keys()
+            .filter(|group| !retired.contains(group))
+            .collect();
         let mut changes = self.tally();
         let groups_applied = self
             .resync_groups(assigned.clone(), now, &mut changes)
