@@ -29,6 +29,9 @@ const PATHS: [&str; 6] = [
 const MEAN_PAUSE_MILLIS: u64 = 100;
 /// At most this many keys: with 320 memberships, no unit can delete 500.
 const MAX_KEYS: usize = 300;
+/// At most this many users disabled at once, so that a long run (where enabling may be left
+/// out) keeps users to change.
+const MAX_DISABLED: usize = 10;
 
 #[derive(Clone, Copy, Debug)]
 enum Step {
@@ -238,6 +241,9 @@ impl Run {
             }
             Step::Disable => {
                 let enabled = self.tenant(|t| users_enabled(t, true));
+                if USERS.count() - enabled.len() >= MAX_DISABLED {
+                    return format!("{MAX_DISABLED} users are disabled already");
+                }
                 let Some(user) = pick(&mut self.rng, &enabled) else {
                     return "no user to disable".into();
                 };
