@@ -222,6 +222,41 @@ async fn an_unassigned_group_follows_each_policy() {
 }
 
 #[tokio::test]
+async fn a_poll_that_fails_after_finding_a_group_unassigned_retires_it_at_the_next() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    syncer.poll_assignments(now()).await.unwrap();
+    assert_eq!(members(&db, 1).await, users_named(1..=5));
+
+    // Group 1 is unassigned; the poll that finds it fails afterwards (reading user 9, whose
+    // role is assigned directly, is refused): it removes nobody, and forgets nothing.
+    sim.change(|t| {
+        t.unassign(gid(1));
+        ((), Vec::new())
+    });
+    sim.add_fault(graph_sim::Fault {
+        times: None,
+        ..graph_sim::Fault::status("/directoryObjects/getByIds", 400, 1)
+    });
+    assert!(syncer.poll_assignments(now()).await.is_err());
+    assert_eq!(members(&db, 1).await, users_named(1..=5));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entra_sync_assigned_groups").await,
+        1
+    );
+
+    // The next poll retires it (it was forgotten once, its members kept for good).
+    sim.clear_faults();
+    syncer.poll_assignments(now()).await.unwrap();
+    assert!(members(&db, 1).await.is_empty());
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entra_sync_assigned_groups").await,
+        0
+    );
+}
+
+#[tokio::test]
 async fn under_the_block_policy_a_reassigned_or_restored_group_is_unblocked() {
     for restore in [false, true] {
         let sim = sim(|_| {}).await;
@@ -748,6 +783,40 @@ async fn a_new_member_graph_cannot_read_yet_joins_once_it_can() {
         .await
         .unwrap();
     assert_eq!(members(&db, 1).await, users_named(1..=6));
+    assert_eq!(failed_items(&db).await, []);
+}
+
+#[tokio::test]
+async fn a_new_member_graph_cannot_read_stays_failed_through_a_round_that_does_not_name_her() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    let t0 = now();
+    syncer.poll_assignments(t0).await.unwrap();
+    sim.lag(uid(6));
+    sim.apply(|t| t.add_member(gid(1), uid(6)));
+    syncer.delta_round(t0).await.unwrap();
+    assert_eq!(failed_items(&db).await.len(), 1);
+
+    // Another member joins the same group: that round says nothing about her, so her failure
+    // stands (it was cleared here once, and she never joined).
+    sim.apply(|t| t.add_member(gid(1), uid(7)));
+    syncer
+        .delta_round(t0 + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    let mut joined = users_named(1..=5);
+    joined.push(uid(7).to_string());
+    joined.sort();
+    assert_eq!(members(&db, 1).await, joined);
+    assert_eq!(failed_items(&db).await.len(), 1);
+
+    sim.end_lag(uid(6));
+    syncer
+        .delta_round(t0 + chrono::Duration::seconds(6))
+        .await
+        .unwrap();
+    assert_eq!(members(&db, 1).await, users_named(1..=7));
     assert_eq!(failed_items(&db).await, []);
 }
 

@@ -90,7 +90,7 @@ impl Syncer {
                 for whole in batch {
                     self.settle_item(Item::Group(whole.group.clone()), Ok(Vec::new()), now)
                         .await?;
-                    self.settle_members(&whole.group, &whole.unreadable, now)
+                    self.settle_members(&whole.group, &whole.unreadable, None, now)
                         .await?;
                 }
                 changes.add(made);
@@ -110,7 +110,7 @@ impl Syncer {
                 outcome => outcome,
             };
             if outcome.is_ok() {
-                self.settle_members(team.group, team.unreadable, now)
+                self.settle_members(team.group, team.unreadable, None, now)
                     .await?;
             }
             let made = self

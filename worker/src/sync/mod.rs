@@ -488,7 +488,7 @@ impl Syncer {
             }
             UnassignedPolicy::Block => self.store.block_team(group, options).await?,
         };
-        self.store.forget_assigned(group, options).await?;
+        self.forget_assigned(group, now).await?;
         Ok(changes)
     }
 }

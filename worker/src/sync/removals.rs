@@ -43,6 +43,10 @@ pub(super) struct Unit {
     restored: AtomicBool,
     /// It read every assigned group whole (a resync): nothing needs reading again for them.
     resynced: AtomicBool,
+    /// Groups retired (unassigned or gone), forgotten as assigned once the unit's removals are
+    /// settled: forgotten before, a unit that fails would leave their members in for good, since
+    /// nothing would find them unassigned again.
+    retired: Mutex<Vec<GroupId>>,
 }
 
 impl Unit {
@@ -54,6 +58,7 @@ impl Unit {
             restoring: Mutex::default(),
             restored: AtomicBool::new(false),
             resynced: AtomicBool::new(false),
+            retired: Mutex::new(Vec::new()),
         }
     }
 
@@ -82,6 +87,12 @@ impl Unit {
     /// The unit read every assigned group whole.
     pub fn note_resynced(&self) {
         self.resynced.store(true, Ordering::Relaxed);
+    }
+
+    fn retired(&self) -> std::sync::MutexGuard<'_, Vec<GroupId>> {
+        self.retired
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -179,10 +190,31 @@ impl Syncer {
         }
     }
 
+    /// Forgets a retired group as assigned once this unit's removals are settled (at once
+    /// outside a unit).
+    pub(super) async fn forget_assigned(&self, group: &GroupId, now: DateTime<Utc>) -> Result<()> {
+        match &self.unit {
+            Some(unit) => {
+                unit.retired().push(group.clone());
+                Ok(())
+            }
+            None => self.store.forget_assigned(group, self.options(now)).await,
+        }
+    }
+
+    /// The groups this unit retired so far (none outside a unit).
+    pub(super) fn retired_groups(&self) -> Vec<GroupId> {
+        self.unit
+            .as_ref()
+            .map(|unit| unit.retired().clone())
+            .unwrap_or_default()
+    }
+
     /// The end of a unit of work: departed users its reads found enabled restored, its staged
-    /// removals applied or held, then its deltaLink stored; or, when a departed user came back
-    /// and the unit did not read every group whole, forgotten, so that the next round reads
-    /// every assigned group and they rejoin the teams of all the groups they are in.
+    /// removals applied or held, the groups it retired forgotten as assigned, then its deltaLink
+    /// stored; or, when a departed user came back and the unit did not read every group whole,
+    /// forgotten, so that the next round reads every assigned group and they rejoin the teams
+    /// of all the groups they are in.
     pub(super) async fn finish_unit(&self, now: DateTime<Utc>) -> Result<Vec<Change>> {
         let Some(unit) = &self.unit else {
             return Ok(Vec::new());
@@ -202,6 +234,10 @@ impl Syncer {
             );
         }
         changes.extend(self.settle_removals(now).await?);
+        let retired = std::mem::take(&mut *unit.retired());
+        for group in &retired {
+            self.store.forget_assigned(group, self.options(now)).await?;
+        }
         let link = unit.delta_link().take();
         let restored = unit.restored.swap(false, Ordering::Relaxed);
         if restored {

@@ -211,14 +211,23 @@ impl Syncer {
                     .await?,
             );
         }
-        // New members Graph cannot read yet join once it can: each is retried on its own.
-        self.settle_members(group, &members.unreadable, now).await?;
         let leaving: Vec<UserId> = delta
             .removed
             .iter()
             .filter(|m| m.kind != ObjectKind::Group)
             .filter_map(|m| UserId::parse(&m.id).ok())
             .collect();
+        // New members Graph cannot read yet join once it can: each is retried on its own. A
+        // delta names only some members, so only their earlier failures are settled by it.
+        let named: HashSet<UserId> = delta
+            .added
+            .iter()
+            .filter(|m| m.kind == ObjectKind::User)
+            .filter_map(|m| UserId::parse(&m.id).ok())
+            .chain(leaving.iter().cloned())
+            .collect();
+        self.settle_members(group, &members.unreadable, Some(&named), now)
+            .await?;
         if !leaving.is_empty() {
             changes.extend(self.store.remove_members(group, &leaving, options).await?);
         }
@@ -272,7 +281,8 @@ impl Syncer {
             self.remember_assigned(&[(group.clone(), Some(name.clone()))], now)
                 .await?;
         }
-        self.settle_members(group, &members.unreadable, now).await?;
+        self.settle_members(group, &members.unreadable, None, now)
+            .await?;
         Ok(changes)
     }
 
@@ -291,7 +301,15 @@ impl Syncer {
             // Left from transitive membership: nothing reads it now.
             self.store.forget_nesting(self.options(now)).await?;
         }
-        let assigned: Vec<GroupId> = self.store.assigned_groups().await?.into_keys().collect();
+        // Groups this unit retired (a reconciliation's poll) are forgotten at its end.
+        let retired = self.retired_groups();
+        let assigned: Vec<GroupId> = self
+            .store
+            .assigned_groups()
+            .await?
+            .into_keys()
+            .filter(|group| !retired.contains(group))
+            .collect();
         let mut changes = self.tally();
         let groups_applied = self
             .resync_groups(assigned.clone(), now, &mut changes)
@@ -526,11 +544,14 @@ impl Syncer {
 
     /// After a group was applied: each member it lists that Graph could not read is a failed
     /// item of its own (retried soon, never a removal), and those that failed before and are
-    /// readable now (or no longer listed) are cleared.
+    /// readable now (or no longer listed) are cleared. `named`: the members the read said
+    /// anything about (a delta's); `None`: the group was read whole. A member the read did not
+    /// name stays failed: it is no evidence that Graph can read her now.
     pub(super) async fn settle_members(
         &self,
         group: &GroupId,
         unreadable: &[UserId],
+        named: Option<&HashSet<UserId>>,
         now: DateTime<Utc>,
     ) -> Result<()> {
         for user in unreadable {
@@ -545,7 +566,10 @@ impl Syncer {
             .failing
             .iter()
             .filter(|item| {
-                matches!(item, Item::Member(failed, user) if failed == group && !unreadable.contains(user))
+                matches!(item, Item::Member(failed, user)
+                    if failed == group
+                        && !unreadable.contains(user)
+                        && named.is_none_or(|named| named.contains(user)))
             })
             .cloned()
             .collect();
