@@ -254,9 +254,6 @@ impl Run {
                 let Some(user) = pick(&mut self.rng, &disabled) else {
                     return "no user to enable".into();
                 };
-                if !self.included.enable {
-                    return format!("user {user} stays disabled (enabling is left out)");
-                }
                 self.set_enabled(user, true)
             }
             Step::Rename => {
@@ -486,11 +483,8 @@ impl Run {
     /// Disables or enables a user. Unless the soak includes losing such notifications (see
     /// [`super::Included`]), graph-sim delivers this one whatever its loss rate.
     fn set_enabled(&mut self, user: u128, enabled: bool) -> String {
-        let lose = if enabled {
-            self.included.lost_enabled
-        } else {
-            self.included.lost_disabled
-        };
+        // A lost "enabled" is read again by a group read or the departed users' recheck.
+        let lose = enabled || self.included.lost_disabled;
         let mut saved = None;
         if !lose {
             self.world.sim.set_delivery(|d| {

@@ -128,21 +128,16 @@ impl std::fmt::Display for Length {
 }
 
 /// What the soak leaves out of its random choices unless `ENTRA_SYNC_SOAK_INCLUDE` (a
-/// comma-separated list of the names below) puts it back: cases the engine does not handle yet.
-/// - `enable`: a disabled user enabled again. Her memberships come back only when a
-///   reconciliation runs (or her groups are read whole again), and a group read that finds her
-///   enabled meanwhile still leaves her out: issue 22, point 1.
-/// - `lost-enabled`: graph-sim may lose the `users` notification of an enabling, like any
-///   other; she then stays departed until a reconciliation: issue 22, points 1 and 3.
-/// - `lost-disabled`: graph-sim may lose the `users` notification of a disabling; nothing else
-///   reads her, so she keeps her teams and role until a reconciliation (not in issue 22).
+/// comma-separated list of the names below) puts it back: cases the engine does not handle
+/// without a reconciliation.
+/// - `lost-disabled`: graph-sim may lose the `users` notification of a disabling; nothing reads
+///   the user's account again before the reconciliation unless one of her groups is read whole,
+///   so she keeps her teams (README, "When a notification is lost").
 ///
-/// Left out, an enabling step draws its user and changes nothing, and a user notification is
-/// never lost (the others are, as the soak's delivery settings say).
+/// Left out, a disabling's `users` notification is never lost (the others are, as the soak's
+/// delivery settings say, enablings' included).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Included {
-    pub enable: bool,
-    pub lost_enabled: bool,
     pub lost_disabled: bool,
 }
 
@@ -151,24 +146,17 @@ impl Included {
         let value = std::env::var("ENTRA_SYNC_SOAK_INCLUDE").unwrap_or_default();
         let named = |name: &str| value.split(',').any(|v| v.trim() == name);
         Self {
-            enable: named("enable"),
-            lost_enabled: named("lost-enabled"),
             lost_disabled: named("lost-disabled"),
         }
     }
 
     /// As `ENTRA_SYNC_SOAK_INCLUDE` says it (empty: nothing included).
     pub fn names(&self) -> String {
-        [
-            (self.enable, "enable"),
-            (self.lost_enabled, "lost-enabled"),
-            (self.lost_disabled, "lost-disabled"),
-        ]
-        .iter()
-        .filter(|(on, _)| *on)
-        .map(|(_, name)| *name)
-        .collect::<Vec<_>>()
-        .join(",")
+        if self.lost_disabled {
+            "lost-disabled".into()
+        } else {
+            String::new()
+        }
     }
 }
 

@@ -71,6 +71,9 @@ impl Workers {
         let overrides = [
             ("ENTRA_SYNC_POLL_SECONDS", poll.as_str()),
             ("ENTRA_SYNC_RECONCILE_SECONDS", "0"),
+            // A user enabled again whose notification was lost comes back by this recheck
+            // when no read of a group of hers finds her first.
+            ("ENTRA_SYNC_DEPARTED_RECHECK_SECONDS", "2"),
             ("ENTRA_SYNC_MEMBERSHIP", self.setup.membership_name()),
             ("ENTRA_SYNC_UNASSIGNED_POLICY", self.setup.unassigned_name()),
             ("ENTRA_SYNC_MAX_DELIVERIES", max_deliveries.as_str()),
@@ -143,6 +146,7 @@ fn in_process(world: &World, setup: Setup) -> Running {
         trim_interval: Duration::from_secs(3600),
         reconcile_interval: None,
         retry_check: Duration::from_millis(200),
+        departed_recheck: Some(Duration::from_secs(2)),
         ..RunSettings::default()
     };
     let metrics = WorkerMetrics::register(&mut Registry::default());
