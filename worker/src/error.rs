@@ -44,9 +44,10 @@ pub enum Error {
     #[error("Graph lists user {user} in group {group} but cannot read the user yet")]
     MemberUnreadable { group: String, user: String },
     /// Graph answered once that the user does not exist; a deletion counts only when a second
-    /// answer, at least a minute later, says so too.
+    /// answer, at least a minute later, says so too. Read again meanwhile (with the usual
+    /// backoff), so that a user only lagging comes back within seconds.
     #[error(
-        "Graph does not find user {user}: checked again from {confirm_after} before it counts as deleted"
+        "Graph does not find user {user}: read again until an answer from {confirm_after} on confirms the deletion"
     )]
     DeletionUnconfirmed {
         user: String,

@@ -68,13 +68,12 @@ fn statement(sql: &str, values: impl IntoIterator<Item = sea_orm::Value>) -> Sta
 }
 
 impl Store {
-    /// Records a failure (or one more): retried 5 s after the first, doubling up to an hour
-    /// (and not before `not_before`). The audit log says what failed and why.
+    /// Records a failure (or one more): retried 5 s after the first, doubling up to an hour.
+    /// The audit log says what failed and why.
     pub async fn record_failure(
         &self,
         item: &Item,
         error: &str,
-        not_before: Option<DateTime<Utc>>,
         options: ApplyOptions,
     ) -> Result<()> {
         let Some(txn) = self.state_transaction(options).await? else {
@@ -83,23 +82,19 @@ impl Store {
         txn.execute(statement(
             "INSERT INTO entra_sync_failed_items
                (kind, id, error, attempts, first_failed_at, last_failed_at, retry_at)
-             VALUES ($1, $2, $3, 1, $4, $4,
-                     greatest($4 + interval '5 seconds', coalesce($5, '-infinity')))
+             VALUES ($1, $2, $3, 1, $4, $4, $4 + interval '5 seconds')
              ON CONFLICT (kind, id) DO UPDATE
                SET error = excluded.error, attempts = entra_sync_failed_items.attempts + 1,
                    last_failed_at = excluded.last_failed_at,
-                   retry_at = greatest(
-                     excluded.last_failed_at
-                       + least(interval '5 seconds'
-                                 * power(2, least(entra_sync_failed_items.attempts, 20)),
-                               interval '1 hour'),
-                     coalesce($5, '-infinity'))",
+                   retry_at = excluded.last_failed_at
+                     + least(interval '5 seconds'
+                               * power(2, least(entra_sync_failed_items.attempts, 20)),
+                             interval '1 hour')",
             [
                 item.kind().into(),
                 item.id().into(),
                 error.into(),
                 options.now.into(),
-                not_before.into(),
             ],
         ))
         .await?;

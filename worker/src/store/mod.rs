@@ -787,6 +787,8 @@ impl LiteLlmWriter for Store {
         let txn = self.db.begin().await?;
         let work = async {
             let mut applied = Applied::default();
+            // Remembered in the transaction that blocks the keys: never one without the other.
+            state::record_departure(&txn, user, options.now).await?;
             let blocking = self.keys.departed_user == DepartedUserKeys::Block;
             if leaving.is_none() && !blocking {
                 return Ok(applied);

@@ -177,31 +177,21 @@ impl Store {
         .collect())
     }
 
-    /// Remembers that a read made at `options.now` found the user disabled or deleted in Entra
-    /// (`departed`), or enabled. The newer read wins: a departure read after the user was read
-    /// as enabled stands, and an enabled read older than the departure's changes nothing.
-    /// Returns whether the user was departed and is back.
-    pub async fn set_departed(
-        &self,
-        user: &UserId,
-        departed: bool,
-        options: ApplyOptions,
-    ) -> Result<bool> {
+    /// A read made at `options.now` found the user enabled: their departure is forgotten, unless
+    /// a newer read recorded it (the newer read wins). Returns whether the user was departed and
+    /// is back. Departures are recorded by the transaction that makes them (`depart_user`).
+    pub async fn forget_departure(&self, user: &UserId, options: ApplyOptions) -> Result<bool> {
         let Some(txn) = self.state_transaction(options).await? else {
             return Ok(false);
         };
-        let sql = if departed {
-            "INSERT INTO entra_sync_departed_users (entra_user_id, since) VALUES ($1, $2)
-             ON CONFLICT (entra_user_id) DO UPDATE
-               SET since = greatest(entra_sync_departed_users.since, excluded.since)"
-        } else {
-            "DELETE FROM entra_sync_departed_users WHERE entra_user_id = $1 AND since < $2"
-        };
         let done = txn
-            .execute(stmt(sql, [user.to_string().into(), options.now.into()]))
+            .execute(stmt(
+                "DELETE FROM entra_sync_departed_users WHERE entra_user_id = $1 AND since < $2",
+                [user.to_string().into(), options.now.into()],
+            ))
             .await?;
         txn.commit().await?;
-        Ok(!departed && done.rows_affected() > 0)
+        Ok(done.rows_affected() > 0)
     }
 
     /// The groups in whose teams entra-sync manages a membership of this Entra user.
@@ -314,6 +304,23 @@ pub async fn last_delta_round(db: &impl ConnectionTrait) -> Result<Option<DateTi
         .one(db)
         .await?
         .map(|l| l.updated_at))
+}
+
+/// Remembers, in `txn`, that a read made at `read_at` found the user disabled or deleted: the
+/// latest such read is kept.
+pub(super) async fn record_departure(
+    txn: &sea_orm::DatabaseTransaction,
+    user: &UserId,
+    read_at: DateTime<Utc>,
+) -> Result<()> {
+    txn.execute(stmt(
+        "INSERT INTO entra_sync_departed_users (entra_user_id, since) VALUES ($1, $2)
+         ON CONFLICT (entra_user_id) DO UPDATE
+           SET since = greatest(entra_sync_departed_users.since, excluded.since)",
+        [user.to_string().into(), read_at.into()],
+    ))
+    .await?;
+    Ok(())
 }
 
 /// How many groups are assigned to the app, for `status`.

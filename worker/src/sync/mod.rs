@@ -258,13 +258,8 @@ impl Syncer {
             Err(error) if error.is_systemic() => Err(error),
             Err(error) => {
                 tracing::warn!(%item, %error, "failed on its own; the rest goes on, and it is retried later");
-                // A deletion is confirmed no sooner than a minute after Graph first said so.
-                let not_before = match &error {
-                    crate::Error::DeletionUnconfirmed { confirm_after, .. } => Some(*confirm_after),
-                    _ => None,
-                };
                 self.store
-                    .record_failure(&item, &error.to_string(), not_before, self.options(now))
+                    .record_failure(&item, &error.to_string(), self.options(now))
                     .await?;
                 Ok(Vec::new())
             }

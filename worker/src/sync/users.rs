@@ -187,7 +187,7 @@ impl Syncer {
     /// remembered, so that every path leaves them out (or lets them back) alike. A disabled
     /// account departs at once; a user Graph does not find departs only once a second answer,
     /// at least a minute after the first, confirms the deletion (until then the user is a failed
-    /// item, read again then).
+    /// item, read again with the usual backoff).
     pub(super) async fn apply_user(
         &self,
         id: &UserId,
@@ -218,21 +218,15 @@ impl Syncer {
                 let options = self.options(now);
                 let changes = retrying(|| self.store.update_user(&state.user, options)).await?;
                 if self.excluded.contains_key(id)
-                    && self
-                        .store
-                        .set_departed(id, false, self.options(now))
-                        .await?
+                    && self.store.forget_departure(id, self.options(now)).await?
                     && let Some(unit) = &self.unit
                 {
                     unit.note_restored();
                 }
                 Ok(changes)
             }
-            _ => {
-                let changes = self.depart(id, now).await?;
-                self.store.set_departed(id, true, self.options(now)).await?;
-                Ok(changes)
-            }
+            // The departure is remembered in the transaction that makes it.
+            _ => self.depart(id, now).await,
         }
     }
 
