@@ -118,7 +118,13 @@ async fn main() {
         readiness: Default::default(),
     };
     tokio::spawn(worker.run(std::future::pending()));
-    while scalar(db.conn(), "SELECT count(*) FROM entra_sync_delta_links").await == 0 {
+    while scalar(
+        db.conn(),
+        "SELECT count(*) FROM entra_sync_delta_links WHERE resource = 'groups'",
+    )
+    .await
+        == 0
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 

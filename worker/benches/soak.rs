@@ -8,8 +8,7 @@
 //!   `ENTRA_SYNC_SOAK_STEPS`: exactly this many steps (what reproduces a seed's sequence);
 //! - `ENTRA_SYNC_SOAK_SEEDS`: comma-separated seeds (default: three from the clock);
 //! - `ENTRA_SYNC_SOAK_SETUP`: `direct`, `transitive` or `block` (default: the seeds take them in
-//!   turn);
-//! - `ENTRA_SYNC_SOAK_INCLUDE`: what the soak leaves out unless named (see `soak_run::Included`).
+//!   turn).
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
@@ -22,7 +21,7 @@ mod soak_run;
 #[path = "../tests/world/mod.rs"]
 mod world;
 
-use soak_run::{Included, Length, Setup, soak};
+use soak_run::{Length, Setup, soak};
 
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
@@ -64,7 +63,6 @@ fn main() {
                 panic!("ENTRA_SYNC_SOAK_SETUP: {name:?} is not direct, transitive or block")
             })
     });
-    let included = Included::from_env();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -75,17 +73,16 @@ fn main() {
     for (i, seed) in seeds.iter().enumerate() {
         let setup = setup.unwrap_or(Setup::ALL[i % Setup::ALL.len()].1);
         println!("seed {seed} ({setup}): running");
-        let outcome = runtime.block_on(soak(*seed, setup, length, included));
+        let outcome = runtime.block_on(soak(*seed, setup, length));
         if outcome.passed() {
             println!("{}", outcome.summary());
         } else {
             println!("{}", outcome.report());
             println!(
                 "again: ENTRA_SYNC_SOAK_SEEDS={seed} ENTRA_SYNC_SOAK_STEPS={} \
-                 ENTRA_SYNC_SOAK_SETUP={} ENTRA_SYNC_SOAK_INCLUDE={} cargo bench -p worker --bench soak",
+                 ENTRA_SYNC_SOAK_SETUP={} cargo bench -p worker --bench soak",
                 outcome.steps,
-                setup.name(),
-                included.names()
+                setup.name()
             );
             failed.push(*seed);
         }

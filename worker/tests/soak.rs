@@ -9,8 +9,7 @@
 //! test's name, in that test's configuration only); `ENTRA_SYNC_SOAK_STEPS` changes the number
 //! of steps. A seed takes the same steps in the same order, with the same pauses, every time;
 //! what is not reproduced is timing: which round, poll or retry sees which change, where a
-//! SIGKILL lands, which keys could be made. `ENTRA_SYNC_SOAK_INCLUDE` puts back what is left out
-//! because the engine does not handle it yet (`soak_run::Included`). A longer run:
+//! SIGKILL lands, which keys could be made. A longer run:
 //! `cargo bench -p worker --bench soak`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -18,7 +17,7 @@ mod graph_common;
 mod soak_run;
 mod world;
 
-use soak_run::{Included, Length, Setup, soak};
+use soak_run::{Length, Setup, soak};
 
 const STEPS: usize = 200;
 
@@ -34,16 +33,11 @@ fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
 async fn soak_seed(test: &str, committed: u64, setup: Setup) {
     let seed = env("ENTRA_SYNC_SOAK_SEED").unwrap_or(committed);
     let steps = env("ENTRA_SYNC_SOAK_STEPS").unwrap_or(STEPS);
-    let included = Included::from_env();
-    let include = match included.names() {
-        names if names.is_empty() => String::new(),
-        names => format!("ENTRA_SYNC_SOAK_INCLUDE={names} "),
-    };
     println!(
-        "soak {test}: seed {seed} ({setup}), {steps} steps; again with {include}\
+        "soak {test}: seed {seed} ({setup}), {steps} steps; again with \
          ENTRA_SYNC_SOAK_SEED={seed} cargo test -p worker --test soak -- --exact {test} --nocapture"
     );
-    let outcome = soak(seed, setup, Length::Steps(steps), included).await;
+    let outcome = soak(seed, setup, Length::Steps(steps)).await;
     println!("soak {test}: {}", outcome.summary());
     assert!(outcome.passed(), "soak {test}: {}", outcome.report());
 }

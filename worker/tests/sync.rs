@@ -1317,3 +1317,128 @@ async fn the_departed_users_recheck_brings_back_one_whose_enabling_was_never_not
     back.retain(|u| *u != uid(4).to_string());
     assert_eq!(members(&db, 1).await, back);
 }
+
+/// A user changed in Entra with no `users` notification delivered: the next round's users delta
+/// names her, and she is read again, as a notification would have had her read.
+async fn changed_silently(sim: &GraphSim, change: impl FnOnce(&mut graph_sim::tenant::Tenant)) {
+    sim.change(|t| {
+        change(t);
+        ((), Vec::new())
+    });
+}
+
+#[tokio::test]
+async fn a_disabling_and_a_rename_whose_notifications_were_lost_are_applied_by_the_next_round() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    let t0 = now();
+    syncer.poll_assignments(t0).await.unwrap();
+    // The first round takes the users delta's starting point.
+    syncer.delta_round(t0).await.unwrap();
+    key(&db, "three-personal", 3, None).await;
+
+    changed_silently(&sim, |t| {
+        t.upsert_user(user(3, false));
+        let mut four = user(4, true);
+        four.display_name = "Ada".into();
+        t.upsert_user(four);
+        // Not LiteLLM's: nothing reads her.
+        t.upsert_user(user(10, false));
+    })
+    .await;
+    sim.clear_requests();
+    syncer
+        .delta_round(t0 + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+
+    assert_eq!(sim.count("/users/delta"), 1);
+    assert_eq!(sim.count(&format!("/users/{}", uid(3))), 1);
+    assert_eq!(sim.count(&format!("/users/{}", uid(10))), 0);
+    assert!(!members(&db, 1).await.contains(&uid(3).to_string()));
+    assert_eq!(
+        key_state(&db, "three-personal").await,
+        blocked_for("user_departed")
+    );
+    let four = user::Entity::find_by_id(uid(4).to_string())
+        .one(db.conn())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(four.user_alias.as_deref(), Some("Ada"));
+
+    // Nothing new: the next round reads no user.
+    sim.clear_requests();
+    let round = syncer
+        .delta_round(t0 + chrono::Duration::seconds(2))
+        .await
+        .unwrap();
+    assert!(round.changes.is_empty());
+    assert_eq!(sim.count("/users/delta"), 1);
+    let user_reads = sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/users/") && !r.path.ends_with("/delta"))
+        .count();
+    assert_eq!(user_reads, 0, "{:?}", sim.requests());
+}
+
+#[tokio::test]
+async fn an_enabling_whose_notification_was_lost_is_applied_by_the_next_round() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    let t0 = now();
+    syncer.delta_round(t0).await.unwrap();
+    departed_then_enabled_silently(&sim, &db, &syncer, t0).await;
+
+    let t1 = t0 + chrono::Duration::seconds(1);
+    syncer.delta_round(t1).await.unwrap();
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entra_sync_departed_users").await,
+        0
+    );
+    assert_eq!(key_state(&db, "three-personal").await, unblocked());
+    // Restored, the next round reads every assigned group whole: she is back in the team.
+    syncer
+        .delta_round(t1 + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    assert!(members(&db, 1).await.contains(&uid(3).to_string()));
+}
+
+#[tokio::test]
+async fn an_expired_users_delta_token_compares_every_known_user_with_the_tenant() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    let t0 = now();
+    syncer.poll_assignments(t0).await.unwrap();
+    syncer.delta_round(t0).await.unwrap();
+
+    changed_silently(&sim, |t| {
+        t.upsert_user(user(2, false));
+        t.expire_delta_tokens();
+    })
+    .await;
+    sim.clear_requests();
+    syncer
+        .delta_round(t0 + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+
+    assert!(!members(&db, 1).await.contains(&uid(2).to_string()));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entra_sync_departed_users").await,
+        1
+    );
+    // A link from now on is stored: the next round asks only what changed since.
+    sim.clear_requests();
+    syncer
+        .delta_round(t0 + chrono::Duration::seconds(2))
+        .await
+        .unwrap();
+    assert_eq!(sim.count("/users/delta"), 1);
+    assert_eq!(sim.count("/users?"), 0);
+}

@@ -97,6 +97,7 @@ async fn dispatch(
         (&Method::GET, ["groups", id, "members"]) => members(&inner, id, false, &query),
         (&Method::GET, ["groups", id, "transitiveMembers"]) => members(&inner, id, true, &query),
         (&Method::POST, ["directoryObjects", "getByIds"]) => get_by_ids(&inner, &body),
+        (&Method::GET, ["users", "delta"]) => users_delta(&inner, &query),
         (&Method::GET, ["users"]) => users(&inner, &query),
         (&Method::GET, ["users", id]) => user(&inner, id),
         (&Method::GET, [sp]) if sp.starts_with("servicePrincipals") => {
@@ -403,6 +404,93 @@ fn delta_page(inner: &Inner, session_id: &str) -> Response {
 
 pub(crate) fn json_ok(value: Value) -> Response {
     (StatusCode::OK, axum::Json(value)).into_response()
+}
+
+// ---- users delta ----
+
+/// Users delta: `$deltatoken=latest`, a first round (every user), or the users changed since a
+/// token, paged. A page's `$skiptoken` is `<since or ->.<upto>.<offset>`, so a round pages
+/// through the same span of the log however the tenant changes meanwhile.
+fn users_delta(inner: &Inner, query: &HashMap<String, String>) -> Response {
+    let tenant = lock(&inner.tenant);
+    let (since, upto, offset) = if let Some(skiptoken) = query.get("$skiptoken") {
+        match decode_users_skiptoken(skiptoken) {
+            Some(position) => position,
+            None => return bad_request("Invalid skip token."),
+        }
+    } else {
+        match query.get("$deltatoken").map(String::as_str) {
+            Some("latest") => {
+                return json_ok(json!({
+                    "@odata.context": format!("{}/v1.0/$metadata#users", inner.base_url),
+                    "@odata.deltaLink": users_delta_link(inner, tenant.version()),
+                    "value": [],
+                }));
+            }
+            Some(token) => match token
+                .strip_prefix('u')
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            {
+                Some(version) => (Some(version), tenant.version(), 0),
+                None => return bad_request("Invalid delta token."),
+            },
+            None => (None, tenant.version(), 0),
+        }
+    };
+    let users = match tenant.users_delta(since, upto) {
+        Ok(users) => users,
+        Err(DeltaError::Expired) => {
+            return graph_error(
+                StatusCode::GONE,
+                "syncStateNotFound",
+                "The sync state generation is not found. Delta tokens expire: restart the sync.",
+            );
+        }
+    };
+    let page_size = lock(&inner.config).page_size.clamp(1, 200);
+    let end = (offset + page_size).min(users.len());
+    let value: Vec<Value> = users
+        .get(offset..end)
+        .unwrap_or_default()
+        .iter()
+        .map(|(id, gone)| match directory_object(&tenant, *id) {
+            Some(object) if !gone => object,
+            _ => json!({ "id": id, "@removed": { "reason": "deleted" } }),
+        })
+        .collect();
+    let mut page = json!({
+        "@odata.context": format!("{}/v1.0/$metadata#users", inner.base_url),
+        "value": value,
+    });
+    if end < users.len() {
+        let since = since.map_or_else(|| "-".to_owned(), |v| format!("{v:x}"));
+        page["@odata.nextLink"] = json!(format!(
+            "{}/v1.0/users/delta?$skiptoken={since}.{upto:x}.{end}",
+            inner.base_url
+        ));
+    } else {
+        page["@odata.deltaLink"] = json!(users_delta_link(inner, upto));
+    }
+    json_ok(page)
+}
+
+fn users_delta_link(inner: &Inner, version: u64) -> String {
+    format!(
+        "{}/v1.0/users/delta?$deltatoken=u{version:x}",
+        inner.base_url
+    )
+}
+
+/// `<since or ->.<upto>.<offset>`, as [`users_delta`] writes it.
+fn decode_users_skiptoken(token: &str) -> Option<(Option<u64>, u64, usize)> {
+    let mut parts = token.split('.');
+    let since = match parts.next()? {
+        "-" => None,
+        hex => Some(u64::from_str_radix(hex, 16).ok()?),
+    };
+    let upto = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let offset = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some((since, upto, offset))
 }
 
 // ---- members, objects ----

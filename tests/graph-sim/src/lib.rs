@@ -3,7 +3,8 @@
 //!
 //! What it plays, following Microsoft's documentation: client-credential tokens (secret,
 //! certificate assertion, federated assertion); groups delta with paging, `members@delta`,
-//! soft and hard deletion, `$deltatoken=latest`, `$filter=id eq`, expired tokens; group members
+//! soft and hard deletion, `$deltatoken=latest`, `$filter=id eq`, expired tokens; users delta
+//! (changed and deleted users, paged, `$deltatoken=latest`, expired tokens); group members
 //! and transitive members; group owners (`/owners`, `$expand=owners`, `owners@delta`); JSON
 //! batching (`$batch`); `directoryObjects/getByIds`; the service principal with its app roles
 //! and `appRoleAssignedTo`; subscriptions with the validation handshake and change and lifecycle

@@ -332,6 +332,8 @@ pub struct Tenant {
     /// Delta tokens below this version are expired.
     oldest_valid: u64,
     deleted_users: HashSet<Uuid>,
+    /// Users created, changed or deleted, at which version: what the users delta reports.
+    user_log: Vec<(u64, Uuid)>,
 }
 
 impl Tenant {
@@ -381,10 +383,16 @@ impl Tenant {
         }]
     }
 
+    fn record_user(&mut self, user: Uuid) {
+        self.version += 1;
+        self.user_log.push((self.version, user));
+    }
+
     pub fn upsert_user(&mut self, user: User) -> Vec<Notice> {
         let id = user.id;
         self.deleted_users.remove(&id);
         self.users.insert(id, user);
+        self.record_user(id);
         vec![Notice {
             resource: Resource::User(id),
             change_type: ChangeType::Updated,
@@ -399,6 +407,7 @@ impl Tenant {
             return notices;
         }
         self.deleted_users.insert(id);
+        self.record_user(id);
         for group in self.groups_where(|g| g.members.contains(&id)) {
             notices.extend(self.remove_member(group, id));
         }
@@ -568,6 +577,7 @@ impl Tenant {
         self.oldest_valid = self.version + 1;
         // Nothing before it can be asked for again.
         self.log.clear();
+        self.user_log.clear();
         // A later token must still be distinguishable from the expired ones.
         self.version += 1;
     }
@@ -672,6 +682,30 @@ impl Tenant {
         }
     }
 
+    /// The users a users delta round reports, sorted: every user for the first round (`since`
+    /// `None`), else those created, changed or deleted after version `since` up to `upto`, each
+    /// with `true` when it is gone (`@removed`, reason `deleted`).
+    pub fn users_delta(
+        &self,
+        since: Option<u64>,
+        upto: u64,
+    ) -> Result<Vec<(Uuid, bool)>, DeltaError> {
+        let users: BTreeSet<Uuid> = match since {
+            None => self.users.keys().copied().collect(),
+            Some(since) if since < self.oldest_valid => return Err(DeltaError::Expired),
+            Some(since) => self
+                .user_log
+                .iter()
+                .filter(|(version, _)| *version > since && *version <= upto)
+                .map(|(_, user)| *user)
+                .collect(),
+        };
+        Ok(users
+            .into_iter()
+            .map(|id| (id, !self.users.contains_key(&id)))
+            .collect())
+    }
+
     pub fn is_group(&self, id: Uuid) -> bool {
         self.groups.contains_key(&id)
     }
@@ -767,6 +801,34 @@ mod tests {
         assert_eq!(
             t.members_of(id(200), true).unwrap(),
             [id(1), id(2), id(3), id(100)]
+        );
+    }
+
+    #[test]
+    fn users_delta_reports_changed_and_deleted_users_once_each() {
+        let mut t = tenant();
+        assert_eq!(
+            t.users_delta(None, t.version()).unwrap(),
+            [(id(1), false), (id(2), false), (id(3), false)]
+        );
+        let token = t.version();
+        t.add_member(id(100), id(3)); // not a change of the user
+        let mut renamed = t.users[&id(1)].clone();
+        renamed.display_name = "Renamed".into();
+        t.upsert_user(renamed.clone());
+        t.upsert_user(renamed);
+        t.delete_user(id(2));
+        let upto = t.version();
+        assert_eq!(
+            t.users_delta(Some(token), upto).unwrap(),
+            [(id(1), false), (id(2), true)]
+        );
+        t.delete_user(id(3));
+        assert_eq!(t.users_delta(Some(token), upto).unwrap().len(), 2);
+        t.expire_delta_tokens();
+        assert_eq!(
+            t.users_delta(Some(token), t.version()),
+            Err(DeltaError::Expired)
         );
     }
 

@@ -135,7 +135,8 @@ impl Merger {
     }
 }
 
-fn is_expired(error: &Error) -> bool {
+/// Graph's answers to a delta token it no longer keeps state for.
+pub(super) fn is_expired(error: &Error) -> bool {
     matches!(error, Error::Graph { status: 410, .. })
         || matches!(
             error,

@@ -12,6 +12,7 @@ pub mod model;
 mod settings;
 mod subscriptions;
 mod token;
+mod users_delta;
 
 pub use credential::Credential;
 pub use delta::{DeltaRound, DeltaStart, GroupDelta, MemberChange};
@@ -19,6 +20,7 @@ pub use http::RetryPolicy;
 pub use metrics::GraphMetrics;
 pub use settings::{GraphArgs, GraphConfig, checked_url};
 pub use subscriptions::NewSubscription;
+pub use users_delta::UsersDelta;
 
 use std::sync::Arc;
 

@@ -21,8 +21,9 @@ use super::{ApplyOptions, Store};
 use crate::error::Result;
 use crate::store::lease::Lease;
 
-/// The delta query entra-sync runs.
+/// The resources whose deltaLinks are kept (`entra_sync_delta_links.resource`).
 const GROUPS: &str = "groups";
+const USERS: &str = "users";
 
 /// What a reconciliation left behind, for `status`.
 #[derive(Clone, Debug)]
@@ -118,19 +119,37 @@ impl Store {
 
     /// Where the groups' delta query resumes, if a round ever committed.
     pub async fn delta_link(&self) -> Result<Option<String>> {
-        Ok(delta_link::Entity::find_by_id(GROUPS.to_owned())
+        self.link_of(GROUPS).await
+    }
+
+    /// Stores where the next round resumes, once the round's changes are committed.
+    pub async fn save_delta_link(&self, link: &str, options: ApplyOptions) -> Result<()> {
+        self.save_link(GROUPS, link, options).await
+    }
+
+    /// Where the users' delta query resumes, if a round ever read it.
+    pub async fn users_delta_link(&self) -> Result<Option<String>> {
+        self.link_of(USERS).await
+    }
+
+    /// Stores where the users' delta query resumes, once the users it named are applied.
+    pub async fn save_users_delta_link(&self, link: &str, options: ApplyOptions) -> Result<()> {
+        self.save_link(USERS, link, options).await
+    }
+
+    async fn link_of(&self, resource: &str) -> Result<Option<String>> {
+        Ok(delta_link::Entity::find_by_id(resource.to_owned())
             .one(&self.db)
             .await?
             .map(|l| l.delta_link))
     }
 
-    /// Stores where the next round resumes, once the round's changes are committed.
-    pub async fn save_delta_link(&self, link: &str, options: ApplyOptions) -> Result<()> {
+    async fn save_link(&self, resource: &str, link: &str, options: ApplyOptions) -> Result<()> {
         let Some(txn) = self.state_transaction(options).await? else {
             return Ok(());
         };
         delta_link::Entity::insert(delta_link::ActiveModel {
-            resource: Set(GROUPS.to_owned()),
+            resource: Set(resource.to_owned()),
             delta_link: Set(link.to_owned()),
             updated_at: Set(options.now),
         })

@@ -127,6 +127,7 @@ impl Syncer {
         self.store
             .mark_roles_stale(Some(&changed), self.options(now))
             .await?;
+        self.users_round(now, &mut report.changes).await?;
         report.changes.add(self.retry_failed(now).await?);
         // Stored once the round's removals are settled (see `Syncer::finish_unit`).
         self.defer_delta_link(&round.delta_link, now).await?;
@@ -317,6 +318,7 @@ impl Syncer {
         // Owner changes made before the new deltaLink are in no round after it, and member
         // changes of role-holding groups may be among what it found.
         self.sync_owners(&assigned, now, &mut changes).await?;
+        self.users_round(now, &mut changes).await?;
         self.store.mark_roles_stale(None, self.options(now)).await?;
         let report = RoundReport {
             resynced: true,

@@ -1,11 +1,12 @@
 //! Users: a `users` notification, or a reconciliation, re-reads users from Graph. A rename
 //! follows into LiteLLM; a user deleted or disabled in Entra loses what entra-sync gave them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::{Syncer, retrying};
 use crate::directory::UserState;
 use crate::error::{Error, Result};
+use crate::graph::DeltaStart;
 use crate::store::{Cause, Change, Changes, Deletion, Item, LiteLlmWriter};
 use chrono::{DateTime, Utc};
 use entity::UserId;
@@ -43,29 +44,87 @@ impl Syncer {
                     .deletion_seen(user, *notified_at, syncer.options(now))
                     .await?;
             }
-            // A departed user may be back, and roles come back with them: worked out again at
-            // the next poll.
-            let departed_among = unique.iter().any(|id| syncer.excluded.contains_key(id));
-            // Read twenty to a request.
-            let mut read = Vec::with_capacity(unique.len());
-            for (id, state) in syncer.graph.user_states(&unique).await? {
-                match state {
-                    Ok(state) => read.push((id, state)),
-                    Err(error) => {
-                        changes.add(syncer.settle_item(Item::User(id), Err(error), now).await?)
-                    }
-                }
-            }
-            syncer.apply_users(read, now, &mut changes).await?;
-            if departed_among || !changes.is_empty() {
-                syncer
-                    .store
-                    .mark_roles_stale(None, syncer.options(now))
-                    .await?;
-            }
+            syncer.reread_users(&unique, now, &mut changes).await?;
             Ok(changes)
         })
         .await
+    }
+
+    /// Reads these users again (twenty to a request) and applies what changed, inside a unit of
+    /// work.
+    async fn reread_users(
+        &self,
+        ids: &[UserId],
+        now: DateTime<Utc>,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        // A departed user may be back, and roles come back with them: worked out again at the
+        // next poll.
+        let departed_among = ids.iter().any(|id| self.excluded.contains_key(id));
+        let before = changes.total();
+        let mut read = Vec::with_capacity(ids.len());
+        for (id, state) in self.graph.user_states(ids).await? {
+            match state {
+                Ok(state) => read.push((id, state)),
+                Err(error) => changes.add(self.settle_item(Item::User(id), Err(error), now).await?),
+            }
+        }
+        self.apply_users(read, now, changes).await?;
+        if departed_among || changes.total() != before {
+            self.store.mark_roles_stale(None, self.options(now)).await?;
+        }
+        Ok(())
+    }
+
+    /// The users delta since the last round: the users it names that LiteLLM knows are read
+    /// again, so that a lost `users` notification (a disabling, an enabling, a rename) costs at
+    /// most a round, not a reconciliation. The first round only takes a link from now (what
+    /// happened before is in the reads that made LiteLLM's rows); an expired link compares
+    /// every known user with the tenant's listing, as a reconciliation does. A Graph error of
+    /// its own leaves the link where it was, for the next round.
+    pub(super) async fn users_round(
+        &self,
+        now: DateTime<Utc>,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        let start = match self.store.users_delta_link().await? {
+            Some(link) => DeltaStart::Link(link),
+            None => DeltaStart::Latest,
+        };
+        let delta = match self.graph.users_delta(start).await {
+            Ok(delta) => delta,
+            Err(Error::DeltaExpired) => {
+                tracing::warn!("the users delta token expired: reading every known user again");
+                let latest = self.graph.users_delta(DeltaStart::Latest).await?;
+                let tenant = self.graph.all_users().await?;
+                changes.merge(self.apply_tenant_users(tenant, now).await?);
+                self.store.mark_roles_stale(None, self.options(now)).await?;
+                return self
+                    .store
+                    .save_users_delta_link(&latest.delta_link, self.options(now))
+                    .await;
+            }
+            Err(error) if !error.is_systemic() => {
+                tracing::warn!(%error, "cannot read the users delta; the next round tries again");
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        };
+        if !delta.users.is_empty() {
+            let known: HashSet<UserId> = self.store.known_users().await?.into_iter().collect();
+            let named: Vec<UserId> = delta
+                .users
+                .into_iter()
+                .filter(|id| known.contains(id) || self.excluded.contains_key(id))
+                .collect();
+            if !named.is_empty() {
+                tracing::debug!(users = named.len(), "the users delta names known users");
+                self.reread_users(&named, now, changes).await?;
+            }
+        }
+        self.store
+            .save_users_delta_link(&delta.delta_link, self.options(now))
+            .await
     }
 
     /// The users entra-sync holds as departed, read again (a thousand to a getByIds request):

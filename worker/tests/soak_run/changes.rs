@@ -480,18 +480,9 @@ impl Run {
         }
     }
 
-    /// Disables or enables a user. Unless the soak includes losing such notifications (see
-    /// [`super::Included`]), graph-sim delivers this one whatever its loss rate.
+    /// Disables or enables a user. Its `users` notification may be lost like any other: the
+    /// next round's users delta names the user.
     fn set_enabled(&mut self, user: u128, enabled: bool) -> String {
-        // A lost "enabled" is read again by a group read or the departed users' recheck.
-        let lose = enabled || self.included.lost_disabled;
-        let mut saved = None;
-        if !lose {
-            self.world.sim.set_delivery(|d| {
-                saved = Some(d.loss_rate);
-                d.loss_rate = 0.0;
-            });
-        }
         self.change(|t| match t.users.get(&uid(user)).cloned() {
             Some(mut u) => {
                 u.account_enabled = enabled;
@@ -499,9 +490,6 @@ impl Run {
             }
             None => Vec::new(),
         });
-        if let Some(rate) = saved {
-            self.world.sim.set_delivery(|d| d.loss_rate = rate);
-        }
         format!(
             "user {user} {}",
             if enabled { "enabled" } else { "disabled" }

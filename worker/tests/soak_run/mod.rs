@@ -7,8 +7,8 @@
 //! [`keys`]), with every notification acknowledged and none dead-lettered. Shared by
 //! `tests/soak.rs` (fixed seeds, 200 steps) and `benches/soak.rs` (longer runs for local use).
 //!
-//! The steps ([`changes`]): members added and removed, users disabled and enabled (see
-//! [`Included`]), groups renamed, assigned and unassigned, app roles granted and revoked (to
+//! The steps ([`changes`]): members added and removed, users disabled and enabled,
+//! groups renamed, assigned and unassigned, app roles granted and revoked (to
 //! users and to groups), groups nested and taken out; 429s and 503s, replication lag (also of a
 //! member as they join), expired delta tokens, notifications duplicated, reordered, delayed and
 //! lost, the worker process killed (also while a delta read is slow) and started again; team and
@@ -127,39 +127,6 @@ impl std::fmt::Display for Length {
     }
 }
 
-/// What the soak leaves out of its random choices unless `ENTRA_SYNC_SOAK_INCLUDE` (a
-/// comma-separated list of the names below) puts it back: cases the engine does not handle
-/// without a reconciliation.
-/// - `lost-disabled`: graph-sim may lose the `users` notification of a disabling; nothing reads
-///   the user's account again before the reconciliation unless one of her groups is read whole,
-///   so she keeps her teams (README, "When a notification is lost").
-///
-/// Left out, a disabling's `users` notification is never lost (the others are, as the soak's
-/// delivery settings say, enablings' included).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Included {
-    pub lost_disabled: bool,
-}
-
-impl Included {
-    pub fn from_env() -> Self {
-        let value = std::env::var("ENTRA_SYNC_SOAK_INCLUDE").unwrap_or_default();
-        let named = |name: &str| value.split(',').any(|v| v.trim() == name);
-        Self {
-            lost_disabled: named("lost-disabled"),
-        }
-    }
-
-    /// As `ENTRA_SYNC_SOAK_INCLUDE` says it (empty: nothing included).
-    pub fn names(&self) -> String {
-        if self.lost_disabled {
-            "lost-disabled".into()
-        } else {
-            String::new()
-        }
-    }
-}
-
 /// What one soak did and found.
 #[derive(Debug)]
 pub struct Outcome {
@@ -245,7 +212,6 @@ impl Outcome {
 pub(crate) struct Run {
     seed: u64,
     setup: Setup,
-    included: Included,
     world: World,
     workers: Workers,
     rng: fastrand::Rng,
@@ -259,7 +225,7 @@ pub(crate) struct Run {
 }
 
 /// Runs the soak for `seed` under `setup`.
-pub async fn soak(seed: u64, setup: Setup, length: Length, included: Included) -> Outcome {
+pub async fn soak(seed: u64, setup: Setup, length: Length) -> Outcome {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut world = World::new().await;
     world.sim.set_delivery(|d| d.seed = seed);
@@ -275,7 +241,6 @@ pub async fn soak(seed: u64, setup: Setup, length: Length, included: Included) -
     let mut run = Run {
         seed,
         setup,
-        included,
         world,
         workers,
         rng,

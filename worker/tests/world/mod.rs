@@ -313,7 +313,7 @@ impl World {
             .conn()
             .query_one(sea_orm::Statement::from_string(
                 sea_orm::DbBackend::Postgres,
-                "SELECT count(*) FROM entra_sync_delta_links",
+                "SELECT count(*) FROM entra_sync_delta_links WHERE resource = 'groups'",
             ))
             .await
             .ok()
