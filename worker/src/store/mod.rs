@@ -39,6 +39,7 @@ pub mod lease;
 mod members;
 mod nesting;
 mod owners;
+mod planning;
 mod poll_state;
 mod removals;
 mod roles;
@@ -490,19 +491,19 @@ impl Store {
         &self,
         group: &GroupId,
         joining: &[EntraUser],
-        leaving: members::Leaving<'_>,
+        leaving: planning::Leaving<'_>,
         reason: RemovalReason,
         options: ApplyOptions,
     ) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
-        let request = members::Request {
+        let request = planning::Request {
             group,
             joining,
             leaving,
             // Taking out every membership entra-sync manages takes out its owners too.
             owners: match leaving {
-                members::Leaving::AllManaged => members::Owners::Ignored,
-                _ => members::Owners::Kept,
+                planning::Leaving::AllManaged => planning::Owners::Ignored,
+                _ => planning::Owners::Kept,
             },
             mode: self.removal_mode,
             keys: self.keys.removed_member,
@@ -602,7 +603,7 @@ impl LiteLlmWriter for Store {
         self.membership(
             group,
             members,
-            members::Leaving::Nobody,
+            planning::Leaving::Nobody,
             RemovalReason::LeftGroup,
             options,
         )
@@ -619,7 +620,7 @@ impl LiteLlmWriter for Store {
         self.membership(
             group,
             &[],
-            members::Leaving::These(members),
+            planning::Leaving::These(members),
             RemovalReason::LeftGroup,
             options,
         )
@@ -636,7 +637,7 @@ impl LiteLlmWriter for Store {
         self.membership(
             group,
             members,
-            members::Leaving::EveryoneElse,
+            planning::Leaving::EveryoneElse,
             RemovalReason::NotInGroup,
             options,
         )
@@ -679,13 +680,13 @@ impl LiteLlmWriter for Store {
                 teams::ensure_many(&txn, &named, &self.settings, &self.rules, options.now)
                     .await?
                     .into_iter();
-            let requests: Vec<members::Request> = teams
+            let requests: Vec<planning::Request> = teams
                 .iter()
-                .map(|team| members::Request {
+                .map(|team| planning::Request {
                     group: team.group,
                     joining: team.members,
-                    leaving: members::Leaving::EveryoneElse,
-                    owners: members::Owners::Kept,
+                    leaving: planning::Leaving::EveryoneElse,
+                    owners: planning::Owners::Kept,
                     mode: self.removal_mode,
                     keys: self.keys.removed_member,
                     unreadable: team.unreadable,
@@ -720,7 +721,7 @@ impl LiteLlmWriter for Store {
         self.membership(
             group,
             &[],
-            members::Leaving::AllManaged,
+            planning::Leaving::AllManaged,
             RemovalReason::GroupRetired,
             options,
         )
@@ -735,11 +736,11 @@ impl LiteLlmWriter for Store {
         options: ApplyOptions,
     ) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
-        let request = members::Request {
+        let request = planning::Request {
             group,
             joining: &[],
-            leaving: members::Leaving::Nobody,
-            owners: members::Owners::Now(owners),
+            leaving: planning::Leaving::Nobody,
+            owners: planning::Owners::Now(owners),
             mode: self.removal_mode,
             keys: self.keys.removed_member,
             unreadable: &[],
@@ -813,13 +814,13 @@ impl LiteLlmWriter for Store {
             rows.dedup();
             users::lock_users(&txn, &rows.iter().map(String::as_str).collect::<Vec<_>>()).await?;
             if let Some(leaving) = leaving {
-                let requests: Vec<members::Request> = groups
+                let requests: Vec<planning::Request> = groups
                     .iter()
-                    .map(|group| members::Request {
+                    .map(|group| planning::Request {
                         group,
                         joining: &[],
-                        leaving: members::Leaving::These(std::slice::from_ref(user)),
-                        owners: members::Owners::Ignored,
+                        leaving: planning::Leaving::These(std::slice::from_ref(user)),
+                        owners: planning::Owners::Ignored,
                         mode: self.removal_mode,
                         keys: self.keys.removed_member,
                         unreadable: &[],

@@ -20,8 +20,8 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult, Transaction
 use super::ApplyOptions;
 use super::change::{BlockReason, Change, RemovalReason};
 use super::keys::{self, KeyPlan, RemovedMemberKeys};
-use super::members;
 use super::sql::{lock_teams, stmt, text_array};
+use super::{members, planning};
 use crate::error::Result;
 
 /// One unit of work's number, under which its operations stage their removals.
@@ -361,13 +361,13 @@ impl super::Store {
                 Some((GroupId::parse(team).ok()?, users, *reason))
             })
             .collect();
-        let requests: Vec<members::Request> = groups
+        let requests: Vec<planning::Request> = groups
             .iter()
-            .map(|(group, users, reason)| members::Request {
+            .map(|(group, users, reason)| planning::Request {
                 group,
                 joining: &[],
-                leaving: members::Leaving::Exactly(users),
-                owners: members::Owners::Ignored,
+                leaving: planning::Leaving::Exactly(users),
+                owners: planning::Owners::Ignored,
                 mode: self.removal_mode,
                 keys: self.keys.removed_member,
                 unreadable: &[],

@@ -1,0 +1,449 @@
+//! Who joins and who leaves one team: each trace of a membership planned for every user a
+//! request names, as LiteLLM's own sign-in and `team_member_delete` leave them.
+
+use std::collections::{HashMap, HashSet};
+
+use entity::UserId;
+use entity::litellm::member_entry;
+use serde_json::json;
+
+use super::{Joined, Leaving, Managed, Owners, Plan, Planned, Prepared, Request, TeamState};
+use crate::directory::EntraUser;
+use crate::error::Result;
+use crate::litellm_config::LiteLlmSettings;
+use crate::store::RemovalMode;
+use crate::store::change::{Change, RemovalReason};
+use crate::store::keys::RemovedMemberKeys;
+use crate::store::removals::{Removals, StagedRemoval};
+use crate::store::users::{Candidates, Match, NewUser, UserRow};
+
+/// Plans one request against its team as found, with the batch's candidates.
+pub(in crate::store) fn plan_request<'r, 'a>(
+    prepared: Prepared<'r, 'a>,
+    candidates: &mut Candidates,
+    team: &TeamState,
+    settings: &LiteLlmSettings,
+) -> Result<Planned<'r, 'a>> {
+    let request = prepared.request;
+    let team_id = prepared.team_id.as_str();
+    let mut plan = Plan::default();
+    let mut staying = HashSet::new();
+    let mut arriving = HashSet::new();
+    let mut joined_members = HashMap::new();
+    let owner_ids: HashSet<&UserId> = prepared
+        .owners_now
+        .iter()
+        .flatten()
+        .map(|u| &u.id)
+        .collect();
+    for user in &prepared.joining {
+        // An owner joining as a member joins as the team's admin.
+        let role = if owner_ids.contains(&user.id) {
+            member_entry::ROLE_ADMIN
+        } else {
+            member_entry::ROLE_USER
+        };
+        let joined = plan_join(&mut plan, candidates, team, team_id, user, settings, role)?;
+        if let Some(managed) = plan.managed_mut(team, &joined.user_id) {
+            managed.member = true;
+        }
+        if joined.added {
+            arriving.insert(joined.user_id.clone());
+        }
+        joined_members.insert(user.id.clone(), joined.user_id.clone());
+        staying.insert(joined.user_id);
+    }
+    // Listed by the group but unreadable: not evidence of leaving, so they stay as they are.
+    let mut unidentified = false;
+    for id in request.unreadable {
+        match litellm_user_of(candidates, team, id.as_str())? {
+            Some(user_id) => {
+                staying.insert(user_id);
+            }
+            None => unidentified = true,
+        }
+    }
+    if unidentified && matches!(request.leaving, Leaving::EveryoneElse) {
+        // One the group lists may be a member LiteLLM knows by email only (its SCIM's rows,
+        // found by the email Graph did not give): nobody who could be her leaves until she is
+        // read. Members known as other Entra users still do.
+        staying.extend(
+            current_members(team)
+                .filter(|user_id| entra_id_of(candidates, team, user_id).is_none())
+                .cloned(),
+        );
+    }
+    let mut leaving_owners = Vec::new();
+    if let Some(owners) = &prepared.owners_now {
+        let planned = super::owners::plan(
+            &mut plan,
+            candidates,
+            team,
+            team_id,
+            owners,
+            &joined_members,
+            settings,
+        )?;
+        arriving.extend(planned.arriving);
+        staying.extend(planned.staying);
+        leaving_owners = planned.leaving;
+    }
+    // Users created just now have no keys to bring back.
+    for new in &plan.create {
+        arriving.remove(&new.user_id);
+    }
+    let mut leaving = leaving_users(request, candidates, team, &staying)?;
+    // Owners stay in the team while they own the group: leaving it, they are members no more.
+    let kept_owners: HashSet<&String> = match request.owners {
+        Owners::Kept => team.owners.keys().collect(),
+        Owners::Now(_) => plan
+            .owner_rows
+            .iter()
+            .flat_map(|rows| rows.keys())
+            .collect(),
+        Owners::Ignored => HashSet::new(),
+    };
+    let kept: Vec<String> = leaving
+        .iter()
+        .filter(|user_id| kept_owners.contains(user_id))
+        .cloned()
+        .collect();
+    leaving.retain(|user_id| !kept_owners.contains(user_id));
+    for user_id in &kept {
+        if let Some(managed) = plan.managed_mut(team, user_id) {
+            managed.member = false;
+        }
+    }
+    let leaving_owners: HashSet<String> = leaving_owners.into_iter().collect();
+    leaving.extend(leaving_owners.iter().cloned());
+    leaving.sort();
+    leaving.dedup();
+    // A member who stays, whose removal a unit of work held: the hold no longer stands.
+    plan.drop_holds = staying
+        .iter()
+        .filter(|user_id| team.held.contains(*user_id) && !leaving.contains(*user_id))
+        .cloned()
+        .collect();
+    plan.drop_holds.sort();
+    for user_id in &plan.drop_holds {
+        plan.changes.push(Change::RemovalDropped {
+            team_id: team_id.to_owned(),
+            user_id: user_id.clone(),
+        });
+    }
+    let mut staged = Vec::new();
+    if let Removals::Stage(_) = request.removals {
+        // Members leave at the end of the unit of work, or are held then. What is not a
+        // membership (only entra-sync's own record of one) is forgotten now.
+        let (members, records): (Vec<String>, Vec<String>) = leaving
+            .into_iter()
+            .partition(|user_id| is_member(candidates, team, team_id, user_id));
+        for user_id in records {
+            plan_leave(&mut plan, candidates, team, team_id, user_id);
+        }
+        staged = members
+            .into_iter()
+            .map(|user_id| StagedRemoval {
+                team_id: team_id.to_owned(),
+                entra_user_id: entra_user_of(candidates, team, &user_id),
+                reason: if leaving_owners.contains(&user_id) {
+                    RemovalReason::OwnershipEnded
+                } else {
+                    request.reason
+                },
+                user_id,
+            })
+            .collect();
+        leaving = Vec::new();
+    } else {
+        for user_id in &leaving {
+            if team.held.contains(user_id) {
+                plan.drop_holds.push(user_id.clone());
+            }
+            plan_leave(&mut plan, candidates, team, team_id, user_id.clone());
+        }
+    }
+    Ok(Planned {
+        prepared,
+        plan,
+        leaving,
+        arriving,
+        staged,
+    })
+}
+
+/// Whether the user has a trace of membership in the team: an entry, the team in their `teams`,
+/// or a membership row.
+fn is_member(candidates: &Candidates, team: &TeamState, team_id: &str, user_id: &str) -> bool {
+    team.entries.contains_key(user_id)
+        || team.rows.contains(user_id)
+        || candidates
+            .by_user_id(user_id)
+            .is_some_and(|row| row.in_team(team_id))
+}
+
+/// The LiteLLM user of an Entra object id: its row, or a membership entra-sync made for it (the
+/// row may be gone while traces remain).
+fn litellm_user_of(
+    candidates: &Candidates,
+    team: &TeamState,
+    object_id: &str,
+) -> Result<Option<String>> {
+    if let Some(row) = candidates.object(object_id)? {
+        return Ok(Some(candidates.rows[row].user_id.clone()));
+    }
+    Ok(team
+        .managed
+        .iter()
+        .find(|(_, managed)| managed.entra_user_id == object_id)
+        .map(|(user_id, _)| user_id.clone()))
+}
+
+/// The Entra object id of a LiteLLM user, when entra-sync knows it.
+fn entra_user_of(candidates: &Candidates, team: &TeamState, user_id: &str) -> Option<String> {
+    team.managed
+        .get(user_id)
+        .map(|managed| managed.entra_user_id.clone())
+        .or_else(|| candidates.by_user_id(user_id)?.sso_user_id.clone())
+}
+
+/// The Entra object id a LiteLLM user is known by: a membership entra-sync made, the row's
+/// `sso_user_id`, or a `user_id` that is an object id (LiteLLM's sign-in uses it as one).
+fn entra_id_of(candidates: &Candidates, team: &TeamState, user_id: &str) -> Option<String> {
+    entra_user_of(candidates, team, user_id).or_else(|| {
+        candidates
+            .by_user_id(user_id)
+            .and_then(|row| UserId::parse(&row.user_id).ok())
+            .map(|id| id.to_string())
+    })
+}
+
+/// Each user once, in the order given.
+pub(in crate::store) fn distinct(users: &[EntraUser]) -> Vec<&EntraUser> {
+    let mut seen = HashSet::new();
+    users
+        .iter()
+        .filter(|user| seen.insert(user.id.clone()))
+        .collect()
+}
+
+/// The existing user rows the batch writes (teams joined or left, links), and those whose keys
+/// [`plan_keys`] locks (members leaving under a key policy, members coming back), locked before
+/// the keys as the store's lock order says. Users the batch creates have no row yet.
+pub(in crate::store) fn locked_users<'p>(planned: &'p [Planned<'_, '_>]) -> Vec<&'p str> {
+    let created: HashSet<&str> = planned
+        .iter()
+        .flat_map(|one| &one.plan.create)
+        .map(|new| new.user_id.as_str())
+        .collect();
+    let mut users: Vec<&str> = planned
+        .iter()
+        .flat_map(|one| {
+            let keys_locked = one.prepared.request.keys != RemovedMemberKeys::Keep;
+            one.plan
+                .add_team_to_user
+                .iter()
+                .chain(&one.plan.remove_team_from_user)
+                .chain(one.plan.link.iter().map(|(user_id, _)| user_id))
+                .chain(one.plan.sign_in.iter().map(|(user_id, _, _)| user_id))
+                .chain(one.leaving.iter().filter(move |_| keys_locked))
+                .chain(&one.arriving)
+                .chain(&one.plan.drop_holds)
+                .map(String::as_str)
+        })
+        .filter(|user_id| !created.contains(user_id))
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    users
+}
+
+/// The LiteLLM user ids to take out of the team, sorted, after the removal mode's filter.
+fn leaving_users(
+    request: &Request<'_>,
+    candidates: &Candidates,
+    team: &TeamState,
+    staying: &HashSet<String>,
+) -> Result<Vec<String>> {
+    let mut leaving: Vec<String> = match request.leaving {
+        Leaving::Nobody => Vec::new(),
+        Leaving::These(leaving) => {
+            let mut users = Vec::with_capacity(leaving.len());
+            for id in leaving {
+                users.extend(litellm_user_of(candidates, team, id.as_str())?);
+            }
+            users
+        }
+        Leaving::EveryoneElse => current_members(team).cloned().collect(),
+        Leaving::AllManaged => team.managed.keys().cloned().collect(),
+        Leaving::Exactly(leaving) => leaving.to_vec(),
+    };
+    let filtered = matches!(request.leaving, Leaving::These(_) | Leaving::EveryoneElse);
+    leaving.retain(|user_id| {
+        !staying.contains(user_id)
+            && (!filtered
+                || match request.mode {
+                    RemovalMode::Managed => team.managed.contains_key(user_id),
+                    RemovalMode::Mirror => true,
+                })
+    });
+    leaving.sort();
+    leaving.dedup();
+    Ok(leaving)
+}
+
+/// The team's members: everyone in `members_with_roles` (what LiteLLM shows as the team's
+/// members) and every membership entra-sync created. A bare `"LiteLLM_TeamMembership"` row of
+/// someone in neither is LiteLLM's spend record and is left alone.
+pub(in crate::store) fn current_members(team: &TeamState) -> impl Iterator<Item = &String> {
+    let mut seen = HashSet::new();
+    team.entries
+        .keys()
+        .chain(team.managed.keys())
+        .filter(move |user_id| seen.insert(*user_id))
+}
+
+/// Plans whatever is missing for one joining user, with `role` for an entry it adds (an existing
+/// entry keeps its role). A membership entra-sync establishes is marked managed, with no reason
+/// yet: the caller says whether the user joins as a member or as an owner.
+pub(in crate::store) fn plan_join(
+    plan: &mut Plan,
+    candidates: &mut Candidates,
+    team: &TeamState,
+    team_id: &str,
+    user: &EntraUser,
+    settings: &LiteLlmSettings,
+    role: &'static str,
+) -> Result<Joined> {
+    let (user_id, email, in_teams) = match candidates.find(user)? {
+        Match::New => {
+            let new = NewUser::from_entra(user);
+            plan.changes.push(new.change(settings));
+            let found = (new.user_id.clone(), new.user_email.clone(), true);
+            plan.create.push(new);
+            found
+        }
+        Match::Existing { row, link } => {
+            let signed_in = signed_in(&candidates.rows[row], user);
+            let row = &mut candidates.rows[row];
+            if link {
+                plan.link.push((row.user_id.clone(), user.id.to_string()));
+                plan.changes.push(Change::UserLinked {
+                    user_id: row.user_id.clone(),
+                    sso_user_id: user.id.to_string(),
+                });
+            }
+            if let Some((email, alias)) = signed_in {
+                // The next team of the batch finds the row as this one leaves it.
+                row.user_email = email.clone().or(row.user_email.take());
+                row.user_alias = alias.clone().or(row.user_alias.take());
+                plan.changes.push(Change::UserUpdated {
+                    user_id: row.user_id.clone(),
+                    user_email: row.user_email.clone(),
+                    user_alias: row.user_alias.clone(),
+                });
+                plan.sign_in.push((row.user_id.clone(), email, alias));
+            }
+            (
+                row.user_id.clone(),
+                row.user_email.clone(),
+                row.in_team(team_id),
+            )
+        }
+    };
+    let has_entry = team.entries.contains_key(&user_id);
+    let has_row = team.rows.contains(&user_id);
+    if !in_teams {
+        plan.add_team_to_user.push(user_id.clone());
+    }
+    if !has_row {
+        plan.insert_rows.push(user_id.clone());
+    }
+    if !has_entry {
+        plan.add_entries.push(json!({
+            member_entry::USER_ID: user_id,
+            member_entry::USER_EMAIL: email,
+            member_entry::ROLE: role,
+        }));
+        // Only a membership entra-sync established is entra-sync's to remove later.
+        if !team.managed.contains_key(&user_id) && !plan.managed.contains_key(&user_id) {
+            plan.managed.insert(
+                user_id.clone(),
+                Managed {
+                    entra_user_id: user.id.to_string(),
+                    member: false,
+                    owner: false,
+                },
+            );
+        }
+    }
+    let added = !(in_teams && has_row && has_entry);
+    if added {
+        plan.joined.push(user_id.clone());
+        plan.changes.push(Change::MemberAdded {
+            team_id: team_id.to_owned(),
+            user_id: user_id.clone(),
+        });
+        if !has_entry && role != member_entry::ROLE_USER {
+            plan.changes.push(Change::MemberRoleChanged {
+                team_id: team_id.to_owned(),
+                user_id: user_id.clone(),
+                from: None,
+                to: role.to_owned(),
+            });
+        }
+    }
+    Ok(Joined { user_id, added })
+}
+
+/// What LiteLLM's own sign-in would change on an existing user's row (`upsert_sso_user`, its
+/// `_build_sso_user_update_data`): the email, to Entra's; the alias only when it has none yet.
+/// `None` when nothing changes; each part `None` when it stays.
+fn signed_in(row: &UserRow, user: &EntraUser) -> Option<(Option<String>, Option<String>)> {
+    let email = user
+        .email()
+        .filter(|email| row.user_email.as_deref() != Some(email.as_str()));
+    let alias = match row.user_alias.as_deref() {
+        Some(alias) if !alias.trim().is_empty() => None,
+        _ => user
+            .display_name
+            .clone()
+            .filter(|name| !name.trim().is_empty()),
+    };
+    (email.is_some() || alias.is_some()).then_some((email, alias))
+}
+
+/// Plans the removal of every trace of one user's membership.
+fn plan_leave(
+    plan: &mut Plan,
+    candidates: &Candidates,
+    team: &TeamState,
+    team_id: &str,
+    user_id: String,
+) {
+    let in_teams = candidates
+        .by_user_id(&user_id)
+        .is_some_and(|row| row.in_team(team_id));
+    let has_entry = team.entries.contains_key(&user_id);
+    let has_row = team.rows.contains(&user_id);
+    let managed = team.managed.contains_key(&user_id);
+    plan.managed.remove(&user_id);
+    if in_teams {
+        plan.remove_team_from_user.push(user_id.clone());
+    }
+    if has_entry {
+        plan.remove_entries.push(user_id.clone());
+    }
+    if has_row {
+        plan.delete_rows.push(user_id.clone());
+    }
+    if managed {
+        plan.unmark_managed.push(user_id.clone());
+    }
+    if in_teams || has_entry || has_row {
+        plan.changes.push(Change::MemberRemoved {
+            team_id: team_id.to_owned(),
+            user_id,
+        });
+    }
+}
