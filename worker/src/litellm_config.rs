@@ -177,6 +177,15 @@ pub struct LiteLlmSettings {
 }
 
 impl LiteLlmSettings {
+    /// The role of a user entra-sync creates, and the one a user falls back to when entra-sync
+    /// revokes the role it set: `default_internal_user_params.user_role`, else LiteLLM's default
+    /// for a new user.
+    pub fn default_user_role(&self) -> LiteLlmRole {
+        self.user_defaults
+            .user_role
+            .unwrap_or(LiteLlmRole::DEFAULT_FOR_NEW_USER)
+    }
+
     /// Reads LiteLLM's config.yaml. `env` resolves `os.environ/NAME` references; pass
     /// `|name| std::env::var(name).ok()` in production.
     pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {

@@ -8,8 +8,9 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use entity::sync::failed_item;
 use entity::{GroupId, UserId};
-use sea_orm::{ConnectionTrait, EntityTrait, FromQueryResult, QueryOrder, Statement};
+use sea_orm::{ConnectionTrait, EntityTrait, FromQueryResult, QueryOrder};
 
+use super::sql::stmt;
 use super::{ApplyOptions, Cause, Store};
 use crate::error::Result;
 
@@ -63,10 +64,6 @@ impl std::fmt::Display for Item {
     }
 }
 
-fn statement(sql: &str, values: impl IntoIterator<Item = sea_orm::Value>) -> Statement {
-    Statement::from_sql_and_values(sea_orm::DbBackend::Postgres, sql, values)
-}
-
 impl Store {
     /// Records a failure (or one more): retried 5 s after the first, doubling up to an hour.
     /// The audit log says what failed and why.
@@ -79,7 +76,7 @@ impl Store {
         let Some(txn) = self.state_transaction(options).await? else {
             return Ok(());
         };
-        txn.execute(statement(
+        txn.execute(stmt(
             "INSERT INTO entra_sync_failed_items
                (kind, id, error, attempts, first_failed_at, last_failed_at, retry_at)
              VALUES ($1, $2, $3, 1, $4, $4, $4 + interval '5 seconds')
@@ -109,7 +106,7 @@ impl Store {
             return Ok(());
         };
         let cleared = txn
-            .execute(statement(
+            .execute(stmt(
                 "DELETE FROM entra_sync_failed_items WHERE kind = $1 AND id = $2",
                 [item.kind().into(), item.id().into()],
             ))
@@ -123,20 +120,19 @@ impl Store {
 
     /// Every item failing now.
     pub async fn failing_items(&self) -> Result<HashSet<Item>> {
-        Ok(Row::find_by_statement(statement(
-            "SELECT kind, id FROM entra_sync_failed_items",
-            [],
-        ))
-        .all(&self.db)
-        .await?
-        .into_iter()
-        .filter_map(|row| Item::parse(&row.kind, &row.id))
-        .collect())
+        Ok(
+            Row::find_by_statement(stmt("SELECT kind, id FROM entra_sync_failed_items", []))
+                .all(&self.db)
+                .await?
+                .into_iter()
+                .filter_map(|row| Item::parse(&row.kind, &row.id))
+                .collect(),
+        )
     }
 
     /// The failed items whose next attempt is due at `now`.
     pub async fn due_items(&self, now: DateTime<Utc>) -> Result<Vec<Item>> {
-        Ok(Row::find_by_statement(statement(
+        Ok(Row::find_by_statement(stmt(
             "SELECT kind, id FROM entra_sync_failed_items WHERE retry_at <= $1 ORDER BY retry_at",
             [now.into()],
         ))
@@ -168,7 +164,7 @@ async fn audit(
     let detail = serde_json::json!({
         "kind": kind, "item": item.kind(), "id": item.id(), "error": error,
     });
-    txn.execute(statement(
+    txn.execute(stmt(
         "INSERT INTO entra_sync_audit_log (recorded_at, kind, team_id, user_id, detail, cause)
          VALUES ($1, $2, $3, $4, $5, $6)",
         [
@@ -208,7 +204,7 @@ pub async fn failing_counts(db: &impl ConnectionTrait) -> Result<(i64, i64)> {
         groups: i64,
         users: i64,
     }
-    let counts = Counts::find_by_statement(statement(
+    let counts = Counts::find_by_statement(stmt(
         "SELECT count(*) FILTER (WHERE kind = 'group') AS groups,
                 count(*) FILTER (WHERE kind IN ('user', 'member')) AS users
          FROM entra_sync_failed_items",

@@ -23,9 +23,9 @@ use chrono::{DateTime, Utc};
 use entity::sync::lease;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, FromQueryResult, QueryFilter,
-    Statement,
 };
 
+use super::sql::stmt;
 use crate::error::{Error, Result};
 
 /// Proof, checked at commit, that work still holds its lease.
@@ -46,10 +46,6 @@ pub struct Lease {
 #[derive(FromQueryResult)]
 struct Token {
     fence: i64,
-}
-
-fn statement(sql: &str, values: impl IntoIterator<Item = sea_orm::Value>) -> Statement {
-    Statement::from_sql_and_values(sea_orm::DbBackend::Postgres, sql, values)
 }
 
 /// A duration as PostgreSQL milliseconds, saturating rather than overflowing.
@@ -87,7 +83,7 @@ impl Lease {
     /// returns its fence. The fence grows when the lease changes hands, and, unless
     /// `extending` (a holder renewing what it holds), whenever it is taken.
     async fn take(&self, extending: bool) -> Result<Option<i64>> {
-        Ok(Token::find_by_statement(statement(
+        Ok(Token::find_by_statement(stmt(
             "INSERT INTO entra_sync_leases (name, holder, expires_at, fence)
              VALUES ($1, $2, clock_timestamp() + $3 * interval '1 millisecond', 1)
              ON CONFLICT (name) DO UPDATE
@@ -114,7 +110,7 @@ impl Lease {
     /// Gives the lease up (on shutdown), so another replica need not wait for it to run out.
     pub async fn release(&self) -> Result<()> {
         self.db
-            .execute(statement(
+            .execute(stmt(
                 "DELETE FROM entra_sync_leases WHERE name = $1 AND holder = $2",
                 [self.name.into(), self.holder.clone().into()],
             ))
@@ -189,7 +185,7 @@ impl Lease {
     async fn extend(&self, fence: Fence) -> Result<bool> {
         let renewed = self
             .db
-            .execute(statement(
+            .execute(stmt(
                 "UPDATE entra_sync_leases
                  SET expires_at = clock_timestamp() + $3 * interval '1 millisecond'
                  WHERE name = $1 AND fence = $2 AND expires_at > clock_timestamp()",
@@ -206,7 +202,7 @@ impl Lease {
     /// Ends a unit of work: the lease is free at once (the row stays, for its fence).
     async fn give_back(&self, fence: Fence) -> Result<()> {
         self.db
-            .execute(statement(
+            .execute(stmt(
                 "UPDATE entra_sync_leases SET expires_at = clock_timestamp()
                  WHERE name = $1 AND fence = $2 AND expires_at > clock_timestamp()",
                 [self.name.into(), fence.token.into()],
@@ -247,7 +243,7 @@ pub async fn check(txn: &DatabaseTransaction, fence: Fence) -> Result<()> {
         #[allow(dead_code)]
         fence: i64,
     }
-    let held = Held::find_by_statement(statement(
+    let held = Held::find_by_statement(stmt(
         "SELECT fence FROM entra_sync_leases
          WHERE name = $1 AND fence = $2 AND expires_at > clock_timestamp()
          FOR SHARE",
@@ -286,7 +282,7 @@ pub async fn held(
         holder: String,
         expires_at: DateTime<Utc>,
     }
-    Ok(Row::find_by_statement(statement(
+    Ok(Row::find_by_statement(stmt(
         "SELECT holder, expires_at FROM entra_sync_leases
          WHERE name = $1 AND expires_at > clock_timestamp()",
         [name.into()],

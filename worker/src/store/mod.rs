@@ -392,14 +392,6 @@ impl Store {
         self
     }
 
-    /// The role a user falls back to when entra-sync revokes the one it set.
-    fn default_role(&self) -> crate::roles::LiteLlmRole {
-        self.settings
-            .user_defaults
-            .user_role
-            .unwrap_or(crate::roles::LiteLlmRole::DEFAULT_FOR_NEW_USER)
-    }
-
     /// Of these users (enabled in Entra, not departed), those a re-read finds nothing to change
     /// for: LiteLLM already has their email and display name, and no key of theirs is blocked
     /// for a departure. Two statements however many users.
@@ -587,7 +579,7 @@ impl LiteLlmWriter for Store {
 
     #[tracing::instrument(skip(self, users), fields(users = users.len()), err(level = "debug"))]
     async fn revoke_roles(&self, users: &[UserId], options: ApplyOptions) -> Result<Vec<Change>> {
-        let default = self.default_role();
+        let default = self.settings.default_user_role();
         let txn = self.db.begin().await?;
         let changes = roles::revoke(&txn, users, default, options.now).await;
         self.settle(txn, changes, options).await
@@ -760,7 +752,7 @@ impl LiteLlmWriter for Store {
 
     #[tracing::instrument(skip(self), err(level = "debug"))]
     async fn revoke_role(&self, user: &UserId, options: ApplyOptions) -> Result<Vec<Change>> {
-        let default = self.default_role();
+        let default = self.settings.default_user_role();
         let txn = self.db.begin().await?;
         let changes = roles::revoke(&txn, std::slice::from_ref(user), default, options.now).await;
         self.settle(txn, changes, options).await
@@ -837,7 +829,7 @@ impl LiteLlmWriter for Store {
                     applied.stale.extend(removed.stale);
                     applied.staged.extend(removed.staged);
                 }
-                let default = self.default_role();
+                let default = self.settings.default_user_role();
                 applied.changes.extend(
                     roles::revoke(&txn, std::slice::from_ref(user), default, options.now).await?,
                 );

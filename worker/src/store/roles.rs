@@ -56,10 +56,7 @@ pub(super) async fn ensure_and_set(
     let entra_users: Vec<&EntraUser> = users.iter().map(|(user, _)| *user).collect();
     let ensuring = users::Ensuring::plan(txn, &entra_users, settings).await?;
     let created: HashSet<&str> = ensuring.created().collect();
-    let new_role = settings
-        .user_defaults
-        .user_role
-        .unwrap_or(LiteLlmRole::DEFAULT_FOR_NEW_USER);
+    let new_role = settings.default_user_role();
     let wanted: Vec<Wanted> = users
         .iter()
         .filter_map(|(user, values)| {

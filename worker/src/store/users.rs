@@ -15,7 +15,6 @@ use super::sql::{litellm_timestamp, stmt, text_array};
 use crate::directory::EntraUser;
 use crate::error::{Error, Result};
 use crate::litellm_config::LiteLlmSettings;
-use crate::roles::LiteLlmRole;
 
 /// The columns of a LiteLLM user the store decides on.
 #[derive(Clone, Debug, FromQueryResult)]
@@ -344,16 +343,9 @@ impl NewUser {
         Change::UserCreated {
             user_id: self.user_id.clone(),
             user_email: self.user_email.clone(),
-            user_role: new_user_role(settings).as_str().to_owned(),
+            user_role: settings.default_user_role().as_str().to_owned(),
         }
     }
-}
-
-fn new_user_role(settings: &LiteLlmSettings) -> LiteLlmRole {
-    settings
-        .user_defaults
-        .user_role
-        .unwrap_or(LiteLlmRole::DEFAULT_FOR_NEW_USER)
 }
 
 /// Creates users as LiteLLM's Microsoft sign-in does: `user_id` = `sso_user_id` = object id,
@@ -405,7 +397,7 @@ pub(super) async fn create(
                ON CONFLICT DO NOTHING"#,
             [
                 rows.into(),
-                new_user_role(settings).as_str().into(),
+                settings.default_user_role().as_str().into(),
                 text_array(&defaults.models),
                 defaults.max_budget.into(),
                 defaults.budget_duration.map(|d| d.to_string()).into(),

@@ -6,7 +6,7 @@ use entity::GroupId;
 use std::future::Future;
 use tokio::sync::mpsc;
 
-use super::tasks::ItemTasks;
+use super::tasks::{Bounded, ItemTasks};
 use super::{Syncer, retrying};
 use crate::directory::EntraUser;
 use crate::error::{Error, Result};
@@ -253,20 +253,14 @@ pub(super) async fn read_in_parallel<I, T, F, Fut>(
     F: Fn(&I) -> Fut,
     Fut: Future<Output = Result<T>> + Send + 'static,
 {
-    let mut pending = items.into_iter();
-    let mut running = ItemTasks::new();
-    loop {
-        while running.len() < PARALLEL_READS {
-            let Some(item) = pending.next() else { break };
-            let reading = read(&item);
-            running.spawn(item, reading);
-        }
-        let Some((item, outcome)) = running.next().await else {
-            return;
-        };
+    let mut running = Bounded::new(items, PARALLEL_READS, |item| {
+        let reading = read(&item);
+        (item, reading)
+    });
+    while let Some((item, outcome)) = running.next().await {
         let outcome = outcome.unwrap_or_else(|reason| Err(Error::ItemTaskFailed(reason)));
         if sender.send((item, outcome)).await.is_err() {
-            return;
+            return; // nobody wants the rest
         }
     }
 }

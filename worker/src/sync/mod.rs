@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use entity::{GroupId, UserId};
 
 use crate::directory::UserState;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graph::GraphClient;
 use crate::store::lease::{Fence, Lease};
 use crate::store::{
@@ -451,19 +451,11 @@ impl Syncer {
     {
         const PARALLEL_GROUPS: usize = 8;
         let mut changed = 0;
-        let mut pending = items.into_iter();
-        let mut running = tasks::ItemTasks::new();
-        loop {
-            while running.len() < PARALLEL_GROUPS {
-                let Some(item) = pending.next() else { break };
-                let item_key = key(&item);
-                running.spawn(item_key, work(self.clone(), item));
-            }
-            let Some((item, outcome)) = running.next().await else {
-                break;
-            };
-            let outcome =
-                outcome.unwrap_or_else(|reason| Err(crate::Error::ItemTaskFailed(reason)));
+        let mut running = tasks::Bounded::new(items, PARALLEL_GROUPS, |item| {
+            (key(&item), work(self.clone(), item))
+        });
+        while let Some((item, outcome)) = running.next().await {
+            let outcome = outcome.unwrap_or_else(|reason| Err(Error::ItemTaskFailed(reason)));
             let settled = self.settle_item(item, outcome, now).await?;
             if !settled.is_empty() {
                 changed += 1;

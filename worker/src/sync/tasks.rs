@@ -51,6 +51,46 @@ impl<I, T: Send + 'static> ItemTasks<I, T> {
     }
 }
 
+/// A task for every item, at most `limit` running at once: `start` turns an item into what the
+/// caller keeps of it (handed back however the task ends) and the task's work, as room frees up.
+/// The one bounded-concurrency loop of the sync; the tasks stop when this is dropped.
+pub(super) struct Bounded<P, S, H, T> {
+    pending: P,
+    start: S,
+    limit: usize,
+    running: ItemTasks<H, T>,
+}
+
+impl<P, S, H, T, Fut> Bounded<P, S, H, T>
+where
+    P: Iterator,
+    S: FnMut(P::Item) -> (H, Fut),
+    T: Send + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    pub fn new(items: impl IntoIterator<IntoIter = P>, limit: usize, start: S) -> Self {
+        Self {
+            pending: items.into_iter(),
+            start,
+            limit: limit.max(1),
+            running: ItemTasks::new(),
+        }
+    }
+
+    /// The next task to end, with what was kept of its item: its output, or why it failed
+    /// ([`task_failure`]). `None` once every item's task has ended.
+    pub async fn next(&mut self) -> Option<(H, std::result::Result<T, String>)> {
+        while self.running.len() < self.limit {
+            let Some(item) = self.pending.next() else {
+                break;
+            };
+            let (kept, work) = (self.start)(item);
+            self.running.spawn(kept, work);
+        }
+        self.running.next().await
+    }
+}
+
 /// Why a task working on items failed: it panicked (a bug, logged as such) or was cancelled.
 /// Its items fail with [`crate::Error::ItemTaskFailed`] and this reason.
 pub(super) fn task_failure(failure: &JoinError) -> String {

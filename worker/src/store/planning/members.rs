@@ -60,6 +60,8 @@ pub(in crate::store) fn plan_request<'r, 'a>(
             Some(user_id) => {
                 staying.insert(user_id);
             }
+            // Read as one of the group's owners: she joins as such below.
+            None if owner_ids.contains(id) => {}
             None => unidentified = true,
         }
     }
