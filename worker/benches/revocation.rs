@@ -19,7 +19,7 @@ use entra_sync_testkit::redis::{Subscriber, redis_url};
 use prometheus_client::metrics::family::Family;
 use sea_orm::ConnectionTrait;
 use worker::directory::EntraUser;
-use worker::litellm_cache::{CHANNEL, CacheTarget, LiteLlmCache, cache_keys};
+use worker::litellm_cache::{CHANNEL, CacheTarget, LiteLlmCache};
 use worker::litellm_config::LiteLlmSettings;
 use worker::store::{ApplyOptions, LiteLlmWriter, RemovalMode, Store};
 
@@ -101,7 +101,10 @@ async fn removal(keys: bool) -> Run {
     let committed = Instant::now();
     let run_statements = statements.load(Ordering::Relaxed);
 
-    let mut expected: HashSet<String> = changes.iter().flat_map(cache_keys).collect();
+    let mut expected: HashSet<String> = changes
+        .iter()
+        .flat_map(worker::store::Change::cache_keys)
+        .collect();
     expected.insert("team_alias:Everyone".into());
     let received = subscriber.receive_until(
         |payloads| payloads.len() >= expected.len(),

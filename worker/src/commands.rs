@@ -14,10 +14,10 @@ use crate::graph::{GraphClient, GraphMetrics};
 use crate::subscriptions::{self, SubscriptionManager};
 
 fn graph(config: &WorkerConfig) -> Result<GraphClient> {
-    GraphClient::new(
+    Ok(GraphClient::new(
         config.graph.clone().resolve()?,
         GraphMetrics::register(&mut Registry::default()),
-    )
+    )?)
 }
 
 pub(crate) fn print_json_line(value: &impl Serialize) -> Result<()> {

@@ -136,6 +136,34 @@ pub async fn must_stop() -> Error {
     }
 }
 
+impl From<entra_sync_graph::Error> for Error {
+    /// Each of the Graph client's errors is the worker's error of the same name.
+    fn from(error: entra_sync_graph::Error) -> Self {
+        use entra_sync_graph::Error as Graph;
+        match error {
+            Graph::Graph {
+                endpoint,
+                status,
+                code,
+                message,
+            } => Self::Graph {
+                endpoint,
+                status,
+                code,
+                message,
+            },
+            Graph::GraphUnavailable { endpoint, reason } => {
+                Self::GraphUnavailable { endpoint, reason }
+            }
+            Graph::DeltaExpired => Self::DeltaExpired,
+            Graph::Credential(problem) => Self::Credential(problem),
+            Graph::Settings(problem) => Self::Settings(problem),
+            Graph::HttpClient(problem) => Self::HttpClient(problem),
+            Graph::NotAGuid { what, id } => Self::NotAGuid { what, id },
+        }
+    }
+}
+
 impl From<DbErr> for Error {
     fn from(error: DbErr) -> Self {
         if !migration::database::is_lost_prepared_statement(&error) {
@@ -160,7 +188,6 @@ impl Error {
     pub fn is_systemic(&self) -> bool {
         match self {
             Self::Database(error) => database_error_is_systemic(error),
-            Self::Graph { status, .. } => *status == 401,
             Self::GraphUnavailable { .. }
             | Self::Credential(_)
             | Self::Settings(_)
@@ -174,7 +201,8 @@ impl Error {
             | Self::LiteLlmSchema(_)
             | Self::HttpClient(_)
             | Self::Output(_) => true,
-            Self::TeamNotFound(_)
+            Self::Graph { .. }
+            | Self::TeamNotFound(_)
             | Self::UserNotFound(_)
             | Self::AmbiguousUser { .. }
             | Self::MemberUnreadable { .. }

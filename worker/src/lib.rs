@@ -4,9 +4,7 @@
 pub mod budget;
 pub mod commands;
 pub mod config;
-pub mod directory;
 pub mod error;
-pub mod graph;
 pub mod health;
 pub mod litellm_cache;
 pub mod litellm_config;
@@ -23,4 +21,7 @@ pub mod subscriptions;
 pub mod sync;
 pub mod team_rules;
 
+/// The Graph client, as `worker::graph` (its own crate, `entra-sync-graph`).
+pub use entra_sync_graph as graph;
+pub use entra_sync_graph::user as directory;
 pub use error::{Error, Result};

@@ -156,8 +156,9 @@ impl WorkerMetrics {
         metrics
     }
 
-    pub fn count_changes(&self, changes: &crate::store::Changes) {
-        for (kind, count) in changes.by_kind() {
+    /// Counts changes by kind (`Changes::by_kind`).
+    pub fn count_changes(&self, by_kind: impl IntoIterator<Item = (&'static str, u64)>) {
+        for (kind, count) in by_kind {
             self.changes
                 .get_or_create(&KindLabel { kind })
                 .inc_by(count);

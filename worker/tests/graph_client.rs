@@ -156,7 +156,7 @@ async fn an_expired_delta_token_means_resync() {
         .groups_delta(DeltaStart::Link(first.delta_link))
         .await
         .unwrap_err();
-    assert!(matches!(err, worker::Error::DeltaExpired), "{err}");
+    assert!(matches!(err, worker::graph::Error::DeltaExpired), "{err}");
 }
 
 #[tokio::test]
@@ -281,7 +281,7 @@ async fn a_certificate_assertion_is_accepted_and_a_wrong_key_is_not() {
     let credential = Credential::certificate_from_pem(other.as_bytes()).unwrap();
     let (client, _) = client_with(config(&sim, credential));
     let err = client.group_members(&group_id(1), false).await.unwrap_err();
-    assert!(matches!(err, worker::Error::Credential(_)), "{err}");
+    assert!(matches!(err, worker::graph::Error::Credential(_)), "{err}");
     assert!(err.to_string().contains("invalid_client"), "{err}");
 }
 
@@ -454,7 +454,7 @@ async fn retries_are_bounded() {
     sim.add_fault(Fault::status("/members", 503, 100));
     let err = client.group_members(&group_id(1), false).await.unwrap_err();
     assert!(
-        matches!(err, worker::Error::GraphUnavailable { .. }),
+        matches!(err, worker::graph::Error::GraphUnavailable { .. }),
         "{err}"
     );
     assert_eq!(sim.count("/members"), 5, "one try and four retries");
@@ -469,7 +469,7 @@ async fn a_client_error_surfaces_graph_code_without_retrying() {
         .await
         .unwrap_err();
     match &err {
-        worker::Error::Graph {
+        worker::graph::Error::Graph {
             status,
             code,
             message,
@@ -570,7 +570,7 @@ async fn subscriptions_create_get_list_renew_reauthorize_delete() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, worker::Error::Graph { status: 404, .. }),
+        matches!(err, worker::graph::Error::Graph { status: 404, .. }),
         "{err}"
     );
 
@@ -581,7 +581,7 @@ async fn subscriptions_create_get_list_renew_reauthorize_delete() {
     };
     let err = client.create_subscription(&too_long).await.unwrap_err();
     assert!(
-        matches!(&err, worker::Error::Graph { status: 400, code, .. } if code == "ExtensionError"),
+        matches!(&err, worker::graph::Error::Graph { status: 400, code, .. } if code == "ExtensionError"),
         "{err}"
     );
 }

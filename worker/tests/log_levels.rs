@@ -21,7 +21,9 @@ struct Captured(Arc<Mutex<Vec<(Level, String)>>>);
 impl<S: tracing::Subscriber> Layer<S> for Captured {
     fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
         let metadata = event.metadata();
-        if metadata.target().starts_with("worker") {
+        if metadata.target().starts_with("worker")
+            || metadata.target().starts_with("entra_sync_graph")
+        {
             self.0
                 .lock()
                 .unwrap()
@@ -73,7 +75,7 @@ async fn throttling_and_a_refused_token_are_retried_at_debug() {
     sim.add_fault(Fault::throttle("/members", 0, 2));
     sim.revoke_tokens();
     client.group_members(&group_id(1), false).await.unwrap();
-    assert_eq!(captured.at(Level::DEBUG, "worker::graph::http"), 3);
+    assert_eq!(captured.at(Level::DEBUG, "entra_sync_graph::http"), 3);
     assert_eq!(captured.at_least(Level::WARN), []);
 }
 
@@ -84,7 +86,7 @@ async fn a_graph_outage_retried_is_a_warning_not_an_error() {
     let (captured, _guard) = Captured::start();
     sim.add_fault(Fault::status("/members", 503, 1));
     client.group_members(&group_id(1), false).await.unwrap();
-    assert_eq!(captured.at(Level::WARN, "worker::graph::http"), 1);
+    assert_eq!(captured.at(Level::WARN, "entra_sync_graph::http"), 1);
     assert_eq!(captured.at_least(Level::ERROR), []);
 }
 
@@ -94,7 +96,7 @@ async fn errors_handed_to_the_caller_are_not_logged_as_errors() {
     let sim = sim(|_| {}).await;
     let (client, _) = secret_client(&sim);
     let first = client
-        .groups_delta(worker::graph::DeltaStart::Initial)
+        .groups_delta(entra_sync_graph::DeltaStart::Initial)
         .await
         .unwrap();
     sim.change(|t| {
@@ -103,11 +105,14 @@ async fn errors_handed_to_the_caller_are_not_logged_as_errors() {
     });
     let (captured, guard) = Captured::start();
     let error = client
-        .groups_delta(worker::graph::DeltaStart::Link(first.delta_link))
+        .groups_delta(entra_sync_graph::DeltaStart::Link(first.delta_link))
         .await
         .unwrap_err();
-    assert!(matches!(error, worker::Error::DeltaExpired), "{error}");
-    assert_eq!(captured.at(Level::DEBUG, "worker::graph::delta"), 1);
+    assert!(
+        matches!(error, entra_sync_graph::Error::DeltaExpired),
+        "{error}"
+    );
+    assert_eq!(captured.at(Level::DEBUG, "entra_sync_graph::delta"), 1);
     assert_eq!(captured.at_least(Level::WARN), []);
     drop(guard);
 

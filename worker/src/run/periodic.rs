@@ -79,7 +79,7 @@ fn from_now(wait: Duration) -> String {
 pub(super) async fn recheck_departed(context: Context, interval: Duration) {
     every(&context, interval, interval, || async {
         match context.syncer.recheck_departed(chrono::Utc::now()).await {
-            Ok(changes) => context.metrics.count_changes(&changes),
+            Ok(changes) => context.metrics.count_changes(changes.by_kind()),
             Err(crate::Error::LeaseBusy { .. }) => {}
             Err(error) => {
                 tracing::warn!(%error, ?interval, "cannot read the departed users again; trying at the next interval")
@@ -144,7 +144,7 @@ impl Context {
         self.metrics.polls.get_or_create(&label).inc();
         match result {
             Ok(report) => {
-                self.metrics.count_changes(&report.changes);
+                self.metrics.count_changes(report.changes.by_kind());
                 tracing::info!(
                     assigned = report.assigned_groups,
                     new = report.newly_assigned,
@@ -189,7 +189,7 @@ impl Context {
             .reconciliations
             .get_or_create(&ResultLabel { result: "ok" })
             .inc();
-        self.metrics.count_changes(&report.changes);
+        self.metrics.count_changes(report.changes.by_kind());
         let drift = report.changes.total();
         self.metrics
             .reconciliation_drift

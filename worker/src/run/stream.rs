@@ -136,15 +136,14 @@ impl Context {
         if resync {
             // Notifications were lost: users' renames and departures too.
             self.metrics
-                .count_changes(&self.syncer.refresh_all_users(now).await?);
+                .count_changes(self.syncer.refresh_all_users(now).await?.by_kind());
         } else if !work.users.is_empty() {
             let users: Vec<_> = work.users.iter().cloned().collect();
-            self.metrics.count_changes(
-                &self
-                    .syncer
-                    .refresh_users(&users, &work.deleted, now)
-                    .await?,
-            );
+            let changes = self
+                .syncer
+                .refresh_users(&users, &work.deleted, now)
+                .await?;
+            self.metrics.count_changes(changes.by_kind());
         }
         Ok(())
     }
@@ -165,7 +164,7 @@ impl Context {
         };
         self.metrics.rounds.get_or_create(&label).inc();
         let report = result?;
-        self.metrics.count_changes(&report.changes);
+        self.metrics.count_changes(report.changes.by_kind());
         tracing::info!(
             groups = report.groups_seen,
             applied = report.groups_applied,

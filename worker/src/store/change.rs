@@ -197,6 +197,66 @@ impl BlockReason {
 }
 
 impl Change {
+    /// The cache keys LiteLLM stores the objects a change touched under (litellm 1.110.2):
+    /// - a team: `team_id:<id>` and `team_alias:<alias>` (`delete_cache_team_object`);
+    /// - a user: its `user_id` (`evict_and_broadcast` in the user and member endpoints);
+    /// - a membership: `<team_id>_<user_id>` and `team_membership:<user_id>:<team_id>`
+    ///   (`invalidate_team_member_spend_state`), besides the team and the user;
+    /// - a key: its hashed token (`delete_cache_key_objects`); a blocked or unblocked key also its
+    ///   `budget_windows_absent:key:<token>` marker (`delete_cache_key_object`, which SCIM's
+    ///   `_set_user_keys_blocked` calls).
+    ///
+    /// A membership change also makes the team's alias key stale; the change does not carry the
+    /// alias, so the store adds that key itself.
+    pub fn cache_keys(&self) -> Vec<String> {
+        let team = |id: &str| format!("team_id:{id}");
+        let alias = |alias: &str| format!("team_alias:{alias}");
+        match self {
+            Change::TeamCreated {
+                team_id,
+                team_alias,
+            } => vec![team(team_id), alias(team_alias)],
+            Change::TeamRenamed { team_id, from, to } => {
+                let mut keys = vec![team(team_id), alias(to)];
+                keys.extend(from.as_deref().map(alias));
+                keys
+            }
+            Change::TeamBlocked { team_id } => vec![team(team_id)],
+            Change::TeamUnblocked {
+                team_id,
+                team_alias,
+            } => {
+                let mut keys = vec![team(team_id)];
+                keys.extend(team_alias.as_deref().map(alias));
+                keys
+            }
+            Change::UserCreated { user_id, .. }
+            | Change::UserLinked { user_id, .. }
+            | Change::UserUpdated { user_id, .. }
+            | Change::RoleChanged { user_id, .. }
+            // LiteLLM caches the user object with its organization memberships.
+            | Change::OrganizationMemberAdded { user_id, .. } => vec![user_id.clone()],
+            Change::MemberAdded { team_id, user_id }
+            | Change::MemberRemoved { team_id, user_id }
+            | Change::MemberRoleChanged {
+                team_id, user_id, ..
+            } => {
+                vec![
+                    team(team_id),
+                    user_id.clone(),
+                    format!("{team_id}_{user_id}"),
+                    format!("team_membership:{user_id}:{team_id}"),
+                ]
+            }
+            Change::KeyDeleted { token, .. } => vec![token.clone()],
+            Change::KeyBlocked { token, .. } | Change::KeyUnblocked { token, .. } => {
+                vec![token.clone(), format!("budget_windows_absent:key:{token}")]
+            }
+            // Holding or dropping a removal changes no LiteLLM row (its keys' changes evict theirs).
+            Change::RemovalHeld { .. } | Change::RemovalDropped { .. } => Vec::new(),
+        }
+    }
+
     /// The team the change is about, if any.
     pub fn team_id(&self) -> Option<&str> {
         match self {
@@ -394,6 +454,70 @@ pub(super) async fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_change_names_the_keys_litellm_caches_its_objects_under() {
+        let member = |removed: bool| {
+            let (team_id, user_id) = ("t1".to_owned(), "u1".to_owned());
+            if removed {
+                Change::MemberRemoved { team_id, user_id }
+            } else {
+                Change::MemberAdded { team_id, user_id }
+            }
+        };
+        for change in [member(true), member(false)] {
+            assert_eq!(
+                change.cache_keys(),
+                ["team_id:t1", "u1", "t1_u1", "team_membership:u1:t1"]
+            );
+        }
+        assert_eq!(
+            Change::TeamRenamed {
+                team_id: "t1".into(),
+                from: Some("Old".into()),
+                to: "New".into()
+            }
+            .cache_keys(),
+            ["team_id:t1", "team_alias:New", "team_alias:Old"]
+        );
+        assert_eq!(
+            Change::TeamCreated {
+                team_id: "t1".into(),
+                team_alias: "New".into()
+            }
+            .cache_keys(),
+            ["team_id:t1", "team_alias:New"]
+        );
+        assert_eq!(
+            Change::RoleChanged {
+                user_id: "u1".into(),
+                from: Some("proxy_admin".into()),
+                to: "internal_user".into()
+            }
+            .cache_keys(),
+            ["u1"]
+        );
+        assert_eq!(
+            Change::KeyDeleted {
+                token: "abc".into(),
+                user_id: "u1".into(),
+                team_id: Some("t1".into()),
+                key_alias: None
+            }
+            .cache_keys(),
+            ["abc"]
+        );
+        assert_eq!(
+            Change::KeyBlocked {
+                token: "abc".into(),
+                user_id: "u1".into(),
+                team_id: None,
+                reason: BlockReason::UserDeparted
+            }
+            .cache_keys(),
+            ["abc", "budget_windows_absent:key:abc"]
+        );
+    }
 
     fn created(user: &str) -> Change {
         Change::UserCreated {

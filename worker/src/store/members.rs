@@ -23,8 +23,8 @@ use super::keys::{self, KeyPlan, RemovedMemberKeys};
 use super::planning::{
     self, Managed, OwnerRow, Plan, Planned, Prepared, Request, TeamState, locked_users,
 };
-use super::removals::StagedRemoval;
 use super::sql::{litellm_timestamp, lock_teams, stmt, text_array};
+use super::staged::StagedRemoval;
 use super::users::{self, Candidates, NewUser};
 use crate::error::{Error, Result};
 use crate::litellm_config::LiteLlmSettings;

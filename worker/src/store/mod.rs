@@ -44,6 +44,7 @@ mod poll_state;
 mod removals;
 mod roles;
 mod sql;
+mod staged;
 mod state;
 mod statistics;
 pub mod subscriptions;
@@ -447,10 +448,7 @@ impl Store {
             if let Some(cache) = &self.cache
                 && !changes.is_empty()
             {
-                let mut keys: Vec<String> = changes
-                    .iter()
-                    .flat_map(crate::litellm_cache::cache_keys)
-                    .collect();
+                let mut keys: Vec<String> = changes.iter().flat_map(Change::cache_keys).collect();
                 keys.extend(stale);
                 cache.evict(keys);
             }

@@ -98,8 +98,8 @@ pub struct SubscriptionManager {
     changes: crate::store::lease::Lease,
 }
 
-fn not_found(error: &Error) -> bool {
-    matches!(error, Error::Graph { status: 404, .. })
+fn not_found(error: &crate::graph::Error) -> bool {
+    matches!(error, crate::graph::Error::Graph { status: 404, .. })
 }
 
 impl SubscriptionManager {
@@ -203,7 +203,7 @@ impl SubscriptionManager {
                             table::forget(&self.db, id).await?;
                             self.ensure_locked(now).await
                         }
-                        Err(error) => Err(error),
+                        Err(error) => Err(error.into()),
                     }
                 }
             }
@@ -288,7 +288,7 @@ impl SubscriptionManager {
                             kept.insert(created.id.clone());
                             action("recreated", &created)
                         }
-                        Err(error) => return Err(error),
+                        Err(error) => return Err(error.into()),
                     }
                 }
                 None => {
@@ -362,7 +362,7 @@ impl SubscriptionManager {
         match self.graph.delete_subscription(id).await {
             Ok(()) => {}
             Err(error) if not_found(&error) => {}
-            Err(error) => return Err(error),
+            Err(error) => return Err(error.into()),
         }
         table::forget(&self.db, id).await
     }

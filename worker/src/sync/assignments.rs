@@ -375,7 +375,7 @@ impl Syncer {
         read_all_in_parallel(groups, move |(group, _)| {
             let graph = graph.clone();
             let group = group.clone();
-            async move { graph.group_members(&group, false).await }
+            async move { Ok(graph.group_members(&group, false).await?) }
         })
         .await
     }

@@ -13,7 +13,7 @@ use entity::{GroupId, UserId};
 use super::assignments::AssignmentReport;
 use super::{Membership, ReconcileReport, RoundReport, Syncer};
 use crate::directory::EntraUser;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graph::model::{DirectoryObject, ObjectKind};
 use crate::store::{
     Cause, Change, Changes, HeldRemoval, Item, RemovalReason, StagedRemoval, UnitId,
@@ -447,7 +447,12 @@ impl Syncer {
         let transitive = self.membership == Membership::Transitive;
         let mut listed: HashMap<GroupId, Result<HashSet<UserId>, String>> = HashMap::new();
         for group in &groups {
-            let read = match self.graph.group_members(group, transitive).await {
+            let read = match self
+                .graph
+                .group_members(group, transitive)
+                .await
+                .map_err(Error::from)
+            {
                 Ok(objects) => Ok(enabled_users(objects)),
                 Err(error) if error.is_systemic() => return Err(error),
                 Err(error) => Err(error.to_string()),

@@ -80,7 +80,12 @@ impl Syncer {
         let Some(link) = self.store.delta_link().await? else {
             return self.resync(now).await;
         };
-        let round = match self.graph.groups_delta(DeltaStart::Link(link)).await {
+        let round = match self
+            .graph
+            .groups_delta(DeltaStart::Link(link))
+            .await
+            .map_err(Error::from)
+        {
             Ok(round) => round,
             Err(Error::DeltaExpired) => {
                 tracing::warn!("the delta token expired: resyncing every assigned group");
@@ -247,7 +252,7 @@ impl Syncer {
                 Item::Group(group) => self.resync_group_by_id(group, now).await,
                 Item::User(user) => match self.graph.user_state(user).await {
                     Ok(state) => self.apply_user(user, state.as_ref(), now).await,
-                    Err(error) => Err(error),
+                    Err(error) => Err(error.into()),
                 },
                 // The group read whole again settles its members, this one among them.
                 Item::Member(group, _) => match self.resync_group_by_id(group, now).await {

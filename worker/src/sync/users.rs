@@ -66,7 +66,10 @@ impl Syncer {
         for (id, state) in self.graph.user_states(ids).await? {
             match state {
                 Ok(state) => read.push((id, state)),
-                Err(error) => changes.add(self.settle_item(Item::User(id), Err(error), now).await?),
+                Err(error) => changes.add(
+                    self.settle_item(Item::User(id), Err(error.into()), now)
+                        .await?,
+                ),
             }
         }
         self.apply_users(read, now, changes).await?;
@@ -91,7 +94,7 @@ impl Syncer {
             Some(link) => DeltaStart::Link(link),
             None => DeltaStart::Latest,
         };
-        let delta = match self.graph.users_delta(start).await {
+        let delta = match self.graph.users_delta(start).await.map_err(Error::from) {
             Ok(delta) => delta,
             Err(Error::DeltaExpired) => {
                 tracing::warn!("the users delta token expired: reading every known user again");

@@ -6,8 +6,10 @@
 //! here reads or writes the database: [`super::members`] loads, calls [`plan_batch`], and writes.
 //!
 //! - [`members`]: who joins and who leaves one team;
+//! - [`join`]: one user joining (shared by members and owners);
 //! - [`owners`]: the group's owners as the team's admins (`ENTRA_SYNC_OWNERS_AS_ADMINS`).
 
+mod join;
 mod members;
 mod owners;
 #[cfg(test)]
@@ -21,7 +23,7 @@ use serde_json::Value;
 use super::RemovalMode;
 use super::change::{Change, RemovalReason};
 use super::keys::RemovedMemberKeys;
-use super::removals::{Removals, StagedRemoval};
+use super::staged::{Removals, StagedRemoval};
 use super::users::{Candidates, NewUser};
 use crate::directory::EntraUser;
 use crate::error::{Error, Result};

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use entity::UserId;
 use entity::litellm::member_entry;
 
-use super::members::plan_join;
+use super::join::plan_join;
 use super::{OwnerRow, Plan, TeamState};
 use crate::directory::EntraUser;
 use crate::error::Result;

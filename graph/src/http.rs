@@ -1,14 +1,16 @@
 //! Sending Graph requests: the bearer token, paging, and what to do with failures.
 //!
 //! 429 waits for `Retry-After` (seconds or an HTTP date); 503, 504, other 5xx and connection
-//! errors back off exponentially with jitter, 503 and 504 on a new connection; a 401 fetches a
-//! new token once. Everything else is Graph's answer and surfaces with Graph's code and message.
+//! errors back off exponentially with jitter, 503 and 504 on a new connection; a 401 drops the
+//! token and the next attempt fetches a new one, for as many attempts as the policy allows
+//! (Graph refusing every fresh token is a credential error). Everything else is Graph's answer
+//! and surfaces with Graph's code and message.
 //! Retries are bounded in count and in time, and every request has a timeout.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use reqwest::{Method, StatusCode, header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -17,6 +19,7 @@ use serde_json::Value;
 
 use super::endpoint::GraphEndpoint;
 use super::metrics::GraphMetrics;
+use super::retry::RetryPolicy;
 use super::settings::GraphConfig;
 use super::token::{TokenCache, TokenResponse, token_form};
 use crate::error::{Error, Result};
@@ -24,41 +27,6 @@ use crate::error::{Error, Result};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A longer Retry-After than this is capped: the retry budget stays bounded.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
-
-/// How hard to retry.
-#[derive(Clone, Copy, Debug)]
-pub struct RetryPolicy {
-    pub attempts: usize,
-    pub min_delay: Duration,
-    pub max_delay: Duration,
-    /// The most time all waits of one call may add up to.
-    pub total_delay: Duration,
-    /// How long one request may take, answer included; a slower one counts as a failed attempt.
-    pub request_timeout: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            attempts: 6,
-            min_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(30),
-            total_delay: Duration::from_secs(300),
-            request_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-impl RetryPolicy {
-    pub(super) fn backoff(&self) -> ExponentialBuilder {
-        ExponentialBuilder::default()
-            .with_min_delay(self.min_delay)
-            .with_max_delay(self.max_delay)
-            .with_max_times(self.attempts)
-            .with_total_delay(Some(self.total_delay))
-            .with_jitter()
-    }
-}
 
 /// Why one attempt failed.
 #[derive(Debug)]

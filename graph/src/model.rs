@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::directory::EntraUser;
+use crate::user::EntraUser;
 
 /// What kind of directory object an id names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -64,7 +64,7 @@ impl DirectoryObject {
     }
 
     /// The user and whether the account is enabled, when this is a user (a members read).
-    pub fn into_member_state(self) -> Option<crate::directory::UserState> {
+    pub fn into_member_state(self) -> Option<crate::user::UserState> {
         if self.kind() != ObjectKind::User {
             return None;
         }
@@ -73,8 +73,8 @@ impl DirectoryObject {
 
     /// The user and whether the account is enabled, for an object read from `/users` (which
     /// carries no `@odata.type`).
-    pub fn into_user_state(self) -> Option<crate::directory::UserState> {
-        Some(crate::directory::UserState {
+    pub fn into_user_state(self) -> Option<crate::user::UserState> {
+        Some(crate::user::UserState {
             enabled: self.account_enabled.unwrap_or(true),
             confirmed_enabled: self.account_enabled == Some(true),
             user: EntraUser {

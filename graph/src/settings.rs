@@ -58,7 +58,7 @@ pub struct GraphConfig {
     /// Graph's base, e.g. `https://graph.microsoft.com/v1.0`, without a trailing slash.
     pub graph_endpoint: String,
     pub service_principal_id: Option<String>,
-    pub retry: super::http::RetryPolicy,
+    pub retry: super::retry::RetryPolicy,
 }
 
 impl GraphArgs {
@@ -112,7 +112,7 @@ impl GraphArgs {
             token_url,
             graph_endpoint: graph.as_str().trim_end_matches('/').to_owned(),
             service_principal_id: self.microsoft_service_principal_id,
-            retry: super::http::RetryPolicy::default(),
+            retry: super::retry::RetryPolicy::default(),
         })
     }
 }

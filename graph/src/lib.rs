@@ -1,30 +1,35 @@
-//! The Microsoft Graph client: every call entra-sync makes, with tokens, paging, throttling and
-//! retries handled in one place ([`http`]).
+//! entra-sync's Microsoft Graph client: every call entra-sync makes, with tokens, paging,
+//! throttling and retries handled in one place ([`http`]). Exports the client
+//! ([`GraphClient`]: directory reads, groups and users delta, JSON batching, subscriptions), its
+//! settings and credentials, the users as Graph describes them ([`user`]), Graph's objects
+//! ([`model`]), its metrics and its error type ([`Error`]). It knows nothing of LiteLLM.
 
 mod batch;
 mod credential;
 mod delta;
 mod directory;
 mod endpoint;
+pub mod error;
 mod http;
 mod metrics;
 pub mod model;
+mod retry;
 mod settings;
 mod subscriptions;
 mod token;
+pub mod user;
 mod users_delta;
 
 pub use credential::Credential;
 pub use delta::{DeltaRound, DeltaStart, GroupDelta, MemberChange};
-pub use http::RetryPolicy;
+pub use error::{Error, Result};
 pub use metrics::GraphMetrics;
+pub use retry::RetryPolicy;
 pub use settings::{GraphArgs, GraphConfig, checked_url};
 pub use subscriptions::NewSubscription;
 pub use users_delta::UsersDelta;
 
 use std::sync::Arc;
-
-use crate::error::Result;
 
 /// A Graph client for one app registration in one tenant. Cheap to clone.
 #[derive(Clone, Debug)]

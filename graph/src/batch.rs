@@ -87,6 +87,13 @@ impl Http {
                         200..=299 => answers[index] = Some(Ok(inner.body)),
                         // Left unanswered: asked again.
                         429 | 500..=599 => wait = wait.max(inner.retry_after()),
+                        // The batch's own token was taken: refusing it inside is about the
+                        // credential, not about this item.
+                        401 => {
+                            answers[index] = Some(Err(Error::Credential(format!(
+                                "Graph refused the access token for a batched {endpoint} request (401)"
+                            ))));
+                        }
                         _ => answers[index] = Some(Err(inner.error(endpoint))),
                     }
                 }

@@ -6,8 +6,8 @@ use serde_json::json;
 
 use super::GraphClient;
 use super::model::{AppRoleAssignment, DirectoryObject, ServicePrincipal};
-use crate::directory::{EntraUser, UserState};
 use crate::error::{Error, Result};
+use crate::user::{EntraUser, UserState};
 
 /// The user properties entra-sync reads.
 const USER_SELECT: &str = "id,displayName,mail,userPrincipalName,accountEnabled";
