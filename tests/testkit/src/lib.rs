@@ -10,6 +10,7 @@
 
 pub mod listen;
 mod litellm_schema;
+mod prisma_schema;
 mod postgres;
 pub mod proxy;
 pub mod redis;
@@ -18,7 +19,7 @@ pub mod servers;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
-pub use litellm_schema::LITELLM_PROXY_EXTRAS_VERSION;
+pub use litellm_schema::{LITELLM_PROXY_EXTRAS_VERSION, LITELLM_VERSION};
 
 /// The clientState the tests give the webhook, the worker and their subscriptions: as long as
 /// `ENTRA_SYNC_CLIENT_STATE` must be (32 to 128 characters).
