@@ -171,7 +171,10 @@ const instance = new WebAssembly.Instance(new WebAssembly.Module(fs.readFileSync
 wasmBindings.__wbg_set_wasm(instance.exports);
 
 const { connectionString, schema } = databaseUrl();
-const adapter = bindAdapter(new PrismaPg(new pg.Pool({ connectionString, max: 10 }), { schema }));
+const pool = new pg.Pool({ connectionString, max: 10 });
+// An idle connection the server ends (a test dropping its database) is not a reason to die.
+pool.on('error', (error) => process.stderr.write(`engine stand-in: idle connection lost: ${error.message}\n`));
+const adapter = bindAdapter(new PrismaPg(pool, { schema }));
 const engine = new wasmBindings.QueryEngine(
   { datamodel, logLevel: 'error', logQueries: false, env: process.env, ignoreEnvVarErrors: true, datasourceOverrides: {} },
   (log) => process.stderr.write(`${log}\n`),
@@ -236,6 +239,10 @@ function serve(req, res) {
     }
   });
 }
+
+// Go with the proxy: when it dies without stopping us (SIGKILL), we are handed to another parent.
+const parent = process.ppid;
+setInterval(() => { if (process.ppid !== parent) process.exit(0); }, 1000).unref();
 
 // prisma-client-py connects to http://localhost:<port>, which may resolve to either family.
 const port = Number(process.argv[process.argv.indexOf('-p') + 1]);

@@ -9,9 +9,10 @@
 #![allow(clippy::expect_used, clippy::panic)]
 
 pub mod listen;
+pub mod litellm_proxy;
 mod litellm_schema;
-mod prisma_schema;
 mod postgres;
+mod prisma_schema;
 pub mod proxy;
 pub mod redis;
 pub mod servers;

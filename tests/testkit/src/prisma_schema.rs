@@ -126,7 +126,12 @@ fn model_statements(block: &Block, enums: &BTreeSet<&str>, models: &BTreeSet<&st
         .collect();
     let mut indexes = Vec::new();
     for field in fields.iter().filter(|f| f.unique) {
-        indexes.push((true, vec![field.column.clone()], vec![quote(&field.column)], None));
+        indexes.push((
+            true,
+            vec![field.column.clone()],
+            vec![quote(&field.column)],
+            None,
+        ));
     }
     for line in &block.lines {
         let (unique, rest) = if let Some(rest) = line.strip_prefix("@@unique") {
@@ -178,7 +183,13 @@ fn model_statements(block: &Block, enums: &BTreeSet<&str>, models: &BTreeSet<&st
     }
     for (unique, columns, keys, map) in indexes {
         let name = map.map_or_else(
-            || format!("{table}_{}_{}", columns.join("_"), if unique { "key" } else { "idx" }),
+            || {
+                format!(
+                    "{table}_{}_{}",
+                    columns.join("_"),
+                    if unique { "key" } else { "idx" }
+                )
+            },
             str::to_owned,
         );
         out.push(format!(
@@ -296,7 +307,10 @@ fn quote(identifier: &str) -> String {
 /// Whether `name` (`@id`, `@unique`) stands among the attributes as a word of its own.
 fn has_attribute(attributes: &str, name: &str) -> bool {
     attributes.split_whitespace().any(|word| {
-        word == name || word.strip_prefix(name).is_some_and(|rest| rest.starts_with('('))
+        word == name
+            || word
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('('))
     })
 }
 
