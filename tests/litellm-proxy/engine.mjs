@@ -4,7 +4,7 @@
 // serves the native engine's HTTP interface in front of the same engine commit built to
 // WebAssembly (@prisma/query-engine-wasm over @prisma/adapter-pg and pg), translating
 // prisma-client-py's GraphQL requests into the JSON protocol the wasm engine speaks, and its
-// answers back. Facts it relies on: ../../../shared/spec/litellm-proxy.md (in the steering repo).
+// answers back (README: "Checked against LiteLLM's proxy").
 import fs from 'node:fs';
 import http from 'node:http';
 import { createRequire } from 'node:module';
