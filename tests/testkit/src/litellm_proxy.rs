@@ -243,8 +243,10 @@ fn redis_host_port() -> (String, u16) {
 }
 
 /// Runs the installer once per test process (under a file lock shared with other test
-/// processes) and returns the environment it prints for the proxy.
-fn installed() -> &'static [(String, String)] {
+/// processes) and returns the environment it prints for the proxy: `PRISMA_QUERY_ENGINE_BINARY`
+/// (the query engine stand-in), `LITELLM_PROXY_BIN`, `LITELLM_PROXY_SCHEMA` (LiteLLM's
+/// schema.prisma) and Prisma's other variables. Blocks: call it off an async runtime's thread.
+pub fn installed() -> &'static [(String, String)] {
     static ENV: OnceLock<Vec<(String, String)>> = OnceLock::new();
     ENV.get_or_init(|| {
         let root = target_dir().join("litellm-proxy");
