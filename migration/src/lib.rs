@@ -5,6 +5,7 @@
 use sea_orm_migration::prelude::*;
 
 pub mod database;
+pub mod litellm_schema;
 mod m20261128_000001_create_sync_tables;
 mod m20261128_000002_assigned_groups;
 mod m20261128_000003_leases_and_reconciliations;

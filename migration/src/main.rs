@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use entra_sync_core::settings::secret;
 use migration::database::{self, Transport};
+use migration::litellm_schema::{self, SchemaCheck};
 use migration::sea_orm::{DbErr, TransactionTrait};
 use migration::{Migrator, MigratorTrait};
 use secrecy::{ExposeSecret, SecretString};
@@ -96,6 +97,16 @@ async fn migrate(db: &database::Db, command: Command) -> Result<(), DbErr> {
                 #[allow(clippy::print_stdout)] // the command's output
                 {
                     println!("{}\t{}", migration.status(), migration.name());
+                }
+            }
+            // LiteLLM's side of the database: what entra-sync uses must be there.
+            match litellm_schema::check(&transaction).await? {
+                SchemaCheck::Supported => {}
+                newer @ SchemaCheck::Newer(_) => {
+                    tracing::warn!("{}", newer.message().unwrap_or_default());
+                }
+                missing @ SchemaCheck::Missing(_) => {
+                    return Err(DbErr::Custom(missing.message().unwrap_or_default()));
                 }
             }
         }

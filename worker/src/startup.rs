@@ -1,11 +1,13 @@
 //! Checks made before the worker starts, each failing with what to do about it.
 
 use migration::MigratorTrait;
+use migration::litellm_schema::SchemaCheck;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 use crate::error::{Error, Result};
 
-/// LiteLLM's tables exist, and entra-sync's migrations have all run.
+/// LiteLLM's tables exist with every column entra-sync uses, and entra-sync's migrations have all
+/// run. A LiteLLM schema newer than the supported releases, with everything present, is said once.
 pub async fn check_database(db: &impl ConnectionTrait) -> Result<()> {
     let litellm = db
         .query_one(Statement::from_string(
@@ -22,6 +24,15 @@ pub async fn check_database(db: &impl ConnectionTrait) -> Result<()> {
         return Err(Error::Settings(
             "LiteLLM's tables are not in DATABASE_URL: run LiteLLM's migrations first (start LiteLLM once)".into(),
         ));
+    }
+    match migration::litellm_schema::check(db).await? {
+        SchemaCheck::Supported => {}
+        newer @ SchemaCheck::Newer(_) => {
+            tracing::warn!("{}", newer.message().unwrap_or_default());
+        }
+        missing @ SchemaCheck::Missing(_) => {
+            return Err(Error::Settings(missing.message().unwrap_or_default()));
+        }
     }
     // No migrations table: none ran. Any other failure is the database's, said as such (a
     // lost prepared statement behind PgBouncer, say, is not a missing migration).
@@ -60,4 +71,44 @@ pub async fn check_database(db: &impl ConnectionTrait) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use entity::litellm::{team, team_membership, user};
+    use sea_orm::{Iden, Iterable};
+
+    fn required(table: &str) -> Vec<String> {
+        migration::litellm_schema::REQUIRED
+            .iter()
+            .find(|(name, _)| *name == table)
+            .map(|(_, columns)| columns.iter().map(|c| (*c).to_owned()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The schema check names every column the entities read and write.
+    #[test]
+    fn the_required_columns_are_the_entities() {
+        let columns = |names: Vec<String>| {
+            let mut names = names;
+            names.sort();
+            names
+        };
+        assert_eq!(
+            columns(team::Column::iter().map(|c| c.to_string()).collect()),
+            columns(required("LiteLLM_TeamTable"))
+        );
+        assert_eq!(
+            columns(user::Column::iter().map(|c| c.to_string()).collect()),
+            columns(required("LiteLLM_UserTable"))
+        );
+        assert_eq!(
+            columns(
+                team_membership::Column::iter()
+                    .map(|c| c.to_string())
+                    .collect()
+            ),
+            columns(required("LiteLLM_TeamMembership"))
+        );
+    }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use entra_sync_testkit::TestDatabase;
 use graph_common::*;
 use graph_sim::Fault;
+use sea_orm::ConnectionTrait;
 use world::*;
 
 /// Runs the worker to its exit with this environment; returns its exit success and stderr.
@@ -62,6 +63,22 @@ async fn start_up_checks_fail_with_what_to_do() {
     let (ok, stderr) = run_once(&env).await;
     assert!(!ok);
     assert!(stderr.contains("entra-sync-migrate up"), "{stderr}");
+
+    // A LiteLLM schema without a column entra-sync writes: named, with the supported releases.
+    let lacking = TestDatabase::new().await;
+    lacking
+        .conn()
+        .execute_unprepared(r#"ALTER TABLE "LiteLLM_TeamTable" DROP COLUMN policies"#)
+        .await
+        .unwrap();
+    set(&mut env, "DATABASE_URL", Some(lacking.url()));
+    let (ok, stderr) = run_once(&env).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("LiteLLM_TeamTable.policies")
+            && stderr.contains(migration::litellm_schema::SUPPORTED_LITELLM),
+        "{stderr}"
+    );
 
     let mut env = world.worker_env("checks");
     set(&mut env, "REDIS_URL", Some("redis://127.0.0.1:9"));

@@ -9,8 +9,10 @@
 #![allow(clippy::expect_used, clippy::panic)]
 
 pub mod listen;
+pub mod litellm_proxy;
 mod litellm_schema;
 mod postgres;
+mod prisma_schema;
 pub mod proxy;
 pub mod redis;
 pub mod servers;
@@ -18,7 +20,7 @@ pub mod servers;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
-pub use litellm_schema::LITELLM_PROXY_EXTRAS_VERSION;
+pub use litellm_schema::{LITELLM_PROXY_EXTRAS_VERSION, LITELLM_VERSION};
 
 /// The clientState the tests give the webhook, the worker and their subscriptions: as long as
 /// `ENTRA_SYNC_CLIENT_STATE` must be (32 to 128 characters).

@@ -1,4 +1,6 @@
-//! LiteLLM's schema, built from LiteLLM's published migrations into a template database.
+//! LiteLLM's schema, built from LiteLLM's published migrations into a template database, then
+//! completed with what the `litellm` release the tests run declares in its `schema.prisma` and
+//! those migrations lack (see [`crate::prisma_schema`]).
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -10,11 +12,16 @@ use crate::postgres;
 /// The `litellm-proxy-extras` release whose migrations define the schema under test.
 pub const LITELLM_PROXY_EXTRAS_VERSION: &str = "0.4.110";
 
+/// The `litellm` release whose `schema.prisma` completes the migrations, and whose proxy the
+/// proxy tests run (tests/litellm-proxy).
+pub const LITELLM_VERSION: &str = "1.110.2";
+
 /// The template database's name: one per LiteLLM schema version.
 fn template_name() -> String {
     format!(
-        "entra_sync_template_litellm_{}",
-        LITELLM_PROXY_EXTRAS_VERSION.replace('.', "_")
+        "entra_sync_template_litellm_{}_schema_{}",
+        LITELLM_PROXY_EXTRAS_VERSION.replace('.', "_"),
+        LITELLM_VERSION.replace('.', "_")
     )
 }
 
@@ -33,29 +40,56 @@ pub fn template_database() -> &'static str {
         lock.lock().expect("cannot lock the wheel cache");
         if !postgres::database_exists(&name) {
             let migrations = download_migrations(&cache);
-            build_template(&name, &migrations);
+            let schema = download_schema_prisma(&cache);
+            build_template(&name, &migrations, &schema);
         }
         name
     })
 }
 
-fn cache_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+/// The workspace's target folder (`CARGO_TARGET_DIR` when set).
+pub(crate) fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    target
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+}
+
+fn cache_dir() -> PathBuf {
+    target_dir()
         .join("litellm-proxy-extras")
         .join(LITELLM_PROXY_EXTRAS_VERSION)
 }
 
-/// Downloads and unpacks the wheel (once), returning its `migrations` folder.
-fn download_migrations(cache: &Path) -> PathBuf {
-    let unpacked = cache.join("unpacked");
-    let migrations = unpacked.join("litellm_proxy_extras").join("migrations");
-    if migrations.is_dir() {
-        return migrations;
+/// Downloads the `litellm` wheel (once) and keeps its `litellm/proxy/schema.prisma`.
+fn download_schema_prisma(cache: &Path) -> PathBuf {
+    let schema = cache.join(format!("schema-litellm-{LITELLM_VERSION}.prisma"));
+    if schema.is_file() {
+        return schema;
     }
-    let wheels = cache.join("wheel");
+    let wheels = cache.join("litellm-wheel");
+    pip_download(&format!("litellm=={LITELLM_VERSION}"), &wheels);
+    let wheel = find_wheel(&wheels, "litellm-");
+    let extract = "import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read('litellm/proxy/schema.prisma'))";
+    let out = Command::new("python3")
+        .args(["-c", extract])
+        .arg(&wheel)
+        .output()
+        .expect("python3 could not be run to read the litellm wheel");
+    if !out.status.success() {
+        panic!(
+            "cannot read schema.prisma from {}: {}",
+            wheel.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let staging = schema.with_extension("partial");
+    fs::write(&staging, &out.stdout).expect("cannot write schema.prisma under target/");
+    fs::rename(&staging, &schema).expect("cannot move schema.prisma into place");
+    schema
+}
+
+/// `pip download` of one wheel, without its dependencies.
+fn pip_download(requirement: &str, into: &Path) {
     let out = Command::new("python3")
         .args([
             "-m",
@@ -66,24 +100,45 @@ fn download_migrations(cache: &Path) -> PathBuf {
             "-q",
             "-d",
         ])
-        .arg(&wheels)
-        .arg(format!(
-            "litellm-proxy-extras=={LITELLM_PROXY_EXTRAS_VERSION}"
-        ))
+        .arg(into)
+        .arg(requirement)
         .output()
         .expect("python3 could not be run: install Python 3 with pip to fetch LiteLLM's schema");
     if !out.status.success() {
         panic!(
-            "pip could not download litellm-proxy-extras=={LITELLM_PROXY_EXTRAS_VERSION} (is PyPI reachable?): {}",
+            "pip could not download {requirement} (is PyPI reachable?): {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let wheel = fs::read_dir(&wheels)
+}
+
+fn find_wheel(folder: &Path, prefix: &str) -> PathBuf {
+    fs::read_dir(folder)
         .expect("cannot read the wheel folder")
         .filter_map(Result::ok)
         .map(|entry| entry.path())
-        .find(|path| path.extension().is_some_and(|ext| ext == "whl"))
-        .expect("pip reported success but left no wheel");
+        .find(|path| {
+            path.extension().is_some_and(|ext| ext == "whl")
+                && path
+                    .file_name()
+                    .is_some_and(|name| name.to_string_lossy().starts_with(prefix))
+        })
+        .expect("pip reported success but left no wheel")
+}
+
+/// Downloads and unpacks the wheel (once), returning its `migrations` folder.
+fn download_migrations(cache: &Path) -> PathBuf {
+    let unpacked = cache.join("unpacked");
+    let migrations = unpacked.join("litellm_proxy_extras").join("migrations");
+    if migrations.is_dir() {
+        return migrations;
+    }
+    let wheels = cache.join("wheel");
+    pip_download(
+        &format!("litellm-proxy-extras=={LITELLM_PROXY_EXTRAS_VERSION}"),
+        &wheels,
+    );
+    let wheel = find_wheel(&wheels, "litellm_proxy_extras-");
     let staging = cache.join("unpacking");
     let _ = fs::remove_dir_all(&staging);
     let out = Command::new("python3")
@@ -104,9 +159,10 @@ fn download_migrations(cache: &Path) -> PathBuf {
     migrations
 }
 
-/// Applies every migration, in sorted folder order, to a scratch database, then renames it to the
-/// template's name so that no process ever sees a half-built template.
-fn build_template(name: &str, migrations: &Path) {
+/// Applies every migration, in sorted folder order, then what `schema.prisma` adds, to a scratch
+/// database, then renames it to the template's name so that no process ever sees a half-built
+/// template.
+fn build_template(name: &str, migrations: &Path, schema: &Path) {
     let building = format!("{name}_building");
     postgres::admin(&format!(
         "drop database if exists \"{building}\" with (force)"
@@ -127,6 +183,14 @@ fn build_template(name: &str, migrations: &Path) {
     for folder in &folders {
         postgres::run_file(&building, &folder.join("migration.sql"));
     }
+    let schema_text = fs::read_to_string(schema).expect("cannot read schema.prisma");
+    let completion = schema.with_extension("sql");
+    fs::write(
+        &completion,
+        crate::prisma_schema::statements(&schema_text).join("\n"),
+    )
+    .expect("cannot write the schema completion under target/");
+    postgres::run_file(&building, &completion);
     postgres::admin(&format!(
         "alter database \"{building}\" rename to \"{name}\""
     ));

@@ -85,3 +85,22 @@ async fn unreachable_postgres_is_one_clear_sentence() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn the_template_has_what_litellms_release_adds_to_its_published_migrations() {
+    let db = TestDatabase::litellm_only().await;
+    // Tables and columns litellm 1.110.2's schema.prisma has and litellm-proxy-extras 0.4.110's
+    // migrations lack: its proxy writes them.
+    let delivery = count(
+        &db,
+        r#"SELECT count(*) FROM information_schema.columns WHERE table_name = 'LiteLLM_SpendLogDelivery'"#,
+    )
+    .await;
+    assert_eq!(delivery, 10, "LiteLLM_SpendLogDelivery's columns");
+    let added = count(
+        &db,
+        r#"SELECT count(*) FROM information_schema.columns WHERE table_name = 'LiteLLM_ClaudeCodePluginTable' AND column_name = 'anonymous_download_count'"#,
+    )
+    .await;
+    assert_eq!(added, 1);
+}
