@@ -21,7 +21,7 @@ use sea_orm::ConnectionTrait;
 use worker::directory::EntraUser;
 use worker::litellm_cache::{CHANNEL, CacheTarget, LiteLlmCache};
 use worker::litellm_config::LiteLlmSettings;
-use worker::store::{ApplyOptions, LiteLlmWriter, RemovalMode, Store};
+use worker::store::{ApplyOptions, RemovalMode, Store};
 
 const MEMBERS: u32 = 10_000;
 const WITH_KEYS: u32 = 5_000;

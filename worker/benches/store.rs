@@ -12,7 +12,7 @@ use entity::{GroupId, UserId};
 use entra_sync_testkit::TestDatabase;
 use worker::directory::EntraUser;
 use worker::litellm_config::LiteLlmSettings;
-use worker::store::{ApplyOptions, LiteLlmWriter, RemovalMode, Store};
+use worker::store::{ApplyOptions, RemovalMode, Store};
 
 fn group(n: u32) -> GroupId {
     GroupId::parse(&format!("9a000000-0000-4000-8000-{n:012}")).unwrap()

@@ -7,9 +7,7 @@ mod common;
 use common::*;
 use entra_sync_testkit::TestDatabase;
 use sea_orm::ConnectionTrait;
-use worker::store::{
-    BlockReason, Change, DepartedUserKeys, KeyPolicy, LiteLlmWriter, RemovedMemberKeys, Store,
-};
+use worker::store::{BlockReason, Change, DepartedUserKeys, KeyPolicy, RemovedMemberKeys, Store};
 
 const EARLIER: &str = "2026-11-28 11:00:00";
 const LATER: &str = "2026-11-28 13:00:00";

@@ -15,7 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use worker::litellm_cache::{CHANNEL, CacheTarget, LiteLlmCache};
 use worker::metrics::ResultLabel;
-use worker::store::{LiteLlmWriter, Store};
+use worker::store::Store;
 
 type Evictions = Family<ResultLabel, Counter>;
 

@@ -12,7 +12,7 @@ use graph_common::*;
 use graph_sim::Fault;
 use tracing::Level;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
-use worker::store::{ApplyOptions, LiteLlmWriter, RemovalMode, Store};
+use worker::store::{ApplyOptions, RemovalMode, Store};
 
 /// The worker's events, as (level, target).
 #[derive(Clone, Default)]

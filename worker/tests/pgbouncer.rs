@@ -15,7 +15,7 @@ use common::{commit, group, insert_key, key_state, scalar_i64, user_id};
 use entra_sync_testkit::TestDatabase;
 use graph_common::{gid, uid};
 use migration::database::Db;
-use worker::store::{Change, LiteLlmWriter, RemovalMode, Store};
+use worker::store::{Change, RemovalMode, Store};
 use world::*;
 
 async fn through_pgbouncer(db: &TestDatabase) -> Db {

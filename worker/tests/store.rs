@@ -8,7 +8,7 @@ use common::*;
 use entra_sync_testkit::TestDatabase;
 use worker::directory::EntraUser;
 use worker::roles::LiteLlmRole;
-use worker::store::{Change, LiteLlmWriter, RemovalMode};
+use worker::store::{Change, RemovalMode};
 
 const TEAM_DEFAULTS: &str = r#"
 litellm_settings:
@@ -582,7 +582,7 @@ async fn set_role_of_an_unknown_user_is_an_error_that_changes_nothing() {
 }
 
 /// One of everything, as the worker would apply it, on top of `setup`.
-async fn scenario(store: &impl LiteLlmWriter) -> Vec<Change> {
+async fn scenario(store: &worker::store::Store) -> Vec<Change> {
     let mut all = Vec::new();
     all.extend(
         store
@@ -624,7 +624,7 @@ async fn scenario(store: &impl LiteLlmWriter) -> Vec<Change> {
     all
 }
 
-async fn setup(store: &impl LiteLlmWriter) {
+async fn setup(store: &worker::store::Store) {
     store.ensure_team(&group(1), "Eng", commit()).await.unwrap();
     store
         .ensure_team(&group(2), "Research", commit())

@@ -9,7 +9,7 @@ use common::*;
 use entra_sync_testkit::TestDatabase;
 use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 use worker::litellm_config::LiteLlmSettings;
-use worker::store::{LiteLlmWriter, RemovalMode, Store};
+use worker::store::{RemovalMode, Store};
 
 /// Two stores on connections of their own, as two writers have them.
 async fn two_stores(db: &TestDatabase) -> (Store, Store) {

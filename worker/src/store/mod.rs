@@ -52,7 +52,6 @@ mod teams;
 mod users;
 
 use migration::database::Db;
-use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -141,162 +140,7 @@ impl ApplyOptions {
     }
 }
 
-/// The intentions the worker applies to LiteLLM's tables.
-pub trait LiteLlmWriter {
-    /// Creates the team for a group, or brings its alias up to date.
-    fn ensure_team(
-        &self,
-        group: &GroupId,
-        display_name: &str,
-        options: ApplyOptions,
-    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
-
-    /// Creates the LiteLLM user for an Entra user, or links an existing one found by email.
-    fn ensure_user(
-        &self,
-        user: &EntraUser,
-        options: ApplyOptions,
-    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
-
-    /// Entra renamed a user: a known user's email and display name follow (unknown users: nothing).
-    fn update_user(
-        &self,
-        user: &EntraUser,
-        options: ApplyOptions,
-    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
-
-    /// [`Self::ensure_user`] then [`Self::set_role`] in one transaction (so that a dry run plans
-    /// the role of a user it would create).
-    fn set_user_role(
-        &self,
-        user: &EntraUser,
-        role_values: &[String],
-        options: ApplyOptions,
-    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
-
-    /// [`Self::set_user_role`] for many users in one transaction and a few statements: the
-    /// users made or linked, then each given the most privileged valid role of their values.
-    fn set_user_roles(
-        &self,
-        users: &[(EntraUser, Vec<String>)],
-        options: ApplyOptions,
-    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
-
-    /// [`Self::revoke_role`] for many users in one transaction and a few statements.
-    fn revoke_roles(
-        &self,
-        users: &[UserId],
-        options: ApplyOptions,
-    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
-
-    /// Makes the users full members of the group's team (creating users as needed).
-    fn add_members(
-        &self,
-        group: &GroupId,
-        members: &[EntraUser],
-        options: ApplyOptions,
-    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
-
-    /// Takes the users out of the group's team (in `Managed` mode, only memberships entra-sync
-    /// created).
-    fn remove_members(
-        &self,
-        group: &GroupId,
-        members: &[UserId],
-        options: ApplyOptions,
-    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
-
-    /// Makes the team's membership equal the group's full member list: adds the missing, removes
-    /// the others (in `Managed` mode, only memberships entra-sync created).
-    fn replace_members(
-        &self,
-        group: &GroupId,
-        members: &[EntraUser],
-        options: ApplyOptions,
-    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
-
-    /// Brings a group's team up to date in one transaction: created (or renamed) first when a
-    /// display name is given, then its membership made equal to `members` as
-    /// [`Self::replace_members`] does. In a dry run a new team's members are planned too.
-    fn sync_team(
-        &self,
-        group: &GroupId,
-        display_name: Option<&str>,
-        members: &[EntraUser],
-        options: ApplyOptions,
-    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
-
-    /// [`Self::sync_team`] for several groups (each once) in one transaction and a fixed number
-    /// of statements however many: how a first sync and a resync apply groups, a batch at a
-    /// time. Changes come group by group, in the order given.
-    fn sync_teams(
-        &self,
-        teams: &[TeamSync<'_>],
-        options: ApplyOptions,
-    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
-
-    /// Takes out every membership entra-sync created in the group's team, whatever the removal
-    /// mode (the `remove-members` policy for an unassigned or deleted group).
-    fn remove_managed_members(
-        &self,
-        group: &GroupId,
-        options: ApplyOptions,
-    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
-
-    /// Makes the group's owners its team's admins (`ENTRA_SYNC_OWNERS_AS_ADMINS`): owners join
-    /// as admins (or become admins, from `user`), former owners go back to `user`, or leave when
-    /// they were in the team only as owners. An admin role set by hand stays.
-    fn sync_owners(
-        &self,
-        group: &GroupId,
-        owners: &[EntraUser],
-        options: ApplyOptions,
-    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
-
-    /// Blocks the group's team (the `block` policy for an unassigned or deleted group).
-    fn block_team(
-        &self,
-        group: &GroupId,
-        options: ApplyOptions,
-    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
-
-    /// The user has no valid Entra role left: a role entra-sync set drops to the default role
-    /// for new users; a role an admin set since stays.
-    fn revoke_role(
-        &self,
-        user: &UserId,
-        options: ApplyOptions,
-    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
-
-    /// Sets the user's role from their Entra app-role values: the most privileged valid one wins;
-    /// none valid leaves the role as it is.
-    fn set_role(
-        &self,
-        user: &UserId,
-        role_values: &[String],
-        options: ApplyOptions,
-    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
-
-    /// The user was disabled or deleted in Entra, in one transaction: with `leaving` = some
-    /// groups, the user leaves their teams (keys as for any removal) and a role entra-sync set
-    /// drops to the default; then, under `ENTRA_SYNC_DEPARTED_USER_KEYS=block`, every key of
-    /// theirs not blocked yet is blocked, with entra-sync's marker.
-    fn depart_user(
-        &self,
-        user: &UserId,
-        leaving: Option<&[GroupId]>,
-        options: ApplyOptions,
-    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
-
-    /// Keys of members entra-sync removed that survived the removal (see the audit log) get
-    /// `ENTRA_SYNC_REMOVED_MEMBER_KEYS` now, one team at a time under its lock.
-    fn revoke_surviving_keys(
-        &self,
-        options: ApplyOptions,
-    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
-}
-
-/// One group's team brought up to date (see [`LiteLlmWriter::sync_teams`]): created or renamed
+/// One group's team brought up to date (see [`Store::sync_teams`]): created or renamed
 /// first when a display name is given, then its membership made equal to `members`.
 #[derive(Clone, Copy, Debug)]
 pub struct TeamSync<'a> {
@@ -506,9 +350,11 @@ impl Store {
     }
 }
 
-impl LiteLlmWriter for Store {
+/// The intentions the worker applies to LiteLLM's tables.
+impl Store {
+    /// Creates the team for a group, or brings its alias up to date.
     #[tracing::instrument(skip(self), err(level = "debug"))]
-    async fn ensure_team(
+    pub async fn ensure_team(
         &self,
         group: &GroupId,
         display_name: &str,
@@ -527,15 +373,25 @@ impl LiteLlmWriter for Store {
         self.settle(txn, changes, options).await
     }
 
+    /// Creates the LiteLLM user for an Entra user, or links an existing one found by email.
     #[tracing::instrument(skip(self, user), fields(user = %user.id), err(level = "debug"))]
-    async fn ensure_user(&self, user: &EntraUser, options: ApplyOptions) -> Result<Vec<Change>> {
+    pub async fn ensure_user(
+        &self,
+        user: &EntraUser,
+        options: ApplyOptions,
+    ) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
         let changes = users::ensure(&txn, user, &self.settings, options.now).await;
         self.settle(txn, changes, options).await
     }
 
+    /// Entra renamed a user: a known user's email and display name follow (unknown users: nothing).
     #[tracing::instrument(skip(self, user), fields(user = %user.id), err(level = "debug"))]
-    async fn update_user(&self, user: &EntraUser, options: ApplyOptions) -> Result<Vec<Change>> {
+    pub async fn update_user(
+        &self,
+        user: &EntraUser,
+        options: ApplyOptions,
+    ) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
         let work = async {
             let mut changes = users::update(&txn, user, options.now).await?;
@@ -547,8 +403,10 @@ impl LiteLlmWriter for Store {
         self.settle(txn, work, options).await
     }
 
+    /// [`Self::ensure_user`] then [`Self::set_role`] in one transaction (so that a dry run plans
+    /// the role of a user it would create).
     #[tracing::instrument(skip(self, user), fields(user = %user.id), err(level = "debug"))]
-    async fn set_user_role(
+    pub async fn set_user_role(
         &self,
         user: &EntraUser,
         role_values: &[String],
@@ -560,8 +418,10 @@ impl LiteLlmWriter for Store {
         self.settle(txn, changes, options).await
     }
 
+    /// [`Self::set_user_role`] for many users in one transaction and a few statements: the
+    /// users made or linked, then each given the most privileged valid role of their values.
     #[tracing::instrument(skip(self, users), fields(users = users.len()), err(level = "debug"))]
-    async fn set_user_roles(
+    pub async fn set_user_roles(
         &self,
         users: &[(EntraUser, Vec<String>)],
         options: ApplyOptions,
@@ -575,16 +435,22 @@ impl LiteLlmWriter for Store {
         self.settle(txn, changes, options).await
     }
 
+    /// [`Self::revoke_role`] for many users in one transaction and a few statements.
     #[tracing::instrument(skip(self, users), fields(users = users.len()), err(level = "debug"))]
-    async fn revoke_roles(&self, users: &[UserId], options: ApplyOptions) -> Result<Vec<Change>> {
+    pub async fn revoke_roles(
+        &self,
+        users: &[UserId],
+        options: ApplyOptions,
+    ) -> Result<Vec<Change>> {
         let default = self.settings.default_user_role();
         let txn = self.db.begin().await?;
         let changes = roles::revoke(&txn, users, default, options.now).await;
         self.settle(txn, changes, options).await
     }
 
+    /// Makes the users full members of the group's team (creating users as needed).
     #[tracing::instrument(skip(self, members), fields(members = members.len()), err(level = "debug"))]
-    async fn add_members(
+    pub async fn add_members(
         &self,
         group: &GroupId,
         members: &[EntraUser],
@@ -600,8 +466,10 @@ impl LiteLlmWriter for Store {
         .await
     }
 
+    /// Takes the users out of the group's team (in `Managed` mode, only memberships entra-sync
+    /// created).
     #[tracing::instrument(skip(self, members), fields(members = members.len()), err(level = "debug"))]
-    async fn remove_members(
+    pub async fn remove_members(
         &self,
         group: &GroupId,
         members: &[UserId],
@@ -617,8 +485,10 @@ impl LiteLlmWriter for Store {
         .await
     }
 
+    /// Makes the team's membership equal the group's full member list: adds the missing, removes
+    /// the others (in `Managed` mode, only memberships entra-sync created).
     #[tracing::instrument(skip(self, members), fields(members = members.len()), err(level = "debug"))]
-    async fn replace_members(
+    pub async fn replace_members(
         &self,
         group: &GroupId,
         members: &[EntraUser],
@@ -634,8 +504,11 @@ impl LiteLlmWriter for Store {
         .await
     }
 
+    /// Brings a group's team up to date in one transaction: created (or renamed) first when a
+    /// display name is given, then its membership made equal to `members` as
+    /// [`Self::replace_members`] does. In a dry run a new team's members are planned too.
     #[tracing::instrument(skip(self, members), fields(members = members.len()), err(level = "debug"))]
-    async fn sync_team(
+    pub async fn sync_team(
         &self,
         group: &GroupId,
         display_name: Option<&str>,
@@ -651,8 +524,11 @@ impl LiteLlmWriter for Store {
         self.sync_teams(&[team], options).await
     }
 
+    /// [`Self::sync_team`] for several groups (each once) in one transaction and a fixed number
+    /// of statements however many: how a first sync and a resync apply groups, a batch at a
+    /// time. Changes come group by group, in the order given.
     #[tracing::instrument(skip(self, teams), fields(teams = teams.len()), err(level = "debug"))]
-    async fn sync_teams(
+    pub async fn sync_teams(
         &self,
         teams: &[TeamSync<'_>],
         options: ApplyOptions,
@@ -702,8 +578,10 @@ impl LiteLlmWriter for Store {
         self.settle(txn, work, options).await
     }
 
+    /// Takes out every membership entra-sync created in the group's team, whatever the removal
+    /// mode (the `remove-members` policy for an unassigned or deleted group).
     #[tracing::instrument(skip(self), err(level = "debug"))]
-    async fn remove_managed_members(
+    pub async fn remove_managed_members(
         &self,
         group: &GroupId,
         options: ApplyOptions,
@@ -718,8 +596,11 @@ impl LiteLlmWriter for Store {
         .await
     }
 
+    /// Makes the group's owners its team's admins (`ENTRA_SYNC_OWNERS_AS_ADMINS`): owners join
+    /// as admins (or become admins, from `user`), former owners go back to `user`, or leave when
+    /// they were in the team only as owners. An admin role set by hand stays.
     #[tracing::instrument(skip(self, owners), fields(owners = owners.len()), err(level = "debug"))]
-    async fn sync_owners(
+    pub async fn sync_owners(
         &self,
         group: &GroupId,
         owners: &[EntraUser],
@@ -741,23 +622,28 @@ impl LiteLlmWriter for Store {
         self.settle(txn, changes, options).await
     }
 
+    /// Blocks the group's team (the `block` policy for an unassigned or deleted group).
     #[tracing::instrument(skip(self), err(level = "debug"))]
-    async fn block_team(&self, group: &GroupId, options: ApplyOptions) -> Result<Vec<Change>> {
+    pub async fn block_team(&self, group: &GroupId, options: ApplyOptions) -> Result<Vec<Change>> {
         let txn = self.db.begin().await?;
         let changes = teams::block(&txn, group, options.now).await;
         self.settle(txn, changes, options).await
     }
 
+    /// The user has no valid Entra role left: a role entra-sync set drops to the default role
+    /// for new users; a role an admin set since stays.
     #[tracing::instrument(skip(self), err(level = "debug"))]
-    async fn revoke_role(&self, user: &UserId, options: ApplyOptions) -> Result<Vec<Change>> {
+    pub async fn revoke_role(&self, user: &UserId, options: ApplyOptions) -> Result<Vec<Change>> {
         let default = self.settings.default_user_role();
         let txn = self.db.begin().await?;
         let changes = roles::revoke(&txn, std::slice::from_ref(user), default, options.now).await;
         self.settle(txn, changes, options).await
     }
 
+    /// Sets the user's role from their Entra app-role values: the most privileged valid one wins;
+    /// none valid leaves the role as it is.
     #[tracing::instrument(skip(self), err(level = "debug"))]
-    async fn set_role(
+    pub async fn set_role(
         &self,
         user: &UserId,
         role_values: &[String],
@@ -768,8 +654,12 @@ impl LiteLlmWriter for Store {
         self.settle(txn, changes, options).await
     }
 
+    /// The user was disabled or deleted in Entra, in one transaction: with `leaving` = some
+    /// groups, the user leaves their teams (keys as for any removal) and a role entra-sync set
+    /// drops to the default; then, under `ENTRA_SYNC_DEPARTED_USER_KEYS=block`, every key of
+    /// theirs not blocked yet is blocked, with entra-sync's marker.
     #[tracing::instrument(skip(self), err(level = "debug"))]
-    async fn depart_user(
+    pub async fn depart_user(
         &self,
         user: &UserId,
         leaving: Option<&[GroupId]>,
@@ -843,8 +733,10 @@ impl LiteLlmWriter for Store {
         self.settle(txn, work, options).await
     }
 
+    /// Keys of members entra-sync removed that survived the removal (see the audit log) get
+    /// `ENTRA_SYNC_REMOVED_MEMBER_KEYS` now, one team at a time under its lock.
     #[tracing::instrument(skip(self), err(level = "debug"))]
-    async fn revoke_surviving_keys(&self, options: ApplyOptions) -> Result<Vec<Change>> {
+    pub async fn revoke_surviving_keys(&self, options: ApplyOptions) -> Result<Vec<Change>> {
         let policy = self.keys.removed_member;
         if policy == RemovedMemberKeys::Keep {
             return Ok(Vec::new());

@@ -15,7 +15,7 @@ use crate::directory::EntraUser;
 use crate::error::{Error, Result};
 use crate::graph::DeltaStart;
 use crate::graph::model::{AppRoleAssignment, DEFAULT_ACCESS, DirectoryObject};
-use crate::store::{Cause, Change, Changes, Item, LiteLlmWriter, PollState};
+use crate::store::{Cause, Change, Changes, Item, PollState};
 
 /// What a poll did.
 #[derive(Debug, Default)]

@@ -10,7 +10,7 @@ use super::tasks::{Bounded, ItemTasks};
 use super::{Syncer, retrying};
 use crate::directory::EntraUser;
 use crate::error::{Error, Result};
-use crate::store::{Changes, Item, LiteLlmWriter, TeamSync};
+use crate::store::{Changes, Item, TeamSync};
 
 /// Graph reads in flight at once.
 pub(super) const PARALLEL_READS: usize = 8;
@@ -59,7 +59,7 @@ impl Batch {
 
 impl Syncer {
     /// Makes each group's team equal it, the whole batch in one transaction
-    /// ([`LiteLlmWriter::sync_teams`]); returns how many teams changed. When the batch fails on
+    /// ([`Store::sync_teams`]); returns how many teams changed. When the batch fails on
     /// its own (one group LiteLLM refuses, say), each group is written alone, so that one bad
     /// group never holds the others back, and a group that fails alone is settled as failed.
     pub(super) async fn write_groups(

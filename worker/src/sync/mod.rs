@@ -29,9 +29,7 @@ use crate::directory::UserState;
 use crate::error::{Error, Result};
 use crate::graph::GraphClient;
 use crate::store::lease::{Fence, Lease};
-use crate::store::{
-    ApplyOptions, Cause, Change, Changes, Item, LiteLlmWriter, Removals, Store, UnitId,
-};
+use crate::store::{ApplyOptions, Cause, Change, Changes, Item, Removals, Store, UnitId};
 
 pub use assignments::AssignmentReport;
 pub use nesting::Membership;

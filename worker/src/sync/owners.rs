@@ -9,7 +9,7 @@ use entity::GroupId;
 
 use super::{Syncer, retrying};
 use crate::error::Result;
-use crate::store::{Changes, Item, LiteLlmWriter};
+use crate::store::{Changes, Item};
 
 impl Syncer {
     /// Makes each group's owners its team's admins (or, with the setting off, lets go of the

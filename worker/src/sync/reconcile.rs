@@ -11,7 +11,7 @@ use entity::UserId;
 use super::Syncer;
 use super::assignments::PollScope;
 use crate::error::Result;
-use crate::store::{Cause, Changes, LiteLlmWriter, ReconciliationRecord};
+use crate::store::{Cause, Changes, ReconciliationRecord};
 
 /// What a reconciliation found and fixed.
 #[derive(Debug, Default)]

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::graph::DeltaStart;
 use crate::graph::model::ObjectKind;
 use crate::graph::{DeltaRound, GroupDelta};
-use crate::store::{Cause, Change, Changes, Item, LiteLlmWriter, TeamSync};
+use crate::store::{Cause, Change, Changes, Item, TeamSync};
 
 /// Groups a resync reads and applies together: four filtered delta requests.
 pub(super) const RESYNC_SLICE: usize = 200;

@@ -7,7 +7,7 @@ use super::{Syncer, retrying};
 use crate::directory::UserState;
 use crate::error::{Error, Result};
 use crate::graph::DeltaStart;
-use crate::store::{Cause, Change, Changes, Deletion, Item, LiteLlmWriter};
+use crate::store::{Cause, Change, Changes, Deletion, Item};
 use chrono::{DateTime, Utc};
 use entity::UserId;
 
