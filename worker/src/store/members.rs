@@ -396,7 +396,33 @@ async fn execute(
     now: DateTime<Utc>,
 ) -> Result<()> {
     let stamp = litellm_timestamp(now);
-    // New users are created with every team of the batch they join already in their `teams`.
+    write_users(txn, planned, settings, now).await?;
+    write_membership_rows(txn, planned).await?;
+    write_organization_members(txn, planned, teams, &stamp).await?;
+    write_entries(txn, planned, &stamp).await?;
+    write_managed(txn, planned, teams, now).await?;
+    drop_holds(txn, planned).await?;
+    for one in planned {
+        let team_id = one.prepared.team_id.as_str();
+        if !one.plan.roles.is_empty() {
+            super::owners::set_roles(txn, team_id, &one.plan.roles, now).await?;
+        }
+        if let Some(rows) = &one.plan.owner_rows {
+            super::owners::store_owners(txn, team_id, rows, &teams[team_id].owners).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The users' rows: those created (with every team of the batch they join already in their
+/// `teams`), linked and updated as LiteLLM's sign-in would, and the teams joined and left in the
+/// others' `teams`.
+async fn write_users(
+    txn: &DatabaseTransaction,
+    planned: &[Planned<'_, '_>],
+    settings: &LiteLlmSettings,
+    now: DateTime<Utc>,
+) -> Result<()> {
     let mut created: Vec<(&NewUser, Vec<&str>)> = Vec::new();
     let mut created_at: HashMap<&str, usize> = HashMap::new();
     let mut joining_teams: Vec<(&str, &str)> = Vec::new();
@@ -417,12 +443,12 @@ async fn execute(
         .iter()
         .flat_map(|one| one.plan.link.iter().cloned())
         .collect();
-    let leaving_teams = pairs(planned, |plan| &plan.remove_team_from_user);
     users::create(txn, &created, settings, now).await?;
     users::link(txn, &links, now).await?;
     let signed_in: Vec<&(String, Option<String>, Option<String>)> =
         planned.iter().flat_map(|one| &one.plan.sign_in).collect();
     users::signed_in(txn, &signed_in, now).await?;
+    let stamp = litellm_timestamp(now);
     if !joining_teams.is_empty() {
         let (user_ids, team_ids): (Vec<&str>, Vec<&str>) = joining_teams.into_iter().unzip();
         txn.execute(stmt(
@@ -440,6 +466,7 @@ async fn execute(
         ))
         .await?;
     }
+    let leaving_teams = pairs(planned, |plan| &plan.remove_team_from_user);
     if !leaving_teams.0.is_empty() {
         // As `array_remove` does: every occurrence goes, the rest keep their order.
         txn.execute(stmt(
@@ -460,6 +487,14 @@ async fn execute(
         ))
         .await?;
     }
+    Ok(())
+}
+
+/// `"LiteLLM_TeamMembership"` rows inserted and deleted.
+async fn write_membership_rows(
+    txn: &DatabaseTransaction,
+    planned: &[Planned<'_, '_>],
+) -> Result<()> {
     let new_rows = pairs(planned, |plan| &plan.insert_rows);
     if !new_rows.0.is_empty() {
         // Each row gets the team's member budget (`metadata.team_member_budget_id`), as LiteLLM
@@ -474,27 +509,6 @@ async fn execute(
         ))
         .await?;
     }
-    for one in planned {
-        let team = &teams[&one.prepared.team_id];
-        if let Some(organization_id) = &team.organization_id
-            && !one.plan.organization_members.is_empty()
-        {
-            // After the users exist (the row's foreign key); a row LiteLLM wrote meanwhile stays.
-            txn.execute(stmt(
-                r#"INSERT INTO "LiteLLM_OrganizationMembership"
-                     (user_id, organization_id, user_role, created_at, updated_at)
-                   SELECT user_id, $1, $3, $4, $4 FROM unnest($2::text[]) AS user_id
-                   ON CONFLICT (user_id, organization_id) DO NOTHING"#,
-                [
-                    organization_id.into(),
-                    text_array(&one.plan.organization_members),
-                    ORGANIZATION_MEMBER_ROLE.into(),
-                    stamp.into(),
-                ],
-            ))
-            .await?;
-        }
-    }
     let gone_rows = pairs(planned, |plan| &plan.delete_rows);
     if !gone_rows.0.is_empty() {
         txn.execute(stmt(
@@ -505,8 +519,42 @@ async fn execute(
         ))
         .await?;
     }
-    write_entries(txn, planned, &stamp).await?;
-    write_managed(txn, planned, teams, now).await?;
+    Ok(())
+}
+
+/// Members who joined a team in an organization become its members, after the users exist (the
+/// row's foreign key); a row LiteLLM wrote meanwhile stays.
+async fn write_organization_members(
+    txn: &DatabaseTransaction,
+    planned: &[Planned<'_, '_>],
+    teams: &HashMap<String, TeamState>,
+    stamp: &chrono::NaiveDateTime,
+) -> Result<()> {
+    for one in planned {
+        let team = &teams[&one.prepared.team_id];
+        if let Some(organization_id) = &team.organization_id
+            && !one.plan.organization_members.is_empty()
+        {
+            txn.execute(stmt(
+                r#"INSERT INTO "LiteLLM_OrganizationMembership"
+                     (user_id, organization_id, user_role, created_at, updated_at)
+                   SELECT user_id, $1, $3, $4, $4 FROM unnest($2::text[]) AS user_id
+                   ON CONFLICT (user_id, organization_id) DO NOTHING"#,
+                [
+                    organization_id.into(),
+                    text_array(&one.plan.organization_members),
+                    ORGANIZATION_MEMBER_ROLE.into(),
+                    (*stamp).into(),
+                ],
+            ))
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Held removals that no longer stand.
+async fn drop_holds(txn: &DatabaseTransaction, planned: &[Planned<'_, '_>]) -> Result<()> {
     let dropped = pairs(planned, |plan| &plan.drop_holds);
     if !dropped.0.is_empty() {
         txn.execute(stmt(
@@ -516,15 +564,6 @@ async fn execute(
             [text_array(dropped.0), text_array(dropped.1)],
         ))
         .await?;
-    }
-    for one in planned {
-        let team_id = one.prepared.team_id.as_str();
-        if !one.plan.roles.is_empty() {
-            super::owners::set_roles(txn, team_id, &one.plan.roles, now).await?;
-        }
-        if let Some(rows) = &one.plan.owner_rows {
-            super::owners::store_owners(txn, team_id, rows, &teams[team_id].owners).await?;
-        }
     }
     Ok(())
 }

@@ -36,6 +36,39 @@ pub(super) fn group_id(assignment: &AppRoleAssignment) -> Option<GroupId> {
         .flatten()
 }
 
+/// The role values the app's assignments give: each user assigned directly, with their values
+/// (departed or not: what the read says decides), and each role-holding group with its value.
+/// The default access role and roles the app does not define (or has disabled) give none.
+fn assigned_values(
+    assignments: &[AppRoleAssignment],
+    role_values: &HashMap<String, String>,
+) -> (HashMap<UserId, Vec<String>>, Vec<(GroupId, String)>) {
+    let mut values: HashMap<UserId, Vec<String>> = HashMap::new();
+    let mut role_groups: Vec<(GroupId, String)> = Vec::new();
+    for assignment in assignments {
+        if assignment.app_role_id.eq_ignore_ascii_case(DEFAULT_ACCESS) {
+            continue;
+        }
+        let Some(value) = role_values.get(&assignment.app_role_id.to_lowercase()) else {
+            continue;
+        };
+        match assignment.principal_type.as_str() {
+            "User" => {
+                if let Ok(user) = UserId::parse(&assignment.principal_id) {
+                    values.entry(user).or_default().push(value.clone());
+                }
+            }
+            "Group" => {
+                if let Ok(group) = GroupId::parse(&assignment.principal_id) {
+                    role_groups.push((group, value.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    (values, role_groups)
+}
+
 /// How much a poll does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum PollScope {
@@ -235,40 +268,55 @@ impl Syncer {
         now: DateTime<Utc>,
         changes: &mut Changes,
     ) -> Result<bool> {
-        let options = self.options(now);
-        // Whether every role was applied: otherwise the next poll works them out again.
-        let mut applied = true;
-        let mut values: HashMap<UserId, Vec<String>> = HashMap::new();
+        let (mut values, role_groups) = assigned_values(assignments, role_values);
         let mut known_users: HashMap<UserId, EntraUser> = HashMap::new();
-        let mut role_groups: Vec<(GroupId, String)> = Vec::new();
-        for assignment in assignments {
-            if assignment.app_role_id.eq_ignore_ascii_case(DEFAULT_ACCESS) {
-                continue;
-            }
-            let Some(value) = role_values.get(&assignment.app_role_id.to_lowercase()) else {
-                continue;
-            };
-            match assignment.principal_type.as_str() {
-                "User" => {
-                    // Departed or not, read below: what the read says decides.
-                    if let Ok(user) = UserId::parse(&assignment.principal_id) {
-                        values.entry(user).or_default().push(value.clone());
-                    }
-                }
-                "Group" => {
-                    if let Ok(group) = GroupId::parse(&assignment.principal_id) {
-                        role_groups.push((group, value.clone()));
-                    }
-                }
-                _ => {}
-            }
+        let members_known = self
+            .add_role_group_members(role_groups, &mut values, &mut known_users, now)
+            .await?;
+        let unreadable = self.read_assigned_users(&values, &mut known_users).await?;
+        // Whether every role was applied: otherwise the next poll works them out again.
+        let mut applied = unreadable.is_empty();
+        // Disabled accounts are absent from what getByIds gives back: no role for them.
+        let granting: Vec<(EntraUser, Vec<String>)> = values
+            .into_iter()
+            .filter(|(_, user_values)| {
+                crate::roles::LiteLlmRole::highest(user_values.iter().map(String::as_str)).is_some()
+            })
+            .filter_map(|(user_id, user_values)| Some((known_users.remove(&user_id)?, user_values)))
+            .collect();
+        applied &= self.grant_roles(&granting, now, changes).await?;
+        if !members_known {
+            tracing::warn!("a role-holding group could not be read: no role is revoked this time");
+            return Ok(false);
         }
-        let mut unknown_members = false;
+        let granted: HashSet<UserId> = granting.iter().map(|(user, _)| user.id.clone()).collect();
+        let revoking: Vec<UserId> = self
+            .store
+            .managed_role_holders()
+            .await?
+            .into_iter()
+            .filter(|holder| !granted.contains(holder) && !unreadable.contains(holder))
+            .collect();
+        applied &= self.revoke_roles_of(&revoking, now, changes).await?;
+        Ok(applied)
+    }
+
+    /// Adds the members of each role-holding group to `values` (their role values) and
+    /// `known_users`; returns whether every such group could be read (if not, its members are
+    /// unknown, and nobody's role may be revoked).
+    async fn add_role_group_members(
+        &self,
+        role_groups: Vec<(GroupId, String)>,
+        values: &mut HashMap<UserId, Vec<String>>,
+        known_users: &mut HashMap<UserId, EntraUser>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let mut all_read = true;
         for ((group, value), members) in self.read_role_groups(role_groups).await {
             let members = match members {
                 Ok(members) => members,
                 Err(error) => {
-                    unknown_members = true;
+                    all_read = false;
                     self.settle_item(Item::Group(group), Err(error), now)
                         .await?;
                     continue;
@@ -287,7 +335,18 @@ impl Syncer {
                 known_users.insert(user.id.clone(), user);
             }
         }
-        // Users assigned directly may not be in any group yet: read them and create them.
+        Ok(all_read)
+    }
+
+    /// Users assigned directly may not be in any group yet: reads them (a thousand to a request)
+    /// into `known_users`. Returns those Graph could not read yet (replication lag), whose roles
+    /// stay as they are until the next poll; departed users Graph could not read are not among
+    /// them (their roles go, as before).
+    async fn read_assigned_users(
+        &self,
+        values: &HashMap<UserId, Vec<String>>,
+        known_users: &mut HashMap<UserId, EntraUser>,
+    ) -> Result<HashSet<UserId>> {
         let unknown: Vec<UserId> = values
             .keys()
             .filter(|u| !known_users.contains_key(*u))
@@ -300,26 +359,27 @@ impl Syncer {
                 known_users.insert(state.user.id.clone(), state.user);
             }
         }
-        // Departed users Graph could not read stay out (their roles go, as before).
         unreadable.retain(|user| self.included(user));
         if !unreadable.is_empty() {
-            // Assigned, but not readable yet (replication lag): their roles stay as they are
-            // and are worked out again at the next poll.
             tracing::info!(
                 users = unreadable.len(),
                 "users assigned a role could not be read yet; their roles are left as they are"
             );
-            applied = false;
         }
-        // Disabled accounts are absent from what getByIds gives back: no role for them.
-        let granting: Vec<(EntraUser, Vec<String>)> = values
-            .into_iter()
-            .filter(|(_, user_values)| {
-                crate::roles::LiteLlmRole::highest(user_values.iter().map(String::as_str)).is_some()
-            })
-            .filter_map(|(user_id, user_values)| Some((known_users.remove(&user_id)?, user_values)))
-            .collect();
-        let granted: HashSet<UserId> = granting.iter().map(|(user, _)| user.id.clone()).collect();
+        Ok(unreadable)
+    }
+
+    /// Gives each user the most privileged valid role of their values, a thousand users to a
+    /// transaction; a batch that fails is applied user by user. Returns whether every user's
+    /// role was applied.
+    async fn grant_roles(
+        &self,
+        granting: &[(EntraUser, Vec<String>)],
+        now: DateTime<Utc>,
+        changes: &mut Changes,
+    ) -> Result<bool> {
+        let options = self.options(now);
+        let mut applied = true;
         for batch in granting.chunks(ROLE_BATCH) {
             let outcome = retrying(|| self.store.set_user_roles(batch, options)).await;
             if let Some(made) = whole_batch(outcome, batch.len())? {
@@ -335,17 +395,18 @@ impl Syncer {
                 );
             }
         }
-        if unknown_members {
-            tracing::warn!("a role-holding group could not be read: no role is revoked this time");
-            return Ok(false);
-        }
-        let revoking: Vec<UserId> = self
-            .store
-            .managed_role_holders()
-            .await?
-            .into_iter()
-            .filter(|holder| !granted.contains(holder) && !unreadable.contains(holder))
-            .collect();
+        Ok(applied)
+    }
+
+    /// Revokes the roles entra-sync set of these users, as [`Self::grant_roles`] grants them.
+    async fn revoke_roles_of(
+        &self,
+        revoking: &[UserId],
+        now: DateTime<Utc>,
+        changes: &mut Changes,
+    ) -> Result<bool> {
+        let options = self.options(now);
+        let mut applied = true;
         for batch in revoking.chunks(ROLE_BATCH) {
             let outcome = retrying(|| self.store.revoke_roles(batch, options)).await;
             if let Some(made) = whole_batch(outcome, batch.len())? {

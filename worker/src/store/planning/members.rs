@@ -17,7 +17,9 @@ use crate::store::keys::RemovedMemberKeys;
 use crate::store::staged::{Removals, StagedRemoval};
 use crate::store::users::Candidates;
 
-/// Plans one request against its team as found, with the batch's candidates.
+/// Plans one request against its team as found, with the batch's candidates, in named steps:
+/// the members who join, those Graph could not read (who stay), the owners, who leaves, the
+/// holds that no longer stand, and the leavers removed now or staged for the unit of work.
 pub(in crate::store) fn plan_request<'r, 'a>(
     prepared: Prepared<'r, 'a>,
     candidates: &mut Candidates,
@@ -25,146 +27,35 @@ pub(in crate::store) fn plan_request<'r, 'a>(
     settings: &LiteLlmSettings,
 ) -> Result<Planned<'r, 'a>> {
     let request = prepared.request;
-    let team_id = prepared.team_id.as_str();
-    let mut plan = Plan::default();
-    let mut staying = HashSet::new();
-    let mut arriving = HashSet::new();
-    let mut joined_members = HashMap::new();
+    let mut planning = Planning {
+        plan: Plan::default(),
+        candidates,
+        team,
+        team_id: prepared.team_id.as_str(),
+        settings,
+        staying: HashSet::new(),
+        arriving: HashSet::new(),
+    };
     let owner_ids: HashSet<&UserId> = prepared
         .owners_now
         .iter()
         .flatten()
         .map(|u| &u.id)
         .collect();
-    for user in &prepared.joining {
-        // An owner joining as a member joins as the team's admin.
-        let role = if owner_ids.contains(&user.id) {
-            member_entry::ROLE_ADMIN
-        } else {
-            member_entry::ROLE_USER
-        };
-        let joined = plan_join(&mut plan, candidates, team, team_id, user, settings, role)?;
-        if let Some(managed) = plan.managed_mut(team, &joined.user_id) {
-            managed.member = true;
-        }
-        if joined.added {
-            arriving.insert(joined.user_id.clone());
-        }
-        joined_members.insert(user.id.clone(), joined.user_id.clone());
-        staying.insert(joined.user_id);
-    }
-    // Listed by the group but unreadable: not evidence of leaving, so they stay as they are.
-    let mut unidentified = false;
-    for id in request.unreadable {
-        match litellm_user_of(candidates, team, id.as_str())? {
-            Some(user_id) => {
-                staying.insert(user_id);
-            }
-            // Read as one of the group's owners: she joins as such below.
-            None if owner_ids.contains(id) => {}
-            None => unidentified = true,
-        }
-    }
-    if unidentified && matches!(request.leaving, Leaving::EveryoneElse) {
-        // One the group lists may be a member LiteLLM knows by email only (its SCIM's rows,
-        // found by the email Graph did not give): nobody who could be her leaves until she is
-        // read. Members known as other Entra users still do.
-        staying.extend(
-            current_members(team)
-                .filter(|user_id| entra_id_of(candidates, team, user_id).is_none())
-                .cloned(),
-        );
-    }
-    let mut leaving_owners = Vec::new();
-    if let Some(owners) = &prepared.owners_now {
-        let planned = super::owners::plan(
-            &mut plan,
-            candidates,
-            team,
-            team_id,
-            owners,
-            &joined_members,
-            settings,
-        )?;
-        arriving.extend(planned.arriving);
-        staying.extend(planned.staying);
-        leaving_owners = planned.leaving;
-    }
-    // Users created just now have no keys to bring back.
-    for new in &plan.create {
-        arriving.remove(&new.user_id);
-    }
-    let mut leaving = leaving_users(request, candidates, team, &staying)?;
-    // Owners stay in the team while they own the group: leaving it, they are members no more.
-    let kept_owners: HashSet<&String> = match request.owners {
-        Owners::Kept => team.owners.keys().collect(),
-        Owners::Now(_) => plan
-            .owner_rows
-            .iter()
-            .flat_map(|rows| rows.keys())
-            .collect(),
-        Owners::Ignored => HashSet::new(),
+    let joined = planning.join_members(&prepared.joining, &owner_ids)?;
+    planning.keep_unreadable(request, &owner_ids)?;
+    let leaving_owners = match &prepared.owners_now {
+        Some(owners) => planning.plan_owners(owners, &joined)?,
+        None => HashSet::new(),
     };
-    let kept: Vec<String> = leaving
-        .iter()
-        .filter(|user_id| kept_owners.contains(user_id))
-        .cloned()
-        .collect();
-    leaving.retain(|user_id| !kept_owners.contains(user_id));
-    for user_id in &kept {
-        if let Some(managed) = plan.managed_mut(team, user_id) {
-            managed.member = false;
-        }
+    // Users created just now have no keys to bring back.
+    for new in &planning.plan.create {
+        planning.arriving.remove(&new.user_id);
     }
-    let leaving_owners: HashSet<String> = leaving_owners.into_iter().collect();
-    leaving.extend(leaving_owners.iter().cloned());
-    leaving.sort();
-    leaving.dedup();
-    // A member who stays, whose removal a unit of work held: the hold no longer stands.
-    plan.drop_holds = staying
-        .iter()
-        .filter(|user_id| team.held.contains(*user_id) && !leaving.contains(*user_id))
-        .cloned()
-        .collect();
-    plan.drop_holds.sort();
-    for user_id in &plan.drop_holds {
-        plan.changes.push(Change::RemovalDropped {
-            team_id: team_id.to_owned(),
-            user_id: user_id.clone(),
-        });
-    }
-    let mut staged = Vec::new();
-    if let Removals::Stage(_) = request.removals {
-        // Members leave at the end of the unit of work, or are held then. What is not a
-        // membership (only entra-sync's own record of one) is forgotten now.
-        let (members, records): (Vec<String>, Vec<String>) = leaving
-            .into_iter()
-            .partition(|user_id| is_member(candidates, team, team_id, user_id));
-        for user_id in records {
-            plan_leave(&mut plan, candidates, team, team_id, user_id);
-        }
-        staged = members
-            .into_iter()
-            .map(|user_id| StagedRemoval {
-                team_id: team_id.to_owned(),
-                entra_user_id: entra_user_of(candidates, team, &user_id),
-                reason: if leaving_owners.contains(&user_id) {
-                    RemovalReason::OwnershipEnded
-                } else {
-                    request.reason
-                },
-                user_id,
-            })
-            .collect();
-        leaving = Vec::new();
-    } else {
-        for user_id in &leaving {
-            if team.held.contains(user_id) {
-                plan.drop_holds.push(user_id.clone());
-            }
-            plan_leave(&mut plan, candidates, team, team_id, user_id.clone());
-        }
-    }
+    let leaving = planning.leavers(request, &leaving_owners)?;
+    planning.drop_standing_holds(&leaving);
+    let (leaving, staged) = planning.leave_or_stage(request, leaving, &leaving_owners);
+    let Planning { plan, arriving, .. } = planning;
     Ok(Planned {
         prepared,
         plan,
@@ -172,6 +63,209 @@ pub(in crate::store) fn plan_request<'r, 'a>(
         arriving,
         staged,
     })
+}
+
+/// One request being planned: the plan so far, and who stays and who arrives.
+struct Planning<'p> {
+    plan: Plan,
+    candidates: &'p mut Candidates,
+    team: &'p TeamState,
+    team_id: &'p str,
+    settings: &'p LiteLlmSettings,
+    /// LiteLLM users who stay in the team whatever the leaving rule says.
+    staying: HashSet<String>,
+    /// Users who were not full members before (whose keys blocked when they left come back).
+    arriving: HashSet<String>,
+}
+
+impl Planning<'_> {
+    /// The members who join (an owner joining as a member joins as the team's admin); returns
+    /// their LiteLLM user ids by Entra id.
+    fn join_members(
+        &mut self,
+        joining: &[&EntraUser],
+        owner_ids: &HashSet<&UserId>,
+    ) -> Result<HashMap<UserId, String>> {
+        let mut joined_members = HashMap::new();
+        for user in joining {
+            let role = if owner_ids.contains(&user.id) {
+                member_entry::ROLE_ADMIN
+            } else {
+                member_entry::ROLE_USER
+            };
+            let joined = plan_join(
+                &mut self.plan,
+                self.candidates,
+                self.team,
+                self.team_id,
+                user,
+                self.settings,
+                role,
+            )?;
+            if let Some(managed) = self.plan.managed_mut(self.team, &joined.user_id) {
+                managed.member = true;
+            }
+            if joined.added {
+                self.arriving.insert(joined.user_id.clone());
+            }
+            joined_members.insert(user.id.clone(), joined.user_id.clone());
+            self.staying.insert(joined.user_id);
+        }
+        Ok(joined_members)
+    }
+
+    /// Those the group lists but Graph could not read: not evidence of leaving, so they stay as
+    /// they are.
+    fn keep_unreadable(
+        &mut self,
+        request: &Request<'_>,
+        owner_ids: &HashSet<&UserId>,
+    ) -> Result<()> {
+        let mut unidentified = false;
+        for id in request.unreadable {
+            match litellm_user_of(self.candidates, self.team, id.as_str())? {
+                Some(user_id) => {
+                    self.staying.insert(user_id);
+                }
+                // Read as one of the group's owners: she joins as such.
+                None if owner_ids.contains(id) => {}
+                None => unidentified = true,
+            }
+        }
+        if unidentified && matches!(request.leaving, Leaving::EveryoneElse) {
+            // One the group lists may be a member LiteLLM knows by email only (its SCIM's rows,
+            // found by the email Graph did not give): nobody who could be her leaves until she
+            // is read. Members known as other Entra users still do.
+            let unknown: Vec<String> = current_members(self.team)
+                .filter(|user_id| entra_id_of(self.candidates, self.team, user_id).is_none())
+                .cloned()
+                .collect();
+            self.staying.extend(unknown);
+        }
+        Ok(())
+    }
+
+    /// The group's owners as the team's admins; returns the former owners who were in the team
+    /// only as its owners (they leave).
+    fn plan_owners(
+        &mut self,
+        owners: &[&EntraUser],
+        joined: &HashMap<UserId, String>,
+    ) -> Result<HashSet<String>> {
+        let planned = super::owners::plan(
+            &mut self.plan,
+            self.candidates,
+            self.team,
+            self.team_id,
+            owners,
+            joined,
+            self.settings,
+        )?;
+        self.arriving.extend(planned.arriving);
+        self.staying.extend(planned.staying);
+        Ok(planned.leaving.into_iter().collect())
+    }
+
+    /// Who leaves, sorted: the request's leavers after the removal mode, but not the group's
+    /// owners (they stay while they own it, members no more), and the former owners who were in
+    /// the team only as its owners.
+    fn leavers(
+        &mut self,
+        request: &Request<'_>,
+        leaving_owners: &HashSet<String>,
+    ) -> Result<Vec<String>> {
+        let mut leaving = leaving_users(request, self.candidates, self.team, &self.staying)?;
+        let kept_owners: HashSet<&String> = match request.owners {
+            Owners::Kept => self.team.owners.keys().collect(),
+            Owners::Now(_) => self
+                .plan
+                .owner_rows
+                .iter()
+                .flat_map(|rows| rows.keys())
+                .collect(),
+            Owners::Ignored => HashSet::new(),
+        };
+        let kept: Vec<String> = leaving
+            .iter()
+            .filter(|user_id| kept_owners.contains(user_id))
+            .cloned()
+            .collect();
+        leaving.retain(|user_id| !kept_owners.contains(user_id));
+        for user_id in &kept {
+            if let Some(managed) = self.plan.managed_mut(self.team, user_id) {
+                managed.member = false;
+            }
+        }
+        leaving.extend(leaving_owners.iter().cloned());
+        leaving.sort();
+        leaving.dedup();
+        Ok(leaving)
+    }
+
+    /// A member who stays, whose removal a unit of work held: the hold no longer stands.
+    fn drop_standing_holds(&mut self, leaving: &[String]) {
+        let mut standing: Vec<String> = self
+            .staying
+            .iter()
+            .filter(|user_id| self.team.held.contains(*user_id) && !leaving.contains(*user_id))
+            .cloned()
+            .collect();
+        standing.sort();
+        for user_id in &standing {
+            self.plan.changes.push(Change::RemovalDropped {
+                team_id: self.team_id.to_owned(),
+                user_id: user_id.clone(),
+            });
+        }
+        self.plan.drop_holds = standing;
+    }
+
+    /// The leavers removed now, or staged for the unit of work, which applies or holds them at
+    /// its end (what is not a membership, only entra-sync's own record of one, is forgotten
+    /// now). Returns those who leave now and those staged.
+    fn leave_or_stage(
+        &mut self,
+        request: &Request<'_>,
+        leaving: Vec<String>,
+        leaving_owners: &HashSet<String>,
+    ) -> (Vec<String>, Vec<StagedRemoval>) {
+        let (team, team_id) = (self.team, self.team_id);
+        if let Removals::Stage(_) = request.removals {
+            let (members, records): (Vec<String>, Vec<String>) = leaving
+                .into_iter()
+                .partition(|user_id| is_member(self.candidates, team, team_id, user_id));
+            for user_id in records {
+                plan_leave(&mut self.plan, self.candidates, team, team_id, user_id);
+            }
+            let staged = members
+                .into_iter()
+                .map(|user_id| StagedRemoval {
+                    team_id: team_id.to_owned(),
+                    entra_user_id: entra_user_of(self.candidates, team, &user_id),
+                    reason: if leaving_owners.contains(&user_id) {
+                        RemovalReason::OwnershipEnded
+                    } else {
+                        request.reason
+                    },
+                    user_id,
+                })
+                .collect();
+            return (Vec::new(), staged);
+        }
+        for user_id in &leaving {
+            if team.held.contains(user_id) {
+                self.plan.drop_holds.push(user_id.clone());
+            }
+            plan_leave(
+                &mut self.plan,
+                self.candidates,
+                team,
+                team_id,
+                user_id.clone(),
+            );
+        }
+        (leaving, Vec::new())
+    }
 }
 
 /// Whether the user has a trace of membership in the team: an entry, the team in their `teams`,
