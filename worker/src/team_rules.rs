@@ -304,54 +304,23 @@ impl TeamRule {
     }
 
     /// The fields this rule gives that `team` does not have; fields the rule leaves to
-    /// `default_team_params` are not compared.
+    /// `default_team_params` are not compared. Each kind of field compares its own way: numbers
+    /// exactly, durations by meaning, lists as sets, metadata key by key (LiteLLM and admins
+    /// keep their own keys in the same object), the rest as they are.
     pub fn differences(&self, team: &TeamNow) -> Vec<FieldDifference> {
         let rule = &self.team;
-        let mut found = Vec::new();
-        let mut compare = |field: &str, now: Value, wanted: Value, same: bool| {
-            if !same {
-                found.push(FieldDifference {
-                    field: field.to_owned(),
-                    team: now,
-                    rule: wanted,
-                });
-            }
-        };
-        fn json<T: Serialize>(value: &T) -> Value {
-            serde_json::to_value(value).unwrap_or(Value::Null)
-        }
-        if let Some(wanted) = rule.max_budget {
-            compare(
-                "max_budget",
-                json(&team.max_budget),
-                json(&wanted),
-                team.max_budget == Some(wanted),
-            );
-        }
-        if let Some(wanted) = rule.soft_budget {
-            compare(
-                "soft_budget",
-                json(&team.soft_budget),
-                json(&wanted),
-                team.soft_budget == Some(wanted),
-            );
-        }
-        if let Some(wanted) = rule.budget_duration {
-            let same = same_duration(team.budget_duration.as_deref(), wanted);
-            compare(
-                "budget_duration",
-                json(&team.budget_duration),
-                json(&wanted.to_string()),
-                same,
-            );
-        }
-        if let Some(wanted) = &rule.models {
-            compare(
-                "models",
-                json(&team.models),
-                json(wanted),
-                same_set(team.models.as_deref(), wanted),
-            );
+        let budget = team.member_budget.as_ref();
+        let mut found = Differences::default();
+        for (field, now, wanted) in [
+            ("max_budget", team.max_budget, rule.max_budget),
+            ("soft_budget", team.soft_budget, rule.soft_budget),
+            (
+                "team_member_budget",
+                budget.and_then(|b| b.max_budget),
+                rule.team_member_budget,
+            ),
+        ] {
+            found.exact(field, now, wanted);
         }
         for (field, now, wanted) in [
             ("tpm_limit", team.tpm_limit, rule.tpm_limit),
@@ -362,12 +331,35 @@ impl TeamRule {
                 team.max_parallel_requests.map(i64::from),
                 rule.max_parallel_requests.map(i64::from),
             ),
+            (
+                "team_member_tpm_limit",
+                budget.and_then(|b| b.tpm_limit),
+                rule.team_member_tpm_limit,
+            ),
+            (
+                "team_member_rpm_limit",
+                budget.and_then(|b| b.rpm_limit),
+                rule.team_member_rpm_limit,
+            ),
         ] {
-            if let Some(wanted) = wanted {
-                compare(field, json(&now), json(&wanted), now == Some(wanted));
-            }
+            found.exact(field, now, wanted);
         }
         for (field, now, wanted) in [
+            (
+                "budget_duration",
+                team.budget_duration.clone(),
+                rule.budget_duration,
+            ),
+            (
+                "team_member_budget_duration",
+                budget.and_then(|b| b.budget_duration.clone()),
+                rule.team_member_budget_duration,
+            ),
+        ] {
+            found.duration(field, now, wanted);
+        }
+        for (field, now, wanted) in [
+            ("models", &team.models, &rule.models),
             (
                 "team_member_permissions",
                 &team.team_member_permissions,
@@ -385,87 +377,94 @@ impl TeamRule {
                 &rule.default_team_member_models,
             ),
         ] {
-            if let Some(wanted) = wanted {
-                compare(
-                    field,
-                    json(now),
-                    json(wanted),
-                    same_set(now.as_deref(), wanted),
-                );
-            }
+            found.set(field, now.as_deref(), wanted.as_deref());
         }
-        if let Some(wanted) = &rule.organization_id {
-            compare(
-                "organization_id",
-                json(&team.organization_id),
-                json(wanted),
-                team.organization_id.as_ref() == Some(wanted),
-            );
-        }
-        if let Some(wanted) = rule.blocked {
-            compare(
-                "blocked",
-                json(&team.blocked),
-                json(&wanted),
-                team.blocked == wanted,
-            );
-        }
+        found.exact(
+            "organization_id",
+            team.organization_id.clone(),
+            rule.organization_id.clone(),
+        );
+        found.exact("blocked", Some(team.blocked), rule.blocked);
         if let Some(wanted) = &rule.metadata {
-            // Key by key: LiteLLM and admins keep their own keys in the same object.
             for (key, value) in wanted {
                 let now = team.metadata.get(key).cloned().unwrap_or(Value::Null);
-                let same = &now == value;
-                compare(&format!("metadata.{key}"), now, value.clone(), same);
+                found.compare(&format!("metadata.{key}"), now, value.clone(), |n, w| {
+                    n == w
+                });
             }
         }
         if let Some(wanted) = &rule.model_max_budget {
             let wanted = Value::Object(wanted.clone());
-            let same = team.model_max_budget == wanted;
-            compare(
+            found.compare(
                 "model_max_budget",
                 team.model_max_budget.clone(),
                 wanted,
-                same,
+                |n, w| n == w,
             );
         }
-        let budget = team.member_budget.as_ref();
-        if let Some(wanted) = rule.team_member_budget {
-            let now = budget.and_then(|b| b.max_budget);
-            compare(
-                "team_member_budget",
-                json(&now),
-                json(&wanted),
-                now == Some(wanted),
-            );
-        }
-        if let Some(wanted) = rule.team_member_budget_duration {
-            let now = budget.and_then(|b| b.budget_duration.clone());
-            let same = same_duration(now.as_deref(), wanted);
-            compare(
-                "team_member_budget_duration",
-                json(&now),
-                json(&wanted.to_string()),
-                same,
-            );
-        }
-        for (field, now, wanted) in [
-            (
-                "team_member_tpm_limit",
-                budget.and_then(|b| b.tpm_limit),
-                rule.team_member_tpm_limit,
-            ),
-            (
-                "team_member_rpm_limit",
-                budget.and_then(|b| b.rpm_limit),
-                rule.team_member_rpm_limit,
-            ),
-        ] {
-            if let Some(wanted) = wanted {
-                compare(field, json(&now), json(&wanted), now == Some(wanted));
-            }
-        }
-        found
+        found.in_field_order()
     }
+}
+
+/// The differences found so far.
+#[derive(Default)]
+struct Differences(Vec<FieldDifference>);
+
+impl Differences {
+    fn compare(
+        &mut self,
+        field: &str,
+        now: Value,
+        wanted: Value,
+        same: impl Fn(&Value, &Value) -> bool,
+    ) {
+        if !same(&now, &wanted) {
+            self.0.push(FieldDifference {
+                field: field.to_owned(),
+                team: now,
+                rule: wanted,
+            });
+        }
+    }
+
+    /// A value the rule gives, compared as it is.
+    fn exact<T: Serialize + PartialEq>(&mut self, field: &str, now: Option<T>, wanted: Option<T>) {
+        if let Some(wanted) = wanted {
+            let same = now.as_ref() == Some(&wanted);
+            self.compare(field, json(&now), json(&wanted), |_, _| same);
+        }
+    }
+
+    fn duration(&mut self, field: &str, now: Option<String>, wanted: Option<BudgetDuration>) {
+        if let Some(wanted) = wanted {
+            let same = same_duration(now.as_deref(), wanted);
+            self.compare(field, json(&now), json(&wanted.to_string()), |_, _| same);
+        }
+    }
+
+    fn set(&mut self, field: &str, now: Option<&[String]>, wanted: Option<&[String]>) {
+        if let Some(wanted) = wanted {
+            let same = same_set(now, wanted);
+            self.compare(field, json(&now), json(&wanted), |_, _| same);
+        }
+    }
+
+    /// In the order of [`TeamDefaults::KEYS`] (a metadata key at `metadata`'s place).
+    fn in_field_order(mut self) -> Vec<FieldDifference> {
+        let position = |field: &str| {
+            let name = field.split('.').next().unwrap_or(field);
+            TeamDefaults::KEYS
+                .iter()
+                .position(|key| *key == name)
+                .unwrap_or(usize::MAX)
+        };
+        self.0.sort_by_key(|difference| position(&difference.field));
+        self.0
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
 }
 
 /// Durations compare by meaning (`monthly` is `30d`); one LiteLLM could not read differs.
