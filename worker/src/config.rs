@@ -173,7 +173,9 @@ impl WorkerConfig {
     pub fn litellm_settings(&self) -> Result<LiteLlmSettings> {
         match &self.litellm_config {
             None => Ok(LiteLlmSettings::default()),
-            Some(path) => LiteLlmSettings::load(path, &|name| std::env::var(name).ok()),
+            Some(path) => Ok(LiteLlmSettings::load(path, &|name| {
+                std::env::var(name).ok()
+            })?),
         }
     }
 }
@@ -185,7 +187,7 @@ impl WorkerConfig {
     pub fn team_rules(&self) -> Result<TeamRules> {
         match &self.team_rules {
             None => Ok(TeamRules::default()),
-            Some(path) => TeamRules::load(path, &|name| std::env::var(name).ok()),
+            Some(path) => Ok(TeamRules::load(path, &|name| std::env::var(name).ok())?),
         }
     }
 }

@@ -115,25 +115,10 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The first error met anywhere in the process that no retry mends and that must stop `run`,
-/// whatever the code that met it did next: an item's error is recorded and retried later, a
-/// unit's is retried, and either would go on for ever. Today there is one such error, a
-/// prepared statement lost behind PgBouncer without `pgbouncer=true` (see
-/// [`migration::database::PGBOUNCER_FIX`]); every database error passes through
-/// `From<DbErr>`, which notes it here.
-static MUST_STOP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-static MUST_STOP_NOTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
-
-/// Resolves with the first error that must stop the worker (see [`MUST_STOP`]).
+/// Resolves with the first error that must stop the worker: a database error no retry mends,
+/// noted wherever it was met (see `entra_sync_litellm::error::must_stop`).
 pub async fn must_stop() -> Error {
-    loop {
-        // Created before the check: a note made in between still wakes it.
-        let noted = MUST_STOP_NOTED.notified();
-        if let Some(message) = MUST_STOP.get() {
-            return Error::Settings(message.clone());
-        }
-        noted.await;
-    }
+    entra_sync_litellm::error::must_stop().await.into()
 }
 
 impl From<entra_sync_graph::Error> for Error {
@@ -165,18 +150,36 @@ impl From<entra_sync_graph::Error> for Error {
 }
 
 impl From<DbErr> for Error {
+    /// As the LiteLLM crate's error does, so that a lost prepared statement met here stops the
+    /// worker too.
     fn from(error: DbErr) -> Self {
-        if !migration::database::is_lost_prepared_statement(&error) {
-            return Self::Database(error);
+        entra_sync_litellm::Error::from(error).into()
+    }
+}
+
+impl From<entra_sync_litellm::Error> for Error {
+    /// Each of the LiteLLM crate's errors is the worker's error of the same name.
+    fn from(error: entra_sync_litellm::Error) -> Self {
+        use entra_sync_litellm::Error as LiteLlm;
+        match error {
+            LiteLlm::Config { path, key, problem } => Self::Config { path, key, problem },
+            LiteLlm::TeamRule { position, problem } => Self::TeamRule { position, problem },
+            LiteLlm::Database(error) => Self::Database(error),
+            LiteLlm::TeamNotFound(team) => Self::TeamNotFound(team),
+            LiteLlm::UserNotFound(user) => Self::UserNotFound(user),
+            LiteLlm::AmbiguousUser {
+                object_id,
+                user_ids,
+            } => Self::AmbiguousUser {
+                object_id,
+                user_ids,
+            },
+            LiteLlm::Settings(problem) => Self::Settings(problem),
+            LiteLlm::ConcurrentChange(what) => Self::ConcurrentChange(what),
+            LiteLlm::LeaseBusy { lease, holder } => Self::LeaseBusy { lease, holder },
+            LiteLlm::LeaseLost { lease } => Self::LeaseLost { lease },
+            LiteLlm::LiteLlmSchema(problem) => Self::LiteLlmSchema(problem),
         }
-        let message = format!(
-            "{} (PostgreSQL answered: {error})",
-            migration::database::PGBOUNCER_FIX
-        );
-        if MUST_STOP.set(message.clone()).is_ok() {
-            MUST_STOP_NOTED.notify_waiters();
-        }
-        Self::Settings(message)
     }
 }
 

@@ -21,9 +21,8 @@ struct Captured(Arc<Mutex<Vec<(Level, String)>>>);
 impl<S: tracing::Subscriber> Layer<S> for Captured {
     fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
         let metadata = event.metadata();
-        if metadata.target().starts_with("worker")
-            || metadata.target().starts_with("entra_sync_graph")
-        {
+        let ours = ["worker", "entra_sync_graph", "entra_sync_litellm"];
+        if ours.iter().any(|name| metadata.target().starts_with(name)) {
             self.0
                 .lock()
                 .unwrap()
@@ -125,7 +124,10 @@ async fn errors_handed_to_the_caller_are_not_logged_as_errors() {
         .add_members(&group_id(99), &[], ApplyOptions::commit(chrono::Utc::now()))
         .await
         .unwrap_err();
-    assert!(matches!(error, worker::Error::TeamNotFound(_)), "{error}");
-    assert_eq!(captured.at(Level::DEBUG, "worker::store"), 1);
+    assert!(
+        matches!(error, worker::store::Error::TeamNotFound(_)),
+        "{error}"
+    );
+    assert_eq!(captured.at(Level::DEBUG, "entra_sync_litellm::store"), 1);
     assert_eq!(captured.at_least(Level::WARN), []);
 }

@@ -368,7 +368,10 @@ async fn add_members_requires_the_team() {
         .add_members(&group(1), &users(1..2), commit())
         .await
         .unwrap_err();
-    assert!(matches!(err, worker::Error::TeamNotFound(_)), "{err}");
+    assert!(
+        matches!(err, worker::store::Error::TeamNotFound(_)),
+        "{err}"
+    );
     assert_eq!(
         scalar_i64(db.conn(), r#"SELECT count(*) FROM "LiteLLM_UserTable""#).await,
         0
@@ -574,7 +577,10 @@ async fn set_role_of_an_unknown_user_is_an_error_that_changes_nothing() {
         .set_role(&user_id(9), &["proxy_admin".into()], commit())
         .await
         .unwrap_err();
-    assert!(matches!(err, worker::Error::UserNotFound(_)), "{err}");
+    assert!(
+        matches!(err, worker::store::Error::UserNotFound(_)),
+        "{err}"
+    );
     assert_eq!(
         scalar_i64(db.conn(), "SELECT count(*) FROM entra_sync_managed_roles").await,
         0
@@ -1298,7 +1304,7 @@ async fn a_fence_checked_after_its_lease_ran_out_is_lost_however_early_the_trans
 
     let lost = check(&txn, fence).await.unwrap_err();
     assert!(
-        matches!(lost, worker::Error::LeaseLost { lease: "sync" }),
+        matches!(lost, worker::store::Error::LeaseLost { lease: "sync" }),
         "{lost}"
     );
 }
@@ -1345,7 +1351,7 @@ async fn a_team_created_by_litellm_meanwhile_is_a_concurrent_change_with_nothing
 
     let outcome = ensuring.await.unwrap();
     assert!(
-        matches!(outcome, Err(worker::Error::ConcurrentChange(_))),
+        matches!(outcome, Err(worker::store::Error::ConcurrentChange(_))),
         "{outcome:?}"
     );
     assert_eq!(

@@ -114,10 +114,13 @@ fn batch<'a>(
 }
 
 /// Writes a batch, trying again after a `ConcurrentChange` as the syncer does.
-async fn write_batch(store: &Store, teams: &[worker::store::TeamSync<'_>]) -> worker::Result<()> {
+async fn write_batch(
+    store: &Store,
+    teams: &[worker::store::TeamSync<'_>],
+) -> worker::store::Result<()> {
     for _ in 0..10 {
         match store.sync_teams(teams, commit()).await {
-            Err(worker::Error::ConcurrentChange(_)) => {
+            Err(worker::store::Error::ConcurrentChange(_)) => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             outcome => return outcome.map(|_| ()),

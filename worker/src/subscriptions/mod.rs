@@ -364,7 +364,7 @@ impl SubscriptionManager {
             Err(error) if not_found(&error) => {}
             Err(error) => return Err(error.into()),
         }
-        table::forget(&self.db, id).await
+        Ok(table::forget(&self.db, id).await?)
     }
 
     /// Runs `work` holding the lease on changes to the subscriptions.

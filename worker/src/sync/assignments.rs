@@ -387,7 +387,11 @@ impl Syncer {
                 continue;
             }
             for (user, user_values) in batch {
-                let outcome = self.store.set_user_role(user, user_values, options).await;
+                let outcome = self
+                    .store
+                    .set_user_role(user, user_values, options)
+                    .await
+                    .map_err(Error::from);
                 applied &= outcome.is_ok();
                 changes.add(
                     self.settle_item(Item::User(user.id.clone()), outcome, now)
@@ -414,7 +418,11 @@ impl Syncer {
                 continue;
             }
             for holder in batch {
-                let outcome = self.store.revoke_role(holder, options).await;
+                let outcome = self
+                    .store
+                    .revoke_role(holder, options)
+                    .await
+                    .map_err(Error::from);
                 applied &= outcome.is_ok();
                 changes.add(
                     self.settle_item(Item::User(holder.clone()), outcome, now)

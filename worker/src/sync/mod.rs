@@ -44,10 +44,10 @@ pub use users::DepartedUserPolicy;
 pub(crate) async fn retrying<T, F, Fut>(operation: F) -> Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T>>,
+    Fut: std::future::Future<Output = entra_sync_litellm::Result<T>>,
 {
     use backon::{ExponentialBuilder, Retryable};
-    operation
+    Ok(operation
         .retry(
             ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(5))
@@ -55,11 +55,11 @@ where
                 .with_max_times(5)
                 .with_jitter(),
         )
-        .when(|error| matches!(error, crate::Error::ConcurrentChange(_)))
+        .when(|error| matches!(error, entra_sync_litellm::Error::ConcurrentChange(_)))
         .notify(|error, delay| {
             tracing::debug!(%error, ?delay, "concurrent change; trying again");
         })
-        .await
+        .await?)
 }
 
 /// What happens to a team whose group is no longer assigned to the app, or was deleted.
@@ -289,8 +289,8 @@ impl Syncer {
             .await
         {
             Ok(purged) => Ok(Some(purged)),
-            Err(crate::Error::LeaseBusy { .. }) => Ok(None),
-            Err(error) => Err(error),
+            Err(entra_sync_litellm::Error::LeaseBusy { .. }) => Ok(None),
+            Err(error) => Err(error.into()),
         }
     }
 
@@ -301,17 +301,17 @@ impl Syncer {
 
     /// How many reconciliations in a row, up to the newest, found drift (counted up to ten).
     pub async fn reconciliations_with_drift(&self) -> Result<u64> {
-        self.store.reconciliations_with_drift(10).await
+        Ok(self.store.reconciliations_with_drift(10).await?)
     }
 
     /// How many removals are held for a person now.
     pub async fn held_removals(&self) -> Result<i64> {
-        crate::store::held_count(self.store.connection()).await
+        Ok(crate::store::held_count(self.store.connection()).await?)
     }
 
     /// How many groups and users fail now.
     pub async fn failing_counts(&self) -> Result<(i64, i64)> {
-        self.store.failing_counts().await
+        Ok(self.store.failing_counts().await?)
     }
 
     /// Reports count their changes without listing them (the worker's `run`: each change is
@@ -423,9 +423,10 @@ impl Syncer {
         groups: &[(GroupId, Option<String>)],
         now: DateTime<Utc>,
     ) -> Result<()> {
-        self.store
+        Ok(self
+            .store
             .remember_assigned(groups, self.options(now))
-            .await
+            .await?)
     }
 
     /// Runs `work` for every item, `PARALLEL_GROUPS` at a time, adding the changes to

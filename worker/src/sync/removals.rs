@@ -186,7 +186,7 @@ impl Syncer {
                 *unit.delta_link() = Some(link.to_owned());
                 Ok(())
             }
-            None => self.store.save_delta_link(link, self.options(now)).await,
+            None => Ok(self.store.save_delta_link(link, self.options(now)).await?),
         }
     }
 
@@ -198,7 +198,7 @@ impl Syncer {
                 unit.retired().push(group.clone());
                 Ok(())
             }
-            None => self.store.forget_assigned(group, self.options(now)).await,
+            None => Ok(self.store.forget_assigned(group, self.options(now)).await?),
         }
     }
 

@@ -102,10 +102,10 @@ impl Syncer {
                 let tenant = self.graph.all_users().await?;
                 changes.merge(self.apply_tenant_users(tenant, now).await?);
                 self.store.mark_roles_stale(None, self.options(now)).await?;
-                return self
+                return Ok(self
                     .store
                     .save_users_delta_link(&latest.delta_link, self.options(now))
-                    .await;
+                    .await?);
             }
             Err(error) if !error.is_systemic() => {
                 tracing::warn!(%error, "cannot read the users delta; the next round tries again");
@@ -125,9 +125,10 @@ impl Syncer {
                 self.reread_users(&named, now, changes).await?;
             }
         }
-        self.store
+        Ok(self
+            .store
             .save_users_delta_link(&delta.delta_link, self.options(now))
-            .await
+            .await?)
     }
 
     /// The users entra-sync holds as departed, read again (a thousand to a getByIds request):

@@ -121,10 +121,12 @@ impl Lease {
     /// Runs `work` holding the lease: waits up to `patience` for it ([`Error::LeaseBusy`] after
     /// that), renews it every third of its time to live while the work runs, and gives it back
     /// when the work ends. The work's commits check the [`Fence`] it is given.
-    pub async fn hold<T, F, Fut>(&self, patience: Duration, work: F) -> Result<T>
+    /// The work's error is the caller's own: it only has to hold this crate's.
+    pub async fn hold<T, E, F, Fut>(&self, patience: Duration, work: F) -> Result<T, E>
     where
+        E: From<Error>,
         F: FnOnce(Fence) -> Fut,
-        Fut: Future<Output = Result<T>>,
+        Fut: Future<Output = Result<T, E>>,
     {
         let fence = self.take_within(patience).await?;
         let renewal = tokio::spawn(renew(self.clone(), fence));

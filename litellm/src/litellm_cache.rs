@@ -26,7 +26,14 @@ use prometheus_client::metrics::family::Family;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::metrics::ResultLabel;
+use prometheus_client::encoding::EncodeLabelSet;
+
+/// The label of a counter by outcome (`result="published"|"failed"` for evictions); the
+/// worker's metrics use it for every such counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
 
 /// LiteLLM's invalidation channel (`AUTH_CACHE_INVALIDATION_CHANNEL`).
 pub const CHANNEL: &str = "litellm_proxy.auth_cache_invalidation";

@@ -9,7 +9,7 @@ use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue::Set, EntityTrait};
 
 use crate::error::Result;
-use crate::graph::model::Subscription;
+use entra_sync_graph::model::Subscription;
 
 /// Every stored subscription.
 #[tracing::instrument(skip(db), err(level = "debug"))]

@@ -58,6 +58,7 @@ use chrono::{DateTime, Utc};
 use entity::{GroupId, UserId};
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 
+pub use crate::error::{Error, Result};
 pub use audit::{AuditEntry, AuditFilter};
 pub use change::{BlockReason, Cause, Change, Changes, RemovalReason};
 pub use deletions::{CONFIRMATION_GAP, Deletion};
@@ -70,7 +71,6 @@ pub use state::{
 };
 
 use crate::directory::EntraUser;
-use crate::error::Result;
 use crate::litellm_cache::LiteLlmCache;
 use crate::litellm_config::LiteLlmSettings;
 use crate::team_rules::TeamRules;
