@@ -55,12 +55,12 @@ pub struct LiteLlmProxy {
 impl LiteLlmProxy {
     /// Installs LiteLLM's proxy when needed, starts it, and waits until it answers.
     pub async fn start(settings: &ProxySettings) -> Self {
-        assert_eq!(
-            LiteLlmSchema::under_test(),
-            &LiteLlmSchema::Pinned,
+        let schema = LiteLlmSchema::under_test();
+        assert!(
+            *schema == LiteLlmSchema::Pinned,
             "LiteLLM's proxy {LITELLM_VERSION} runs on the schema it was built for, not on {}: \
-             unset {EXTRAS_VARIABLE} for the proxy's tests",
-            LiteLlmSchema::under_test().describe()
+             unset {EXTRAS_VARIABLE} for the proxy's tests and the demo's --with-proxy",
+            schema.describe()
         );
         // Off the test's runtime, which serves graph-sim and the webhook meanwhile.
         let env = tokio::task::spawn_blocking(installed)

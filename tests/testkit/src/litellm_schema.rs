@@ -81,7 +81,10 @@ impl LiteLlmSchema {
                 LITELLM_VERSION.replace('.', "_")
             ),
             Self::Extras(version) => {
-                format!("entra_sync_template_litellm_{}", version.replace('.', "_"))
+                format!(
+                    "entra_sync_template_litellm_extras_{}",
+                    version.replace('.', "_")
+                )
             }
         }
     }
