@@ -5,13 +5,14 @@
 
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 
-/// The LiteLLM releases entra-sync is tested against (their published migrations,
-/// `litellm-proxy-extras`, completed by the release's own `schema.prisma`; tests/testkit).
-pub const SUPPORTED_LITELLM: &str =
-    "LiteLLM 1.110.2 (litellm-proxy-extras 0.4.110's migrations and 1.110.2's schema.prisma)";
+/// The LiteLLM releases entra-sync supports: every table and column it uses is in their schema,
+/// and the store's tests run on both ends' (tests/testkit; README "Supported LiteLLM versions").
+pub const SUPPORTED_LITELLM: &str = "LiteLLM 1.103.0 to 1.110.2 (tested on litellm-proxy-extras \
+     0.4.100's migrations, which 1.103.0 applies, and on 0.4.110's completed by 1.110.2's \
+     schema.prisma)";
 
-/// The newest of those migrations: a database whose `_prisma_migrations` records a later one
-/// has a newer LiteLLM's schema.
+/// The newest migration of the newest schema tested (0.4.110's): a database whose
+/// `_prisma_migrations` records a later one has a newer LiteLLM's schema.
 pub const NEWEST_KNOWN_MIGRATION: &str = "20261015000000_managed_object_end_user_id";
 
 /// Every LiteLLM table entra-sync reads or writes, with the columns it uses. The team, user and

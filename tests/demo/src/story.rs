@@ -7,6 +7,10 @@ use anyhow::{Result, bail};
 use graph_sim::GraphSim;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
+use entra_sync_testkit::litellm_proxy::LiteLlmProxy;
+use reqwest::StatusCode;
+
+use crate::access;
 use crate::tenant::*;
 use crate::world::{Demo, PATIENCE};
 
@@ -36,17 +40,39 @@ pub struct Member {
 pub struct Step {
     pub title: &'static str,
     pub change: fn(&GraphSim),
-    /// SQL standing for something a person does in LiteLLM itself, run before `change`.
-    pub in_litellm: Option<fn() -> String>,
+    /// What happens to Linus's key in this step.
+    pub linus_key: Option<LinusKey>,
     /// Every team, sorted by alias.
     pub expected: Vec<Team>,
 }
 
+/// The story of Linus's key for Engineering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinusKey {
+    /// He makes it in LiteLLM, before the step's change: with LiteLLM's proxy through its
+    /// `/key/generate`, without it as the row `/key/generate` stores.
+    Made,
+    /// The step's change removes him from the key's team: with LiteLLM's proxy, the key is asked
+    /// before the change and until the proxy refuses it.
+    OwnerRemoved,
+}
+
+/// What LiteLLM's proxy answered Linus's key, when the demo runs with it (`--with-proxy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyAnswers {
+    /// Just before he is removed in Entra (the request also puts the key in the proxy's cache).
+    pub before: StatusCode,
+    /// Once the proxy stopped accepting it.
+    pub after: StatusCode,
+    /// How long after the change in Entra the proxy first refused it.
+    pub refused_after: Duration,
+}
+
 /// The alias of the key Linus makes for Engineering.
-const LINUS_KEY: &str = "linus-laptop";
+pub const LINUS_KEY: &str = "linus-laptop";
 
 /// Linus makes a key for Engineering in LiteLLM's UI (`/key/generate` stores its hash).
-fn linus_makes_a_key() -> String {
+fn linus_key_row() -> String {
     format!(
         r#"INSERT INTO "LiteLLM_VerificationToken" (token, key_alias, user_id, team_id, models)
            VALUES (md5('sk-linus-laptop'), '{LINUS_KEY}', '{}', '{}', ARRAY[]::text[])"#,
@@ -126,7 +152,7 @@ pub fn start() -> Step {
     Step {
         title: "The worker starts: Research, assigned to the app already, becomes a team with its rule's budget",
         change: |_| {},
-        in_litellm: None,
+        linus_key: None,
         expected: vec![research],
     }
 }
@@ -167,13 +193,13 @@ pub fn steps() -> Vec<Step> {
                     )
                 });
             },
-            in_litellm: None,
+            linus_key: None,
             expected: engineering("Engineering", &[(ADA, iu), (GRACE, iu), (LINUS, iu)]),
         },
         Step {
             title: "Margaret Hamilton is added to Engineering (and Linus makes a key for it in LiteLLM)",
             change: |sim| sim.apply(|t| t.add_member(group_id(ENGINEERING), user_id(MARGARET))),
-            in_litellm: Some(linus_makes_a_key),
+            linus_key: Some(LinusKey::Made),
             expected: with_research(
                 team(
                     ENGINEERING,
@@ -186,7 +212,7 @@ pub fn steps() -> Vec<Step> {
         Step {
             title: "Linus Torvalds is removed from Engineering: his key for it goes too",
             change: |sim| sim.apply(|t| t.remove_member(group_id(ENGINEERING), user_id(LINUS))),
-            in_litellm: None,
+            linus_key: Some(LinusKey::OwnerRemoved),
             expected: engineering("Engineering", &[(ADA, iu), (GRACE, iu), (MARGARET, iu)]),
         },
         Step {
@@ -194,7 +220,7 @@ pub fn steps() -> Vec<Step> {
             change: |sim| {
                 sim.apply(|t| t.upsert_group(group_id(ENGINEERING), "Platform Engineering", None))
             },
-            in_litellm: None,
+            linus_key: None,
             expected: engineering(
                 "Platform Engineering",
                 &[(ADA, iu), (GRACE, iu), (MARGARET, iu)],
@@ -205,7 +231,7 @@ pub fn steps() -> Vec<Step> {
             change: |sim| {
                 sim.change(|t| (t.assign(user_id(GRACE), role_id(PROXY_ADMIN)), Vec::new()));
             },
-            in_litellm: None,
+            linus_key: None,
             expected: engineering(
                 "Platform Engineering",
                 &[(ADA, iu), (GRACE, PROXY_ADMIN), (MARGARET, iu)],
@@ -216,7 +242,7 @@ pub fn steps() -> Vec<Step> {
             change: |sim| {
                 sim.apply(|t| t.add_member(group_id(RESEARCH), group_id(MACHINE_LEARNING)))
             },
-            in_litellm: None,
+            linus_key: None,
             expected: vec![
                 platform_engineering.clone(),
                 research_with_katherine.clone(),
@@ -225,7 +251,7 @@ pub fn steps() -> Vec<Step> {
         Step {
             title: "Barbara Liskov is made an owner of Research: she becomes its team admin",
             change: |sim| sim.apply(|t| t.add_owner(group_id(RESEARCH), user_id(BARBARA))),
-            in_litellm: None,
+            linus_key: None,
             expected: vec![
                 platform_engineering,
                 research_with_katherine.with_admin(BARBARA),
@@ -234,22 +260,66 @@ pub fn steps() -> Vec<Step> {
     ]
 }
 
+/// What playing the story showed.
+#[derive(Clone, Debug)]
+pub struct Played {
+    /// How long each step (the start first) took to appear in LiteLLM's tables.
+    pub took: Vec<Duration>,
+    /// What LiteLLM's proxy answered Linus's key, when it ran.
+    pub linus_key: Option<KeyAnswers>,
+}
+
 /// Plays the story: the worker's first sync, then each step; after each, waits until LiteLLM's
-/// tables show what Entra says and prints them. Returns how long each took to appear.
-pub async fn play(demo: &mut Demo, out: &mut dyn Write) -> Result<Vec<Duration>> {
+/// tables show what Entra says and prints them. With LiteLLM's proxy, Linus's key is made
+/// through it and asked before and after he is removed, and the answers are printed too.
+pub async fn play(
+    demo: &mut Demo,
+    proxy: Option<&LiteLlmProxy>,
+    out: &mut dyn Write,
+) -> Result<Played> {
     let steps = steps();
     let total = steps.len();
-    let mut took = Vec::new();
+    let mut played = Played {
+        took: Vec::new(),
+        linus_key: None,
+    };
+    let mut linus_key = None;
     let all = std::iter::once(("Start".to_owned(), start()))
         .chain((1..).map(|n| format!("{n}/{total}")).zip(steps));
     for (label, step) in all {
         writeln!(out, "\n{label:<5}  {}", step.title)?;
-        if let Some(sql) = step.in_litellm {
-            demo.db.conn().execute_unprepared(&sql()).await?;
-        }
+        let asked = match (step.linus_key, proxy, &linus_key) {
+            (Some(LinusKey::Made), Some(proxy), _) => {
+                linus_key = Some(access::make_linus_key(proxy).await?);
+                None
+            }
+            (Some(LinusKey::Made), None, _) => {
+                demo.db.conn().execute_unprepared(&linus_key_row()).await?;
+                None
+            }
+            (Some(LinusKey::OwnerRemoved), Some(proxy), Some(key)) => {
+                let before = access::ask(proxy, key).await;
+                writeln!(
+                    out,
+                    "      LiteLLM's proxy, Linus's key {LINUS_KEY}: {before} before the change"
+                )?;
+                Some((proxy, key, before))
+            }
+            _ => None,
+        };
         let started = Instant::now();
         (step.change)(&demo.sim);
-        let teams = wait_for(demo, &step.expected).await?;
+        let (teams, refused) = match asked {
+            None => (wait_for(demo, &step.expected).await?, None),
+            Some((proxy, key, before)) => {
+                // Both at once, so that each is timed from the change, not after the other.
+                let (teams, refused) = tokio::join!(
+                    wait_for(demo, &step.expected),
+                    access::wait_refused(proxy, key, started)
+                );
+                (teams?, Some((before, refused?)))
+            }
+        };
         let elapsed = started.elapsed();
         writeln!(
             out,
@@ -257,9 +327,21 @@ pub async fn play(demo: &mut Demo, out: &mut dyn Write) -> Result<Vec<Duration>>
             elapsed.as_secs_f64()
         )?;
         write_table(out, &teams)?;
-        took.push(elapsed);
+        if let Some((before, (after, refused_after))) = refused {
+            writeln!(
+                out,
+                "      LiteLLM's proxy, Linus's key {LINUS_KEY}: {after}, {:.1} s after the change in Entra",
+                refused_after.as_secs_f64()
+            )?;
+            played.linus_key = Some(KeyAnswers {
+                before,
+                after,
+                refused_after,
+            });
+        }
+        played.took.push(elapsed);
     }
-    Ok(took)
+    Ok(played)
 }
 
 /// Polls LiteLLM's tables every 100 ms until they show `expected`.

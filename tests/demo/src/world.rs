@@ -28,6 +28,9 @@ pub struct Demo {
     _dead_letter: TestStream,
     pub webhook_url: String,
     pub worker_health_url: String,
+    /// With LiteLLM's proxy: the namespace of LiteLLM's coordination Redis the worker evicts
+    /// from and the proxy listens on.
+    pub litellm_redis_namespace: Option<String>,
 }
 
 /// A child process, killed when dropped, whose output goes to a log file.
@@ -106,8 +109,14 @@ impl Drop for Process {
 
 impl Demo {
     /// Starts graph-sim with the demo's tenant, makes the database (LiteLLM's migrations, then
-    /// `entra-sync-migrate up`), and starts the webhook and the worker; logs go to `logs`.
-    pub async fn start(binaries: &Binaries, run_id: &str, logs: &Path) -> Result<Self> {
+    /// `entra-sync-migrate up`), and starts the webhook and the worker; logs go to `logs`. With
+    /// LiteLLM's proxy, the worker also evicts from the proxy's cache through LiteLLM's Redis.
+    pub async fn start(
+        binaries: &Binaries,
+        run_id: &str,
+        logs: &Path,
+        options: crate::Options,
+    ) -> Result<Self> {
         std::fs::create_dir_all(logs)
             .with_context(|| format!("cannot create {}", logs.display()))?;
         let sim = GraphSim::start(SimConfig::default(), crate::tenant::tenant())
@@ -166,6 +175,15 @@ impl Demo {
             ("ENTRA_SYNC_OWNERS_AS_ADMINS", "true".to_owned()),
             ("ENTRA_SYNC_TEAM_RULES", team_rules.display().to_string()),
         ]);
+        let litellm_redis_namespace = options
+            .with_proxy
+            .then(|| format!("entra-sync-demo-{run_id}"));
+        if let Some(namespace) = &litellm_redis_namespace {
+            worker_env.extend([
+                ("ENTRA_SYNC_LITELLM_REDIS_URL", redis_url()),
+                ("ENTRA_SYNC_LITELLM_REDIS_NAMESPACE", namespace.clone()),
+            ]);
+        }
         let mut worker = Process::spawn(
             "entra-sync-worker",
             &binaries.worker(),
@@ -183,6 +201,7 @@ impl Demo {
             _dead_letter: dead_letter,
             webhook_url: format!("http://{webhook_addr}"),
             worker_health_url: format!("http://{health_addr}"),
+            litellm_redis_namespace,
         };
         let ready = [
             format!("{}/readyz", demo.webhook_url),

@@ -31,3 +31,27 @@ async fn the_demo_story_plays_to_the_end() {
         "{out}"
     );
 }
+
+/// `cargo run -p entra-sync-demo -- --with-proxy`: the same story, and LiteLLM's proxy itself
+/// accepts Linus's key before he is removed in Entra and refuses it after.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_litellms_proxy_the_removed_members_key_is_refused() {
+    let binaries = entra_sync_demo::binaries::build().expect("the webhook and the worker build");
+    let run_id = format!("{}-proxy-test", std::process::id());
+    let logs = binaries.dir.join("entra-sync-demo-logs").join(&run_id);
+    let mut out = Vec::new();
+    let options = entra_sync_demo::Options { with_proxy: true };
+    let result = entra_sync_demo::run_with(&binaries, &run_id, &logs, &mut out, options).await;
+    let out = String::from_utf8_lossy(&out);
+    let played = result.unwrap_or_else(|e| {
+        panic!("{out}\n{e:#}\nlogs: {}", logs.display());
+    });
+    let _ = std::fs::remove_dir_all(&logs);
+    assert_eq!(played.took.len(), 1 + entra_sync_demo::story::steps().len());
+    let answers = played
+        .linus_key
+        .expect("the proxy was asked for Linus's key");
+    assert_eq!(answers.before, reqwest::StatusCode::OK, "{out}");
+    assert_eq!(answers.after, reqwest::StatusCode::UNAUTHORIZED, "{out}");
+    assert!(out.contains("linus-laptop: 401 Unauthorized, "), "{out}");
+}

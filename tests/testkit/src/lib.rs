@@ -2,7 +2,7 @@
 //!
 //! LiteLLM's schema is built once per machine and LiteLLM version from the migrations in the pinned
 //! `litellm-proxy-extras` wheel (downloaded with pip at test time, cached under `target/`, never
-//! committed) into a template database. Each test then gets its own database cloned from that
+//! committed) into a template database; `ENTRA_SYNC_TEST_LITELLM_EXTRAS` selects another release's. Each test then gets its own database cloned from that
 //! template, so tests run in parallel and never see each other's rows.
 //!
 //! Test support code: it panics with one clear sentence when something it needs is missing.
@@ -20,7 +20,9 @@ pub mod servers;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
-pub use litellm_schema::{LITELLM_PROXY_EXTRAS_VERSION, LITELLM_VERSION};
+pub use litellm_schema::{
+    EXTRAS_VARIABLE, LITELLM_PROXY_EXTRAS_VERSION, LITELLM_VERSION, LiteLlmSchema,
+};
 
 /// The clientState the tests give the webhook, the worker and their subscriptions: as long as
 /// `ENTRA_SYNC_CLIENT_STATE` must be (32 to 128 characters).

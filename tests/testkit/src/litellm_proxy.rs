@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::litellm_schema::target_dir;
+use crate::litellm_schema::{EXTRAS_VARIABLE, LITELLM_VERSION, LiteLlmSchema, target_dir};
 
 /// The proxy's master key in the tests.
 pub const MASTER_KEY: &str = "sk-entra-sync-tests-master-key";
@@ -55,6 +55,13 @@ pub struct LiteLlmProxy {
 impl LiteLlmProxy {
     /// Installs LiteLLM's proxy when needed, starts it, and waits until it answers.
     pub async fn start(settings: &ProxySettings) -> Self {
+        let schema = LiteLlmSchema::under_test();
+        assert!(
+            *schema == LiteLlmSchema::Pinned,
+            "LiteLLM's proxy {LITELLM_VERSION} runs on the schema it was built for, not on {}: \
+             unset {EXTRAS_VARIABLE} for the proxy's tests and the demo's --with-proxy",
+            schema.describe()
+        );
         // Off the test's runtime, which serves graph-sim and the webhook meanwhile.
         let env = tokio::task::spawn_blocking(installed)
             .await
