@@ -10,6 +10,7 @@
 
 pub mod listen;
 mod litellm_schema;
+pub mod own_process;
 mod postgres;
 pub mod proxy;
 pub mod redis;
