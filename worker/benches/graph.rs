@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-#[path = "../tests/graph_common/mod.rs"]
+#[path = "../tests/it/graph_common/mod.rs"]
 mod graph_common;
 
 use entity::{GroupId, UserId};

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-#[path = "../tests/graph_common/mod.rs"]
+#[path = "../tests/it/graph_common/mod.rs"]
 mod graph_common;
 
 use entra_sync_testkit::TestDatabase;

@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 mod common;
-#[path = "../tests/graph_common/mod.rs"]
+#[path = "../tests/it/graph_common/mod.rs"]
 mod graph_common;
 
 use common::count;

@@ -1,5 +1,5 @@
 //! The soak, longer (not a test): for each seed, random Entra changes, faults and keys for a
-//! while (see `tests/soak_run`), then the wait until LiteLLM equals graph-sim. Prints, per seed:
+//! while (see `tests/it/soak_run`), then the wait until LiteLLM equals graph-sim. Prints, per seed:
 //! the steps taken and what they were, how long LiteLLM took to converge, and the result; a
 //! failure also lists what differs and every step. Exits non-zero if a seed failed.
 //!
@@ -14,11 +14,11 @@
 
 use std::time::Duration;
 
-#[path = "../tests/graph_common/mod.rs"]
+#[path = "../tests/it/graph_common/mod.rs"]
 mod graph_common;
-#[path = "../tests/soak_run/mod.rs"]
+#[path = "../tests/it/soak_run/mod.rs"]
 mod soak_run;
-#[path = "../tests/world/mod.rs"]
+#[path = "../tests/it/world/mod.rs"]
 mod world;
 
 use soak_run::{Length, Setup, soak};

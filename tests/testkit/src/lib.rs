@@ -11,11 +11,13 @@
 pub mod listen;
 pub mod litellm_proxy;
 mod litellm_schema;
+pub mod own_process;
 mod postgres;
 mod prisma_schema;
 pub mod proxy;
 pub mod redis;
 pub mod servers;
+mod shared_servers;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
@@ -94,18 +96,11 @@ impl TestDatabase {
     /// behind it (`pgbouncer=true`). Panics with what to do when PgBouncer does not answer.
     pub fn url_through_pgbouncer(&self) -> String {
         let addr = pgbouncer_addr();
-        let reachable = addr
-            .parse::<std::net::SocketAddr>()
-            .ok()
-            .and_then(|socket| {
-                std::net::TcpStream::connect_timeout(&socket, std::time::Duration::from_secs(2))
-                    .ok()
-            })
-            .is_some();
         assert!(
-            reachable,
-            "PgBouncer does not answer at {addr}: run tests/servers/start, or point \
-             ENTRA_SYNC_TEST_PGBOUNCER at one in transaction mode in front of the test PostgreSQL."
+            answers_tcp(&addr),
+            "PgBouncer does not answer at {addr}: run tests/servers/start (the tests run it \
+             themselves when PgBouncer does not answer), or point ENTRA_SYNC_TEST_PGBOUNCER at one \
+             in transaction mode in front of the test PostgreSQL."
         );
         let server = postgres::server_url();
         let user = server
@@ -132,9 +127,25 @@ impl Drop for TestDatabase {
 }
 
 /// PgBouncer in transaction mode in front of the test PostgreSQL: `ENTRA_SYNC_TEST_PGBOUNCER`,
-/// by default `127.0.0.1:6432` (tests/servers/start runs it).
+/// by default `127.0.0.1:6432`, where tests/servers/start runs it (started here when it does not
+/// answer).
 pub fn pgbouncer_addr() -> String {
-    std::env::var("ENTRA_SYNC_TEST_PGBOUNCER").unwrap_or_else(|_| "127.0.0.1:6432".to_owned())
+    if let Ok(addr) = std::env::var("ENTRA_SYNC_TEST_PGBOUNCER") {
+        return addr;
+    }
+    let addr = "127.0.0.1:6432";
+    shared_servers::ensure(&format!("PgBouncer at {addr}"), || answers_tcp(addr));
+    addr.to_owned()
+}
+
+/// Whether something accepts TCP connections at `addr` within a few seconds.
+fn answers_tcp(addr: &str) -> bool {
+    addr.parse::<std::net::SocketAddr>()
+        .ok()
+        .and_then(|socket| {
+            std::net::TcpStream::connect_timeout(&socket, std::time::Duration::from_secs(2)).ok()
+        })
+        .is_some()
 }
 
 /// Whether the end-to-end tests' workers reach PostgreSQL through PgBouncer

@@ -11,8 +11,8 @@ pub fn redis_url() -> String {
 }
 
 /// A Redis server the tests run against: the machine's own, or one of the older or other
-/// servers that `tests/servers/start` runs beside it, so that the stream code is tested on every
-/// kind of server entra-sync supports.
+/// servers that `tests/servers/start` runs beside it (see [`crate::shared_servers`]), so that the
+/// stream code is tested on every kind of server entra-sync supports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedisServer {
     url: String,
@@ -37,15 +37,16 @@ impl RedisServer {
     }
 
     /// Redis 6.2: `ENTRA_SYNC_TEST_REDIS6`, by default `redis://127.0.0.1:6380`, where
-    /// `tests/servers/start` runs it. Fails, with what to do, when it does not answer or is not
-    /// a Redis 6.
+    /// `tests/servers/start` runs it (started here when it does not answer). Fails, with what to
+    /// do, when it does not answer or is not a Redis 6.
     pub fn redis6() -> Self {
         let server = Self::from_env(
             "ENTRA_SYNC_TEST_REDIS6",
             "redis://127.0.0.1:6380",
             "Redis 6.2",
             START_TEST_SERVERS,
-        );
+        )
+        .started();
         let version = server.info_field("redis_version").unwrap_or_default();
         assert!(
             version.starts_with("6.") && server.info_field("valkey_version").is_none(),
@@ -56,15 +57,16 @@ impl RedisServer {
     }
 
     /// Valkey: `ENTRA_SYNC_TEST_VALKEY`, by default `redis://127.0.0.1:6381`, where
-    /// `tests/servers/start` runs it. Fails, with what to do, when it does not answer or is not
-    /// Valkey.
+    /// `tests/servers/start` runs it (started here when it does not answer). Fails, with what to
+    /// do, when it does not answer or is not Valkey.
     pub fn valkey() -> Self {
         let server = Self::from_env(
             "ENTRA_SYNC_TEST_VALKEY",
             "redis://127.0.0.1:6381",
             "Valkey",
             START_TEST_SERVERS,
-        );
+        )
+        .started();
         assert!(
             server.info_field("valkey_version").is_some(),
             "ENTRA_SYNC_TEST_VALKEY ({}) is not Valkey (its INFO has no valkey_version): point it at a Valkey server.",
@@ -97,6 +99,26 @@ impl RedisServer {
         }
     }
 
+    /// The server, once it answers: one `tests/servers/start` runs is started when it does not
+    /// (one its variable points elsewhere is the variable's owner's to run).
+    fn started(self) -> Self {
+        if std::env::var_os(self.variable).is_none() {
+            crate::shared_servers::ensure(&format!("{} at {}", self.name, self.url), || {
+                self.answers()
+            });
+        }
+        self
+    }
+
+    /// Whether it answers PING within a few seconds.
+    fn answers(&self) -> bool {
+        let timeout = std::time::Duration::from_secs(2);
+        ::redis::Client::open(self.url.as_str())
+            .and_then(|client| client.get_connection_with_timeout(timeout))
+            .and_then(|mut connection| ::redis::cmd("PING").query::<String>(&mut connection))
+            .is_ok()
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -126,7 +148,8 @@ impl RedisServer {
     }
 }
 
-const START_TEST_SERVERS: &str = "start it with tests/servers/start";
+const START_TEST_SERVERS: &str =
+    "run tests/servers/start (the tests run it themselves when the server does not answer)";
 
 fn connection() -> ::redis::Connection {
     RedisServer::machine().connection()

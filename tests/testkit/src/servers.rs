@@ -176,6 +176,7 @@ impl OwnPgBouncer {
     /// Starts it (again) and waits until it accepts connections.
     pub fn restart(&mut self) {
         self.stop();
+        crate::shared_servers::ensure_pgbouncer_installed();
         let _ = std::fs::remove_file(self.folder.0.join(format!(".s.PGSQL.{SOCKET_PORT}")));
         let mut command = Command::new("pgbouncer");
         // PgBouncer refuses to run as root.
@@ -188,9 +189,7 @@ impl OwnPgBouncer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!(
-                    "pgbouncer could not be run ({e}): run tests/servers/start, which installs it"
-                )
+                panic!("pgbouncer could not be run ({e}): tests/servers/start installs it")
             });
         self.child = Some(child);
         let folder = self.folder.0.clone();

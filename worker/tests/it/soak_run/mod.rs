@@ -5,7 +5,7 @@
 //! graph-sim says: every assigned group's team in the four places a membership lives, its alias,
 //! the unassigned groups' teams under the policy, every user's role, and the keys (see
 //! [`keys`]), with every notification acknowledged and none dead-lettered. Shared by
-//! `tests/soak.rs` (fixed seeds, 200 steps) and `benches/soak.rs` (longer runs for local use).
+//! `tests/it/soak.rs` (fixed seeds, 200 steps) and `benches/soak.rs` (longer runs for local use).
 //!
 //! The steps ([`changes`]): members added and removed, users disabled and enabled,
 //! groups renamed, assigned and unassigned, app roles granted and revoked (to
@@ -24,7 +24,7 @@
 //! the order it visits its subscriptions). It does not reproduce timing: which round, poll or
 //! retry sees which change, where a SIGKILL lands, and so which keys could be made (a team key
 //! only for a member LiteLLM shows at that moment).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 mod changes;
 mod entra;

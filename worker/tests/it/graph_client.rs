@@ -2,7 +2,7 @@
 //! token refresh, throttling, retries and Graph's errors.
 #![allow(clippy::unwrap_used)]
 
-mod graph_common;
+use crate::graph_common;
 
 use std::time::{Duration, Instant};
 

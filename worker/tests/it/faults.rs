@@ -1,16 +1,16 @@
 //! The fault suite: each fault an operator meets, end to end (graph-sim, the webhook, Redis, the
 //! worker, LiteLLM's real schema), and each must end with LiteLLM's tables equal to what Entra
 //! holds and nothing lost: every notification acknowledged, nothing dead-lettered. Each test
-//! prints one line (`cargo test -p worker --test faults -- --nocapture`):
+//! prints one line (`cargo test -p worker --test it -- faults:: --nocapture`):
 //!
 //! ```text
 //! fault  1  worker SIGKILL mid-round                 converged in  4.2 s, nothing lost
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-mod common;
-mod graph_common;
-mod world;
+use crate::common;
+use crate::graph_common;
+use crate::world;
 
 use std::time::{Duration, Instant};
 

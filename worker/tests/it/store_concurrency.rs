@@ -1,7 +1,7 @@
 //! LiteLLM's locks: concurrent writers of one team serialize instead of losing each other's work.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

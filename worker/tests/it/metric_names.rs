@@ -6,8 +6,8 @@
 //! in an alert that never fires.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod graph_common;
-mod world;
+use crate::graph_common;
+use crate::world;
 
 use std::collections::BTreeSet;
 

@@ -2,7 +2,7 @@
 //! idempotence, dry runs, the audit log, and LiteLLM's locks.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
-mod common;
+use crate::common;
 
 use common::*;
 use entra_sync_testkit::TestDatabase;

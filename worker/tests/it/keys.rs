@@ -2,7 +2,7 @@
 //! keys that outlived a removal, against LiteLLM's real schema.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
-mod common;
+use crate::common;
 
 use common::*;
 use entra_sync_testkit::TestDatabase;

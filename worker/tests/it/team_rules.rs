@@ -4,8 +4,8 @@
 //! stopping the worker at start, and the dry run reporting teams that differ from their rule.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod graph_common;
-mod world;
+use crate::graph_common;
+use crate::world;
 
 use std::path::PathBuf;
 use std::time::Duration;

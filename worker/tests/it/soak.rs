@@ -1,7 +1,7 @@
 //! The soak (issue 22): for each of three configurations, a seeded random sequence of 200
 //! Entra changes, faults and keys (see `soak_run`), then a wait, without reconciliation, until
 //! LiteLLM's rows equal what graph-sim says. Each test prints its seed first and its result
-//! last (`cargo test -p worker --test soak -- --nocapture`); a failure lists what differs
+//! last (`cargo test -p worker --test it -- soak:: --nocapture`); a failure lists what differs
 //! (group, place, expected, found), what entra-sync holds as failed or departed, every step, and
 //! the seed.
 //!
@@ -13,9 +13,7 @@
 //! `cargo bench -p worker --bench soak`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-mod graph_common;
-mod soak_run;
-mod world;
+use crate::soak_run;
 
 use soak_run::{Length, Setup, soak};
 
@@ -35,7 +33,7 @@ async fn soak_seed(test: &str, committed: u64, setup: Setup) {
     let steps = env("ENTRA_SYNC_SOAK_STEPS").unwrap_or(STEPS);
     println!(
         "soak {test}: seed {seed} ({setup}), {steps} steps; again with \
-         ENTRA_SYNC_SOAK_SEED={seed} cargo test -p worker --test soak -- --exact {test} --nocapture"
+         ENTRA_SYNC_SOAK_SEED={seed} cargo test -p worker --test it -- --exact soak::{test} --nocapture"
     );
     let outcome = soak(seed, setup, Length::Steps(steps)).await;
     println!("soak {test}: {}", outcome.summary());

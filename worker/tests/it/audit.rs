@@ -2,8 +2,8 @@
 //! with the unit of work that made it; and the log kept to its retention, by one replica.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod graph_common;
-mod world;
+use crate::graph_common;
+use crate::world;
 
 use chrono::{Duration, Utc};
 use graph_common::*;

@@ -3,8 +3,8 @@
 //! succeeds); a team deleted by hand is made again; disabled users are left out on every path.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod graph_common;
-mod world;
+use crate::graph_common;
+use crate::world;
 
 use chrono::Utc;
 use entity::litellm::user;

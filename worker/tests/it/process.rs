@@ -2,8 +2,8 @@
 //! and metrics, and a graceful stop on SIGTERM.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod graph_common;
-mod world;
+use crate::graph_common;
+use crate::world;
 
 use std::process::Command;
 use std::time::Duration;

@@ -2,8 +2,8 @@
 //! replica at a time, and lifecycle events acted on.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod graph_common;
-mod world;
+use crate::graph_common;
+use crate::world;
 
 use chrono::Utc;
 use entity::sync::{lease, subscription};

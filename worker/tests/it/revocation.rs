@@ -4,9 +4,9 @@
 //! reconciliation revokes what a stopped worker missed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod graph_common;
-mod world;
+use crate::common;
+use crate::graph_common;
+use crate::world;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -254,7 +254,7 @@ async fn users_notifications_block_a_departed_users_keys_and_re_enabling_unblock
     );
 
     // Deleted: one answer of Graph's is not proof (its reads are eventually consistent), so
-    // the user is read again until an answer a minute later confirms it (tests/sync.rs, and
+    // the user is read again until an answer a minute later confirms it (tests/it/sync.rs, and
     // fault 19) and keeps their keys meanwhile.
     world.sim.apply(|t| t.delete_user(uid(4)));
     let waiting = || async {

@@ -3,7 +3,7 @@
 //! captured in-process by level and target (the worker's own), never read back as text.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod graph_common;
+use crate::graph_common;
 
 use std::sync::{Arc, Mutex};
 

@@ -3,8 +3,8 @@
 //! same round. Against graph-sim, LiteLLM's real schema, and the worker's own rounds.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod graph_common;
-mod world;
+use crate::graph_common;
+use crate::world;
 
 use chrono::Utc;
 use graph_sim::tenant::User;

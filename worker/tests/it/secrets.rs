@@ -3,8 +3,7 @@
 //! a password.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod graph_common;
-mod world;
+use crate::world;
 
 use std::process::Stdio;
 use std::time::Duration;

@@ -10,12 +10,12 @@
 //!   and a team made by a team rule;
 //! - without it, and a short cache TTL: a removed member's key works until the TTL runs out.
 //!
-//! Latencies are printed (`cargo test -p worker --test litellm_proxy -- --nocapture`), never
+//! Latencies are printed (`cargo test -p worker --test it -- litellm_proxy:: --nocapture`), never
 //! asserted beyond the condition waited for.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-mod graph_common;
-mod world;
+use crate::graph_common;
+use crate::world;
 
 use std::time::{Duration, Instant};
 

@@ -2,8 +2,8 @@
 //! LiteLLM's real schema. Every assertion is on rows, HTTP answers or stream contents.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod graph_common;
-mod world;
+use crate::graph_common;
+use crate::world;
 
 use entra_sync_testkit::redis::RedisServer;
 use graph_common::*;

@@ -2,7 +2,7 @@
 //! unassignment policies, app roles and resync.
 #![allow(clippy::unwrap_used)]
 
-mod graph_common;
+use crate::graph_common;
 
 use entity::UserId;
 use entity::litellm::{team, user};
@@ -643,7 +643,7 @@ async fn audit_rows(db: &TestDatabase) -> i64 {
 // Nothing irreversible on missing evidence (issue 21): what entra-sync needs before it removes a
 // member or revokes a key, and the threshold over which it holds removals for a person.
 
-mod common;
+use crate::common;
 
 const CREATED: &str = "2026-11-01 00:00:00";
 

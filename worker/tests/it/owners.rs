@@ -2,9 +2,9 @@
 //! owners, tracks them in the groups delta and answers JSON batches) and LiteLLM's real schema.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod graph_common;
-mod world;
+use crate::common;
+use crate::graph_common;
+use crate::world;
 
 use chrono::Utc;
 use sea_orm::ConnectionTrait;
