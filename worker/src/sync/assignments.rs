@@ -36,14 +36,17 @@ pub(super) fn group_id(assignment: &AppRoleAssignment) -> Option<GroupId> {
         .flatten()
 }
 
+/// Each user's role values (the app roles' `value`s assigned to them, directly or through a group).
+type RoleValues = HashMap<UserId, Vec<String>>;
+
 /// The role values the app's assignments give: each user assigned directly, with their values
 /// (departed or not: what the read says decides), and each role-holding group with its value.
 /// The default access role and roles the app does not define (or has disabled) give none.
 fn assigned_values(
     assignments: &[AppRoleAssignment],
     role_values: &HashMap<String, String>,
-) -> (HashMap<UserId, Vec<String>>, Vec<(GroupId, String)>) {
-    let mut values: HashMap<UserId, Vec<String>> = HashMap::new();
+) -> (RoleValues, Vec<(GroupId, String)>) {
+    let mut values = RoleValues::new();
     let mut role_groups: Vec<(GroupId, String)> = Vec::new();
     for assignment in assignments {
         if assignment.app_role_id.eq_ignore_ascii_case(DEFAULT_ACCESS) {
@@ -307,7 +310,7 @@ impl Syncer {
     async fn add_role_group_members(
         &self,
         role_groups: Vec<(GroupId, String)>,
-        values: &mut HashMap<UserId, Vec<String>>,
+        values: &mut RoleValues,
         known_users: &mut HashMap<UserId, EntraUser>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
@@ -344,7 +347,7 @@ impl Syncer {
     /// them (their roles go, as before).
     async fn read_assigned_users(
         &self,
-        values: &HashMap<UserId, Vec<String>>,
+        values: &RoleValues,
         known_users: &mut HashMap<UserId, EntraUser>,
     ) -> Result<HashSet<UserId>> {
         let unknown: Vec<UserId> = values
