@@ -68,7 +68,7 @@ async fn unreachable_postgres_is_one_clear_sentence() {
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "unreachable_postgres_is_one_clear_sentence",
+            "harness::unreachable_postgres_is_one_clear_sentence",
             "--nocapture",
         ])
         .env("TESTKIT_CHILD", "1")
