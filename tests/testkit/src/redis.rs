@@ -99,8 +99,9 @@ impl RedisServer {
         }
     }
 
-    /// The server, once it answers: one `tests/servers/start` runs is started when it does not
-    /// (one its variable points elsewhere is the variable's owner's to run).
+    /// The server, once it answers: at its default address, where `tests/servers/start` runs
+    /// it, the script is run first when it does not answer. One its variable names elsewhere is
+    /// left to whoever runs it.
     fn started(self) -> Self {
         if std::env::var_os(self.variable).is_none() {
             crate::shared_servers::ensure(&format!("{} at {}", self.name, self.url), || {
