@@ -167,6 +167,16 @@ async fn a_404_on_renewal_re_creates_the_subscription() {
 }
 
 /// Requests graph-sim saw whose path and query contain `fragment`.
+/// Groups delta requests whose query has `fragment` (the users delta has deltaLinks too).
+fn groups_delta(world: &World, fragment: &str) -> usize {
+    world
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/groups/delta") && r.query.contains(fragment))
+        .count()
+}
+
 fn count(world: &World, fragment: &str) -> usize {
     world
         .sim
@@ -194,7 +204,7 @@ async fn lifecycle_events_are_acted_on() {
 
     // reauthorizationRequired: reauthorized, then a round.
     let groups = id_of(&world, "groups");
-    let rounds = count(&world, "deltatoken=");
+    let rounds = groups_delta(&world, "deltatoken=");
     assert_eq!(
         world
             .sim
@@ -207,8 +217,10 @@ async fn lifecycle_events_are_acted_on() {
             .await
     );
     assert!(
-        eventually(|| async { world.pending() == 0 && count(&world, "deltatoken=") > rounds })
-            .await
+        eventually(|| async {
+            world.pending() == 0 && groups_delta(&world, "deltatoken=") > rounds
+        })
+        .await
     );
     assert_eq!(
         id_of(&world, "groups"),
@@ -217,12 +229,12 @@ async fn lifecycle_events_are_acted_on() {
     );
 
     // missed: a full resync (which starts from `$deltatoken=latest`).
-    let resyncs = count(&world, "deltatoken=latest");
+    let resyncs = groups_delta(&world, "deltatoken=latest");
     world.sim.lifecycle(&groups, "missed").await;
-    assert!(eventually(|| async { count(&world, "deltatoken=latest") > resyncs }).await);
+    assert!(eventually(|| async { groups_delta(&world, "deltatoken=latest") > resyncs }).await);
 
     // subscriptionRemoved: Graph dropped it; a new one replaces it, and a resync follows.
-    let resyncs = count(&world, "deltatoken=latest");
+    let resyncs = groups_delta(&world, "deltatoken=latest");
     world.sim.lifecycle(&groups, "subscriptionRemoved").await;
     assert!(
         eventually(|| async {
@@ -234,7 +246,7 @@ async fn lifecycle_events_are_acted_on() {
         "not re-created: {:?}",
         live(&world)
     );
-    assert!(eventually(|| async { count(&world, "deltatoken=latest") > resyncs }).await);
+    assert!(eventually(|| async { groups_delta(&world, "deltatoken=latest") > resyncs }).await);
     assert!(eventually(|| async { stored(&world).await == live(&world) }).await);
 
     // The new subscription delivers: a member added reaches LiteLLM.
@@ -288,7 +300,7 @@ async fn lifecycle_events_about_subscriptions_not_ours_are_never_acted_on() {
     world.start_worker_with(conn, "foreign", Some(manager));
     assert!(eventually(|| world.first_round_committed()).await);
     let before = subscription_requests(&world);
-    let resyncs = count(&world, "deltatoken=latest");
+    let resyncs = groups_delta(&world, "deltatoken=latest");
 
     // Another app's subscription (a GUID we never stored), and ids that are no GUIDs at all,
     // some made to steer a Graph URL elsewhere.
@@ -315,7 +327,7 @@ async fn lifecycle_events_about_subscriptions_not_ours_are_never_acted_on() {
         "Graph was asked about subscriptions that are not ours"
     );
     assert_eq!(
-        count(&world, "deltatoken=latest"),
+        groups_delta(&world, "deltatoken=latest"),
         resyncs,
         "a lifecycle event not ours made a resync"
     );
