@@ -236,7 +236,14 @@ pub async fn status(config: &WorkerConfig, json: bool) -> Result<()> {
         return print_json_line(&status);
     }
     let now = Utc::now();
-    let ago = |at: DateTime<Utc>| human_duration(now - at);
+    let mut rows = subscription_rows(&status, now);
+    rows.extend(sync_rows(&status, now));
+    rows.extend(failed_item_rows(&status, now));
+    print_rows(&rows)
+}
+
+/// The subscriptions, their expiry, and who keeps them.
+fn subscription_rows(status: &Status, now: DateTime<Utc>) -> Vec<(String, String)> {
     let mut rows: Vec<(String, String)> = Vec::new();
     if status.subscriptions.is_empty() {
         rows.push(("subscriptions".into(), "none".into()));
@@ -259,13 +266,21 @@ pub async fn status(config: &WorkerConfig, json: bool) -> Result<()> {
             .clone()
             .unwrap_or_else(|| "nobody".into()),
     ));
-    rows.push((
-        "last delta round".into(),
-        status
-            .last_delta_round
-            .map_or("never".into(), |at| format!("{} ago", ago(at))),
-    ));
-    rows.push(("assigned groups".into(), status.assigned_groups.to_string()));
+    rows
+}
+
+/// The last round, the stream, the last reconciliation and the removals held.
+fn sync_rows(status: &Status, now: DateTime<Utc>) -> Vec<(String, String)> {
+    let ago = |at: DateTime<Utc>| human_duration(now - at);
+    let mut rows: Vec<(String, String)> = vec![
+        (
+            "last delta round".into(),
+            status
+                .last_delta_round
+                .map_or("never".into(), |at| format!("{} ago", ago(at))),
+        ),
+        ("assigned groups".into(), status.assigned_groups.to_string()),
+    ];
     match (&status.stream, &status.stream_error) {
         (Some(s), _) => {
             rows.push(("stream lag".into(), s.lag.to_string()));
@@ -294,21 +309,34 @@ pub async fn status(config: &WorkerConfig, json: bool) -> Result<()> {
             held => format!("{held}, waiting for a person: entra-sync-worker removals list"),
         },
     ));
+    rows
+}
+
+/// Each failed item, its attempts and its next retry.
+fn failed_item_rows(status: &Status, now: DateTime<Utc>) -> Vec<(String, String)> {
     if status.failed_items.is_empty() {
-        rows.push(("failed items".into(), "none".into()));
+        return vec![("failed items".into(), "none".into())];
     }
-    for item in &status.failed_items {
-        rows.push((
-            format!("failed {} {}", item.kind, item.id),
-            format!(
-                "{} attempts since {} ago, next in {}: {}",
-                item.attempts,
-                ago(item.first_failed_at),
-                human_duration(item.retry_at - now),
-                item.error
-            ),
-        ));
-    }
+    status
+        .failed_items
+        .iter()
+        .map(|item| {
+            (
+                format!("failed {} {}", item.kind, item.id),
+                format!(
+                    "{} attempts since {} ago, next in {}: {}",
+                    item.attempts,
+                    human_duration(now - item.first_failed_at),
+                    human_duration(item.retry_at - now),
+                    item.error
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Key-value rows, aligned, with control characters escaped.
+fn print_rows(rows: &[(String, String)]) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let rows: Vec<(String, String)> = rows
         .iter()

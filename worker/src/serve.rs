@@ -8,7 +8,7 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use secrecy::ExposeSecret;
 
-use crate::config::WorkerConfig;
+use crate::config::{Intervals, WorkerConfig};
 use crate::error::{Error, Result};
 use crate::graph::{GraphClient, GraphMetrics};
 use crate::litellm_cache::LiteLlmCache;
@@ -118,6 +118,39 @@ pub fn cache_advice(configured: bool, caches: &CacheSettings) -> Vec<String> {
     advice
 }
 
+/// The notification stream's consumer group, as this replica reads it.
+async fn connect_stream(config: &WorkerConfig, intervals: &Intervals) -> Result<StreamConsumer> {
+    StreamConsumer::connect(
+        config.stream.redis_url.expose_secret(),
+        StreamSettings {
+            stream: config.stream.stream.clone(),
+            dead_letter: config.dead_letter_stream(),
+            consumer: config.consumer_name(),
+            batch: 500,
+            claim_idle: intervals.claim_idle,
+            max_deliveries: config.max_deliveries,
+        },
+    )
+    .await
+    .map_err(|e| Error::Settings(format!("Redis at REDIS_URL is not reachable: {e}")))
+}
+
+/// How often the run loop's periodic tasks come, from the configuration.
+fn run_settings(config: &WorkerConfig, intervals: &Intervals) -> RunSettings {
+    RunSettings {
+        poll_interval: intervals.poll,
+        max_deliveries: config.max_deliveries,
+        reconcile_interval: intervals.reconcile,
+        departed_recheck: intervals.departed_recheck,
+        audit_retention: config.audit_retention(),
+        subscription_keeper: Some(KeeperSettings {
+            check: intervals.subscription_check,
+            lease: intervals.subscription_lease,
+        }),
+        ..RunSettings::default()
+    }
+}
+
 /// `entra-sync-worker run`.
 pub async fn run(config: WorkerConfig) -> Result<()> {
     let intervals = config.intervals()?;
@@ -133,19 +166,7 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
     let graph_metrics = GraphMetrics::register(&mut registry);
     let metrics = WorkerMetrics::register(&mut registry);
     let graph = GraphClient::new(graph_config, graph_metrics)?;
-    let consumer = StreamConsumer::connect(
-        config.stream.redis_url.expose_secret(),
-        StreamSettings {
-            stream: config.stream.stream.clone(),
-            dead_letter: config.dead_letter_stream(),
-            consumer: config.consumer_name(),
-            batch: 500,
-            claim_idle: intervals.claim_idle,
-            max_deliveries: config.max_deliveries,
-        },
-    )
-    .await
-    .map_err(|e| Error::Settings(format!("Redis at REDIS_URL is not reachable: {e}")))?;
+    let consumer = connect_stream(&config, &intervals).await?;
 
     let readiness = Readiness::new();
     crate::health::serve(
@@ -185,18 +206,7 @@ pub async fn run(config: WorkerConfig) -> Result<()> {
         }),
         consumer,
         metrics,
-        settings: RunSettings {
-            poll_interval: intervals.poll,
-            max_deliveries: config.max_deliveries,
-            reconcile_interval: intervals.reconcile,
-            departed_recheck: intervals.departed_recheck,
-            audit_retention: config.audit_retention(),
-            subscription_keeper: Some(KeeperSettings {
-                check: intervals.subscription_check,
-                lease: intervals.subscription_lease,
-            }),
-            ..RunSettings::default()
-        },
+        settings: run_settings(&config, &intervals),
         subscriptions,
         readiness,
     };

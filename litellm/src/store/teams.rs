@@ -56,104 +56,144 @@ pub(super) async fn ensure_many(
 ) -> Result<Vec<Vec<Change>>> {
     let team_ids: Vec<String> = groups.iter().map(|(group, _)| group.to_string()).collect();
     lock_teams(txn, &team_ids).await?;
-    /// What of an existing team this decides on (not its members, which can be many).
-    #[derive(FromQueryResult)]
-    struct Existing {
-        team_id: String,
-        team_alias: Option<String>,
-        blocked: bool,
-        metadata: Value,
+    let mut existing = existing_teams(txn, &team_ids).await?;
+    let mut new_rows: HashMap<Vec<bool>, Vec<team::ActiveModel>> = HashMap::new();
+    let mut all_changes = Vec::with_capacity(groups.len());
+    for ((group, display_name), team_id) in groups.iter().zip(team_ids) {
+        let changes = match existing.remove(&team_id) {
+            Some(team) => bring_up_to_date(txn, team, display_name, now).await?,
+            None => {
+                let params = rules.params_for(group, display_name, &settings.team_defaults);
+                let row = new_team_row(txn, &team_id, display_name, &params, settings, now).await?;
+                // Rows are inserted together when they set the same columns: a column one row
+                // leaves to its database default must not be NULL because another row set it.
+                let columns = team::Column::iter().map(|c| row.get(c).is_set()).collect();
+                new_rows.entry(columns).or_default().push(row);
+                vec![Change::TeamCreated {
+                    team_id,
+                    team_alias: (*display_name).to_owned(),
+                }]
+            }
+        };
+        all_changes.push(changes);
     }
-    let mut existing: HashMap<String, Existing> = Existing::find_by_statement(stmt(
+    for rows in new_rows.into_values() {
+        insert_new_teams(txn, rows).await?;
+    }
+    Ok(all_changes)
+}
+
+/// What of an existing team [`ensure_many`] decides on (not its members, which can be many).
+#[derive(FromQueryResult)]
+struct Existing {
+    team_id: String,
+    team_alias: Option<String>,
+    blocked: bool,
+    metadata: Value,
+}
+
+/// These teams as they are, by team id (those that exist).
+async fn existing_teams(
+    txn: &DatabaseTransaction,
+    team_ids: &[String],
+) -> Result<HashMap<String, Existing>> {
+    Ok(Existing::find_by_statement(stmt(
         r#"SELECT team_id, team_alias, blocked, metadata FROM "LiteLLM_TeamTable"
            WHERE team_id = ANY($1)"#,
-        [team_ids.clone().into()],
+        [team_ids.to_vec().into()],
     ))
     .all(txn)
     .await?
     .into_iter()
     .map(|team| (team.team_id.clone(), team))
-    .collect();
-    let mut new_rows: HashMap<Vec<bool>, Vec<team::ActiveModel>> = HashMap::new();
-    let mut all_changes = Vec::with_capacity(groups.len());
-    for ((group, display_name), team_id) in groups.iter().zip(team_ids) {
-        let display_name = *display_name;
-        let Some(team) = existing.remove(&team_id) else {
-            let params = rules.params_for(group, display_name, &settings.team_defaults);
-            let mut row = new_team(&team_id, display_name, &params, settings, now);
-            if params.has_member_budget() {
-                let budget_id =
-                    create_member_budget(txn, display_name, &params, settings, now).await?;
-                let mut metadata = params.metadata.clone().unwrap_or_default();
-                metadata.insert(MEMBER_BUDGET_KEY.into(), Value::String(budget_id));
-                row.metadata = Set(Value::Object(metadata));
-            }
-            // Rows are inserted together when they set the same columns: a column one row leaves
-            // to its database default must not be NULL because another row set it.
-            let columns = team::Column::iter().map(|c| row.get(c).is_set()).collect();
-            new_rows.entry(columns).or_default().push(row);
-            all_changes.push(vec![Change::TeamCreated {
-                team_id,
-                team_alias: display_name.to_owned(),
-            }]);
-            continue;
-        };
-        let mut changes = Vec::new();
-        if team.team_alias.as_deref() != Some(display_name) {
-            txn.execute(stmt(
-                r#"UPDATE "LiteLLM_TeamTable" SET team_alias = $2, updated_at = $3
-                   WHERE team_id = $1"#,
-                [
-                    team_id.clone().into(),
-                    display_name.into(),
-                    litellm_timestamp(now).into(),
-                ],
-            ))
-            .await?;
-            changes.push(Change::TeamRenamed {
-                team_id: team_id.clone(),
-                from: team.team_alias.clone(),
-                to: display_name.to_owned(),
-            });
-        }
-        if team.blocked
-            && team.metadata.get(BLOCKED_MARKER).and_then(Value::as_str) == Some(BLOCKED_UNASSIGNED)
-        {
-            txn.execute(stmt(
-                r#"UPDATE "LiteLLM_TeamTable"
-                   SET blocked = false, metadata = metadata - 'entra_sync_blocked', updated_at = $2
-                   WHERE team_id = $1"#,
-                [team_id.clone().into(), litellm_timestamp(now).into()],
-            ))
-            .await?;
-            changes.push(Change::TeamUnblocked {
-                team_id,
-                team_alias: team.team_alias,
-            });
-        }
-        all_changes.push(changes);
+    .collect())
+}
+
+/// An existing team: renamed to its group's name, and unblocked if entra-sync blocked it when
+/// its group was unassigned (it is assigned again).
+async fn bring_up_to_date(
+    txn: &DatabaseTransaction,
+    team: Existing,
+    display_name: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<Change>> {
+    let mut changes = Vec::new();
+    let team_id = team.team_id;
+    if team.team_alias.as_deref() != Some(display_name) {
+        txn.execute(stmt(
+            r#"UPDATE "LiteLLM_TeamTable" SET team_alias = $2, updated_at = $3
+               WHERE team_id = $1"#,
+            [
+                team_id.clone().into(),
+                display_name.into(),
+                litellm_timestamp(now).into(),
+            ],
+        ))
+        .await?;
+        changes.push(Change::TeamRenamed {
+            team_id: team_id.clone(),
+            from: team.team_alias.clone(),
+            to: display_name.to_owned(),
+        });
     }
-    for rows in new_rows.into_values() {
-        let planned = rows.len() as u64;
-        let inserted = team::Entity::insert_many(rows)
-            .on_conflict(
-                OnConflict::column(team::Column::TeamId)
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .exec_without_returning(txn)
-            .await?;
-        // LiteLLM creates teams without the team lock (`/team/new`, its SSO sign-in): a row
-        // that appeared since the read is theirs. Nothing of ours may stand for it (the
-        // `team_created` change, the member budget made for it): it all rolls back, and the
-        // retry finds the team as it is.
-        if inserted != planned {
-            return Err(Error::ConcurrentChange(
-                "a team being created appeared meanwhile (LiteLLM's own /team/new?)".into(),
-            ));
-        }
+    if team.blocked
+        && team.metadata.get(BLOCKED_MARKER).and_then(Value::as_str) == Some(BLOCKED_UNASSIGNED)
+    {
+        txn.execute(stmt(
+            r#"UPDATE "LiteLLM_TeamTable"
+               SET blocked = false, metadata = metadata - 'entra_sync_blocked', updated_at = $2
+               WHERE team_id = $1"#,
+            [team_id.clone().into(), litellm_timestamp(now).into()],
+        ))
+        .await?;
+        changes.push(Change::TeamUnblocked {
+            team_id,
+            team_alias: team.team_alias,
+        });
     }
-    Ok(all_changes)
+    Ok(changes)
+}
+
+/// A new team's row from its parameters, with its member budget made first when the parameters
+/// give one (its id kept in the team's metadata, as LiteLLM keeps it).
+async fn new_team_row(
+    txn: &DatabaseTransaction,
+    team_id: &str,
+    display_name: &str,
+    params: &TeamDefaults,
+    settings: &LiteLlmSettings,
+    now: DateTime<Utc>,
+) -> Result<team::ActiveModel> {
+    let mut row = new_team(team_id, display_name, params, settings, now);
+    if params.has_member_budget() {
+        let budget_id = create_member_budget(txn, display_name, params, settings, now).await?;
+        let mut metadata = params.metadata.clone().unwrap_or_default();
+        metadata.insert(MEMBER_BUDGET_KEY.into(), Value::String(budget_id));
+        row.metadata = Set(Value::Object(metadata));
+    }
+    Ok(row)
+}
+
+/// Inserts new teams that set the same columns. LiteLLM creates teams without the team lock
+/// (`/team/new`, its SSO sign-in): a row that appeared since the read is theirs. Nothing of ours
+/// may stand for it (the `team_created` change, the member budget made for it): it all rolls
+/// back with [`Error::ConcurrentChange`], and the retry finds the team as it is.
+async fn insert_new_teams(txn: &DatabaseTransaction, rows: Vec<team::ActiveModel>) -> Result<()> {
+    let planned = rows.len() as u64;
+    let inserted = team::Entity::insert_many(rows)
+        .on_conflict(
+            OnConflict::column(team::Column::TeamId)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(txn)
+        .await?;
+    if inserted != planned {
+        return Err(Error::ConcurrentChange(
+            "a team being created appeared meanwhile (LiteLLM's own /team/new?)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The team metadata key naming its member budget (LiteLLM's `team_member_budget_id`).
@@ -318,29 +358,7 @@ pub(super) async fn rule_drift(
         .filter(team::Column::TeamId.is_in(ids))
         .all(db)
         .await?;
-    let budget_ids: Vec<String> = teams
-        .iter()
-        .filter_map(|t| {
-            t.metadata
-                .get(MEMBER_BUDGET_KEY)?
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
-    let budgets: HashMap<String, BudgetRow> = if budget_ids.is_empty() {
-        HashMap::new()
-    } else {
-        BudgetRow::find_by_statement(stmt(
-            r#"SELECT budget_id, max_budget, budget_duration, tpm_limit, rpm_limit
-               FROM "LiteLLM_BudgetTable" WHERE budget_id = ANY($1)"#,
-            [budget_ids.into()],
-        ))
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|row| (row.budget_id.clone(), row))
-        .collect()
-    };
+    let budgets = member_budgets(db, &teams).await?;
     let mut drift = Vec::new();
     for team in teams {
         let Ok(group) = GroupId::parse(&team.team_id) else {
@@ -355,44 +373,12 @@ pub(super) async fn rule_drift(
         let Some(rule) = rules.matching(&group, &name) else {
             continue;
         };
-        let member_budget = team
-            .metadata
-            .get(MEMBER_BUDGET_KEY)
-            .and_then(Value::as_str)
-            .and_then(|id| budgets.get(id))
-            .map(|row| MemberBudget {
-                max_budget: row.max_budget,
-                budget_duration: row.budget_duration.clone(),
-                tpm_limit: row.tpm_limit,
-                rpm_limit: row.rpm_limit,
-            });
-        let now = TeamNow {
-            max_budget: team.max_budget,
-            soft_budget: team.soft_budget,
-            budget_duration: team.budget_duration,
-            models: team.models,
-            tpm_limit: team.tpm_limit,
-            rpm_limit: team.rpm_limit,
-            tpd_limit: team.tpd_limit,
-            max_parallel_requests: team.max_parallel_requests,
-            team_member_permissions: team.team_member_permissions,
-            organization_id: team.organization_id,
-            access_group_ids: team.access_group_ids,
-            policies: team.policies,
-            default_team_member_models: team.default_team_member_models,
-            metadata: match team.metadata {
-                Value::Object(map) => map,
-                _ => serde_json::Map::new(),
-            },
-            model_max_budget: team.model_max_budget,
-            blocked: team.blocked,
-            member_budget,
-        };
-        let fields = rule.differences(&now);
+        let (team_id, team_alias) = (team.team_id.clone(), team.team_alias.clone());
+        let fields = rule.differences(&team_now(team, &budgets));
         if !fields.is_empty() {
             drift.push(RuleDrift {
-                team_id: team.team_id,
-                team_alias: team.team_alias,
+                team_id,
+                team_alias,
                 rule: rule.position(),
                 fields,
             });
@@ -400,4 +386,70 @@ pub(super) async fn rule_drift(
     }
     drift.sort_by(|a, b| a.team_id.cmp(&b.team_id));
     Ok(drift)
+}
+
+/// The member budgets these teams' metadata names, by budget id.
+async fn member_budgets(
+    db: &impl ConnectionTrait,
+    teams: &[team::Model],
+) -> Result<HashMap<String, BudgetRow>> {
+    let budget_ids: Vec<String> = teams
+        .iter()
+        .filter_map(|t| {
+            t.metadata
+                .get(MEMBER_BUDGET_KEY)?
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    if budget_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(BudgetRow::find_by_statement(stmt(
+        r#"SELECT budget_id, max_budget, budget_duration, tpm_limit, rpm_limit
+           FROM "LiteLLM_BudgetTable" WHERE budget_id = ANY($1)"#,
+        [budget_ids.into()],
+    ))
+    .all(db)
+    .await?
+    .into_iter()
+    .map(|row| (row.budget_id.clone(), row))
+    .collect())
+}
+
+/// A team's parameters as LiteLLM has them, its member budget's among them.
+fn team_now(team: team::Model, budgets: &HashMap<String, BudgetRow>) -> TeamNow {
+    let member_budget = team
+        .metadata
+        .get(MEMBER_BUDGET_KEY)
+        .and_then(Value::as_str)
+        .and_then(|id| budgets.get(id))
+        .map(|row| MemberBudget {
+            max_budget: row.max_budget,
+            budget_duration: row.budget_duration.clone(),
+            tpm_limit: row.tpm_limit,
+            rpm_limit: row.rpm_limit,
+        });
+    TeamNow {
+        max_budget: team.max_budget,
+        soft_budget: team.soft_budget,
+        budget_duration: team.budget_duration,
+        models: team.models,
+        tpm_limit: team.tpm_limit,
+        rpm_limit: team.rpm_limit,
+        tpd_limit: team.tpd_limit,
+        max_parallel_requests: team.max_parallel_requests,
+        team_member_permissions: team.team_member_permissions,
+        organization_id: team.organization_id,
+        access_group_ids: team.access_group_ids,
+        policies: team.policies,
+        default_team_member_models: team.default_team_member_models,
+        metadata: match team.metadata {
+            Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        },
+        model_max_budget: team.model_max_budget,
+        blocked: team.blocked,
+        member_budget,
+    }
 }
