@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use entity::GroupId;
+use serde::de::DeserializeOwned;
 
 use super::GraphClient;
 use super::http::Page;
@@ -136,7 +137,7 @@ impl Merger {
 }
 
 /// Graph's answers to a delta token it no longer keeps state for.
-pub(super) fn is_expired(error: &Error) -> bool {
+fn is_expired(error: &Error) -> bool {
     matches!(error, Error::Graph { status: 410, .. })
         || matches!(
             error,
@@ -184,36 +185,52 @@ impl GraphClient {
     }
 
     async fn delta_from(&self, first: String) -> Result<DeltaRound> {
-        let http = &self.inner;
         let mut round = DeltaRound::default();
         let mut merger = Merger::default();
+        let (delta_link, pages) = self
+            .delta_pages(ENDPOINT, first, |objects: Vec<DeltaGroupObject>| {
+                for object in objects {
+                    merger.merge(&mut round, object);
+                }
+            })
+            .await?;
+        merger.finish(&mut round);
+        round.delta_link = delta_link;
+        round.pages = pages;
+        Ok(round)
+    }
+
+    /// Pages a delta query from `first` to its deltaLink, handing each page's objects to
+    /// `page`; returns the deltaLink and how many pages there were. An expired token is
+    /// [`Error::DeltaExpired`]; a paging link that leaves Graph is refused.
+    pub(super) async fn delta_pages<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        first: String,
+        mut page: impl FnMut(Vec<T>),
+    ) -> Result<(String, usize)> {
+        let http = &self.inner;
         let mut url = first;
+        let mut pages = 0;
         loop {
-            let page: Page<DeltaGroupObject> =
-                http.get_json(ENDPOINT, &url).await.map_err(|e| {
-                    if is_expired(&e) {
-                        Error::DeltaExpired
-                    } else {
-                        e
-                    }
-                })?;
-            round.pages += 1;
-            for object in page.value {
-                merger.merge(&mut round, object);
-            }
-            match (page.next_link, page.delta_link) {
+            let read: Page<T> = http.get_json(endpoint, &url).await.map_err(|e| {
+                if is_expired(&e) {
+                    Error::DeltaExpired
+                } else {
+                    e
+                }
+            })?;
+            pages += 1;
+            page(read.value);
+            match (read.next_link, read.delta_link) {
                 (Some(next), _) => {
-                    http.check_link(&next, ENDPOINT)?;
+                    http.check_link(&next, endpoint)?;
                     url = next;
                 }
-                (None, Some(delta)) => {
-                    merger.finish(&mut round);
-                    round.delta_link = delta;
-                    return Ok(round);
-                }
+                (None, Some(delta)) => return Ok((delta, pages)),
                 (None, None) => {
                     return Err(Error::Graph {
-                        endpoint: ENDPOINT,
+                        endpoint,
                         status: 200,
                         code: "missingDeltaLink".into(),
                         message: "a delta page had neither nextLink nor deltaLink".into(),

@@ -12,9 +12,8 @@ use entity::UserId;
 use serde::Deserialize;
 
 use super::GraphClient;
-use super::delta::{DeltaStart, is_expired};
-use super::http::Page;
-use crate::error::{Error, Result};
+use super::delta::DeltaStart;
+use crate::error::Result;
 
 const ENDPOINT: &str = "users_delta";
 /// As little as Graph allows: the properties are read again by id anyway.
@@ -38,11 +37,11 @@ pub struct UsersDelta {
 
 impl GraphClient {
     /// Runs one users delta round to its deltaLink. An expired token is
-    /// [`Error::DeltaExpired`]; [`DeltaStart::Initial`] names every user of the tenant.
+    /// [`crate::Error::DeltaExpired`]; [`DeltaStart::Initial`] names every user of the tenant.
     #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn users_delta(&self, start: DeltaStart) -> Result<UsersDelta> {
         let http = &self.inner;
-        let mut url = match start {
+        let url = match start {
             DeltaStart::Initial => http.url(&format!("users/delta?$select={SELECT}")),
             DeltaStart::Latest => {
                 http.url(&format!("users/delta?$select={SELECT}&$deltatoken=latest"))
@@ -52,40 +51,21 @@ impl GraphClient {
                 link
             }
         };
-        let mut round = UsersDelta::default();
-        loop {
-            let page: Page<DeltaUserObject> = http.get_json(ENDPOINT, &url).await.map_err(|e| {
-                if is_expired(&e) {
-                    Error::DeltaExpired
-                } else {
-                    e
-                }
-            })?;
-            round.pages += 1;
-            // An id that is not a user's object id cannot be one of LiteLLM's users.
-            round.users.extend(
-                page.value
-                    .into_iter()
-                    .filter_map(|object| UserId::parse(&object.id).ok()),
-            );
-            match (page.next_link, page.delta_link) {
-                (Some(next), _) => {
-                    http.check_link(&next, ENDPOINT)?;
-                    url = next;
-                }
-                (None, Some(delta)) => {
-                    round.delta_link = delta;
-                    return Ok(round);
-                }
-                (None, None) => {
-                    return Err(Error::Graph {
-                        endpoint: ENDPOINT,
-                        status: 200,
-                        code: "missingDeltaLink".into(),
-                        message: "a delta page had neither nextLink nor deltaLink".into(),
-                    });
-                }
-            }
-        }
+        let mut users = BTreeSet::new();
+        let (delta_link, pages) = self
+            .delta_pages(ENDPOINT, url, |objects: Vec<DeltaUserObject>| {
+                // An id that is not a user's object id cannot be one of LiteLLM's users.
+                users.extend(
+                    objects
+                        .into_iter()
+                        .filter_map(|object| UserId::parse(&object.id).ok()),
+                );
+            })
+            .await?;
+        Ok(UsersDelta {
+            users,
+            delta_link,
+            pages,
+        })
     }
 }

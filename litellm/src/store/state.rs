@@ -260,6 +260,34 @@ impl Store {
         Ok(known)
     }
 
+    /// Those of `ids` whom LiteLLM knows from Entra (as [`Self::known_users`] says), one index
+    /// lookup per id in each place: a round's users delta may name many users of the tenant,
+    /// few of them LiteLLM's.
+    pub async fn known_among(&self, ids: &[UserId]) -> Result<HashSet<UserId>> {
+        #[derive(FromQueryResult)]
+        struct Row {
+            id: String,
+        }
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let rows = Row::find_by_statement(stmt(
+            r#"SELECT sso_user_id AS id FROM "LiteLLM_UserTable" WHERE sso_user_id = ANY($1)
+               UNION SELECT entra_user_id FROM entra_sync_managed_memberships
+                     WHERE entra_user_id = ANY($1)
+               UNION SELECT entra_user_id FROM entra_sync_managed_roles
+                     WHERE entra_user_id = ANY($1)"#,
+            [ids.into()],
+        ))
+        .all(&self.db)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| UserId::parse(&row.id).ok())
+            .collect())
+    }
+
     /// The most recent reconciliation that finished without an error, if any did: the one the
     /// next is due after (a failed one is tried again at the next check).
     pub async fn last_successful_reconciliation(&self) -> Result<Option<reconciliation::Model>> {

@@ -1,7 +1,7 @@
 //! Users: a `users` notification, or a reconciliation, re-reads users from Graph. A rename
 //! follows into LiteLLM; a user deleted or disabled in Entra loses what entra-sync gave them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use super::{Syncer, retrying};
 use crate::directory::UserState;
@@ -114,9 +114,9 @@ impl Syncer {
             Err(error) => return Err(error),
         };
         if !delta.users.is_empty() {
-            let known: HashSet<UserId> = self.store.known_users().await?.into_iter().collect();
-            let named: Vec<UserId> = delta
-                .users
+            let named: Vec<UserId> = delta.users.into_iter().collect();
+            let known = self.store.known_among(&named).await?;
+            let named: Vec<UserId> = named
                 .into_iter()
                 .filter(|id| known.contains(id) || self.excluded.contains_key(id))
                 .collect();
