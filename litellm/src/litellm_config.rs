@@ -12,113 +12,9 @@ use crate::budget::{BudgetDuration, ResetClock};
 use crate::error::{Error, Result};
 use crate::roles::LiteLlmRole;
 
-/// Field values for teams entra-sync creates (LiteLLM's `default_team_params`, or a team rule's
-/// `team`, see [`crate::team_rules`]). Applied only when a team is created; later edits by an
-/// admin are never overwritten. `None`: not given, so the team gets LiteLLM's default (and a
-/// rule's field falls back to `default_team_params`' one, see [`TeamDefaults::overlaid_on`]).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct TeamDefaults {
-    pub max_budget: Option<f64>,
-    pub soft_budget: Option<f64>,
-    pub budget_duration: Option<BudgetDuration>,
-    /// Empty (or not given) means all models, as in LiteLLM.
-    pub models: Option<Vec<String>>,
-    pub tpm_limit: Option<i64>,
-    pub rpm_limit: Option<i64>,
-    pub tpd_limit: Option<i64>,
-    pub max_parallel_requests: Option<i32>,
-    pub team_member_permissions: Option<Vec<String>>,
-    pub organization_id: Option<String>,
-    pub access_group_ids: Option<Vec<String>>,
-    pub policies: Option<Vec<String>>,
-    pub default_team_member_models: Option<Vec<String>>,
-    pub metadata: Option<Map<String, Value>>,
-    pub model_max_budget: Option<Map<String, Value>>,
-    pub blocked: Option<bool>,
-    /// Each member's budget in the team: LiteLLM keeps it in a `"LiteLLM_BudgetTable"` row made
-    /// with the team, named in the team's `metadata.team_member_budget_id`.
-    pub team_member_budget: Option<f64>,
-    /// The member budget's reset period; not given: the team's `budget_duration`, as in LiteLLM.
-    pub team_member_budget_duration: Option<BudgetDuration>,
-    pub team_member_tpm_limit: Option<i64>,
-    pub team_member_rpm_limit: Option<i64>,
-}
-
-impl TeamDefaults {
-    /// The keys a params mapping may hold, in LiteLLM's spelling.
-    pub const KEYS: [&'static str; 20] = [
-        "max_budget",
-        "soft_budget",
-        "budget_duration",
-        "models",
-        "tpm_limit",
-        "rpm_limit",
-        "tpd_limit",
-        "max_parallel_requests",
-        "team_member_permissions",
-        "organization_id",
-        "access_group_ids",
-        "policies",
-        "default_team_member_models",
-        "metadata",
-        "model_max_budget",
-        "blocked",
-        "team_member_budget",
-        "team_member_budget_duration",
-        "team_member_tpm_limit",
-        "team_member_rpm_limit",
-    ];
-
-    /// These values, each field not given here taken from `base`: a team rule over
-    /// `default_team_params`. Whole fields, not their insides: a rule's `metadata` or `models`
-    /// replaces the default's.
-    #[must_use]
-    pub fn overlaid_on(&self, base: &TeamDefaults) -> TeamDefaults {
-        fn pick<T: Clone>(over: &Option<T>, base: &Option<T>) -> Option<T> {
-            over.clone().or_else(|| base.clone())
-        }
-        TeamDefaults {
-            max_budget: pick(&self.max_budget, &base.max_budget),
-            soft_budget: pick(&self.soft_budget, &base.soft_budget),
-            budget_duration: pick(&self.budget_duration, &base.budget_duration),
-            models: pick(&self.models, &base.models),
-            tpm_limit: pick(&self.tpm_limit, &base.tpm_limit),
-            rpm_limit: pick(&self.rpm_limit, &base.rpm_limit),
-            tpd_limit: pick(&self.tpd_limit, &base.tpd_limit),
-            max_parallel_requests: pick(&self.max_parallel_requests, &base.max_parallel_requests),
-            team_member_permissions: pick(
-                &self.team_member_permissions,
-                &base.team_member_permissions,
-            ),
-            organization_id: pick(&self.organization_id, &base.organization_id),
-            access_group_ids: pick(&self.access_group_ids, &base.access_group_ids),
-            policies: pick(&self.policies, &base.policies),
-            default_team_member_models: pick(
-                &self.default_team_member_models,
-                &base.default_team_member_models,
-            ),
-            metadata: pick(&self.metadata, &base.metadata),
-            model_max_budget: pick(&self.model_max_budget, &base.model_max_budget),
-            blocked: pick(&self.blocked, &base.blocked),
-            team_member_budget: pick(&self.team_member_budget, &base.team_member_budget),
-            team_member_budget_duration: pick(
-                &self.team_member_budget_duration,
-                &base.team_member_budget_duration,
-            ),
-            team_member_tpm_limit: pick(&self.team_member_tpm_limit, &base.team_member_tpm_limit),
-            team_member_rpm_limit: pick(&self.team_member_rpm_limit, &base.team_member_rpm_limit),
-        }
-    }
-
-    /// Whether the team gets a member budget row (LiteLLM's `should_create_budget`: any member
-    /// limit given).
-    pub fn has_member_budget(&self) -> bool {
-        self.team_member_budget.is_some()
-            || self.team_member_budget_duration.is_some()
-            || self.team_member_tpm_limit.is_some()
-            || self.team_member_rpm_limit.is_some()
-    }
-}
+mod team_params;
+pub use team_params::TeamDefaults;
+pub(crate) use team_params::{Compare, ParamSource, ParamType, Place};
 
 /// What reading team params does with a key it does not know.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -251,7 +147,7 @@ impl LiteLlmSettings {
 
 /// Reads typed values out of the YAML tree, resolving `os.environ/` references and naming the
 /// full key in every error.
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     origin: &'a str,
     env: &'a dyn Fn(&str) -> Option<String>,
 }
@@ -441,7 +337,7 @@ impl Reader<'_> {
     ) -> Result<TeamDefaults> {
         let key = |name: &str| format!("{prefix}.{name}");
         match unknown {
-            UnknownKeys::Warn => warn_unknown(params, &TeamDefaults::KEYS, prefix),
+            UnknownKeys::Warn => warn_unknown(params, TeamDefaults::KEYS, prefix),
             UnknownKeys::Refuse => {
                 if let Some(name) = params
                     .keys()
@@ -457,58 +353,10 @@ impl Reader<'_> {
                 }
             }
         }
-        let max_parallel_requests = self
-            .integer(
-                params.get("max_parallel_requests"),
-                &key("max_parallel_requests"),
-            )?
-            .map(|n| {
-                i32::try_from(n)
-                    .map_err(|_| self.error(&key("max_parallel_requests"), "is too large"))
-            })
-            .transpose()?;
-        Ok(TeamDefaults {
-            max_budget: self.budget(params.get("max_budget"), &key("max_budget"))?,
-            soft_budget: self.budget(params.get("soft_budget"), &key("soft_budget"))?,
-            budget_duration: self
-                .duration(params.get("budget_duration"), &key("budget_duration"))?,
-            models: self.strings(params.get("models"), &key("models"))?,
-            tpm_limit: self.integer(params.get("tpm_limit"), &key("tpm_limit"))?,
-            rpm_limit: self.integer(params.get("rpm_limit"), &key("rpm_limit"))?,
-            tpd_limit: self.integer(params.get("tpd_limit"), &key("tpd_limit"))?,
-            max_parallel_requests,
-            team_member_permissions: self.strings(
-                params.get("team_member_permissions"),
-                &key("team_member_permissions"),
-            )?,
-            organization_id: self
-                .string(params.get("organization_id"), &key("organization_id"))?
-                .map(|(id, _)| id),
-            access_group_ids: self
-                .strings(params.get("access_group_ids"), &key("access_group_ids"))?,
-            policies: self.strings(params.get("policies"), &key("policies"))?,
-            default_team_member_models: self.strings(
-                params.get("default_team_member_models"),
-                &key("default_team_member_models"),
-            )?,
-            metadata: self.object(params.get("metadata"), &key("metadata"))?,
-            model_max_budget: self
-                .object(params.get("model_max_budget"), &key("model_max_budget"))?,
-            blocked: self.boolean(params.get("blocked"), &key("blocked"))?,
-            team_member_budget: self
-                .budget(params.get("team_member_budget"), &key("team_member_budget"))?,
-            team_member_budget_duration: self.duration(
-                params.get("team_member_budget_duration"),
-                &key("team_member_budget_duration"),
-            )?,
-            team_member_tpm_limit: self.integer(
-                params.get("team_member_tpm_limit"),
-                &key("team_member_tpm_limit"),
-            )?,
-            team_member_rpm_limit: self.integer(
-                params.get("team_member_rpm_limit"),
-                &key("team_member_rpm_limit"),
-            )?,
+        TeamDefaults::read(&mut ConfigParams {
+            reader: self,
+            params,
+            prefix,
         })
     }
 
@@ -632,6 +480,20 @@ impl Reader<'_> {
 
 /// LiteLLM accepts more team fields than entra-sync writes; say which ones are ignored rather than
 /// refuse a config LiteLLM itself accepts.
+/// A params mapping of config or a team rule, read key by key.
+struct ConfigParams<'a> {
+    reader: &'a Reader<'a>,
+    params: &'a Map<String, Value>,
+    prefix: &'a str,
+}
+
+impl ParamSource for ConfigParams<'_> {
+    fn get<T: ParamType>(&mut self, name: &'static str, _: Place) -> Result<Option<T>> {
+        let key = format!("{}.{name}", self.prefix);
+        T::from_config(self.reader, self.params.get(name), &key)
+    }
+}
+
 fn warn_unknown(params: &Map<String, Value>, known: &[&str], section: &str) {
     for name in params.keys().filter(|name| !known.contains(&name.as_str())) {
         tracing::warn!(setting = %format!("{section}.{name}"), "ignored: entra-sync does not set this field");

@@ -30,9 +30,8 @@ use entity::GroupId;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::budget::BudgetDuration;
 use crate::error::{Error, Result};
-use crate::litellm_config::{TeamDefaults, UnknownKeys, parse_team_params};
+use crate::litellm_config::{Compare, TeamDefaults, UnknownKeys, parse_team_params};
 
 /// The setting's name, which every error starts with.
 pub const SETTING: &str = "ENTRA_SYNC_TEAM_RULES";
@@ -303,211 +302,52 @@ impl TeamRule {
         &self.team
     }
 
-    /// The fields this rule gives that `team` does not have; fields the rule leaves to
-    /// `default_team_params` are not compared. Each kind of field compares its own way: numbers
-    /// exactly, durations by meaning, lists as sets, metadata key by key (LiteLLM and admins
-    /// keep their own keys in the same object), the rest as they are.
-    pub fn differences(&self, team: &TeamNow) -> Vec<FieldDifference> {
-        let rule = &self.team;
-        let budget = team.member_budget.as_ref();
-        let mut found = Differences::default();
-        for (field, now, wanted) in [
-            ("max_budget", team.max_budget, rule.max_budget),
-            ("soft_budget", team.soft_budget, rule.soft_budget),
-            (
-                "team_member_budget",
-                budget.and_then(|b| b.max_budget),
-                rule.team_member_budget,
-            ),
-        ] {
-            found.exact(field, now, wanted);
-        }
-        for (field, now, wanted) in [
-            ("tpm_limit", team.tpm_limit, rule.tpm_limit),
-            ("rpm_limit", team.rpm_limit, rule.rpm_limit),
-            ("tpd_limit", team.tpd_limit, rule.tpd_limit),
-            (
-                "max_parallel_requests",
-                team.max_parallel_requests.map(i64::from),
-                rule.max_parallel_requests.map(i64::from),
-            ),
-            (
-                "team_member_tpm_limit",
-                budget.and_then(|b| b.tpm_limit),
-                rule.team_member_tpm_limit,
-            ),
-            (
-                "team_member_rpm_limit",
-                budget.and_then(|b| b.rpm_limit),
-                rule.team_member_rpm_limit,
-            ),
-        ] {
-            found.exact(field, now, wanted);
-        }
-        for (field, now, wanted) in [
-            (
-                "budget_duration",
-                team.budget_duration.clone(),
-                rule.budget_duration,
-            ),
-            (
-                "team_member_budget_duration",
-                budget.and_then(|b| b.budget_duration.clone()),
-                rule.team_member_budget_duration,
-            ),
-        ] {
-            found.duration(field, now, wanted);
-        }
-        for (field, now, wanted) in [
-            ("models", &team.models, &rule.models),
-            (
-                "team_member_permissions",
-                &team.team_member_permissions,
-                &rule.team_member_permissions,
-            ),
-            (
-                "access_group_ids",
-                &team.access_group_ids,
-                &rule.access_group_ids,
-            ),
-            ("policies", &team.policies, &rule.policies),
-            (
-                "default_team_member_models",
-                &team.default_team_member_models,
-                &rule.default_team_member_models,
-            ),
-        ] {
-            found.set(field, now.as_deref(), wanted.as_deref());
-        }
-        found.exact(
-            "organization_id",
-            team.organization_id.clone(),
-            rule.organization_id.clone(),
-        );
-        found.exact("blocked", Some(team.blocked), rule.blocked);
-        if let Some(wanted) = &rule.metadata {
-            for (key, value) in wanted {
-                let now = team.metadata.get(key).cloned().unwrap_or(Value::Null);
-                found.compare(&format!("metadata.{key}"), now, value.clone(), |n, w| {
-                    n == w
-                });
+    /// The fields this rule gives that `team` (its parameters as LiteLLM has them) does not
+    /// have, in [`TeamDefaults::KEYS`]' order; fields the rule leaves to `default_team_params`
+    /// are not compared. Each field compares its own way ([`Compare`]): numbers and durations
+    /// (by meaning: `monthly` is `30d`) exactly, lists as sets, metadata key by key (LiteLLM and
+    /// admins keep their own keys in the same object).
+    pub fn differences(&self, team: &TeamDefaults) -> Vec<FieldDifference> {
+        let mut found = Vec::new();
+        for (wanted, now) in self.team.fields().into_iter().zip(team.fields()) {
+            let Some(wanted_value) = wanted.value else {
+                continue;
+            };
+            let rule = wanted_value.to_json();
+            let team = now.value.map_or(Value::Null, |value| value.to_json());
+            let mut differ = |field: String, team: Value, rule: Value| {
+                found.push(FieldDifference { field, team, rule });
+            };
+            match wanted.compare {
+                Compare::Exact if team != rule => differ(wanted.name.to_owned(), team, rule),
+                Compare::AsSet if !same_set(&team, &rule) => {
+                    differ(wanted.name.to_owned(), team, rule);
+                }
+                Compare::ByKey => {
+                    for (key, value) in rule.as_object().into_iter().flatten() {
+                        let now = team.get(key).cloned().unwrap_or(Value::Null);
+                        if now != *value {
+                            differ(format!("{}.{key}", wanted.name), now, value.clone());
+                        }
+                    }
+                }
+                Compare::Exact | Compare::AsSet => {}
             }
         }
-        if let Some(wanted) = &rule.model_max_budget {
-            let wanted = Value::Object(wanted.clone());
-            found.compare(
-                "model_max_budget",
-                team.model_max_budget.clone(),
-                wanted,
-                |n, w| n == w,
-            );
-        }
-        found.in_field_order()
+        found
     }
-}
-
-/// The differences found so far.
-#[derive(Default)]
-struct Differences(Vec<FieldDifference>);
-
-impl Differences {
-    fn compare(
-        &mut self,
-        field: &str,
-        now: Value,
-        wanted: Value,
-        same: impl Fn(&Value, &Value) -> bool,
-    ) {
-        if !same(&now, &wanted) {
-            self.0.push(FieldDifference {
-                field: field.to_owned(),
-                team: now,
-                rule: wanted,
-            });
-        }
-    }
-
-    /// A value the rule gives, compared as it is.
-    fn exact<T: Serialize + PartialEq>(&mut self, field: &str, now: Option<T>, wanted: Option<T>) {
-        if let Some(wanted) = wanted {
-            let same = now.as_ref() == Some(&wanted);
-            self.compare(field, json(&now), json(&wanted), |_, _| same);
-        }
-    }
-
-    fn duration(&mut self, field: &str, now: Option<String>, wanted: Option<BudgetDuration>) {
-        if let Some(wanted) = wanted {
-            let same = same_duration(now.as_deref(), wanted);
-            self.compare(field, json(&now), json(&wanted.to_string()), |_, _| same);
-        }
-    }
-
-    fn set(&mut self, field: &str, now: Option<&[String]>, wanted: Option<&[String]>) {
-        if let Some(wanted) = wanted {
-            let same = same_set(now, wanted);
-            self.compare(field, json(&now), json(&wanted), |_, _| same);
-        }
-    }
-
-    /// In the order of [`TeamDefaults::KEYS`] (a metadata key at `metadata`'s place).
-    fn in_field_order(mut self) -> Vec<FieldDifference> {
-        let position = |field: &str| {
-            let name = field.split('.').next().unwrap_or(field);
-            TeamDefaults::KEYS
-                .iter()
-                .position(|key| *key == name)
-                .unwrap_or(usize::MAX)
-        };
-        self.0.sort_by_key(|difference| position(&difference.field));
-        self.0
-    }
-}
-
-fn json<T: Serialize>(value: &T) -> Value {
-    serde_json::to_value(value).unwrap_or(Value::Null)
-}
-
-/// Durations compare by meaning (`monthly` is `30d`); one LiteLLM could not read differs.
-fn same_duration(now: Option<&str>, wanted: BudgetDuration) -> bool {
-    now.and_then(|text| BudgetDuration::parse(text).ok()) == Some(wanted)
 }
 
 /// Lists compare as sets: LiteLLM's order carries no meaning.
-fn same_set(now: Option<&[String]>, wanted: &[String]) -> bool {
-    let now: BTreeSet<&String> = now.unwrap_or_default().iter().collect();
-    now == wanted.iter().collect()
-}
-
-/// A team's current parameters, as LiteLLM has them, for comparison with its rule.
-#[derive(Clone, Debug, Default)]
-pub struct TeamNow {
-    pub max_budget: Option<f64>,
-    pub soft_budget: Option<f64>,
-    pub budget_duration: Option<String>,
-    pub models: Option<Vec<String>>,
-    pub tpm_limit: Option<i64>,
-    pub rpm_limit: Option<i64>,
-    pub tpd_limit: Option<i64>,
-    pub max_parallel_requests: Option<i32>,
-    pub team_member_permissions: Option<Vec<String>>,
-    pub organization_id: Option<String>,
-    pub access_group_ids: Option<Vec<String>>,
-    pub policies: Option<Vec<String>>,
-    pub default_team_member_models: Option<Vec<String>>,
-    pub metadata: Map<String, Value>,
-    pub model_max_budget: Value,
-    pub blocked: bool,
-    /// The row `metadata.team_member_budget_id` names, if any.
-    pub member_budget: Option<MemberBudget>,
-}
-
-/// A team's member budget (`"LiteLLM_BudgetTable"`).
-#[derive(Clone, Debug, Default)]
-pub struct MemberBudget {
-    pub max_budget: Option<f64>,
-    pub budget_duration: Option<String>,
-    pub tpm_limit: Option<i64>,
-    pub rpm_limit: Option<i64>,
+fn same_set(now: &Value, wanted: &Value) -> bool {
+    let items = |list: &Value| -> BTreeSet<String> {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .map(ToString::to_string)
+            .collect()
+    };
+    items(now) == items(wanted)
 }
 
 /// One field where a team differs from its rule.
@@ -535,6 +375,7 @@ pub struct RuleDrift {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::BudgetDuration;
 
     fn no_env(_: &str) -> Option<String> {
         None
@@ -781,29 +622,27 @@ rules:
         )
         .unwrap();
         let rule = &rules.rules()[0];
-        let mut team = TeamNow {
+        let mut team = TeamDefaults {
             max_budget: Some(100.0),
-            budget_duration: Some("30d".into()),
+            budget_duration: Some(BudgetDuration::parse("30d").unwrap()),
             models: Some(vec!["b".into(), "a".into()]),
             organization_id: Some("org-1".into()),
             // Not in the rule: never compared.
             rpm_limit: Some(99),
-            member_budget: Some(MemberBudget {
-                max_budget: Some(5.0),
-                ..MemberBudget::default()
-            }),
-            ..TeamNow::default()
+            team_member_budget: Some(5.0),
+            metadata: Some(Map::new()),
+            ..TeamDefaults::default()
         };
-        team.metadata
-            .insert("cost_center".into(), Value::from("42"));
-        team.metadata
-            .insert("admin_note".into(), Value::from("kept"));
+        let metadata = team.metadata.as_mut().unwrap();
+        metadata.insert("cost_center".into(), Value::from("42"));
+        metadata.insert("admin_note".into(), Value::from("kept"));
         assert_eq!(rule.differences(&team), []);
 
         team.max_budget = Some(4000.0);
         team.models = Some(vec!["a".into()]);
-        team.member_budget = None;
-        team.metadata.insert("cost_center".into(), Value::from("7"));
+        team.team_member_budget = None;
+        let metadata = team.metadata.as_mut().unwrap();
+        metadata.insert("cost_center".into(), Value::from("7"));
         let fields: Vec<(String, Value, Value)> = rule
             .differences(&team)
             .into_iter()

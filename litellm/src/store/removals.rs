@@ -151,38 +151,7 @@ pub(super) async fn hold(
 ) -> Result<(Vec<Change>, Vec<String>)> {
     let teams: Vec<&str> = removals.iter().map(|r| r.team_id.as_str()).collect();
     lock_teams(txn, &teams).await?;
-    #[derive(FromQueryResult)]
-    struct Inserted {
-        group_id: String,
-        user_id: String,
-    }
-    let inserted: HashSet<(String, String)> = Inserted::find_by_statement(stmt(
-        "INSERT INTO entra_sync_held_removals
-           (group_id, user_id, entra_user_id, reason, cause, held_at)
-         SELECT x.group_id, x.user_id, NULLIF(x.entra_user_id, ''), x.reason, $5::text,
-                $6::timestamptz
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-              AS x(group_id, user_id, entra_user_id, reason)
-         ON CONFLICT (group_id, user_id) DO NOTHING
-         RETURNING group_id, user_id",
-        [
-            text_array(&teams),
-            text_array(removals.iter().map(|r| r.user_id.as_str())),
-            text_array(
-                removals
-                    .iter()
-                    .map(|r| r.entra_user_id.as_deref().unwrap_or_default()),
-            ),
-            text_array(removals.iter().map(|r| r.reason.as_str())),
-            cause.map(str::to_owned).into(),
-            now.into(),
-        ],
-    ))
-    .all(txn)
-    .await?
-    .into_iter()
-    .map(|row| (row.group_id, row.user_id))
-    .collect();
+    let inserted = insert_held(txn, removals, now, cause).await?;
     let mut changes: Vec<Change> = removals
         .iter()
         .filter(|r| inserted.contains(&(r.team_id.clone(), r.user_id.clone())))
@@ -200,9 +169,56 @@ pub(super) async fn hold(
         .map(|r| (r.team_id.as_str(), r.user_id.as_str()))
         .collect();
     let (mut plan, stale) = revise_keys(txn, &pairs, now, |plan, keys| plan.hold(keys)).await?;
-    // Each held row remembers the keys blocked for it.
-    let blocked: Vec<(&str, &str, &str)> = plan
-        .changes
+    remember_blocked_keys(txn, &plan.changes).await?;
+    changes.append(&mut plan.changes);
+    Ok((changes, stale))
+}
+
+/// A held row for each (team, user) pair not held yet. Returns the pairs inserted.
+async fn insert_held(
+    txn: &DatabaseTransaction,
+    removals: &[StagedRemoval],
+    now: DateTime<Utc>,
+    cause: Option<&str>,
+) -> Result<HashSet<(String, String)>> {
+    #[derive(FromQueryResult)]
+    struct Inserted {
+        group_id: String,
+        user_id: String,
+    }
+    Ok(Inserted::find_by_statement(stmt(
+        "INSERT INTO entra_sync_held_removals
+           (group_id, user_id, entra_user_id, reason, cause, held_at)
+         SELECT x.group_id, x.user_id, NULLIF(x.entra_user_id, ''), x.reason, $5::text,
+                $6::timestamptz
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+              AS x(group_id, user_id, entra_user_id, reason)
+         ON CONFLICT (group_id, user_id) DO NOTHING
+         RETURNING group_id, user_id",
+        [
+            text_array(removals.iter().map(|r| r.team_id.as_str())),
+            text_array(removals.iter().map(|r| r.user_id.as_str())),
+            text_array(
+                removals
+                    .iter()
+                    .map(|r| r.entra_user_id.as_deref().unwrap_or_default()),
+            ),
+            text_array(removals.iter().map(|r| r.reason.as_str())),
+            cause.map(str::to_owned).into(),
+            now.into(),
+        ],
+    ))
+    .all(txn)
+    .await?
+    .into_iter()
+    .map(|row| (row.group_id, row.user_id))
+    .collect())
+}
+
+/// Each held row remembers the keys blocked for it (so that discarding the hold unblocks
+/// exactly those).
+async fn remember_blocked_keys(txn: &DatabaseTransaction, changes: &[Change]) -> Result<()> {
+    let blocked: Vec<(&str, &str, &str)> = changes
         .iter()
         .filter_map(|change| match change {
             Change::KeyBlocked {
@@ -214,24 +230,24 @@ pub(super) async fn hold(
             _ => None,
         })
         .collect();
-    if !blocked.is_empty() {
-        txn.execute(stmt(
-            "UPDATE entra_sync_held_removals h
-             SET keys = h.keys || x.tokens
-             FROM (SELECT team_id, user_id, array_agg(token ORDER BY token) AS tokens
-                   FROM unnest($1::text[], $2::text[], $3::text[]) AS b(team_id, user_id, token)
-                   GROUP BY team_id, user_id) AS x
-             WHERE h.group_id = x.team_id AND h.user_id = x.user_id",
-            [
-                text_array(blocked.iter().map(|b| b.0)),
-                text_array(blocked.iter().map(|b| b.1)),
-                text_array(blocked.iter().map(|b| b.2)),
-            ],
-        ))
-        .await?;
+    if blocked.is_empty() {
+        return Ok(());
     }
-    changes.append(&mut plan.changes);
-    Ok((changes, stale))
+    txn.execute(stmt(
+        "UPDATE entra_sync_held_removals h
+         SET keys = h.keys || x.tokens
+         FROM (SELECT team_id, user_id, array_agg(token ORDER BY token) AS tokens
+               FROM unnest($1::text[], $2::text[], $3::text[]) AS b(team_id, user_id, token)
+               GROUP BY team_id, user_id) AS x
+         WHERE h.group_id = x.team_id AND h.user_id = x.user_id",
+        [
+            text_array(blocked.iter().map(|b| b.0)),
+            text_array(blocked.iter().map(|b| b.1)),
+            text_array(blocked.iter().map(|b| b.2)),
+        ],
+    ))
+    .await?;
+    Ok(())
 }
 
 /// The keys of these (team, user) pairs, locked in the store's order (the users' rows, then

@@ -5,18 +5,19 @@ use entity::GroupId;
 use entity::litellm::team;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DatabaseTransaction,
-    EntityTrait, FromQueryResult, Iterable, QueryFilter, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait,
+    FromQueryResult, Iterable, ModelTrait, QueryFilter, Set,
 };
 use serde_json::Value;
 use std::collections::HashMap;
+use std::str::FromStr;
 
 use super::Applied;
 use super::change::Change;
 use super::sql::{litellm_timestamp, lock_team, lock_teams, stmt};
 use crate::error::{Error, Result};
-use crate::litellm_config::{LiteLlmSettings, TeamDefaults};
-use crate::team_rules::{MemberBudget, RuleDrift, TeamNow, TeamRules};
+use crate::litellm_config::{LiteLlmSettings, ParamSource, ParamType, Place, TeamDefaults};
+use crate::team_rules::{RuleDrift, TeamRules};
 
 /// Who LiteLLM's `new_budget` names as a budget's creator when the request has no user: its
 /// proxy admin (`LITELLM_PROXY_ADMIN_NAME`), as for the teams its SSO sign-in creates.
@@ -164,7 +165,7 @@ async fn new_team_row(
     settings: &LiteLlmSettings,
     now: DateTime<Utc>,
 ) -> Result<team::ActiveModel> {
-    let mut row = new_team(team_id, display_name, params, settings, now);
+    let mut row = new_team(team_id, display_name, params, settings, now)?;
     if params.has_member_budget() {
         let budget_id = create_member_budget(txn, display_name, params, settings, now).await?;
         let mut metadata = params.metadata.clone().unwrap_or_default();
@@ -244,51 +245,42 @@ async fn create_member_budget(
     Ok(budget_id)
 }
 
-/// The new team's row from its parameters (a rule's over `default_team_params`); columns left
-/// `NotSet` keep LiteLLM's database defaults (spend among them).
+/// The new team's row from its parameters (a rule's over `default_team_params`): each one given
+/// in its column of the parameter's name; columns left `NotSet` keep LiteLLM's database defaults
+/// (spend among them).
 fn new_team(
     team_id: &str,
     display_name: &str,
     defaults: &TeamDefaults,
     settings: &LiteLlmSettings,
     now: DateTime<Utc>,
-) -> team::ActiveModel {
+) -> Result<team::ActiveModel> {
     let stamp = litellm_timestamp(now);
-    let optional = |value: &Option<Vec<String>>| match value {
-        Some(list) => Set(Some(list.clone())),
-        None => NotSet,
-    };
-    team::ActiveModel {
+    let mut row = team::ActiveModel {
         team_id: Set(team_id.to_owned()),
         team_alias: Set(Some(display_name.to_owned())),
-        organization_id: Set(defaults.organization_id.clone()),
         // LiteLLM writes members as a JSON array; start with an empty one.
         members_with_roles: Set(Value::Array(Vec::new())),
-        metadata: Set(Value::Object(defaults.metadata.clone().unwrap_or_default())),
-        max_budget: Set(defaults.max_budget),
-        soft_budget: Set(defaults.soft_budget),
-        spend: NotSet,
-        models: Set(Some(defaults.models.clone().unwrap_or_default())),
-        max_parallel_requests: Set(defaults.max_parallel_requests),
-        tpm_limit: Set(defaults.tpm_limit),
-        rpm_limit: Set(defaults.rpm_limit),
-        tpd_limit: Set(defaults.tpd_limit),
-        budget_duration: Set(defaults.budget_duration.map(|d| d.to_string())),
+        metadata: Set(Value::Object(serde_json::Map::new())),
+        // LiteLLM's "all models".
+        models: Set(Some(Vec::new())),
+        blocked: Set(false),
         budget_reset_at: Set(defaults
             .budget_duration
             .map(|duration| settings.reset_clock.next_reset(duration, now))),
-        blocked: Set(defaults.blocked.unwrap_or(false)),
         created_at: Set(stamp),
         updated_at: Set(stamp),
-        team_member_permissions: optional(&defaults.team_member_permissions),
-        access_group_ids: optional(&defaults.access_group_ids),
-        policies: optional(&defaults.policies),
-        default_team_member_models: optional(&defaults.default_team_member_models),
-        model_max_budget: match &defaults.model_max_budget {
-            Some(map) => Set(Value::Object(map.clone())),
-            None => NotSet,
-        },
+        ..Default::default()
+    };
+    for field in defaults.fields() {
+        if let (Place::Team, Some(value)) = (field.place, field.value) {
+            let column = team::Column::from_str(field.name).map_err(|_| {
+                DbErr::Custom(format!("LiteLLM's team table has no column {}", field.name))
+            })?;
+            row.try_set(column, value.to_column())?;
+        }
     }
+    Ok(row)
 }
 
 /// Blocks the team (the `block` policy for an unassigned or deleted group): LiteLLM then refuses
@@ -342,6 +334,19 @@ struct BudgetRow {
     rpm_limit: Option<i64>,
 }
 
+impl BudgetRow {
+    /// The value of one of its columns, as the database gives it.
+    fn column(&self, name: &str) -> Option<sea_orm::Value> {
+        Some(match name {
+            "max_budget" => self.max_budget.into(),
+            "budget_duration" => self.budget_duration.clone().into(),
+            "tpm_limit" => self.tpm_limit.into(),
+            "rpm_limit" => self.rpm_limit.into(),
+            _ => return None,
+        })
+    }
+}
+
 /// The teams of these groups (id -> the group's name, else the team's alias counts) whose
 /// parameters differ from their rule's, in team id order. Reads only: an admin's edit stands.
 #[tracing::instrument(skip_all, fields(groups = groups.len()), err(level = "debug"))]
@@ -374,7 +379,7 @@ pub(super) async fn rule_drift(
             continue;
         };
         let (team_id, team_alias) = (team.team_id.clone(), team.team_alias.clone());
-        let fields = rule.differences(&team_now(team, &budgets));
+        let fields = rule.differences(&team_now(&team, &budgets)?);
         if !fields.is_empty() {
             drift.push(RuleDrift {
                 team_id,
@@ -418,38 +423,29 @@ async fn member_budgets(
 }
 
 /// A team's parameters as LiteLLM has them, its member budget's among them.
-fn team_now(team: team::Model, budgets: &HashMap<String, BudgetRow>) -> TeamNow {
-    let member_budget = team
+fn team_now(team: &team::Model, budgets: &HashMap<String, BudgetRow>) -> Result<TeamDefaults> {
+    let budget = team
         .metadata
         .get(MEMBER_BUDGET_KEY)
         .and_then(Value::as_str)
-        .and_then(|id| budgets.get(id))
-        .map(|row| MemberBudget {
-            max_budget: row.max_budget,
-            budget_duration: row.budget_duration.clone(),
-            tpm_limit: row.tpm_limit,
-            rpm_limit: row.rpm_limit,
-        });
-    TeamNow {
-        max_budget: team.max_budget,
-        soft_budget: team.soft_budget,
-        budget_duration: team.budget_duration,
-        models: team.models,
-        tpm_limit: team.tpm_limit,
-        rpm_limit: team.rpm_limit,
-        tpd_limit: team.tpd_limit,
-        max_parallel_requests: team.max_parallel_requests,
-        team_member_permissions: team.team_member_permissions,
-        organization_id: team.organization_id,
-        access_group_ids: team.access_group_ids,
-        policies: team.policies,
-        default_team_member_models: team.default_team_member_models,
-        metadata: match team.metadata {
-            Value::Object(map) => map,
-            _ => serde_json::Map::new(),
-        },
-        model_max_budget: team.model_max_budget,
-        blocked: team.blocked,
-        member_budget,
+        .and_then(|id| budgets.get(id));
+    TeamDefaults::read(&mut TeamRow { team, budget })
+}
+
+/// A team's row and its member budget's, read parameter by parameter.
+struct TeamRow<'a> {
+    team: &'a team::Model,
+    budget: Option<&'a BudgetRow>,
+}
+
+impl ParamSource for TeamRow<'_> {
+    fn get<T: ParamType>(&mut self, name: &'static str, place: Place) -> Result<Option<T>> {
+        let value = match place {
+            Place::Team => team::Column::from_str(name)
+                .ok()
+                .map(|column| self.team.get(column)),
+            Place::MemberBudget(column) => self.budget.and_then(|row| row.column(column)),
+        };
+        Ok(value.and_then(T::from_column))
     }
 }

@@ -25,42 +25,7 @@ pub(in crate::store) fn plan_join(
     settings: &LiteLlmSettings,
     role: &'static str,
 ) -> Result<Joined> {
-    let (user_id, email, in_teams) = match candidates.find(user)? {
-        Match::New => {
-            let new = NewUser::from_entra(user);
-            plan.changes.push(new.change(settings));
-            let found = (new.user_id.clone(), new.user_email.clone(), true);
-            plan.create.push(new);
-            found
-        }
-        Match::Existing { row, link } => {
-            let signed_in = signed_in(&candidates.rows[row], user);
-            let row = &mut candidates.rows[row];
-            if link {
-                plan.link.push((row.user_id.clone(), user.id.to_string()));
-                plan.changes.push(Change::UserLinked {
-                    user_id: row.user_id.clone(),
-                    sso_user_id: user.id.to_string(),
-                });
-            }
-            if let Some((email, alias)) = signed_in {
-                // The next team of the batch finds the row as this one leaves it.
-                row.user_email = email.clone().or(row.user_email.take());
-                row.user_alias = alias.clone().or(row.user_alias.take());
-                plan.changes.push(Change::UserUpdated {
-                    user_id: row.user_id.clone(),
-                    user_email: row.user_email.clone(),
-                    user_alias: row.user_alias.clone(),
-                });
-                plan.sign_in.push((row.user_id.clone(), email, alias));
-            }
-            (
-                row.user_id.clone(),
-                row.user_email.clone(),
-                row.in_team(team_id),
-            )
-        }
-    };
+    let (user_id, email, in_teams) = plan_user_row(plan, candidates, team_id, user, settings)?;
     let has_entry = team.entries.contains_key(&user_id);
     let has_row = team.rows.contains(&user_id);
     if !in_teams {
@@ -104,6 +69,52 @@ pub(in crate::store) fn plan_join(
         }
     }
     Ok(Joined { user_id, added })
+}
+
+/// The user's LiteLLM row: a new one, or an existing one linked to the Entra user and updated
+/// as LiteLLM's sign-in would. Returns its user id, its email and whether it lists the team.
+fn plan_user_row(
+    plan: &mut Plan,
+    candidates: &mut Candidates,
+    team_id: &str,
+    user: &EntraUser,
+    settings: &LiteLlmSettings,
+) -> Result<(String, Option<String>, bool)> {
+    let (row, link) = match candidates.find(user)? {
+        Match::New => {
+            let new = NewUser::from_entra(user);
+            plan.changes.push(new.change(settings));
+            let found = (new.user_id.clone(), new.user_email.clone(), true);
+            plan.create.push(new);
+            return Ok(found);
+        }
+        Match::Existing { row, link } => (row, link),
+    };
+    let signed_in = signed_in(&candidates.rows[row], user);
+    let row = &mut candidates.rows[row];
+    if link {
+        plan.link.push((row.user_id.clone(), user.id.to_string()));
+        plan.changes.push(Change::UserLinked {
+            user_id: row.user_id.clone(),
+            sso_user_id: user.id.to_string(),
+        });
+    }
+    if let Some((email, alias)) = signed_in {
+        // The next team of the batch finds the row as this one leaves it.
+        row.user_email = email.clone().or(row.user_email.take());
+        row.user_alias = alias.clone().or(row.user_alias.take());
+        plan.changes.push(Change::UserUpdated {
+            user_id: row.user_id.clone(),
+            user_email: row.user_email.clone(),
+            user_alias: row.user_alias.clone(),
+        });
+        plan.sign_in.push((row.user_id.clone(), email, alias));
+    }
+    Ok((
+        row.user_id.clone(),
+        row.user_email.clone(),
+        row.in_team(team_id),
+    ))
 }
 
 /// What LiteLLM's own sign-in would change on an existing user's row (`upsert_sso_user`, its

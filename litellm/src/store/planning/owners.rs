@@ -67,22 +67,7 @@ pub(in crate::store) fn plan(
         if let Some(managed) = plan.managed_mut(team, &user_id) {
             managed.owner = true;
         }
-        let made_admin = match team.entries.get(&user_id).map(String::as_str) {
-            // A new entry, made with role admin.
-            None => true,
-            Some(member_entry::ROLE_USER) => {
-                plan.roles.push((user_id.clone(), member_entry::ROLE_ADMIN));
-                plan.changes.push(role_change(
-                    team_id,
-                    &user_id,
-                    member_entry::ROLE_USER,
-                    member_entry::ROLE_ADMIN,
-                ));
-                true
-            }
-            // Admin already: by hand, or by entra-sync at an earlier sync.
-            Some(_) => team.owners.get(&user_id).is_some_and(|row| row.made_admin),
-        };
+        let made_admin = plan_admin(plan, team, team_id, &user_id);
         rows.insert(
             user_id,
             OwnerRow {
@@ -91,6 +76,43 @@ pub(in crate::store) fn plan(
             },
         );
     }
+    plan_former_owners(plan, team, team_id, &rows, joined, &mut planned);
+    plan.owner_rows = Some(rows);
+    Ok(planned)
+}
+
+/// An owner's entry made `admin` where it was `user`. Returns whether entra-sync made them
+/// admin (and so may take it back when the ownership ends).
+fn plan_admin(plan: &mut Plan, team: &TeamState, team_id: &str, user_id: &str) -> bool {
+    match team.entries.get(user_id).map(String::as_str) {
+        // A new entry, made with role admin.
+        None => true,
+        Some(member_entry::ROLE_USER) => {
+            plan.roles
+                .push((user_id.to_owned(), member_entry::ROLE_ADMIN));
+            plan.changes.push(role_change(
+                team_id,
+                user_id,
+                member_entry::ROLE_USER,
+                member_entry::ROLE_ADMIN,
+            ));
+            true
+        }
+        // Admin already: by hand, or by entra-sync at an earlier sync.
+        Some(_) => team.owners.get(user_id).is_some_and(|row| row.made_admin),
+    }
+}
+
+/// Owners no longer in `rows`: one in the team only as its owner leaves it; one entra-sync made
+/// admin goes back to `user`.
+fn plan_former_owners(
+    plan: &mut Plan,
+    team: &TeamState,
+    team_id: &str,
+    rows: &HashMap<String, OwnerRow>,
+    joined: &HashMap<UserId, String>,
+    planned: &mut Planned,
+) {
     let joined_now: HashSet<&String> = joined.values().collect();
     for (user_id, former) in &team.owners {
         if rows.contains_key(user_id) {
@@ -114,8 +136,6 @@ pub(in crate::store) fn plan(
             ));
         }
     }
-    plan.owner_rows = Some(rows);
-    Ok(planned)
 }
 
 fn role_change(team_id: &str, user_id: &str, from: &str, to: &str) -> Change {
