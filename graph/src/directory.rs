@@ -1,5 +1,7 @@
 //! Members, users by id, the enterprise app and its assignments.
 
+use std::collections::HashMap;
+
 use entity::{GroupId, UserId};
 use reqwest::Method;
 use serde_json::json;
@@ -125,14 +127,45 @@ impl GraphClient {
         }
     }
 
-    /// These users as they are now, twenty a request (JSON batching): each user's state, `None`
-    /// when it no longer exists, or the error Graph gave for it alone.
+    /// These users as they are now: each user's state, `None` when it no longer exists, or the
+    /// error Graph gave for it alone. Read a thousand a request (`getByIds`); those it leaves out
+    /// (deleted, or not replicated yet: it does not say which) are read one by one, twenty a
+    /// request (JSON batching), so that Graph's 404 says which are gone. Ten thousand users
+    /// disabled at once cost ten requests.
     #[tracing::instrument(skip(self, ids), fields(users = ids.len()), err(level = "debug"))]
     pub async fn user_states(
         &self,
         ids: &[UserId],
     ) -> Result<Vec<(UserId, Result<Option<UserState>>)>> {
+        let mut found: HashMap<UserId, UserState> = self
+            .users_by_ids(ids)
+            .await?
+            .into_iter()
+            .map(|state| (state.user.id.clone(), state))
+            .collect();
+        let missing: Vec<UserId> = ids
+            .iter()
+            .filter(|id| !found.contains_key(*id))
+            .cloned()
+            .collect();
+        let mut states: Vec<(UserId, Result<Option<UserState>>)> =
+            self.user_states_one_by_one(&missing).await?;
+        states.extend(
+            ids.iter()
+                .filter_map(|id| Some((id.clone(), Ok(Some(found.remove(id)?))))),
+        );
+        Ok(states)
+    }
+
+    /// [`Self::user_states`], each user read on their own, twenty a request.
+    async fn user_states_one_by_one(
+        &self,
+        ids: &[UserId],
+    ) -> Result<Vec<(UserId, Result<Option<UserState>>)>> {
         const ENDPOINT: &str = "user";
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let paths: Vec<String> = ids
             .iter()
             .map(|id| format!("/users/{id}?$select={USER_SELECT}"))

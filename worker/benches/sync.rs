@@ -110,7 +110,37 @@ async fn full_sync(groups: u128, users: u128, members: u128) {
         started.elapsed().as_secs_f64(),
         resync.changes.total(),
     );
+    scatter_differences(&sim, DIFFERENCES);
+    let started = Instant::now();
+    let resync = syncer.resync_round(chrono::Utc::now()).await.unwrap();
+    println!(
+        "  a resync finding {DIFFERENCES} scattered differences (members gone and new, no notification): {:.2} s, {} changes",
+        started.elapsed().as_secs_f64(),
+        resync.changes.total(),
+    );
     sim.shutdown();
+}
+
+/// Differences a resync finds in the second measurement.
+const DIFFERENCES: usize = 1_000;
+
+/// `count` changes in graph-sim with no notification, spread over the groups: every other one a
+/// member gone, the others a member new (the next group's first member).
+fn scatter_differences(sim: &GraphSim, count: usize) {
+    let groups = sim.read(|t| t.to_file().groups);
+    sim.change(|t| {
+        for i in 0..count {
+            let at = i * groups.len() / count;
+            let group = &groups[at];
+            if i % 2 == 0 {
+                let _ = t.remove_member(group.id, *group.members.iter().next().unwrap());
+            } else {
+                let next = &groups[(at + 1) % groups.len()];
+                let _ = t.add_member(group.id, *next.members.iter().next().unwrap());
+            }
+        }
+        ((), Vec::new())
+    });
 }
 
 /// The high-water mark of a process's resident memory, while it runs.

@@ -163,7 +163,7 @@ impl ParamType for Vec<String> {
         match value {
             Column::Array(_, Some(items)) => items
                 .into_iter()
-                .map(|item| String::from_column(item))
+                .map(String::from_column)
                 .collect(),
             _ => None,
         }

@@ -344,39 +344,42 @@ async fn jwt_mapping_cache_keys(
     .collect())
 }
 
-/// The keys of the LiteLLM user of this Entra object id (by `user_id`, else `sso_user_id`: see
-/// [`users::by_object_id`]), with `condition` on the key row `k`, locked in the store's order:
-/// the user's row, then the keys.
+/// The keys of the users these Entra object ids find that meet `condition`, locked in the
+/// store's order (the users' rows, then the keys).
 async fn lock_user_keys(
     txn: &DatabaseTransaction,
-    entra_id: &str,
+    entra_ids: &[&str],
     condition: &str,
 ) -> Result<Vec<KeyRow>> {
-    let Some(user) = users::by_object_id(txn, entra_id).await? else {
+    let rows = users::by_object_ids(txn, entra_ids).await?;
+    if rows.is_empty() {
         return Ok(Vec::new());
-    };
-    users::lock_users(txn, &[&user.user_id]).await?;
+    }
+    let mut user_ids: Vec<&str> = rows.iter().map(|row| row.user_id.as_str()).collect();
+    user_ids.sort_unstable();
+    user_ids.dedup();
+    users::lock_users(txn, &user_ids).await?;
     Ok(KeyRow::find_by_statement(stmt(
         &format!(
             r#"SELECT {KEY_COLUMNS} FROM "LiteLLM_VerificationToken" k
-               WHERE k.user_id = $1 AND ({condition})
+               WHERE k.user_id = ANY($1) AND ({condition})
                ORDER BY token FOR UPDATE"#
         ),
-        [user.user_id.into()],
+        [text_array(user_ids)],
     ))
     .all(txn)
     .await?)
 }
 
-/// A user disabled or deleted in Entra: every key of theirs not blocked yet is blocked, marked
+/// Users disabled or deleted in Entra: every key of theirs not blocked yet is blocked, marked
 /// [`BlockReason::UserDeparted`]. Keys already blocked (by an admin, or by a removal) stay as
 /// they are.
 pub(super) async fn block_departed(
     txn: &DatabaseTransaction,
-    entra_id: &str,
+    entra_ids: &[&str],
     now: DateTime<Utc>,
 ) -> Result<Vec<Change>> {
-    let keys = lock_user_keys(txn, entra_id, "k.blocked IS NOT TRUE").await?;
+    let keys = lock_user_keys(txn, entra_ids, "k.blocked IS NOT TRUE").await?;
     let mut plan = KeyPlan::default();
     for key in &keys {
         plan.block(key, BlockReason::UserDeparted);
@@ -385,15 +388,15 @@ pub(super) async fn block_departed(
     Ok(plan.changes)
 }
 
-/// A user enabled in Entra: keys entra-sync blocked because they had departed come back.
+/// Users enabled in Entra: keys entra-sync blocked because they had departed come back.
 pub(super) async fn reinstate(
     txn: &DatabaseTransaction,
-    entra_id: &str,
+    entra_ids: &[&str],
     now: DateTime<Utc>,
 ) -> Result<Vec<Change>> {
     let keys = lock_user_keys(
         txn,
-        entra_id,
+        entra_ids,
         "k.blocked AND jsonb_typeof(k.metadata) = 'object'
          AND k.metadata->>'entra_sync_blocked' = 'user_departed'",
     )

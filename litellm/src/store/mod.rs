@@ -32,7 +32,9 @@
 
 mod audit;
 mod change;
+mod compare;
 mod deletions;
+mod departures;
 mod failures;
 mod keys;
 pub mod lease;
@@ -62,6 +64,7 @@ pub use crate::error::{Error, Result};
 pub use audit::{AuditEntry, AuditFilter};
 pub use change::{BlockReason, Cause, Change, Changes, RemovalReason};
 pub use deletions::{CONFIRMATION_GAP, Deletion};
+pub use departures::Departure;
 pub use failures::{Item, failed_items};
 pub use keys::{DepartedUserKeys, KeyPolicy, RemovedMemberKeys};
 pub use poll_state::PollState;
@@ -250,6 +253,18 @@ impl Store {
         users::unchanged(&self.db, users).await
     }
 
+    /// Of these users (enabled in Entra), those whose LiteLLM row has another email or display
+    /// name than Entra's. One statement however many users.
+    pub async fn renamed_users(
+        &self,
+        users: &[&EntraUser],
+    ) -> Result<std::collections::HashSet<UserId>> {
+        if users.is_empty() {
+            return Ok(std::collections::HashSet::new());
+        }
+        users::renamed(&self.db, users).await
+    }
+
     /// LiteLLM's database, which this store writes.
     pub fn connection(&self) -> &Db {
         &self.db
@@ -396,7 +411,7 @@ impl Store {
         let work = async {
             let mut changes = users::update(&txn, user, options.now).await?;
             // Enabled in Entra: keys blocked because the user had departed come back.
-            changes.extend(keys::reinstate(&txn, user.id.as_str(), options.now).await?);
+            changes.extend(keys::reinstate(&txn, &[user.id.as_str()], options.now).await?);
             Ok(changes)
         }
         .await;
@@ -652,85 +667,6 @@ impl Store {
         let txn = self.db.begin().await?;
         let changes = roles::set(&txn, user, role_values, options.now).await;
         self.settle(txn, changes, options).await
-    }
-
-    /// The user was disabled or deleted in Entra, in one transaction: with `leaving` = some
-    /// groups, the user leaves their teams (keys as for any removal) and a role entra-sync set
-    /// drops to the default; then, under `ENTRA_SYNC_DEPARTED_USER_KEYS=block`, every key of
-    /// theirs not blocked yet is blocked, with entra-sync's marker.
-    #[tracing::instrument(skip(self), err(level = "debug"))]
-    pub async fn depart_user(
-        &self,
-        user: &UserId,
-        leaving: Option<&[GroupId]>,
-        options: ApplyOptions,
-    ) -> Result<Vec<Change>> {
-        let txn = self.db.begin().await?;
-        let work = async {
-            let mut applied = Applied::default();
-            // Remembered in the transaction that blocks the keys: never one without the other.
-            state::record_departure(&txn, user, options.now).await?;
-            let blocking = self.keys.departed_user == DepartedUserKeys::Block;
-            if leaving.is_none() && !blocking {
-                return Ok(applied);
-            }
-            // The store's lock order: every team the user leaves, then the user's rows (the one
-            // Entra's id finds, and any whose role entra-sync manages for them), then keys.
-            let mut groups: Vec<&GroupId> = Vec::new();
-            for group in leaving.unwrap_or_default() {
-                if !groups.contains(&group) {
-                    groups.push(group);
-                }
-            }
-            let team_ids: Vec<String> = groups.iter().map(ToString::to_string).collect();
-            sql::lock_teams(&txn, &team_ids).await?;
-            let mut rows: Vec<String> = users::by_object_id(&txn, user.as_str())
-                .await?
-                .map(|row| row.user_id)
-                .into_iter()
-                .collect();
-            rows.extend(roles::managed_users(&txn, &[user.as_str()]).await?);
-            rows.sort_unstable();
-            rows.dedup();
-            users::lock_users(&txn, &rows.iter().map(String::as_str).collect::<Vec<_>>()).await?;
-            if let Some(leaving) = leaving {
-                let requests: Vec<planning::Request> = groups
-                    .iter()
-                    .map(|group| planning::Request {
-                        group,
-                        joining: &[],
-                        leaving: planning::Leaving::These(std::slice::from_ref(user)),
-                        owners: planning::Owners::Ignored,
-                        mode: self.removal_mode,
-                        keys: self.keys.removed_member,
-                        unreadable: &[],
-                        removals: options.removals,
-                        reason: RemovalReason::UserDeparted,
-                    })
-                    .collect();
-                if !leaving.is_empty() {
-                    let removed =
-                        members::apply_many(&txn, &requests, &self.settings, options.now).await?;
-                    applied
-                        .changes
-                        .extend(removed.changes.into_iter().flatten());
-                    applied.stale.extend(removed.stale);
-                    applied.staged.extend(removed.staged);
-                }
-                let default = self.settings.default_user_role();
-                applied.changes.extend(
-                    roles::revoke(&txn, std::slice::from_ref(user), default, options.now).await?,
-                );
-            }
-            if blocking {
-                applied
-                    .changes
-                    .extend(keys::block_departed(&txn, user.as_str(), options.now).await?);
-            }
-            Ok(applied)
-        }
-        .await;
-        self.settle(txn, work, options).await
     }
 
     /// Keys of members entra-sync removed that survived the removal (see the audit log) get

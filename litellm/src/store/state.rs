@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use entity::sync::{assigned_group, delta_link, managed_membership, managed_role, reconciliation};
+use entity::sync::{assigned_group, delta_link, managed_role, reconciliation};
 use entity::{GroupId, UserId};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
@@ -16,7 +16,7 @@ use sea_orm::{
     QueryOrder, QuerySelect, TransactionTrait,
 };
 
-use super::sql::stmt;
+use super::sql::{stmt, text_array};
 use super::{ApplyOptions, Store};
 use crate::error::Result;
 use crate::store::lease::Lease;
@@ -198,31 +198,44 @@ impl Store {
 
     /// A read made at `options.now` found the user enabled: their departure is forgotten, unless
     /// a newer read recorded it (the newer read wins). Returns whether the user was departed and
-    /// is back. Departures are recorded by the transaction that makes them (`depart_user`).
+    /// is back. Departures are recorded by the transaction that makes them (`depart_users`).
     pub async fn forget_departure(&self, user: &UserId, options: ApplyOptions) -> Result<bool> {
-        let Some(txn) = self.state_transaction(options).await? else {
-            return Ok(false);
-        };
-        let done = txn
-            .execute(stmt(
-                "DELETE FROM entra_sync_departed_users WHERE entra_user_id = $1 AND since < $2",
-                [user.to_string().into(), options.now.into()],
-            ))
-            .await?;
-        txn.commit().await?;
-        Ok(done.rows_affected() > 0)
+        Ok(!self
+            .forget_departures(std::slice::from_ref(user), options)
+            .await?
+            .is_empty())
     }
 
-    /// The groups in whose teams entra-sync manages a membership of this Entra user.
-    pub async fn managed_groups_of(&self, user: &UserId) -> Result<Vec<GroupId>> {
-        Ok(managed_membership::Entity::find()
-            .select_only()
-            .column(managed_membership::Column::GroupId)
-            .distinct()
-            .filter(managed_membership::Column::EntraUserId.eq(user.clone()))
-            .into_tuple()
-            .all(&self.db)
-            .await?)
+    /// [`Self::forget_departure`] for many users in one statement; returns those who were
+    /// departed and are back.
+    pub async fn forget_departures(
+        &self,
+        users: &[UserId],
+        options: ApplyOptions,
+    ) -> Result<Vec<UserId>> {
+        #[derive(FromQueryResult)]
+        struct Row {
+            entra_user_id: String,
+        }
+        let Some(txn) = self.state_transaction(options).await? else {
+            return Ok(Vec::new());
+        };
+        let back = Row::find_by_statement(stmt(
+            "DELETE FROM entra_sync_departed_users
+             WHERE entra_user_id = ANY($1) AND since < $2
+             RETURNING entra_user_id",
+            [
+                text_array(users.iter().map(UserId::as_str)),
+                options.now.into(),
+            ],
+        ))
+        .all(&txn)
+        .await?;
+        txn.commit().await?;
+        Ok(back
+            .into_iter()
+            .filter_map(|row| UserId::parse(&row.entra_user_id).ok())
+            .collect())
     }
 
     /// The Entra users whose LiteLLM role entra-sync set.
@@ -351,23 +364,6 @@ pub async fn last_delta_round(db: &impl ConnectionTrait) -> Result<Option<DateTi
         .one(db)
         .await?
         .map(|l| l.updated_at))
-}
-
-/// Remembers, in `txn`, that a read made at `read_at` found the user disabled or deleted: the
-/// latest such read is kept.
-pub(super) async fn record_departure(
-    txn: &sea_orm::DatabaseTransaction,
-    user: &UserId,
-    read_at: DateTime<Utc>,
-) -> Result<()> {
-    txn.execute(stmt(
-        "INSERT INTO entra_sync_departed_users (entra_user_id, since) VALUES ($1, $2)
-         ON CONFLICT (entra_user_id) DO UPDATE
-           SET since = greatest(entra_sync_departed_users.since, excluded.since)",
-        [user.to_string().into(), read_at.into()],
-    ))
-    .await?;
-    Ok(())
 }
 
 /// How many groups are assigned to the app, for `status`.

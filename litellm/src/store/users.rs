@@ -635,8 +635,7 @@ pub(super) async fn unchanged(
     struct KeyOwner {
         user_id: String,
     }
-    let ids: Vec<String> = users.iter().map(|user| user.id.to_string()).collect();
-    let rows = by_object_ids(db, &ids.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+    let rows = rows_of(db, users).await?;
     let blocked: HashSet<String> = KeyOwner::find_by_statement(stmt(
         r#"SELECT DISTINCT user_id FROM "LiteLLM_VerificationToken"
            WHERE user_id = ANY($1) AND metadata->>'entra_sync_blocked' = 'user_departed'"#,
@@ -647,28 +646,59 @@ pub(super) async fn unchanged(
     .into_iter()
     .map(|owner| owner.user_id)
     .collect();
-    // As `update` finds a user: by user_id, else by sso_user_id.
-    let mut by_id: HashMap<&str, &UserRow> = HashMap::new();
-    for row in &rows {
-        if let Some(sso) = row.sso_user_id.as_deref() {
-            by_id.entry(sso).or_insert(row);
-        }
-    }
-    for row in &rows {
-        by_id.insert(row.user_id.as_str(), row);
-    }
+    let by_id = by_entra_id(&rows);
     Ok(users
         .iter()
         .filter(|user| match by_id.get(user.id.as_str()) {
             None => true,
-            Some(row) => {
-                let renamed =
-                    Renamed::compare(user, row.user_email.as_deref(), row.user_alias.as_deref());
-                !renamed.email_changed && !renamed.alias_changed && !blocked.contains(&row.user_id)
-            }
+            Some(row) => !is_renamed(user, row) && !blocked.contains(&row.user_id),
         })
         .map(|user| user.id.clone())
         .collect())
+}
+
+/// Of these users (enabled in Entra), those whose LiteLLM row has another email or display name
+/// than Entra's: [`update`] has something to do for them. One statement however many.
+pub(super) async fn renamed(
+    db: &impl ConnectionTrait,
+    users: &[&EntraUser],
+) -> Result<HashSet<UserId>> {
+    let rows = rows_of(db, users).await?;
+    let by_id = by_entra_id(&rows);
+    Ok(users
+        .iter()
+        .filter(|user| {
+            by_id
+                .get(user.id.as_str())
+                .is_some_and(|row| is_renamed(user, row))
+        })
+        .map(|user| user.id.clone())
+        .collect())
+}
+
+async fn rows_of(db: &impl ConnectionTrait, users: &[&EntraUser]) -> Result<Vec<UserRow>> {
+    let ids: Vec<&str> = users.iter().map(|user| user.id.as_str()).collect();
+    by_object_ids(db, &ids).await
+}
+
+/// The rows by the Entra id each is found by, as [`update`] finds a user: by user_id, else by
+/// sso_user_id.
+fn by_entra_id(rows: &[UserRow]) -> HashMap<&str, &UserRow> {
+    let mut by_id: HashMap<&str, &UserRow> = HashMap::new();
+    for row in rows {
+        if let Some(sso) = row.sso_user_id.as_deref() {
+            by_id.entry(sso).or_insert(row);
+        }
+    }
+    for row in rows {
+        by_id.insert(row.user_id.as_str(), row);
+    }
+    by_id
+}
+
+fn is_renamed(user: &EntraUser, row: &UserRow) -> bool {
+    let renamed = Renamed::compare(user, row.user_email.as_deref(), row.user_alias.as_deref());
+    renamed.email_changed || renamed.alias_changed
 }
 
 /// Brings a known user's `user_email` and `user_alias` up to date with Entra, and the email in
@@ -688,6 +718,48 @@ pub(super) async fn update(
     if !renamed.email_changed && !renamed.alias_changed {
         return Ok(Vec::new());
     }
+    let (row, teams) = lock_for_rename(txn, &read).await?;
+    let renamed = Renamed::compare(user, row.user_email.as_deref(), row.user_alias.as_deref());
+    if !renamed.email_changed && !renamed.alias_changed {
+        return Ok(Vec::new());
+    }
+    let new_email = if renamed.email_changed {
+        user.email()
+    } else {
+        row.user_email.clone()
+    };
+    let new_alias = if renamed.alias_changed {
+        user.display_name.clone()
+    } else {
+        row.user_alias.clone()
+    };
+    txn.execute(stmt(
+        r#"UPDATE "LiteLLM_UserTable" SET user_email = $2, user_alias = $3, updated_at = $4
+           WHERE user_id = $1"#,
+        [
+            row.user_id.clone().into(),
+            new_email.clone().into(),
+            new_alias.clone().into(),
+            litellm_timestamp(now).into(),
+        ],
+    ))
+    .await?;
+    if renamed.email_changed {
+        email_in_member_lists(txn, &row.user_id, &teams, new_email.as_deref()).await?;
+    }
+    Ok(vec![Change::UserUpdated {
+        user_id: row.user_id,
+        user_email: new_email,
+        user_alias: new_alias,
+    }])
+}
+
+/// Locks what renaming a user read as `read` writes, in the store's order (the user's teams,
+/// then the row), and reads the row again under the locks. Returns it and the user's teams.
+async fn lock_for_rename(
+    txn: &DatabaseTransaction,
+    read: &UserRow,
+) -> Result<(UserRow, Vec<String>)> {
     let mut teams = read.teams.clone().unwrap_or_default();
     teams.sort();
     teams.dedup();
@@ -708,58 +780,37 @@ pub(super) async fn update(
             "a user being renamed joined team {joined} meanwhile"
         )));
     }
-    let Renamed {
-        email_changed,
-        alias_changed,
-    } = Renamed::compare(user, row.user_email.as_deref(), row.user_alias.as_deref());
-    if !email_changed && !alias_changed {
-        return Ok(Vec::new());
+    Ok((row, teams))
+}
+
+/// The user's new email in their entries of these teams' `members_with_roles`.
+async fn email_in_member_lists(
+    txn: &DatabaseTransaction,
+    user_id: &str,
+    teams: &[String],
+    email: Option<&str>,
+) -> Result<()> {
+    if teams.is_empty() {
+        return Ok(());
     }
-    let new_email = if email_changed {
-        user.email()
-    } else {
-        row.user_email.clone()
-    };
-    let new_alias = if alias_changed {
-        user.display_name.clone()
-    } else {
-        row.user_alias.clone()
-    };
     txn.execute(stmt(
-        r#"UPDATE "LiteLLM_UserTable" SET user_email = $2, user_alias = $3, updated_at = $4
-           WHERE user_id = $1"#,
+        r#"UPDATE "LiteLLM_TeamTable"
+           SET members_with_roles = (
+                 SELECT jsonb_agg(
+                          CASE WHEN entry->>'user_id' = $1
+                               THEN jsonb_set(entry, '{user_email}', to_jsonb($3::text))
+                               ELSE entry END
+                          ORDER BY position)
+                 FROM jsonb_array_elements(members_with_roles)
+                      WITH ORDINALITY AS current(entry, position))
+           WHERE team_id = ANY($2) AND jsonb_typeof(members_with_roles) = 'array'
+             AND jsonb_array_length(members_with_roles) > 0"#,
         [
-            row.user_id.clone().into(),
-            new_email.clone().into(),
-            new_alias.clone().into(),
-            litellm_timestamp(now).into(),
+            user_id.into(),
+            text_array(teams),
+            email.map(str::to_owned).into(),
         ],
     ))
     .await?;
-    if email_changed && !teams.is_empty() {
-        txn.execute(stmt(
-            r#"UPDATE "LiteLLM_TeamTable"
-               SET members_with_roles = (
-                     SELECT jsonb_agg(
-                              CASE WHEN entry->>'user_id' = $1
-                                   THEN jsonb_set(entry, '{user_email}', to_jsonb($3::text))
-                                   ELSE entry END
-                              ORDER BY position)
-                     FROM jsonb_array_elements(members_with_roles)
-                          WITH ORDINALITY AS current(entry, position))
-               WHERE team_id = ANY($2) AND jsonb_typeof(members_with_roles) = 'array'
-                 AND jsonb_array_length(members_with_roles) > 0"#,
-            [
-                row.user_id.clone().into(),
-                text_array(&teams),
-                new_email.clone().into(),
-            ],
-        ))
-        .await?;
-    }
-    Ok(vec![Change::UserUpdated {
-        user_id: row.user_id.clone(),
-        user_email: new_email,
-        user_alias: new_alias,
-    }])
+    Ok(())
 }

@@ -10,12 +10,12 @@ use super::batch::{
     BATCH_GROUPS, Batch, WholeGroup, Writers, read_all_in_parallel, read_in_parallel,
 };
 use super::tasks::task_failure;
-use super::{Syncer, retrying};
+use super::{Syncer, USER_BATCH, retrying, whole_batch};
 use crate::directory::EntraUser;
 use crate::error::{Error, Result};
 use crate::graph::DeltaStart;
-use crate::graph::model::{AppRoleAssignment, DEFAULT_ACCESS, DirectoryObject};
-use crate::store::{Cause, Change, Changes, Item, PollState};
+use crate::graph::model::{AppRoleAssignment, DEFAULT_ACCESS, DirectoryObject, ServicePrincipal};
+use crate::store::{Cause, Changes, Item, PollState};
 
 /// What a poll did.
 #[derive(Debug, Default)]
@@ -25,9 +25,6 @@ pub struct AssignmentReport {
     pub unassigned: usize,
     pub changes: Changes,
 }
-
-/// Users whose roles are written in one transaction.
-const ROLE_BATCH: usize = 1_000;
 
 /// The group an assignment assigns, if it assigns one.
 pub(super) fn group_id(assignment: &AppRoleAssignment) -> Option<GroupId> {
@@ -104,29 +101,13 @@ impl Syncer {
     ) -> Result<AssignmentReport> {
         let app = self.graph.service_principal().await?;
         let assignments = self.graph.app_role_assignments().await?;
+        let role_values = enabled_role_values(&app);
+        let assigned = assigned_groups(&assignments);
         let mut report = AssignmentReport {
             changes: self.tally(),
+            assigned_groups: assigned.len(),
             ..AssignmentReport::default()
         };
-        let role_values: HashMap<String, String> = app
-            .app_roles
-            .iter()
-            .filter(|r| r.is_enabled)
-            .filter_map(|r| Some((r.id.to_lowercase(), r.value.clone()?)))
-            .collect();
-        let fingerprint = fingerprint(&assignments, &role_values);
-
-        let mut assigned: HashMap<GroupId, String> = HashMap::new();
-        for assignment in &assignments {
-            if let Some(group) = group_id(assignment) {
-                let name = assignment
-                    .principal_display_name
-                    .clone()
-                    .unwrap_or_default();
-                assigned.insert(group, name);
-            }
-        }
-        report.assigned_groups = assigned.len();
         // With no deltaLink yet (the first start), the delta's starting point is taken before
         // the full read, so that the first round carries only what changed meanwhile instead
         // of reading every group again.
@@ -135,6 +116,42 @@ impl Syncer {
             _ => None,
         };
         let known = self.store.assigned_groups().await?;
+        let new_groups = self
+            .follow_assignments(&assigned, &known, now, &mut report)
+            .await?;
+        if starting_point.is_some() {
+            // Groups recorded by an earlier poll that stopped before a deltaLink was stored:
+            // read whole as well, so that the link covers every assigned group.
+            let earlier: Vec<GroupId> = known
+                .keys()
+                .filter(|group| assigned.contains_key(*group))
+                .cloned()
+                .collect();
+            self.resync_groups(earlier, now, &mut report.changes)
+                .await?;
+        }
+        // The new groups' owners, now that their teams exist. The rounds' delta carries later
+        // owner changes (owners@delta), and a resync (a reconciliation's among them) reads
+        // every group's owners again.
+        self.sync_owners(&new_groups, now, &mut report.changes)
+            .await?;
+        if let Some(start) = starting_point {
+            self.defer_delta_link(&start.delta_link, now).await?;
+        }
+        self.roles_if_changed(&assignments, &role_values, scope, now, &mut report.changes)
+            .await?;
+        Ok(report)
+    }
+
+    /// Newly assigned groups get their team and members; groups no longer assigned follow the
+    /// unassigned policy. Returns the new groups.
+    async fn follow_assignments(
+        &self,
+        assigned: &HashMap<GroupId, String>,
+        known: &HashMap<GroupId, Option<String>>,
+        now: DateTime<Utc>,
+        report: &mut AssignmentReport,
+    ) -> Result<Vec<GroupId>> {
         let new: Vec<(GroupId, String)> = assigned
             .iter()
             .filter(|(group, _)| !known.contains_key(*group))
@@ -151,44 +168,37 @@ impl Syncer {
                     .await?,
             );
         }
-        if starting_point.is_some() {
-            // Groups recorded by an earlier poll that stopped before a deltaLink was stored:
-            // read whole as well, so that the link covers every assigned group.
-            let earlier: Vec<GroupId> = known
-                .keys()
-                .filter(|group| assigned.contains_key(*group))
-                .cloned()
-                .collect();
-            self.resync_groups(earlier, now, &mut report.changes)
-                .await?;
-        }
+        Ok(new_groups)
+    }
 
-        // The new groups' owners, now that their teams exist. The rounds' delta carries later
-        // owner changes (owners@delta), and a resync (a reconciliation's among them) reads
-        // every group's owners again.
-        self.sync_owners(&new_groups, now, &mut report.changes)
-            .await?;
-        if let Some(start) = starting_point {
-            self.defer_delta_link(&start.delta_link, now).await?;
-        }
-
+    /// Works out every user's role again, unless `scope` allows skipping it and neither the
+    /// assignments nor the app roles changed since the last poll that applied them.
+    async fn roles_if_changed(
+        &self,
+        assignments: &[AppRoleAssignment],
+        role_values: &HashMap<String, String>,
+        scope: PollScope,
+        now: DateTime<Utc>,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        let fingerprint = fingerprint(assignments, role_values);
         let unchanged = self.store.poll_state(&fingerprint).await? == PollState::Current;
         if scope == PollScope::WhatChanged && unchanged {
-            return Ok(report);
+            return Ok(());
         }
-        let roles_applied = self
-            .sync_roles(&assignments, &role_values, now, &mut report.changes)
-            .await?;
-        if roles_applied {
+        if self
+            .sync_roles(assignments, role_values, now, changes)
+            .await?
+        {
             self.store
                 .save_poll_state(
                     &fingerprint,
-                    &role_groups(&assignments, &role_values),
+                    &role_groups(assignments, role_values),
                     self.options(now),
                 )
                 .await?;
         }
-        Ok(report)
+        Ok(())
     }
 
     /// New groups get their team and full membership: read several at a time while the groups
@@ -383,7 +393,7 @@ impl Syncer {
     ) -> Result<bool> {
         let options = self.options(now);
         let mut applied = true;
-        for batch in granting.chunks(ROLE_BATCH) {
+        for batch in granting.chunks(USER_BATCH) {
             let outcome = retrying(|| self.store.set_user_roles(batch, options)).await;
             if let Some(made) = whole_batch(outcome, batch.len())? {
                 changes.add(made);
@@ -414,7 +424,7 @@ impl Syncer {
     ) -> Result<bool> {
         let options = self.options(now);
         let mut applied = true;
-        for batch in revoking.chunks(ROLE_BATCH) {
+        for batch in revoking.chunks(USER_BATCH) {
             let outcome = retrying(|| self.store.revoke_roles(batch, options)).await;
             if let Some(made) = whole_batch(outcome, batch.len())? {
                 changes.add(made);
@@ -455,6 +465,26 @@ impl Syncer {
 
 /// The assignments and app roles a poll applies, as a short fingerprint: equal fingerprints,
 /// the same roles for everyone (group members aside, which rounds watch).
+/// The app's enabled roles: id (lower case) -> value.
+fn enabled_role_values(app: &ServicePrincipal) -> HashMap<String, String> {
+    app.app_roles
+        .iter()
+        .filter(|r| r.is_enabled)
+        .filter_map(|r| Some((r.id.to_lowercase(), r.value.clone()?)))
+        .collect()
+}
+
+/// The groups assigned to the app, with the names the assignments give them.
+fn assigned_groups(assignments: &[AppRoleAssignment]) -> HashMap<GroupId, String> {
+    assignments
+        .iter()
+        .filter_map(|assignment| {
+            let name = assignment.principal_display_name.clone();
+            Some((group_id(assignment)?, name.unwrap_or_default()))
+        })
+        .collect()
+}
+
 fn fingerprint(assignments: &[AppRoleAssignment], role_values: &HashMap<String, String>) -> String {
     let mut lines: Vec<String> = assignments
         .iter()
@@ -491,18 +521,4 @@ fn role_groups(
         .filter(|a| role_values.contains_key(&a.app_role_id.to_lowercase()))
         .filter_map(group_id)
         .collect()
-}
-
-/// A batch of users' outcome: its changes; `None` when it failed on its own (one user LiteLLM
-/// refuses, say), and each user is then tried alone, so that one bad user never holds the others
-/// back; a systemic error (the database away) as it is.
-fn whole_batch(outcome: Result<Vec<Change>>, users: usize) -> Result<Option<Vec<Change>>> {
-    match outcome {
-        Ok(changes) => Ok(Some(changes)),
-        Err(error) if error.is_systemic() => Err(error),
-        Err(error) => {
-            tracing::info!(%error, users, "a batch of users failed: each is tried on its own");
-            Ok(None)
-        }
-    }
 }

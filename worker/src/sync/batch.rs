@@ -36,6 +36,18 @@ pub(super) struct WholeGroup {
     pub unreadable: Vec<entity::UserId>,
 }
 
+impl WholeGroup {
+    /// The group as the store's team sync takes it.
+    pub fn as_team(&self) -> TeamSync<'_> {
+        TeamSync {
+            group: &self.group,
+            display_name: self.display_name.as_deref(),
+            members: &self.members,
+            unreadable: &self.unreadable,
+        }
+    }
+}
+
 /// Groups read whole, collected until a batch is full.
 #[derive(Default)]
 pub(super) struct Batch {
@@ -72,15 +84,7 @@ impl Syncer {
             return Ok(0);
         }
         let options = self.options(now);
-        let teams: Vec<TeamSync> = batch
-            .iter()
-            .map(|whole| TeamSync {
-                group: &whole.group,
-                display_name: whole.display_name.as_deref(),
-                members: &whole.members,
-                unreadable: &whole.unreadable,
-            })
-            .collect();
+        let teams: Vec<TeamSync> = batch.iter().map(WholeGroup::as_team).collect();
         match retrying(|| self.store.sync_teams(&teams, options)).await {
             Ok(made) => {
                 let mut changed: Vec<&str> = made.iter().filter_map(|c| c.team_id()).collect();

@@ -38,6 +38,26 @@ pub use removals::{DEFAULT_REMOVAL_THRESHOLD, ReleaseReport, UnitReport};
 pub use round::RoundReport;
 pub use users::DepartedUserPolicy;
 
+/// Users written in one transaction (roles, departures, returns): a few statements per batch.
+pub(super) const USER_BATCH: usize = 1_000;
+
+/// A batch of users' outcome: its changes; `None` when it failed on its own (one user LiteLLM
+/// refuses, say), and each user is then tried alone, so that one bad user never holds the others
+/// back; a systemic error (the database away) as it is.
+pub(super) fn whole_batch(
+    outcome: Result<Vec<Change>>,
+    users: usize,
+) -> Result<Option<Vec<Change>>> {
+    match outcome {
+        Ok(changes) => Ok(Some(changes)),
+        Err(error) if error.is_systemic() => Err(error),
+        Err(error) => {
+            tracing::info!(%error, users, "a batch of users failed: each is tried on its own");
+            Ok(None)
+        }
+    }
+}
+
 /// Runs a store operation again when another writer created the same user at the same moment
 /// ([`crate::Error::ConcurrentChange`]: nothing was applied, and it is safe to repeat), up to
 /// five times, after a few milliseconds with jitter so that the two writers do not meet again.

@@ -3,13 +3,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{Syncer, retrying};
-use crate::directory::UserState;
+use super::{Syncer, USER_BATCH, retrying, whole_batch};
+use crate::directory::{EntraUser, UserState};
 use crate::error::{Error, Result};
 use crate::graph::DeltaStart;
-use crate::store::{Cause, Change, Changes, Deletion, Item};
+use crate::store::{Cause, Change, Changes, Deletion, Departure, Item};
 use chrono::{DateTime, Utc};
-use entity::UserId;
+use entity::{GroupId, UserId};
 
 /// What happens in LiteLLM to a user deleted or disabled in Entra.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -202,15 +202,17 @@ impl Syncer {
 
     /// Applies users' states as read (`None`: deleted). The enabled users whose LiteLLM row
     /// already says what Entra says are recognised together and cost nothing more, so that a
-    /// tenant of 100,000 unchanged users is a few statements; the others are applied one by one,
-    /// several at a time, and so are users that failed before (their failure is cleared).
+    /// tenant of 100,000 unchanged users is a few statements. Disabled users depart, and users
+    /// back without a rename return, a thousand to a transaction (see [`Self::depart_all`]);
+    /// the others (renames, users Graph did not find, users that failed before) are applied
+    /// one by one, several at a time.
     async fn apply_users(
         &self,
         states: Vec<(UserId, Option<UserState>)>,
         now: DateTime<Utc>,
         changes: &mut Changes,
     ) -> Result<()> {
-        let settled: Vec<&crate::directory::EntraUser> = states
+        let settled: Vec<&EntraUser> = states
             .iter()
             .filter_map(|(id, state)| {
                 let state = state.as_ref()?;
@@ -233,8 +235,11 @@ impl Syncer {
                 !unchanged.contains(id) || self.failing.contains(&Item::User(id.clone()))
             })
             .collect();
+        let (departing, returning, one_by_one) = self.sort_users(work).await?;
+        self.depart_all(departing, now, changes).await?;
+        self.return_all(returning, now, changes).await?;
         self.in_parallel(
-            work,
+            one_by_one,
             |(id, _)| Item::User(id.clone()),
             now,
             move |syncer, (id, state)| async move {
@@ -244,6 +249,145 @@ impl Syncer {
         )
         .await?;
         Ok(())
+    }
+
+    /// Users to apply, sorted: those disabled in Entra (who depart together), those enabled
+    /// again with nothing to rename (who return together), and the rest (one by one).
+    async fn sort_users(
+        &self,
+        work: Vec<(UserId, Option<UserState>)>,
+    ) -> Result<(Vec<UserId>, Vec<UserId>, Vec<(UserId, Option<UserState>)>)> {
+        let back: Vec<&EntraUser> = work
+            .iter()
+            .filter_map(|(id, state)| {
+                let state = state.as_ref()?;
+                (state.confirmed_enabled && self.excluded.contains_key(id)).then_some(&state.user)
+            })
+            .collect();
+        let renamed = self.store.renamed_users(&back).await?;
+        let (mut departing, mut returning, mut one_by_one) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, state) in work {
+            match &state {
+                Some(state) if !state.enabled => departing.push(id),
+                Some(state)
+                    if state.confirmed_enabled
+                        && self.excluded.contains_key(&id)
+                        && !renamed.contains(&id) =>
+                {
+                    returning.push(id);
+                }
+                _ => one_by_one.push((id, state)),
+            }
+        }
+        Ok((departing, returning, one_by_one))
+    }
+
+    /// Users disabled in Entra depart a thousand to a transaction: their memberships, roles and
+    /// keys (see [`Store::depart_users`]), and the cache evictions after each commit. A batch
+    /// that fails on its own (one user LiteLLM refuses) is applied user by user, so that one
+    /// bad user never holds the others back.
+    async fn depart_all(
+        &self,
+        users: Vec<UserId>,
+        now: DateTime<Utc>,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let mut groups = self.groups_left_by(&users).await?;
+        for batch in users.chunks(USER_BATCH) {
+            let departures: Vec<Departure> = batch
+                .iter()
+                .map(|user| Departure {
+                    user: user.clone(),
+                    leaving: groups
+                        .as_mut()
+                        .map(|groups| groups.remove(user).unwrap_or_default()),
+                })
+                .collect();
+            let options = self.options(now);
+            let outcome = retrying(|| self.store.depart_users(&departures, options)).await;
+            let Some(made) = whole_batch(outcome, batch.len())? else {
+                for user in batch {
+                    let outcome = self.depart(user, now).await;
+                    changes.add(
+                        self.settle_item(Item::User(user.clone()), outcome, now)
+                            .await?,
+                    );
+                }
+                continue;
+            };
+            tracing::info!(
+                users = batch.len(),
+                changes = made.len(),
+                "users left Entra or were disabled"
+            );
+            changes.add(made);
+            self.settled_together(batch, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Users enabled in Entra again, with nothing of theirs renamed: the keys blocked for their
+    /// departure come back a thousand users to a transaction, then their departures are
+    /// forgotten (as [`Self::apply_user`] does for one). A batch that fails on its own is
+    /// applied user by user.
+    async fn return_all(
+        &self,
+        users: Vec<UserId>,
+        now: DateTime<Utc>,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        for batch in users.chunks(USER_BATCH) {
+            let options = self.options(now);
+            let outcome = retrying(|| self.store.reinstate_users(batch, options)).await;
+            let Some(made) = whole_batch(outcome, batch.len())? else {
+                for user in batch {
+                    let outcome = self.come_back(user, now).await;
+                    changes.add(
+                        self.settle_item(Item::User(user.clone()), outcome, now)
+                            .await?,
+                    );
+                }
+                continue;
+            };
+            changes.add(made);
+            let back = self
+                .store
+                .forget_departures(batch, self.options(now))
+                .await?;
+            if !back.is_empty()
+                && let Some(unit) = &self.unit
+            {
+                unit.note_restored();
+            }
+            tracing::info!(users = back.len(), "departed users are enabled again");
+            self.settled_together(batch, now).await?;
+        }
+        Ok(())
+    }
+
+    /// A failed item among users applied in a batch succeeded.
+    async fn settled_together(&self, users: &[UserId], now: DateTime<Utc>) -> Result<()> {
+        for user in users {
+            self.settle_item(Item::User(user.clone()), Ok(Vec::new()), now)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The groups each user leaves on departure: none under the `keep` policy.
+    async fn groups_left_by(
+        &self,
+        users: &[UserId],
+    ) -> Result<Option<BTreeMap<UserId, Vec<GroupId>>>> {
+        Ok(match self.departed_policy {
+            DepartedUserPolicy::Keep => None,
+            DepartedUserPolicy::RemoveMemberships => {
+                Some(self.store.managed_groups_of(users).await?)
+            }
+        })
     }
 
     /// A user as Graph describes it now (`None`: not found). Whether the user departed is
@@ -297,14 +441,38 @@ impl Syncer {
     /// entra-sync manages goes and a role entra-sync set drops to the default; whatever the
     /// policy, their remaining keys follow `ENTRA_SYNC_DEPARTED_USER_KEYS`.
     async fn depart(&self, id: &UserId, now: DateTime<Utc>) -> Result<Vec<Change>> {
-        let groups: Option<Vec<entity::GroupId>> = match self.departed_policy {
-            DepartedUserPolicy::Keep => None,
-            DepartedUserPolicy::RemoveMemberships => Some(self.store.managed_groups_of(id).await?),
+        let departure = Departure {
+            user: id.clone(),
+            leaving: self
+                .groups_left_by(std::slice::from_ref(id))
+                .await?
+                .map(|mut groups| groups.remove(id).unwrap_or_default()),
         };
         let options = self.options(now);
-        let changes = retrying(|| self.store.depart_user(id, groups.as_deref(), options)).await?;
+        let changes = retrying(|| {
+            self.store
+                .depart_users(std::slice::from_ref(&departure), options)
+        })
+        .await?;
         if !changes.is_empty() {
             tracing::info!(user = %id, changes = changes.len(), "user left Entra or was disabled");
+        }
+        Ok(changes)
+    }
+
+    /// The user is enabled in Entra again: the keys blocked for their departure come back, and
+    /// the departure is forgotten.
+    async fn come_back(&self, id: &UserId, now: DateTime<Utc>) -> Result<Vec<Change>> {
+        let options = self.options(now);
+        let changes = retrying(|| {
+            self.store
+                .reinstate_users(std::slice::from_ref(id), options)
+        })
+        .await?;
+        if self.store.forget_departure(id, self.options(now)).await?
+            && let Some(unit) = &self.unit
+        {
+            unit.note_restored();
         }
         Ok(changes)
     }

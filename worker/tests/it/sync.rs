@@ -1354,7 +1354,9 @@ async fn a_disabling_and_a_rename_whose_notifications_were_lost_are_applied_by_t
         .unwrap();
 
     assert_eq!(sim.count("/users/delta"), 1);
-    assert_eq!(sim.count(&format!("/users/{}", uid(3))), 1);
+    // The known users it names read again together (one getByIds), none on their own.
+    assert_eq!(sim.count("/directoryObjects/getByIds"), 1);
+    assert_eq!(sim.count(&format!("/users/{}", uid(3))), 0);
     assert_eq!(sim.count(&format!("/users/{}", uid(10))), 0);
     assert!(!members(&db, 1).await.contains(&uid(3).to_string()));
     assert_eq!(
@@ -1449,4 +1451,210 @@ async fn an_expired_users_delta_token_compares_every_known_user_with_the_tenant(
         .unwrap();
     assert_eq!(sim.count("/users/delta"), 1);
     assert_eq!(listings(&sim), 0);
+}
+
+/// A user of the test tenant with their account enabled or not.
+fn tenant_user(n: u128, enabled: bool) -> graph_sim::tenant::User {
+    graph_sim::tenant::User {
+        id: uid(n),
+        display_name: format!("User {n}"),
+        user_principal_name: format!("user{n}@contoso.example"),
+        mail: Some(format!("user{n}.mail@contoso.example")),
+        account_enabled: enabled,
+    }
+}
+
+fn user_ids(range: std::ops::RangeInclusive<u128>) -> Vec<UserId> {
+    range
+        .map(|n| UserId::parse(&uid(n).to_string()).unwrap())
+        .collect()
+}
+
+/// Users 1 to 3 with a team key and a personal key each, then disabled in Entra and named by
+/// notifications at once.
+async fn three_disabled_at_once(sim: &GraphSim, db: &TestDatabase, syncer: &Syncer) {
+    syncer.poll_assignments(now()).await.unwrap();
+    for n in 1..=3 {
+        key(db, &format!("team-{n}"), n, Some(1)).await;
+        key(db, &format!("own-{n}"), n, None).await;
+    }
+    sim.apply(|t| {
+        (1..=3)
+            .flat_map(|n| t.upsert_user(tenant_user(n, false)))
+            .collect()
+    });
+    sim.clear_requests();
+    syncer
+        .refresh_users(&user_ids(1..=3), &Default::default(), now())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn users_disabled_at_once_depart_together_read_by_one_get_by_ids() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    three_disabled_at_once(&sim, &db, &syncer).await;
+
+    assert_eq!(members(&db, 1).await, users_named(4..=5));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entra_sync_departed_users").await,
+        3
+    );
+    for n in 1..=3 {
+        // The team key goes with the membership (the removal policy), the personal key is
+        // blocked for the departure.
+        assert_eq!(key_state(&db, &format!("team-{n}")).await, None);
+        assert_eq!(
+            key_state(&db, &format!("own-{n}")).await,
+            blocked_for("user_departed")
+        );
+    }
+    // The three were read in one getByIds request, none on their own.
+    assert_eq!(sim.count("getByIds"), 1, "{:?}", sim.requests());
+    assert_eq!(sim.count("/users/5b"), 0, "{:?}", sim.requests());
+    assert_eq!(failed_items(&db).await, []);
+}
+
+#[tokio::test]
+async fn users_enabled_again_at_once_get_their_keys_back_together() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    three_disabled_at_once(&sim, &db, &syncer).await;
+
+    sim.apply(|t| {
+        (1..=3)
+            .flat_map(|n| t.upsert_user(tenant_user(n, true)))
+            .collect()
+    });
+    syncer
+        .refresh_users(&user_ids(1..=3), &Default::default(), now())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entra_sync_departed_users").await,
+        0
+    );
+    for n in 1..=3 {
+        assert_eq!(key_state(&db, &format!("own-{n}")).await, unblocked());
+    }
+    // The next round reads the groups whole: they are members again.
+    syncer.delta_round(now()).await.unwrap();
+    assert_eq!(members(&db, 1).await, users_named(1..=5));
+    assert_eq!(failed_items(&db).await, []);
+}
+
+#[tokio::test]
+async fn a_departure_batch_that_fails_on_its_own_is_applied_user_by_user() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    syncer.poll_assignments(now()).await.unwrap();
+    // User 2 is two LiteLLM users: the row the sync made, and a SCIM row linked to her.
+    let object_id = uid(2).to_string();
+    db.conn()
+        .execute_unprepared(&format!(
+            r#"UPDATE "LiteLLM_UserTable" SET sso_user_id = NULL WHERE user_id = '{object_id}';
+               INSERT INTO "LiteLLM_UserTable" (user_id, sso_user_id, user_email, metadata)
+               VALUES ('scim-two@contoso.example', '{object_id}', 'two@contoso.example', '{{}}')"#
+        ))
+        .await
+        .unwrap();
+    sim.apply(|t| {
+        (1..=3)
+            .flat_map(|n| t.upsert_user(tenant_user(n, false)))
+            .collect()
+    });
+
+    syncer
+        .refresh_users(&user_ids(1..=3), &Default::default(), now())
+        .await
+        .unwrap();
+
+    // Users 1 and 3 departed; user 2 stays where she was, a failed item naming both rows.
+    assert_eq!(
+        members(&db, 1).await,
+        users_named(2..=2)
+            .into_iter()
+            .chain(users_named(4..=5))
+            .collect::<Vec<_>>()
+    );
+    let failed = failed_items(&db).await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0].2.contains("scim-two@contoso.example"),
+        "{failed:?}"
+    );
+    assert_eq!(
+        count(
+            &db,
+            &format!(
+                "SELECT count(*) FROM entra_sync_departed_users WHERE entra_user_id <> '{object_id}'"
+            )
+        )
+        .await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_resync_compared_in_sets_finds_every_kind_of_drift_and_then_none() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    syncer.poll_assignments(now()).await.unwrap();
+    let resync = || async { syncer.resync_round(now()).await.unwrap().changes.total() };
+    assert_eq!(resync().await, 0, "nothing drifted yet");
+
+    let team = gid(1).to_string();
+    let one = uid(1).to_string();
+    let drifts = [
+        format!(
+            r#"DELETE FROM "LiteLLM_TeamMembership" WHERE team_id = '{team}' AND user_id = '{one}'"#
+        ),
+        format!(
+            r#"UPDATE "LiteLLM_TeamTable" SET members_with_roles =
+                 (SELECT jsonb_agg(e) FROM jsonb_array_elements(members_with_roles) e
+                  WHERE e->>'user_id' <> '{one}')
+               WHERE team_id = '{team}'"#
+        ),
+        format!(
+            r#"UPDATE "LiteLLM_UserTable" SET teams = array_remove(teams, '{team}')
+               WHERE user_id = '{one}'"#
+        ),
+        format!(
+            r#"UPDATE "LiteLLM_UserTable" SET user_email = 'old@contoso.example'
+               WHERE user_id = '{one}'"#
+        ),
+        format!(r#"UPDATE "LiteLLM_TeamTable" SET team_alias = 'Renamed by hand' WHERE team_id = '{team}'"#),
+        format!(
+            "INSERT INTO entra_sync_held_removals (group_id, user_id, entra_user_id, reason, held_at)
+             VALUES ('{team}', '{one}', '{one}', 'not_in_group', now())"
+        ),
+    ];
+    for drift in &drifts {
+        db.conn().execute_unprepared(drift).await.unwrap();
+        assert!(resync().await > 0, "not found: {drift}");
+        assert_eq!(resync().await, 0, "found again: {drift}");
+    }
+    assert_eq!(members(&db, 1).await, users_named(1..=5));
+
+    // What Graph says changed without a notification: a member gone, one new.
+    sim.apply(|t| {
+        let mut notices = t.remove_member(gid(1), uid(5));
+        notices.extend(t.add_member(gid(1), uid(6)));
+        notices
+    });
+    assert!(resync().await > 0);
+    assert_eq!(resync().await, 0);
+    assert_eq!(
+        members(&db, 1).await,
+        users_named(1..=4)
+            .into_iter()
+            .chain(users_named(6..=6))
+            .collect::<Vec<_>>()
+    );
 }
