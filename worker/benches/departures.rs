@@ -186,21 +186,28 @@ async fn notify_all(setup: &Setup, enabled: bool, done: &str) -> Figures {
             .ignore();
     }
     let () = pipe.query_async(&mut connection).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let deadline = Instant::now() + Duration::from_secs(120);
     while scalar(setup.db.conn(), done).await != 1 {
-        assert!(Instant::now() < deadline, "never done: {done}");
+        if Instant::now() > deadline {
+            let db = setup.db.conn();
+            panic!(
+                "never done: {done}\ndeparted {}, memberships {}, held {}, keys not blocked {}, stream entries {}",
+                scalar(db, "SELECT count(*) FROM entra_sync_departed_users").await,
+                scalar(db, r#"SELECT count(*) FROM "LiteLLM_TeamMembership""#).await,
+                scalar(db, "SELECT count(*) FROM entra_sync_held_removals").await,
+                scalar(
+                    db,
+                    r#"SELECT count(*) FROM "LiteLLM_VerificationToken" WHERE blocked IS NOT TRUE"#
+                )
+                .await,
+                setup.stream.len(),
+            );
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let to_commit = started.elapsed();
     // The cache messages of the last commit follow it; quiet for a second means they are all in.
-    let mut received = Vec::new();
-    loop {
-        let more = subscriber.receive_until(|_| false, Duration::from_secs(1));
-        if more.is_empty() {
-            break;
-        }
-        received.extend(more);
-    }
+    let received = subscriber.receive_until_quiet(Duration::from_secs(1));
     let last = received
         .last()
         .map_or(to_commit, |(at, _)| at.saturating_duration_since(started));
@@ -227,19 +234,25 @@ fn departed(held: bool) -> String {
         r#"SELECT ((SELECT count(*) FROM entra_sync_departed_users) = {USERS}
                   AND {memberships}
                   AND NOT EXISTS (SELECT 1 FROM "LiteLLM_VerificationToken"
-                                  WHERE blocked IS NOT TRUE))::int"#
+                                  WHERE blocked IS NOT TRUE))::int::bigint"#
     )
 }
 
 /// Every user back, their keys unblocked.
 const BACK: &str = r#"SELECT (NOT EXISTS (SELECT 1 FROM entra_sync_departed_users)
                               AND NOT EXISTS (SELECT 1 FROM "LiteLLM_VerificationToken"
-                                              WHERE blocked))::int"#;
+                                              WHERE blocked))::int::bigint"#;
 
 #[tokio::main]
 async fn main() {
     if !std::env::args().any(|arg| arg == "--bench") {
         return;
+    }
+    // `RUST_LOG=info` shows what the worker did, with timestamps, for a closer look.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
     }
     println!(
         "departures benchmark: {USERS} users, each in 3 of {TEAMS} teams with {KEYS_EACH} team keys \

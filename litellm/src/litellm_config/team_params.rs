@@ -161,10 +161,7 @@ impl ParamType for Vec<String> {
     }
     fn from_column(value: Column) -> Option<Self> {
         match value {
-            Column::Array(_, Some(items)) => items
-                .into_iter()
-                .map(String::from_column)
-                .collect(),
+            Column::Array(_, Some(items)) => items.into_iter().map(String::from_column).collect(),
             _ => None,
         }
     }

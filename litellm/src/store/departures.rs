@@ -80,17 +80,8 @@ impl Store {
         let by_team = leavers_by_team(departures);
         let team_ids: Vec<String> = by_team.keys().map(ToString::to_string).collect();
         lock_teams(txn, &team_ids).await?;
-        // The users' rows: those Entra's ids find, and any whose role entra-sync manages for them.
         let entra_ids: Vec<&str> = users.iter().map(|user| user.as_str()).collect();
-        let mut rows: Vec<String> = users::by_object_ids(txn, &entra_ids)
-            .await?
-            .into_iter()
-            .map(|row| row.user_id)
-            .collect();
-        rows.extend(roles::managed_users(txn, &entra_ids).await?);
-        rows.sort_unstable();
-        rows.dedup();
-        users::lock_users(txn, &rows.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+        lock_user_rows(txn, &entra_ids).await?;
         if !by_team.is_empty() {
             let requests: Vec<planning::Request> = by_team
                 .iter()
@@ -183,6 +174,20 @@ fn leavers_by_team(departures: &[Departure]) -> BTreeMap<&GroupId, Vec<UserId>> 
         }
     }
     by_team
+}
+
+/// The departing users' rows, locked: those Entra's ids find, and any whose role entra-sync
+/// manages for them.
+async fn lock_user_rows(txn: &DatabaseTransaction, entra_ids: &[&str]) -> Result<()> {
+    let mut rows: Vec<String> = users::by_object_ids(txn, entra_ids)
+        .await?
+        .into_iter()
+        .map(|row| row.user_id)
+        .collect();
+    rows.extend(roles::managed_users(txn, entra_ids).await?);
+    rows.sort_unstable();
+    rows.dedup();
+    users::lock_users(txn, &rows.iter().map(String::as_str).collect::<Vec<_>>()).await
 }
 
 /// These users departed, as of a read made at `read_at` (a newer record stands).

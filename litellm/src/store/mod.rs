@@ -32,7 +32,6 @@
 
 mod audit;
 mod change;
-mod compare;
 mod deletions;
 mod departures;
 mod failures;

@@ -382,17 +382,34 @@ impl Subscriber {
     ) -> Vec<(std::time::Instant, String)> {
         let deadline = std::time::Instant::now() + limit;
         let mut received: Vec<(std::time::Instant, String)> = Vec::new();
+        // The payloads so far, kept alongside: copying them all for every message made tens of
+        // thousands of messages take minutes.
+        let mut payloads: Vec<String> = Vec::new();
         loop {
-            let payloads: Vec<String> = received.iter().map(|(_, p)| p.clone()).collect();
             if done(&payloads) {
                 return received;
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.messages.recv_timeout(left) {
-                Ok(message) => received.push(message),
+                Ok(message) => {
+                    payloads.push(message.1.clone());
+                    received.push(message);
+                }
                 Err(_) => return received,
             }
         }
+    }
+
+    /// Every message until none came for `quiet`; each with when it arrived.
+    pub fn receive_until_quiet(
+        &self,
+        quiet: std::time::Duration,
+    ) -> Vec<(std::time::Instant, String)> {
+        let mut received = Vec::new();
+        while let Ok(message) = self.messages.recv_timeout(quiet) {
+            received.push(message);
+        }
+        received
     }
 }
 

@@ -426,7 +426,12 @@ impl Syncer {
             ApplyOptions::commit(now).fenced(self.fence)
         }
         .caused_by(self.cause)
-        .removing(self.unit_id().map_or(Removals::Apply, Removals::Stage))
+        .removing(match self.unit_id() {
+            // With the threshold off nothing is ever held: staging would only apply the
+            // removals later, reading every team they touch a second time.
+            Some(unit) if self.removal_threshold > 0 => Removals::Stage(unit),
+            _ => Removals::Apply,
+        })
     }
 
     /// How many memberships (or key deletions) one unit of work may remove before it holds its

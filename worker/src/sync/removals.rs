@@ -25,8 +25,8 @@ pub const DEFAULT_REMOVAL_THRESHOLD: u64 = 500;
 
 /// Teams whose staged removals are applied (or held) in one transaction, and at most this many
 /// removals: a transaction holds LiteLLM's team locks for a fraction of a second.
-const BATCH_TEAMS: usize = 25;
-const BATCH_REMOVALS: usize = 2_500;
+const BATCH_TEAMS: usize = 200;
+const BATCH_REMOVALS: usize = 6_000;
 
 /// What a unit of work keeps until its end.
 #[derive(Debug)]

@@ -383,7 +383,7 @@ impl Syncer {
                     renamed.push((group, display_name));
                 }
             }
-            for whole in self.only_differing(read.whole, &mut renamed, now).await? {
+            for whole in read.whole {
                 if batch.push(whole) {
                     let renamed = std::mem::take(&mut renamed);
                     changed += writers.write(batch.take(), renamed, changes).await?;
@@ -405,33 +405,6 @@ impl Syncer {
         changed += writers.write(batch.take(), renamed, changes).await?;
         changed += writers.finish(changes).await?;
         Ok(changed)
-    }
-
-    /// Of groups read whole, those whose teams may differ from them, compared in sets
-    /// ([`crate::store::Store::differing_teams`]); the others are settled as synced, their
-    /// names (to be recorded with the next batch) added to `named`.
-    async fn only_differing(
-        &self,
-        groups: Vec<WholeGroup>,
-        named: &mut Vec<(GroupId, Option<String>)>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<WholeGroup>> {
-        let teams: Vec<TeamSync> = groups.iter().map(WholeGroup::as_team).collect();
-        let differing = self.store.differing_teams(&teams).await?;
-        let mut kept = Vec::with_capacity(differing.len());
-        for whole in groups {
-            if differing.contains(&whole.group) {
-                kept.push(whole);
-                continue;
-            }
-            self.settle_item(Item::Group(whole.group.clone()), Ok(Vec::new()), now)
-                .await?;
-            self.settle_members(&whole.group, &[], None, now).await?;
-            if whole.display_name.is_some() {
-                named.push((whole.group, whole.display_name));
-            }
-        }
-        Ok(kept)
     }
 
     /// One slice of groups as Graph has them now: their names and members (through delta with

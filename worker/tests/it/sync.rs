@@ -1601,7 +1601,7 @@ async fn a_departure_batch_that_fails_on_its_own_is_applied_user_by_user() {
 }
 
 #[tokio::test]
-async fn a_resync_compared_in_sets_finds_every_kind_of_drift_and_then_none() {
+async fn a_resync_finds_every_kind_of_drift_and_then_none() {
     let sim = sim(|_| {}).await;
     let db = TestDatabase::new().await;
     let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
