@@ -113,6 +113,18 @@ async fn load_teams(
     if let Some(missing) = team_ids.iter().find(|id| !teams.contains_key(*id)) {
         return Err(Error::TeamNotFound(missing.clone()));
     }
+    load_managed(txn, team_ids, &mut teams).await?;
+    load_owners(txn, team_ids, &mut teams).await?;
+    load_held(txn, team_ids, &mut teams).await?;
+    Ok(teams)
+}
+
+/// The memberships entra-sync manages in these teams.
+async fn load_managed(
+    txn: &DatabaseTransaction,
+    team_ids: &[String],
+    teams: &mut HashMap<String, TeamState>,
+) -> Result<()> {
     for row in ManagedRow::find_by_statement(stmt(
         "SELECT group_id, user_id, entra_user_id, member, owner
          FROM entra_sync_managed_memberships WHERE group_id = ANY($1)",
@@ -130,6 +142,15 @@ async fn load_teams(
             team.managed.insert(row.user_id, managed);
         }
     }
+    Ok(())
+}
+
+/// The groups' owners as the last owners sync left them.
+async fn load_owners(
+    txn: &DatabaseTransaction,
+    team_ids: &[String],
+    teams: &mut HashMap<String, TeamState>,
+) -> Result<()> {
     for row in OwnerDbRow::find_by_statement(stmt(
         "SELECT group_id, user_id, entra_user_id, made_admin
          FROM entra_sync_group_owners WHERE group_id = ANY($1)",
@@ -146,6 +167,15 @@ async fn load_teams(
             team.owners.insert(row.user_id, owner);
         }
     }
+    Ok(())
+}
+
+/// The members whose removal is held for a person.
+async fn load_held(
+    txn: &DatabaseTransaction,
+    team_ids: &[String],
+    teams: &mut HashMap<String, TeamState>,
+) -> Result<()> {
     for row in MembershipRow::find_by_statement(stmt(
         "SELECT group_id AS team_id, user_id FROM entra_sync_held_removals
          WHERE group_id = ANY($1)",
@@ -158,7 +188,7 @@ async fn load_teams(
             team.held.insert(row.user_id);
         }
     }
-    Ok(teams)
+    Ok(())
 }
 
 /// Which of these (team, user) pairs have a `"LiteLLM_TeamMembership"` row, given to each team's
@@ -448,45 +478,68 @@ async fn write_users(
     let signed_in: Vec<&(String, Option<String>, Option<String>)> =
         planned.iter().flat_map(|one| &one.plan.sign_in).collect();
     users::signed_in(txn, &signed_in, now).await?;
-    let stamp = litellm_timestamp(now);
-    if !joining_teams.is_empty() {
-        let (user_ids, team_ids): (Vec<&str>, Vec<&str>) = joining_teams.into_iter().unzip();
-        txn.execute(stmt(
-            r#"UPDATE "LiteLLM_UserTable" AS u
-               SET teams = coalesce(u.teams, '{}') || ARRAY(
-                     SELECT team_id FROM unnest(x.joining) WITH ORDINALITY AS j(team_id, position)
-                     WHERE NOT (team_id = ANY(coalesce(u.teams, '{}'))) ORDER BY position),
-                   updated_at = $3
-               FROM (SELECT user_id, array_agg(team_id ORDER BY position) AS joining
-                     FROM unnest($1::text[], $2::text[]) WITH ORDINALITY
-                          AS p(user_id, team_id, position)
-                     GROUP BY user_id) AS x
-               WHERE u.user_id = x.user_id AND NOT (coalesce(u.teams, '{}') @> x.joining)"#,
-            [text_array(user_ids), text_array(team_ids), stamp.into()],
-        ))
-        .await?;
+    teams_joined(txn, joining_teams, now).await?;
+    teams_left(txn, pairs(planned, |plan| &plan.remove_team_from_user), now).await
+}
+
+/// Each user's `teams` gains the teams they join (users, teams), in order, once each.
+async fn teams_joined(
+    txn: &DatabaseTransaction,
+    joining: Vec<(&str, &str)>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if joining.is_empty() {
+        return Ok(());
     }
-    let leaving_teams = pairs(planned, |plan| &plan.remove_team_from_user);
-    if !leaving_teams.0.is_empty() {
-        // As `array_remove` does: every occurrence goes, the rest keep their order.
-        txn.execute(stmt(
-            r#"UPDATE "LiteLLM_UserTable" AS u
-               SET teams = ARRAY(
-                     SELECT team_id FROM unnest(u.teams) WITH ORDINALITY AS t(team_id, position)
-                     WHERE team_id IS NULL OR team_id <> ALL(x.leaving) ORDER BY position),
-                   updated_at = $3
-               FROM (SELECT user_id, array_agg(team_id) AS leaving
-                     FROM unnest($2::text[], $1::text[]) AS p(team_id, user_id)
-                     GROUP BY user_id) AS x
-               WHERE u.user_id = x.user_id AND u.teams && x.leaving"#,
-            [
-                text_array(leaving_teams.0),
-                text_array(leaving_teams.1),
-                stamp.into(),
-            ],
-        ))
-        .await?;
+    let (user_ids, team_ids): (Vec<&str>, Vec<&str>) = joining.into_iter().unzip();
+    txn.execute(stmt(
+        r#"UPDATE "LiteLLM_UserTable" AS u
+           SET teams = coalesce(u.teams, '{}') || ARRAY(
+                 SELECT team_id FROM unnest(x.joining) WITH ORDINALITY AS j(team_id, position)
+                 WHERE NOT (team_id = ANY(coalesce(u.teams, '{}'))) ORDER BY position),
+               updated_at = $3
+           FROM (SELECT user_id, array_agg(team_id ORDER BY position) AS joining
+                 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY
+                      AS p(user_id, team_id, position)
+                 GROUP BY user_id) AS x
+           WHERE u.user_id = x.user_id AND NOT (coalesce(u.teams, '{}') @> x.joining)"#,
+        [
+            text_array(user_ids),
+            text_array(team_ids),
+            litellm_timestamp(now).into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Each user's `teams` loses the teams they leave ((users, teams) as [`pairs`] gives them): as
+/// `array_remove` does, every occurrence goes, the rest keep their order.
+async fn teams_left(
+    txn: &DatabaseTransaction,
+    (user_ids, team_ids): (Vec<&str>, Vec<&str>),
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if user_ids.is_empty() {
+        return Ok(());
     }
+    txn.execute(stmt(
+        r#"UPDATE "LiteLLM_UserTable" AS u
+           SET teams = ARRAY(
+                 SELECT team_id FROM unnest(u.teams) WITH ORDINALITY AS t(team_id, position)
+                 WHERE team_id IS NULL OR team_id <> ALL(x.leaving) ORDER BY position),
+               updated_at = $3
+           FROM (SELECT user_id, array_agg(team_id) AS leaving
+                 FROM unnest($2::text[], $1::text[]) AS p(team_id, user_id)
+                 GROUP BY user_id) AS x
+           WHERE u.user_id = x.user_id AND u.teams && x.leaving"#,
+        [
+            text_array(user_ids),
+            text_array(team_ids),
+            litellm_timestamp(now).into(),
+        ],
+    ))
+    .await?;
     Ok(())
 }
 
