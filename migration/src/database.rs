@@ -26,12 +26,19 @@
 
 use std::net::IpAddr;
 
+use sea_orm_migration::sea_orm::sqlx;
 use sea_orm_migration::sea_orm::sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sea_orm_migration::sea_orm::{
     AccessMode, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction,
-    DbBackend, DbErr, ExecResult, IsolationLevel, QueryResult, Statement, TransactionError,
-    TransactionTrait,
+    DbBackend, DbErr, ExecResult, IsolationLevel, QueryResult, RuntimeErr, Statement,
+    TransactionError, TransactionTrait,
 };
+
+/// A driver error as sea-orm reports one, so that it is classified alike (the database away, a
+/// lost prepared statement).
+pub fn driver_error(error: sqlx::Error) -> DbErr {
+    DbErr::Query(RuntimeErr::SqlxError(error))
+}
 
 /// Prisma's URL parameter for a database behind PgBouncer in transaction mode.
 const PGBOUNCER_PARAMETER: &str = "pgbouncer";
@@ -58,6 +65,23 @@ impl Db {
     /// Whether PgBouncer in transaction mode stands in between (`pgbouncer=true`).
     pub fn behind_pgbouncer(&self) -> bool {
         self.pooled
+    }
+
+    /// A transaction of the driver's own, for what sea-orm cannot say: `COPY ... FROM STDIN`
+    /// into a temporary table that the same transaction then reads. Behind PgBouncer it starts
+    /// as every transaction does (`DEALLOCATE ALL`); its statements should not be persistent
+    /// (`sqlx::query(..).persistent(false)`).
+    pub async fn begin_driver(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, DbErr> {
+        let pool = self.connection.get_postgres_connection_pool();
+        let mut transaction = pool.begin().await.map_err(driver_error)?;
+        if self.pooled {
+            sqlx::query("DEALLOCATE ALL")
+                .persistent(false)
+                .execute(&mut *transaction)
+                .await
+                .map_err(driver_error)?;
+        }
+        Ok(transaction)
     }
 
     /// A statement that runs alone: behind PgBouncer, in a transaction of its own.

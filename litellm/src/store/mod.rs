@@ -32,6 +32,7 @@
 
 mod audit;
 mod change;
+mod compare;
 mod deletions;
 mod departures;
 mod failures;
@@ -61,6 +62,7 @@ use sea_orm::{DatabaseTransaction, TransactionTrait};
 
 pub use crate::error::{Error, Result};
 pub use audit::{AuditEntry, AuditFilter};
+pub use compare::Comparison;
 pub use change::{BlockReason, Cause, Change, Changes, RemovalReason};
 pub use deletions::{CONFIRMATION_GAP, Deletion};
 pub use departures::Departure;

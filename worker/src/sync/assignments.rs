@@ -7,7 +7,7 @@ use entity::{GroupId, UserId};
 use tokio::sync::mpsc;
 
 use super::batch::{
-    BATCH_GROUPS, Batch, WholeGroup, Writers, read_all_in_parallel, read_in_parallel,
+    BATCH_GROUPS, BatchWriter, WholeGroup, WholeGroups, read_all_in_parallel, read_in_parallel,
 };
 use super::tasks::task_failure;
 use super::{Syncer, USER_BATCH, retrying, whole_batch};
@@ -202,7 +202,7 @@ impl Syncer {
     }
 
     /// New groups get their team and full membership: read several at a time while the groups
-    /// read are written a batch at a time (see [`Self::write_groups`]), by [`Writers`]
+    /// read are written a batch at a time (see [`Self::write_groups`]), by [`BatchWriter`]
     /// (PostgreSQL works on one batch while the next is planned). Each batch's groups are
     /// recorded as assigned once written, so a failure repeats at most the batches in flight; a
     /// group that fails on its own is recorded as assigned all the same, and its retry makes its
@@ -228,8 +228,7 @@ impl Syncer {
             },
             sender,
         ));
-        let mut writers = Writers::new(self, now);
-        let mut batch = Batch::default();
+        let mut writer = BatchWriter::new(self, now);
         let mut failed = Vec::new();
         while let Some(((group, name), members)) = receiver.recv().await {
             unread.remove(&group);
@@ -240,11 +239,10 @@ impl Syncer {
                         display_name: Some(name),
                         members,
                         unreadable: Vec::new(),
+                        read_before: Vec::new(),
                     };
-                    if batch.push(whole) {
-                        let failed = std::mem::take(&mut failed);
-                        writers.write(batch.take(), failed, changes).await?;
-                    }
+                    let failed = std::mem::take(&mut failed);
+                    writer.take(vec![whole], failed, changes).await?;
                 }
                 Err(error) => {
                     self.settle_item(Item::Group(group.clone()), Err(error), now)
@@ -264,8 +262,8 @@ impl Syncer {
                 failed.push((group, Some(name)));
             }
         }
-        writers.write(batch.take(), failed, changes).await?;
-        writers.finish(changes).await?;
+        writer.take(Vec::new(), failed, changes).await?;
+        writer.finish(changes).await?;
         Ok(())
     }
 

@@ -4,8 +4,10 @@
 use chrono::{DateTime, Utc};
 use entity::GroupId;
 use std::future::Future;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
+use super::round::UsersRead;
 use super::tasks::{Bounded, ItemTasks};
 use super::{Syncer, retrying};
 use crate::directory::EntraUser;
@@ -34,6 +36,9 @@ pub(super) struct WholeGroup {
     pub members: Vec<EntraUser>,
     /// Members the group lists whose user objects Graph could not read: they stay as they are.
     pub unreadable: Vec<entity::UserId>,
+    /// Members who may join, read earlier by the same comparison (see
+    /// [`super::round::UsersRead`]); always empty where groups are written.
+    pub read_before: Vec<entity::UserId>,
 }
 
 impl WholeGroup {
@@ -124,6 +129,71 @@ impl Syncer {
             changes.add(made);
         }
         Ok(count)
+    }
+}
+
+/// What a resync does with the groups it reads whole, slice after slice: write them
+/// ([`BatchWriter`]), or compare them with LiteLLM's rows first ([`super::compare::Comparer`]).
+pub(super) trait WholeGroups {
+    /// A slice's groups read whole, and groups that could not be read but keep their new
+    /// names (`renamed`). Returns how many teams changed meanwhile.
+    async fn take(
+        &mut self,
+        whole: Vec<WholeGroup>,
+        renamed: Vec<(GroupId, Option<String>)>,
+        changes: &mut Changes,
+    ) -> Result<usize>;
+
+    /// After the last slice: what is left, and how many teams it changed.
+    async fn finish(self, changes: &mut Changes) -> Result<usize>;
+
+    /// Users read once for all the groups ([`UsersRead`]): only for a comparison, which needs
+    /// each user's details once; groups to be written are read with every member's.
+    fn users_read(&self) -> Option<Arc<UsersRead>> {
+        None
+    }
+}
+
+/// Groups read whole, written a batch at a time by [`Writers`].
+pub(super) struct BatchWriter {
+    writers: Writers,
+    batch: Batch,
+    /// Groups that keep their new names, recorded with the next batch.
+    renamed: Vec<(GroupId, Option<String>)>,
+}
+
+impl BatchWriter {
+    pub fn new(syncer: &Syncer, now: DateTime<Utc>) -> Self {
+        Self {
+            writers: Writers::new(syncer, now),
+            batch: Batch::default(),
+            renamed: Vec::new(),
+        }
+    }
+}
+
+impl WholeGroups for BatchWriter {
+    async fn take(
+        &mut self,
+        whole: Vec<WholeGroup>,
+        renamed: Vec<(GroupId, Option<String>)>,
+        changes: &mut Changes,
+    ) -> Result<usize> {
+        self.renamed.extend(renamed);
+        let mut changed = 0;
+        for group in whole {
+            if self.batch.push(group) {
+                let renamed = std::mem::take(&mut self.renamed);
+                changed += self.writers.write(self.batch.take(), renamed, changes).await?;
+            }
+        }
+        Ok(changed)
+    }
+
+    async fn finish(mut self, changes: &mut Changes) -> Result<usize> {
+        let renamed = std::mem::take(&mut self.renamed);
+        let changed = self.writers.write(self.batch.take(), renamed, changes).await?;
+        Ok(changed + self.writers.finish(changes).await?)
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod assignments;
 mod batch;
+mod compare;
 mod nesting;
 mod owners;
 mod reconcile;

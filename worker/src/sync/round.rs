@@ -8,7 +8,7 @@ use entity::{GroupId, UserId};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::batch::{Batch, WholeGroup, Writers, read_all_in_parallel};
+use super::batch::{BatchWriter, WholeGroup, WholeGroups, read_all_in_parallel};
 use super::tasks::task_failure;
 use super::{Membership, Syncer, retrying};
 use crate::directory::{EntraUser, UserState};
@@ -40,6 +40,29 @@ pub(super) struct Members {
     /// Those the group lists whose user objects Graph could not read (replication lag): left
     /// exactly as they are, and read again soon.
     pub unreadable: Vec<UserId>,
+    /// Members who may join, read earlier in the same comparison ([`UsersRead`]): not read
+    /// again. Only a comparison reads groups so.
+    pub read_before: Vec<UserId>,
+}
+
+/// The users a resync's comparison has read so far, and whether each may be a member: each is
+/// read once however many groups list her (her details were copied the first time).
+#[derive(Default)]
+pub(super) struct UsersRead(std::sync::Mutex<HashMap<UserId, bool>>);
+
+impl UsersRead {
+    fn admitted(&self, user: &UserId) -> Option<bool> {
+        self.lock().get(user).copied()
+    }
+
+    fn note(&self, user: &UserId, admitted: bool) {
+        self.lock().insert(user.clone(), admitted);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, bool>> {
+        // A panic while holding it leaves a map that is whole all the same.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// What a round did.
@@ -155,6 +178,7 @@ impl Syncer {
                     .iter()
                     .filter(|(group, _)| assigned.contains_key(group))
                     .map(|(_, delta)| delta),
+                None,
             )
             .await?;
 
@@ -209,7 +233,7 @@ impl Syncer {
                 return Ok(changes);
             }
         }
-        let members = self.joining(delta, users);
+        let members = self.joining(delta, users, None);
         if !members.joining.is_empty() {
             changes.extend(
                 self.store
@@ -276,7 +300,7 @@ impl Syncer {
             return Ok(Vec::new());
         };
         let direct = self
-            .direct_members(std::iter::once((group, delta)))
+            .direct_members(std::iter::once((group, delta)), None)
             .await?
             .remove(group);
         let members = self.members_now(group, delta, direct, now).await?;
@@ -317,8 +341,9 @@ impl Syncer {
             .filter(|group| !retired.contains(group))
             .collect();
         let mut changes = self.tally();
+        // Compared with LiteLLM's rows first: only the teams that may differ are written.
         let groups_applied = self
-            .resync_groups(assigned.clone(), now, &mut changes)
+            .compare_groups(assigned.clone(), now, &mut changes)
             .await?;
         // Owner changes made before the new deltaLink are in no round after it, and member
         // changes of role-holding groups may be among what it found.
@@ -337,21 +362,37 @@ impl Syncer {
 
     /// Groups read whole and their teams made equal to them (renamed, retired when gone), a slice
     /// of [`RESYNC_SLICE`] groups read at a time: the next slice is read from Graph while the
-    /// last one's batches are written ([`Writers`]). Returns how many teams changed.
+    /// last one's batches are written ([`BatchWriter`]). Returns how many teams changed.
     pub(super) async fn resync_groups(
         &self,
         groups: Vec<GroupId>,
         now: DateTime<Utc>,
         changes: &mut Changes,
     ) -> Result<usize> {
+        let writer = BatchWriter::new(self, now);
+        self.read_whole(groups, now, changes, writer).await
+    }
+
+    /// Reads the groups whole, a slice of [`RESYNC_SLICE`] at a time, one slice read ahead:
+    /// the teams of groups that are gone retired, groups that could not be read failed as
+    /// items, and every group read whole handed to `whole` (written, or compared first).
+    /// Returns how many teams changed.
+    pub(super) async fn read_whole(
+        &self,
+        groups: Vec<GroupId>,
+        now: DateTime<Utc>,
+        changes: &mut Changes,
+        mut whole: impl WholeGroups,
+    ) -> Result<usize> {
         // One slice read ahead; a JoinSet, so that the reads stop when this returns early.
         let (sender, mut receiver) = mpsc::channel(1);
         let reader = self.clone();
         let to_read = groups.clone();
+        let users_read = whole.users_read();
         let mut reading = JoinSet::new();
         reading.spawn(async move {
             for slice in to_read.chunks(RESYNC_SLICE) {
-                let read = reader.read_slice(slice, now).await;
+                let read = reader.read_slice(slice, users_read.as_deref(), now).await;
                 let failed = read.is_err();
                 if sender.send(read).await.is_err() || failed {
                     return;
@@ -359,11 +400,6 @@ impl Syncer {
             }
         });
         let mut changed = 0;
-        let mut writers = Writers::new(self, now);
-        let mut batch = Batch::default();
-        // Groups whose members could not be read keep their new names all the same, recorded
-        // with the next batch.
-        let mut renamed = Vec::new();
         let mut slices_read = 0;
         while let Some(read) = receiver.recv().await {
             slices_read += 1;
@@ -374,6 +410,8 @@ impl Syncer {
                 changed += usize::from(!made.is_empty());
                 changes.add(made);
             }
+            // Groups whose members could not be read keep their new names all the same.
+            let mut renamed = Vec::new();
             for (group, display_name, error) in read.unreadable {
                 changes.add(
                     self.settle_item(Item::Group(group.clone()), Err(error), now)
@@ -383,12 +421,7 @@ impl Syncer {
                     renamed.push((group, display_name));
                 }
             }
-            for whole in read.whole {
-                if batch.push(whole) {
-                    let renamed = std::mem::take(&mut renamed);
-                    changed += writers.write(batch.take(), renamed, changes).await?;
-                }
-            }
+            changed += whole.take(read.whole, renamed, changes).await?;
         }
         // A reader that panicked ended the slices early: the groups it did not send are never
         // taken as read, but fail as items (each read whole at its retry).
@@ -402,17 +435,21 @@ impl Syncer {
                 );
             }
         }
-        changed += writers.write(batch.take(), renamed, changes).await?;
-        changed += writers.finish(changes).await?;
+        changed += whole.finish(changes).await?;
         Ok(changed)
     }
 
     /// One slice of groups as Graph has them now: their names and members (through delta with
     /// `$filter`, their users with getByIds; with transitive membership each group's members
     /// read on their own), and which are gone.
-    async fn read_slice(&self, groups: &[GroupId], now: DateTime<Utc>) -> Result<SliceRead> {
+    async fn read_slice(
+        &self,
+        groups: &[GroupId],
+        users_read: Option<&UsersRead>,
+        now: DateTime<Utc>,
+    ) -> Result<SliceRead> {
         let mut current = self.current_state(groups).await?;
-        let mut direct = self.direct_members(current.iter()).await?;
+        let mut direct = self.direct_members(current.iter(), users_read).await?;
         let mut read = SliceRead::default();
         let mut unread = Vec::new();
         for group in groups {
@@ -430,6 +467,7 @@ impl Syncer {
                     display_name: delta.display_name,
                     members: members.joining,
                     unreadable: members.unreadable,
+                    read_before: members.read_before,
                 }),
                 None => unread.push((group.clone(), delta.display_name)),
             }
@@ -448,6 +486,7 @@ impl Syncer {
                     display_name,
                     members,
                     unreadable: Vec::new(),
+                    read_before: Vec::new(),
                 }),
                 Err(error) => read.unreadable.push((group, display_name, error)),
             }
@@ -458,20 +497,22 @@ impl Syncer {
     /// With direct membership, each group's members from its current state (its users read
     /// with getByIds, for all the groups in one go); nothing with transitive membership, where
     /// each group is read on its own ([`Self::members_now`]).
+    /// A comparison's `users_read` are not read again.
     async fn direct_members<'a>(
         &self,
         current: impl Iterator<Item = (&'a GroupId, &'a GroupDelta)>,
+        users_read: Option<&UsersRead>,
     ) -> Result<HashMap<GroupId, Members>> {
         if self.membership == Membership::Transitive {
             return Ok(HashMap::new());
         }
         let current: Vec<(&GroupId, &GroupDelta)> = current.collect();
         let users = self
-            .users_added(current.iter().map(|(_, delta)| *delta))
+            .users_added(current.iter().map(|(_, delta)| *delta), users_read)
             .await?;
         Ok(current
             .into_iter()
-            .map(|(group, delta)| (group.clone(), self.joining(delta, &users)))
+            .map(|(group, delta)| (group.clone(), self.joining(delta, &users, users_read)))
             .collect())
     }
 
@@ -489,7 +530,7 @@ impl Syncer {
             None if delta.group_removed.is_some() => Ok(Members::default()),
             None => Ok(Members {
                 joining: self.members_of(group, now).await?,
-                unreadable: Vec::new(),
+                ..Members::default()
             }),
         }
     }
@@ -506,16 +547,18 @@ impl Syncer {
     }
 
     /// The users the deltas add (groups that still exist), read with getByIds in one go: each
-    /// user Graph could read, enabled or not.
+    /// user Graph could read, enabled or not; none of a comparison's `users_read`.
     async fn users_added(
         &self,
         deltas: impl Iterator<Item = &GroupDelta>,
+        users_read: Option<&UsersRead>,
     ) -> Result<HashMap<UserId, UserState>> {
         let ids: HashSet<UserId> = deltas
             .filter(|delta| delta.group_removed.is_none())
             .flat_map(|delta| delta.added.iter())
             .filter(|m| m.kind == ObjectKind::User)
             .filter_map(|m| UserId::parse(&m.id).ok())
+            .filter(|id| users_read.is_none_or(|read| read.admitted(id).is_none()))
             .collect();
         let ids: Vec<UserId> = ids.into_iter().collect();
         Ok(self
@@ -530,8 +573,14 @@ impl Syncer {
     /// The members a delta adds: those who may join (enabled, and not departed unless this
     /// read says they are back, see [`Syncer::admits`]), and those Graph could not read
     /// (replication lag), who are neither added nor taken for leavers. A disabled account, or a
-    /// user entra-sync holds as departed, is neither.
-    fn joining(&self, delta: &GroupDelta, users: &HashMap<UserId, UserState>) -> Members {
+    /// user entra-sync holds as departed, is neither. A comparison notes in `users_read` whom
+    /// it read, and takes those it read before as it found them then.
+    fn joining(
+        &self,
+        delta: &GroupDelta,
+        users: &HashMap<UserId, UserState>,
+        users_read: Option<&UsersRead>,
+    ) -> Members {
         let mut members = Members::default();
         for id in delta
             .added
@@ -539,11 +588,21 @@ impl Syncer {
             .filter(|m| m.kind == ObjectKind::User)
             .filter_map(|m| UserId::parse(&m.id).ok())
         {
-            match users.get(&id) {
-                Some(state) if self.admits(state) => members.joining.push(state.user.clone()),
-                Some(_) => {}
-                None if self.included(&id) => members.unreadable.push(id),
-                None => {}
+            let Some(state) = users.get(&id) else {
+                match users_read.and_then(|read| read.admitted(&id)) {
+                    Some(true) => members.read_before.push(id),
+                    Some(false) => {}
+                    None if self.included(&id) => members.unreadable.push(id),
+                    None => {}
+                }
+                continue;
+            };
+            let admitted = self.admits(state);
+            if let Some(read) = users_read {
+                read.note(&id, admitted);
+            }
+            if admitted {
+                members.joining.push(state.user.clone());
             }
         }
         members

@@ -1658,3 +1658,100 @@ async fn a_resync_finds_every_kind_of_drift_and_then_none() {
             .collect::<Vec<_>>()
     );
 }
+
+/// A resync compares every group with its team in one statement, then reads again and writes
+/// only the teams that may differ: none when nothing drifted, the one whose membership row
+/// LiteLLM lost; a team with a member added by hand may differ, is read again, and keeps her.
+#[tokio::test]
+async fn a_resync_reads_again_only_the_teams_that_may_differ_and_keeps_members_added_by_hand() {
+    let sim = sim(|_| {}).await;
+    sim.change(|t| {
+        t.assign(gid(2), Uuid::nil()).unwrap();
+        ((), Vec::new())
+    });
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    syncer.poll_assignments(now()).await.unwrap();
+    // Groups read through delta with `$filter`: each request names up to 50 groups.
+    let filtered_reads = |sim: &GraphSim| {
+        sim.requests()
+            .iter()
+            .filter(|r| r.path.contains("groups/delta") && r.query.contains("filter"))
+            .count()
+    };
+    let resync = || async {
+        sim.clear_requests();
+        let changes = syncer.resync_round(now()).await.unwrap().changes.total();
+        (changes, filtered_reads(&sim))
+    };
+    assert_eq!(resync().await, (0, 1), "both groups read once, nothing written");
+
+    let (one, two) = (gid(1).to_string(), gid(2).to_string());
+    let user = uid(1).to_string();
+    db.conn()
+        .execute_unprepared(&format!(
+            r#"DELETE FROM "LiteLLM_TeamMembership" WHERE team_id = '{one}' AND user_id = '{user}'"#
+        ))
+        .await
+        .unwrap();
+    let (changes, reads) = resync().await;
+    assert!(changes > 0, "the lost row is written again");
+    assert_eq!(reads, 2, "the differing group read a second time, alone");
+    let rows = format!(
+        r#"SELECT count(*) FROM "LiteLLM_TeamMembership" WHERE team_id = '{one}' AND user_id = '{user}'"#
+    );
+    assert_eq!(count(&db, &rows).await, 1);
+
+    // A member entra-sync does not manage, added as LiteLLM's own endpoints would.
+    for statement in [
+        format!(
+            r#"INSERT INTO "LiteLLM_UserTable" (user_id, user_email, teams)
+               VALUES ('added-by-hand', 'hand@contoso.example', ARRAY['{two}'])"#
+        ),
+        format!(
+            r#"INSERT INTO "LiteLLM_TeamMembership" (user_id, team_id, spend)
+               VALUES ('added-by-hand', '{two}', 0)"#
+        ),
+        format!(
+            r#"UPDATE "LiteLLM_TeamTable" SET members_with_roles = members_with_roles ||
+                 '[{{"user_id": "added-by-hand", "user_email": "hand@contoso.example", "role": "user"}}]'::jsonb
+               WHERE team_id = '{two}'"#
+        ),
+    ] {
+        db.conn().execute_unprepared(&statement).await.unwrap();
+    }
+    assert_eq!(
+        resync().await,
+        (0, 2),
+        "read again, and left as it is in the managed removal mode"
+    );
+    assert!(members(&db, 2).await.contains(&"added-by-hand".to_owned()));
+}
+
+/// A resync reads each user once, however many slices of groups list her: the groups of the
+/// second slice are compared with the users the first one read, and found equal.
+#[tokio::test]
+async fn a_resync_reads_each_user_once_across_its_slices_of_groups() {
+    // 250 groups (two slices of up to 200) of 5 members among 50 users: every user in both.
+    let tenant = graph_sim::tenant::TenantFile::generate(250, 50, 5);
+    let sim = GraphSim::start(graph_sim::SimConfig::default(), tenant)
+        .await
+        .unwrap();
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    syncer.poll_assignments(now()).await.unwrap();
+    sim.clear_requests();
+    let changes = syncer.resync_round(now()).await.unwrap().changes.total();
+    assert_eq!(changes, 0);
+    let filtered_reads = sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("groups/delta") && r.query.contains("filter"))
+        .count();
+    assert_eq!(filtered_reads, 5, "every group read once (50 to a request), none again");
+    assert_eq!(
+        sim.count("getByIds"),
+        1,
+        "the 50 users read with the first slice, not again with the second"
+    );
+}

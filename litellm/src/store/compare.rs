@@ -1,0 +1,241 @@
+//! A reconciliation's comparison in sets: what Graph says of every assigned group, streamed
+//! into temporary tables with `COPY` as the groups are read, then compared with LiteLLM's rows
+//! in one statement ([`DIFFERING`]) that reads each table once. Only the teams that may differ
+//! go on to be planned and written under their locks ([`Store::sync_teams`]); a resync that
+//! finds nothing is then a scan of each table instead of two index probes per membership.
+//!
+//! Why once per resync and by per-team hashes: compared slice by slice, each slice's joins read
+//! LiteLLM's whole membership table (it has no index on `team_id`), and joining a million
+//! (team, member) pairs with it spills to disk (17 s at 10,000 x 100 here). Aggregates per team
+//! keep a few numbers for each of 10,000 teams instead. A team is reported equal only when
+//! everything [`Store::sync_teams`] would write for it is there already; whatever the
+//! comparison cannot rule out (a member LiteLLM knows by email only, members Graph could not
+//! read, a team entra-sync blocked, members added by hand) counts as a difference, which the
+//! full path then settles.
+//!
+//! The hashes are seeded anew for each comparison: two different sets of the same size whose
+//! hashes sum alike (about one chance in 2^64 for a team) would not agree again next time.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+
+use entity::{GroupId, UserId};
+use sea_orm::sqlx::{self, Postgres, Row, Transaction};
+
+use super::{Store, TeamSync};
+use crate::error::Result;
+use migration::database::driver_error;
+
+/// The statement that names the teams that may differ.
+const DIFFERING: &str = include_str!("differing.sql");
+
+/// The temporary tables Graph's side is copied into; dropped with the transaction.
+const TABLES: [&str; 3] = [
+    "CREATE TEMPORARY TABLE graph_teams
+       (team_id text NOT NULL, team_alias text, unreadable bool NOT NULL) ON COMMIT DROP",
+    "CREATE TEMPORARY TABLE graph_members (team_id text NOT NULL, entra_id text NOT NULL)
+       ON COMMIT DROP",
+    "CREATE TEMPORARY TABLE graph_users (entra_id text NOT NULL, email text, alias text)
+       ON COMMIT DROP",
+];
+
+/// Memory for the comparison's hash tables, for its transaction only: a million pairs hashed
+/// in memory rather than in batches on disk.
+const WORK_MEM: &str = "SET LOCAL work_mem = '64MB'";
+
+type Driven<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// Graph's side of a comparison, being copied: a transaction of its own that writes nothing
+/// but its temporary tables and takes no lock but reading's.
+pub struct Comparison {
+    txn: Transaction<'static, Postgres>,
+    /// Users copied already: each once, however many groups list her.
+    users: HashSet<UserId>,
+    seed: i64,
+}
+
+impl Store {
+    /// Starts a comparison: its transaction and empty tables.
+    #[tracing::instrument(skip(self), err(level = "debug"))]
+    pub async fn begin_comparison(&self) -> Result<Comparison> {
+        let txn = self.db.begin_driver().await?;
+        let txn = prepare(txn).await?;
+        let seed = i64::from_le_bytes(
+            uuid::Uuid::new_v4().as_bytes()[..8]
+                .try_into()
+                .unwrap_or_default(),
+        );
+        Ok(Comparison {
+            txn,
+            users: HashSet::new(),
+            seed,
+        })
+    }
+}
+
+impl Comparison {
+    /// Copies these groups as Graph has them now (read whole), each with the members whose
+    /// details an earlier call copied already (read once, listed by id here).
+    #[tracing::instrument(skip_all, fields(teams = teams.len()), err(level = "debug"))]
+    pub async fn add(&mut self, teams: &[(TeamSync<'_>, &[UserId])]) -> Result<()> {
+        // Built before any await: nothing borrowed from `teams` is held across one.
+        let mut lines = Lines::default();
+        for (team, copied_before) in teams {
+            lines.team(team);
+            for member in team.members {
+                lines.member(team.group, &member.id);
+                if self.users.insert(member.id.clone()) {
+                    lines.user(member);
+                }
+            }
+            for user in *copied_before {
+                lines.member(team.group, user);
+            }
+        }
+        copy(&mut self.txn, lines).await
+    }
+
+    /// The teams that may differ from what was copied; the others are as Graph says.
+    #[tracing::instrument(skip_all, fields(users = self.users.len()), err(level = "debug"))]
+    pub async fn differing(self) -> Result<HashSet<GroupId>> {
+        let rows = compare(self.txn, self.seed).await?;
+        Ok(rows
+            .iter()
+            .filter_map(|team_id| GroupId::parse(team_id).ok())
+            .collect())
+    }
+}
+
+/// `COPY`'s text format for the three tables.
+#[derive(Default)]
+struct Lines {
+    teams: String,
+    members: String,
+    users: String,
+}
+
+impl Lines {
+    fn team(&mut self, team: &TeamSync<'_>) {
+        let line = &mut self.teams;
+        line.push_str(team.group.as_ref());
+        line.push('\t');
+        push_copy_value(line, team.display_name);
+        line.push('\t');
+        line.push_str(if team.unreadable.is_empty() { "f" } else { "t" });
+        line.push('\n');
+    }
+
+    fn member(&mut self, group: &GroupId, user: &UserId) {
+        self.members.push_str(group.as_ref());
+        self.members.push('\t');
+        self.members.push_str(user.as_str());
+        self.members.push('\n');
+    }
+
+    /// The email as LiteLLM would be given it (lower case), the display name as read.
+    fn user(&mut self, user: &crate::directory::EntraUser) {
+        let line = &mut self.users;
+        line.push_str(user.id.as_str());
+        line.push('\t');
+        push_copy_value(line, user.email().as_deref());
+        line.push('\t');
+        push_copy_value(line, user.display_name.as_deref());
+        line.push('\n');
+    }
+}
+
+/// A value in `COPY`'s text format: `\N` for none, the characters it gives meaning escaped.
+fn push_copy_value(buffer: &mut String, value: Option<&str>) {
+    let Some(value) = value else {
+        buffer.push_str("\\N");
+        return;
+    };
+    for character in value.chars() {
+        match character {
+            '\\' => buffer.push_str("\\\\"),
+            '\t' => buffer.push_str("\\t"),
+            '\n' => buffer.push_str("\\n"),
+            '\r' => buffer.push_str("\\r"),
+            other => buffer.push(other),
+        }
+    }
+}
+
+// The driver's calls run in boxed `Send` futures over owned values: its executor traits
+// (higher-ranked over the connection's lifetime) keep the compiler from proving that an
+// `async fn` holding them is `Send`.
+
+/// The transaction's settings and empty tables.
+fn prepare(mut txn: Transaction<'static, Postgres>) -> Driven<'static, Transaction<'static, Postgres>> {
+    Box::pin(async move {
+        for statement in [WORK_MEM].iter().chain(TABLES.iter()) {
+            sqlx::query(statement)
+                .persistent(false)
+                .execute(&mut *txn)
+                .await
+                .map_err(driver_error)?;
+        }
+        Ok(txn)
+    })
+}
+
+/// Appends the lines to their tables.
+fn copy<'a>(txn: &'a mut Transaction<'static, Postgres>, lines: Lines) -> Driven<'a, ()> {
+    Box::pin(async move {
+        for (table, text) in [
+            ("graph_teams", lines.teams),
+            ("graph_members", lines.members),
+            ("graph_users", lines.users),
+        ] {
+            if text.is_empty() {
+                continue;
+            }
+            let mut copy = txn
+                .copy_in_raw(&format!("COPY {table} FROM STDIN"))
+                .await
+                .map_err(driver_error)?;
+            for chunk in text.as_bytes().chunks(1 << 16) {
+                copy.send(chunk).await.map_err(driver_error)?;
+            }
+            copy.finish().await.map_err(driver_error)?;
+        }
+        Ok(())
+    })
+}
+
+/// The comparison itself, then the transaction rolled back (it wrote only its tables).
+fn compare(mut txn: Transaction<'static, Postgres>, seed: i64) -> Driven<'static, Vec<String>> {
+    Box::pin(async move {
+        for table in ["graph_teams", "graph_members", "graph_users"] {
+            sqlx::query(&format!("ANALYZE {table}"))
+                .persistent(false)
+                .execute(&mut *txn)
+                .await
+                .map_err(driver_error)?;
+        }
+        let rows = sqlx::query(DIFFERING)
+            .persistent(false)
+            .bind(seed)
+            .fetch_all(&mut *txn)
+            .await
+            .map_err(driver_error)?;
+        txn.rollback().await.map_err(driver_error)?;
+        rows.iter()
+            .map(|row| row.try_get::<String, _>(0).map_err(|e| driver_error(e).into()))
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_copy_value;
+
+    #[test]
+    fn copy_values_escape_what_copy_gives_meaning() {
+        let mut line = String::new();
+        push_copy_value(&mut line, Some("a\tb\\c\nd\re"));
+        push_copy_value(&mut line, None);
+        assert_eq!(line, "a\\tb\\\\c\\nd\\re\\N");
+    }
+}
