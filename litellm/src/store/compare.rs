@@ -1,8 +1,9 @@
 //! A reconciliation's comparison in sets: what Graph says of every assigned group, streamed
-//! into temporary tables with `COPY` as the groups are read, then compared with LiteLLM's rows
-//! in one statement ([`DIFFERING`]) that reads each table once. Only the teams that may differ
-//! go on to be planned and written under their locks ([`Store::sync_teams`]); a resync that
-//! finds nothing is then a scan of each table instead of two index probes per membership.
+//! into temporary tables with `COPY` as the groups are read, then compared in one statement
+//! ([`DIFFERING`]) with LiteLLM's side, which a statement of its own ([`LITELLM_SETS`]) reads
+//! on another connection meanwhile, each table in one scan. Only the teams that may differ go
+//! on to be planned and written under their locks ([`Store::sync_teams`]); a resync that finds
+//! nothing is then a scan of each table instead of two index probes per membership.
 //!
 //! Why once per resync and by per-team hashes: compared slice by slice, each slice's joins read
 //! LiteLLM's whole membership table (it has no index on `team_id`), and joining a million
@@ -23,20 +24,30 @@ use std::pin::Pin;
 use entity::{GroupId, UserId};
 use sea_orm::sqlx::{self, Postgres, Row, Transaction};
 
+use sea_orm::FromQueryResult;
+use tokio::task::JoinSet;
+
+use super::sql::stmt;
 use super::{Store, TeamSync};
-use crate::error::Result;
-use migration::database::driver_error;
+use crate::error::{Error, Result};
+use migration::database::{Db, driver_error};
 
 /// The statement that names the teams that may differ.
 const DIFFERING: &str = include_str!("differing.sql");
 
-/// The temporary tables Graph's side is copied into; dropped with the transaction.
-const TABLES: [&str; 3] = [
+/// LiteLLM's side, team by team.
+const LITELLM_SETS: &str = include_str!("litellm_sets.sql");
+
+/// The temporary tables Graph's side and LiteLLM's are copied into; dropped with the transaction.
+const TABLES: [&str; 4] = [
     "CREATE TEMPORARY TABLE graph_teams
        (team_id text NOT NULL, team_alias text, unreadable bool NOT NULL) ON COMMIT DROP",
     "CREATE TEMPORARY TABLE graph_members (team_id text NOT NULL, entra_id text NOT NULL)
        ON COMMIT DROP",
     "CREATE TEMPORARY TABLE graph_users (entra_id text NOT NULL, email text, alias text)
+       ON COMMIT DROP",
+    "CREATE TEMPORARY TABLE litellm_teams (team_id text NOT NULL, team_alias text,
+       members bigint NOT NULL, members_hash numeric NOT NULL, agrees bool NOT NULL)
        ON COMMIT DROP",
 ];
 
@@ -50,6 +61,9 @@ type Driven<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 /// but its temporary tables and takes no lock but reading's.
 pub struct Comparison {
     txn: Transaction<'static, Postgres>,
+    /// LiteLLM's side, being read (as `COPY` lines for `litellm_teams`); stopped when this is
+    /// dropped.
+    litellm_side: JoinSet<Result<String>>,
     /// Users copied already: each once, however many groups list her.
     users: HashSet<UserId>,
     seed: i64,
@@ -66,8 +80,12 @@ impl Store {
                 .try_into()
                 .unwrap_or_default(),
         );
+        let mut litellm_side = JoinSet::new();
+        let db = self.db.clone();
+        litellm_side.spawn(async move { read_litellm_side(&db, seed).await });
         Ok(Comparison {
             txn,
+            litellm_side,
             users: HashSet::new(),
             seed,
         })
@@ -98,7 +116,21 @@ impl Comparison {
 
     /// The teams that may differ from what was copied; the others are as Graph says.
     #[tracing::instrument(skip_all, fields(users = self.users.len()), err(level = "debug"))]
-    pub async fn differing(self) -> Result<HashSet<GroupId>> {
+    pub async fn differing(mut self) -> Result<HashSet<GroupId>> {
+        let litellm_teams = match self.litellm_side.join_next().await {
+            Some(Ok(read)) => read?,
+            Some(Err(failure)) if failure.is_panic() => {
+                std::panic::resume_unwind(failure.into_panic())
+            }
+            // Only a task aborted, which nothing does while the comparison lives.
+            _ => {
+                let stopped = "the read of LiteLLM's teams stopped".to_owned();
+                return Err(Error::Database(sea_orm::DbErr::Custom(stopped)));
+            }
+        };
+        let mut lines = Lines::default();
+        lines.litellm_teams = litellm_teams;
+        copy(&mut self.txn, lines).await?;
         let rows = compare(self.txn, self.seed).await?;
         Ok(rows
             .iter()
@@ -113,6 +145,7 @@ struct Lines {
     teams: String,
     members: String,
     users: String,
+    litellm_teams: String,
 }
 
 impl Lines {
@@ -187,6 +220,7 @@ fn copy<'a>(txn: &'a mut Transaction<'static, Postgres>, lines: Lines) -> Driven
             ("graph_teams", lines.teams),
             ("graph_members", lines.members),
             ("graph_users", lines.users),
+            ("litellm_teams", lines.litellm_teams),
         ] {
             if text.is_empty() {
                 continue;
@@ -207,7 +241,7 @@ fn copy<'a>(txn: &'a mut Transaction<'static, Postgres>, lines: Lines) -> Driven
 /// The comparison itself, then the transaction rolled back (it wrote only its tables).
 fn compare(mut txn: Transaction<'static, Postgres>, seed: i64) -> Driven<'static, Vec<String>> {
     Box::pin(async move {
-        for table in ["graph_teams", "graph_members", "graph_users"] {
+        for table in ["graph_teams", "graph_members", "graph_users", "litellm_teams"] {
             sqlx::query(&format!("ANALYZE {table}"))
                 .persistent(false)
                 .execute(&mut *txn)
@@ -225,6 +259,37 @@ fn compare(mut txn: Transaction<'static, Postgres>, seed: i64) -> Driven<'static
             .map(|row| row.try_get::<String, _>(0).map_err(|e| driver_error(e).into()))
             .collect()
     })
+}
+
+/// A team as [`LITELLM_SETS`] reads it.
+#[derive(FromQueryResult)]
+struct LiteLlmTeam {
+    team_id: String,
+    team_alias: Option<String>,
+    members: i64,
+    members_hash: String,
+    agrees: bool,
+}
+
+/// LiteLLM's side of the comparison, as `COPY` lines for `litellm_teams`: a statement that
+/// reads, on a connection of its own, while Graph's side is copied.
+async fn read_litellm_side(db: &Db, seed: i64) -> Result<String> {
+    let mut lines = String::new();
+    for team in LiteLlmTeam::find_by_statement(stmt(LITELLM_SETS, [seed.into()]))
+        .all(db)
+        .await?
+    {
+        lines.push_str(&team.team_id);
+        lines.push('\t');
+        push_copy_value(&mut lines, team.team_alias.as_deref());
+        lines.push_str(&format!(
+            "\t{}\t{}\t{}\n",
+            team.members,
+            team.members_hash,
+            if team.agrees { "t" } else { "f" }
+        ));
+    }
+    Ok(lines)
 }
 
 #[cfg(test)]
