@@ -188,7 +188,9 @@ impl GraphClient {
             let (at, round) = match read {
                 Ok(read) => read,
                 // A bug in a read: it goes on up as the panic it is, as it would have unspawned.
-                Err(failure) if failure.is_panic() => std::panic::resume_unwind(failure.into_panic()),
+                Err(failure) if failure.is_panic() => {
+                    std::panic::resume_unwind(failure.into_panic())
+                }
                 Err(failure) => {
                     return Err(Error::GraphUnavailable {
                         endpoint: ENDPOINT,

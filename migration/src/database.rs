@@ -67,21 +67,17 @@ impl Db {
         self.pooled
     }
 
-    /// A transaction of the driver's own, for what sea-orm cannot say: `COPY ... FROM STDIN`
-    /// into a temporary table that the same transaction then reads. Behind PgBouncer it starts
-    /// as every transaction does (`DEALLOCATE ALL`); its statements should not be persistent
-    /// (`sqlx::query(..).persistent(false)`).
-    pub async fn begin_driver(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, DbErr> {
-        let pool = self.connection.get_postgres_connection_pool();
-        let mut transaction = pool.begin().await.map_err(driver_error)?;
+    /// A session of the driver's own, out of the pool, for what sea-orm cannot say: `COPY ...
+    /// FROM STDIN` into temporary tables that later statements of the same session read, with
+    /// no transaction open in between. `None` behind PgBouncer in transaction mode, where a
+    /// session's temporary tables do not outlive a transaction. Dropped, it closes: its
+    /// temporary tables go with it.
+    pub async fn session(&self) -> Result<Option<sqlx::PgConnection>, DbErr> {
         if self.pooled {
-            sqlx::query("DEALLOCATE ALL")
-                .persistent(false)
-                .execute(&mut *transaction)
-                .await
-                .map_err(driver_error)?;
+            return Ok(None);
         }
-        Ok(transaction)
+        let pool = self.connection.get_postgres_connection_pool();
+        Ok(Some(pool.acquire().await.map_err(driver_error)?.detach()))
     }
 
     /// A statement that runs alone: behind PgBouncer, in a transaction of its own.

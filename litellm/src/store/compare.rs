@@ -22,7 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use entity::{GroupId, UserId};
-use sea_orm::sqlx::{self, Postgres, Row, Transaction};
+use sea_orm::sqlx::{self, Connection, PgConnection, Row};
 
 use sea_orm::FromQueryResult;
 use tokio::task::JoinSet;
@@ -38,29 +38,27 @@ const DIFFERING: &str = include_str!("differing.sql");
 /// LiteLLM's side, team by team.
 const LITELLM_SETS: &str = include_str!("litellm_sets.sql");
 
-/// The temporary tables Graph's side and LiteLLM's are copied into; dropped with the transaction.
+/// The temporary tables Graph's side and LiteLLM's are copied into; they go with the session.
 const TABLES: [&str; 4] = [
     "CREATE TEMPORARY TABLE graph_teams
-       (team_id text NOT NULL, team_alias text, unreadable bool NOT NULL) ON COMMIT DROP",
-    "CREATE TEMPORARY TABLE graph_members (team_id text NOT NULL, entra_id text NOT NULL)
-       ON COMMIT DROP",
-    "CREATE TEMPORARY TABLE graph_users (entra_id text NOT NULL, email text, alias text)
-       ON COMMIT DROP",
+       (team_id text NOT NULL, team_alias text, unreadable bool NOT NULL)",
+    "CREATE TEMPORARY TABLE graph_members (team_id text NOT NULL, entra_id text NOT NULL)",
+    "CREATE TEMPORARY TABLE graph_users (entra_id text NOT NULL, email text, alias text)",
     "CREATE TEMPORARY TABLE litellm_teams (team_id text NOT NULL, team_alias text,
-       members bigint NOT NULL, members_hash numeric NOT NULL, agrees bool NOT NULL)
-       ON COMMIT DROP",
+       members bigint NOT NULL, members_hash numeric NOT NULL, agrees bool NOT NULL)",
 ];
 
-/// Memory for the comparison's hash tables, for its transaction only: a million pairs hashed
-/// in memory rather than in batches on disk.
-const WORK_MEM: &str = "SET LOCAL work_mem = '64MB'";
+/// Memory for the comparison's hash tables, for its session only: a million pairs hashed in
+/// memory rather than in batches on disk.
+const WORK_MEM: &str = "SET work_mem = '64MB'";
 
 type Driven<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
-/// Graph's side of a comparison, being copied: a transaction of its own that writes nothing
-/// but its temporary tables and takes no lock but reading's.
+/// Graph's side of a comparison, being copied: a session of its own ([`Db::session`]) that
+/// writes nothing but its temporary tables, each statement a transaction of its own, so that
+/// no transaction stays open while Graph is read.
 pub struct Comparison {
-    txn: Transaction<'static, Postgres>,
+    session: PgConnection,
     /// LiteLLM's side, being read (as `COPY` lines for `litellm_teams`); stopped when this is
     /// dropped.
     litellm_side: JoinSet<Result<String>>,
@@ -70,11 +68,15 @@ pub struct Comparison {
 }
 
 impl Store {
-    /// Starts a comparison: its transaction and empty tables.
+    /// Starts a comparison: its session and empty tables. `None` behind PgBouncer in
+    /// transaction mode, where a session's tables do not last: groups are then written without
+    /// comparing first.
     #[tracing::instrument(skip(self), err(level = "debug"))]
-    pub async fn begin_comparison(&self) -> Result<Comparison> {
-        let txn = self.db.begin_driver().await?;
-        let txn = prepare(txn).await?;
+    pub async fn begin_comparison(&self) -> Result<Option<Comparison>> {
+        let Some(session) = self.db.session().await? else {
+            return Ok(None);
+        };
+        let session = prepare(session).await?;
         let seed = i64::from_le_bytes(
             uuid::Uuid::new_v4().as_bytes()[..8]
                 .try_into()
@@ -83,12 +85,12 @@ impl Store {
         let mut litellm_side = JoinSet::new();
         let db = self.db.clone();
         litellm_side.spawn(async move { read_litellm_side(&db, seed).await });
-        Ok(Comparison {
-            txn,
+        Ok(Some(Comparison {
+            session,
             litellm_side,
             users: HashSet::new(),
             seed,
-        })
+        }))
     }
 }
 
@@ -111,7 +113,7 @@ impl Comparison {
                 lines.member(team.group, user);
             }
         }
-        copy(&mut self.txn, lines).await
+        copy(&mut self.session, lines).await
     }
 
     /// The teams that may differ from what was copied; the others are as Graph says.
@@ -128,10 +130,12 @@ impl Comparison {
                 return Err(Error::Database(sea_orm::DbErr::Custom(stopped)));
             }
         };
-        let mut lines = Lines::default();
-        lines.litellm_teams = litellm_teams;
-        copy(&mut self.txn, lines).await?;
-        let rows = compare(self.txn, self.seed).await?;
+        let lines = Lines {
+            litellm_teams,
+            ..Lines::default()
+        };
+        copy(&mut self.session, lines).await?;
+        let rows = compare(self.session, self.seed).await?;
         Ok(rows
             .iter()
             .filter_map(|team_id| GroupId::parse(team_id).ok())
@@ -199,22 +203,22 @@ fn push_copy_value(buffer: &mut String, value: Option<&str>) {
 // (higher-ranked over the connection's lifetime) keep the compiler from proving that an
 // `async fn` holding them is `Send`.
 
-/// The transaction's settings and empty tables.
-fn prepare(mut txn: Transaction<'static, Postgres>) -> Driven<'static, Transaction<'static, Postgres>> {
+/// The session's settings and empty tables.
+fn prepare(mut session: PgConnection) -> Driven<'static, PgConnection> {
     Box::pin(async move {
         for statement in [WORK_MEM].iter().chain(TABLES.iter()) {
             sqlx::query(statement)
                 .persistent(false)
-                .execute(&mut *txn)
+                .execute(&mut session)
                 .await
                 .map_err(driver_error)?;
         }
-        Ok(txn)
+        Ok(session)
     })
 }
 
 /// Appends the lines to their tables.
-fn copy<'a>(txn: &'a mut Transaction<'static, Postgres>, lines: Lines) -> Driven<'a, ()> {
+fn copy(session: &mut PgConnection, lines: Lines) -> Driven<'_, ()> {
     Box::pin(async move {
         for (table, text) in [
             ("graph_teams", lines.teams),
@@ -225,7 +229,7 @@ fn copy<'a>(txn: &'a mut Transaction<'static, Postgres>, lines: Lines) -> Driven
             if text.is_empty() {
                 continue;
             }
-            let mut copy = txn
+            let mut copy = session
                 .copy_in_raw(&format!("COPY {table} FROM STDIN"))
                 .await
                 .map_err(driver_error)?;
@@ -238,25 +242,33 @@ fn copy<'a>(txn: &'a mut Transaction<'static, Postgres>, lines: Lines) -> Driven
     })
 }
 
-/// The comparison itself, then the transaction rolled back (it wrote only its tables).
-fn compare(mut txn: Transaction<'static, Postgres>, seed: i64) -> Driven<'static, Vec<String>> {
+/// The comparison itself, then the session closed (its tables go with it).
+fn compare(mut session: PgConnection, seed: i64) -> Driven<'static, Vec<String>> {
     Box::pin(async move {
-        for table in ["graph_teams", "graph_members", "graph_users", "litellm_teams"] {
+        for table in [
+            "graph_teams",
+            "graph_members",
+            "graph_users",
+            "litellm_teams",
+        ] {
             sqlx::query(&format!("ANALYZE {table}"))
                 .persistent(false)
-                .execute(&mut *txn)
+                .execute(&mut session)
                 .await
                 .map_err(driver_error)?;
         }
         let rows = sqlx::query(DIFFERING)
             .persistent(false)
             .bind(seed)
-            .fetch_all(&mut *txn)
+            .fetch_all(&mut session)
             .await
             .map_err(driver_error)?;
-        txn.rollback().await.map_err(driver_error)?;
+        session.close().await.map_err(driver_error)?;
         rows.iter()
-            .map(|row| row.try_get::<String, _>(0).map_err(|e| driver_error(e).into()))
+            .map(|row| {
+                row.try_get::<String, _>(0)
+                    .map_err(|e| driver_error(e).into())
+            })
             .collect()
     })
 }

@@ -62,8 +62,8 @@ use sea_orm::{DatabaseTransaction, TransactionTrait};
 
 pub use crate::error::{Error, Result};
 pub use audit::{AuditEntry, AuditFilter};
-pub use compare::Comparison;
 pub use change::{BlockReason, Cause, Change, Changes, RemovalReason};
+pub use compare::Comparison;
 pub use deletions::{CONFIRMATION_GAP, Deletion};
 pub use departures::Departure;
 pub use failures::{Item, failed_items};

@@ -383,9 +383,9 @@ impl Syncer {
     /// Gives each user the most privileged valid role of their values, a thousand users to a
     /// transaction; a batch that fails is applied user by user. Returns whether every user's
     /// role was applied.
-    async fn grant_roles(
+    async fn grant_roles<'g>(
         &self,
-        granting: &[(EntraUser, Vec<String>)],
+        granting: &'g [(EntraUser, Vec<String>)],
         now: DateTime<Utc>,
         changes: &mut Changes,
     ) -> Result<bool> {
@@ -397,18 +397,12 @@ impl Syncer {
                 changes.add(made);
                 continue;
             }
-            for (user, user_values) in batch {
-                let outcome = self
-                    .store
-                    .set_user_role(user, user_values, options)
-                    .await
-                    .map_err(Error::from);
-                applied &= outcome.is_ok();
-                changes.add(
-                    self.settle_item(Item::User(user.id.clone()), outcome, now)
-                        .await?,
-                );
-            }
+            let grant = |granted: &'g (EntraUser, Vec<String>)| async move {
+                let (user, user_values) = granted;
+                Ok(self.store.set_user_role(user, user_values, options).await?)
+            };
+            let user_id = |(user, _): &(EntraUser, Vec<String>)| user.id.clone();
+            applied &= self.each_alone(batch, user_id, grant, now, changes).await?;
         }
         Ok(applied)
     }
@@ -428,18 +422,10 @@ impl Syncer {
                 changes.add(made);
                 continue;
             }
-            for holder in batch {
-                let outcome = self
-                    .store
-                    .revoke_role(holder, options)
-                    .await
-                    .map_err(Error::from);
-                applied &= outcome.is_ok();
-                changes.add(
-                    self.settle_item(Item::User(holder.clone()), outcome, now)
-                        .await?,
-                );
-            }
+            let revoke = |holder| async move { Ok(self.store.revoke_role(holder, options).await?) };
+            applied &= self
+                .each_alone(batch, UserId::clone, revoke, now, changes)
+                .await?;
         }
         Ok(applied)
     }

@@ -184,7 +184,10 @@ impl WholeGroups for BatchWriter {
         for group in whole {
             if self.batch.push(group) {
                 let renamed = std::mem::take(&mut self.renamed);
-                changed += self.writers.write(self.batch.take(), renamed, changes).await?;
+                changed += self
+                    .writers
+                    .write(self.batch.take(), renamed, changes)
+                    .await?;
             }
         }
         Ok(changed)
@@ -192,7 +195,10 @@ impl WholeGroups for BatchWriter {
 
     async fn finish(mut self, changes: &mut Changes) -> Result<usize> {
         let renamed = std::mem::take(&mut self.renamed);
-        let changed = self.writers.write(self.batch.take(), renamed, changes).await?;
+        let changed = self
+            .writers
+            .write(self.batch.take(), renamed, changes)
+            .await?;
         Ok(changed + self.writers.finish(changes).await?)
     }
 }

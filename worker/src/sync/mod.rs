@@ -59,6 +59,34 @@ pub(super) fn whole_batch(
     }
 }
 
+impl Syncer {
+    /// The users of a batch that failed on its own ([`whole_batch`]), each applied alone by
+    /// `apply` and settled as an item of its own; returns whether every one succeeded.
+    pub(super) async fn each_alone<'a, U, F, Fut>(
+        &self,
+        batch: &'a [U],
+        user_id: impl Fn(&U) -> UserId,
+        apply: F,
+        now: DateTime<Utc>,
+        changes: &mut Changes,
+    ) -> Result<bool>
+    where
+        F: Fn(&'a U) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<Change>>>,
+    {
+        let mut applied = true;
+        for user in batch {
+            let outcome = apply(user).await;
+            applied &= outcome.is_ok();
+            changes.add(
+                self.settle_item(Item::User(user_id(user)), outcome, now)
+                    .await?,
+            );
+        }
+        Ok(applied)
+    }
+}
+
 /// Runs a store operation again when another writer created the same user at the same moment
 /// ([`crate::Error::ConcurrentChange`]: nothing was applied, and it is safe to repeat), up to
 /// five times, after a few milliseconds with jitter so that the two writers do not meet again.

@@ -61,7 +61,9 @@ impl UsersRead {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, bool>> {
         // A panic while holding it leaves a map that is whole all the same.
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -309,13 +309,9 @@ impl Syncer {
             let options = self.options(now);
             let outcome = retrying(|| self.store.depart_users(&departures, options)).await;
             let Some(made) = whole_batch(outcome, batch.len())? else {
-                for user in batch {
-                    let outcome = self.depart(user, now).await;
-                    changes.add(
-                        self.settle_item(Item::User(user.clone()), outcome, now)
-                            .await?,
-                    );
-                }
+                let depart = |user| self.depart(user, now);
+                self.each_alone(batch, UserId::clone, depart, now, changes)
+                    .await?;
                 continue;
             };
             tracing::info!(
@@ -343,13 +339,9 @@ impl Syncer {
             let options = self.options(now);
             let outcome = retrying(|| self.store.reinstate_users(batch, options)).await;
             let Some(made) = whole_batch(outcome, batch.len())? else {
-                for user in batch {
-                    let outcome = self.come_back(user, now).await;
-                    changes.add(
-                        self.settle_item(Item::User(user.clone()), outcome, now)
-                            .await?,
-                    );
-                }
+                let come_back = |user| self.come_back(user, now);
+                self.each_alone(batch, UserId::clone, come_back, now, changes)
+                    .await?;
                 continue;
             };
             changes.add(made);

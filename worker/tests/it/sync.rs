@@ -1684,7 +1684,11 @@ async fn a_resync_reads_again_only_the_teams_that_may_differ_and_keeps_members_a
         let changes = syncer.resync_round(now()).await.unwrap().changes.total();
         (changes, filtered_reads(&sim))
     };
-    assert_eq!(resync().await, (0, 1), "both groups read once, nothing written");
+    assert_eq!(
+        resync().await,
+        (0, 1),
+        "both groups read once, nothing written"
+    );
 
     let (one, two) = (gid(1).to_string(), gid(2).to_string());
     let user = uid(1).to_string();
@@ -1748,7 +1752,10 @@ async fn a_resync_reads_each_user_once_across_its_slices_of_groups() {
         .iter()
         .filter(|r| r.path.contains("groups/delta") && r.query.contains("filter"))
         .count();
-    assert_eq!(filtered_reads, 5, "every group read once (50 to a request), none again");
+    assert_eq!(
+        filtered_reads, 5,
+        "every group read once (50 to a request), none again"
+    );
     assert_eq!(
         sim.count("getByIds"),
         1,
