@@ -1762,3 +1762,40 @@ async fn a_resync_reads_each_user_once_across_its_slices_of_groups() {
         "the 50 users read with the first slice, not again with the second"
     );
 }
+
+/// A resync's comparison copies what Graph says as it is read, in a session of its own where
+/// each `COPY` is a transaction of its own: while the resync waits for Graph, no transaction of
+/// ours is open.
+#[tokio::test]
+async fn a_resync_holds_no_transaction_open_while_it_waits_for_graph() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    syncer.poll_assignments(now()).await.unwrap();
+    // The users of the assigned group are read once the comparison has begun.
+    sim.add_fault(graph_sim::Fault::delay("getByIds", 1500, 1));
+    let answered = sim.count("getByIds");
+    let resync = tokio::spawn({
+        let syncer = syncer.clone();
+        async move { syncer.resync_round(now()).await }
+    });
+    let mut waiting_for_graph = false;
+    for _ in 0..100 {
+        waiting_for_graph = sim.faults().is_empty();
+        if waiting_for_graph {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(waiting_for_graph, "the resync did not read the users");
+    let sessions = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                    AND state LIKE 'idle in transaction%'";
+    let open = count(&db, sessions).await;
+    assert_eq!(
+        sim.count("getByIds"),
+        answered,
+        "looked after Graph answered: the test proves nothing"
+    );
+    assert_eq!(open, 0, "a transaction stays open across Graph calls");
+    assert_eq!(resync.await.unwrap().unwrap().changes.total(), 0);
+}
