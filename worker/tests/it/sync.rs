@@ -66,6 +66,36 @@ async fn role_of(db: &TestDatabase, n: u128) -> Option<String> {
         .and_then(|u| u.user_role)
 }
 
+/// Groups read through delta with `$filter`: each request names up to 50 groups.
+fn filtered_delta_reads(sim: &GraphSim) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.path.contains("groups/delta") && r.query.contains("filter"))
+        .count()
+}
+
+/// Whether graph-sim took its one delay fault within two seconds: a request is on its way and
+/// not answered yet.
+async fn graph_was_asked(sim: &GraphSim) -> bool {
+    for _ in 0..100 {
+        if sim.faults().is_empty() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Sessions of the test database idle in a transaction.
+async fn open_transactions(db: &TestDatabase) -> i64 {
+    count(
+        db,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND state LIKE 'idle in transaction%'",
+    )
+    .await
+}
+
 async fn count(db: &TestDatabase, sql: &str) -> i64 {
     db.conn()
         .query_one(Statement::from_string(DbBackend::Postgres, sql))
@@ -465,21 +495,8 @@ async fn rounds_of_two_replicas_never_interleave_and_hold_no_transaction_open() 
     assert!(held_by_us, "our round did not take the lease");
     // The delta query has reached graph-sim (its delay fault is taken) and is not answered yet:
     // the round is waiting for Graph.
-    let mut waiting_for_graph = false;
-    for _ in 0..100 {
-        waiting_for_graph = sim.faults().is_empty();
-        if waiting_for_graph {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(waiting_for_graph, "our round did not ask Graph");
-    let open = count(
-        &db,
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-         AND state LIKE 'idle in transaction%'",
-    )
-    .await;
+    assert!(graph_was_asked(&sim).await, "our round did not ask Graph");
+    let open = open_transactions(&db).await;
     assert_eq!(
         sim.count("/groups/delta"),
         answered,
@@ -1672,17 +1689,10 @@ async fn a_resync_reads_again_only_the_teams_that_may_differ_and_keeps_members_a
     let db = TestDatabase::new().await;
     let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
     syncer.poll_assignments(now()).await.unwrap();
-    // Groups read through delta with `$filter`: each request names up to 50 groups.
-    let filtered_reads = |sim: &GraphSim| {
-        sim.requests()
-            .iter()
-            .filter(|r| r.path.contains("groups/delta") && r.query.contains("filter"))
-            .count()
-    };
     let resync = || async {
         sim.clear_requests();
         let changes = syncer.resync_round(now()).await.unwrap().changes.total();
-        (changes, filtered_reads(&sim))
+        (changes, filtered_delta_reads(&sim))
     };
     assert_eq!(
         resync().await,
@@ -1747,13 +1757,9 @@ async fn a_resync_reads_each_user_once_across_its_slices_of_groups() {
     sim.clear_requests();
     let changes = syncer.resync_round(now()).await.unwrap().changes.total();
     assert_eq!(changes, 0);
-    let filtered_reads = sim
-        .requests()
-        .iter()
-        .filter(|r| r.path.contains("groups/delta") && r.query.contains("filter"))
-        .count();
     assert_eq!(
-        filtered_reads, 5,
+        filtered_delta_reads(&sim),
+        5,
         "every group read once (50 to a request), none again"
     );
     assert_eq!(
@@ -1779,18 +1785,11 @@ async fn a_resync_holds_no_transaction_open_while_it_waits_for_graph() {
         let syncer = syncer.clone();
         async move { syncer.resync_round(now()).await }
     });
-    let mut waiting_for_graph = false;
-    for _ in 0..100 {
-        waiting_for_graph = sim.faults().is_empty();
-        if waiting_for_graph {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(waiting_for_graph, "the resync did not read the users");
-    let sessions = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                    AND state LIKE 'idle in transaction%'";
-    let open = count(&db, sessions).await;
+    assert!(
+        graph_was_asked(&sim).await,
+        "the resync did not read the users"
+    );
+    let open = open_transactions(&db).await;
     assert_eq!(
         sim.count("getByIds"),
         answered,
