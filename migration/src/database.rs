@@ -68,16 +68,13 @@ impl Db {
     }
 
     /// A session of the driver's own, out of the pool, for what sea-orm cannot say: `COPY ...
-    /// FROM STDIN` into temporary tables that later statements of the same session read, with
-    /// no transaction open in between. `None` behind PgBouncer in transaction mode, where a
-    /// session's temporary tables do not outlive a transaction. Dropped, it closes: its
-    /// temporary tables go with it.
-    pub async fn session(&self) -> Result<Option<sqlx::PgConnection>, DbErr> {
-        if self.pooled {
-            return Ok(None);
-        }
+    /// FROM STDIN` into tables that later statements read, with no transaction open in between.
+    /// Behind PgBouncer in transaction mode each of its transactions may run on another server
+    /// connection: use simple-protocol or unnamed statements, each a transaction of its own or
+    /// inside one, and no session state (temporary tables, `SET`). Dropped, it closes.
+    pub async fn session(&self) -> Result<sqlx::PgConnection, DbErr> {
         let pool = self.connection.get_postgres_connection_pool();
-        Ok(Some(pool.acquire().await.map_err(driver_error)?.detach()))
+        Ok(pool.acquire().await.map_err(driver_error)?.detach())
     }
 
     /// A statement that runs alone: behind PgBouncer, in a transaction of its own.

@@ -1,8 +1,9 @@
 -- The teams whose LiteLLM rows may differ from what Graph says of their groups (see
--- compare.rs). Graph's side is in the temporary tables graph_teams (every group read whole),
+-- compare.rs). Graph's side is in the tables graph_teams (every group read whole),
 -- graph_members (its members as sync_teams would be given them) and graph_users (each member
--- once); LiteLLM's side, read meanwhile (litellm_sets.sql), in litellm_teams. $1: the seed of
--- this comparison's hashes.
+-- once); LiteLLM's side, read meanwhile (litellm_sets.sql), in litellm_teams. Those four names
+-- are replaced with the comparison's own tables before it runs, and $1 with the seed of this
+-- comparison's hashes.
 --
 -- A team is reported equal only when its name is the group's, LiteLLM's rows agree with
 -- entra-sync's record, and Graph's members are its managed members: the same count and the same

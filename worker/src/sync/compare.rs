@@ -33,18 +33,14 @@ pub(super) struct Comparer {
 
 impl Syncer {
     /// [`Self::resync_groups`], with the groups compared first: only the teams that may differ
-    /// from their groups are written (behind PgBouncer in transaction mode, where the
-    /// comparison's session tables cannot last, all are). Returns how many teams changed.
+    /// from their groups are written. Returns how many teams changed.
     pub(super) async fn compare_groups(
         &self,
         groups: Vec<GroupId>,
         now: DateTime<Utc>,
         changes: &mut Changes,
     ) -> Result<usize> {
-        let Some(comparison) = self.store.begin_comparison().await? else {
-            // Behind PgBouncer: every group written, as a first sync writes them.
-            return self.resync_groups(groups, now, changes).await;
-        };
+        let comparison = self.store.begin_comparison(now).await?;
         let comparer = Comparer {
             syncer: self.clone(),
             now,

@@ -28,6 +28,15 @@ async fn through_pgbouncer(db: &TestDatabase) -> Db {
     db
 }
 
+/// Through PgBouncer too a resync compares before it writes (its tables are the database's, not
+/// a session's, which the next transaction might not find): the same test as directly.
+#[tokio::test]
+async fn a_resync_through_pgbouncer_reads_again_only_the_teams_that_may_differ() {
+    let db = TestDatabase::new().await;
+    let through = through_pgbouncer(&db).await;
+    crate::sync::resync_reads_again_only_what_differs(&db, through).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_store_works_under_concurrency_through_pgbouncer() {
     let db = TestDatabase::new().await;

@@ -21,13 +21,22 @@ fn now() -> chrono::DateTime<chrono::Utc> {
 }
 
 async fn syncer(sim: &GraphSim, db: &TestDatabase, policy: UnassignedPolicy) -> Syncer {
+    syncer_on(sim, db.conn().clone(), policy)
+}
+
+/// A syncer writing through `db` (directly, or through PgBouncer).
+pub(crate) fn syncer_on(
+    sim: &GraphSim,
+    db: impl Into<migration::database::Db>,
+    policy: UnassignedPolicy,
+) -> Syncer {
     let settings = LiteLlmSettings::parse(
         "litellm_settings:\n  default_team_params:\n    max_budget: 50\n    models: [\"gpt-4o-mini\"]\n",
         "test",
         &|_| None,
     )
     .unwrap();
-    let store = Store::new(db.conn().clone(), settings, RemovalMode::Managed);
+    let store = Store::new(db, settings, RemovalMode::Managed);
     let (client, _) = secret_client(sim);
     Syncer::new(client, store, policy)
 }
@@ -1681,13 +1690,23 @@ async fn a_resync_finds_every_kind_of_drift_and_then_none() {
 /// LiteLLM lost; a team with a member added by hand may differ, is read again, and keeps her.
 #[tokio::test]
 async fn a_resync_reads_again_only_the_teams_that_may_differ_and_keeps_members_added_by_hand() {
+    let db = TestDatabase::new().await;
+    let writes_through = db.conn().clone();
+    resync_reads_again_only_what_differs(&db, writes_through).await;
+}
+
+/// The body of the test above; `writes_through` is how the syncer reaches `db` (directly, or
+/// through PgBouncer, where the comparison's tables must outlive each transaction).
+pub(crate) async fn resync_reads_again_only_what_differs(
+    db: &TestDatabase,
+    writes_through: impl Into<migration::database::Db>,
+) {
     let sim = sim(|_| {}).await;
     sim.change(|t| {
         t.assign(gid(2), Uuid::nil()).unwrap();
         ((), Vec::new())
     });
-    let db = TestDatabase::new().await;
-    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    let syncer = syncer_on(&sim, writes_through, UnassignedPolicy::RemoveMembers);
     syncer.poll_assignments(now()).await.unwrap();
     let resync = || async {
         sim.clear_requests();
@@ -1698,6 +1717,11 @@ async fn a_resync_reads_again_only_the_teams_that_may_differ_and_keeps_members_a
         resync().await,
         (0, 1),
         "both groups read once, nothing written"
+    );
+    assert_eq!(
+        count(db, COMPARISON_TABLES).await,
+        0,
+        "the comparison's tables are dropped"
     );
 
     let (one, two) = (gid(1).to_string(), gid(2).to_string());
@@ -1714,7 +1738,7 @@ async fn a_resync_reads_again_only_the_teams_that_may_differ_and_keeps_members_a
     let rows = format!(
         r#"SELECT count(*) FROM "LiteLLM_TeamMembership" WHERE team_id = '{one}' AND user_id = '{user}'"#
     );
-    assert_eq!(count(&db, &rows).await, 1);
+    assert_eq!(count(db, &rows).await, 1);
 
     // A member entra-sync does not manage, added as LiteLLM's own endpoints would.
     for statement in [
@@ -1739,7 +1763,56 @@ async fn a_resync_reads_again_only_the_teams_that_may_differ_and_keeps_members_a
         (0, 2),
         "read again, and left as it is in the managed removal mode"
     );
-    assert!(members(&db, 2).await.contains(&"added-by-hand".to_owned()));
+    assert!(members(db, 2).await.contains(&"added-by-hand".to_owned()));
+}
+
+/// The tables of comparisons in the database.
+const COMPARISON_TABLES: &str =
+    "SELECT count(*) FROM pg_tables WHERE starts_with(tablename, 'entra_sync_compare_')";
+
+/// The tables a worker stopped in the middle of a comparison left are dropped by a later
+/// comparison once they are old; a younger one (another worker's, still comparing) is kept.
+#[tokio::test]
+async fn a_comparison_drops_the_tables_a_stopped_worker_left() {
+    let sim = sim(|_| {}).await;
+    let db = TestDatabase::new().await;
+    let syncer = syncer(&sim, &db, UnassignedPolicy::RemoveMembers).await;
+    syncer.poll_assignments(now()).await.unwrap();
+    let old = (now() - chrono::TimeDelta::days(1)).timestamp();
+    let young = now().timestamp();
+    for made in [old, young] {
+        db.conn()
+            .execute_unprepared(&format!(
+                "CREATE UNLOGGED TABLE entra_sync_compare_{made}_0badc0de_graph_members (x int)"
+            ))
+            .await
+            .unwrap();
+    }
+    syncer.resync_round(now()).await.unwrap();
+    let left = |made: i64| {
+        format!(
+            "SELECT count(*) FROM pg_tables
+             WHERE tablename = 'entra_sync_compare_{made}_0badc0de_graph_members'"
+        )
+    };
+    assert_eq!(count(&db, &left(old)).await, 0, "the old one is dropped");
+    assert_eq!(count(&db, &left(young)).await, 1, "the young one is kept");
+    assert_eq!(count(&db, COMPARISON_TABLES).await, 1);
+
+    // A comparison given up before its end (Graph failed, the worker stops) drops its own
+    // tables on its way out, in a task of its own.
+    let store = Store::new(db.conn().clone(), Default::default(), RemovalMode::Managed);
+    let comparison = store.begin_comparison(now()).await.unwrap();
+    assert_eq!(count(&db, COMPARISON_TABLES).await, 1 + 4);
+    drop(comparison);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while count(&db, COMPARISON_TABLES).await > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a comparison given up kept its tables"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// A resync reads each user once, however many slices of groups list her: the groups of the
