@@ -34,7 +34,7 @@ fn runs() -> usize {
 }
 
 /// CPU seconds used so far: this process (`/proc/self/stat`, utime + stime in clock ticks of
-/// 1/100 s) and the Redis server (`INFO cpu`).
+/// 1/100 s) and the Redis server (`used_cpu_sys` and `used_cpu_user` of its `INFO`).
 struct CpuClock {
     process: f64,
     redis: f64,
@@ -51,18 +51,12 @@ impl CpuClock {
             .take(2)
             .map(|t| t.parse::<f64>().unwrap())
             .sum();
-        let info = match stream.command(&["INFO", "cpu"]) {
-            redis::Value::BulkString(bytes) => String::from_utf8(bytes).unwrap(),
-            redis::Value::VerbatimString { text, .. } => text,
-            other => panic!("INFO cpu: {other:?}"),
-        };
-        let redis = info
-            .lines()
-            .filter_map(|line| {
-                line.strip_prefix("used_cpu_sys:")
-                    .or_else(|| line.strip_prefix("used_cpu_user:"))
+        let redis = ["used_cpu_sys", "used_cpu_user"]
+            .iter()
+            .map(|field| {
+                let value = stream.server().info_field(field).unwrap();
+                value.parse::<f64>().unwrap()
             })
-            .map(|value| value.trim().parse::<f64>().unwrap())
             .sum();
         Self {
             process: ticks / 100.0,

@@ -124,12 +124,12 @@ impl RedisServer {
         &self.url
     }
 
-    /// A field of the server's `INFO server`, e.g. `redis_version`.
+    /// A field of the server's `INFO` (its default sections), e.g. `redis_version` or
+    /// `used_cpu_user`.
     pub fn info_field(&self, field: &str) -> Option<String> {
         let info: String = ::redis::cmd("INFO")
-            .arg("server")
             .query(&mut self.connection())
-            .expect("INFO server");
+            .expect("INFO");
         info.lines()
             .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
             .map(|value| value.trim().to_owned())
